@@ -1,0 +1,406 @@
+//! The library's error: what went wrong, named, with a hint where a human
+//! must act.
+
+use std::fmt;
+use std::path::PathBuf;
+
+use crate::plan::{Named, Refusal, TargetError};
+use crate::source::SourceError;
+use crate::url::UrlError;
+
+/// Broad classes of failure; the CLI maps each to an exit code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A migration or a database operation failed (exit 1).
+    Failed,
+    /// Bad usage, configuration or migration file (exit 2).
+    Usage,
+    /// Refused: drift, dirty, out of order, missing down section (exit 4).
+    Refused,
+}
+
+/// A message from the database engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbMessage {
+    /// The engine's message.
+    pub message: String,
+    /// SQLSTATE on PostgreSQL, the extended result code name on SQLite.
+    pub code: Option<String>,
+    /// The engine's detail line.
+    pub detail: Option<String>,
+    /// The engine's hint.
+    pub hint: Option<String>,
+    /// Byte offset into the SQL that was sent, where the engine gives one.
+    pub position: Option<usize>,
+}
+
+impl DbMessage {
+    /// A message with nothing but text.
+    pub fn plain(message: impl Into<String>) -> Self {
+        DbMessage {
+            message: message.into(),
+            code: None,
+            detail: None,
+            hint: None,
+            position: None,
+        }
+    }
+}
+
+impl fmt::Display for DbMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)?;
+        if let Some(code) = &self.code {
+            write!(f, " ({code})")?;
+        }
+        if let Some(detail) = &self.detail {
+            write!(f, "\ndetail: {detail}")?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "\ndatabase hint: {hint}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Which way a migration runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// `upgrade`
+    Up,
+    /// `rollback`
+    Down,
+}
+
+impl Direction {
+    /// `upgrade` or `rollback`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Up => "upgrade",
+            Direction::Down => "rollback",
+        }
+    }
+}
+
+/// A migration that ran and is recorded (or, in a dry run, would be).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The version.
+    pub version: u64,
+    /// The name.
+    pub name: String,
+    /// Wall time of the migration, including its round trip.
+    pub duration: std::time::Duration,
+    /// Whether it ran outside a transaction.
+    pub no_transaction: bool,
+}
+
+/// A migration whose SQL failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationFailure {
+    /// Which way it ran.
+    pub direction: Direction,
+    /// The migration.
+    pub migration: Named,
+    /// The file holding the section that failed.
+    pub path: PathBuf,
+    /// Line and column in that file, where the engine gave a position.
+    pub line_col: Option<(usize, usize)>,
+    /// The engine's message.
+    pub db: DbMessage,
+    /// The migrations that completed before this one, in this run.
+    pub completed: Vec<Step>,
+    /// A no-transaction migration that failed after some of its statements
+    /// ran: it is recorded as started, and `upgrade` refuses until
+    /// `fix dirty` resolves it.
+    pub dirty: Option<DirtyDetail>,
+    /// In `--single-transaction` mode, everything in this run was rolled
+    /// back, including `completed`.
+    pub all_rolled_back: bool,
+}
+
+/// How far a failed no-transaction migration got.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirtyDetail {
+    /// Statements that ran before the failing one.
+    pub statements_done: usize,
+    /// Statements in the section.
+    pub statements_total: usize,
+}
+
+/// Everything that can go wrong.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// A migration file is malformed.
+    Source(SourceError),
+    /// The database URL is malformed.
+    Url(UrlError),
+    /// A setting is wrong (a table name, an engine limit).
+    Config {
+        /// What is wrong.
+        message: String,
+        /// What to do.
+        hint: Option<String>,
+    },
+    /// The target of `--to` does not exist.
+    Target(TargetError),
+    /// The plan was refused.
+    Refused(Refusal),
+    /// No connection could be made.
+    Connect {
+        /// The URL, without its password.
+        target: String,
+        /// Why.
+        message: String,
+        /// What to check.
+        hint: Option<String>,
+    },
+    /// A database operation of lockstep's own failed.
+    Database {
+        /// What lockstep was doing, as "reading history from lockstep_history".
+        context: String,
+        /// The engine's message.
+        db: Box<DbMessage>,
+    },
+    /// A migration failed.
+    Migration(Box<MigrationFailure>),
+    /// The history table exists but was not made by lockstep, or by a newer
+    /// lockstep.
+    ForeignTable {
+        /// The table.
+        table: String,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+impl Error {
+    /// The class of failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Source(_) | Error::Url(_) | Error::Config { .. } | Error::Target(_) => {
+                ErrorKind::Usage
+            }
+            Error::ForeignTable { .. } => ErrorKind::Usage,
+            Error::Refused(_) => ErrorKind::Refused,
+            Error::Connect { .. } | Error::Database { .. } | Error::Migration(_) => {
+                ErrorKind::Failed
+            }
+        }
+    }
+
+    /// A short stable name for the error, used as `error.code` in JSON.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::Source(_) => "migration_file",
+            Error::Url(_) => "database_url",
+            Error::Config { .. } => "config",
+            Error::Target(_) => "unknown_target",
+            Error::Refused(r) => match r {
+                Refusal::Modified(_) => "modified",
+                Refusal::Missing(_) => "missing",
+                Refusal::Dirty(_) => "dirty",
+                Refusal::OutOfOrder { .. } => "out_of_order",
+                Refusal::NoDown(_) => "no_rollback_section",
+            },
+            Error::Connect { .. } => "connect",
+            Error::Database { .. } => "database",
+            Error::Migration(_) => "migration_failed",
+            Error::ForeignTable { .. } => "foreign_table",
+        }
+    }
+
+    /// What a human should do next, when there is something to do.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            Error::Source(e) => e.hint.clone(),
+            Error::Url(_) => Some(
+                "use `sqlite://FILE` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`".into(),
+            ),
+            Error::Config { hint, .. } | Error::Connect { hint, .. } => hint.clone(),
+            Error::Target(TargetError::UnknownVersion(_)) => {
+                Some("run `lockstep status` to list the versions".into())
+            }
+            Error::Target(TargetError::NotApplied(_)) => {
+                Some("run `lockstep history` to list the applied versions".into())
+            }
+            Error::Target(TargetError::NotDirty(_)) => {
+                Some("run `lockstep status` to see which migrations are dirty".into())
+            }
+            Error::Refused(r) => Some(refusal_hint(r)),
+            Error::Database { .. } => None,
+            Error::Migration(f) => migration_hint(f),
+            Error::ForeignTable { .. } => {
+                Some("set `history_table` in lockstep.toml to a name lockstep can own".into())
+            }
+        }
+    }
+}
+
+fn list(items: &[Named]) -> String {
+    let shown: Vec<String> = items.iter().take(10).map(Named::to_string).collect();
+    let mut s = shown.join(", ");
+    if items.len() > 10 {
+        s.push_str(&format!(" and {} more", items.len() - 10));
+    }
+    s
+}
+
+fn refusal_hint(r: &Refusal) -> String {
+    match r {
+        Refusal::Modified(_) => "restore the applied file, or run `lockstep fix checksums` if the change was intended (it does not re-run the migration)".into(),
+        Refusal::Missing(_) => "restore the file, or run `lockstep fix missing` to forget its history row".into(),
+        Refusal::Dirty(items) => format!(
+            "check by hand how far it got, complete or undo it, then run `lockstep fix dirty {} --applied` or `--forget`",
+            items[0].version
+        ),
+        Refusal::OutOfOrder { .. } => "give it a version newer than the newest applied one, or pass `--allow-out-of-order`".into(),
+        Refusal::NoDown(m) => format!(
+            "add a `-- rollback` section to migration {m}, or roll back to a version after it"
+        ),
+    }
+}
+
+fn migration_hint(f: &MigrationFailure) -> Option<String> {
+    if let Some(dirty) = &f.dirty {
+        return Some(format!(
+            "{} of {} statements ran outside a transaction: repair the database by hand, then run `lockstep fix dirty {} --applied` or `--forget`",
+            dirty.statements_done, dirty.statements_total, f.migration.version
+        ));
+    }
+    // PostgreSQL's active_sql_transaction, SQLite's VACUUM message.
+    let in_txn =
+        f.db.code.as_deref() == Some("25001") || f.db.message.contains("within a transaction");
+    if in_txn {
+        return Some(
+            "this statement cannot run inside a transaction: put `-- lockstep:no-transaction` in the section"
+                .into(),
+        );
+    }
+    None
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Source(e) => write!(f, "{e}"),
+            Error::Url(e) => write!(f, "{e}"),
+            Error::Config { message, .. } => f.write_str(message),
+            Error::Target(TargetError::UnknownVersion(v)) => {
+                write!(f, "no migration has version {v}")
+            }
+            Error::Target(TargetError::NotApplied(v)) => {
+                write!(
+                    f,
+                    "version {v} is not applied, so it cannot be the rollback target"
+                )
+            }
+            Error::Target(TargetError::NotDirty(v)) => {
+                write!(f, "migration {v} is not dirty")
+            }
+            Error::Refused(r) => match r {
+                Refusal::Modified(items) => write!(
+                    f,
+                    "applied migration{} changed since {} applied: {}",
+                    plural(items.len()),
+                    if items.len() == 1 {
+                        "it was"
+                    } else {
+                        "they were"
+                    },
+                    list(items)
+                ),
+                Refusal::Missing(items) => write!(
+                    f,
+                    "applied migration{} missing from the migrations directory: {}",
+                    plural(items.len()),
+                    list(items)
+                ),
+                Refusal::Dirty(items) => write!(
+                    f,
+                    "migration {} is dirty: it started outside a transaction and never finished",
+                    list(items)
+                ),
+                Refusal::OutOfOrder {
+                    pending,
+                    newest_applied,
+                } => write!(
+                    f,
+                    "pending migration{} older than the newest applied one ({newest_applied}): {}",
+                    plural(pending.len()),
+                    list(pending)
+                ),
+                Refusal::NoDown(m) => write!(
+                    f,
+                    "migration {m} has no rollback section; nothing was rolled back"
+                ),
+            },
+            Error::Connect {
+                target, message, ..
+            } => {
+                write!(f, "cannot connect to {target}: {message}")
+            }
+            Error::Database { context, db } => write!(f, "{context}: {db}"),
+            Error::Migration(m) => {
+                let verb = match m.direction {
+                    Direction::Up => "migration",
+                    Direction::Down => "rollback of migration",
+                };
+                write!(f, "{verb} {} failed", m.migration)?;
+                write!(f, " ({}", m.path.display())?;
+                if let Some((line, col)) = m.line_col {
+                    write!(f, ":{line}:{col}")?;
+                }
+                write!(f, "): {}", m.db)?;
+                if m.all_rolled_back && !m.completed.is_empty() {
+                    write!(
+                        f,
+                        "\nthe single transaction was rolled back: none of this run's {} earlier migration{} stayed applied",
+                        m.completed.len(),
+                        plural(m.completed.len())
+                    )?;
+                }
+                Ok(())
+            }
+            Error::ForeignTable { table, message } => write!(f, "table {table} {message}"),
+        }
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl From<SourceError> for Error {
+    fn from(e: SourceError) -> Self {
+        Error::Source(e)
+    }
+}
+
+impl From<UrlError> for Error {
+    fn from(e: UrlError) -> Self {
+        Error::Url(e)
+    }
+}
+
+impl From<Refusal> for Error {
+    fn from(r: Refusal) -> Self {
+        Error::Refused(r)
+    }
+}
+
+impl From<crate::plan::PlanError> for Error {
+    fn from(e: crate::plan::PlanError) -> Self {
+        match e {
+            crate::plan::PlanError::Refused(r) => Error::Refused(r),
+            crate::plan::PlanError::Target(t) => Error::Target(t),
+        }
+    }
+}

@@ -1,0 +1,582 @@
+//! Planning: migrations on disk plus history rows in, a plan or a refusal
+//! out. Pure functions, no database.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::history::{HistoryRow, RowState};
+use crate::source::Migration;
+
+/// What a migration is, comparing its file with its history row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// Recorded, and the file matches.
+    Applied,
+    /// On disk, not recorded.
+    Pending,
+    /// Recorded, but the file's checksum or name differs.
+    Modified,
+    /// Recorded, but the file is gone.
+    Missing,
+    /// A no-transaction migration that started and never finished.
+    Dirty,
+}
+
+impl State {
+    /// The lowercase name used in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Applied => "applied",
+            State::Pending => "pending",
+            State::Modified => "modified",
+            State::Missing => "missing",
+            State::Dirty => "dirty",
+        }
+    }
+}
+
+/// One line of `status`.
+#[derive(Debug, Clone)]
+pub struct StatusEntry<'a> {
+    /// The version.
+    pub version: u64,
+    /// The file's name for it, or the recorded one when the file is gone.
+    pub name: &'a str,
+    /// The state.
+    pub state: State,
+    /// The file, when there is one.
+    pub migration: Option<&'a Migration>,
+    /// The history row, when there is one.
+    pub row: Option<&'a HistoryRow>,
+    /// A pending migration older than the newest applied one: `upgrade`
+    /// refuses it unless out-of-order is allowed.
+    pub out_of_order: bool,
+}
+
+/// Compares every migration with its history row.
+pub fn status<'a>(migrations: &'a [Migration], history: &'a [HistoryRow]) -> Vec<StatusEntry<'a>> {
+    let newest_applied = history.iter().map(|r| r.version).max();
+    let mut by_version: BTreeMap<u64, (Option<&Migration>, Option<&HistoryRow>)> = BTreeMap::new();
+    for m in migrations {
+        by_version.entry(m.version).or_default().0 = Some(m);
+    }
+    for r in history {
+        by_version.entry(r.version).or_default().1 = Some(r);
+    }
+    by_version
+        .into_iter()
+        .map(|(version, (migration, row))| {
+            let state = match (migration, row) {
+                (_, Some(r)) if r.state == RowState::Started => State::Dirty,
+                (None, Some(_)) => State::Missing,
+                (Some(m), Some(r)) if m.checksum != r.checksum || m.name != r.name => {
+                    State::Modified
+                }
+                (Some(_), Some(_)) => State::Applied,
+                (Some(_), None) => State::Pending,
+                (None, None) => unreachable!("every entry has a file or a row"),
+            };
+            StatusEntry {
+                version,
+                name: migration
+                    .map_or_else(|| row.map_or("", |r| r.name.as_str()), |m| m.name.as_str()),
+                state,
+                migration,
+                row,
+                out_of_order: state == State::Pending
+                    && newest_applied.is_some_and(|n| version < n),
+            }
+        })
+        .collect()
+}
+
+/// A migration named in a refusal or error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    /// Its version.
+    pub version: u64,
+    /// Its name.
+    pub name: String,
+}
+
+impl fmt::Display for Named {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.version, self.name)
+    }
+}
+
+/// Why a plan was refused. Each is exit code 4 in the CLI.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Applied migrations whose files changed since.
+    Modified(Vec<Named>),
+    /// Applied migrations whose files are gone.
+    Missing(Vec<Named>),
+    /// No-transaction migrations that started and never finished.
+    Dirty(Vec<Named>),
+    /// Pending migrations older than the newest applied one.
+    OutOfOrder {
+        /// The pending ones.
+        pending: Vec<Named>,
+        /// The newest applied version.
+        newest_applied: u64,
+    },
+    /// A migration to roll back has no down section.
+    NoDown(Named),
+}
+
+/// A target that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetError {
+    /// `--to` names a version that no file and no history row has.
+    UnknownVersion(u64),
+    /// `rollback --to` names a version that is not applied.
+    NotApplied(u64),
+    /// `fix dirty` names a version that is not dirty.
+    NotDirty(u64),
+}
+
+/// Why no plan could be made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PlanError {
+    /// The state of the database or the files forbids it.
+    Refused(Refusal),
+    /// The target is wrong.
+    Target(TargetError),
+}
+
+impl From<Refusal> for PlanError {
+    fn from(r: Refusal) -> Self {
+        PlanError::Refused(r)
+    }
+}
+
+/// How far to go.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Target {
+    /// Up to and including this version (upgrade), or down to and keeping
+    /// this version (rollback).
+    pub to: Option<u64>,
+    /// At most this many migrations.
+    pub count: Option<usize>,
+}
+
+fn named(version: u64, name: &str) -> Named {
+    Named {
+        version,
+        name: name.to_string(),
+    }
+}
+
+/// Refuses when any migration is dirty, modified or missing, in that order
+/// of urgency.
+fn check_drift(entries: &[StatusEntry<'_>]) -> Result<(), Refusal> {
+    let pick = |state: State| -> Vec<Named> {
+        entries
+            .iter()
+            .filter(|e| e.state == state)
+            .map(|e| named(e.version, e.name))
+            .collect()
+    };
+    let dirty = pick(State::Dirty);
+    if !dirty.is_empty() {
+        return Err(Refusal::Dirty(dirty));
+    }
+    let modified = pick(State::Modified);
+    if !modified.is_empty() {
+        return Err(Refusal::Modified(modified));
+    }
+    let missing = pick(State::Missing);
+    if !missing.is_empty() {
+        return Err(Refusal::Missing(missing));
+    }
+    Ok(())
+}
+
+/// The migration with this version, in a slice ordered by version.
+fn find(migrations: &[Migration], version: u64) -> Option<&Migration> {
+    migrations
+        .binary_search_by_key(&version, |m| m.version)
+        .ok()
+        .map(|i| &migrations[i])
+}
+
+/// The migrations `upgrade` applies, in order. `migrations` is ordered by
+/// version, as [`crate::MigrationSet`] holds them.
+pub fn plan_upgrade<'a>(
+    migrations: &'a [Migration],
+    history: &[HistoryRow],
+    target: Target,
+    allow_out_of_order: bool,
+) -> Result<Vec<&'a Migration>, PlanError> {
+    let entries = status(migrations, history);
+    if let Some(to) = target.to {
+        if !entries.iter().any(|e| e.version == to) {
+            return Err(PlanError::Target(TargetError::UnknownVersion(to)));
+        }
+    }
+    check_drift(&entries)?;
+    let mut pending: Vec<&'a Migration> = entries
+        .iter()
+        .filter(|e| e.state == State::Pending && target.to.is_none_or(|to| e.version <= to))
+        .filter_map(|e| find(migrations, e.version))
+        .collect();
+    if let Some(count) = target.count {
+        pending.truncate(count);
+    }
+    if !allow_out_of_order {
+        if let Some(newest_applied) = history.iter().map(|r| r.version).max() {
+            let late: Vec<Named> = pending
+                .iter()
+                .filter(|m| m.version < newest_applied)
+                .map(|m| named(m.version, &m.name))
+                .collect();
+            if !late.is_empty() {
+                return Err(Refusal::OutOfOrder {
+                    pending: late,
+                    newest_applied,
+                }
+                .into());
+            }
+        }
+    }
+    Ok(pending)
+}
+
+/// The migrations `rollback` reverts, newest version first. Without a target
+/// it reverts one.
+pub fn plan_rollback<'a>(
+    migrations: &'a [Migration],
+    history: &[HistoryRow],
+    target: Target,
+) -> Result<Vec<&'a Migration>, PlanError> {
+    let entries = status(migrations, history);
+    if let Some(to) = target.to {
+        if !history.iter().any(|r| r.version == to) {
+            return Err(PlanError::Target(TargetError::NotApplied(to)));
+        }
+    }
+    let mut applied: Vec<&StatusEntry<'_>> = entries.iter().filter(|e| e.row.is_some()).collect();
+    applied.reverse();
+    let selected: Vec<&StatusEntry<'_>> = match (target.to, target.count) {
+        (Some(to), count) => applied
+            .into_iter()
+            .filter(|e| e.version > to)
+            .take(count.unwrap_or(usize::MAX))
+            .collect(),
+        (None, count) => applied.into_iter().take(count.unwrap_or(1)).collect(),
+    };
+    // Dirty rows anywhere make the database's state unknown: refuse as
+    // upgrade does. Modified or missing files matter only for what reverts.
+    let dirty: Vec<Named> = entries
+        .iter()
+        .filter(|e| e.state == State::Dirty)
+        .map(|e| named(e.version, e.name))
+        .collect();
+    if !dirty.is_empty() {
+        return Err(Refusal::Dirty(dirty).into());
+    }
+    let with = |state: State| -> Vec<Named> {
+        selected
+            .iter()
+            .filter(|e| e.state == state)
+            .map(|e| named(e.version, e.name))
+            .collect()
+    };
+    let missing = with(State::Missing);
+    if !missing.is_empty() {
+        return Err(Refusal::Missing(missing).into());
+    }
+    let modified = with(State::Modified);
+    if !modified.is_empty() {
+        return Err(Refusal::Modified(modified).into());
+    }
+    let mut plan = Vec::with_capacity(selected.len());
+    for e in selected {
+        let m = find(migrations, e.version).expect("not missing");
+        if m.down.is_none() {
+            return Err(Refusal::NoDown(named(m.version, &m.name)).into());
+        }
+        plan.push(m);
+    }
+    Ok(plan)
+}
+
+/// Refuses when any migration is dirty, modified or missing: what `validate`
+/// checks after parsing.
+pub fn check(migrations: &[Migration], history: &[HistoryRow]) -> Result<(), Refusal> {
+    check_drift(&status(migrations, history))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Section;
+    use std::path::PathBuf;
+
+    fn m(version: u64, down: bool) -> Migration {
+        let section = |sql: &str| Section {
+            sql: sql.to_string(),
+            path: PathBuf::from(format!("{version}_m{version}.sql")),
+            first_line: 2,
+            no_transaction: false,
+        };
+        Migration {
+            version,
+            name: format!("m{version}"),
+            up: section("SELECT 1;"),
+            down: down.then(|| section("SELECT 2;")),
+            checksum: format!("sha256:{version}"),
+        }
+    }
+
+    fn row(version: u64) -> HistoryRow {
+        HistoryRow {
+            version,
+            name: format!("m{version}"),
+            checksum: format!("sha256:{version}"),
+            state: RowState::Applied,
+            applied_at: "2026-11-24T10:00:00.000Z".into(),
+            duration_ms: 1,
+            applied_by: "test".into(),
+            lock_token: None,
+            tool_version: "0.1.0".into(),
+        }
+    }
+
+    fn versions(plan: &[&Migration]) -> Vec<u64> {
+        plan.iter().map(|m| m.version).collect()
+    }
+
+    fn n(version: u64) -> Named {
+        named(version, &format!("m{version}"))
+    }
+
+    const ALL: Target = Target {
+        to: None,
+        count: None,
+    };
+
+    #[test]
+    fn upgrade_plans() {
+        let files: Vec<Migration> = (1..=5).map(|v| m(v, true)).collect();
+        let table: &[(&[u64], Target, &[u64])] = &[
+            (&[], ALL, &[1, 2, 3, 4, 5]),
+            (&[1, 2], ALL, &[3, 4, 5]),
+            (&[1, 2, 3, 4, 5], ALL, &[]),
+            (
+                &[1],
+                Target {
+                    to: Some(3),
+                    count: None,
+                },
+                &[2, 3],
+            ),
+            (
+                &[1],
+                Target {
+                    to: None,
+                    count: Some(2),
+                },
+                &[2, 3],
+            ),
+            (
+                &[1],
+                Target {
+                    to: Some(4),
+                    count: Some(1),
+                },
+                &[2],
+            ),
+            (
+                &[1, 2, 3],
+                Target {
+                    to: Some(2),
+                    count: None,
+                },
+                &[],
+            ),
+        ];
+        for (applied, target, want) in table {
+            let history: Vec<HistoryRow> = applied.iter().map(|&v| row(v)).collect();
+            let plan = plan_upgrade(&files, &history, *target, false).unwrap();
+            assert_eq!(versions(&plan), *want, "{applied:?} {target:?}");
+        }
+    }
+
+    #[test]
+    fn upgrade_refusals() {
+        let files: Vec<Migration> = (1..=3).map(|v| m(v, true)).collect();
+        let mut changed = row(1);
+        changed.checksum = "sha256:other".into();
+        let mut started = row(2);
+        started.state = RowState::Started;
+        let table: Vec<(Vec<HistoryRow>, PlanError)> = vec![
+            (vec![changed.clone()], Refusal::Modified(vec![n(1)]).into()),
+            (vec![row(1), row(9)], Refusal::Missing(vec![n(9)]).into()),
+            // Dirty comes first: it is the most urgent.
+            (vec![changed, started], Refusal::Dirty(vec![n(2)]).into()),
+            (
+                vec![row(1), row(3)],
+                Refusal::OutOfOrder {
+                    pending: vec![n(2)],
+                    newest_applied: 3,
+                }
+                .into(),
+            ),
+        ];
+        for (history, want) in table {
+            assert_eq!(
+                plan_upgrade(&files, &history, ALL, false).unwrap_err(),
+                want
+            );
+        }
+        // A renamed file is a modified one.
+        let mut renamed = row(1);
+        renamed.name = "old_name".into();
+        assert_eq!(
+            plan_upgrade(&files, &[renamed], ALL, false).unwrap_err(),
+            Refusal::Modified(vec![n(1)]).into()
+        );
+        assert_eq!(
+            plan_upgrade(
+                &files,
+                &[],
+                Target {
+                    to: Some(7),
+                    count: None
+                },
+                false
+            )
+            .unwrap_err(),
+            PlanError::Target(TargetError::UnknownVersion(7))
+        );
+        let plan = plan_upgrade(&files, &[row(1), row(3)], ALL, true).unwrap();
+        assert_eq!(versions(&plan), [2]);
+    }
+
+    #[test]
+    fn rollback_plans() {
+        let files: Vec<Migration> = (1..=4).map(|v| m(v, true)).collect();
+        let history: Vec<HistoryRow> = (1..=3).map(row).collect();
+        let table: &[(Target, &[u64])] = &[
+            (ALL, &[3]),
+            (
+                Target {
+                    to: None,
+                    count: Some(2),
+                },
+                &[3, 2],
+            ),
+            (
+                Target {
+                    to: None,
+                    count: Some(10),
+                },
+                &[3, 2, 1],
+            ),
+            (
+                Target {
+                    to: Some(1),
+                    count: None,
+                },
+                &[3, 2],
+            ),
+            (
+                Target {
+                    to: Some(3),
+                    count: None,
+                },
+                &[],
+            ),
+            (
+                Target {
+                    to: Some(1),
+                    count: Some(1),
+                },
+                &[3],
+            ),
+        ];
+        for (target, want) in table {
+            assert_eq!(
+                versions(&plan_rollback(&files, &history, *target).unwrap()),
+                *want,
+                "{target:?}"
+            );
+        }
+        assert_eq!(
+            plan_rollback(
+                &files,
+                &history,
+                Target {
+                    to: Some(4),
+                    count: None
+                }
+            )
+            .unwrap_err(),
+            PlanError::Target(TargetError::NotApplied(4))
+        );
+        assert!(plan_rollback(&files, &[], ALL).unwrap().is_empty());
+    }
+
+    #[test]
+    fn rollback_refusals() {
+        let files = vec![m(1, true), m(2, false), m(3, true)];
+        let history: Vec<HistoryRow> = (1..=3).map(row).collect();
+        // The one without a down section stops the whole rollback.
+        assert_eq!(
+            plan_rollback(
+                &files,
+                &history,
+                Target {
+                    to: None,
+                    count: Some(2)
+                }
+            )
+            .unwrap_err(),
+            Refusal::NoDown(n(2)).into()
+        );
+        assert_eq!(
+            versions(&plan_rollback(&files, &history, ALL).unwrap()),
+            [3]
+        );
+        let gone = vec![m(1, true), m(2, true)];
+        assert_eq!(
+            plan_rollback(&gone, &history, ALL).unwrap_err(),
+            Refusal::Missing(vec![n(3)]).into()
+        );
+        // A missing file below the target does not matter.
+        let history2 = vec![row(0), row(1), row(2)];
+        assert_eq!(
+            versions(&plan_rollback(&gone, &history2, ALL).unwrap()),
+            [2]
+        );
+    }
+
+    #[test]
+    fn status_states() {
+        let files = vec![m(1, true), m(2, true), m(3, true), m(5, true)];
+        let mut changed = row(2);
+        changed.checksum = "sha256:x".into();
+        let mut started = row(3);
+        started.state = RowState::Started;
+        let history = vec![row(1), changed, started, row(4)];
+        let got: Vec<(u64, State, bool)> = status(&files, &history)
+            .iter()
+            .map(|e| (e.version, e.state, e.out_of_order))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, State::Applied, false),
+                (2, State::Modified, false),
+                (3, State::Dirty, false),
+                (4, State::Missing, false),
+                (5, State::Pending, false),
+            ]
+        );
+        let newer = [row(4)];
+        let late = status(&files[..1], &newer);
+        assert!(late[0].out_of_order);
+    }
+}

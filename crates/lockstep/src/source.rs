@@ -1,0 +1,975 @@
+//! Migration files on disk: names, sections, directives and checksums.
+//!
+//! Two layouts are accepted in one directory:
+//! - `<version>_<name>.sql` with a `-- upgrade` line, then SQL, and optionally
+//!   a `-- rollback` line, then SQL;
+//! - a pair `<version>_<name>.up.sql` and `<version>_<name>.down.sql`.
+//!
+//! A section may hold the directive line `-- lockstep:no-transaction`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+use crate::sql;
+
+/// Files larger than this are refused: a migration is code, not a data dump,
+/// and the whole file is held in memory and sent in one message.
+pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// All migrations of a directory, ordered by version.
+#[derive(Debug, Clone)]
+pub struct MigrationSet {
+    dir: PathBuf,
+    migrations: Vec<Migration>,
+}
+
+/// One migration: its up section and, when it has one, its down section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Migration {
+    /// The numeric version from the file name.
+    pub version: u64,
+    /// The name from the file name, `[a-z0-9_]+`.
+    pub name: String,
+    /// The `-- upgrade` section (or the `.up.sql` file).
+    pub up: Section,
+    /// The `-- rollback` section (or the `.down.sql` file), when present and
+    /// not empty.
+    pub down: Option<Section>,
+    /// `sha256:<hex>` over the normalised file bytes (see [`checksum`]).
+    pub checksum: String,
+}
+
+/// The SQL of one direction of a migration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Section {
+    /// The SQL text, exactly as in the file (after BOM and CRLF normalisation).
+    pub sql: String,
+    /// The file it comes from.
+    pub path: PathBuf,
+    /// The 1-based line of the file on which `sql` starts.
+    pub first_line: usize,
+    /// Whether the section runs outside a transaction.
+    pub no_transaction: bool,
+}
+
+impl Section {
+    /// The file line and column of a byte offset into [`Section::sql`].
+    pub fn position(&self, offset: usize) -> (usize, usize) {
+        let (line, col) = sql::line_col(&self.sql, offset);
+        (self.first_line + line - 1, col)
+    }
+}
+
+/// Why a migration file was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceError {
+    /// The file (or directory) at fault.
+    pub path: PathBuf,
+    /// The 1-based line, when the problem is on one.
+    pub line: Option<usize>,
+    /// What is wrong, as a lowercase phrase.
+    pub message: String,
+    /// What a human should do about it.
+    pub hint: Option<String>,
+}
+
+impl SourceError {
+    fn new(path: &Path, message: impl Into<String>) -> Self {
+        SourceError {
+            path: path.to_path_buf(),
+            line: None,
+            message: message.into(),
+            hint: None,
+        }
+    }
+
+    fn at(mut self, line: usize) -> Self {
+        self.line = Some(line);
+        self
+    }
+
+    fn hint(mut self, hint: impl Into<String>) -> Self {
+        self.hint = Some(hint.into());
+        self
+    }
+}
+
+impl fmt::Display for SourceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        if let Some(line) = self.line {
+            write!(f, ":{line}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for SourceError {}
+
+/// The normalised bytes of a file: a UTF-8 byte order mark removed and CRLF
+/// line endings turned into LF, so that an editor's or git's line-ending
+/// setting never reads as a change.
+pub fn normalize(bytes: &[u8]) -> Vec<u8> {
+    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
+            i += 1;
+            continue;
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+/// The checksum of a migration: SHA-256 over its normalised file, and for a
+/// pair of files over the up file, a NUL byte, then the down file.
+pub fn checksum(up: &[u8], down: Option<&[u8]>) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(up);
+    if let Some(down) = down {
+        hasher.update([0u8]);
+        hasher.update(down);
+    }
+    let digest = hasher.finalize();
+    let mut out = String::with_capacity(7 + 64);
+    out.push_str("sha256:");
+    for byte in digest.iter() {
+        out.push(char::from_digit(u32::from(byte >> 4), 16).unwrap());
+        out.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap());
+    }
+    out
+}
+
+/// How a file name parses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileName {
+    /// `<version>_<name>.sql`
+    Single {
+        /// The version.
+        version: u64,
+        /// The name.
+        name: String,
+    },
+    /// `<version>_<name>.up.sql` or `.down.sql`
+    Half {
+        /// The version.
+        version: u64,
+        /// The name.
+        name: String,
+        /// `.up.sql` rather than `.down.sql`.
+        up: bool,
+    },
+}
+
+/// Parses a migration file name. `Ok(None)` for files that are not SQL
+/// (ignored), an error message for `.sql` files of neither form.
+pub fn parse_file_name(file_name: &str) -> Result<Option<FileName>, String> {
+    let Some(stem) = file_name.strip_suffix(".sql") else {
+        return Ok(None);
+    };
+    let (stem, half) = if let Some(s) = stem.strip_suffix(".up") {
+        (s, Some(true))
+    } else if let Some(s) = stem.strip_suffix(".down") {
+        (s, Some(false))
+    } else {
+        (stem, None)
+    };
+    let bad = || {
+        "file name does not match `<version>_<name>.sql` or `<version>_<name>.up.sql`/`.down.sql` \
+         (version: digits; name: lowercase letters, digits and `_`)"
+            .to_string()
+    };
+    let (digits, name) = stem.split_once('_').ok_or_else(bad)?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        return Err(bad());
+    }
+    let version = parse_version(digits)?;
+    let name = name.to_string();
+    Ok(Some(match half {
+        None => FileName::Single { version, name },
+        Some(up) => FileName::Half { version, name, up },
+    }))
+}
+
+/// Parses a version: digits, at most 18 of them so that it fits a signed
+/// 64-bit column on every engine.
+pub fn parse_version(digits: &str) -> Result<u64, String> {
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("version `{digits}` is not a number"));
+    }
+    let significant = digits.trim_start_matches('0');
+    if significant.len() > 18 {
+        return Err(format!("version `{digits}` has more than 18 digits"));
+    }
+    Ok(significant.parse().unwrap_or(0))
+}
+
+/// Checks a migration name as `lockstep new` takes it.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid migration name `{name}`: use lowercase letters, digits and `_`"
+        ))
+    }
+}
+
+impl MigrationSet {
+    /// Reads and parses every migration in `dir`. Fails on the first bad
+    /// file, in file-name order, without touching any database.
+    pub fn load(dir: impl AsRef<Path>) -> Result<MigrationSet, SourceError> {
+        let dir = dir.as_ref();
+        let entries = fs::read_dir(dir).map_err(|e| {
+            let err = SourceError::new(
+                dir,
+                format!("cannot read the migrations directory: {}", io_reason(&e)),
+            );
+            if e.kind() == io::ErrorKind::NotFound {
+                err.hint("run `lockstep init` to create it, or pass `--migrations DIR`")
+            } else {
+                err
+            }
+        })?;
+        let canonical_dir =
+            fs::canonicalize(dir).map_err(|e| SourceError::new(dir, io_reason(&e)))?;
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| SourceError::new(dir, io_reason(&e)))?;
+            let file_name = entry.file_name();
+            let Some(file_name) = file_name.to_str() else {
+                continue;
+            };
+            if file_name.starts_with('.') {
+                continue;
+            }
+            names.push(file_name.to_string());
+        }
+        names.sort();
+
+        let mut singles: BTreeMap<u64, (String, PathBuf)> = BTreeMap::new();
+        let mut halves: BTreeMap<u64, Halves> = BTreeMap::new();
+        let mut by_version: BTreeMap<u64, PathBuf> = BTreeMap::new();
+        for file_name in names {
+            let path = dir.join(&file_name);
+            let parsed = match parse_file_name(&file_name) {
+                Ok(Some(parsed)) => parsed,
+                Ok(None) => continue,
+                Err(message) => {
+                    if !path.is_file() {
+                        continue;
+                    }
+                    return Err(SourceError::new(&path, message)
+                        .hint("rename it, or move it out of the migrations directory"));
+                }
+            };
+            check_inside(&path, &canonical_dir)?;
+            if !path.is_file() {
+                continue;
+            }
+            let (version, name) = match &parsed {
+                FileName::Single { version, name } | FileName::Half { version, name, .. } => {
+                    (*version, name.clone())
+                }
+            };
+            // The two halves of a pair share a version; anything else that
+            // does is a duplicate.
+            if let Some(other) = by_version.get(&version) {
+                let pair_partner = matches!(parsed, FileName::Half { .. })
+                    && halves.get(&version).is_some_and(|h| h.name == name);
+                if !pair_partner {
+                    return Err(duplicate(&path, other, version));
+                }
+            }
+            by_version.insert(version, path.clone());
+            match parsed {
+                FileName::Single { .. } => {
+                    singles.insert(version, (name, path));
+                }
+                FileName::Half { up, .. } => {
+                    let entry = halves.entry(version).or_insert_with(|| Halves {
+                        name,
+                        up: None,
+                        down: None,
+                    });
+                    if up {
+                        entry.up = Some(path);
+                    } else {
+                        entry.down = Some(path);
+                    }
+                }
+            }
+        }
+
+        let mut migrations = Vec::with_capacity(singles.len() + halves.len());
+        for (version, (name, path)) in singles {
+            migrations.push(parse_single(version, name, &path)?);
+        }
+        for (version, h) in halves {
+            migrations.push(parse_pair(version, h)?);
+        }
+        migrations.sort_by_key(|m| m.version);
+        Ok(MigrationSet {
+            dir: dir.to_path_buf(),
+            migrations,
+        })
+    }
+
+    /// Builds a set from migrations parsed elsewhere (embedders that ship
+    /// their migrations inside the binary). Versions must be unique.
+    pub fn from_migrations(
+        dir: impl Into<PathBuf>,
+        mut migrations: Vec<Migration>,
+    ) -> Result<MigrationSet, SourceError> {
+        let dir = dir.into();
+        migrations.sort_by_key(|m| m.version);
+        for pair in migrations.windows(2) {
+            if pair[0].version == pair[1].version {
+                return Err(duplicate(
+                    &pair[1].up.path,
+                    &pair[0].up.path,
+                    pair[0].version,
+                ));
+            }
+        }
+        Ok(MigrationSet { dir, migrations })
+    }
+
+    /// The directory the migrations were read from.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The migrations, ordered by version.
+    pub fn migrations(&self) -> &[Migration] {
+        &self.migrations
+    }
+
+    /// The migration with this version.
+    pub fn get(&self, version: u64) -> Option<&Migration> {
+        self.migrations
+            .binary_search_by_key(&version, |m| m.version)
+            .ok()
+            .map(|i| &self.migrations[i])
+    }
+}
+
+struct Halves {
+    name: String,
+    up: Option<PathBuf>,
+    down: Option<PathBuf>,
+}
+
+fn duplicate(path: &Path, other: &Path, version: u64) -> SourceError {
+    SourceError::new(
+        path,
+        format!(
+            "duplicate version {version}: `{}` has it too",
+            other.display()
+        ),
+    )
+    .hint("give one of them a new version: each version must be unique")
+}
+
+/// Refuses a symlink that leads out of the migrations directory: the
+/// directory is what gets reviewed, so it must be what runs.
+fn check_inside(path: &Path, canonical_dir: &Path) -> Result<(), SourceError> {
+    let is_link = fs::symlink_metadata(path)
+        .map(|m| m.file_type().is_symlink())
+        .unwrap_or(false);
+    if !is_link {
+        return Ok(());
+    }
+    let target = fs::canonicalize(path)
+        .map_err(|e| SourceError::new(path, format!("broken symbolic link: {}", io_reason(&e))))?;
+    if target.starts_with(canonical_dir) {
+        Ok(())
+    } else {
+        Err(SourceError::new(
+            path,
+            format!(
+                "symbolic link points outside the migrations directory (to `{}`)",
+                target.display()
+            ),
+        )
+        .hint("copy the file into the migrations directory instead"))
+    }
+}
+
+fn io_reason(e: &io::Error) -> String {
+    match e.kind() {
+        io::ErrorKind::NotFound => "no such file or directory".to_string(),
+        io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+        _ => e.to_string(),
+    }
+}
+
+fn read_text(path: &Path) -> Result<String, SourceError> {
+    let meta = fs::metadata(path).map_err(|e| SourceError::new(path, io_reason(&e)))?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(SourceError::new(
+            path,
+            format!(
+                "file is too large ({} MiB; the limit is {} MiB)",
+                meta.len() / (1024 * 1024),
+                MAX_FILE_BYTES / (1024 * 1024)
+            ),
+        )
+        .hint("split it into several migrations, or load bulk data with a dedicated tool"));
+    }
+    let bytes = fs::read(path)
+        .map_err(|e| SourceError::new(path, format!("cannot read: {}", io_reason(&e))))?;
+    let bytes = normalize(&bytes);
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = e.utf8_error().valid_up_to();
+        let line = e.as_bytes()[..valid]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        SourceError::new(path, "file is not valid UTF-8")
+            .at(line)
+            .hint("save the file as UTF-8")
+    })
+}
+
+/// What a line of a migration file is to the parser.
+enum Line<'a> {
+    Upgrade,
+    Rollback,
+    Directive(&'a str),
+    Other,
+}
+
+fn classify_line(line: &str) -> Line<'_> {
+    let trimmed = line.trim();
+    let Some(comment) = trimmed.strip_prefix("--") else {
+        return Line::Other;
+    };
+    let comment = comment.trim();
+    if comment.eq_ignore_ascii_case("upgrade") {
+        Line::Upgrade
+    } else if comment.eq_ignore_ascii_case("rollback") {
+        Line::Rollback
+    } else if comment.len() >= 9 && comment[..9].eq_ignore_ascii_case("lockstep:") {
+        Line::Directive(comment[9..].trim())
+    } else {
+        Line::Other
+    }
+}
+
+/// The directives a section carries, checked.
+fn directives(text: &str, first_line: usize, path: &Path) -> Result<bool, SourceError> {
+    let mut no_transaction = false;
+    for (i, line) in text.lines().enumerate() {
+        if let Line::Directive(word) = classify_line(line) {
+            match word {
+                "no-transaction" => no_transaction = true,
+                other => {
+                    return Err(SourceError::new(
+                        path,
+                        format!("unknown directive `-- lockstep:{other}`"),
+                    )
+                    .at(first_line + i)
+                    .hint("the only directive is `-- lockstep:no-transaction`"))
+                }
+            }
+        }
+    }
+    Ok(no_transaction)
+}
+
+fn section(text: &str, first_line: usize, path: &Path) -> Result<Section, SourceError> {
+    Ok(Section {
+        no_transaction: directives(text, first_line, path)?,
+        sql: text.to_string(),
+        path: path.to_path_buf(),
+        first_line,
+    })
+}
+
+fn parse_single(version: u64, name: String, path: &Path) -> Result<Migration, SourceError> {
+    let text = read_text(path)?;
+    let mut up: Option<(usize, usize)> = None; // (line index of marker, byte offset after it)
+    let mut down: Option<(usize, usize)> = None;
+    let mut offset = 0;
+    let mut lines = Vec::new();
+    for (i, line) in text.split_inclusive('\n').enumerate() {
+        lines.push(offset);
+        let next = offset + line.len();
+        match classify_line(line) {
+            Line::Upgrade => {
+                if let Some((prev, _)) = up {
+                    return Err(SourceError::new(
+                        path,
+                        format!(
+                            "second `-- upgrade` line (the first is on line {})",
+                            prev + 1
+                        ),
+                    )
+                    .at(i + 1));
+                }
+                up = Some((i, next));
+            }
+            Line::Rollback => {
+                if let Some((prev, _)) = down {
+                    return Err(SourceError::new(
+                        path,
+                        format!(
+                            "second `-- rollback` line (the first is on line {})",
+                            prev + 1
+                        ),
+                    )
+                    .at(i + 1));
+                }
+                down = Some((i, next));
+            }
+            Line::Directive(_) if up.is_none() && down.is_none() => {
+                return Err(
+                    SourceError::new(path, "directive before the `-- upgrade` line")
+                        .at(i + 1)
+                        .hint("put directives inside the section they apply to"),
+                );
+            }
+            Line::Directive(_) | Line::Other => {}
+        }
+        offset = next;
+    }
+    let Some((up_line, up_start)) = up else {
+        let mut err = SourceError::new(path, "no `-- upgrade` line");
+        err = if text
+            .lines()
+            .any(|l| l.trim().eq_ignore_ascii_case("-- migrate:up"))
+        {
+            err.hint("lockstep marks sections with `-- upgrade` and `-- rollback` (dbmate's `-- migrate:up` and `-- migrate:down`)")
+        } else {
+            err.hint("start the migration's SQL with a line `-- upgrade`; put the SQL that undoes it after a line `-- rollback`")
+        };
+        return Err(err);
+    };
+    let first_marker = down.map_or(up_line, |(d, _)| d.min(up_line));
+    if let Some(at) = sql::first_code_offset(&text[..lines[first_marker]]) {
+        return Err(SourceError::new(path, "SQL before the `-- upgrade` line")
+            .at(sql::line_col(&text, at).0)
+            .hint("only comments may come before `-- upgrade`"));
+    }
+    // A section runs to the next marker or the end of the file.
+    let end_of = |start_line: usize| -> usize {
+        [up, down]
+            .into_iter()
+            .flatten()
+            .map(|(line, _)| line)
+            .filter(|&line| line > start_line)
+            .min()
+            .map(|line| lines[line])
+            .unwrap_or(text.len())
+    };
+    let up_text = &text[up_start..end_of(up_line)];
+    let up_section = section(up_text, up_line + 2, path)?;
+    if !sql::has_code(up_text) {
+        return Err(SourceError::new(path, "the upgrade section is empty")
+            .at(up_line + 1)
+            .hint("write the migration's SQL after the `-- upgrade` line"));
+    }
+    let down_section = match down {
+        Some((down_line, down_start)) => {
+            let down_text = &text[down_start..end_of(down_line)];
+            let s = section(down_text, down_line + 2, path)?;
+            sql::has_code(down_text).then_some(s)
+        }
+        None => None,
+    };
+    Ok(Migration {
+        version,
+        name,
+        checksum: checksum(text.as_bytes(), None),
+        up: up_section,
+        down: down_section,
+    })
+}
+
+fn parse_pair(version: u64, halves: Halves) -> Result<Migration, SourceError> {
+    let Some(up_path) = halves.up else {
+        let down = halves.down.expect("a half exists");
+        return Err(
+            SourceError::new(&down, "a `.down.sql` file without its `.up.sql` file").hint(format!(
+                "add `{version}_{}.up.sql`, or remove this file",
+                halves.name
+            )),
+        );
+    };
+    let read_half = |path: &Path| -> Result<String, SourceError> {
+        let text = read_text(path)?;
+        for (i, line) in text.lines().enumerate() {
+            if matches!(classify_line(line), Line::Upgrade | Line::Rollback) {
+                return Err(SourceError::new(
+                    path,
+                    "section marker in a `.up.sql`/`.down.sql` file",
+                )
+                .at(i + 1)
+                .hint("in a pair of files each file is a whole section: remove the marker line"));
+            }
+        }
+        Ok(text)
+    };
+    let up_text = read_half(&up_path)?;
+    if !sql::has_code(&up_text) {
+        return Err(SourceError::new(&up_path, "the upgrade file is empty")
+            .hint("write the migration's SQL in this file"));
+    }
+    let up = section(&up_text, 1, &up_path)?;
+    let (down, down_text) = match &halves.down {
+        Some(path) => {
+            let text = read_half(path)?;
+            let s = section(&text, 1, path)?;
+            (sql::has_code(&text).then_some(s), Some(text))
+        }
+        None => (None, None),
+    };
+    Ok(Migration {
+        version,
+        name: halves.name,
+        checksum: checksum(up_text.as_bytes(), down_text.as_deref().map(str::as_bytes)),
+        up,
+        down,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Dir(PathBuf);
+
+    impl Dir {
+        fn new(files: &[(&str, &[u8])]) -> Dir {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "lockstep-source-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            for (name, content) in files {
+                fs::write(dir.join(name), content).unwrap();
+            }
+            Dir(dir)
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn load(files: &[(&str, &[u8])]) -> Result<MigrationSet, SourceError> {
+        let dir = Dir::new(files);
+        MigrationSet::load(&dir.0)
+    }
+
+    fn load_err(files: &[(&str, &[u8])]) -> (String, Option<usize>, String) {
+        let err = load(files).unwrap_err();
+        let file = err.path.file_name().unwrap().to_str().unwrap().to_string();
+        (file, err.line, err.message)
+    }
+
+    #[test]
+    fn file_names() {
+        let ok: &[(&str, FileName)] = &[
+            (
+                "1_init.sql",
+                FileName::Single {
+                    version: 1,
+                    name: "init".into(),
+                },
+            ),
+            (
+                "20261124101500_add_users.sql",
+                FileName::Single {
+                    version: 20261124101500,
+                    name: "add_users".into(),
+                },
+            ),
+            (
+                "0002_x2.up.sql",
+                FileName::Half {
+                    version: 2,
+                    name: "x2".into(),
+                    up: true,
+                },
+            ),
+            (
+                "0002_x2.down.sql",
+                FileName::Half {
+                    version: 2,
+                    name: "x2".into(),
+                    up: false,
+                },
+            ),
+        ];
+        for (name, want) in ok {
+            assert_eq!(
+                parse_file_name(name).unwrap().as_ref(),
+                Some(want),
+                "{name}"
+            );
+        }
+        for ignored in ["README.md", "notes.txt", "1_init.sql.bak"] {
+            assert_eq!(parse_file_name(ignored).unwrap(), None, "{ignored}");
+        }
+        for bad in [
+            "init.sql",
+            "1_Init.sql",
+            "1-init.sql",
+            "_init.sql",
+            "1_.sql",
+            "1_in it.sql",
+            "v1_init.sql",
+            "1_init.sideways.sql",
+            "1234567890123456789_too_long.sql",
+        ] {
+            assert!(parse_file_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn single_file_with_both_sections() {
+        let set = load(&[(
+            "1_init.sql",
+            b"-- a header comment\n-- upgrade\nCREATE TABLE t (id int);\n\n-- rollback\nDROP TABLE t;\n",
+        )])
+        .unwrap();
+        let m = &set.migrations()[0];
+        assert_eq!((m.version, m.name.as_str()), (1, "init"));
+        assert_eq!(m.up.sql, "CREATE TABLE t (id int);\n\n");
+        assert_eq!(m.up.first_line, 3);
+        assert!(!m.up.no_transaction);
+        let down = m.down.as_ref().unwrap();
+        assert_eq!(down.sql, "DROP TABLE t;\n");
+        assert_eq!(down.first_line, 6);
+        assert_eq!(m.up.position(2), (3, 3));
+    }
+
+    #[test]
+    fn rollback_section_may_come_first_and_empty_means_none() {
+        let set = load(&[(
+            "1_a.sql",
+            b"-- rollback\n-- nothing to undo\n-- upgrade\nSELECT 1;\n",
+        )])
+        .unwrap();
+        let m = &set.migrations()[0];
+        assert_eq!(m.up.sql, "SELECT 1;\n");
+        assert!(m.down.is_none());
+    }
+
+    #[test]
+    fn pair_of_files() {
+        let set = load(&[
+            (
+                "2_b.up.sql",
+                b"-- lockstep:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (x);\n",
+            ),
+            ("2_b.down.sql", b"DROP INDEX i;\n"),
+            ("1_a.up.sql", b"SELECT 1;\n"),
+        ])
+        .unwrap();
+        let versions: Vec<u64> = set.migrations().iter().map(|m| m.version).collect();
+        assert_eq!(versions, [1, 2]);
+        let b = set.get(2).unwrap();
+        assert!(b.up.no_transaction);
+        assert!(!b.down.as_ref().unwrap().no_transaction);
+        assert!(set.get(1).unwrap().down.is_none());
+        assert_eq!(
+            b.checksum,
+            checksum(
+                b"-- lockstep:no-transaction\nCREATE INDEX CONCURRENTLY i ON t (x);\n",
+                Some(b"DROP INDEX i;\n")
+            )
+        );
+    }
+
+    #[test]
+    fn checksum_ignores_bom_and_crlf() {
+        let plain = load(&[("1_a.sql", b"-- upgrade\nSELECT 1;\n")]).unwrap();
+        let windows = load(&[("1_a.sql", b"\xEF\xBB\xBF-- upgrade\r\nSELECT 1;\r\n")]).unwrap();
+        assert_eq!(
+            plain.migrations()[0].checksum,
+            windows.migrations()[0].checksum
+        );
+        assert_eq!(plain.migrations()[0], {
+            let mut m = windows.migrations()[0].clone();
+            m.up.path = plain.migrations()[0].up.path.clone();
+            m
+        });
+        assert_eq!(
+            checksum(b"", None),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    #[test]
+    fn bad_files_are_named_with_their_line() {
+        let table: &[(&[(&str, &[u8])], (&str, Option<usize>, &str))] = &[
+            (
+                &[("1_a.sql", b"CREATE TABLE t (id int);\n")],
+                ("1_a.sql", None, "no `-- upgrade` line"),
+            ),
+            (
+                &[(
+                    "1_a.sql",
+                    b"-- upgrade\n-- just a comment\n\n-- rollback\nDROP TABLE t;\n",
+                )],
+                ("1_a.sql", Some(1), "the upgrade section is empty"),
+            ),
+            (
+                &[(
+                    "1_a.sql",
+                    b"-- upgrade\nSELECT 1;\n-- lockstep:no-transactions\n",
+                )],
+                (
+                    "1_a.sql",
+                    Some(3),
+                    "unknown directive `-- lockstep:no-transactions`",
+                ),
+            ),
+            (
+                &[("1_a.sql", b"-- upgrade\nSELECT 1;\n-- upgrade\nSELECT 2;\n")],
+                (
+                    "1_a.sql",
+                    Some(3),
+                    "second `-- upgrade` line (the first is on line 1)",
+                ),
+            ),
+            (
+                &[("1_a.sql", b"SELECT 0;\n-- upgrade\nSELECT 1;\n")],
+                ("1_a.sql", Some(1), "SQL before the `-- upgrade` line"),
+            ),
+            (
+                &[("1_a.sql", b"-- upgrade\nSELECT 1;\nSELECT '\xff';\n")],
+                ("1_a.sql", Some(3), "file is not valid UTF-8"),
+            ),
+            (
+                &[
+                    ("1_a.sql", b"-- upgrade\nSELECT 1;\n"),
+                    ("01_b.sql", b"-- upgrade\nSELECT 2;\n"),
+                ],
+                ("1_a.sql", None, "duplicate version 1: "),
+            ),
+            (
+                &[
+                    ("1_a.sql", b"-- upgrade\nSELECT 1;\n"),
+                    ("1_a.up.sql", b"SELECT 2;\n"),
+                ],
+                ("1_a.up.sql", None, "duplicate version 1: "),
+            ),
+            (
+                &[("3_c.down.sql", b"DROP TABLE c;\n")],
+                (
+                    "3_c.down.sql",
+                    None,
+                    "a `.down.sql` file without its `.up.sql` file",
+                ),
+            ),
+            (
+                &[("3_c.up.sql", b"-- upgrade\nSELECT 1;\n")],
+                (
+                    "3_c.up.sql",
+                    Some(1),
+                    "section marker in a `.up.sql`/`.down.sql` file",
+                ),
+            ),
+            (
+                &[("3_c.up.sql", b"\n-- nothing\n")],
+                ("3_c.up.sql", None, "the upgrade file is empty"),
+            ),
+            (
+                &[("notes.sql", b"SELECT 1;\n")],
+                ("notes.sql", None, "file name does not match"),
+            ),
+        ];
+        for (files, (file, line, message)) in table {
+            let (got_file, got_line, got_message) = load_err(files);
+            assert_eq!(&got_file, file, "{files:?}");
+            assert_eq!(&got_line, line, "{files:?}");
+            assert!(
+                got_message.starts_with(message),
+                "{got_message} vs {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn dbmate_markers_get_a_hint() {
+        let err = load(&[("1_a.sql", b"-- migrate:up\nSELECT 1;\n")]).unwrap_err();
+        assert!(err.hint.unwrap().contains("migrate:up"));
+    }
+
+    #[test]
+    fn missing_directory_hints_at_init() {
+        let err = MigrationSet::load("/nonexistent/lockstep-migrations").unwrap_err();
+        assert!(err.message.contains("cannot read the migrations directory"));
+        assert!(err.hint.unwrap().contains("lockstep init"));
+    }
+
+    #[test]
+    fn other_files_and_hidden_files_are_ignored() {
+        let set = load(&[
+            ("README.md", b"# notes"),
+            (".1_swap.sql", b"garbage"),
+            ("1_a.sql", b"-- upgrade\nSELECT 1;\n"),
+        ])
+        .unwrap();
+        assert_eq!(set.migrations().len(), 1);
+    }
+
+    #[test]
+    fn symlink_out_of_the_directory_is_refused() {
+        let outside = Dir::new(&[("x.sql", b"-- upgrade\nSELECT 1;\n")]);
+        let inside = Dir::new(&[("2_b.sql", b"-- upgrade\nSELECT 2;\n")]);
+        std::os::unix::fs::symlink(outside.0.join("x.sql"), inside.0.join("1_a.sql")).unwrap();
+        let err = MigrationSet::load(&inside.0).unwrap_err();
+        assert!(
+            err.message.contains("outside the migrations directory"),
+            "{err}"
+        );
+        // A link inside the directory is fine.
+        fs::remove_file(inside.0.join("1_a.sql")).unwrap();
+        std::os::unix::fs::symlink(inside.0.join("2_b.sql"), inside.0.join("3_c.sql")).unwrap();
+        assert!(MigrationSet::load(&inside.0).is_ok());
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(parse_version("0001"), Ok(1));
+        assert_eq!(
+            parse_version("999999999999999999"),
+            Ok(999_999_999_999_999_999)
+        );
+        assert!(parse_version("1999999999999999999").is_err());
+        assert!(parse_version("1a").is_err());
+        assert!(check_name("add_users_2").is_ok());
+        assert!(check_name("Add Users").is_err());
+    }
+}

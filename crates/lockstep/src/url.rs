@@ -1,0 +1,592 @@
+//! Database URLs: parsing, and a display that never shows a password.
+//!
+//! - `sqlite://relative/file.db`, `sqlite:///absolute/file.db`, `sqlite::memory:`
+//! - `postgres://` or `postgresql://` `[user[:password]@][host][:port][/database][?param=value&...]`
+//!   with the parameters `host` (a Unix socket directory when it starts with `/`),
+//!   `port`, `user`, `password`, `dbname`, `sslmode`, `sslrootcert`,
+//!   `connect_timeout` (seconds) and `application_name`.
+//!
+//! Error messages never quote the text of the URL's authority part, because a
+//! malformed URL may put a password where a host or port should be.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A parsed database URL. Its `Display` and `Debug` hide the password.
+#[derive(Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// An SQLite database.
+    Sqlite(SqliteTarget),
+    /// A PostgreSQL server.
+    Postgres(PgTarget),
+}
+
+/// Where an SQLite database lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SqliteTarget {
+    /// A file; relative paths are relative to the working directory.
+    File(PathBuf),
+    /// A private in-memory database (`sqlite::memory:`), for tests and
+    /// embedders.
+    Memory,
+}
+
+/// How TLS is used, as libpq's `sslmode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SslMode {
+    /// Never use TLS.
+    Disable,
+    /// Use TLS when the server offers it, without verifying the certificate.
+    Prefer,
+    /// Require TLS, without verifying the certificate.
+    Require,
+    /// Require TLS and a certificate signed by a trusted CA.
+    VerifyCa,
+    /// Require TLS, a trusted certificate, and that it names the host.
+    VerifyFull,
+}
+
+impl SslMode {
+    fn parse(s: &str) -> Option<SslMode> {
+        Some(match s {
+            "disable" => SslMode::Disable,
+            "prefer" | "allow" => SslMode::Prefer,
+            "require" => SslMode::Require,
+            "verify-ca" => SslMode::VerifyCa,
+            "verify-full" => SslMode::VerifyFull,
+            _ => return None,
+        })
+    }
+
+    /// The name in a URL.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SslMode::Disable => "disable",
+            SslMode::Prefer => "prefer",
+            SslMode::Require => "require",
+            SslMode::VerifyCa => "verify-ca",
+            SslMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Where the PostgreSQL server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PgHost {
+    /// A host name or IP address.
+    Tcp(String),
+    /// A directory holding the server's Unix socket.
+    Socket(PathBuf),
+}
+
+/// A password; its `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The password itself, for the connection handshake only.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A PostgreSQL connection target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PgTarget {
+    /// The user name.
+    pub user: String,
+    /// The password, if any.
+    pub password: Option<Secret>,
+    /// The server's address.
+    pub host: PgHost,
+    /// The server's port (also names the socket file).
+    pub port: u16,
+    /// The database name.
+    pub dbname: String,
+    /// TLS mode.
+    pub sslmode: SslMode,
+    /// A file of trusted CA certificates (PEM), or `system` for the system's.
+    pub sslrootcert: Option<PathBuf>,
+    /// How long to wait for a connection.
+    pub connect_timeout: Option<Duration>,
+    /// `application_name` for the session, when the URL sets one.
+    pub application_name: Option<String>,
+}
+
+/// Why a URL was refused. Never holds any part of the URL's authority.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlError(pub String);
+
+impl fmt::Display for UrlError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invalid database URL: {}", self.0)
+    }
+}
+
+impl std::error::Error for UrlError {}
+
+fn err<T>(msg: impl Into<String>) -> Result<T, UrlError> {
+    Err(UrlError(msg.into()))
+}
+
+impl FromStr for DatabaseUrl {
+    type Err = UrlError;
+
+    fn from_str(url: &str) -> Result<Self, UrlError> {
+        let url = url.trim();
+        if url == "sqlite::memory:" || url == "sqlite://:memory:" {
+            return Ok(DatabaseUrl::Sqlite(SqliteTarget::Memory));
+        }
+        let Some((scheme, rest)) = url.split_once("://") else {
+            return err(
+                "expected `sqlite://PATH` or `postgres://[user[:password]@]host[:port]/database`",
+            );
+        };
+        match scheme {
+            "sqlite" | "sqlite3" => parse_sqlite(rest),
+            "postgres" | "postgresql" => parse_postgres(rest).map(DatabaseUrl::Postgres),
+            _ => {
+                // The scheme precedes any secret, but a URL without `://` in
+                // the expected place could be anything: show it only when it
+                // looks like a scheme.
+                let shown = if scheme
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '+')
+                {
+                    format!("unsupported scheme `{scheme}`")
+                } else {
+                    "unsupported scheme".to_string()
+                };
+                err(format!("{shown}; use `sqlite://` or `postgres://`"))
+            }
+        }
+    }
+}
+
+fn parse_sqlite(rest: &str) -> Result<DatabaseUrl, UrlError> {
+    let (path, query) = match rest.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (rest, None),
+    };
+    if let Some(query) = query.filter(|q| !q.is_empty()) {
+        let key = query.split(['=', '&']).next().unwrap_or_default();
+        return err(format!(
+            "unknown SQLite URL parameter `{}`; SQLite URLs take none",
+            percent_decode(key).unwrap_or_default()
+        ));
+    }
+    if path.is_empty() {
+        return err("an SQLite URL needs a file path, as in `sqlite://app.db`");
+    }
+    if path == ":memory:" {
+        return Ok(DatabaseUrl::Sqlite(SqliteTarget::Memory));
+    }
+    let path = percent_decode(path)
+        .ok_or_else(|| UrlError("bad percent-encoding in the SQLite path".into()))?;
+    Ok(DatabaseUrl::Sqlite(SqliteTarget::File(PathBuf::from(path))))
+}
+
+fn parse_postgres(rest: &str) -> Result<PgTarget, UrlError> {
+    let (before_query, query) = match rest.split_once('?') {
+        Some((b, q)) => (b, q),
+        None => (rest, ""),
+    };
+    let (authority, path) = match before_query.find('/') {
+        Some(i) => (&before_query[..i], &before_query[i + 1..]),
+        None => (before_query, ""),
+    };
+    // The user info ends at the last `@`: a password may hold one.
+    let (userinfo, hostport) = match authority.rfind('@') {
+        Some(i) => (Some(&authority[..i]), &authority[i + 1..]),
+        None => (None, authority),
+    };
+    if userinfo.is_none() && path.contains('@') {
+        return err("a `/` in the user name or password must be percent-encoded as `%2F`");
+    }
+    let (mut user, mut password) = (None, None);
+    if let Some(info) = userinfo {
+        let (u, p) = match info.split_once(':') {
+            Some((u, p)) => (u, Some(p)),
+            None => (info, None),
+        };
+        user = Some(decode(u, "user name")?);
+        if let Some(p) = p {
+            password = Some(Secret(percent_decode(p).ok_or_else(|| {
+                UrlError("bad percent-encoding in the password".into())
+            })?));
+        }
+    }
+    let (mut host, mut port) = split_host_port(hostport)?;
+    let mut dbname = if path.is_empty() {
+        None
+    } else {
+        Some(decode(path, "database name")?)
+    };
+    let mut sslmode = None;
+    let mut sslrootcert = None;
+    let mut connect_timeout = None;
+    let mut application_name = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        let key = decode(key, "parameter name")?;
+        match key.as_str() {
+            "password" => {
+                password = Some(Secret(percent_decode(value).ok_or_else(|| {
+                    UrlError("bad percent-encoding in the password".into())
+                })?))
+            }
+            "host" => host = Some(decode(value, "host")?),
+            "port" => port = Some(parse_port(value)?),
+            "user" => user = Some(decode(value, "user name")?),
+            "dbname" => dbname = Some(decode(value, "database name")?),
+            "sslmode" => {
+                let v = decode(value, "sslmode")?;
+                sslmode = Some(SslMode::parse(&v).ok_or_else(|| {
+                    UrlError(format!(
+                        "unknown sslmode `{v}`; use disable, prefer, require, verify-ca or verify-full"
+                    ))
+                })?)
+            }
+            "sslrootcert" => sslrootcert = Some(PathBuf::from(decode(value, "sslrootcert")?)),
+            "connect_timeout" => {
+                let v = decode(value, "connect_timeout")?;
+                let secs: u64 = v.parse().map_err(|_| {
+                    UrlError(format!(
+                        "connect_timeout `{v}` is not a whole number of seconds"
+                    ))
+                })?;
+                connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+            }
+            "application_name" => application_name = Some(decode(value, "application_name")?),
+            other => {
+                return err(format!(
+                    "unknown parameter `{other}`; lockstep understands host, port, user, password, \
+                     dbname, sslmode, sslrootcert, connect_timeout and application_name"
+                ))
+            }
+        }
+    }
+    let host = match host {
+        Some(h) if h.starts_with('/') => PgHost::Socket(PathBuf::from(h)),
+        Some(h) if !h.is_empty() => PgHost::Tcp(h),
+        _ => default_host(),
+    };
+    let user = match user.filter(|u| !u.is_empty()) {
+        Some(u) => u,
+        None => default_user()?,
+    };
+    let sslmode = match (&host, sslmode) {
+        (_, Some(mode)) => mode,
+        // libpq ignores sslmode on Unix sockets; the server offers no TLS there.
+        (PgHost::Socket(_), None) => SslMode::Disable,
+        (PgHost::Tcp(_), None) => SslMode::Prefer,
+    };
+    Ok(PgTarget {
+        dbname: dbname
+            .filter(|d| !d.is_empty())
+            .unwrap_or_else(|| user.clone()),
+        user,
+        password,
+        host,
+        port: port.unwrap_or(5432),
+        sslmode,
+        sslrootcert,
+        connect_timeout,
+        application_name,
+    })
+}
+
+fn split_host_port(hostport: &str) -> Result<(Option<String>, Option<u16>), UrlError> {
+    if hostport.is_empty() {
+        return Ok((None, None));
+    }
+    if hostport.contains(',') {
+        return err("several hosts in one URL are not supported");
+    }
+    if let Some(rest) = hostport.strip_prefix('[') {
+        let Some((addr, after)) = rest.split_once(']') else {
+            return err("an IPv6 address must be closed with `]`");
+        };
+        let port = match after.strip_prefix(':') {
+            Some(p) => Some(parse_port(p)?),
+            None if after.is_empty() => None,
+            None => return err("unexpected text after the IPv6 address"),
+        };
+        return Ok((Some(addr.to_string()), port));
+    }
+    match hostport.rsplit_once(':') {
+        Some((h, p)) => Ok((Some(decode(h, "host")?), Some(parse_port(p)?))),
+        None => Ok((Some(decode(hostport, "host")?), None)),
+    }
+}
+
+fn parse_port(p: &str) -> Result<u16, UrlError> {
+    match p.parse::<u16>() {
+        Ok(port) if port > 0 => Ok(port),
+        // The text is not quoted: it may be a password fragment.
+        _ => err("the port is not a number from 1 to 65535"),
+    }
+}
+
+fn decode(s: &str, what: &str) -> Result<String, UrlError> {
+    percent_decode(s).ok_or_else(|| UrlError(format!("bad percent-encoding in the {what}")))
+}
+
+/// Decodes `%XX` escapes; `None` when an escape is malformed or the result is
+/// not UTF-8.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn default_host() -> PgHost {
+    if let Ok(h) = std::env::var("PGHOST") {
+        if h.starts_with('/') {
+            return PgHost::Socket(PathBuf::from(h));
+        } else if !h.is_empty() {
+            return PgHost::Tcp(h);
+        }
+    }
+    // libpq's compiled-in default: Debian's socket directory, else /tmp.
+    let debian = PathBuf::from("/var/run/postgresql");
+    if debian.is_dir() {
+        PgHost::Socket(debian)
+    } else {
+        PgHost::Socket(PathBuf::from("/tmp"))
+    }
+}
+
+fn default_user() -> Result<String, UrlError> {
+    for var in ["PGUSER", "USER", "LOGNAME"] {
+        if let Ok(u) = std::env::var(var) {
+            if !u.is_empty() {
+                return Ok(u);
+            }
+        }
+    }
+    err("no user name in the URL and none in PGUSER or USER")
+}
+
+impl DatabaseUrl {
+    /// The engine's name: `sqlite` or `postgres`.
+    pub fn engine(&self) -> &'static str {
+        match self {
+            DatabaseUrl::Sqlite(_) => "sqlite",
+            DatabaseUrl::Postgres(_) => "postgres",
+        }
+    }
+
+    /// The password this URL carries, if any: callers that print text which
+    /// may have come from elsewhere (a server message) can scrub it.
+    pub fn password(&self) -> Option<&str> {
+        match self {
+            DatabaseUrl::Postgres(t) => t.password.as_ref().map(Secret::expose),
+            DatabaseUrl::Sqlite(_) => None,
+        }
+    }
+}
+
+impl fmt::Display for DatabaseUrl {
+    /// The URL with the password replaced by `***`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DatabaseUrl::Sqlite(SqliteTarget::Memory) => f.write_str("sqlite::memory:"),
+            DatabaseUrl::Sqlite(SqliteTarget::File(path)) => {
+                write!(f, "sqlite://{}", path.display())
+            }
+            DatabaseUrl::Postgres(t) => {
+                write!(f, "postgres://{}", percent_encode(&t.user))?;
+                if t.password.is_some() {
+                    f.write_str(":***")?;
+                }
+                f.write_str("@")?;
+                let mut params = Vec::new();
+                match &t.host {
+                    PgHost::Tcp(h) if h.contains(':') => write!(f, "[{h}]:{}", t.port)?,
+                    PgHost::Tcp(h) => write!(f, "{h}:{}", t.port)?,
+                    PgHost::Socket(dir) => {
+                        params.push(format!("host={}", dir.display()));
+                        if t.port != 5432 {
+                            params.push(format!("port={}", t.port));
+                        }
+                    }
+                }
+                write!(f, "/{}", percent_encode(&t.dbname))?;
+                if t.sslmode != SslMode::Prefer && matches!(t.host, PgHost::Tcp(_)) {
+                    params.push(format!("sslmode={}", t.sslmode.as_str()));
+                }
+                if let Some(root) = &t.sslrootcert {
+                    params.push(format!("sslrootcert={}", root.display()));
+                }
+                if !params.is_empty() {
+                    write!(f, "?{}", params.join("&"))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({self})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pg(url: &str) -> PgTarget {
+        match url.parse::<DatabaseUrl>().unwrap() {
+            DatabaseUrl::Postgres(t) => t,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn sqlite_paths() {
+        let table = [
+            ("sqlite://app.db", "app.db"),
+            ("sqlite://data/app.db", "data/app.db"),
+            ("sqlite:///var/lib/app.db", "/var/lib/app.db"),
+            ("sqlite://my%20app.db", "my app.db"),
+        ];
+        for (url, path) in table {
+            assert_eq!(
+                url.parse::<DatabaseUrl>().unwrap(),
+                DatabaseUrl::Sqlite(SqliteTarget::File(path.into())),
+                "{url}"
+            );
+        }
+        assert_eq!(
+            "sqlite::memory:".parse::<DatabaseUrl>().unwrap(),
+            DatabaseUrl::Sqlite(SqliteTarget::Memory)
+        );
+    }
+
+    #[test]
+    fn postgres_full_url() {
+        let t = pg("postgresql://alice:s3cr%40t@db.example.com:6432/app?sslmode=verify-full&sslrootcert=/etc/ca.pem&connect_timeout=5");
+        assert_eq!(t.user, "alice");
+        assert_eq!(t.password.as_ref().unwrap().expose(), "s3cr@t");
+        assert_eq!(t.host, PgHost::Tcp("db.example.com".into()));
+        assert_eq!(t.port, 6432);
+        assert_eq!(t.dbname, "app");
+        assert_eq!(t.sslmode, SslMode::VerifyFull);
+        assert_eq!(t.sslrootcert, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(t.connect_timeout, Some(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn postgres_socket_and_defaults() {
+        let t = pg("postgres://bob@/app?host=/tmp/pg&port=5433");
+        assert_eq!(t.host, PgHost::Socket("/tmp/pg".into()));
+        assert_eq!(t.port, 5433);
+        assert_eq!(t.sslmode, SslMode::Disable);
+        let t = pg("postgres://bob@%2Ftmp%2Fpg/app");
+        assert_eq!(t.host, PgHost::Socket("/tmp/pg".into()));
+        let t = pg("postgres://bob@localhost");
+        assert_eq!(
+            (t.port, t.dbname.as_str(), t.sslmode),
+            (5432, "bob", SslMode::Prefer)
+        );
+        let t = pg("postgres://u:p@[::1]:7000/d");
+        assert_eq!((t.host, t.port), (PgHost::Tcp("::1".into()), 7000));
+        let t = pg("postgres://u@h/d?password=p%26q");
+        assert_eq!(t.password.unwrap().expose(), "p&q");
+        // A password may hold `@` and `:`.
+        let t = pg("postgres://u:a:b@c@h/d");
+        assert_eq!(t.password.unwrap().expose(), "a:b@c");
+    }
+
+    #[test]
+    fn bad_urls_never_echo_the_authority() {
+        let table = [
+            ("mysql://u:hunter2@h/d", "unsupported scheme `mysql`"),
+            ("postgres://u:hunter2@h:abc/d", "the port is not a number"),
+            ("postgres://u:hun/ter2@h/d", "must be percent-encoded"),
+            (
+                "postgres://u:hunter2@h/d?sslmode=sometimes",
+                "unknown sslmode `sometimes`",
+            ),
+            (
+                "postgres://u:hunter2@h/d?colour=blue",
+                "unknown parameter `colour`",
+            ),
+            (
+                "postgres://u:hunter2@h/d?connect_timeout=soon",
+                "connect_timeout `soon`",
+            ),
+            ("postgres://u:hunter2@h1,h2/d", "several hosts"),
+            (
+                "postgres://u:hunter2%zz@h/d",
+                "bad percent-encoding in the password",
+            ),
+            (
+                "sqlite://app.db?mode=ro",
+                "unknown SQLite URL parameter `mode`",
+            ),
+            ("sqlite://", "needs a file path"),
+            ("hunter2", "expected `sqlite://PATH`"),
+        ];
+        for (url, want) in table {
+            let e = url.parse::<DatabaseUrl>().unwrap_err().to_string();
+            assert!(e.contains(want), "{url}: {e}");
+            assert!(!e.contains("hunter2") && !e.contains("ter2"), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn display_hides_the_password() {
+        let url: DatabaseUrl = "postgres://alice:hunter2@db:5432/app?sslmode=require"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url.to_string(),
+            "postgres://alice:***@db:5432/app?sslmode=require"
+        );
+        assert!(!format!("{url:?}").contains("hunter2"));
+        assert_eq!(url.password(), Some("hunter2"));
+        let url: DatabaseUrl = "postgres://alice@/app?host=/run/pg&port=6000"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url.to_string(),
+            "postgres://alice@/app?host=/run/pg&port=6000"
+        );
+    }
+}
