@@ -1,0 +1,202 @@
+//! Read-only commands: `status`, `history`, `validate`. They create no
+//! table and, on SQLite, no database file.
+
+use lockstep::{plan, MigrationSet, State};
+
+use super::{connect_read_only, plural, render, Row};
+use crate::cli::StatusArgs;
+use crate::error::{CliError, Exit};
+use crate::json;
+use crate::printer::{Printer, Style};
+use crate::settings::Settings;
+
+pub fn status(
+    settings: &Settings,
+    printer: &mut Printer,
+    args: &StatusArgs,
+) -> Result<Exit, CliError> {
+    settings.database()?;
+    let set = MigrationSet::load(&settings.migrations)?;
+    let history = connect_read_only(settings)?.history()?;
+    let entries = plan::status(set.migrations(), &history);
+
+    let mut counts = json::Counts::default();
+    for e in &entries {
+        match e.state {
+            State::Applied => counts.applied += 1,
+            State::Pending => counts.pending += 1,
+            State::Modified => counts.modified += 1,
+            State::Missing => counts.missing += 1,
+            State::Dirty => counts.dirty += 1,
+        }
+    }
+    let all_applied = entries.iter().all(|e| e.state == State::Applied);
+    let exit = if args.check && !all_applied {
+        Exit::Refused
+    } else {
+        Exit::Success
+    };
+
+    if entries.is_empty() {
+        printer.line(&format!(
+            "no migrations in {}",
+            settings.migrations.display()
+        ));
+    } else {
+        let mut rows = vec![Row::new()
+            .cell("VERSION")
+            .cell("NAME")
+            .cell("STATE")
+            .cell("APPLIED AT")];
+        for e in &entries {
+            let mut state = e.state.as_str().to_string();
+            if e.out_of_order {
+                state.push_str(" (out of order)");
+            }
+            let style = match e.state {
+                State::Applied => Style::Good,
+                State::Pending => Style::Warn,
+                _ => Style::Bad,
+            };
+            let painted = printer.paint(&state, style, false);
+            let applied_at = e
+                .row
+                .map(|r| printer.timestamp(&r.applied_at))
+                .unwrap_or_default();
+            rows.push(
+                Row::new()
+                    .cell(e.version.to_string())
+                    .cell(e.name)
+                    .painted(&state, painted)
+                    .cell(applied_at),
+            );
+        }
+        for line in render(rows) {
+            printer.line(&line);
+        }
+        let mut parts = vec![
+            format!("{} applied", counts.applied),
+            format!("{} pending", counts.pending),
+        ];
+        for (n, what) in [
+            (counts.modified, "modified"),
+            (counts.missing, "missing"),
+            (counts.dirty, "dirty"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        printer.line(&parts.join(", "));
+        if counts.modified + counts.missing + counts.dirty > 0 {
+            printer.note(&format!(
+                "{} run `lockstep validate` for what to do",
+                printer.paint("hint:", Style::Hint, true)
+            ));
+        }
+    }
+
+    printer.document(
+        "status",
+        exit,
+        json::Status {
+            history_table: settings.history_table.to_string(),
+            migrations: entries
+                .iter()
+                .map(|e| json::StatusJson {
+                    version: e.version,
+                    name: e.name.to_string(),
+                    state: e.state.as_str(),
+                    file: e.migration.map(|m| m.up.path.display().to_string()),
+                    applied_at: e.row.map(|r| r.applied_at.clone()),
+                    checksum: e.migration.map(|m| m.checksum.clone()),
+                    recorded_checksum: match (e.migration, e.row) {
+                        (Some(m), Some(r)) if m.checksum != r.checksum => Some(r.checksum.clone()),
+                        (None, Some(r)) => Some(r.checksum.clone()),
+                        _ => None,
+                    },
+                    out_of_order: e.out_of_order,
+                    has_rollback: e.migration.map(|m| m.down.is_some()),
+                    no_transaction: e.migration.map(|m| m.up.no_transaction),
+                })
+                .collect(),
+            counts,
+        },
+    );
+    Ok(exit)
+}
+
+pub fn history(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError> {
+    settings.database()?;
+    let history = connect_read_only(settings)?.history()?;
+    if history.is_empty() {
+        printer.line("no migrations applied");
+    } else {
+        let mut rows = vec![Row::new()
+            .cell("VERSION")
+            .cell("NAME")
+            .cell("STATE")
+            .cell("APPLIED AT")
+            .cell("DURATION")
+            .cell("APPLIED BY")
+            .cell("LOCK TOKEN")];
+        for r in &history {
+            let duration =
+                std::time::Duration::from_millis(u64::try_from(r.duration_ms).unwrap_or(0));
+            rows.push(
+                Row::new()
+                    .cell(r.version.to_string())
+                    .cell(&r.name)
+                    .cell(r.state.as_str())
+                    .cell(printer.timestamp(&r.applied_at))
+                    .cell(printer.duration(duration))
+                    .cell(&r.applied_by)
+                    .cell(
+                        r.lock_token
+                            .map_or_else(|| "-".to_string(), |t| t.to_string()),
+                    ),
+            );
+        }
+        for line in render(rows) {
+            printer.line(&line);
+        }
+    }
+    printer.document(
+        "history",
+        Exit::Success,
+        json::History {
+            history_table: settings.history_table.to_string(),
+            migrations: history.iter().map(json::HistoryJson::from).collect(),
+        },
+    );
+    Ok(Exit::Success)
+}
+
+pub fn validate(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError> {
+    settings.database()?;
+    let set = MigrationSet::load(&settings.migrations)?;
+    let mut migrator = connect_read_only(settings)?;
+    let history = migrator.validate(&set)?;
+    let files = set.migrations().len();
+    let applied = history.len();
+    let pending = plan::status(set.migrations(), &history)
+        .iter()
+        .filter(|e| e.state == State::Pending)
+        .count();
+    printer.line(&format!(
+        "ok: {} parsed; {} applied with matching checksums; {} pending",
+        plural(files, "migration file", "migration files"),
+        applied,
+        pending
+    ));
+    printer.document(
+        "validate",
+        Exit::Success,
+        json::Validate {
+            files,
+            applied,
+            pending,
+        },
+    );
+    Ok(Exit::Success)
+}

@@ -1,0 +1,182 @@
+//! Dispatch: parse, load settings, run one command, print its result or
+//! error, return the exit code.
+
+use std::ffi::OsString;
+
+use clap::Parser;
+use lockstep::{Migrator, Options};
+
+use crate::cli::{Cli, Command};
+use crate::error::{CliError, Exit};
+use crate::json;
+use crate::printer::Printer;
+use crate::settings::Settings;
+
+mod fix;
+mod inspect;
+mod project;
+mod run;
+
+pub fn main() -> i32 {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&args) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e, &args),
+    };
+    let env = |name: &str| std::env::var(name).ok();
+    let mut printer = Printer::new(&cli.global, &env);
+    let command = cli.command.name();
+    let mut secret = None;
+    let result = Settings::load(&cli.global, &env).and_then(|settings| {
+        secret = settings
+            .database
+            .as_ref()
+            .and_then(|d| d.url.password().map(str::to_string));
+        if let Some(db) = &settings.database {
+            printer.verbose(&format!("database: {} (from {})", db.url, db.source));
+        }
+        printer.verbose(&format!("migrations: {}", settings.migrations.display()));
+        dispatch(&cli.command, &settings, &mut printer)
+    });
+    match result {
+        Ok(exit) => exit.code(),
+        Err(err) => {
+            let err = err.scrub(secret.as_deref());
+            printer.error(command, &err);
+            err.exit.code()
+        }
+    }
+}
+
+fn dispatch(
+    command: &Command,
+    settings: &Settings,
+    printer: &mut Printer,
+) -> Result<Exit, CliError> {
+    match command {
+        Command::Init => project::init(settings, printer),
+        Command::New(args) => project::new(settings, printer, args),
+        Command::Upgrade(args) => run::upgrade(settings, printer, args),
+        Command::Rollback(args) => run::rollback(settings, printer, args),
+        Command::Status(args) => inspect::status(settings, printer, args),
+        Command::History => inspect::history(settings, printer),
+        Command::Validate => inspect::validate(settings, printer),
+        Command::Fix(args) => fix::fix(settings, printer, args, command.name()),
+    }
+}
+
+/// Options for the library from the settings.
+fn options(settings: &Settings) -> Options {
+    Options {
+        history_table: settings.history_table.clone(),
+        ..Options::default()
+    }
+}
+
+/// Connects for a command that writes.
+fn connect(settings: &Settings) -> Result<Migrator, CliError> {
+    Ok(Migrator::connect(settings.database()?, options(settings))?)
+}
+
+/// Connects for a command that only reads: creates no file and no table.
+fn connect_read_only(settings: &Settings) -> Result<Migrator, CliError> {
+    Ok(Migrator::connect_read_only(
+        settings.database()?,
+        options(settings),
+    )?)
+}
+
+/// Reports a command-line parsing error; with `--json` among the arguments,
+/// as a JSON document.
+fn usage_error(e: clap::Error, args: &[OsString]) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let _ = e.print();
+        return 0;
+    }
+    let json = args.iter().any(|a| a == "--json");
+    if !json {
+        let _ = e.print();
+        return Exit::Usage.code();
+    }
+    let message = e.render().to_string();
+    let message = message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .trim_start_matches("error: ")
+        .to_string();
+    let err = CliError::usage(message).with_hint("run `lockstep --help`");
+    let mut printer = Printer::fallback(true);
+    printer.error("", &err);
+    Exit::Usage.code()
+}
+
+/// Left-aligned columns, the last one unpadded.
+fn table(rows: &[Vec<String>], widths_of: &[Vec<usize>]) -> Vec<String> {
+    let columns = rows.first().map_or(0, Vec::len);
+    let mut widths = vec![0; columns];
+    for row in widths_of {
+        for (i, w) in row.iter().enumerate() {
+            widths[i] = widths[i].max(*w);
+        }
+    }
+    rows.iter()
+        .zip(widths_of)
+        .map(|(row, row_widths)| {
+            let mut line = String::new();
+            for (i, cell) in row.iter().enumerate() {
+                line.push_str(cell);
+                if i + 1 < columns {
+                    line.push_str(&" ".repeat(widths[i] - row_widths[i] + 2));
+                }
+            }
+            line.trim_end().to_string()
+        })
+        .collect()
+}
+
+/// Cells with their display widths: colour codes take no room.
+struct Row {
+    cells: Vec<String>,
+    widths: Vec<usize>,
+}
+
+impl Row {
+    fn new() -> Row {
+        Row {
+            cells: Vec::new(),
+            widths: Vec::new(),
+        }
+    }
+
+    fn cell(mut self, text: impl Into<String>) -> Row {
+        let text = text.into();
+        self.widths.push(text.chars().count());
+        self.cells.push(text);
+        self
+    }
+
+    fn painted(mut self, plain: &str, painted: String) -> Row {
+        self.widths.push(plain.chars().count());
+        self.cells.push(painted);
+        self
+    }
+}
+
+fn render(rows: Vec<Row>) -> Vec<String> {
+    let (cells, widths): (Vec<_>, Vec<_>) = rows.into_iter().map(|r| (r.cells, r.widths)).unzip();
+    table(&cells, &widths)
+}
+
+fn plural(n: usize, one: &str, many: &str) -> String {
+    if n == 1 {
+        format!("{n} {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
+fn step_json(steps: &[lockstep::Step]) -> Vec<json::StepJson> {
+    steps.iter().map(json::StepJson::from).collect()
+}

@@ -1,0 +1,230 @@
+//! `init` and `new`: files, no database.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use lockstep::source::{check_name, parse_file_name, FileName};
+
+use crate::cli::NewArgs;
+use crate::error::{CliError, Exit};
+use crate::json;
+use crate::printer::Printer;
+use crate::settings::{Settings, DEFAULT_CONFIG};
+
+const CONFIG_TEMPLATE: &str = r#"# lockstep configuration. Flags and environment variables override it:
+# --database-url, then LOCKSTEP_DATABASE_URL, then DATABASE_URL.
+
+# The database: sqlite://FILE (relative to this file), or
+# postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE. Keep passwords out of
+# this file: set LOCKSTEP_DATABASE_URL in the environment instead.
+database_url = "sqlite://lockstep.db"
+
+# The directory of migration files, relative to this file.
+migrations = "migrations"
+
+# The table that records applied migrations (optionally `schema.table`).
+# history_table = "lockstep_history"
+"#;
+
+pub fn init(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError> {
+    let _ = settings;
+    let config = PathBuf::from(DEFAULT_CONFIG);
+    let migrations = PathBuf::from("migrations");
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&config)
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::AlreadyExists {
+                CliError::usage(format!(
+                    "{} already exists; nothing was changed",
+                    config.display()
+                ))
+                .with_hint("edit it, or remove it to start over")
+            } else {
+                CliError::io(format!("cannot create {}: {e}", config.display()))
+            }
+        })?;
+    file.write_all(CONFIG_TEMPLATE.as_bytes())
+        .map_err(|e| CliError::io(format!("cannot write {}: {e}", config.display())))?;
+    fs::create_dir_all(&migrations)
+        .map_err(|e| CliError::io(format!("cannot create {}: {e}", migrations.display())))?;
+    printer.line(&format!("created {}", config.display()));
+    printer.line(&format!("created {}/", migrations.display()));
+    printer.note("next: `lockstep new create_first_table`, write its SQL, then `lockstep upgrade`");
+    printer.document(
+        "init",
+        Exit::Success,
+        json::Init {
+            config: config.display().to_string(),
+            migrations: migrations.display().to_string(),
+        },
+    );
+    Ok(Exit::Success)
+}
+
+/// Versions written as `YYYYMMDDHHMMSS` have this many digits; fewer means
+/// the directory numbers its migrations in sequence.
+const TIMESTAMP_DIGITS: usize = 14;
+
+pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result<Exit, CliError> {
+    check_name(&args.name).map_err(|message| {
+        let suggestion: String = args
+            .name
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let suggestion = suggestion.trim_matches('_').to_string();
+        let err = CliError::usage(message);
+        if suggestion.is_empty() {
+            err
+        } else {
+            err.with_hint(format!("lockstep new {suggestion}"))
+        }
+    })?;
+    let dir = &settings.migrations;
+    if !dir.is_dir() {
+        return Err(CliError::usage(format!(
+            "migrations directory {} does not exist",
+            dir.display()
+        ))
+        .with_hint("run `lockstep init`, or pass `--migrations DIR`"));
+    }
+    // Another `new` may pick the same version at the same moment: create
+    // the file exclusively, then make sure no other file took the version.
+    for _ in 0..100 {
+        let existing = versions(dir)?;
+        let version = next_version(&existing, now_utc());
+        let width = existing
+            .iter()
+            .max_by_key(|(v, _)| *v)
+            .map(|(_, digits)| *digits)
+            .filter(|&d| d < TIMESTAMP_DIGITS)
+            .unwrap_or(0);
+        let file_name = format!("{version:0width$}_{}.sql", args.name);
+        let path = dir.join(&file_name);
+        let mut file = match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => {
+                return Err(CliError::io(format!(
+                    "cannot create {}: {e}",
+                    path.display()
+                )))
+            }
+        };
+        let template = format!(
+            "-- {} {}\n-- upgrade\n\n\n-- rollback\n\n",
+            version, args.name
+        );
+        file.write_all(template.as_bytes())
+            .map_err(|e| CliError::io(format!("cannot write {}: {e}", path.display())))?;
+        let taken_twice = versions(dir)?.iter().filter(|(v, _)| *v == version).count() > 1;
+        if taken_twice {
+            let _ = fs::remove_file(&path);
+            continue;
+        }
+        printer.line(&path.display().to_string());
+        printer.document(
+            "new",
+            Exit::Success,
+            json::New {
+                path: path.display().to_string(),
+                version,
+                name: args.name.clone(),
+            },
+        );
+        return Ok(Exit::Success);
+    }
+    Err(CliError::io(
+        "could not find a free version after 100 attempts",
+    ))
+}
+
+/// The versions of the migration files in `dir`, with the number of digits
+/// each was written with. Files that are not migrations are skipped: `new`
+/// must work even while another file is malformed.
+fn versions(dir: &Path) -> Result<Vec<(u64, usize)>, CliError> {
+    let entries = fs::read_dir(dir)
+        .map_err(|e| CliError::io(format!("cannot read {}: {e}", dir.display())))?;
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if let Ok(Some(FileName::Single { version, .. } | FileName::Half { version, .. })) =
+            parse_file_name(name)
+        {
+            let digits = name.split('_').next().map_or(0, str::len);
+            out.push((version, digits));
+        }
+    }
+    Ok(out)
+}
+
+/// The next version: one past the newest in a sequence-numbered directory,
+/// otherwise the current UTC time as `YYYYMMDDHHMMSS`, or one past the
+/// newest when that is later (two calls in one second).
+fn next_version(existing: &[(u64, usize)], now: u64) -> u64 {
+    match existing.iter().max_by_key(|(v, _)| *v) {
+        Some(&(newest, digits)) if digits < TIMESTAMP_DIGITS => newest + 1,
+        Some(&(newest, _)) => now.max(newest + 1),
+        None => now,
+    }
+}
+
+/// The current UTC time as the number `YYYYMMDDHHMMSS`.
+fn now_utc() -> u64 {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    utc_stamp(secs)
+}
+
+fn utc_stamp(secs: u64) -> u64 {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    let (hh, mm, ss) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    ((y as u64 * 100 + m) * 100 + d) * 1_000_000 + hh * 10_000 + mm * 100 + ss
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u64, u64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097) as u64;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe as i64 + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(utc_stamp(0), 19700101000000);
+        assert_eq!(utc_stamp(951_782_400), 20000229000000);
+        assert_eq!(utc_stamp(1_795_519_845), 20261124113045);
+    }
+
+    #[test]
+    fn next_versions() {
+        let now = 20261124111045;
+        assert_eq!(next_version(&[], now), now);
+        assert_eq!(next_version(&[(1, 4), (2, 4)], now), 3);
+        assert_eq!(next_version(&[(20261124111045, 14)], now), now + 1);
+        assert_eq!(next_version(&[(20200101000000, 14)], now), now);
+    }
+}

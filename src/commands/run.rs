@@ -1,0 +1,181 @@
+//! `upgrade` and `rollback`.
+
+use std::time::{Duration, Instant};
+
+use lockstep::{
+    Direction, Event, MigrationSet, Observer, RollbackOptions, RunReport, Target, UpgradeOptions,
+};
+
+use super::{connect, plural, step_json};
+use crate::cli::{RollbackArgs, UpgradeArgs};
+use crate::error::{CliError, Exit};
+use crate::json;
+use crate::printer::{Printer, Style};
+use crate::settings::Settings;
+
+pub fn upgrade(
+    settings: &Settings,
+    printer: &mut Printer,
+    args: &UpgradeArgs,
+) -> Result<Exit, CliError> {
+    settings.database()?;
+    // Parse every file before touching the database.
+    let set = MigrationSet::load(&settings.migrations)?;
+    let options = UpgradeOptions {
+        target: target(args.to, args.count),
+        dry_run: args.dry_run,
+        single_transaction: args.single_transaction,
+        allow_out_of_order: args.allow_out_of_order,
+    };
+    let started = Instant::now();
+    let mut migrator = connect(settings)?;
+    let result = migrator.upgrade(
+        &set,
+        &options,
+        &mut Progress {
+            printer: &mut *printer,
+        },
+    );
+    finish(printer, "upgrade", result, started.elapsed())
+}
+
+pub fn rollback(
+    settings: &Settings,
+    printer: &mut Printer,
+    args: &RollbackArgs,
+) -> Result<Exit, CliError> {
+    settings.database()?;
+    let set = MigrationSet::load(&settings.migrations)?;
+    let options = RollbackOptions {
+        target: target(args.to, args.count),
+        dry_run: args.dry_run,
+    };
+    let started = Instant::now();
+    let mut migrator = connect(settings)?;
+    let result = migrator.rollback(
+        &set,
+        &options,
+        &mut Progress {
+            printer: &mut *printer,
+        },
+    );
+    finish(printer, "rollback", result, started.elapsed())
+}
+
+fn target(to: Option<u64>, count: Option<u64>) -> Target {
+    Target {
+        to,
+        count: count.map(|c| usize::try_from(c).unwrap_or(usize::MAX)),
+    }
+}
+
+fn finish(
+    printer: &mut Printer,
+    command: &str,
+    result: Result<RunReport, lockstep::Error>,
+    elapsed: Duration,
+) -> Result<Exit, CliError> {
+    printer.end_progress();
+    let report = result?;
+    let (verb, done) = match report.direction {
+        Direction::Up => ("apply", "applied"),
+        Direction::Down => ("roll back", "rolled back"),
+    };
+    let n = report.steps.len();
+    if report.dry_run {
+        for step in &report.steps {
+            let mut line = format!("would {verb} {} {}", step.version, step.name);
+            if step.no_transaction {
+                line.push_str(" (no transaction)");
+            }
+            printer.line(&line);
+        }
+        if n == 0 {
+            printer.line(&nothing(report.direction));
+        } else {
+            printer.line(&format!(
+                "dry run: {} would be {done}; nothing was changed",
+                plural(n, "migration", "migrations")
+            ));
+        }
+    } else if n == 0 {
+        printer.line(&nothing(report.direction));
+    } else {
+        let summary = format!(
+            "{done} {} in {}",
+            plural(n, "migration", "migrations"),
+            printer.duration(elapsed)
+        );
+        let summary = printer.paint(&summary, Style::Bold, false);
+        printer.line(&summary);
+    }
+    printer.document(
+        command,
+        Exit::Success,
+        json::Run {
+            direction: report.direction.as_str(),
+            dry_run: report.dry_run,
+            migrations: step_json(&report.steps),
+        },
+    );
+    Ok(Exit::Success)
+}
+
+fn nothing(direction: Direction) -> String {
+    match direction {
+        Direction::Up => "database is up to date: nothing to apply".into(),
+        Direction::Down => "nothing to roll back".into(),
+    }
+}
+
+/// Prints each migration as it completes, and a progress bar on a terminal.
+struct Progress<'p> {
+    printer: &'p mut Printer,
+}
+
+impl Observer for Progress<'_> {
+    fn event(&mut self, event: &Event<'_>) {
+        match event {
+            Event::Planned { migrations, .. } => self.printer.start_progress(migrations.len()),
+            Event::Started {
+                direction,
+                migration,
+                index,
+                ..
+            } => {
+                let verb = match direction {
+                    Direction::Up => "applying",
+                    Direction::Down => "rolling back",
+                };
+                self.printer.progress(
+                    *index,
+                    &format!("{verb} {} {}", migration.version, migration.name),
+                );
+            }
+            Event::Finished {
+                direction,
+                step,
+                index,
+                ..
+            } => {
+                let verb = match direction {
+                    Direction::Up => "applied",
+                    Direction::Down => "rolled back",
+                };
+                let mut line = format!(
+                    "{} {} {} ({})",
+                    self.printer.paint(verb, Style::Good, false),
+                    step.version,
+                    step.name,
+                    self.printer.duration(step.duration)
+                );
+                if step.no_transaction {
+                    line.push_str(" [no transaction]");
+                }
+                self.printer.line(&line);
+                self.printer.progress(index + 1, "");
+            }
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,195 @@
+//! The `--json` wire types: serialise-only, one document per run. This file
+//! and docs/json.md change together.
+
+use serde::Serialize;
+
+/// Raised when a document changes incompatibly.
+pub const SCHEMA: u32 = 1;
+
+/// The envelope every document shares.
+#[derive(Serialize)]
+pub struct Document<'a, T: Serialize> {
+    pub schema: u32,
+    pub command: &'a str,
+    pub ok: bool,
+    pub exit_code: i32,
+    #[serde(flatten)]
+    pub body: T,
+}
+
+#[derive(Serialize)]
+pub struct Failure<'a> {
+    pub error: ErrorBody<'a>,
+    /// `upgrade`/`rollback`: what completed before the failure.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub completed: Option<Vec<StepJson>>,
+}
+
+#[derive(Serialize)]
+pub struct ErrorBody<'a> {
+    pub code: &'a str,
+    pub message: &'a str,
+    pub hint: Option<&'a str>,
+    #[serde(flatten)]
+    pub detail: &'a ErrorDetail,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ErrorDetail {
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<MigrationRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub line: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub column: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sqlstate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dirty: Option<bool>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct MigrationRef {
+    pub version: u64,
+    pub name: String,
+}
+
+impl From<&lockstep::Named> for MigrationRef {
+    fn from(n: &lockstep::Named) -> Self {
+        MigrationRef {
+            version: n.version,
+            name: n.name.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct StepJson {
+    pub version: u64,
+    pub name: String,
+    pub duration_ms: u64,
+    pub no_transaction: bool,
+}
+
+impl From<&lockstep::Step> for StepJson {
+    fn from(s: &lockstep::Step) -> Self {
+        StepJson {
+            version: s.version,
+            name: s.name.clone(),
+            duration_ms: u64::try_from(s.duration.as_millis()).unwrap_or(u64::MAX),
+            no_transaction: s.no_transaction,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Init {
+    pub config: String,
+    pub migrations: String,
+}
+
+#[derive(Serialize)]
+pub struct New {
+    pub path: String,
+    pub version: u64,
+    pub name: String,
+}
+
+#[derive(Serialize)]
+pub struct Run {
+    pub direction: &'static str,
+    pub dry_run: bool,
+    /// Applied (upgrade) or reverted (rollback), in order; in a dry run, the
+    /// plan.
+    pub migrations: Vec<StepJson>,
+}
+
+#[derive(Serialize)]
+pub struct Status {
+    pub history_table: String,
+    pub migrations: Vec<StatusJson>,
+    pub counts: Counts,
+}
+
+#[derive(Serialize, Default)]
+pub struct Counts {
+    pub applied: usize,
+    pub pending: usize,
+    pub modified: usize,
+    pub missing: usize,
+    pub dirty: usize,
+}
+
+#[derive(Serialize)]
+pub struct StatusJson {
+    pub version: u64,
+    pub name: String,
+    pub state: &'static str,
+    /// The file (the up file for a pair); null when missing.
+    pub file: Option<String>,
+    pub applied_at: Option<String>,
+    pub checksum: Option<String>,
+    /// The checksum in history, when it differs from the file's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_checksum: Option<String>,
+    pub out_of_order: bool,
+    pub has_rollback: Option<bool>,
+    pub no_transaction: Option<bool>,
+}
+
+#[derive(Serialize)]
+pub struct History {
+    pub history_table: String,
+    pub migrations: Vec<HistoryJson>,
+}
+
+#[derive(Serialize)]
+pub struct HistoryJson {
+    pub version: u64,
+    pub name: String,
+    pub state: &'static str,
+    pub checksum: String,
+    pub applied_at: String,
+    pub duration_ms: i64,
+    pub applied_by: String,
+    pub lock_token: Option<i64>,
+    pub tool_version: String,
+}
+
+impl From<&lockstep::HistoryRow> for HistoryJson {
+    fn from(r: &lockstep::HistoryRow) -> Self {
+        HistoryJson {
+            version: r.version,
+            name: r.name.clone(),
+            state: r.state.as_str(),
+            checksum: r.checksum.clone(),
+            applied_at: r.applied_at.clone(),
+            duration_ms: r.duration_ms,
+            applied_by: r.applied_by.clone(),
+            lock_token: r.lock_token,
+            tool_version: r.tool_version.clone(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct Validate {
+    pub files: usize,
+    pub applied: usize,
+    pub pending: usize,
+}
+
+#[derive(Serialize)]
+pub struct Fix {
+    pub dry_run: bool,
+    pub changes: Vec<FixJson>,
+}
+
+#[derive(Serialize)]
+pub struct FixJson {
+    pub version: u64,
+    pub name: String,
+    pub action: String,
+}

@@ -1,0 +1,274 @@
+//! The one printer. Data goes to stdout, progress and diagnostics to stderr;
+//! with `--json`, stdout carries exactly one JSON document and nothing else.
+//!
+//! `LOCKSTEP_STABLE_OUTPUT=1` hides durations and timestamps in human
+//! output, so that tests can compare it verbatim.
+
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::cli::{ColorChoice, GlobalArgs};
+use crate::error::{CliError, Exit};
+use crate::json;
+
+/// Below this many migrations a progress bar is more noise than help.
+const PROGRESS_MIN: usize = 10;
+
+#[derive(Clone, Copy)]
+pub enum Style {
+    Error,
+    Hint,
+    Good,
+    Warn,
+    Bad,
+    Bold,
+}
+
+impl Style {
+    fn code(self) -> &'static str {
+        match self {
+            Style::Error => "1;31",
+            Style::Hint => "1;36",
+            Style::Good => "32",
+            Style::Warn => "33",
+            Style::Bad => "31",
+            Style::Bold => "1",
+        }
+    }
+}
+
+pub struct Printer {
+    json: bool,
+    quiet: bool,
+    verbose: u8,
+    color_out: bool,
+    color_err: bool,
+    stable: bool,
+    progress: Option<Progress>,
+    /// Set once a JSON document was printed: there is only ever one.
+    document_printed: bool,
+}
+
+struct Progress {
+    total: usize,
+    done: usize,
+    label: String,
+    drawn: bool,
+}
+
+impl Printer {
+    pub fn new(args: &GlobalArgs, env: &dyn Fn(&str) -> Option<String>) -> Printer {
+        let no_color = env("NO_COLOR").is_some_and(|v| !v.is_empty());
+        let color = |terminal: bool| match args.color {
+            ColorChoice::Always => true,
+            ColorChoice::Never => false,
+            ColorChoice::Auto => terminal && !no_color && env("TERM").is_none_or(|t| t != "dumb"),
+        };
+        Printer {
+            json: args.json,
+            quiet: args.quiet,
+            verbose: args.verbose,
+            color_out: color(std::io::stdout().is_terminal()),
+            color_err: color(std::io::stderr().is_terminal()),
+            stable: env("LOCKSTEP_STABLE_OUTPUT").is_some_and(|v| v == "1"),
+            progress: None,
+            document_printed: false,
+        }
+    }
+
+    /// A printer for errors found before the arguments could be read.
+    pub fn fallback(json: bool) -> Printer {
+        Printer {
+            json,
+            quiet: false,
+            verbose: 0,
+            color_out: false,
+            color_err: false,
+            stable: false,
+            progress: None,
+            document_printed: false,
+        }
+    }
+
+    pub fn paint(&self, text: &str, style: Style, stderr: bool) -> String {
+        let on = if stderr {
+            self.color_err
+        } else {
+            self.color_out
+        };
+        if on {
+            format!("\x1b[{}m{text}\x1b[0m", style.code())
+        } else {
+            text.to_string()
+        }
+    }
+
+    /// A line of the command's human output (stdout). Nothing in JSON mode
+    /// or with `--quiet`.
+    pub fn line(&mut self, text: &str) {
+        if self.json || self.quiet {
+            return;
+        }
+        self.clear_progress();
+        let mut out = std::io::stdout().lock();
+        // A closed pipe (`lockstep status | head`) is not an error worth a panic.
+        let _ = writeln!(out, "{text}");
+        let _ = out.flush();
+        drop(out);
+        self.draw_progress();
+    }
+
+    /// A diagnostic on stderr, suppressed by `--quiet` and `--json`.
+    pub fn note(&mut self, text: &str) {
+        if self.json || self.quiet {
+            return;
+        }
+        self.err_line(text);
+    }
+
+    /// A diagnostic shown with `-v`.
+    pub fn verbose(&mut self, text: &str) {
+        if self.verbose > 0 && !self.json {
+            self.err_line(text);
+        }
+    }
+
+    fn err_line(&mut self, text: &str) {
+        self.clear_progress();
+        let _ = writeln!(std::io::stderr().lock(), "{text}");
+        self.draw_progress();
+    }
+
+    /// Prints the command's JSON document.
+    pub fn document<T: Serialize>(&mut self, command: &str, exit: Exit, body: T) {
+        if !self.json || self.document_printed {
+            return;
+        }
+        self.document_printed = true;
+        let doc = json::Document {
+            schema: json::SCHEMA,
+            command,
+            ok: exit == Exit::Success,
+            exit_code: exit.code(),
+            body,
+        };
+        let mut out = std::io::stdout().lock();
+        let _ = serde_json::to_writer_pretty(&mut out, &doc);
+        let _ = writeln!(out);
+    }
+
+    /// Reports an error: on stderr for humans, or as the JSON document.
+    pub fn error(&mut self, command: &str, err: &CliError) {
+        self.end_progress();
+        if self.json {
+            let completed = (command == "upgrade" || command == "rollback")
+                .then(|| err.completed.iter().map(json::StepJson::from).collect());
+            self.document(
+                command,
+                err.exit,
+                json::Failure {
+                    error: json::ErrorBody {
+                        code: err.code,
+                        message: &err.message,
+                        hint: err.hint.as_deref(),
+                        detail: &err.detail,
+                    },
+                    completed,
+                },
+            );
+            return;
+        }
+        let mut text = format!(
+            "{} {}",
+            self.paint("error:", Style::Error, true),
+            err.message
+        );
+        if let Some(hint) = &err.hint {
+            text.push_str(&format!(
+                "\n{} {hint}",
+                self.paint("hint:", Style::Hint, true)
+            ));
+        }
+        self.err_line(&text);
+    }
+
+    /// A duration for humans: `12 ms`, `3.4 s`; hidden in stable output.
+    pub fn duration(&self, d: Duration) -> String {
+        if self.stable {
+            return "# ms".into();
+        }
+        let ms = d.as_secs_f64() * 1000.0;
+        if ms < 10.0 {
+            format!("{ms:.1} ms")
+        } else if ms < 10_000.0 {
+            format!("{ms:.0} ms")
+        } else {
+            format!("{:.1} s", ms / 1000.0)
+        }
+    }
+
+    /// A stored RFC 3339 timestamp for humans; hidden in stable output.
+    pub fn timestamp(&self, rfc3339: &str) -> String {
+        if self.stable {
+            return "<time>".into();
+        }
+        match rfc3339.split_once('T') {
+            Some((date, time)) => {
+                let time = time.trim_end_matches('Z');
+                let time = time.split('.').next().unwrap_or(time);
+                format!("{date} {time} UTC")
+            }
+            None => rfc3339.to_string(),
+        }
+    }
+
+    /// Starts a progress bar on stderr, when stderr is a terminal and the
+    /// run is long enough to want one.
+    pub fn start_progress(&mut self, total: usize) {
+        if self.json || self.quiet || total < PROGRESS_MIN || !std::io::stderr().is_terminal() {
+            return;
+        }
+        self.progress = Some(Progress {
+            total,
+            done: 0,
+            label: String::new(),
+            drawn: false,
+        });
+    }
+
+    pub fn progress(&mut self, done: usize, label: &str) {
+        if let Some(p) = &mut self.progress {
+            p.done = done;
+            p.label = label.to_string();
+        }
+        self.clear_progress();
+        self.draw_progress();
+    }
+
+    pub fn end_progress(&mut self) {
+        self.clear_progress();
+        self.progress = None;
+    }
+
+    fn clear_progress(&mut self) {
+        if let Some(p) = &mut self.progress {
+            if p.drawn {
+                let _ = write!(std::io::stderr().lock(), "\r\x1b[2K");
+                p.drawn = false;
+            }
+        }
+    }
+
+    fn draw_progress(&mut self) {
+        let Some(p) = &mut self.progress else { return };
+        const WIDTH: usize = 30;
+        let filled = WIDTH * p.done / p.total.max(1);
+        let bar = format!("{}{}", "=".repeat(filled), " ".repeat(WIDTH - filled));
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "[{bar}] {}/{} {}", p.done, p.total, p.label);
+        let _ = err.flush();
+        p.drawn = true;
+    }
+}

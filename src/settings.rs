@@ -1,0 +1,307 @@
+//! One validated `Settings` from flags, environment and the config file,
+//! before any database is touched.
+//!
+//! Precedence, for each setting: flag > environment > config file > default.
+//! The database URL's environment comes in two steps:
+//! `LOCKSTEP_DATABASE_URL`, then `DATABASE_URL`.
+
+use std::path::{Path, PathBuf};
+
+use lockstep::url::SqliteTarget;
+use lockstep::{DatabaseUrl, TableName};
+use serde::Deserialize;
+
+use crate::cli::GlobalArgs;
+use crate::error::CliError;
+
+/// The config file found when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "lockstep.toml";
+
+/// `lockstep.toml`. Unknown keys are errors, named with their line.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    migrations: Option<PathBuf>,
+    history_table: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct Settings {
+    /// The database, when one is configured anywhere.
+    pub database: Option<Database>,
+    /// The migrations directory.
+    pub migrations: PathBuf,
+    /// The history table.
+    pub history_table: TableName,
+}
+
+#[derive(Debug)]
+pub struct Database {
+    pub url: DatabaseUrl,
+    /// Where the URL came from, for messages.
+    pub source: String,
+}
+
+impl Settings {
+    pub fn load(
+        args: &GlobalArgs,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, CliError> {
+        let (file, file_path) = read_config(args.config.as_deref())?;
+        // Paths in the config file are relative to the file's directory.
+        let base = file_path
+            .as_deref()
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+
+        let env_url = |name: &str| {
+            env(name)
+                .filter(|v| !v.trim().is_empty())
+                .map(|v| (v, name.to_string()))
+        };
+        let url = args
+            .database_url
+            .clone()
+            .map(|u| (u, "--database-url".to_string()))
+            .or_else(|| env_url("LOCKSTEP_DATABASE_URL"))
+            .or_else(|| env_url("DATABASE_URL"));
+        let database = match (url, &file.database_url) {
+            (Some((url, source)), _) => Some(parse_url(&url, source, None)?),
+            (None, Some(url)) => {
+                let source = format!(
+                    "database_url in {}",
+                    file_path
+                        .as_ref()
+                        .map_or(String::new(), |p| p.display().to_string())
+                );
+                Some(parse_url(url, source, Some(&base))?)
+            }
+            (None, None) => None,
+        };
+
+        let migrations = match (&args.migrations, &file.migrations) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(dir)) => base.join(dir),
+            (None, None) => base.join("migrations"),
+        };
+
+        let history_table = match &file.history_table {
+            Some(name) => TableName::parse(name).map_err(|message| {
+                CliError::config(format!(
+                    "history_table in {}: {message}",
+                    display(&file_path)
+                ))
+            })?,
+            None => TableName::default(),
+        };
+
+        Ok(Settings {
+            database,
+            migrations,
+            history_table,
+        })
+    }
+
+    /// The database, or the error that says how to configure one.
+    pub fn database(&self) -> Result<&DatabaseUrl, CliError> {
+        self.database.as_ref().map(|d| &d.url).ok_or_else(|| {
+            CliError::config("no database configured").with_hint(
+                "run `lockstep init` to create lockstep.toml, or pass `--database-url URL` (or set LOCKSTEP_DATABASE_URL)",
+            )
+        })
+    }
+}
+
+fn display(path: &Option<PathBuf>) -> String {
+    path.as_ref()
+        .map_or_else(|| DEFAULT_CONFIG.to_string(), |p| p.display().to_string())
+}
+
+fn parse_url(url: &str, source: String, base: Option<&Path>) -> Result<Database, CliError> {
+    let mut parsed: DatabaseUrl = url.parse().map_err(|e: lockstep::url::UrlError| {
+        CliError::config(format!("{e} (from {source})")).with_code("database_url")
+    })?;
+    if let (Some(base), DatabaseUrl::Sqlite(SqliteTarget::File(path))) = (base, &mut parsed) {
+        if path.is_relative() {
+            *path = base.join(&*path);
+        }
+    }
+    Ok(Database {
+        url: parsed,
+        source,
+    })
+}
+
+fn read_config(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>), CliError> {
+    let path = match explicit {
+        Some(p) => p.to_path_buf(),
+        None => {
+            let p = PathBuf::from(DEFAULT_CONFIG);
+            if !p.exists() {
+                return Ok((FileConfig::default(), None));
+            }
+            p
+        }
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        let err = CliError::config(format!(
+            "cannot read config file {}: {}",
+            path.display(),
+            e.kind()
+        ));
+        if e.kind() == std::io::ErrorKind::NotFound {
+            err.with_hint("check the path given to --config, or run `lockstep init`")
+        } else {
+            err
+        }
+    })?;
+    let config: FileConfig = toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
+        let location = match line {
+            Some(line) => format!("{}:{line}", path.display()),
+            None => path.display().to_string(),
+        };
+        let message = e.message().replace("unknown field", "unknown key");
+        CliError::config(format!("{location}: {message}"))
+            .with_hint("lockstep.toml takes database_url, migrations and history_table")
+    })?;
+    Ok((config, Some(path)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn settings(args: &[&str], env: &[(&str, &str)]) -> Result<Settings, CliError> {
+        let mut argv = vec!["lockstep"];
+        argv.extend_from_slice(args);
+        argv.push("status");
+        let cli = crate::cli::Cli::try_parse_from(argv).unwrap();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::load(&cli.global, &move |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    fn url(s: &Settings) -> String {
+        s.database.as_ref().unwrap().url.to_string()
+    }
+
+    struct TempConfig(PathBuf);
+
+    impl TempConfig {
+        fn new(text: &str) -> TempConfig {
+            use std::sync::atomic::{AtomicUsize, Ordering};
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "lockstep-settings-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            let path = dir.join("lockstep.toml");
+            std::fs::write(&path, text).unwrap();
+            TempConfig(path)
+        }
+
+        fn arg(&self) -> &str {
+            self.0.to_str().unwrap()
+        }
+    }
+
+    impl Drop for TempConfig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+        }
+    }
+
+    #[test]
+    fn precedence_is_flag_then_env_then_file() {
+        let cfg = TempConfig::new("database_url = \"sqlite://from-file.db\"\n");
+        let dir = cfg.0.parent().unwrap().display().to_string();
+        let both_env = [
+            ("LOCKSTEP_DATABASE_URL", "sqlite://lockstep-env.db"),
+            ("DATABASE_URL", "sqlite://env.db"),
+        ];
+        type Case<'a> = (&'a [&'a str], &'a [(&'a str, &'a str)], String);
+        let table: &[Case<'_>] = &[
+            (
+                &["-c", cfg.arg(), "-d", "sqlite://flag.db"],
+                &both_env,
+                "sqlite://flag.db".into(),
+            ),
+            (
+                &["-c", cfg.arg()],
+                &both_env,
+                "sqlite://lockstep-env.db".into(),
+            ),
+            (&["-c", cfg.arg()], &both_env[1..], "sqlite://env.db".into()),
+            (
+                &["-c", cfg.arg()],
+                &[],
+                format!("sqlite://{dir}/from-file.db"),
+            ),
+        ];
+        for (args, env, want) in table {
+            assert_eq!(
+                &url(&settings(args, env).unwrap()),
+                want,
+                "{args:?} {env:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn migrations_dir_is_relative_to_the_config_file() {
+        let cfg =
+            TempConfig::new("migrations = \"db/migrations\"\nhistory_table = \"app.history\"\n");
+        let s = settings(&["-c", cfg.arg()], &[]).unwrap();
+        assert_eq!(s.migrations, cfg.0.parent().unwrap().join("db/migrations"));
+        assert_eq!(s.history_table.to_string(), "app.history");
+        let s = settings(&["-c", cfg.arg(), "-m", "other"], &[]).unwrap();
+        assert_eq!(s.migrations, PathBuf::from("other"));
+        assert!(s.database.is_none());
+        assert!(s
+            .database()
+            .unwrap_err()
+            .hint
+            .unwrap()
+            .contains("lockstep init"));
+    }
+
+    #[test]
+    fn bad_config_is_named() {
+        let cfg = TempConfig::new("database_url = \"sqlite://a.db\"\ndatabse_url = \"x\"\n");
+        let err = settings(&["-c", cfg.arg()], &[]).unwrap_err();
+        assert!(
+            err.message
+                .contains("lockstep.toml:2: unknown key `databse_url`"),
+            "{}",
+            err.message
+        );
+        let cfg = TempConfig::new("history_table = \"x; DROP TABLE y\"\n");
+        let err = settings(&["-c", cfg.arg()], &[]).unwrap_err();
+        assert!(err.message.contains("history_table in"), "{}", err.message);
+        let err = settings(&["-d", "postgres://u:hunter2@h:port/d"], &[]).unwrap_err();
+        assert!(
+            err.message.contains("(from --database-url)"),
+            "{}",
+            err.message
+        );
+        assert!(!err.message.contains("hunter2"));
+        let err = settings(&["-c", "/nonexistent/lockstep.toml"], &[]).unwrap_err();
+        assert!(
+            err.message.contains("cannot read config file"),
+            "{}",
+            err.message
+        );
+    }
+}
