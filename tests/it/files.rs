@@ -1,0 +1,129 @@
+//! Bad migration files: a clear error naming the file (and line), exit 2,
+//! and no database touched.
+
+use crate::util::{Project, TestDb};
+
+/// Asserts that the run failed with exit 2 and left the database untouched:
+/// on SQLite not even the file exists.
+fn untouched(p: &Project, args: &[&str]) -> String {
+    let run = p.run(args);
+    run.code(2);
+    assert!(!p.db.table_exists("lockstep_history"));
+    assert!(!p.db.table_exists("good"));
+    if let TestDb::Sqlite { path } = &p.db {
+        assert!(!path.exists(), "the database file was created");
+    }
+    run.stderr
+}
+
+both!(malformed_files_touch_no_database, |p| {
+    p.migration(
+        "1_good.sql",
+        "-- upgrade\nCREATE TABLE good (id integer);\n",
+    );
+    let table: &[(&str, &[u8], &str)] = &[
+        (
+            "2_no_marker.sql",
+            b"CREATE TABLE x (id integer);\n",
+            "migrations/2_no_marker.sql: no `-- upgrade` line",
+        ),
+        (
+            "2_empty.sql",
+            b"-- upgrade\n\n-- rollback\nSELECT 1;\n",
+            "migrations/2_empty.sql:1: the upgrade section is empty",
+        ),
+        (
+            "2_directive.sql",
+            b"-- upgrade\n-- lockstep:no-transation\nSELECT 1;\n",
+            "migrations/2_directive.sql:2: unknown directive `-- lockstep:no-transation`",
+        ),
+        (
+            "2_latin1.sql",
+            b"-- upgrade\nSELECT 'caf\xe9';\n",
+            "migrations/2_latin1.sql:2: file is not valid UTF-8",
+        ),
+        (
+            "Add_Users.sql",
+            b"-- upgrade\nSELECT 1;\n",
+            "migrations/Add_Users.sql: file name does not match",
+        ),
+        (
+            "1_dup.sql",
+            b"-- upgrade\nSELECT 1;\n",
+            "duplicate version 1",
+        ),
+    ];
+    for (name, content, want) in table {
+        std::fs::write(p.path(&format!("migrations/{name}")), content).unwrap();
+        for command in [
+            &["upgrade"][..],
+            &["status"],
+            &["validate"],
+            &["rollback"],
+            &["fix", "checksums"],
+        ] {
+            let stderr = untouched(&p, command);
+            assert!(stderr.contains(want), "{command:?} {name}: {stderr}");
+            assert!(
+                stderr.contains("\nhint: "),
+                "{command:?} {name}: no hint in {stderr}"
+            );
+        }
+        std::fs::remove_file(p.path(&format!("migrations/{name}"))).unwrap();
+    }
+    p.run(&["upgrade"]).ok();
+});
+
+both!(file_error_json_names_file_and_line, |p| {
+    p.migration("1_a.sql", "-- upgrade\nSELECT 1;\n-- lockstep:nope\n");
+    let run = p.run(&["upgrade", "--json"]);
+    run.code(2);
+    let doc = run.json();
+    assert_eq!(doc["error"]["code"], "migration_file");
+    assert_eq!(doc["error"]["file"], "migrations/1_a.sql");
+    assert_eq!(doc["error"]["line"], 3);
+    assert!(doc["error"]["hint"]
+        .as_str()
+        .unwrap()
+        .contains("no-transaction"));
+    assert!(run.stderr.is_empty(), "{}", run.stderr);
+});
+
+both!(missing_migrations_directory, |p| {
+    std::fs::remove_dir(p.path("migrations")).unwrap();
+    let stderr = untouched(&p, &["upgrade"]);
+    assert!(
+        stderr.contains(
+            "migrations: cannot read the migrations directory: no such file or directory"
+        ),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: run `lockstep init`"), "{stderr}");
+});
+
+both!(a_table_that_is_not_lockstep_s_is_refused, |p| {
+    p.db.exec("CREATE TABLE lockstep_history (id integer, note text)");
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+    for args in [&["upgrade"][..], &["status"]] {
+        let run = p.run(args);
+        run.code(2);
+        assert!(
+            run.stderr
+                .contains("table lockstep_history exists but was not created by lockstep"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("history_table"), "{}", run.stderr);
+    }
+    assert!(!p.db.table_exists("a"));
+});
+
+both!(bom_and_crlf_files_apply, |p| {
+    p.migration(
+        "1_a.sql",
+        "\u{feff}-- upgrade\r\nCREATE TABLE a (id integer);\r\n-- rollback\r\nDROP TABLE a;\r\n",
+    );
+    p.run(&["upgrade"]).ok();
+    p.run(&["rollback"]).ok();
+    assert!(!p.db.table_exists("a"));
+});

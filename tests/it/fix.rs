@@ -1,0 +1,119 @@
+use crate::util::Project;
+
+fn setup(p: &Project) {
+    p.migration(
+        "1_a.sql",
+        "-- upgrade\nCREATE TABLE a (id integer);\n-- rollback\nDROP TABLE a;\n",
+    );
+    p.migration(
+        "2_b.sql",
+        "-- upgrade\nCREATE TABLE b (id integer);\n-- rollback\nDROP TABLE b;\n",
+    );
+    p.run(&["upgrade"]).ok();
+}
+
+both!(fix_checksums_records_intended_edits, |p| {
+    setup(&p);
+    let before =
+        p.db.value("SELECT checksum FROM lockstep_history WHERE version = 2");
+    p.migration(
+        "2_b.sql",
+        "-- upgrade\n-- creates b\nCREATE TABLE b (id integer);\n-- rollback\nDROP TABLE b;\n",
+    );
+    let dry = p.run(&["fix", "checksums", "--dry-run"]);
+    dry.ok();
+    assert!(
+        dry.stdout
+            .contains("2 b: would have recorded checksum sha256:"),
+        "{}",
+        dry.stdout
+    );
+    assert_eq!(
+        p.db.value("SELECT checksum FROM lockstep_history WHERE version = 2"),
+        before
+    );
+    let run = p.run(&["repair", "checksums"]);
+    run.ok();
+    assert!(
+        run.stdout.starts_with("2 b: recorded checksum sha256:"),
+        "{}",
+        run.stdout
+    );
+    assert_ne!(
+        p.db.value("SELECT checksum FROM lockstep_history WHERE version = 2"),
+        before
+    );
+    // Nothing was re-run, and everything validates.
+    p.run(&["validate"]).ok();
+    let again = p.run(&["fix", "checksums"]);
+    assert_eq!(
+        again.stdout,
+        "nothing to fix: every applied migration's file matches its checksum\n"
+    );
+});
+
+both!(fix_checksums_records_a_rename, |p| {
+    setup(&p);
+    let content = std::fs::read_to_string(p.path("migrations/2_b.sql")).unwrap();
+    std::fs::remove_file(p.path("migrations/2_b.sql")).unwrap();
+    p.migration("2_create_b.sql", &content);
+    p.run(&["upgrade"]).code(4);
+    let run = p.run(&["fix", "checksums"]);
+    run.ok();
+    assert!(
+        run.stdout.contains("and name `create_b` (was `b`)"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(p.db.history(), ["1 a applied", "2 create_b applied"]);
+});
+
+both!(fix_missing_forgets_rows_without_files, |p| {
+    setup(&p);
+    std::fs::remove_file(p.path("migrations/2_b.sql")).unwrap();
+    let doc = p.run(&["fix", "missing", "--dry-run", "--json"]).json();
+    assert_eq!(doc["command"], "fix missing");
+    assert_eq!(doc["dry_run"], true);
+    assert_eq!(doc["changes"][0]["version"], 2);
+    assert_eq!(p.db.history().len(), 2);
+    p.run(&["fix", "missing"]).ok();
+    assert_eq!(p.db.history(), ["1 a applied"]);
+    p.run(&["upgrade"]).ok();
+});
+
+both!(fix_dirty_forget_lets_upgrade_run_it_again, |p| {
+    p.migration("1_nt.sql", "-- upgrade\n-- lockstep:no-transaction\nCREATE TABLE x (id integer);\nINSERT INTO nowhere VALUES (1);\n");
+    p.run(&["upgrade"]).code(1);
+    assert_eq!(p.db.history(), ["1 nt started"]);
+    // Undo by hand, fix the file, forget the row: upgrade runs it afresh.
+    p.db.exec("DROP TABLE x");
+    p.migration(
+        "1_nt.sql",
+        "-- upgrade\n-- lockstep:no-transaction\nCREATE TABLE x (id integer);\n",
+    );
+    let run = p.run(&["fix", "dirty", "1", "--forget"]);
+    run.ok();
+    assert_eq!(
+        run.stdout,
+        "1 nt: forgot its history row; `upgrade` will run it again\n"
+    );
+    p.run(&["upgrade"]).ok();
+    assert_eq!(p.db.history(), ["1 nt applied"]);
+});
+
+both!(
+    fix_dirty_refuses_clean_versions_and_needs_a_resolution,
+    |p| {
+        setup(&p);
+        let run = p.run(&["fix", "dirty", "1", "--applied"]);
+        run.code(2);
+        assert!(
+            run.stderr.contains("migration 1 is not dirty"),
+            "{}",
+            run.stderr
+        );
+        p.run(&["fix", "dirty", "1"]).code(2);
+        p.run(&["fix", "dirty", "1", "--applied", "--forget"])
+            .code(2);
+    }
+);

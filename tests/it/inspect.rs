@@ -1,0 +1,161 @@
+use crate::util::Project;
+
+fn setup(p: &Project) {
+    p.migration(
+        "1_a.sql",
+        "-- upgrade\nCREATE TABLE a (id integer);\n-- rollback\nDROP TABLE a;\n",
+    );
+    p.migration("2_b.sql", "-- upgrade\nCREATE TABLE b (id integer);\n");
+    p.migration("3_c.sql", "-- upgrade\nCREATE TABLE c (id integer);\n");
+}
+
+both!(read_only_commands_create_nothing, |p| {
+    setup(&p);
+    for args in [
+        &["status"][..],
+        &["history"],
+        &["validate"],
+        &["status", "--json"],
+    ] {
+        p.run(args).ok();
+    }
+    assert!(!p.db.table_exists("lockstep_history"));
+    assert!(!p.db.table_exists("lockstep_meta"));
+    if let crate::util::TestDb::Sqlite { path } = &p.db {
+        assert!(!path.exists(), "status created the SQLite file");
+    }
+});
+
+both!(status_shows_every_state, |p| {
+    setup(&p);
+    p.migration("4_d.sql", "-- upgrade\nCREATE TABLE d (id integer);\n");
+    p.run(&["upgrade", "--to", "3"]).ok();
+    p.migration(
+        "2_b.sql",
+        "-- upgrade\nCREATE TABLE b (id integer); -- edited\n",
+    );
+    std::fs::remove_file(p.path("migrations/3_c.sql")).unwrap();
+    let run = p.run(&["status"]);
+    run.ok();
+    insta::assert_snapshot!("status", run.stdout);
+    let check = p.run(&["status", "--check"]);
+    check.code(4);
+    let doc = p.run(&["status", "--json"]).json();
+    assert_eq!(doc["ok"], true);
+    let states: Vec<&str> = doc["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["applied", "modified", "missing", "pending"]);
+    assert_eq!(doc["migrations"][0]["version"], 1);
+    assert_eq!(doc["migrations"][0]["name"], "a");
+    assert!(doc["migrations"][0]["applied_at"]
+        .as_str()
+        .unwrap()
+        .ends_with('Z'));
+    assert_eq!(doc["migrations"][3]["applied_at"], serde_json::Value::Null);
+    assert!(doc["migrations"][1]["recorded_checksum"].is_string());
+    assert_eq!(doc["counts"]["pending"], 1);
+    let doc = p.run(&["status", "--check", "--json"]).json();
+    assert_eq!(
+        (doc["ok"].as_bool(), doc["exit_code"].as_i64()),
+        (Some(false), Some(4))
+    );
+});
+
+both!(status_check_passes_when_all_applied, |p| {
+    setup(&p);
+    p.run(&["status", "--check"]).code(4);
+    p.run(&["upgrade"]).ok();
+    p.run(&["status", "--check"]).ok();
+});
+
+both!(history_lists_applied_rows, |p| {
+    setup(&p);
+    p.run(&["upgrade"]).ok();
+    let run = p.run(&["history"]);
+    run.ok();
+    let lines: Vec<&str> = run.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("VERSION  NAME  STATE    APPLIED AT  DURATION  APPLIED BY"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        lines[1].starts_with("1        a     applied  <time>      # ms"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(lines.len(), 4);
+    let doc = p.run(&["history", "--json"]).json();
+    let rows = doc["migrations"].as_array().unwrap();
+    assert_eq!(rows.len(), 3);
+    for key in [
+        "version",
+        "name",
+        "state",
+        "checksum",
+        "applied_at",
+        "duration_ms",
+        "applied_by",
+        "lock_token",
+        "tool_version",
+    ] {
+        assert!(
+            rows[0].get(key).is_some(),
+            "history row has no `{key}`: {}",
+            rows[0]
+        );
+    }
+    assert_eq!(rows[0]["lock_token"], serde_json::Value::Null);
+});
+
+both!(validate_reports_drift, |p| {
+    setup(&p);
+    p.run(&["upgrade", "--to", "2"]).ok();
+    let run = p.run(&["validate"]);
+    run.ok();
+    assert_eq!(
+        run.stdout,
+        "ok: 3 migration files parsed; 2 applied with matching checksums; 1 pending\n"
+    );
+    p.migration(
+        "1_a.sql",
+        "-- upgrade\nCREATE TABLE a (id bigint);\n-- rollback\nDROP TABLE a;\n",
+    );
+    let run = p.run(&["validate"]);
+    run.code(4);
+    assert!(
+        run.stderr
+            .contains("applied migration changed since it was applied: 1 a"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("hint: restore the applied file, or run `lockstep fix checksums`"),
+        "{}",
+        run.stderr
+    );
+    let doc = p.run(&["validate", "--json"]).json();
+    assert_eq!(doc["error"]["code"], "modified");
+    assert_eq!(doc["exit_code"], 4);
+});
+
+both!(validate_checks_sections_for_the_engine, |p| {
+    setup(&p);
+    p.migration(
+        "4_d.sql",
+        "-- upgrade\nSELECT 1;\n-- rollback\nSELECT 'unterminated;\n",
+    );
+    let run = p.run(&["validate"]);
+    run.code(2);
+    assert!(
+        run.stderr
+            .contains("migrations/4_d.sql:4: unterminated string literal"),
+        "{}",
+        run.stderr
+    );
+});

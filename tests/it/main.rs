@@ -1,0 +1,16 @@
+//! Integration tests: the real `lockstep` binary against SQLite and a real
+//! PostgreSQL, a fresh database per test. `both!` runs a scenario on every
+//! backend.
+
+#[macro_use]
+mod macros;
+mod util;
+
+mod cli;
+mod config;
+mod files;
+mod fix;
+mod inspect;
+mod postgres;
+mod rollback;
+mod upgrade;

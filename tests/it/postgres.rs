@@ -1,0 +1,270 @@
+//! PostgreSQL-only behaviour: TLS, authentication, sockets, schemas.
+
+use crate::util::{pg_database, Run, TempDir, TestDb};
+
+struct Pg {
+    db: TestDb,
+    name: String,
+    port: String,
+    dir: TempDir,
+}
+
+fn pg() -> Option<Pg> {
+    let db = pg_database()?;
+    let TestDb::Postgres { name, .. } = &db else {
+        unreachable!()
+    };
+    let name = name.clone();
+    let port = std::env::var("LOCKSTEP_TEST_PG_PORT")
+        .expect("scripts/test-servers sets LOCKSTEP_TEST_PG_PORT");
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.path().join("migrations")).unwrap();
+    std::fs::write(
+        dir.path().join("migrations/1_a.sql"),
+        "-- upgrade\nCREATE TABLE a (id integer);\n",
+    )
+    .unwrap();
+    Some(Pg {
+        db,
+        name,
+        port,
+        dir,
+    })
+}
+
+impl Pg {
+    fn run(&self, url: &str, args: &[&str]) -> Run {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(args)
+            .args(["-d", url])
+            .current_dir(self.dir.path())
+            .env_remove("LOCKSTEP_DATABASE_URL")
+            .env_remove("DATABASE_URL")
+            .env_remove("PGPASSWORD")
+            .output()
+            .unwrap();
+        Run::from(out)
+    }
+
+    fn tls(&self, file: &str) -> String {
+        let dir = std::env::var("LOCKSTEP_TEST_TLS_DIR")
+            .expect("scripts/test-servers sets LOCKSTEP_TEST_TLS_DIR");
+        format!("{dir}/{file}")
+    }
+}
+
+#[test]
+fn tls_modes_are_enforced() {
+    let Some(p) = pg() else { return };
+    let url = |host: &str, query: &str| {
+        format!("postgres://tlsonly@{host}:{}/{}?{query}", p.port, p.name)
+    };
+    let ca = p.tls("ca.crt");
+    let other = p.tls("other-ca.crt");
+    // `tlsonly` is refused without TLS, so each success below went over TLS.
+    let plain = p.run(&url("127.0.0.1", "sslmode=disable"), &["status"]);
+    plain.code(1);
+    assert!(plain.stderr.contains("no encryption"), "{}", plain.stderr);
+    let ok = [
+        url("127.0.0.1", "sslmode=require"),
+        url("127.0.0.1", "sslmode=prefer"),
+        url(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ),
+        // The certificate names only `localhost`: verify-ca does not check
+        // the name.
+        url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}")),
+    ];
+    for u in &ok {
+        p.run(u, &["status"]).ok();
+    }
+    let refused = [
+        (
+            url(
+                "127.0.0.1",
+                &format!("sslmode=verify-full&sslrootcert={ca}"),
+            ),
+            "not valid for name",
+        ),
+        (
+            url(
+                "localhost",
+                &format!("sslmode=verify-full&sslrootcert={other}"),
+            ),
+            "UnknownIssuer",
+        ),
+        // libpq: `require` with a root certificate verifies the chain.
+        (
+            url("localhost", &format!("sslmode=require&sslrootcert={other}")),
+            "UnknownIssuer",
+        ),
+        (
+            url(
+                "localhost",
+                "sslmode=verify-full&sslrootcert=/nonexistent/ca.pem",
+            ),
+            "cannot read sslrootcert",
+        ),
+    ];
+    for (u, why) in &refused {
+        let run = p.run(u, &["status"]);
+        run.code(1);
+        assert!(
+            run.stderr.contains("cannot connect to postgres://tlsonly@"),
+            "{u}: {}",
+            run.stderr
+        );
+        assert!(run.stderr.contains(why), "{u}: {}", run.stderr);
+    }
+    // And the whole job works over verified TLS.
+    p.run(
+        &url(
+            "localhost",
+            &format!("sslmode=verify-full&sslrootcert={ca}"),
+        ),
+        &["upgrade"],
+    )
+    .ok();
+    assert_eq!(p.db.history(), ["1 a applied"]);
+}
+
+#[test]
+fn passwords_never_appear_in_output() {
+    let Some(p) = pg() else { return };
+    let secret = "pw-s3cret-Zq9";
+    let good = format!(
+        "postgres://lockstep_pw:{secret}@127.0.0.1:{}/{}?sslmode=disable",
+        p.port, p.name
+    );
+    let run = p.run(&good, &["upgrade", "-v"]);
+    run.ok();
+    assert!(
+        run.stderr.contains("postgres://lockstep_pw:***@127.0.0.1"),
+        "{}",
+        run.stderr
+    );
+    let wrong = "wrong-Pa55-word";
+    let cases = [
+        (good.clone(), secret, &["status", "-v"][..], 0),
+        (good.replace(secret, wrong), wrong, &["upgrade", "-v"], 1),
+        (good.replace(secret, wrong), wrong, &["status", "--json"], 1),
+        // Nothing listens on port 1.
+        (
+            good.replace(&format!(":{}/", p.port), ":1/"),
+            secret,
+            &["history", "-v", "--json"],
+            1,
+        ),
+        (
+            good.replace(&format!(":{}/", p.port), ":1/"),
+            secret,
+            &["upgrade"],
+            1,
+        ),
+        (format!("{good}&bogus=1"), secret, &["status"], 2),
+    ];
+    for (url, password, args, code) in cases {
+        let run = p.run(&url, args);
+        run.code(code);
+        for out in [&run.stdout, &run.stderr] {
+            assert!(
+                !out.contains(password),
+                "{args:?} printed the password:\n{out}"
+            );
+        }
+        if code == 1 {
+            assert!(
+                run.stderr.contains("cannot connect") || run.stdout.contains("cannot connect"),
+                "{}{}",
+                run.stdout,
+                run.stderr
+            );
+        }
+    }
+    let run = p.run(&good.replace(secret, wrong), &["status"]);
+    assert!(
+        run.stderr.contains("password authentication failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("hint: check the user name and password"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn unix_socket_url() {
+    let Some(p) = pg() else { return };
+    let socket = std::env::var("LOCKSTEP_TEST_PG_SOCKET")
+        .expect("scripts/test-servers sets LOCKSTEP_TEST_PG_SOCKET");
+    let url = format!(
+        "postgres://postgres@/{}?host={socket}&port={}",
+        p.name, p.port
+    );
+    p.run(&url, &["upgrade"]).ok();
+    assert_eq!(p.db.history(), ["1 a applied"]);
+}
+
+#[test]
+fn missing_database_gets_a_hint() {
+    let Some(p) = pg() else { return };
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/no_such_db?sslmode=disable",
+        p.port
+    );
+    let run = p.run(&url, &["status"]);
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("database \"no_such_db\" does not exist"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("hint: create the database first"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[test]
+fn history_table_in_its_own_schema() {
+    let Some(p) = pg() else { return };
+    std::fs::write(
+        p.dir.path().join("lockstep.toml"),
+        "history_table = \"ops.migrations\"\n",
+    )
+    .unwrap();
+    let url = p.db.url();
+    p.run(&url, &["upgrade"]).ok();
+    assert_eq!(p.db.value("SELECT count(*) FROM ops.migrations"), "1");
+    assert_eq!(
+        p.db.value("SELECT format_version FROM ops.lockstep_meta WHERE table_name = 'migrations'"),
+        "1"
+    );
+    assert!(!p.db.table_exists("public.lockstep_meta"));
+    p.run(&url, &["status", "--check"]).ok();
+}
+
+#[test]
+fn error_position_points_into_the_file() {
+    let Some(p) = pg() else { return };
+    std::fs::write(
+        p.dir.path().join("migrations/2_b.sql"),
+        "-- upgrade\nCREATE TABLE b (\n  id integer,\n  name txet\n);\n",
+    )
+    .unwrap();
+    let run = p.run(&p.db.url(), &["upgrade"]);
+    run.code(1);
+    assert!(
+        run.stderr.contains(
+            "migration 2 b failed (migrations/2_b.sql:4:8): type \"txet\" does not exist (42704)"
+        ),
+        "{}",
+        run.stderr
+    );
+}

@@ -1,0 +1,116 @@
+use crate::util::Project;
+
+fn four(p: &Project) {
+    for (v, t) in [(1, "a"), (2, "b"), (3, "c"), (4, "d")] {
+        p.migration(
+            &format!("{v}_{t}.sql"),
+            &format!("-- upgrade\nCREATE TABLE {t} (id integer);\n-- rollback\nDROP TABLE {t};\n"),
+        );
+    }
+    p.run(&["upgrade"]).ok();
+}
+
+both!(reverts_the_newest_by_default, |p| {
+    four(&p);
+    let run = p.run(&["rollback"]);
+    run.ok();
+    insta::assert_snapshot!("stdout", run.stdout);
+    assert_eq!(
+        p.db.history(),
+        ["1 a applied", "2 b applied", "3 c applied"]
+    );
+    assert!(!p.db.table_exists("d"));
+    p.run(&["down"]).ok();
+    assert_eq!(p.db.history().len(), 2);
+});
+
+both!(count_and_to, |p| {
+    four(&p);
+    p.run(&["rollback", "--count", "2"]).ok();
+    assert_eq!(p.db.history(), ["1 a applied", "2 b applied"]);
+    p.run(&["upgrade"]).ok();
+    p.run(&["rollback", "--to", "1"]).ok();
+    assert_eq!(p.db.history(), ["1 a applied"]);
+    assert!(p.db.table_exists("a") && !p.db.table_exists("b"));
+    let run = p.run(&["rollback", "--to", "3"]);
+    run.code(2);
+    assert!(
+        run.stderr.contains("version 3 is not applied"),
+        "{}",
+        run.stderr
+    );
+});
+
+both!(
+    missing_rollback_section_stops_before_anything_is_reverted,
+    |p| {
+        four(&p);
+        p.migration("5_e.sql", "-- upgrade\nCREATE TABLE e (id integer);\n");
+        p.migration(
+            "6_f.sql",
+            "-- upgrade\nCREATE TABLE f (id integer);\n-- rollback\nDROP TABLE f;\n",
+        );
+        p.run(&["upgrade"]).ok();
+        let run = p.run(&["rollback", "--count", "3"]);
+        run.code(4);
+        insta::assert_snapshot!("stderr", run.stderr);
+        // Nothing was reverted, not even 6, which has a rollback section.
+        assert_eq!(p.db.history().len(), 6);
+        assert!(p.db.table_exists("f"));
+        let doc = p.run(&["rollback", "--count", "3", "--json"]).json();
+        assert_eq!(doc["error"]["code"], "no_rollback_section");
+        assert_eq!(doc["error"]["migrations"][0]["version"], 5);
+    }
+);
+
+both!(dry_run_changes_nothing, |p| {
+    four(&p);
+    let run = p.run(&["rollback", "--to", "2", "--dry-run"]);
+    run.ok();
+    assert_eq!(
+        run.stdout,
+        "would roll back 4 d\nwould roll back 3 c\ndry run: 2 migrations would be rolled back; nothing was changed\n"
+    );
+    assert_eq!(p.db.history().len(), 4);
+});
+
+both!(failing_rollback_keeps_the_migration_applied, |p| {
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n-- rollback\nDROP TABLE a;\nDROP TABLE not_there;\n");
+    p.run(&["upgrade"]).ok();
+    let run = p.run(&["rollback"]);
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("rollback of migration 1 a failed (migrations/1_a.sql"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(p.db.history(), ["1 a applied"]);
+    assert!(p.db.table_exists("a"));
+});
+
+both!(modified_file_is_not_rolled_back, |p| {
+    four(&p);
+    p.migration(
+        "4_d.sql",
+        "-- upgrade\nCREATE TABLE d (id integer);\n-- rollback\nDROP TABLE d; -- edited\n",
+    );
+    p.run(&["rollback"]).code(4);
+    // An older modified file does not stop reverting the newest.
+    p.migration(
+        "4_d.sql",
+        "-- upgrade\nCREATE TABLE d (id integer);\n-- rollback\nDROP TABLE d;\n",
+    );
+    p.migration(
+        "1_a.sql",
+        "-- upgrade\nCREATE TABLE a (id integer); -- edited\n-- rollback\nDROP TABLE a;\n",
+    );
+    p.run(&["rollback"]).ok();
+});
+
+both!(nothing_to_roll_back, |p| {
+    let run = p.run(&["rollback"]);
+    run.ok();
+    assert_eq!(run.stdout, "nothing to roll back\n");
+    assert!(!p.db.table_exists("lockstep_history"));
+});

@@ -1,0 +1,453 @@
+use crate::util::Project;
+
+const USERS: &str = "-- upgrade\nCREATE TABLE users (id integer PRIMARY KEY, name text NOT NULL);\n-- rollback\nDROP TABLE users;\n";
+const POSTS: &str = "-- upgrade\nCREATE TABLE posts (id integer PRIMARY KEY, title text);\nINSERT INTO posts VALUES (1, 'hello');\n-- rollback\nDROP TABLE posts;\n";
+const TAGS: &str =
+    "-- upgrade\nCREATE TABLE tags (id integer PRIMARY KEY);\n-- rollback\nDROP TABLE tags;\n";
+
+fn three(p: &Project) {
+    p.migration("1_users.sql", USERS)
+        .migration("2_posts.sql", POSTS)
+        .migration("3_tags.sql", TAGS);
+}
+
+both!(applies_pending_in_order_and_records_history, |p| {
+    three(&p);
+    let run = p.run(&["upgrade"]);
+    run.ok();
+    insta::assert_snapshot!("stdout", run.stdout);
+    assert_eq!(
+        p.db.history(),
+        ["1 users applied", "2 posts applied", "3 tags applied"]
+    );
+    assert_eq!(p.db.value("SELECT title FROM posts"), "hello");
+    // The recorded checksum is the file's, and the row says who and which
+    // version of lockstep applied it.
+    let row = &p.db.query("SELECT checksum, applied_by, tool_version, lock_token FROM lockstep_history WHERE version = 1")[0];
+    assert!(
+        row[0].starts_with("sha256:") && row[0].len() == 7 + 64,
+        "{row:?}"
+    );
+    assert!(!row[1].is_empty());
+    assert_eq!(row[2], env!("CARGO_PKG_VERSION"));
+    assert_eq!(row[3], "NULL");
+    // A second run has nothing to do.
+    let again = p.run(&["upgrade"]);
+    again.ok();
+    assert_eq!(again.stdout, "database is up to date: nothing to apply\n");
+});
+
+both!(aliases_migrate_and_up, |p| {
+    three(&p);
+    p.run(&["migrate", "--count", "1"]).ok();
+    p.run(&["up", "--count", "1"]).ok();
+    assert_eq!(p.db.history(), ["1 users applied", "2 posts applied"]);
+});
+
+both!(no_migrations_creates_nothing, |p| {
+    p.run(&["upgrade"]).ok();
+    assert!(!p.db.table_exists("lockstep_history"));
+});
+
+both!(to_and_count_limit_the_run, |p| {
+    three(&p);
+    p.run(&["upgrade", "--to", "2", "--count", "1"]).ok();
+    assert_eq!(p.db.history(), ["1 users applied"]);
+    p.run(&["upgrade", "--to", "2"]).ok();
+    assert_eq!(p.db.history(), ["1 users applied", "2 posts applied"]);
+    let run = p.run(&["upgrade", "--to", "9"]);
+    run.code(2);
+    assert!(
+        run.stderr.contains("no migration has version 9"),
+        "{}",
+        run.stderr
+    );
+    p.run(&["upgrade", "--count", "0"]).code(2);
+});
+
+both!(dry_run_changes_nothing, |p| {
+    three(&p);
+    p.run(&["upgrade", "--count", "1"]).ok();
+    let run = p.run(&["upgrade", "--dry-run"]);
+    run.ok();
+    insta::assert_snapshot!("dry_run", run.stdout);
+    assert_eq!(p.db.history(), ["1 users applied"]);
+    assert!(!p.db.table_exists("posts"));
+});
+
+both!(dry_run_on_an_empty_database_creates_no_table, |p| {
+    three(&p);
+    p.run(&["upgrade", "--dry-run"]).ok();
+    assert!(!p.db.table_exists("lockstep_history"));
+});
+
+both!(
+    failing_migration_rolls_back_its_own_ddl_and_keeps_earlier_ones,
+    |p| {
+        p.migration("1_users.sql", USERS);
+        p.migration(
+        "2_broken.sql",
+        "-- upgrade\nCREATE TABLE half (id integer);\nINSERT INTO half VALUES (1);\nINSERT INTO no_such_table VALUES (1);\n",
+    );
+        p.migration("3_tags.sql", TAGS);
+        let run = p.run(&["upgrade"]);
+        run.code(1);
+        assert!(run.stdout.contains("applied 1 users"), "{}", run.stdout);
+        assert!(
+            run.stderr
+                .contains("migration 2 broken failed (migrations/2_broken.sql"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("no_such_table"), "{}", run.stderr);
+        assert_eq!(p.db.history(), ["1 users applied"]);
+        // The half-created table is gone with the transaction, so a fixed file
+        // applies cleanly.
+        assert!(!p.db.table_exists("half"));
+        assert!(!p.db.table_exists("tags"));
+        p.migration(
+            "2_broken.sql",
+            "-- upgrade\nCREATE TABLE half (id integer);\nINSERT INTO half VALUES (1);\n",
+        );
+        p.run(&["upgrade"]).ok();
+        assert_eq!(
+            p.db.history(),
+            ["1 users applied", "2 broken applied", "3 tags applied"]
+        );
+    }
+);
+
+both!(syntax_error_names_the_file_line, |p| {
+    p.migration("1_typo.sql", "-- a comment\n-- upgrade\nCREATE TABLE ok (id integer);\n\nCREATE TABLEE nope (id integer);\n");
+    let run = p.run(&["upgrade"]);
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("migration 1 typo failed (migrations/1_typo.sql:5:"),
+        "{}",
+        run.stderr
+    );
+    insta::assert_snapshot!(run.stderr);
+    let doc = p.run(&["upgrade", "--json"]).json();
+    assert_eq!(doc["error"]["line"], 5);
+    assert_eq!(doc["error"]["file"], "migrations/1_typo.sql");
+    assert_eq!(doc["exit_code"], 1);
+});
+
+both!(modified_applied_file_is_refused, |p| {
+    three(&p);
+    p.run(&["upgrade", "--count", "2"]).ok();
+    p.migration("1_users.sql", &USERS.replace("name text", "full_name text"));
+    let run = p.run(&["upgrade"]);
+    run.code(4);
+    insta::assert_snapshot!("stderr", run.stderr);
+    assert_eq!(p.db.history(), ["1 users applied", "2 posts applied"]);
+    // Line endings and a byte order mark are not changes.
+    p.migration(
+        "1_users.sql",
+        &format!("\u{feff}{}", USERS.replace('\n', "\r\n")),
+    );
+    p.run(&["upgrade"]).ok();
+    assert_eq!(p.db.history().len(), 3);
+});
+
+both!(missing_applied_file_is_refused, |p| {
+    three(&p);
+    p.run(&["upgrade", "--count", "2"]).ok();
+    std::fs::remove_file(p.path("migrations/2_posts.sql")).unwrap();
+    let run = p.run(&["upgrade"]);
+    run.code(4);
+    assert!(
+        run.stderr
+            .contains("missing from the migrations directory: 2 posts"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("lockstep fix missing"),
+        "{}",
+        run.stderr
+    );
+    assert!(!p.db.table_exists("tags"));
+});
+
+both!(out_of_order_is_refused_unless_allowed, |p| {
+    p.migration("1_users.sql", USERS)
+        .migration("3_tags.sql", TAGS);
+    p.run(&["upgrade"]).ok();
+    p.migration("2_posts.sql", POSTS);
+    let run = p.run(&["upgrade"]);
+    run.code(4);
+    assert!(
+        run.stderr
+            .contains("older than the newest applied one (3): 2 posts"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("--allow-out-of-order"),
+        "{}",
+        run.stderr
+    );
+    let status = p.run(&["status"]);
+    assert!(
+        status.stdout.contains("pending (out of order)"),
+        "{}",
+        status.stdout
+    );
+    p.run(&["upgrade", "--allow-out-of-order"]).ok();
+    assert_eq!(
+        p.db.history(),
+        ["1 users applied", "2 posts applied", "3 tags applied"]
+    );
+});
+
+both!(single_transaction_rolls_back_everything_on_failure, |p| {
+    p.migration("1_users.sql", USERS)
+        .migration("2_posts.sql", POSTS);
+    p.migration("3_broken.sql", "-- upgrade\nSELECT * FROM nowhere;\n");
+    let run = p.run(&["upgrade", "--single-transaction"]);
+    run.code(1);
+    assert!(
+        run.stderr.contains("migration 3 broken failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("none of this run's 2 earlier migrations stayed applied"),
+        "{}",
+        run.stderr
+    );
+    assert!(!p.db.table_exists("users"));
+    assert!(p.db.history().is_empty());
+    std::fs::remove_file(p.path("migrations/3_broken.sql")).unwrap();
+    p.run(&["upgrade", "--single-transaction"]).ok();
+    assert_eq!(p.db.history(), ["1 users applied", "2 posts applied"]);
+});
+
+both!(single_transaction_refuses_no_transaction_migrations, |p| {
+    p.migration("1_users.sql", USERS);
+    p.migration(
+        "2_nt.sql",
+        "-- upgrade\n-- lockstep:no-transaction\nCREATE TABLE nt (id integer);\n",
+    );
+    let run = p.run(&["upgrade", "--single-transaction"]);
+    run.code(2);
+    assert!(
+        run.stderr.contains("cannot include migration 2 nt"),
+        "{}",
+        run.stderr
+    );
+    assert!(!p.db.table_exists("users"));
+});
+
+both!(transaction_control_inside_a_migration_is_refused, |p| {
+    p.migration("1_users.sql", USERS);
+    p.migration(
+        "2_commit.sql",
+        "-- upgrade\nCREATE TABLE a (id integer);\nCOMMIT;\nCREATE TABLE b (id integer);\n",
+    );
+    let run = p.run(&["upgrade"]);
+    run.code(2);
+    assert!(
+        run.stderr
+            .contains("migrations/2_commit.sql:3: `COMMIT` would end the transaction"),
+        "{}",
+        run.stderr
+    );
+    // Refused before anything ran.
+    assert!(!p.db.table_exists("users"));
+});
+
+both!(unterminated_string_is_refused_before_anything_runs, |p| {
+    p.migration("1_users.sql", USERS);
+    p.migration(
+        "2_quote.sql",
+        "-- upgrade\nINSERT INTO users VALUES (1, 'oops);\n",
+    );
+    let run = p.run(&["upgrade"]);
+    run.code(2);
+    assert!(
+        run.stderr
+            .contains("migrations/2_quote.sql:2: unterminated string literal"),
+        "{}",
+        run.stderr
+    );
+    assert!(!p.db.table_exists("users"));
+});
+
+both!(no_transaction_migration_runs_statement_by_statement, |p| {
+    p.migration("1_users.sql", USERS);
+    let sql = match p.backend() {
+        Backend::Postgres => "-- upgrade\n-- lockstep:no-transaction\nCREATE INDEX CONCURRENTLY users_name ON users (name);\nCREATE INDEX CONCURRENTLY users_id_name ON users (id, name);\n-- rollback\n-- lockstep:no-transaction\nDROP INDEX CONCURRENTLY users_id_name;\nDROP INDEX CONCURRENTLY users_name;\n",
+        Backend::Sqlite => "-- upgrade\n-- lockstep:no-transaction\nCREATE INDEX users_name ON users (name);\nVACUUM;\n-- rollback\n-- lockstep:no-transaction\nDROP INDEX users_name;\nVACUUM;\n",
+    };
+    p.migration("2_index.sql", sql);
+    let run = p.run(&["upgrade"]);
+    run.ok();
+    assert!(
+        run.stdout
+            .contains("applied 2 index (# ms) [no transaction]"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(p.db.history(), ["1 users applied", "2 index applied"]);
+    p.run(&["rollback"]).ok();
+    assert_eq!(p.db.history(), ["1 users applied"]);
+});
+
+both!(statement_that_needs_no_transaction_gets_a_hint, |p| {
+    let sql = match p.backend() {
+        Backend::Postgres => {
+            "-- upgrade\nCREATE TABLE t (id integer);\nCREATE INDEX CONCURRENTLY t_id ON t (id);\n"
+        }
+        Backend::Sqlite => "-- upgrade\nCREATE TABLE t (id integer);\nVACUUM;\n",
+    };
+    p.migration("1_t.sql", sql);
+    let run = p.run(&["upgrade"]);
+    run.code(1);
+    assert!(
+        run.stderr.contains("-- lockstep:no-transaction"),
+        "{}",
+        run.stderr
+    );
+    assert!(!p.db.table_exists("t"));
+});
+
+both!(failed_no_transaction_migration_is_dirty_until_fixed, |p| {
+    p.migration(
+        "1_nt.sql",
+        "-- upgrade\n-- lockstep:no-transaction\nCREATE TABLE first (id integer);\nCREATE TABLE second (id integer);\nINSERT INTO missing VALUES (1);\nCREATE TABLE third (id integer);\n",
+    );
+    p.migration("2_tags.sql", TAGS);
+    let run = p.run(&["upgrade"]);
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("2 of 4 statements ran outside a transaction"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("lockstep fix dirty 1 --applied"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(p.db.history(), ["1 nt started"]);
+    assert!(p.db.table_exists("second") && !p.db.table_exists("third"));
+    // Dirty blocks every upgrade until a human says what happened.
+    let blocked = p.run(&["upgrade"]);
+    blocked.code(4);
+    assert!(
+        blocked.stderr.contains("migration 1 nt is dirty"),
+        "{}",
+        blocked.stderr
+    );
+    assert!(p.run(&["status"]).stdout.contains("dirty"));
+    // The human finishes it by hand and records it.
+    p.db.exec("CREATE TABLE third (id integer)");
+    p.run(&["fix", "dirty", "1", "--applied"]).ok();
+    assert_eq!(p.db.history(), ["1 nt applied"]);
+    p.run(&["upgrade"]).ok();
+    assert_eq!(p.db.history(), ["1 nt applied", "2 tags applied"]);
+});
+
+both!(
+    no_transaction_failure_on_the_first_statement_is_clean,
+    |p| {
+        p.migration("1_nt.sql", "-- upgrade\n-- lockstep:no-transaction\nINSERT INTO missing VALUES (1);\nCREATE TABLE t (id integer);\n");
+        let run = p.run(&["upgrade"]);
+        run.code(1);
+        assert!(!run.stderr.contains("dirty"), "{}", run.stderr);
+        assert!(p.db.history().is_empty());
+        p.run(&["upgrade"]).code(1);
+    }
+);
+
+both!(pair_of_files_apply_and_roll_back, |p| {
+    p.migration("1_users.up.sql", "CREATE TABLE users (id integer);\n");
+    p.migration("1_users.down.sql", "DROP TABLE users;\n");
+    p.migration("2_posts.up.sql", "CREATE TABLE posts (id integer);\n");
+    p.run(&["upgrade"]).ok();
+    assert_eq!(p.db.history(), ["1 users applied", "2 posts applied"]);
+    let run = p.run(&["rollback", "--count", "2"]);
+    run.code(4);
+    assert!(
+        run.stderr
+            .contains("migration 2 posts has no rollback section"),
+        "{}",
+        run.stderr
+    );
+    p.migration("2_posts.down.sql", "DROP TABLE posts;\n");
+    // Adding the down file changes the checksum: an intended edit.
+    p.run(&["rollback"]).code(4);
+    p.run(&["fix", "checksums"]).ok();
+    p.run(&["rollback", "--count", "2"]).ok();
+    assert!(p.db.history().is_empty());
+    assert!(!p.db.table_exists("users"));
+});
+
+both!(
+    migration_changing_search_path_cannot_redirect_history,
+    |p| {
+        let sql = match p.backend() {
+        Backend::Postgres => "-- upgrade\nCREATE SCHEMA other;\nCREATE TABLE other.lockstep_history (x integer);\nSET search_path = other;\n",
+        // SQLite has no search path; a temporary table of the same name is
+        // the nearest way to shadow lockstep's table.
+        Backend::Sqlite => "-- upgrade\nCREATE TEMP TABLE lockstep_history (x integer);\n",
+    };
+        p.migration("1_shadow.sql", sql)
+            .migration("2_tags.sql", TAGS);
+        p.run(&["upgrade"]).ok();
+        assert_eq!(p.db.history(), ["1 shadow applied", "2 tags applied"]);
+    }
+);
+
+both!(tables_are_created_once_when_many_start_together, |p| {
+    p.migration("1_noop.sql", "-- upgrade\nSELECT 1;\n");
+    // No lock yet: the processes race for the one migration too. What this
+    // checks is that creating lockstep's tables never fails, and that the
+    // migration is recorded once.
+    let children: Vec<_> = (0..8)
+        .map(|_| {
+            p.command(&["upgrade"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let run = crate::util::Run::from(child.wait_with_output().unwrap());
+        assert!(
+            !run.stderr.contains("creating the history table"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.code == 0 || run.code == 1, "{run:?}");
+    }
+    assert_eq!(p.db.history(), ["1 noop applied"]);
+    assert_eq!(p.db.value("SELECT count(*) FROM lockstep_meta"), "1");
+});
+
+both!(progress_lines_and_summary_in_json, |p| {
+    three(&p);
+    let doc = p.run(&["upgrade", "--json"]).json();
+    assert_eq!(doc["schema"], 1);
+    assert_eq!(doc["command"], "upgrade");
+    assert_eq!(doc["ok"], true);
+    assert_eq!(doc["exit_code"], 0);
+    assert_eq!(doc["direction"], "upgrade");
+    assert_eq!(doc["dry_run"], false);
+    let versions: Vec<u64> = doc["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(versions, [1, 2, 3]);
+    assert!(doc["migrations"][0]["duration_ms"].is_u64());
+    let noop = p.run(&["upgrade", "--json"]).json();
+    assert_eq!(noop["migrations"].as_array().unwrap().len(), 0);
+});
