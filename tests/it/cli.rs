@@ -67,6 +67,7 @@ fn usage_errors_exit_2_also_in_json() {
     assert_eq!(doc["ok"], false);
     assert_eq!(doc["exit_code"], 2);
     assert_eq!(doc["error"]["code"], "usage");
+    assert_eq!(doc["command"], "");
     assert!(
         doc["error"]["message"].as_str().unwrap().contains("--to"),
         "{doc}"
@@ -187,4 +188,26 @@ fn exit_codes() {
     p.run(&["upgrade"]).code(1);
     p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id bigint);\n");
     p.run(&["upgrade"]).code(4);
+}
+
+#[test]
+fn quickstart_example_applies_and_rolls_back() {
+    let p = sqlite();
+    let example = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/quickstart/lockstep.toml"
+    );
+    let url = p.db.url();
+    let run = |args: &[&str]| {
+        let mut all = vec!["-c", example, "-d", &url];
+        all.extend_from_slice(args);
+        p.run(&all)
+    };
+    run(&["upgrade"]).ok();
+    assert_eq!(p.db.value("SELECT title FROM posts"), "Hello");
+    run(&["status", "--check"]).ok();
+    run(&["rollback", "--count", "4"]).ok();
+    assert!(!p.db.table_exists("users"));
+    run(&["upgrade"]).ok();
+    assert_eq!(p.db.history().len(), 4);
 }

@@ -221,6 +221,9 @@ both!(single_transaction_rolls_back_everything_on_failure, |p| {
     );
     assert!(!p.db.table_exists("users"));
     assert!(p.db.history().is_empty());
+    let doc = p.run(&["upgrade", "--single-transaction", "--json"]).json();
+    assert_eq!(doc["error"]["migrations"][0]["version"], 3);
+    assert_eq!(doc["completed"], serde_json::json!([]));
     std::fs::remove_file(p.path("migrations/3_broken.sql")).unwrap();
     p.run(&["upgrade", "--single-transaction"]).ok();
     assert_eq!(p.db.history(), ["1 users applied", "2 posts applied"]);

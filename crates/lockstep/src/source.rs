@@ -831,7 +831,9 @@ mod tests {
 
     #[test]
     fn bad_files_are_named_with_their_line() {
-        let table: &[(&[(&str, &[u8])], (&str, Option<usize>, &str))] = &[
+        type Files<'a> = &'a [(&'a str, &'a [u8])];
+        type Want<'a> = (&'a str, Option<usize>, &'a str);
+        let table: &[(Files<'_>, Want<'_>)] = &[
             (
                 &[("1_a.sql", b"CREATE TABLE t (id int);\n")],
                 ("1_a.sql", None, "no `-- upgrade` line"),
