@@ -14,7 +14,9 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
         The database comes from --database-url, then LOCKSTEP_DATABASE_URL, then DATABASE_URL, \
         then `database_url` in lockstep.toml.\n\n\
         Exit codes: 0 success; 1 a migration or database operation failed; 2 usage, configuration \
-        or migration-file error; 4 refused (drift, dirty, missing rollback section, or `status --check` found work).",
+        or migration-file error; 3 the migration lock was not acquired; 4 refused (drift, dirty, \
+        missing rollback section, or `status --check` found work); 5 the migration lock was lost \
+        during the run; 130/143 interrupted by SIGINT/SIGTERM.",
     after_help = "Run `lockstep init` to start, then `lockstep new NAME` and `lockstep upgrade`."
 )]
 pub struct Cli {
@@ -53,6 +55,26 @@ pub struct GlobalArgs {
     /// When to color output (NO_COLOR turns `auto` off)
     #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
     pub color: ColorChoice,
+
+    /// Name this executor (a CI job, a pod) in the lock and history [env: LOCKSTEP_OWNER] [default: <host>-<pid>-<random hex>]
+    #[arg(long, global = true, value_name = "NAME")]
+    pub owner: Option<String>,
+}
+
+/// How a command that writes takes the migration lock.
+#[derive(Debug, Args, Default)]
+pub struct LockArgs {
+    /// Wait at most this long for the lock, e.g. 30s, 5m [config: [lock] timeout] [default: 5m]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    pub lock_timeout: Option<std::time::Duration>,
+
+    /// Fail at once (exit 3) when another run holds the lock
+    #[arg(long, global = true, conflicts_with = "lock_timeout")]
+    pub no_wait: bool,
+
+    /// Run WITHOUT the migration lock: nothing then stops a concurrent run from applying the same migrations
+    #[arg(long, global = true, conflicts_with_all = ["lock_timeout", "no_wait"])]
+    pub no_lock: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -88,8 +110,82 @@ pub enum Command {
     Validate,
 
     /// Repair the history table after intended edits or interruptions
-    #[command(visible_alias = "repair", subcommand)]
-    Fix(FixCommand),
+    #[command(visible_alias = "repair")]
+    Fix(FixArgs),
+
+    /// Inspect or release the migration lock
+    #[command(subcommand)]
+    Lock(LockCommand),
+
+    #[command(name = "lock-status", alias = "lock:status", hide = true)]
+    LockStatus(LockStatusArgs),
+
+    #[command(name = "lock-release", aliases = ["lock:release", "unlock"], hide = true)]
+    LockRelease(LockReleaseArgs),
+
+    #[command(name = "lock-log", alias = "lock:log", hide = true)]
+    LockLog(LockLogArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LockCommand {
+    /// Show who holds the lock: UNLOCKED, LOCKED or STALE (aliases: lock-status, lock:status)
+    Status(LockStatusArgs),
+
+    /// Free the lock; a live holder stops at its next migration with exit 5 (aliases: unlock, lock-release, lock:release)
+    #[command(visible_alias = "unlock")]
+    Release(LockReleaseArgs),
+
+    /// Show the lock's audit log, newest first
+    Log(LockLogArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LockStatusArgs {
+    /// Exit 3 when the lock is held (for health checks)
+    #[arg(long)]
+    pub check: bool,
+
+    /// Output format; `prometheus` prints metrics for a node-exporter textfile
+    #[arg(long, value_enum, default_value_t = StatusFormat::Text)]
+    pub format: StatusFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    Text,
+    Prometheus,
+}
+
+#[derive(Debug, Args)]
+pub struct LockReleaseArgs {
+    /// Release even though the holder looks alive
+    #[arg(long)]
+    pub force: bool,
+
+    /// Do not ask for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+
+    /// Wait at most this long for a running migration of the holder to commit [default: the lock timeout]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub lock_timeout: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct LockLogArgs {
+    /// How many events to show
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub limit: u64,
+}
+
+#[derive(Debug, Args)]
+pub struct FixArgs {
+    #[command(flatten)]
+    pub lock: LockArgs,
+
+    #[command(subcommand)]
+    pub command: FixCommand,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +215,9 @@ pub struct UpgradeArgs {
     /// Apply pending migrations older than the newest applied one
     #[arg(long)]
     pub allow_out_of_order: bool,
+
+    #[command(flatten)]
+    pub lock: LockArgs,
 }
 
 #[derive(Debug, Args)]
@@ -134,6 +233,9 @@ pub struct RollbackArgs {
     /// Print the plan and change nothing
     #[arg(long)]
     pub dry_run: bool,
+
+    #[command(flatten)]
+    pub lock: LockArgs,
 }
 
 #[derive(Debug, Args)]
@@ -186,6 +288,41 @@ fn parse_version(s: &str) -> Result<u64, String> {
     lockstep::source::parse_version(s)
 }
 
+/// `500ms`, `30s`, `5m`, `1h`, `1m30s`; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let bad = || format!("`{s}` is not a duration; write e.g. 30s, 5m, 1h or 500ms");
+    let s = s.trim();
+    if s.is_empty() {
+        return Err(bad());
+    }
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(std::time::Duration::from_secs(secs));
+    }
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => std::time::Duration::from_millis(n),
+            "s" => std::time::Duration::from_secs(n),
+            "m" => std::time::Duration::from_secs(n * 60),
+            "h" => std::time::Duration::from_secs(n * 3600),
+            _ => return Err(bad()),
+        };
+        total += unit;
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
 impl Command {
     /// The command's name, as JSON documents report it.
     pub fn name(&self) -> &'static str {
@@ -197,9 +334,38 @@ impl Command {
             Command::Status(_) => "status",
             Command::History => "history",
             Command::Validate => "validate",
-            Command::Fix(FixCommand::Checksums(_)) => "fix checksums",
-            Command::Fix(FixCommand::Missing(_)) => "fix missing",
-            Command::Fix(FixCommand::Dirty(_)) => "fix dirty",
+            Command::Fix(f) => match f.command {
+                FixCommand::Checksums(_) => "fix checksums",
+                FixCommand::Missing(_) => "fix missing",
+                FixCommand::Dirty(_) => "fix dirty",
+            },
+            Command::Lock(LockCommand::Status(_)) | Command::LockStatus(_) => "lock status",
+            Command::Lock(LockCommand::Release(_)) | Command::LockRelease(_) => "lock release",
+            Command::Lock(LockCommand::Log(_)) | Command::LockLog(_) => "lock log",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations() {
+        let table = [
+            ("30", Duration::from_secs(30)),
+            ("30s", Duration::from_secs(30)),
+            ("5m", Duration::from_secs(300)),
+            ("1h", Duration::from_secs(3600)),
+            ("500ms", Duration::from_millis(500)),
+            ("1m30s", Duration::from_secs(90)),
+        ];
+        for (text, want) in table {
+            assert_eq!(parse_duration(text), Ok(want), "{text}");
+        }
+        for bad in ["", "s", "5 m", "5x", "m5", "-1s", "1.5s"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
         }
     }
 }

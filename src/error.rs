@@ -12,15 +12,27 @@ use crate::json;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
-    Success = 0,
-    Failed = 1,
-    Usage = 2,
-    Refused = 4,
+    Success,
+    Failed,
+    Usage,
+    LockBusy,
+    Refused,
+    LockLost,
+    /// Stopped by a signal: 128 + its number (130 SIGINT, 143 SIGTERM).
+    Signal(i32),
 }
 
 impl Exit {
     pub fn code(self) -> i32 {
-        self as i32
+        match self {
+            Exit::Success => 0,
+            Exit::Failed => 1,
+            Exit::Usage => 2,
+            Exit::LockBusy => 3,
+            Exit::Refused => 4,
+            Exit::LockLost => 5,
+            Exit::Signal(signal) => 128 + signal,
+        }
     }
 }
 
@@ -91,6 +103,11 @@ impl From<Error> for CliError {
             ErrorKind::Failed => Exit::Failed,
             ErrorKind::Usage => Exit::Usage,
             ErrorKind::Refused => Exit::Refused,
+            ErrorKind::LockBusy => Exit::LockBusy,
+            ErrorKind::LockLost => Exit::LockLost,
+            ErrorKind::Cancelled => {
+                Exit::Signal(crate::signals::received().unwrap_or(libc::SIGINT))
+            }
         };
         let mut err = CliError::new(exit, e.code(), e.to_string());
         err.hint = e.hint();
@@ -122,6 +139,14 @@ impl From<Error> for CliError {
                 }
             }
             Error::Database { db, .. } => err.detail.sqlstate = db.code.clone(),
+            Error::LockBusy(busy) => err.detail.holder = Some(json::LockJson::from(&busy.holder)),
+            Error::LockLost(lost) => {
+                err.detail.token = Some(lost.token);
+                err.detail.migrations = lost.at.iter().map(json::MigrationRef::from).collect();
+                err.detail.dirty = lost.unrecorded.then_some(true);
+                err.completed = lost.completed.clone();
+            }
+            Error::Cancelled { completed } => err.completed = completed.clone(),
             _ => {}
         }
         err

@@ -48,6 +48,12 @@ pub struct ErrorDetail {
     pub sqlstate: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dirty: Option<bool>,
+    /// The lock's holder, when the lock was not acquired.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<LockJson>,
+    /// The lock token this run held, when it lost the lock.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -192,4 +198,91 @@ pub struct FixJson {
     pub version: u64,
     pub name: String,
     pub action: String,
+}
+
+/// The lock row, for `lock status` and lock errors.
+#[derive(Debug, Serialize)]
+pub struct LockJson {
+    pub state: &'static str,
+    pub scope: String,
+    pub token: i64,
+    pub owner: Option<String>,
+    pub host: Option<String>,
+    pub pid: Option<i64>,
+    pub command: Option<String>,
+    pub tool_version: Option<String>,
+    pub acquired_at: Option<String>,
+    pub heartbeat_at: Option<String>,
+    pub expires_at: Option<String>,
+    pub held_ms: Option<i64>,
+    pub holder_alive: Option<bool>,
+    pub session_alive: Option<bool>,
+    pub migrating: bool,
+}
+
+impl From<&lockstep::LockInfo> for LockJson {
+    fn from(l: &lockstep::LockInfo) -> Self {
+        LockJson {
+            state: l.state().as_str(),
+            scope: l.scope.clone(),
+            token: l.token,
+            owner: l.owner.clone(),
+            host: l.host.clone(),
+            pid: l.pid,
+            command: l.command.clone(),
+            tool_version: l.tool_version.clone(),
+            acquired_at: l.acquired_at.clone(),
+            heartbeat_at: l.heartbeat_at.clone(),
+            expires_at: l.expires_at.clone(),
+            held_ms: l.held_ms,
+            holder_alive: l.is_held().then(|| l.holder_alive()),
+            session_alive: l.session_alive,
+            migrating: l.migrating,
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub struct LockRelease {
+    /// The lock was freed by this command.
+    pub released: bool,
+    /// The lock as it was before.
+    pub previous: LockJson,
+}
+
+#[derive(Serialize)]
+pub struct LockLog {
+    pub scope: String,
+    pub events: Vec<LogJson>,
+}
+
+#[derive(Serialize)]
+pub struct LogJson {
+    pub id: i64,
+    pub at: String,
+    pub event: String,
+    pub token: i64,
+    pub owner: Option<String>,
+    pub host: Option<String>,
+    pub pid: Option<i64>,
+    pub command: Option<String>,
+    pub previous_owner: Option<String>,
+    pub detail: Option<String>,
+}
+
+impl From<&lockstep::LogEntry> for LogJson {
+    fn from(e: &lockstep::LogEntry) -> Self {
+        LogJson {
+            id: e.id,
+            at: e.at.clone(),
+            event: e.event.clone(),
+            token: e.token,
+            owner: e.owner.clone(),
+            host: e.host.clone(),
+            pid: e.pid,
+            command: e.command.clone(),
+            previous_owner: e.previous_owner.clone(),
+            detail: e.detail.clone(),
+        }
+    }
 }

@@ -7,6 +7,7 @@ mod error;
 mod json;
 mod printer;
 mod settings;
+mod signals;
 
 fn main() {
     std::process::exit(commands::main());

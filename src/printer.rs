@@ -92,6 +92,10 @@ impl Printer {
         }
     }
 
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
     pub fn paint(&self, text: &str, style: Style, stderr: bool) -> String {
         let on = if stderr {
             self.color_err
@@ -133,6 +137,41 @@ impl Printer {
         if self.verbose > 0 && !self.json {
             self.err_line(text);
         }
+    }
+
+    /// A warning: stderr, even with `--json` (stdout stays one document),
+    /// but not with `--quiet`.
+    pub fn warn(&mut self, text: &str) {
+        if self.quiet {
+            return;
+        }
+        let label = self.paint("warning:", Style::Warn, true);
+        self.err_line(&format!("{label} {text}"));
+    }
+
+    /// Whether the standard input is a terminal that can answer a question
+    /// (and JSON mode is off).
+    pub fn can_ask(&self) -> bool {
+        !self.json && std::io::stdin().is_terminal()
+    }
+
+    /// Asks a yes/no question on stderr; `true` only for an explicit yes.
+    pub fn confirm(&mut self, question: &str) -> bool {
+        self.clear_progress();
+        let _ = write!(std::io::stderr().lock(), "{question} [y/N] ");
+        let _ = std::io::stderr().flush();
+        let mut answer = String::new();
+        if std::io::stdin().read_line(&mut answer).is_err() {
+            return false;
+        }
+        matches!(answer.trim(), "y" | "Y" | "yes" | "YES" | "Yes")
+    }
+
+    /// Prints text as it is on stdout (`--format prometheus`).
+    pub fn raw(&mut self, text: &str) {
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
     }
 
     fn err_line(&mut self, text: &str) {

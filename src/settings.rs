@@ -6,6 +6,7 @@
 //! `LOCKSTEP_DATABASE_URL`, then `DATABASE_URL`.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use lockstep::url::SqliteTarget;
 use lockstep::{DatabaseUrl, TableName};
@@ -24,7 +25,20 @@ struct FileConfig {
     database_url: Option<String>,
     migrations: Option<PathBuf>,
     history_table: Option<String>,
+    lock: Option<FileLock>,
 }
+
+/// `[lock]` in `lockstep.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileLock {
+    timeout: Option<String>,
+    ttl: Option<String>,
+}
+
+/// The shortest lease: renewals every third of it must fit comfortably
+/// between a database's round trips.
+const MIN_TTL: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Settings {
@@ -34,6 +48,14 @@ pub struct Settings {
     pub migrations: PathBuf,
     /// The history table.
     pub history_table: TableName,
+    /// The executor id: `--owner`, then LOCKSTEP_OWNER, then
+    /// `<host>-<pid>-<random hex>`.
+    pub owner: String,
+    /// The lease (`[lock] ttl`, default 30s).
+    pub lock_ttl: Duration,
+    /// How long to wait for the lock (`[lock] timeout`, default 5m); the
+    /// command's `--lock-timeout` overrides it.
+    pub lock_timeout: Duration,
 }
 
 #[derive(Debug)]
@@ -97,10 +119,45 @@ impl Settings {
             None => TableName::default(),
         };
 
+        let owner = match args
+            .owner
+            .clone()
+            .or_else(|| env("LOCKSTEP_OWNER").filter(|o| !o.is_empty()))
+        {
+            Some(owner) => {
+                lockstep::identity::check_executor(&owner)
+                    .map_err(|m| CliError::config(format!("--owner / LOCKSTEP_OWNER: {m}")))?;
+                owner
+            }
+            None => lockstep::identity::default_executor(),
+        };
+
+        let lock = file.lock.unwrap_or_default();
+        let duration =
+            |value: &Option<String>, key: &str, default: Duration| -> Result<Duration, CliError> {
+                match value {
+                    Some(v) => crate::cli::parse_duration(v).map_err(|m| {
+                        CliError::config(format!("[lock] {key} in {}: {m}", display(&file_path)))
+                    }),
+                    None => Ok(default),
+                }
+            };
+        let lock_ttl = duration(&lock.ttl, "ttl", lockstep::lock::DEFAULT_TTL)?;
+        if lock_ttl < MIN_TTL {
+            return Err(CliError::config(format!(
+                "[lock] ttl in {}: the lease must be at least 1s",
+                display(&file_path)
+            )));
+        }
+        let lock_timeout = duration(&lock.timeout, "timeout", lockstep::lock::DEFAULT_TIMEOUT)?;
+
         Ok(Settings {
             database,
             migrations,
             history_table,
+            owner,
+            lock_ttl,
+            lock_timeout,
         })
     }
 
@@ -167,7 +224,7 @@ fn read_config(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>),
         };
         let message = e.message().replace("unknown field", "unknown key");
         CliError::config(format!("{location}: {message}"))
-            .with_hint("lockstep.toml takes database_url, migrations and history_table")
+            .with_hint("lockstep.toml takes database_url, migrations, history_table, and a [lock] table with timeout and ttl")
     })?;
     Ok((config, Some(path)))
 }

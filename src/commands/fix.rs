@@ -2,8 +2,9 @@
 
 use lockstep::{DirtyResolution, Fixed, MigrationSet};
 
+use super::run::Progress;
 use super::{connect, plural};
-use crate::cli::FixCommand;
+use crate::cli::{FixArgs, FixCommand};
 use crate::error::{CliError, Exit};
 use crate::json;
 use crate::printer::Printer;
@@ -12,37 +13,45 @@ use crate::settings::Settings;
 pub fn fix(
     settings: &Settings,
     printer: &mut Printer,
-    command: &FixCommand,
+    args: &FixArgs,
     name: &str,
 ) -> Result<Exit, CliError> {
     settings.database()?;
-    let (fixed, dry_run, nothing) = match command {
-        FixCommand::Checksums(args) => {
+    let (fixed, dry_run, nothing) = match &args.command {
+        FixCommand::Checksums(dry) => {
             let set = MigrationSet::load(&settings.migrations)?;
-            let fixed = connect(settings)?.fix_checksums(&set, args.dry_run)?;
+            let mut migrator = connect(settings, printer, &args.lock)?;
+            let fixed = migrator.fix_checksums(&set, dry.dry_run, &mut Progress::new(printer))?;
             (
                 fixed,
-                args.dry_run,
+                dry.dry_run,
                 "nothing to fix: every applied migration's file matches its checksum",
             )
         }
-        FixCommand::Missing(args) => {
+        FixCommand::Missing(dry) => {
             let set = MigrationSet::load(&settings.migrations)?;
-            let fixed = connect(settings)?.fix_missing(&set, args.dry_run)?;
+            let mut migrator = connect(settings, printer, &args.lock)?;
+            let fixed = migrator.fix_missing(&set, dry.dry_run, &mut Progress::new(printer))?;
             (
                 fixed,
-                args.dry_run,
+                dry.dry_run,
                 "nothing to fix: every applied migration has its file",
             )
         }
-        FixCommand::Dirty(args) => {
-            let resolution = if args.applied {
+        FixCommand::Dirty(dirty) => {
+            let resolution = if dirty.applied {
                 DirtyResolution::Applied
             } else {
                 DirtyResolution::Forget
             };
-            let fixed = connect(settings)?.fix_dirty(args.version, resolution, args.dry_run)?;
-            (vec![fixed], args.dry_run, "")
+            let mut migrator = connect(settings, printer, &args.lock)?;
+            let fixed = migrator.fix_dirty(
+                dirty.version,
+                resolution,
+                dirty.dry_run,
+                &mut Progress::new(printer),
+            )?;
+            (vec![fixed], dirty.dry_run, "")
         }
     };
     for f in &fixed {

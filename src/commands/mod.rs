@@ -4,9 +4,9 @@
 use std::ffi::OsString;
 
 use clap::Parser;
-use lockstep::{Migrator, Options};
+use lockstep::{LockOptions, Migrator, Options};
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, LockArgs, LockCommand};
 use crate::error::{CliError, Exit};
 use crate::json;
 use crate::printer::Printer;
@@ -14,6 +14,7 @@ use crate::settings::Settings;
 
 mod fix;
 mod inspect;
+mod lock;
 mod project;
 mod run;
 
@@ -62,27 +63,61 @@ fn dispatch(
         Command::History => inspect::history(settings, printer),
         Command::Validate => inspect::validate(settings, printer),
         Command::Fix(args) => fix::fix(settings, printer, args, command.name()),
+        Command::Lock(LockCommand::Status(args)) | Command::LockStatus(args) => {
+            lock::status(settings, printer, args)
+        }
+        Command::Lock(LockCommand::Release(args)) | Command::LockRelease(args) => {
+            lock::release(settings, printer, args)
+        }
+        Command::Lock(LockCommand::Log(args)) | Command::LockLog(args) => {
+            lock::log(settings, printer, args)
+        }
     }
 }
 
-/// Options for the library from the settings.
-fn options(settings: &Settings) -> Options {
+/// Options for the library from the settings, and a command's lock flags.
+fn options(settings: &Settings, lock: Option<&LockArgs>) -> Options {
+    let lock = match lock {
+        Some(args) if args.no_lock => None,
+        _ => Some(LockOptions {
+            ttl: settings.lock_ttl,
+            timeout: lock
+                .and_then(|a| a.lock_timeout)
+                .unwrap_or(settings.lock_timeout),
+            no_wait: lock.is_some_and(|a| a.no_wait),
+        }),
+    };
     Options {
         history_table: settings.history_table.clone(),
-        ..Options::default()
+        executor: settings.owner.clone(),
+        lock,
     }
 }
 
-/// Connects for a command that writes.
-fn connect(settings: &Settings) -> Result<Migrator, CliError> {
-    Ok(Migrator::connect(settings.database()?, options(settings))?)
+/// Connects for a command that writes under the lock: says loudly what
+/// `--no-lock` gives up, and lets SIGINT/SIGTERM stop the run cleanly.
+fn connect(
+    settings: &Settings,
+    printer: &mut Printer,
+    lock: &LockArgs,
+) -> Result<Migrator, CliError> {
+    if lock.no_lock {
+        printer.warn(
+            "--no-lock: running WITHOUT the migration lock. Nothing stops another run from applying \
+             the same migrations at the same time or interleaving with this one, and nothing fences \
+             this run's writes if it stalls.",
+        );
+    }
+    let migrator = Migrator::connect(settings.database()?, options(settings, Some(lock)))?;
+    crate::signals::install(migrator.cancel_handle());
+    Ok(migrator)
 }
 
 /// Connects for a command that only reads: creates no file and no table.
 fn connect_read_only(settings: &Settings) -> Result<Migrator, CliError> {
     Ok(Migrator::connect_read_only(
         settings.database()?,
-        options(settings),
+        options(settings, None),
     )?)
 }
 

@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use lockstep::{
-    Direction, Event, MigrationSet, Observer, RollbackOptions, RunReport, Target, UpgradeOptions,
+    Direction, Event, LockEvent, MigrationSet, Observer, RollbackOptions, RunReport, Target,
+    UpgradeOptions,
 };
 
 use super::{connect, plural, step_json};
@@ -28,14 +29,8 @@ pub fn upgrade(
         allow_out_of_order: args.allow_out_of_order,
     };
     let started = Instant::now();
-    let mut migrator = connect(settings)?;
-    let result = migrator.upgrade(
-        &set,
-        &options,
-        &mut Progress {
-            printer: &mut *printer,
-        },
-    );
+    let mut migrator = connect(settings, printer, &args.lock)?;
+    let result = migrator.upgrade(&set, &options, &mut Progress::new(printer));
     finish(printer, "upgrade", result, started.elapsed())
 }
 
@@ -51,14 +46,8 @@ pub fn rollback(
         dry_run: args.dry_run,
     };
     let started = Instant::now();
-    let mut migrator = connect(settings)?;
-    let result = migrator.rollback(
-        &set,
-        &options,
-        &mut Progress {
-            printer: &mut *printer,
-        },
-    );
+    let mut migrator = connect(settings, printer, &args.lock)?;
+    let result = migrator.rollback(&set, &options, &mut Progress::new(printer));
     finish(printer, "rollback", result, started.elapsed())
 }
 
@@ -128,14 +117,67 @@ fn nothing(direction: Direction) -> String {
     }
 }
 
-/// Prints each migration as it completes, and a progress bar on a terminal.
-struct Progress<'p> {
+/// How often a waiter says who it waits for.
+const WAIT_NOTE_EVERY: Duration = Duration::from_secs(5);
+
+/// Prints each migration as it completes, a progress bar on a terminal, and
+/// what happens to the lock.
+pub(super) struct Progress<'p> {
     printer: &'p mut Printer,
+    last_wait_note: Option<Instant>,
+}
+
+impl<'p> Progress<'p> {
+    pub(super) fn new(printer: &'p mut Printer) -> Self {
+        Progress {
+            printer,
+            last_wait_note: None,
+        }
+    }
+
+    fn lock_event(&mut self, event: &LockEvent<'_>) {
+        match event {
+            LockEvent::Waiting { holder, .. }
+                if self
+                    .last_wait_note
+                    .is_none_or(|t| t.elapsed() >= WAIT_NOTE_EVERY) =>
+            {
+                self.last_wait_note = Some(Instant::now());
+                self.printer
+                    .note(&format!("waiting for lock held by {}", holder.describe()));
+            }
+            LockEvent::Acquired { token, took_over } => {
+                if let Some((previous, why)) = took_over {
+                    self.printer.note(&format!(
+                        "took over the migration lock from {}: {why} (token {token})",
+                        previous.owner.as_deref().unwrap_or("nobody")
+                    ));
+                } else if self.last_wait_note.is_some() {
+                    self.printer
+                        .note(&format!("acquired the migration lock (token {token})"));
+                } else {
+                    self.printer
+                        .verbose(&format!("acquired the migration lock (token {token})"));
+                }
+            }
+            LockEvent::Released { token } => {
+                self.printer
+                    .verbose(&format!("released the migration lock (token {token})"));
+            }
+            LockEvent::NotReleased { token, reason } => {
+                self.printer.warn(&format!(
+                    "did not release the migration lock (token {token}): {reason}"
+                ));
+            }
+            _ => {}
+        }
+    }
 }
 
 impl Observer for Progress<'_> {
     fn event(&mut self, event: &Event<'_>) {
         match event {
+            Event::Lock(lock) => self.lock_event(lock),
             Event::Planned { migrations, .. } => self.printer.start_progress(migrations.len()),
             Event::Started {
                 direction,

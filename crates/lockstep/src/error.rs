@@ -17,6 +17,12 @@ pub enum ErrorKind {
     Usage,
     /// Refused: drift, dirty, out of order, missing down section (exit 4).
     Refused,
+    /// The migration lock was not acquired (exit 3).
+    LockBusy,
+    /// The migration lock was lost during the run (exit 5).
+    LockLost,
+    /// The run was cancelled (by a signal, in the CLI: exit 130 or 143).
+    Cancelled,
 }
 
 /// A message from the database engine.
@@ -44,6 +50,18 @@ impl DbMessage {
             hint: None,
             position: None,
         }
+    }
+}
+
+impl DbMessage {
+    /// A serialization failure or deadlock (PostgreSQL 40001, 40P01).
+    pub(crate) fn is_retryable(&self) -> bool {
+        matches!(self.code.as_deref(), Some("40001" | "40P01"))
+    }
+
+    /// The statement was cancelled (PostgreSQL 57014, SQLite interrupt).
+    pub(crate) fn is_cancellation(&self) -> bool {
+        matches!(self.code.as_deref(), Some("57014" | "SQLITE_INTERRUPT"))
     }
 }
 
@@ -165,6 +183,18 @@ pub enum Error {
     },
     /// A migration failed.
     Migration(Box<MigrationFailure>),
+    /// The lock is held by someone else, and waiting was not allowed or
+    /// timed out.
+    LockBusy(Box<crate::lock::LockBusy>),
+    /// The lock's token stopped being this run's: it was taken over or
+    /// released by force. Nothing was recorded after that.
+    LockLost(Box<crate::lock::LockLost>),
+    /// The run was cancelled (`CancelHandle::cancel`) and stopped between
+    /// migrations, or cancelled the migration it was running.
+    Cancelled {
+        /// The migrations completed before it stopped.
+        completed: Vec<Step>,
+    },
     /// The history table exists but was not made by lockstep, or by a newer
     /// lockstep.
     ForeignTable {
@@ -176,6 +206,18 @@ pub enum Error {
 }
 
 impl Error {
+    /// A serialization failure or deadlock: the transaction was rolled back
+    /// whole, and running it again is safe.
+    pub(crate) fn is_retryable(&self) -> bool {
+        matches!(self, Error::Database { db, .. } if db.is_retryable())
+    }
+
+    /// A table lockstep needs does not exist.
+    pub(crate) fn is_undefined_table(&self) -> bool {
+        matches!(self, Error::Database { db, .. }
+            if db.code.as_deref() == Some("42P01") || db.message.starts_with("no such table"))
+    }
+
     /// The class of failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
@@ -184,6 +226,9 @@ impl Error {
             }
             Error::ForeignTable { .. } => ErrorKind::Usage,
             Error::Refused(_) => ErrorKind::Refused,
+            Error::LockBusy(_) => ErrorKind::LockBusy,
+            Error::LockLost(_) => ErrorKind::LockLost,
+            Error::Cancelled { .. } => ErrorKind::Cancelled,
             Error::Connect { .. } | Error::Database { .. } | Error::Migration(_) => {
                 ErrorKind::Failed
             }
@@ -207,6 +252,10 @@ impl Error {
             Error::Connect { .. } => "connect",
             Error::Database { .. } => "database",
             Error::Migration(_) => "migration_failed",
+            Error::LockBusy(b) if b.no_wait => "lock_busy",
+            Error::LockBusy(_) => "lock_timeout",
+            Error::LockLost(_) => "lock_lost",
+            Error::Cancelled { .. } => "cancelled",
             Error::ForeignTable { .. } => "foreign_table",
         }
     }
@@ -231,6 +280,24 @@ impl Error {
             Error::Refused(r) => Some(refusal_hint(r)),
             Error::Database { .. } => None,
             Error::Migration(f) => migration_hint(f),
+            Error::LockBusy(b) => {
+                let mut hint = "run `lockstep lock status` to see the holder".to_string();
+                if !b.holder.holder_alive() || b.holder.session_alive == Some(false) {
+                    hint.push_str("; it looks dead: `lockstep lock release` frees it (the next run would take it over anyway)");
+                } else if !b.no_wait {
+                    hint.push_str(", or wait longer with `--lock-timeout`");
+                }
+                Some(hint)
+            }
+            Error::LockLost(l) if l.unrecorded => Some(format!(
+                "migration {} ran outside a transaction but is recorded only as started: check it, then `lockstep fix dirty {} --applied` or `--forget`",
+                l.at.as_ref().map_or(String::new(), |m| m.to_string()),
+                l.at.as_ref().map_or(0, |m| m.version)
+            )),
+            Error::LockLost(_) => Some(
+                "another run took the lock over (or it was released by force): run `lockstep lock log` to see who, and `lockstep status` for what is applied".into(),
+            ),
+            Error::Cancelled { .. } => None,
             Error::ForeignTable { .. } => {
                 Some("set `history_table` in lockstep.toml to a name lockstep can own".into())
             }
@@ -364,6 +431,57 @@ impl fmt::Display for Error {
                 Ok(())
             }
             Error::ForeignTable { table, message } => write!(f, "table {table} {message}"),
+            Error::LockBusy(b) => {
+                if b.no_wait {
+                    write!(f, "the migration lock is held by {}", b.holder.describe())
+                } else {
+                    write!(
+                        f,
+                        "timed out after {:.0}s waiting for the migration lock held by {}",
+                        b.waited.as_secs_f64(),
+                        b.holder.describe()
+                    )
+                }
+            }
+            Error::LockLost(l) => {
+                write!(
+                    f,
+                    "lost the migration lock (token {} is no longer current)",
+                    l.token
+                )?;
+                match (&l.at, l.unrecorded) {
+                    (Some(m), true) => write!(
+                        f,
+                        "; migration {m} ran outside a transaction but could not be recorded"
+                    ),
+                    (Some(m), false) => {
+                        write!(f, "; stopped before migration {m}, which was not applied")
+                    }
+                    (None, _) => Ok(()),
+                }?;
+                if !l.completed.is_empty() {
+                    write!(
+                        f,
+                        "; the {} migration{} before it stayed applied",
+                        l.completed.len(),
+                        plural(l.completed.len())
+                    )?;
+                }
+                Ok(())
+            }
+            Error::Cancelled { completed } => {
+                write!(f, "cancelled")?;
+                if completed.is_empty() {
+                    write!(f, "; nothing was applied")
+                } else {
+                    write!(
+                        f,
+                        "; the {} migration{} completed before it stayed applied",
+                        completed.len(),
+                        plural(completed.len())
+                    )
+                }
+            }
         }
     }
 }

@@ -39,6 +39,7 @@ mod driver;
 mod error;
 mod history;
 pub mod identity;
+pub mod lock;
 mod migrator;
 pub mod plan;
 pub mod source;
@@ -50,9 +51,10 @@ pub use history::{
     HistoryRow, RowState, TableName, DEFAULT_HISTORY_TABLE, FORMAT_VERSION, META_TABLE,
     TOOL_VERSION,
 };
+pub use lock::{LockEvent, LockInfo, LockOptions, LockState, LogEntry};
 pub use migrator::{
-    check_section, DirtyResolution, Event, Fixed, Migrator, Observer, Options, RollbackOptions,
-    RunReport, UpgradeOptions,
+    check_section, CancelHandle, DirtyResolution, Event, Fixed, Migrator, Observer, Options,
+    RollbackOptions, RunReport, UpgradeOptions,
 };
 pub use plan::{Named, Refusal, State, StatusEntry, Target, TargetError};
 pub use source::{Migration, MigrationSet, Section, SourceError};

@@ -1,10 +1,13 @@
 //! The run loop: plan, check, apply, record. Written once for every engine.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::driver::{self, Change, Driver, NewRow, StepFailure, TxStep};
+use crate::driver::{self, Canceller, Change, Driver, NewRow, StepFailure, TxStep, Who};
 use crate::error::{DbMessage, Direction, DirtyDetail, Error, MigrationFailure, Step};
 use crate::history::{HistoryRow, RowState, TableName};
+use crate::lock::{self, Held, LockEvent, LockInfo, LockLost, LockOptions, LogEntry};
 use crate::plan::{self, Named, State, Target, TargetError};
 use crate::source::{Migration, MigrationSet, Section, SourceError};
 use crate::sql::{self, Dialect};
@@ -15,9 +18,12 @@ use crate::url::DatabaseUrl;
 pub struct Options {
     /// The history table (default `lockstep_history`).
     pub history_table: TableName,
-    /// The executor id recorded as `applied_by` (default
-    /// `<host>-<pid>-<random hex>`).
+    /// The executor id: the lock's owner and history's `applied_by`
+    /// (default `<host>-<pid>-<random hex>`).
     pub executor: String,
+    /// The migration lock for commands that write; `None` runs without it,
+    /// which gives up every guarantee against concurrent runs.
+    pub lock: Option<LockOptions>,
 }
 
 impl Default for Options {
@@ -25,6 +31,7 @@ impl Default for Options {
         Options {
             history_table: TableName::default(),
             executor: crate::identity::default_executor(),
+            lock: Some(LockOptions::default()),
         }
     }
 }
@@ -84,6 +91,8 @@ pub enum Event<'a> {
         /// The plan's length.
         total: usize,
     },
+    /// Something happened to the migration lock.
+    Lock(LockEvent<'a>),
     /// A migration was applied (or reverted) and recorded.
     Finished {
         /// Which way.
@@ -128,11 +137,59 @@ pub enum DirtyResolution {
     Forget,
 }
 
+/// Stops a run from another thread (a signal handler's thread, in the
+/// CLI): between migrations, or by cancelling the statement of a migration
+/// that runs in a transaction. A migration outside a transaction is left to
+/// finish, since stopping it half-way would leave it dirty.
+#[derive(Clone)]
+pub struct CancelHandle(Arc<CancelState>);
+
+struct CancelState {
+    requested: AtomicBool,
+    /// A transactional migration is running: cancelling its statement
+    /// rolls it back cleanly.
+    interruptible: AtomicBool,
+    canceller: Canceller,
+}
+
+impl CancelHandle {
+    /// Asks the run to stop as soon as it safely can.
+    pub fn cancel(&self) {
+        self.0.requested.store(true, Ordering::SeqCst);
+        if self.0.interruptible.load(Ordering::SeqCst) {
+            (self.0.canceller)();
+        }
+    }
+
+    /// Whether `cancel` was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.requested.load(Ordering::SeqCst)
+    }
+
+    fn interruptible(&self, on: bool) {
+        self.0.interruptible.store(on, Ordering::SeqCst);
+    }
+}
+
+impl std::fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CancelHandle")
+            .field("cancelled", &self.is_cancelled())
+            .finish()
+    }
+}
+
 /// Runs migrations against one database.
 pub struct Migrator {
     driver: Box<dyn Driver>,
     options: Options,
+    cancel: CancelHandle,
+    host: String,
 }
+
+/// A serialization failure or deadlock rolls a transaction back whole;
+/// lockstep runs it again this many times.
+const RETRIES: usize = 5;
 
 impl std::fmt::Debug for Migrator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -160,8 +217,140 @@ impl Migrator {
             message,
             hint: None,
         })?;
-        let driver = driver::open(url, &options.history_table, "lockstep", create)?;
-        Ok(Migrator { driver, options })
+        // Shown in pg_stat_activity: who holds which session.
+        let application_name = format!("lockstep {}", options.executor);
+        let driver = driver::open(url, &options.history_table, &application_name, create)?;
+        let cancel = CancelHandle(Arc::new(CancelState {
+            requested: AtomicBool::new(false),
+            interruptible: AtomicBool::new(false),
+            canceller: driver.canceller(),
+        }));
+        Ok(Migrator {
+            driver,
+            options,
+            cancel,
+            host: crate::identity::hostname(),
+        })
+    }
+
+    /// A handle that stops this migrator's run from another thread.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
+    /// The lock's scope: one per history table.
+    fn scope(&self) -> String {
+        self.options.history_table.to_string()
+    }
+
+    /// Takes the lock, waiting as the options say; `None` without the lock.
+    fn lock(&mut self, command: &str, observer: &mut dyn Observer) -> Result<Option<Held>, Error> {
+        let Some(options) = self.options.lock.clone() else {
+            return Ok(None);
+        };
+        let scope = self.scope();
+        let who = Who {
+            owner: &self.options.executor,
+            host: &self.host,
+            pid: i64::from(std::process::id()),
+            command,
+        };
+        let cancel = self.cancel.clone();
+        let mut report = |e: &LockEvent<'_>| observer.event(&Event::Lock(e.clone()));
+        let cancelled = || cancel.is_cancelled();
+        match lock::acquire(
+            &mut *self.driver,
+            &scope,
+            &who,
+            &options,
+            &mut report,
+            &cancelled,
+        ) {
+            // Tables from before the lock existed: create what is missing.
+            Err(e) if e.is_undefined_table() => {
+                self.driver.create_tables()?;
+                lock::acquire(
+                    &mut *self.driver,
+                    &scope,
+                    &who,
+                    &options,
+                    &mut report,
+                    &cancelled,
+                )
+                .map(Some)
+            }
+            other => other.map(Some),
+        }
+    }
+
+    /// Releases the lock (when it is still this run's) and reports how that
+    /// went. Never fails the run: every write was fenced.
+    fn unlock(&mut self, held: Option<Held>, command: &str, observer: &mut dyn Observer) {
+        let Some(mut held) = held else { return };
+        held.stop_heartbeat();
+        let token = held.fence.token;
+        let event = if held.lost() {
+            LockEvent::NotReleased {
+                token,
+                reason: "the lock was lost".into(),
+            }
+        } else {
+            let owner = self.options.executor.clone();
+            let host = self.host.clone();
+            let who = Who {
+                owner: &owner,
+                host: &host,
+                pid: i64::from(std::process::id()),
+                command,
+            };
+            match self.driver.release_lock(&held.fence, &who) {
+                Ok(true) => LockEvent::Released { token },
+                Ok(false) => LockEvent::NotReleased {
+                    token,
+                    reason:
+                        "the lock was taken over or released by force before this run released it"
+                            .into(),
+                },
+                Err(e) => LockEvent::NotReleased {
+                    token,
+                    reason: format!("{e}; the lease runs out by itself"),
+                },
+            }
+        };
+        observer.event(&Event::Lock(event));
+    }
+
+    /// The lock as it stands, without waiting: for `lock status`.
+    pub fn lock_info(&mut self) -> Result<LockInfo, Error> {
+        let scope = self.scope();
+        Ok(self.driver.read_lock(&scope)?.unwrap_or(LockInfo {
+            scope,
+            ..LockInfo::default()
+        }))
+    }
+
+    /// Frees the lock whoever holds it, if its token is still the one in
+    /// `seen` (what the user was shown): bumps the token, so that a holder
+    /// that is in fact running stops at its next migration. Waits up to
+    /// `wait` for a running migration to commit. `false` when the lock
+    /// changed meanwhile.
+    pub fn force_release(&mut self, seen: &LockInfo, wait: Duration) -> Result<bool, Error> {
+        let scope = self.scope();
+        let owner = self.options.executor.clone();
+        let host = self.host.clone();
+        let who = Who {
+            owner: &owner,
+            host: &host,
+            pid: i64::from(std::process::id()),
+            command: "lock release",
+        };
+        self.driver.force_release(&scope, seen, &who, wait)
+    }
+
+    /// The newest events of the lock's audit log, newest first.
+    pub fn lock_log(&mut self, limit: usize) -> Result<Vec<LogEntry>, Error> {
+        let scope = self.scope();
+        self.driver.read_lock_log(&scope, limit)
     }
 
     /// The options in use.
@@ -193,7 +382,12 @@ impl Migrator {
     }
 
     /// Applies pending migrations in version order, each in its own
-    /// transaction with its history row.
+    /// transaction with its history row, under the migration lock.
+    ///
+    /// History is read first without the lock: with nothing pending the run
+    /// ends there, so that a fleet starting against an up-to-date database
+    /// never contends. Otherwise it takes the lock, reads history again, and
+    /// plans from that.
     pub fn upgrade(
         &mut self,
         set: &MigrationSet,
@@ -201,21 +395,41 @@ impl Migrator {
         observer: &mut dyn Observer,
     ) -> Result<RunReport, Error> {
         let history = self.driver.read_history()?;
-        let plan = plan::plan_upgrade(
-            set.migrations(),
-            history.as_deref().unwrap_or_default(),
-            options.target,
-            options.allow_out_of_order,
-        )?;
+        let plan = self.plan_upgrade(set, history.as_deref().unwrap_or_default(), options)?;
         let mut report = RunReport {
             direction: Direction::Up,
             steps: Vec::new(),
             dry_run: options.dry_run,
         };
-        // Nothing to do: no table is created, nothing is written.
+        // Nothing to do: no table is created, no lock taken, nothing written.
         if plan.is_empty() {
             return Ok(report);
         }
+        if options.dry_run {
+            report.steps = plan.iter().map(|m| planned_step(m, &m.up)).collect();
+            return Ok(report);
+        }
+        if history.is_none() {
+            self.driver.create_tables()?;
+        }
+        let held = self.lock("upgrade", observer)?;
+        let result = self.upgrade_locked(set, options, observer, held.as_ref(), &mut report);
+        self.unlock(held, "upgrade", observer);
+        result.map(|()| report)
+    }
+
+    fn plan_upgrade<'s>(
+        &self,
+        set: &'s MigrationSet,
+        history: &[HistoryRow],
+        options: &UpgradeOptions,
+    ) -> Result<Vec<&'s Migration>, Error> {
+        let plan = plan::plan_upgrade(
+            set.migrations(),
+            history,
+            options.target,
+            options.allow_out_of_order,
+        )?;
         self.preflight(&plan, Direction::Up)?;
         if options.single_transaction {
             if let Some(m) = plan.iter().find(|m| m.up.no_transaction) {
@@ -231,40 +445,48 @@ impl Migrator {
                 });
             }
         }
-        if options.dry_run {
-            report.steps = plan.iter().map(|m| planned_step(m, &m.up)).collect();
-            return Ok(report);
-        }
-        if history.is_none() {
-            self.driver.create_tables()?;
-            // Read again: on PostgreSQL this also pins the schema lockstep's
-            // tables live in.
-            self.driver.read_history()?;
+        Ok(plan)
+    }
+
+    fn upgrade_locked(
+        &mut self,
+        set: &MigrationSet,
+        options: &UpgradeOptions,
+        observer: &mut dyn Observer,
+        held: Option<&Held>,
+        report: &mut RunReport,
+    ) -> Result<(), Error> {
+        // Read again under the lock (on PostgreSQL this also pins the schema
+        // of lockstep's tables): another run may have applied some or all.
+        let history = self.history()?;
+        let plan = self.plan_upgrade(set, &history, options)?;
+        if plan.is_empty() {
+            return Ok(());
         }
         observer.event(&Event::Planned {
             direction: Direction::Up,
             migrations: &plan,
         });
         if options.single_transaction {
-            self.run_single_transaction(&plan, observer, &mut report)?;
-        } else {
-            for (index, m) in plan.iter().enumerate() {
-                self.run_one(m, Direction::Up, index, plan.len(), observer, &mut report)?;
-            }
+            return self.run_single_transaction(&plan, observer, report, held);
         }
-        Ok(report)
+        for (index, m) in plan.iter().enumerate() {
+            self.run_one(m, Direction::Up, index, plan.len(), observer, report, held)?;
+        }
+        Ok(())
     }
 
     /// Reverts applied migrations, newest version first, each with its down
-    /// section in a transaction that also deletes its history row.
+    /// section in a transaction that also deletes its history row, under
+    /// the migration lock.
     pub fn rollback(
         &mut self,
         set: &MigrationSet,
         options: &RollbackOptions,
         observer: &mut dyn Observer,
     ) -> Result<RunReport, Error> {
-        let history = self.driver.read_history()?.unwrap_or_default();
-        let plan = plan::plan_rollback(set.migrations(), &history, options.target)?;
+        let history = self.history()?;
+        let plan = self.plan_rollback(set, &history, options)?;
         let mut report = RunReport {
             direction: Direction::Down,
             steps: Vec::new(),
@@ -273,19 +495,47 @@ impl Migrator {
         if plan.is_empty() {
             return Ok(report);
         }
-        self.preflight(&plan, Direction::Down)?;
         if options.dry_run {
             report.steps = plan.iter().map(|m| planned_step(m, down(m))).collect();
             return Ok(report);
         }
-        observer.event(&Event::Planned {
-            direction: Direction::Down,
-            migrations: &plan,
-        });
-        for (index, m) in plan.iter().enumerate() {
-            self.run_one(m, Direction::Down, index, plan.len(), observer, &mut report)?;
-        }
-        Ok(report)
+        let held = self.lock("rollback", observer)?;
+        let result = (|| -> Result<(), Error> {
+            let history = self.history()?;
+            let plan = self.plan_rollback(set, &history, options)?;
+            if plan.is_empty() {
+                return Ok(());
+            }
+            observer.event(&Event::Planned {
+                direction: Direction::Down,
+                migrations: &plan,
+            });
+            for (index, m) in plan.iter().enumerate() {
+                self.run_one(
+                    m,
+                    Direction::Down,
+                    index,
+                    plan.len(),
+                    observer,
+                    &mut report,
+                    held.as_ref(),
+                )?;
+            }
+            Ok(())
+        })();
+        self.unlock(held, "rollback", observer);
+        result.map(|()| report)
+    }
+
+    fn plan_rollback<'s>(
+        &self,
+        set: &'s MigrationSet,
+        history: &[HistoryRow],
+        options: &RollbackOptions,
+    ) -> Result<Vec<&'s Migration>, Error> {
+        let plan = plan::plan_rollback(set.migrations(), history, options.target)?;
+        self.preflight(&plan, Direction::Down)?;
+        Ok(plan)
     }
 
     /// Records the current checksum (and name) of every applied migration
@@ -294,58 +544,62 @@ impl Migrator {
         &mut self,
         set: &MigrationSet,
         dry_run: bool,
+        observer: &mut dyn Observer,
     ) -> Result<Vec<Fixed>, Error> {
-        let history = self.history()?;
-        let mut fixed = Vec::new();
-        let mut changes = Vec::new();
-        for e in plan::status(set.migrations(), &history) {
-            let (Some(m), Some(row)) = (e.migration, e.row) else {
-                continue;
-            };
-            if e.state != State::Modified {
-                continue;
+        self.fix(dry_run, observer, |history| {
+            let mut fixes = Vec::new();
+            for e in plan::status(set.migrations(), history) {
+                let (Some(m), Some(row)) = (e.migration, e.row) else {
+                    continue;
+                };
+                if e.state != State::Modified {
+                    continue;
+                }
+                let mut action = format!(
+                    "recorded checksum {} (was {})",
+                    short(&m.checksum),
+                    short(&row.checksum)
+                );
+                if row.name != m.name {
+                    action.push_str(&format!(" and name `{}` (was `{}`)", m.name, row.name));
+                }
+                let fixed = Fixed {
+                    version: m.version,
+                    name: m.name.clone(),
+                    action,
+                };
+                let change = Change::SetChecksum {
+                    version: m.version,
+                    name: m.name.clone(),
+                    checksum: m.checksum.clone(),
+                };
+                fixes.push((fixed, change));
             }
-            let mut action = format!(
-                "recorded checksum {} (was {})",
-                short(&m.checksum),
-                short(&row.checksum)
-            );
-            if row.name != m.name {
-                action.push_str(&format!(" and name `{}` (was `{}`)", m.name, row.name));
-            }
-            fixed.push(Fixed {
-                version: m.version,
-                name: m.name.clone(),
-                action,
-            });
-            changes.push(Change::SetChecksum {
-                version: m.version,
-                name: &m.name,
-                checksum: &m.checksum,
-            });
-        }
-        self.write_fixes(&changes, dry_run)?;
-        Ok(fixed)
+            Ok(fixes)
+        })
     }
 
     /// Forgets the history rows of applied migrations whose files are gone.
-    pub fn fix_missing(&mut self, set: &MigrationSet, dry_run: bool) -> Result<Vec<Fixed>, Error> {
-        let history = self.history()?;
-        let mut fixed = Vec::new();
-        let mut changes = Vec::new();
-        for e in plan::status(set.migrations(), &history) {
-            if e.state != State::Missing {
-                continue;
-            }
-            fixed.push(Fixed {
-                version: e.version,
-                name: e.name.to_string(),
-                action: "forgot its history row (the file is gone)".into(),
-            });
-            changes.push(Change::Delete { version: e.version });
-        }
-        self.write_fixes(&changes, dry_run)?;
-        Ok(fixed)
+    pub fn fix_missing(
+        &mut self,
+        set: &MigrationSet,
+        dry_run: bool,
+        observer: &mut dyn Observer,
+    ) -> Result<Vec<Fixed>, Error> {
+        self.fix(dry_run, observer, |history| {
+            Ok(plan::status(set.migrations(), history)
+                .into_iter()
+                .filter(|e| e.state == State::Missing)
+                .map(|e| {
+                    let fixed = Fixed {
+                        version: e.version,
+                        name: e.name.to_string(),
+                        action: "forgot its history row (the file is gone)".into(),
+                    };
+                    (fixed, Change::Delete { version: e.version })
+                })
+                .collect())
+        })
     }
 
     /// Resolves a dirty migration: one that started outside a transaction
@@ -355,41 +609,76 @@ impl Migrator {
         version: u64,
         resolution: DirtyResolution,
         dry_run: bool,
+        observer: &mut dyn Observer,
     ) -> Result<Fixed, Error> {
-        let history = self.history()?;
-        let Some(row) = history.iter().find(|r| r.version == version) else {
-            return Err(Error::Target(TargetError::NotDirty(version)));
-        };
-        if row.state != RowState::Started {
-            return Err(Error::Target(TargetError::NotDirty(version)));
-        }
-        let (change, action) = match resolution {
-            DirtyResolution::Applied => (
-                Change::SetState {
-                    version,
-                    state: RowState::Applied,
-                    duration_ms: None,
-                },
-                "recorded as applied",
-            ),
-            DirtyResolution::Forget => (
-                Change::Delete { version },
-                "forgot its history row; `upgrade` will run it again",
-            ),
-        };
-        self.write_fixes(&[change], dry_run)?;
-        Ok(Fixed {
-            version,
-            name: row.name.clone(),
-            action: action.into(),
-        })
+        let mut fixed = self.fix(dry_run, observer, |history| {
+            let Some(row) = history.iter().find(|r| r.version == version) else {
+                return Err(Error::Target(TargetError::NotDirty(version)));
+            };
+            if row.state != RowState::Started {
+                return Err(Error::Target(TargetError::NotDirty(version)));
+            }
+            let (change, action) = match resolution {
+                DirtyResolution::Applied => (
+                    Change::SetState {
+                        version,
+                        state: RowState::Applied,
+                        duration_ms: None,
+                    },
+                    "recorded as applied",
+                ),
+                DirtyResolution::Forget => (
+                    Change::Delete { version },
+                    "forgot its history row; `upgrade` will run it again",
+                ),
+            };
+            let fixed = Fixed {
+                version,
+                name: row.name.clone(),
+                action: action.into(),
+            };
+            Ok(vec![(fixed, change)])
+        })?;
+        Ok(fixed.remove(0))
     }
 
-    fn write_fixes(&mut self, changes: &[Change<'_>], dry_run: bool) -> Result<(), Error> {
-        if dry_run || changes.is_empty() {
-            return Ok(());
+    /// The shape of every `fix`: work out the changes from history without
+    /// the lock; if there are any, take the lock, work them out again from
+    /// history as it is then, and write them fenced.
+    fn fix<F>(
+        &mut self,
+        dry_run: bool,
+        observer: &mut dyn Observer,
+        changes: F,
+    ) -> Result<Vec<Fixed>, Error>
+    where
+        F: Fn(&[HistoryRow]) -> Result<Vec<(Fixed, Change<'static>)>, Error>,
+    {
+        let history = self.history()?;
+        let planned = changes(&history)?;
+        if dry_run || planned.is_empty() {
+            return Ok(planned.into_iter().map(|(f, _)| f).collect());
         }
-        self.driver.change_history(changes)
+        let held = self.lock("fix", observer)?;
+        let result = (|| -> Result<Vec<Fixed>, Error> {
+            let history = self.history()?;
+            let (fixed, changes): (Vec<Fixed>, Vec<Change<'_>>) =
+                changes(&history)?.into_iter().unzip();
+            if changes.is_empty() {
+                return Ok(fixed);
+            }
+            let fence = held.as_ref().map(|h| &h.fence);
+            retry(|| self.driver.change_history(&changes, fence)).map_err(|e| match e {
+                Error::LockLost(mut lost) => {
+                    lost.at = None;
+                    Error::LockLost(lost)
+                }
+                other => other,
+            })?;
+            Ok(fixed)
+        })();
+        self.unlock(held, "fix", observer);
+        result
     }
 
     /// Refuses, before anything runs, sections that would end inside a
@@ -407,6 +696,65 @@ impl Migrator {
         Ok(())
     }
 
+    /// Between migrations: stop if asked to, or if the heartbeat saw the
+    /// lock go.
+    fn checkpoint(
+        &mut self,
+        m: &Migration,
+        held: Option<&Held>,
+        report: &RunReport,
+    ) -> Result<(), Error> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled {
+                completed: report.steps.clone(),
+            });
+        }
+        if let Some(held) = held {
+            self.driver.yield_to_release();
+            if held.lost() {
+                return Err(self.lost(
+                    held,
+                    Some(m),
+                    false,
+                    report,
+                    "the heartbeat found the token changed",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for a lost lock; logs the loss (best effort).
+    fn lost(
+        &mut self,
+        held: &Held,
+        m: Option<&Migration>,
+        unrecorded: bool,
+        report: &RunReport,
+        detail: &str,
+    ) -> Error {
+        held.mark_lost();
+        let owner = self.options.executor.clone();
+        let host = self.host.clone();
+        let who = Who {
+            owner: &owner,
+            host: &host,
+            pid: i64::from(std::process::id()),
+            command: "upgrade",
+        };
+        let _ = self.driver.log_lost(&held.fence, &who, detail);
+        Error::LockLost(Box::new(LockLost {
+            token: held.fence.token,
+            at: m.map(|m| Named {
+                version: m.version,
+                name: m.name.clone(),
+            }),
+            unrecorded,
+            completed: report.steps.clone(),
+        }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
     fn run_one(
         &mut self,
         m: &Migration,
@@ -415,7 +763,9 @@ impl Migrator {
         total: usize,
         observer: &mut dyn Observer,
         report: &mut RunReport,
+        held: Option<&Held>,
     ) -> Result<(), Error> {
+        self.checkpoint(m, held, report)?;
         let section = match direction {
             Direction::Up => &m.up,
             Direction::Down => down(m),
@@ -426,18 +776,52 @@ impl Migrator {
             index,
             total,
         });
+        let fence = held.map(|h| &h.fence);
         let duration = if section.no_transaction {
-            self.run_without_transaction(m, section, direction, report)?
+            self.run_without_transaction(m, section, direction, report, held)?
         } else {
+            let token = fence.map(|f| f.token);
             let change = match direction {
-                Direction::Up => Change::Insert(new_row(m, &self.options.executor, false)),
+                Direction::Up => Change::Insert(new_row(m, &self.options.executor, false, token)),
                 Direction::Down => Change::Delete { version: m.version },
             };
             let steps = [TxStep { section, change }];
             let mut took = Duration::ZERO;
-            let result = self.driver.run_transaction(&steps, &mut |_, d| took = d);
-            if let Err(StepFailure { db, .. }) = result {
-                return Err(failure(m, section, direction, db, report, None, false));
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                self.cancel.interruptible(true);
+                let result = self
+                    .driver
+                    .run_transaction(&steps, fence, &mut |_, d| took = d);
+                self.cancel.interruptible(false);
+                match result {
+                    Ok(()) => break,
+                    Err(StepFailure { lost: true, .. }) => {
+                        let held = held.expect("only fenced transactions lose the lock");
+                        return Err(self.lost(
+                            held,
+                            Some(m),
+                            false,
+                            report,
+                            "a fenced transaction found the token changed",
+                        ));
+                    }
+                    Err(StepFailure { db, .. })
+                        if self.cancel.is_cancelled() && db.is_cancellation() =>
+                    {
+                        return Err(Error::Cancelled {
+                            completed: report.steps.clone(),
+                        });
+                    }
+                    // Rolled back whole: running it again is safe.
+                    Err(StepFailure { db, .. }) if db.is_retryable() && attempts <= RETRIES => {
+                        continue
+                    }
+                    Err(StepFailure { db, .. }) => {
+                        return Err(failure(m, section, direction, *db, report, None, false));
+                    }
+                }
             }
             took
         };
@@ -459,24 +843,23 @@ impl Migrator {
 
     /// Runs a `-- lockstep:no-transaction` section statement by statement.
     /// The history row says `started` while it runs, so that a crash leaves
-    /// it dirty rather than silently half-applied.
+    /// it dirty rather than silently half-applied. The row's writes before
+    /// and after are fenced; the statements between cannot be.
     fn run_without_transaction(
         &mut self,
         m: &Migration,
         section: &Section,
         direction: Direction,
         report: &RunReport,
+        held: Option<&Held>,
     ) -> Result<Duration, Error> {
         let statements =
             sql::split(&section.sql, self.driver.dialect()).expect("checked by preflight");
-        let (begin, finish, undo_begin) = match direction {
+        let fence = held.map(|h| &h.fence);
+        let token = fence.map(|f| f.token);
+        let (begin, undo_begin) = match direction {
             Direction::Up => (
-                Change::Insert(new_row(m, &self.options.executor, true)),
-                Change::SetState {
-                    version: m.version,
-                    state: RowState::Applied,
-                    duration_ms: None,
-                },
+                Change::Insert(new_row(m, &self.options.executor, true, token)),
                 Change::Delete { version: m.version },
             ),
             Direction::Down => (
@@ -485,7 +868,6 @@ impl Migrator {
                     state: RowState::Started,
                     duration_ms: None,
                 },
-                Change::Delete { version: m.version },
                 Change::SetState {
                     version: m.version,
                     state: RowState::Applied,
@@ -493,7 +875,22 @@ impl Migrator {
                 },
             ),
         };
-        self.driver.change_history(&[begin])?;
+        match retry(|| {
+            self.driver
+                .change_history(std::slice::from_ref(&begin), fence)
+        }) {
+            Err(Error::LockLost(_)) => {
+                let held = held.expect("fenced");
+                return Err(self.lost(
+                    held,
+                    Some(m),
+                    false,
+                    report,
+                    "a fenced write found the token changed",
+                ));
+            }
+            other => other?,
+        }
         let started = Instant::now();
         for (i, statement) in statements.iter().enumerate() {
             let text = &section.sql[statement.range.clone()];
@@ -501,7 +898,10 @@ impl Migrator {
                 db.position = db.position.map(|p| p + statement.range.start);
                 if i == 0 {
                     // Nothing ran: the failure leaves the database as it was.
-                    self.driver.change_history(&[undo_begin])?;
+                    retry(|| {
+                        self.driver
+                            .change_history(std::slice::from_ref(&undo_begin), fence)
+                    })?;
                     return Err(failure(m, section, direction, db, report, None, false));
                 }
                 let dirty = DirtyDetail {
@@ -520,15 +920,30 @@ impl Migrator {
             }
         }
         let took = started.elapsed();
-        let finish = match finish {
-            Change::SetState { version, state, .. } => Change::SetState {
-                version,
-                state,
+        let finish = match direction {
+            Direction::Up => Change::SetState {
+                version: m.version,
+                state: RowState::Applied,
                 duration_ms: Some(i64::try_from(took.as_millis()).unwrap_or(i64::MAX)),
             },
-            other => other,
+            Direction::Down => Change::Delete { version: m.version },
         };
-        self.driver.change_history(&[finish])?;
+        match retry(|| {
+            self.driver
+                .change_history(std::slice::from_ref(&finish), fence)
+        }) {
+            Err(Error::LockLost(_)) => {
+                let held = held.expect("fenced");
+                return Err(self.lost(
+                    held,
+                    Some(m),
+                    true,
+                    report,
+                    "the migration ran, but recording it found the token changed",
+                ));
+            }
+            other => other?,
+        }
         Ok(took)
     }
 
@@ -537,34 +952,64 @@ impl Migrator {
         plan: &[&Migration],
         observer: &mut dyn Observer,
         report: &mut RunReport,
+        held: Option<&Held>,
     ) -> Result<(), Error> {
+        self.checkpoint(plan[0], held, report)?;
+        let fence = held.map(|h| &h.fence);
+        let token = fence.map(|f| f.token);
         let steps: Vec<TxStep<'_>> = plan
             .iter()
             .map(|m| TxStep {
                 section: &m.up,
-                change: Change::Insert(new_row(m, &self.options.executor, false)),
+                change: Change::Insert(new_row(m, &self.options.executor, false, token)),
             })
             .collect();
         let total = plan.len();
         let mut durations = vec![Duration::ZERO; total];
-        observer.event(&Event::Started {
-            direction: Direction::Up,
-            migration: plan[0],
-            index: 0,
-            total,
-        });
-        let result = self.driver.run_transaction(&steps, &mut |i, d| {
-            durations[i] = d;
-            if i + 1 < total {
-                observer.event(&Event::Started {
-                    direction: Direction::Up,
-                    migration: plan[i + 1],
-                    index: i + 1,
-                    total,
+        let mut attempts = 0;
+        let failed = loop {
+            attempts += 1;
+            observer.event(&Event::Started {
+                direction: Direction::Up,
+                migration: plan[0],
+                index: 0,
+                total,
+            });
+            self.cancel.interruptible(true);
+            let result = self.driver.run_transaction(&steps, fence, &mut |i, d| {
+                durations[i] = d;
+                if i + 1 < total {
+                    observer.event(&Event::Started {
+                        direction: Direction::Up,
+                        migration: plan[i + 1],
+                        index: i + 1,
+                        total,
+                    });
+                }
+            });
+            self.cancel.interruptible(false);
+            match result {
+                Ok(()) => break None,
+                Err(f) if f.db.is_retryable() && !f.lost && attempts <= RETRIES => continue,
+                Err(f) => break Some(f),
+            }
+        };
+        if let Some(StepFailure { index, db, lost }) = failed {
+            if lost {
+                let held = held.expect("only fenced transactions lose the lock");
+                return Err(self.lost(
+                    held,
+                    Some(plan[0]),
+                    false,
+                    report,
+                    "a fenced transaction found the token changed",
+                ));
+            }
+            if self.cancel.is_cancelled() && db.is_cancellation() {
+                return Err(Error::Cancelled {
+                    completed: Vec::new(),
                 });
             }
-        });
-        if let Err(StepFailure { index, db }) = result {
             let completed = RunReport {
                 direction: Direction::Up,
                 steps: plan[..index]
@@ -580,7 +1025,15 @@ impl Migrator {
                 dry_run: false,
             };
             let m = plan[index];
-            return Err(failure(m, &m.up, Direction::Up, db, &completed, None, true));
+            return Err(failure(
+                m,
+                &m.up,
+                Direction::Up,
+                *db,
+                &completed,
+                None,
+                true,
+            ));
         }
         for (index, (m, duration)) in plan.iter().zip(durations).enumerate() {
             let step = Step {
@@ -601,14 +1054,31 @@ impl Migrator {
     }
 }
 
-fn new_row<'a>(m: &'a Migration, executor: &'a str, started: bool) -> NewRow<'a> {
+/// Runs `f` again when a serialization failure or deadlock rolled it back.
+fn retry<T>(mut f: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match f() {
+            Err(e) if e.is_retryable() && attempts <= RETRIES => continue,
+            other => return other,
+        }
+    }
+}
+
+fn new_row<'a>(
+    m: &'a Migration,
+    executor: &'a str,
+    started: bool,
+    lock_token: Option<i64>,
+) -> NewRow<'a> {
     NewRow {
         version: m.version,
         name: &m.name,
         checksum: &m.checksum,
         started,
         applied_by: executor,
-        lock_token: None,
+        lock_token,
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::error::{DbMessage, Error};
 use crate::history::{HistoryRow, RowState, TableName};
+use crate::lock::{Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take};
 use crate::source::Section;
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, SqliteTarget};
@@ -47,8 +48,8 @@ pub(crate) enum Change<'a> {
     /// Record the file's current checksum and name: `fix checksums`.
     SetChecksum {
         version: u64,
-        name: &'a str,
-        checksum: &'a str,
+        name: String,
+        checksum: String,
     },
 }
 
@@ -66,8 +67,23 @@ pub(crate) struct StepFailure {
     pub index: usize,
     /// The engine's message; `position` is a byte offset into the step's
     /// section when the engine pointed into it.
-    pub db: DbMessage,
+    pub db: Box<DbMessage>,
+    /// The fence failed: the lock's token is no longer this run's. Nothing
+    /// of the transaction was committed.
+    pub lost: bool,
 }
+
+/// Who acts on the lock: for the audit log.
+#[derive(Debug, Clone)]
+pub(crate) struct Who<'a> {
+    pub owner: &'a str,
+    pub host: &'a str,
+    pub pid: i64,
+    pub command: &'a str,
+}
+
+/// Cancels the statement a connection is running, from another thread.
+pub(crate) type Canceller = Box<dyn Fn() + Send + Sync>;
 
 /// What every engine offers.
 pub(crate) trait Driver: Send {
@@ -78,24 +94,105 @@ pub(crate) trait Driver: Send {
     /// does not exist. Creates nothing.
     fn read_history(&mut self) -> Result<Option<Vec<HistoryRow>>, Error>;
 
-    /// Creates lockstep's tables when they do not exist. Safe when many
-    /// processes do it at once.
+    /// Creates lockstep's tables (history, meta, lock, lock log) when they
+    /// do not exist. Safe when many processes do it at once.
     fn create_tables(&mut self) -> Result<(), Error>;
 
     /// Runs the steps in one transaction, each step's SQL followed by its
     /// history change, calling `done` after each step with its duration.
+    /// With a fence, the transaction first checks (and row-locks) the lock
+    /// row with the fence's token, and renews the lease before it commits.
     /// On failure the whole transaction is rolled back.
     fn run_transaction(
         &mut self,
         steps: &[TxStep<'_>],
+        fence: Option<&Fence>,
         done: &mut dyn FnMut(usize, Duration),
     ) -> Result<(), StepFailure>;
 
     /// Runs one statement outside any transaction.
     fn run_statement(&mut self, sql: &str) -> Result<(), DbMessage>;
 
-    /// Applies history changes in one transaction of their own.
-    fn change_history(&mut self, changes: &[Change<'_>]) -> Result<(), Error>;
+    /// Applies history changes in one transaction of their own, fenced when
+    /// a fence is given (`Error::LockLost` when it fails).
+    fn change_history(
+        &mut self,
+        changes: &[Change<'_>],
+        fence: Option<&Fence>,
+    ) -> Result<(), Error>;
+
+    /// The identity of this connection's session, recorded with the lock
+    /// for liveness checks; empty where the engine cannot tell (behind a
+    /// connection pooler).
+    fn session(&mut self) -> Result<Session, Error>;
+
+    /// Opens an acquisition: in a new transaction, locks the scope's row
+    /// without waiting (creating the row if needed). `Probe::Row` leaves
+    /// the transaction open for `take_lock` or `abandon`.
+    fn probe_lock(&mut self, scope: &str) -> Result<Probe, Error>;
+
+    /// In the transaction `probe_lock` opened: takes the lock with a new
+    /// token, logs it, commits. Returns the token.
+    fn take_lock(&mut self, take: &Take<'_>) -> Result<i64, Error>;
+
+    /// Rolls back the transaction `probe_lock` opened.
+    fn abandon(&mut self);
+
+    /// Extends the lease if the token is still current.
+    fn renew_lock(&mut self, fence: &Fence) -> Result<Renewal, Error>;
+
+    /// Frees the lock if the token is still current, logs it, and wakes
+    /// waiters. `false` when the token was no longer current.
+    fn release_lock(&mut self, fence: &Fence, who: &Who<'_>) -> Result<bool, Error>;
+
+    /// Logs that this run found its lock lost.
+    fn log_lost(&mut self, fence: &Fence, who: &Who<'_>, detail: &str) -> Result<(), Error>;
+
+    /// The lock row as it stands, without waiting on any row lock; `None`
+    /// when lockstep's tables or the row do not exist.
+    fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error>;
+
+    /// Frees the lock whatever its holder, if its token is still
+    /// `expected`: bumps the token, logs who did it, wakes waiters. Waits up
+    /// to `wait` for a running migration to commit. `false` when the token
+    /// had changed.
+    fn force_release(
+        &mut self,
+        scope: &str,
+        expected: &LockInfo,
+        who: &Who<'_>,
+        wait: Duration,
+    ) -> Result<bool, Error>;
+
+    /// The newest `limit` events of the audit log, newest first.
+    fn read_lock_log(&mut self, scope: &str, limit: usize) -> Result<Vec<LogEntry>, Error>;
+
+    /// Whether waiters can be woken by a notification.
+    fn can_notify(&self) -> bool;
+
+    /// Subscribes to the scope's release notifications.
+    fn listen(&mut self, scope: &str) -> Result<(), Error>;
+
+    /// Unsubscribes from every notification.
+    fn unlisten(&mut self);
+
+    /// Blocks until a notification arrives or `timeout` passes.
+    fn wait_for_notification(&mut self, timeout: Duration) -> Result<(), Error>;
+
+    /// The longest pause between acquisition attempts.
+    fn poll_interval(&self) -> Duration;
+
+    /// A new connection to the same database, for the heartbeat.
+    fn sibling(&self) -> Result<Box<dyn Driver>, Error>;
+
+    /// A handle that cancels the statement this connection is running.
+    fn canceller(&self) -> Canceller;
+
+    /// Between migrations, for a holder: if a forced release is waiting
+    /// for the database, let it in. Only SQLite needs this: its single write
+    /// lock passes from one migration's transaction to the next without a
+    /// gap that a waiting writer could use.
+    fn yield_to_release(&mut self) {}
 }
 
 /// Opens a driver for a URL. With `create` false an SQLite file that does not

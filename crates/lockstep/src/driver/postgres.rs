@@ -11,9 +11,14 @@ use std::time::{Duration, Instant};
 use postgres::error::{ErrorPosition, SqlState};
 use postgres::{Client, SimpleQueryMessage};
 
-use super::{Change, Driver, StepFailure, TxStep};
+use super::tls::MakeRustls;
+use super::{Canceller, Change, Driver, StepFailure, TxStep, Who};
 use crate::error::{DbMessage, Error};
 use crate::history::{HistoryRow, RowState, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
+use crate::lock::{
+    Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_TABLE, LOCK_TABLE,
+    LOG_RETENTION,
+};
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, PgHost, PgTarget};
 
@@ -27,10 +32,23 @@ const SERVER_DURATION_MS: &str =
 
 pub(crate) struct PgDriver {
     client: Client,
+    /// For the heartbeat's connection and cancel requests.
+    target: PgTarget,
+    url: DatabaseUrl,
+    application_name: String,
+    tls: MakeRustls,
     table: TableName,
     /// The quoted, schema-qualified names, once the schema is known.
     history: String,
     meta: String,
+    lock: String,
+    log: String,
+    /// This session's identity; known once the lock asks.
+    session: Option<Session>,
+    /// A pooler or proxy stands between lockstep and the server: sessions
+    /// are not what they seem, so liveness comes from the lease alone and
+    /// waiters poll instead of listening.
+    pooled: bool,
 }
 
 /// A string literal that is safe whatever `standard_conforming_strings` is.
@@ -160,7 +178,7 @@ impl PgDriver {
             )
         })?;
         config.ssl_mode(mode);
-        let client = config.connect(tls).map_err(|e| {
+        let client = config.connect(tls.clone()).map_err(|e| {
             let message = match e.as_db_error() {
                 Some(db) => db.message().to_string(),
                 None => chain(&e),
@@ -192,9 +210,17 @@ impl PgDriver {
         })?;
         let mut driver = PgDriver {
             client,
+            target: target.clone(),
+            url: url.clone(),
+            application_name: application_name.to_string(),
+            tls,
             table: table.clone(),
             history: String::new(),
             meta: String::new(),
+            lock: String::new(),
+            log: String::new(),
+            session: None,
+            pooled: false,
         };
         driver.qualify(table.schema());
         Ok(driver)
@@ -208,6 +234,8 @@ impl PgDriver {
             .unwrap_or_default();
         self.history = format!("{prefix}{}", quote_ident(self.table.name()));
         self.meta = format!("{prefix}{}", quote_ident(META_TABLE));
+        self.lock = format!("{prefix}{}", quote_ident(LOCK_TABLE));
+        self.log = format!("{prefix}{}", quote_ident(LOCK_LOG_TABLE));
     }
 
     fn change_sql(&self, change: &Change<'_>) -> String {
@@ -435,11 +463,42 @@ impl Driver for PgDriver {
                  lock_token bigint,
                  tool_version text NOT NULL
              );
+             CREATE TABLE IF NOT EXISTS {lock} (
+                 scope text PRIMARY KEY,
+                 token bigint NOT NULL DEFAULT 0,
+                 owner text,
+                 host text,
+                 pid bigint,
+                 command text,
+                 tool_version text,
+                 session_pid bigint,
+                 session_start text,
+                 acquired_at timestamptz,
+                 heartbeat_at timestamptz,
+                 expires_at timestamptz
+             );
+             CREATE TABLE IF NOT EXISTS {log} (
+                 id bigserial PRIMARY KEY,
+                 scope text NOT NULL,
+                 at timestamptz NOT NULL,
+                 event text NOT NULL,
+                 token bigint NOT NULL,
+                 owner text,
+                 host text,
+                 pid bigint,
+                 command text,
+                 previous_owner text,
+                 detail text
+             );
+             CREATE INDEX IF NOT EXISTS {log_index} ON {log} (scope, id);
              INSERT INTO {meta} (table_name, format_version, created_by)
                  VALUES ({name}, {FORMAT_VERSION}, {version})
                  ON CONFLICT (table_name) DO NOTHING;",
             meta = self.meta,
             history = self.history,
+            lock = self.lock,
+            log = self.log,
+            log_index = quote_ident(&format!("{LOCK_LOG_TABLE}_scope")),
             name = literal(self.table.name()),
             version = literal(TOOL_VERSION),
         );
@@ -470,16 +529,18 @@ impl Driver for PgDriver {
     fn run_transaction(
         &mut self,
         steps: &[TxStep<'_>],
+        fence: Option<&Fence>,
         done: &mut dyn FnMut(usize, Duration),
     ) -> Result<(), StepFailure> {
         let last = steps.len().saturating_sub(1);
         for (i, step) in steps.iter().enumerate() {
-            // The migration, its history row and the transaction around them
-            // go in one query string: one round trip. The section was checked
-            // to end outside any quote or comment, so what follows it is SQL.
-            let mut query = String::with_capacity(step.section.sql.len() + 512);
+            // The fence, the migration, its history row and the transaction
+            // around them go in one query string: one round trip. The
+            // section was checked to end outside any quote or comment, so
+            // what follows it is SQL.
+            let mut query = String::with_capacity(step.section.sql.len() + 1024);
             if i == 0 {
-                query.push_str("BEGIN;\n");
+                query.push_str(&self.begin(fence));
             }
             let start_of_section = query.len();
             query.push_str(&step.section.sql);
@@ -487,13 +548,18 @@ impl Driver for PgDriver {
             query.push_str(&self.change_sql(&step.change));
             query.push_str(";\n");
             if i == last {
-                query.push_str("COMMIT;");
+                query.push_str(&self.commit(fence));
             }
             let started = Instant::now();
             if let Err(e) = self.client.simple_query(&query) {
+                let lost = is_fence_failure(&e);
                 let db = message_in(&e, Some((&query, start_of_section, step.section.sql.len())));
                 self.rollback();
-                return Err(StepFailure { index: i, db });
+                return Err(StepFailure {
+                    index: i,
+                    db: Box::new(db),
+                    lost,
+                });
             }
             done(i, started.elapsed());
         }
@@ -507,17 +573,610 @@ impl Driver for PgDriver {
             .map_err(|e| message_in(&e, Some((sql, 0, sql.len()))))
     }
 
-    fn change_history(&mut self, changes: &[Change<'_>]) -> Result<(), Error> {
-        let mut sql = String::from("BEGIN;\n");
+    fn change_history(
+        &mut self,
+        changes: &[Change<'_>],
+        fence: Option<&Fence>,
+    ) -> Result<(), Error> {
+        let mut sql = self.begin(fence);
         for change in changes {
             sql.push_str(&self.change_sql(change));
             sql.push_str(";\n");
         }
-        sql.push_str("COMMIT;");
+        sql.push_str(&self.commit(fence));
         self.client.simple_query(&sql).map(drop).map_err(|e| {
             self.rollback();
-            db_error(format!("writing history to {}", self.table), &e)
+            match fence {
+                Some(fence) if is_fence_failure(&e) => lost(fence),
+                _ => db_error(format!("writing history to {}", self.table), &e),
+            }
         })
+    }
+
+    fn session(&mut self) -> Result<Session, Error> {
+        if let Some(session) = &self.session {
+            return Ok(session.clone());
+        }
+        // The server notices a client that died in the middle of a long
+        // statement within a second (PostgreSQL 14+), and ends the
+        // statement, releasing the lock row for the next holder.
+        let sql = "SELECT set_config(s.name, s.setting, false)
+                     FROM (VALUES ('client_connection_check_interval', '1000')) AS s(name, setting)
+                    WHERE EXISTS (SELECT 1 FROM pg_settings p WHERE p.name = s.name);
+                   SELECT pg_backend_pid(),
+                          (SELECT (extract(epoch FROM backend_start) * 1000000)::bigint
+                             FROM pg_stat_activity WHERE pid = pg_backend_pid()),
+                          current_setting('port')";
+        let messages = self
+            .client
+            .simple_query(sql)
+            .map_err(|e| db_error("reading this session's identity", &e))?;
+        let row = statements(&messages).get(1).and_then(|rows| {
+            rows.iter().find_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some((
+                    r.get(0).and_then(|v| v.parse::<i64>().ok()),
+                    r.get(1).map(str::to_string),
+                    r.get(2).and_then(|v| v.parse::<u16>().ok()),
+                )),
+                _ => None,
+            })
+        });
+        let (pid, start, server_port) = row.unwrap_or_default();
+        // The server listens on another port than the one connected to: a
+        // pooler or proxy is in between. Its server sessions outlive the
+        // clients that use them, so they prove nothing about liveness.
+        self.pooled = server_port != Some(self.target.port);
+        let session = if self.pooled {
+            Session::default()
+        } else {
+            Session { pid, start }
+        };
+        self.session = Some(session.clone());
+        Ok(session)
+    }
+
+    fn probe_lock(&mut self, scope: &str) -> Result<Probe, Error> {
+        let context = format!("acquiring the migration lock for {scope}");
+        let select = format!("{} FOR UPDATE OF l NOWAIT", self.lock_select(scope));
+        // Under serializable isolation a concurrent renewal can fail the
+        // row lock with 40001: try again at once, a few times.
+        for _ in 0..5 {
+            let mut result = self.client.simple_query(&format!("BEGIN;\n{select}"));
+            if matches!(&result, Ok(m) if lock_row(m).is_none()) {
+                // First use of this scope: create its row, then lock it.
+                result = self.client.simple_query(&format!(
+                    "INSERT INTO {} (scope) VALUES ({}) ON CONFLICT (scope) DO NOTHING;\n{select}",
+                    self.lock,
+                    literal(scope)
+                ));
+            }
+            match result {
+                Ok(messages) => match lock_row(&messages) {
+                    Some(row) => return Ok(Probe::Row(parse_lock(scope, row))),
+                    None => {
+                        self.rollback();
+                        return Err(Error::Database {
+                            context,
+                            db: Box::new(DbMessage::plain("the lock row vanished")),
+                        });
+                    }
+                },
+                Err(e) if code(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                    self.rollback();
+                    let seen = self.read_lock(scope).ok().flatten();
+                    return Ok(Probe::Busy(seen));
+                }
+                Err(e) if is_retryable(&e) => {
+                    self.rollback();
+                    continue;
+                }
+                Err(e) => {
+                    self.rollback();
+                    return Err(db_error(context, &e));
+                }
+            }
+        }
+        self.rollback();
+        Ok(Probe::Busy(self.read_lock(scope).ok().flatten()))
+    }
+
+    fn take_lock(&mut self, take: &Take<'_>) -> Result<i64, Error> {
+        let (event, previous, detail) = match take.takeover {
+            Some((previous, why)) => ("taken_over", previous, Some(why)),
+            None => ("acquired", None, None),
+        };
+        let who = Who {
+            owner: take.owner,
+            host: take.host,
+            pid: take.pid,
+            command: take.command,
+        };
+        let scope = literal(take.scope);
+        let sql = format!(
+            "UPDATE {lock} SET token = token + 1, owner = {owner}, host = {host}, pid = {pid},
+                    command = {command}, tool_version = {version}, session_pid = {session_pid},
+                    session_start = {session_start}, acquired_at = now(), heartbeat_at = now(),
+                    expires_at = now() + {ttl}
+              WHERE scope = {scope} RETURNING token;
+             {log};
+             DELETE FROM {log_table} WHERE scope = {scope} AND id < (
+                 SELECT min(id) FROM (SELECT id FROM {log_table} WHERE scope = {scope}
+                                       ORDER BY id DESC LIMIT {LOG_RETENTION}) AS kept);
+             COMMIT;",
+            lock = self.lock,
+            owner = literal(take.owner),
+            host = literal(take.host),
+            pid = take.pid,
+            command = literal(take.command),
+            version = literal(TOOL_VERSION),
+            session_pid = take.session.pid.map_or("NULL".into(), |p| p.to_string()),
+            session_start = take.session.start.as_deref().map_or("NULL".into(), literal),
+            ttl = interval(take.ttl),
+            log = self.log_insert(
+                take.scope,
+                event,
+                &format!("(SELECT token FROM {} WHERE scope = {scope})", self.lock),
+                &who,
+                previous,
+                detail
+            ),
+            log_table = self.log,
+        );
+        match self.client.simple_query(&sql) {
+            Ok(messages) => statements(&messages)
+                .first()
+                .and_then(|rows| first_value(rows))
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| Error::Database {
+                    context: format!("acquiring the migration lock for {}", take.scope),
+                    db: Box::new(DbMessage::plain("no token returned")),
+                }),
+            Err(e) => {
+                self.rollback();
+                Err(db_error(
+                    format!("acquiring the migration lock for {}", take.scope),
+                    &e,
+                ))
+            }
+        }
+    }
+
+    fn abandon(&mut self) {
+        self.rollback();
+    }
+
+    fn renew_lock(&mut self, fence: &Fence) -> Result<Renewal, Error> {
+        // A short lock timeout: while the holder's own migration has the
+        // row locked, waiting would only delay the next beat.
+        let sql = format!(
+            "BEGIN;
+             SET LOCAL lock_timeout = '1s';
+             UPDATE {} SET heartbeat_at = now(), expires_at = now() + {}
+              WHERE scope = {} AND owner = {} AND token = {} RETURNING token;
+             COMMIT;",
+            self.lock,
+            interval(fence.ttl),
+            literal(&fence.scope),
+            literal(&fence.owner),
+            fence.token
+        );
+        match self.client.simple_query(&sql) {
+            Ok(messages) => {
+                let renewed = statements(&messages)
+                    .get(2)
+                    .is_some_and(|rows| first_value(rows).is_some());
+                Ok(if renewed {
+                    Renewal::Renewed
+                } else {
+                    Renewal::Lost
+                })
+            }
+            Err(e) if code(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) || is_retryable(&e) => {
+                self.rollback();
+                Ok(Renewal::Busy)
+            }
+            Err(e) => {
+                self.rollback();
+                Err(db_error("renewing the migration lock", &e))
+            }
+        }
+    }
+
+    fn release_lock(&mut self, fence: &Fence, who: &Who<'_>) -> Result<bool, Error> {
+        let scope = literal(&fence.scope);
+        let sql = format!(
+            "BEGIN;
+             WITH freed AS (
+                 UPDATE {lock} SET {FREE}
+                  WHERE scope = {scope} AND owner = {owner} AND token = {token} RETURNING token)
+             INSERT INTO {log} (scope, at, event, token, owner, host, pid, command)
+             SELECT {scope}, clock_timestamp(), 'released', token, {owner}, {host}, {pid}, {command} FROM freed
+             RETURNING token;
+             NOTIFY {channel};
+             COMMIT;",
+            lock = self.lock,
+            log = self.log,
+            owner = literal(&fence.owner),
+            token = fence.token,
+            host = literal(who.host),
+            pid = who.pid,
+            command = literal(who.command),
+            channel = channel(&fence.scope),
+        );
+        for attempt in 0.. {
+            match self.client.simple_query(&sql) {
+                Ok(messages) => {
+                    return Ok(statements(&messages)
+                        .get(1)
+                        .is_some_and(|rows| first_value(rows).is_some()))
+                }
+                Err(e) if is_retryable(&e) && attempt < 5 => self.rollback(),
+                Err(e) => {
+                    self.rollback();
+                    return Err(db_error(
+                        format!("releasing the migration lock for {}", fence.scope),
+                        &e,
+                    ));
+                }
+            }
+        }
+        unreachable!()
+    }
+
+    fn log_lost(&mut self, fence: &Fence, who: &Who<'_>, detail: &str) -> Result<(), Error> {
+        let sql = self.log_insert(
+            &fence.scope,
+            "lost",
+            &fence.token.to_string(),
+            who,
+            None,
+            Some(detail),
+        );
+        self.client
+            .simple_query(&sql)
+            .map(drop)
+            .map_err(|e| db_error("logging the lost lock", &e))
+    }
+
+    fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
+        let context = format!("reading the migration lock for {scope}");
+        let messages = match self.client.simple_query(&self.lock_select(scope)) {
+            Ok(m) => m,
+            Err(e) if code(&e) == Some(&SqlState::UNDEFINED_TABLE) => return Ok(None),
+            Err(e) => return Err(db_error(context, &e)),
+        };
+        let Some(row) = lock_row(&messages) else {
+            return Ok(None);
+        };
+        let mut info = parse_lock(scope, row);
+        // An expired lease with no sign of the holder may still be a long
+        // migration that blocks its own heartbeat: it has the row locked.
+        // Look without waiting.
+        if info.is_held() && info.is_expired() && info.session_alive != Some(true) {
+            let probe = format!(
+                "BEGIN;
+                 SELECT 1 FROM {} WHERE scope = {} FOR UPDATE SKIP LOCKED;
+                 ROLLBACK;",
+                self.lock,
+                literal(scope)
+            );
+            if let Ok(messages) = self.client.simple_query(&probe) {
+                info.migrating = statements(&messages)
+                    .get(1)
+                    .is_some_and(|rows| first_value(rows).is_none());
+            } else {
+                self.rollback();
+            }
+        }
+        Ok(Some(info))
+    }
+
+    fn force_release(
+        &mut self,
+        scope: &str,
+        expected: &LockInfo,
+        who: &Who<'_>,
+        wait: Duration,
+    ) -> Result<bool, Error> {
+        let context = format!("releasing the migration lock for {scope}");
+        let s = literal(scope);
+        let sql = format!(
+            "BEGIN;
+             SET LOCAL lock_timeout = '{wait_ms}ms';
+             WITH freed AS (
+                 UPDATE {lock} SET token = token + 1, {FREE}
+                  WHERE scope = {s} AND token = {token} RETURNING token)
+             INSERT INTO {log} (scope, at, event, token, owner, host, pid, command, previous_owner)
+             SELECT {s}, clock_timestamp(), 'force_released', token, {owner}, {host}, {pid}, {command}, {previous} FROM freed
+             RETURNING token;
+             NOTIFY {channel};
+             COMMIT;",
+            wait_ms = wait.as_millis().max(1),
+            lock = self.lock,
+            log = self.log,
+            token = expected.token,
+            owner = literal(who.owner),
+            host = literal(who.host),
+            pid = who.pid,
+            command = literal(who.command),
+            previous = expected.owner.as_deref().map_or("NULL".into(), literal),
+            channel = channel(scope),
+        );
+        match self.client.simple_query(&sql) {
+            Ok(messages) => Ok(statements(&messages)
+                .get(2)
+                .is_some_and(|rows| first_value(rows).is_some())),
+            Err(e) if code(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                self.rollback();
+                Err(Error::Database {
+                    context,
+                    db: Box::new(DbMessage::plain(format!(
+                        "a migration of the holder kept the lock row for {}s; nothing was released",
+                        wait.as_secs()
+                    ))),
+                })
+            }
+            Err(e) => {
+                self.rollback();
+                Err(db_error(context, &e))
+            }
+        }
+    }
+
+    fn read_lock_log(&mut self, scope: &str, limit: usize) -> Result<Vec<LogEntry>, Error> {
+        let sql = format!(
+            "SELECT id, to_char(at AT TIME ZONE 'UTC', {TIME_FORMAT}), event, token, owner, host, pid,
+                    command, previous_owner, detail
+               FROM {} WHERE scope = {} ORDER BY id DESC LIMIT {limit}",
+            self.log,
+            literal(scope)
+        );
+        let messages = match self.client.simple_query(&sql) {
+            Ok(m) => m,
+            Err(e) if code(&e) == Some(&SqlState::UNDEFINED_TABLE) => return Ok(Vec::new()),
+            Err(e) => return Err(db_error(format!("reading the lock log for {scope}"), &e)),
+        };
+        Ok(messages
+            .iter()
+            .filter_map(|m| match m {
+                SimpleQueryMessage::Row(r) => Some(LogEntry {
+                    id: int(r, 0).unwrap_or_default(),
+                    at: text(r, 1).unwrap_or_default(),
+                    event: text(r, 2).unwrap_or_default(),
+                    token: int(r, 3).unwrap_or_default(),
+                    owner: text(r, 4),
+                    host: text(r, 5),
+                    pid: int(r, 6),
+                    command: text(r, 7),
+                    previous_owner: text(r, 8),
+                    detail: text(r, 9),
+                }),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn can_notify(&self) -> bool {
+        self.session.is_some() && !self.pooled
+    }
+
+    fn listen(&mut self, scope: &str) -> Result<(), Error> {
+        self.client
+            .simple_query(&format!("LISTEN {}", channel(scope)))
+            .map(drop)
+            .map_err(|e| db_error("listening for lock releases", &e))
+    }
+
+    fn unlisten(&mut self) {
+        let _ = self.client.simple_query("UNLISTEN *");
+    }
+
+    fn wait_for_notification(&mut self, timeout: Duration) -> Result<(), Error> {
+        use postgres::fallible_iterator::FallibleIterator;
+        match self.client.notifications().timeout_iter(timeout).next() {
+            Err(e) => Err(db_error("waiting for the lock", &e)),
+            Ok(_) => Ok(()),
+        }
+    }
+
+    fn poll_interval(&self) -> Duration {
+        // With notifications, polling only catches expired leases.
+        Duration::from_secs(1)
+    }
+
+    fn sibling(&self) -> Result<Box<dyn Driver>, Error> {
+        let mut driver =
+            PgDriver::connect(&self.target, &self.url, &self.table, &self.application_name)?;
+        driver.history = self.history.clone();
+        driver.meta = self.meta.clone();
+        driver.lock = self.lock.clone();
+        driver.log = self.log.clone();
+        Ok(Box::new(driver))
+    }
+
+    fn canceller(&self) -> Canceller {
+        let token = self.client.cancel_token();
+        let tls = self.tls.clone();
+        Box::new(move || {
+            let _ = token.cancel_query(tls.clone());
+        })
+    }
+}
+
+/// How PostgreSQL formats lockstep's timestamps: RFC 3339 in UTC.
+const TIME_FORMAT: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'";
+
+/// The columns that a freed lock row clears.
+const FREE: &str = "owner = NULL, host = NULL, pid = NULL, command = NULL, tool_version = NULL, \
+    session_pid = NULL, session_start = NULL, acquired_at = NULL, heartbeat_at = NULL, expires_at = NULL";
+
+/// The message the fence raises when the token is no longer current.
+const LOST_MARKER: &str = "lockstep-lock-lost";
+
+fn is_fence_failure(e: &postgres::Error) -> bool {
+    code(e) == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
+        && e.as_db_error()
+            .is_some_and(|db| db.message().contains(LOST_MARKER))
+}
+
+/// Serialization failures and deadlocks: the transaction was rolled back
+/// whole and can run again.
+fn is_retryable(e: &postgres::Error) -> bool {
+    matches!(code(e), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
+}
+
+fn lost(fence: &Fence) -> Error {
+    Error::LockLost(Box::new(crate::lock::LockLost {
+        token: fence.token,
+        at: None,
+        unrecorded: false,
+        completed: Vec::new(),
+    }))
+}
+
+fn interval(d: Duration) -> String {
+    format!("interval '{} milliseconds'", d.as_millis())
+}
+
+/// The notification channel of a scope: an identifier of at most 63 bytes.
+fn channel(scope: &str) -> String {
+    let name = format!("lockstep:{scope}");
+    if name.len() <= 63 {
+        quote_ident(&name)
+    } else {
+        // FNV-1a: stable across runs and machines, which is all it needs.
+        let hash = scope.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        });
+        quote_ident(&format!("lockstep:{hash:016x}"))
+    }
+}
+
+fn lock_row(messages: &[SimpleQueryMessage]) -> Option<&postgres::SimpleQueryRow> {
+    messages.iter().find_map(|m| match m {
+        SimpleQueryMessage::Row(r) => Some(r),
+        _ => None,
+    })
+}
+
+fn text(r: &postgres::SimpleQueryRow, i: usize) -> Option<String> {
+    r.get(i).map(str::to_string)
+}
+
+fn int(r: &postgres::SimpleQueryRow, i: usize) -> Option<i64> {
+    r.get(i).and_then(|v| v.parse().ok())
+}
+
+fn parse_lock(scope: &str, r: &postgres::SimpleQueryRow) -> LockInfo {
+    LockInfo {
+        scope: scope.to_string(),
+        token: int(r, 0).unwrap_or_default(),
+        owner: text(r, 1),
+        host: text(r, 2),
+        pid: int(r, 3),
+        command: text(r, 4),
+        tool_version: text(r, 5),
+        acquired_at: text(r, 6),
+        heartbeat_at: text(r, 7),
+        expires_at: text(r, 8),
+        held_ms: int(r, 9),
+        heartbeat_age_ms: int(r, 10),
+        expires_in_ms: int(r, 11),
+        session_alive: r.get(12).map(|v| v == "t"),
+        migrating: false,
+    }
+}
+
+impl PgDriver {
+    /// The lock row with its ages by the server's clock, and whether the
+    /// holder's session still exists: a backend with its pid and start time.
+    fn lock_select(&self, scope: &str) -> String {
+        format!(
+            "SELECT l.token, l.owner, l.host, l.pid, l.command, l.tool_version,
+                    to_char(l.acquired_at AT TIME ZONE 'UTC', {TIME_FORMAT}),
+                    to_char(l.heartbeat_at AT TIME ZONE 'UTC', {TIME_FORMAT}),
+                    to_char(l.expires_at AT TIME ZONE 'UTC', {TIME_FORMAT}),
+                    (extract(epoch FROM now() - l.acquired_at) * 1000)::bigint,
+                    (extract(epoch FROM now() - l.heartbeat_at) * 1000)::bigint,
+                    (extract(epoch FROM l.expires_at - now()) * 1000)::bigint,
+                    CASE WHEN l.session_pid IS NULL THEN NULL ELSE (
+                        SELECT CASE WHEN count(*) = 0 THEN false
+                                    WHEN bool_and(a.backend_start IS NULL) THEN NULL
+                                    ELSE bool_or((extract(epoch FROM a.backend_start) * 1000000)::bigint::text = l.session_start)
+                               END
+                          FROM pg_stat_activity a WHERE a.pid = l.session_pid)
+                    END
+               FROM {} AS l WHERE l.scope = {}",
+            self.lock,
+            literal(scope)
+        )
+    }
+
+    /// An INSERT into the lock log; `token` is an SQL expression.
+    fn log_insert(
+        &self,
+        scope: &str,
+        event: &str,
+        token: &str,
+        who: &Who<'_>,
+        previous_owner: Option<&str>,
+        detail: Option<&str>,
+    ) -> String {
+        format!(
+            "INSERT INTO {} (scope, at, event, token, owner, host, pid, command, previous_owner, detail)
+             VALUES ({}, clock_timestamp(), {}, {token}, {}, {}, {}, {}, {}, {})",
+            self.log,
+            literal(scope),
+            literal(event),
+            literal(who.owner),
+            literal(who.host),
+            who.pid,
+            literal(who.command),
+            previous_owner.map_or("NULL".into(), literal),
+            detail.map_or("NULL".into(), literal),
+        )
+    }
+
+    /// Opens a transaction; with a fence, checks the token first. The fence's
+    /// UPDATE row-locks the lock row until commit, so no takeover or forced
+    /// release can interleave with what follows: they wait for the commit,
+    /// and the next fence then fails.
+    fn begin(&self, fence: Option<&Fence>) -> String {
+        let Some(fence) = fence else {
+            return "BEGIN;\n".to_string();
+        };
+        format!(
+            "BEGIN;
+             SET LOCAL idle_in_transaction_session_timeout = '{idle}ms';
+             WITH fence AS (
+                 UPDATE {lock} SET heartbeat_at = now()
+                  WHERE scope = {scope} AND owner = {owner} AND token = {token} RETURNING 1)
+             SELECT CAST(CASE WHEN count(*) = 1 THEN '1' ELSE '{LOST_MARKER}' END AS integer) FROM fence;\n",
+            // A holder gone silent inside this transaction (frozen host,
+            // partition) must not pin the lock row forever.
+            idle = fence.ttl.as_millis().max(1000),
+            lock = self.lock,
+            scope = literal(&fence.scope),
+            owner = literal(&fence.owner),
+            token = fence.token,
+        )
+    }
+
+    /// Commits; with a fence, first renews the lease from the commit's
+    /// clock: the holder just proved it is alive.
+    fn commit(&self, fence: Option<&Fence>) -> String {
+        match fence {
+            None => "COMMIT;".to_string(),
+            Some(fence) => format!(
+                "UPDATE {} SET heartbeat_at = clock_timestamp(), expires_at = clock_timestamp() + {}
+                  WHERE scope = {} AND token = {};
+                 COMMIT;",
+                self.lock,
+                interval(fence.ttl),
+                literal(&fence.scope),
+                fence.token
+            ),
+        }
     }
 }
 

@@ -5,14 +5,30 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{Change, Driver, StepFailure, TxStep};
+use super::{Canceller, Change, Driver, StepFailure, TxStep, Who};
 use crate::error::{DbMessage, Error};
 use crate::history::{HistoryRow, RowState, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
+use crate::lock::{
+    Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_TABLE, LOCK_TABLE,
+    LOG_RETENTION,
+};
 use crate::sql::Dialect;
 
 /// How long a statement waits for another connection's write lock before it
 /// fails with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// An acquisition attempt waits this long for the database: longer means a
+/// migration is running, and the attempt reports the lock as held.
+const ACQUIRE_BUSY: Duration = Duration::from_millis(50);
+
+/// A heartbeat waits this long; longer means the holder's own migration has
+/// the database, which is normal.
+const HEARTBEAT_BUSY: Duration = Duration::from_millis(250);
+
+/// The longest pause between acquisition attempts: SQLite cannot notify, so
+/// this bounds the handoff.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// SQLite's clock, formatted as the history table stores it.
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
@@ -22,9 +38,14 @@ pub(crate) struct SqliteDriver {
     /// database reads as empty.
     conn: Option<Connection>,
     path: PathBuf,
+    /// An in-memory database has no second connection for a heartbeat.
+    memory: bool,
     table: TableName,
     history: String,
     meta: String,
+    lock: String,
+    log: String,
+    host: String,
 }
 
 impl SqliteDriver {
@@ -47,7 +68,7 @@ impl SqliteDriver {
             })?;
             Some(conn)
         };
-        Self::with(conn, path, table)
+        Self::with(conn, path, table, false)
     }
 
     pub(crate) fn memory(table: &TableName) -> Result<Self, Error> {
@@ -56,10 +77,15 @@ impl SqliteDriver {
             message: message(&e).message,
             hint: None,
         })?;
-        Self::with(Some(conn), Path::new(":memory:"), table)
+        Self::with(Some(conn), Path::new(":memory:"), table, true)
     }
 
-    fn with(conn: Option<Connection>, path: &Path, table: &TableName) -> Result<Self, Error> {
+    fn with(
+        conn: Option<Connection>,
+        path: &Path,
+        table: &TableName,
+        memory: bool,
+    ) -> Result<Self, Error> {
         if let Some(conn) = &conn {
             conn.busy_timeout(BUSY_TIMEOUT)
                 .map_err(|e| db_error("configuring the connection", &e))?;
@@ -70,9 +96,13 @@ impl SqliteDriver {
         Ok(SqliteDriver {
             conn,
             path: path.to_path_buf(),
+            memory,
             history: format!("\"{schema}\".\"{}\"", table.name()),
             meta: format!("\"{schema}\".\"{META_TABLE}\""),
+            lock: format!("\"{schema}\".\"{LOCK_TABLE}\""),
+            log: format!("\"{schema}\".\"{LOCK_LOG_TABLE}\""),
             table: table.clone(),
+            host: crate::identity::hostname(),
         })
     }
 
@@ -351,11 +381,42 @@ impl Driver for SqliteDriver {
                  lock_token INTEGER,
                  tool_version TEXT NOT NULL
              );
+             CREATE TABLE IF NOT EXISTS {lock} (
+                 scope TEXT PRIMARY KEY,
+                 token INTEGER NOT NULL DEFAULT 0,
+                 owner TEXT,
+                 host TEXT,
+                 pid INTEGER,
+                 command TEXT,
+                 tool_version TEXT,
+                 session_pid INTEGER,
+                 session_start TEXT,
+                 acquired_at INTEGER,
+                 heartbeat_at INTEGER,
+                 expires_at INTEGER
+             );
+             CREATE TABLE IF NOT EXISTS {log} (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 scope TEXT NOT NULL,
+                 at INTEGER NOT NULL,
+                 event TEXT NOT NULL,
+                 token INTEGER NOT NULL,
+                 owner TEXT,
+                 host TEXT,
+                 pid INTEGER,
+                 command TEXT,
+                 previous_owner TEXT,
+                 detail TEXT
+             );
+             CREATE INDEX IF NOT EXISTS \"{schema}\".\"{LOCK_LOG_TABLE}_scope\" ON \"{LOCK_LOG_TABLE}\" (scope, id);
              INSERT OR IGNORE INTO {meta} (table_name, format_version, created_at, created_by)
                  VALUES ('{name}', {FORMAT_VERSION}, {NOW}, '{TOOL_VERSION}');
              COMMIT;",
             meta = self.meta,
             history = self.history,
+            lock = self.lock,
+            log = self.log,
+            schema = self.table.schema().unwrap_or("main"),
             name = self.table.name(),
         );
         conn.execute_batch(&sql).map_err(|e| {
@@ -367,6 +428,7 @@ impl Driver for SqliteDriver {
     fn run_transaction(
         &mut self,
         steps: &[TxStep<'_>],
+        fence: Option<&Fence>,
         done: &mut dyn FnMut(usize, Duration),
     ) -> Result<(), StepFailure> {
         let conn = self
@@ -375,12 +437,30 @@ impl Driver for SqliteDriver {
             .expect("run_transaction needs an open database");
         let fail = |index: usize, db: DbMessage| {
             rollback(conn);
-            StepFailure { index, db }
+            StepFailure {
+                index,
+                db: Box::new(db),
+                lost: false,
+            }
         };
         // IMMEDIATE takes the write lock now rather than at the first write,
         // so two writers cannot deadlock upgrading their read locks.
         conn.execute_batch("BEGIN IMMEDIATE")
             .map_err(|e| fail(0, message(&e)))?;
+        if let Some(fence) = fence {
+            match self.check_fence(conn, fence) {
+                Ok(true) => {}
+                Ok(false) => {
+                    rollback(conn);
+                    return Err(StepFailure {
+                        index: 0,
+                        db: Box::new(DbMessage::plain("lock lost")),
+                        lost: true,
+                    });
+                }
+                Err(e) => return Err(fail(0, message(&e))),
+            }
+        }
         for (i, step) in steps.iter().enumerate() {
             let start = Instant::now();
             if let Err(e) = conn.execute_batch(&step.section.sql) {
@@ -398,8 +478,13 @@ impl Driver for SqliteDriver {
             }
             done(i, elapsed);
         }
+        let last = steps.len().saturating_sub(1);
+        if let Some(fence) = fence {
+            self.extend_lease(conn, fence)
+                .map_err(|e| fail(last, message(&e)))?;
+        }
         conn.execute_batch("COMMIT")
-            .map_err(|e| fail(steps.len().saturating_sub(1), message(&e)))
+            .map_err(|e| fail(last, message(&e)))
     }
 
     fn run_statement(&mut self, sql: &str) -> Result<(), DbMessage> {
@@ -411,13 +496,36 @@ impl Driver for SqliteDriver {
             .map_err(|e| message_in(&e, Some(sql)))
     }
 
-    fn change_history(&mut self, changes: &[Change<'_>]) -> Result<(), Error> {
+    fn change_history(
+        &mut self,
+        changes: &[Change<'_>],
+        fence: Option<&Fence>,
+    ) -> Result<(), Error> {
         let conn = self.conn()?;
         let context = format!("writing history to {}", self.table);
         conn.execute_batch("BEGIN IMMEDIATE")
             .map_err(|e| db_error(&context, &e))?;
+        if let Some(fence) = fence {
+            match self.check_fence(conn, fence) {
+                Ok(true) => {}
+                Ok(false) => {
+                    rollback(conn);
+                    return Err(lost(fence));
+                }
+                Err(e) => {
+                    rollback(conn);
+                    return Err(db_error(&context, &e));
+                }
+            }
+        }
         for change in changes {
             if let Err(e) = Self::apply_change(conn, &self.history, change, Duration::ZERO) {
+                rollback(conn);
+                return Err(db_error(&context, &e));
+            }
+        }
+        if let Some(fence) = fence {
+            if let Err(e) = self.extend_lease(conn, fence) {
                 rollback(conn);
                 return Err(db_error(&context, &e));
             }
@@ -426,6 +534,544 @@ impl Driver for SqliteDriver {
             rollback(conn);
             db_error(&context, &e)
         })
+    }
+
+    fn session(&mut self) -> Result<Session, Error> {
+        let pid = std::process::id();
+        Ok(Session {
+            pid: Some(i64::from(pid)),
+            start: crate::identity::process_start(pid),
+        })
+    }
+
+    fn probe_lock(&mut self, scope: &str) -> Result<Probe, Error> {
+        let conn = self.conn()?;
+        let context = format!("acquiring the migration lock for {scope}");
+        // A short wait: a busy database means a migration holds it.
+        conn.busy_timeout(ACQUIRE_BUSY)
+            .map_err(|e| db_error(&context, &e))?;
+        let begun = conn.execute_batch("BEGIN IMMEDIATE");
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        match begun {
+            Err(e) if is_busy(&e) => {
+                let seen = self.read_lock(scope).ok().flatten();
+                return Ok(Probe::Busy(seen));
+            }
+            Err(e) => return Err(db_error(&context, &e)),
+            Ok(()) => {}
+        }
+        let result = (|| -> rusqlite::Result<LockInfo> {
+            conn.execute(
+                &format!(
+                    "INSERT OR IGNORE INTO {} (scope, token) VALUES (?1, 0)",
+                    self.lock
+                ),
+                [scope],
+            )?;
+            self.select_lock(conn, scope)
+                .map(|info| info.expect("the row was just ensured"))
+        })();
+        match result {
+            Ok(info) => Ok(Probe::Row(info)),
+            Err(e) => {
+                rollback(conn);
+                Err(db_error(&context, &e))
+            }
+        }
+    }
+
+    fn take_lock(&mut self, take: &Take<'_>) -> Result<i64, Error> {
+        let conn = self.conn()?;
+        let context = format!("acquiring the migration lock for {}", take.scope);
+        let now = now_ms();
+        let result = (|| -> rusqlite::Result<i64> {
+            let token: i64 = conn.query_row(
+                &format!(
+                    "UPDATE {} SET token = token + 1, owner = ?2, host = ?3, pid = ?4, command = ?5,
+                         tool_version = ?6, session_pid = ?7, session_start = ?8,
+                         acquired_at = ?9, heartbeat_at = ?9, expires_at = ?10
+                     WHERE scope = ?1 RETURNING token",
+                    self.lock
+                ),
+                params![
+                    take.scope,
+                    take.owner,
+                    take.host,
+                    take.pid,
+                    take.command,
+                    TOOL_VERSION,
+                    take.session.pid,
+                    take.session.start,
+                    now,
+                    now + millis(take.ttl)
+                ],
+                |r| r.get(0),
+            )?;
+            let (event, previous, detail) = match take.takeover {
+                Some((previous, why)) => ("taken_over", previous, Some(why)),
+                None => ("acquired", None, None),
+            };
+            self.insert_log(
+                conn,
+                take.scope,
+                event,
+                token,
+                &Who {
+                    owner: take.owner,
+                    host: take.host,
+                    pid: take.pid,
+                    command: take.command,
+                },
+                previous,
+                detail,
+            )?;
+            conn.execute(
+                &format!(
+                    "DELETE FROM {log} WHERE scope = ?1 AND id < (SELECT min(id) FROM (SELECT id FROM {log} WHERE scope = ?1 ORDER BY id DESC LIMIT {LOG_RETENTION}))",
+                    log = self.log
+                ),
+                [take.scope],
+            )?;
+            conn.execute_batch("COMMIT")?;
+            Ok(token)
+        })();
+        result.map_err(|e| {
+            rollback(conn);
+            db_error(context, &e)
+        })
+    }
+
+    fn abandon(&mut self) {
+        if let Some(conn) = &self.conn {
+            rollback(conn);
+        }
+    }
+
+    fn renew_lock(&mut self, fence: &Fence) -> Result<Renewal, Error> {
+        let conn = self.conn()?;
+        conn.busy_timeout(HEARTBEAT_BUSY)
+            .map_err(|e| db_error("renewing the lock", &e))?;
+        let now = now_ms();
+        let updated = conn.execute(
+            &format!(
+                "UPDATE {} SET heartbeat_at = ?4, expires_at = ?5 WHERE scope = ?1 AND owner = ?2 AND token = ?3",
+                self.lock
+            ),
+            params![fence.scope, fence.owner, fence.token, now, now + millis(fence.ttl)],
+        );
+        match updated {
+            Ok(1) => Ok(Renewal::Renewed),
+            Ok(_) => Ok(Renewal::Lost),
+            // The holder's own migration has the database: normal.
+            Err(e) if is_busy(&e) => Ok(Renewal::Busy),
+            Err(e) => Err(db_error("renewing the lock", &e)),
+        }
+    }
+
+    fn release_lock(&mut self, fence: &Fence, who: &Who<'_>) -> Result<bool, Error> {
+        let conn = self.conn()?;
+        let context = format!("releasing the migration lock for {}", fence.scope);
+        let result = (|| -> rusqlite::Result<bool> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let freed = conn.execute(
+                &format!(
+                    "UPDATE {} SET {FREE} WHERE scope = ?1 AND owner = ?2 AND token = ?3",
+                    self.lock
+                ),
+                params![fence.scope, fence.owner, fence.token],
+            )? == 1;
+            if freed {
+                self.insert_log(conn, &fence.scope, "released", fence.token, who, None, None)?;
+            }
+            conn.execute_batch("COMMIT")?;
+            Ok(freed)
+        })();
+        result.map_err(|e| {
+            rollback(conn);
+            db_error(context, &e)
+        })
+    }
+
+    fn log_lost(&mut self, fence: &Fence, who: &Who<'_>, detail: &str) -> Result<(), Error> {
+        let conn = self.conn()?;
+        self.insert_log(
+            conn,
+            &fence.scope,
+            "lost",
+            fence.token,
+            who,
+            None,
+            Some(detail),
+        )
+        .map_err(|e| db_error("logging the lost lock", &e))
+    }
+
+    fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
+        let Some(conn) = &self.conn else {
+            return Ok(None);
+        };
+        let schema = self.table.schema().unwrap_or("main");
+        let context = format!("reading the migration lock for {scope}");
+        if !Self::table_exists(conn, (schema, LOCK_TABLE)).map_err(|e| db_error(&context, &e))? {
+            return Ok(None);
+        }
+        self.select_lock(conn, scope)
+            .map_err(|e| db_error(context, &e))
+    }
+
+    fn force_release(
+        &mut self,
+        scope: &str,
+        expected: &LockInfo,
+        who: &Who<'_>,
+        wait: Duration,
+    ) -> Result<bool, Error> {
+        // Held until this returns: the holder sees it between migrations
+        // and waits, so that this gets the database's write lock.
+        let _request = self.request_release();
+        let conn = self.conn()?;
+        let context = format!("releasing the migration lock for {scope}");
+        conn.busy_timeout(wait)
+            .map_err(|e| db_error(&context, &e))?;
+        let result = (|| -> rusqlite::Result<bool> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let token: Option<i64> = conn
+                .query_row(
+                    &format!(
+                        "UPDATE {} SET token = token + 1, {FREE} WHERE scope = ?1 AND token = ?2 RETURNING token",
+                        self.lock
+                    ),
+                    params![scope, expected.token],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(token) = token {
+                self.insert_log(
+                    conn,
+                    scope,
+                    "force_released",
+                    token,
+                    who,
+                    expected.owner.as_deref(),
+                    None,
+                )?;
+            }
+            conn.execute_batch("COMMIT")?;
+            Ok(token.is_some())
+        })();
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        result.map_err(|e| {
+            rollback(conn);
+            if is_busy(&e) {
+                Error::Database {
+                    context,
+                    db: Box::new(DbMessage::plain(format!(
+                        "the database stayed locked for {}s (a migration is running); nothing was released",
+                        wait.as_secs()
+                    ))),
+                }
+            } else {
+                db_error(context, &e)
+            }
+        })
+    }
+
+    fn read_lock_log(&mut self, scope: &str, limit: usize) -> Result<Vec<LogEntry>, Error> {
+        let Some(conn) = &self.conn else {
+            return Ok(Vec::new());
+        };
+        let schema = self.table.schema().unwrap_or("main");
+        let context = format!("reading the lock log for {scope}");
+        if !Self::table_exists(conn, (schema, LOCK_LOG_TABLE))
+            .map_err(|e| db_error(&context, &e))?
+        {
+            return Ok(Vec::new());
+        }
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', at / 1000.0, 'unixepoch'), event, token,
+                        owner, host, pid, command, previous_owner, detail
+                   FROM {} WHERE scope = ?1 ORDER BY id DESC LIMIT ?2",
+                self.log
+            ))
+            .map_err(|e| db_error(&context, &e))?;
+        let rows = stmt
+            .query_map(params![scope, limit as i64], |r| {
+                Ok(LogEntry {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    event: r.get(2)?,
+                    token: r.get(3)?,
+                    owner: r.get(4)?,
+                    host: r.get(5)?,
+                    pid: r.get(6)?,
+                    command: r.get(7)?,
+                    previous_owner: r.get(8)?,
+                    detail: r.get(9)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| db_error(&context, &e))?;
+        Ok(rows)
+    }
+
+    fn can_notify(&self) -> bool {
+        false
+    }
+
+    fn listen(&mut self, _scope: &str) -> Result<(), Error> {
+        Ok(())
+    }
+
+    fn unlisten(&mut self) {}
+
+    fn wait_for_notification(&mut self, timeout: Duration) -> Result<(), Error> {
+        std::thread::sleep(timeout);
+        Ok(())
+    }
+
+    fn poll_interval(&self) -> Duration {
+        POLL_INTERVAL
+    }
+
+    fn sibling(&self) -> Result<Box<dyn Driver>, Error> {
+        if self.memory {
+            return Err(Error::Config {
+                message:
+                    "an in-memory SQLite database cannot be locked: it has no second connection"
+                        .into(),
+                hint: Some("use a database file, or run without the lock".into()),
+            });
+        }
+        Ok(Box::new(SqliteDriver::open(&self.path, &self.table, true)?))
+    }
+
+    fn yield_to_release(&mut self) {
+        // A forced release holds a shared lock on the side file while it
+        // waits for the database: wait for it to finish (bounded, in case
+        // it waits for something else).
+        let started = std::time::Instant::now();
+        while self.release_pending() && started.elapsed() < YIELD_LIMIT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn canceller(&self) -> Canceller {
+        match &self.conn {
+            Some(conn) => {
+                let handle = conn.get_interrupt_handle();
+                Box::new(move || handle.interrupt())
+            }
+            None => Box::new(|| {}),
+        }
+    }
+}
+
+/// The columns that a freed lock row clears.
+const FREE: &str = "owner = NULL, host = NULL, pid = NULL, command = NULL, tool_version = NULL, \
+    session_pid = NULL, session_start = NULL, acquired_at = NULL, heartbeat_at = NULL, expires_at = NULL";
+
+/// The lock was lost: the fence's token is no longer current.
+fn lost(fence: &Fence) -> Error {
+    Error::LockLost(Box::new(crate::lock::LockLost {
+        token: fence.token,
+        at: None,
+        unrecorded: false,
+        completed: Vec::new(),
+    }))
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+/// Milliseconds since the epoch by the local clock: on SQLite there is no
+/// server, and this machine's clock is the clock.
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// The longest a holder waits between migrations for a forced release.
+const YIELD_LIMIT: Duration = Duration::from_secs(30);
+
+/// A POSIX read lock on the release side file: a forced release holds it
+/// while it waits for the database. Released when the file closes.
+struct ReleaseRequest(#[allow(dead_code)] std::fs::File);
+
+fn record_lock(kind: libc::c_int) -> libc::flock {
+    // SAFETY: flock is a plain C struct; all-zero is a valid value.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = kind as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    lock.l_start = 0;
+    lock.l_len = 1;
+    lock
+}
+
+impl SqliteDriver {
+    /// `<database>-lockstep-release`: the side file through which a forced
+    /// release asks a running holder to pause between migrations. `None`
+    /// for an in-memory database.
+    fn release_file(&self) -> Option<PathBuf> {
+        if self.memory {
+            return None;
+        }
+        let mut name = self.path.as_os_str().to_os_string();
+        name.push("-lockstep-release");
+        Some(PathBuf::from(name))
+    }
+
+    /// Announces a forced release until the returned value is dropped.
+    fn request_release(&self) -> Option<ReleaseRequest> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.release_file()?)
+            .ok()?;
+        let lock = record_lock(libc::F_RDLCK);
+        // SAFETY: a valid descriptor and a valid lock description.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLKW, &lock) };
+        (rc == 0).then_some(ReleaseRequest(file))
+    }
+
+    /// Whether a forced release is announced right now. Only asks: a holder
+    /// frozen after asking must not look like a request to the next one.
+    fn release_pending(&self) -> bool {
+        use std::os::fd::AsRawFd;
+        let Some(path) = self.release_file() else {
+            return false;
+        };
+        let Ok(file) = std::fs::File::open(path) else {
+            return false;
+        };
+        let mut lock = record_lock(libc::F_WRLCK);
+        // SAFETY: a valid descriptor and a valid lock description.
+        let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETLK, &mut lock) };
+        rc == 0 && lock.l_type != libc::F_UNLCK as libc::c_short
+    }
+
+    /// In an open write transaction: touches the lock row if the fence's
+    /// token is current. `false` when it is not.
+    fn check_fence(&self, conn: &Connection, fence: &Fence) -> rusqlite::Result<bool> {
+        let n = conn.execute(
+            &format!(
+                "UPDATE {} SET heartbeat_at = ?4 WHERE scope = ?1 AND owner = ?2 AND token = ?3",
+                self.lock
+            ),
+            params![fence.scope, fence.owner, fence.token, now_ms()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// In an open write transaction, just before it commits: the holder
+    /// just proved it is alive, so the lease runs from now.
+    fn extend_lease(&self, conn: &Connection, fence: &Fence) -> rusqlite::Result<()> {
+        let now = now_ms();
+        conn.execute(
+            &format!(
+                "UPDATE {} SET heartbeat_at = ?3, expires_at = ?4 WHERE scope = ?1 AND token = ?2",
+                self.lock
+            ),
+            params![fence.scope, fence.token, now, now + millis(fence.ttl)],
+        )?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_log(
+        &self,
+        conn: &Connection,
+        scope: &str,
+        event: &str,
+        token: i64,
+        who: &Who<'_>,
+        previous_owner: Option<&str>,
+        detail: Option<&str>,
+    ) -> rusqlite::Result<()> {
+        conn.execute(
+            &format!(
+                "INSERT INTO {} (scope, at, event, token, owner, host, pid, command, previous_owner, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                self.log
+            ),
+            params![
+                scope,
+                now_ms(),
+                event,
+                token,
+                who.owner,
+                who.host,
+                who.pid,
+                who.command,
+                previous_owner,
+                detail
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn select_lock(&self, conn: &Connection, scope: &str) -> rusqlite::Result<Option<LockInfo>> {
+        let now = now_ms();
+        let row = conn
+            .query_row(
+                &format!(
+                    "SELECT token, owner, host, pid, command, tool_version, session_pid, session_start,
+                            strftime('%Y-%m-%dT%H:%M:%fZ', acquired_at / 1000.0, 'unixepoch'),
+                            strftime('%Y-%m-%dT%H:%M:%fZ', heartbeat_at / 1000.0, 'unixepoch'),
+                            strftime('%Y-%m-%dT%H:%M:%fZ', expires_at / 1000.0, 'unixepoch'),
+                            acquired_at, heartbeat_at, expires_at
+                       FROM {} WHERE scope = ?1",
+                    self.lock
+                ),
+                [scope],
+                |r| {
+                    let session_pid: Option<i64> = r.get(6)?;
+                    let session_start: Option<String> = r.get(7)?;
+                    let host: Option<String> = r.get(2)?;
+                    let acquired: Option<i64> = r.get(11)?;
+                    let heartbeat: Option<i64> = r.get(12)?;
+                    let expires: Option<i64> = r.get(13)?;
+                    Ok(LockInfo {
+                        scope: scope.to_string(),
+                        token: r.get(0)?,
+                        owner: r.get(1)?,
+                        session_alive: self.alive(host.as_deref(), session_pid, session_start.as_deref()),
+                        host,
+                        pid: r.get(3)?,
+                        command: r.get(4)?,
+                        tool_version: r.get(5)?,
+                        acquired_at: r.get(8)?,
+                        heartbeat_at: r.get(9)?,
+                        expires_at: r.get(10)?,
+                        held_ms: acquired.map(|t| now - t),
+                        heartbeat_age_ms: heartbeat.map(|t| now - t),
+                        expires_in_ms: expires.map(|t| t - now),
+                        migrating: false,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(row)
+    }
+
+    /// Whether the holder's process runs: provable only on this host, from
+    /// its pid and start time (a reused pid has another start time).
+    fn alive(&self, host: Option<&str>, pid: Option<i64>, start: Option<&str>) -> Option<bool> {
+        let (host, pid, start) = (host?, pid?, start?);
+        if host != self.host {
+            return None;
+        }
+        crate::identity::process_start(std::process::id())?;
+        let pid = u32::try_from(pid).ok()?;
+        Some(crate::identity::process_start(pid).as_deref() == Some(start))
     }
 }
 

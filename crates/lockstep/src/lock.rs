@@ -1,0 +1,677 @@
+//! The migration lock: a lease on one row per scope, fencing tokens, a
+//! heartbeat, and automatic recovery from dead holders. docs/locking.md is
+//! the specification; this is the protocol, written once for every engine.
+//! Drivers supply the row-level primitives.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::driver::{Driver, Who};
+use crate::error::Error;
+
+/// The default lease: a holder that stops renewing loses the lock this long
+/// after its last heartbeat.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
+
+/// The default bound on waiting for the lock.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// The table holding one lock row per scope.
+pub const LOCK_TABLE: &str = "lockstep_lock";
+
+/// The append-only audit log of lock events.
+pub const LOCK_LOG_TABLE: &str = "lockstep_lock_log";
+
+/// Events kept per scope in the audit log; older ones are pruned when the
+/// lock is taken.
+pub const LOG_RETENTION: i64 = 1000;
+
+/// How a run takes the lock.
+#[derive(Debug, Clone)]
+pub struct LockOptions {
+    /// The lease; renewed every third of it.
+    pub ttl: Duration,
+    /// How long to wait for a holder to finish.
+    pub timeout: Duration,
+    /// Fail at once when the lock is held.
+    pub no_wait: bool,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions {
+            ttl: DEFAULT_TTL,
+            timeout: DEFAULT_TIMEOUT,
+            no_wait: false,
+        }
+    }
+}
+
+/// The lock row as a reader sees it. Times are RFC 3339 UTC; ages are by the
+/// database's clock (the local clock on SQLite).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LockInfo {
+    /// The scope (the history table's name).
+    pub scope: String,
+    /// The current fencing token.
+    pub token: i64,
+    /// The executor holding it; `None` when free.
+    pub owner: Option<String>,
+    /// The holder's host.
+    pub host: Option<String>,
+    /// The holder's process id.
+    pub pid: Option<i64>,
+    /// What the holder is doing: `upgrade`, `rollback`, `fix`.
+    pub command: Option<String>,
+    /// The holder's lockstep version.
+    pub tool_version: Option<String>,
+    /// When it was taken.
+    pub acquired_at: Option<String>,
+    /// The last renewal.
+    pub heartbeat_at: Option<String>,
+    /// When the lease runs out.
+    pub expires_at: Option<String>,
+    /// Milliseconds since it was taken.
+    pub held_ms: Option<i64>,
+    /// Milliseconds since the last renewal.
+    pub heartbeat_age_ms: Option<i64>,
+    /// Milliseconds until the lease runs out; negative once it has.
+    pub expires_in_ms: Option<i64>,
+    /// Whether the holder's session is alive: `Some(false)` only when the
+    /// engine can prove it is gone, `None` when it cannot tell.
+    pub session_alive: Option<bool>,
+    /// A migration transaction of the holder has the row locked right now.
+    pub migrating: bool,
+}
+
+impl LockInfo {
+    /// Held by someone.
+    pub fn is_held(&self) -> bool {
+        self.owner.is_some()
+    }
+
+    /// The lease ran out.
+    pub fn is_expired(&self) -> bool {
+        self.expires_in_ms.is_some_and(|ms| ms < 0)
+    }
+
+    /// Whether the holder is alive as far as anyone can tell: a migration
+    /// of its has the row locked; or its session is not provably gone, and
+    /// its heartbeat is fresh or its session is seen.
+    pub fn holder_alive(&self) -> bool {
+        self.is_held()
+            && (self.migrating
+                || (self.session_alive != Some(false)
+                    && (!self.is_expired() || self.session_alive == Some(true))))
+    }
+
+    /// The state `lock status` reports.
+    pub fn state(&self) -> LockState {
+        if !self.is_held() {
+            LockState::Unlocked
+        } else if self.holder_alive() {
+            LockState::Locked
+        } else {
+            LockState::Stale
+        }
+    }
+
+    /// Why this lock may be taken from its holder, if it may.
+    fn takeover_reason(&self) -> Option<&'static str> {
+        if !self.is_held() || self.migrating {
+            None
+        } else if self.session_alive == Some(false) {
+            Some("the holder's session is gone")
+        } else if self.is_expired() {
+            Some("the lease expired")
+        } else {
+            None
+        }
+    }
+
+    /// `<owner> (host H, pid P, upgrade, held 12s, heartbeat 2s ago)`.
+    pub fn describe(&self) -> String {
+        let owner = self.owner.as_deref().unwrap_or("nobody");
+        let mut parts = Vec::new();
+        if let Some(host) = &self.host {
+            parts.push(format!("host {host}"));
+        }
+        if let Some(pid) = self.pid {
+            parts.push(format!("pid {pid}"));
+        }
+        if let Some(command) = &self.command {
+            parts.push(command.clone());
+        }
+        if let Some(held) = self.held_ms {
+            parts.push(format!("held {}", seconds(held)));
+        }
+        if self.migrating {
+            parts.push("migrating now".into());
+        } else if let Some(age) = self.heartbeat_age_ms {
+            parts.push(format!("heartbeat {} ago", seconds(age)));
+        }
+        if self.is_expired() && !self.migrating {
+            parts.push("lease expired".into());
+        }
+        if self.session_alive == Some(false) {
+            parts.push("session gone".into());
+        }
+        if parts.is_empty() {
+            owner.to_string()
+        } else {
+            format!("{owner} ({})", parts.join(", "))
+        }
+    }
+}
+
+fn seconds(ms: i64) -> String {
+    let s = ms.max(0) / 1000;
+    if s < 120 {
+        format!("{s}s")
+    } else if s < 7200 {
+        format!("{}m{}s", s / 60, s % 60)
+    } else {
+        format!("{}h{}m", s / 3600, s % 3600 / 60)
+    }
+}
+
+/// What `lock status` reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockState {
+    /// Nobody holds it.
+    Unlocked,
+    /// Held by a holder that is alive.
+    Locked,
+    /// Held, but the lease expired and the holder is not seen: the next run
+    /// takes it over.
+    Stale,
+}
+
+impl LockState {
+    /// `unlocked`, `locked`, `stale`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockState::Unlocked => "unlocked",
+            LockState::Locked => "locked",
+            LockState::Stale => "stale",
+        }
+    }
+}
+
+/// One event of the audit log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogEntry {
+    /// Increasing id.
+    pub id: i64,
+    /// When, RFC 3339 UTC.
+    pub at: String,
+    /// `acquired`, `released`, `taken_over`, `force_released`, `lost`.
+    pub event: String,
+    /// The token the event concerns (the new one for acquisitions).
+    pub token: i64,
+    /// Who: the holder, or who forced the release.
+    pub owner: Option<String>,
+    /// Their host.
+    pub host: Option<String>,
+    /// Their pid.
+    pub pid: Option<i64>,
+    /// Their command.
+    pub command: Option<String>,
+    /// The holder before a takeover or forced release.
+    pub previous_owner: Option<String>,
+    /// Why, for takeovers and losses.
+    pub detail: Option<String>,
+}
+
+/// The identity of the holder's database session, for liveness checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Session {
+    /// PostgreSQL backend pid, or the OS pid on SQLite.
+    pub pid: Option<i64>,
+    /// PostgreSQL backend start (µs since the epoch), or the process start
+    /// time on SQLite, with the host.
+    pub start: Option<String>,
+}
+
+/// Who takes the lock, and why.
+#[derive(Debug, Clone)]
+pub(crate) struct Take<'a> {
+    pub scope: &'a str,
+    pub owner: &'a str,
+    pub host: &'a str,
+    pub pid: i64,
+    pub command: &'a str,
+    pub session: &'a Session,
+    pub ttl: Duration,
+    /// `acquired`, or `taken_over` with the previous owner and why.
+    pub takeover: Option<(Option<&'a str>, &'a str)>,
+}
+
+/// Proof of holding the lock: writes carrying it commit only while its
+/// token is current.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The scope.
+    pub scope: String,
+    /// The holder.
+    pub owner: String,
+    /// The fencing token of this acquisition.
+    pub token: i64,
+    /// The lease, renewed on every fenced write.
+    pub ttl: Duration,
+}
+
+/// The result of one acquisition attempt's first half.
+pub(crate) enum Probe {
+    /// The row is locked for this transaction; the transaction is open.
+    Row(LockInfo),
+    /// A transaction of the holder has the row locked (a migration is
+    /// running): held. The row as read without locking, when it could be.
+    Busy(Option<LockInfo>),
+}
+
+/// A heartbeat's outcome.
+pub(crate) enum Renewal {
+    /// The lease was extended.
+    Renewed,
+    /// The row is locked, by the holder's own migration: normal.
+    Busy,
+    /// The token is no longer current: the lock was taken over or released
+    /// by force.
+    Lost,
+}
+
+/// Something the lock protocol reports while a run goes on.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum LockEvent<'a> {
+    /// The lock is held; this run waits. Sent after each attempt.
+    Waiting {
+        /// The holder, as last seen.
+        holder: &'a LockInfo,
+        /// How long this run has waited.
+        waited: Duration,
+    },
+    /// This run holds the lock.
+    Acquired {
+        /// The fencing token.
+        token: i64,
+        /// The previous holder and why it was taken from them, when this
+        /// was a takeover.
+        took_over: Option<(&'a LockInfo, &'a str)>,
+    },
+    /// This run released the lock.
+    Released {
+        /// The token released.
+        token: i64,
+    },
+    /// This run could not release the lock: it was lost, or the database
+    /// could not be reached (the lease then runs out by itself).
+    NotReleased {
+        /// The token held.
+        token: i64,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Why the lock was not acquired (exit code 3 in the CLI).
+#[derive(Debug, Clone)]
+pub struct LockBusy {
+    /// The holder, as last seen.
+    pub holder: LockInfo,
+    /// How long this run waited.
+    pub waited: Duration,
+    /// `--no-wait` was given.
+    pub no_wait: bool,
+}
+
+/// Why a run stopped holding the lock (exit code 5 in the CLI).
+#[derive(Debug, Clone)]
+pub struct LockLost {
+    /// The token this run held.
+    pub token: i64,
+    /// The migration that was about to run, or that ran outside a
+    /// transaction but could not be recorded.
+    pub at: Option<crate::plan::Named>,
+    /// The migration ran (outside a transaction) but could not be recorded:
+    /// it is left dirty.
+    pub unrecorded: bool,
+    /// The migrations this run completed before the loss.
+    pub completed: Vec<crate::error::Step>,
+}
+
+/// The lock held by this run: its fence and its heartbeat.
+pub(crate) struct Held {
+    pub fence: Fence,
+    pub shared: Arc<Shared>,
+    heartbeat: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+}
+
+/// State shared with the heartbeat thread.
+#[derive(Default)]
+pub(crate) struct Shared {
+    lost: AtomicBool,
+    /// The last heartbeat failure, for `-v`.
+    pub last_error: Mutex<Option<String>>,
+}
+
+impl Held {
+    /// The heartbeat saw the token change.
+    pub fn lost(&self) -> bool {
+        self.shared.lost.load(Ordering::SeqCst)
+    }
+
+    pub fn mark_lost(&self) {
+        self.shared.lost.store(true, Ordering::SeqCst);
+    }
+
+    /// Stops the heartbeat and waits for it.
+    pub fn stop_heartbeat(&mut self) {
+        if let Some((stop, handle)) = self.heartbeat.take() {
+            drop(stop);
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.stop_heartbeat();
+    }
+}
+
+/// Waits for and takes the lock. Each attempt is one short transaction; no
+/// transaction is open while waiting. `cancelled` is checked between
+/// attempts.
+pub(crate) fn acquire(
+    driver: &mut dyn Driver,
+    scope: &str,
+    me: &Who<'_>,
+    options: &LockOptions,
+    report: &mut dyn FnMut(&LockEvent<'_>),
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Held, Error> {
+    let started = Instant::now();
+    let session = driver.session()?;
+    let mut listening = false;
+    let mut backoff = Duration::from_millis(50);
+    let mut conflicts = 0;
+    loop {
+        if cancelled() {
+            if listening {
+                driver.unlisten();
+            }
+            return Err(Error::Cancelled {
+                completed: Vec::new(),
+            });
+        }
+        let result = match attempt(driver, scope, me, options, &session) {
+            // A serialization failure or deadlock rolled the attempt back
+            // whole: try again at once.
+            Err(e) if e.is_retryable() && conflicts < 10 => {
+                conflicts += 1;
+                continue;
+            }
+            other => other?,
+        };
+        match result {
+            Attempt::Taken { token, took_over } => {
+                if listening {
+                    driver.unlisten();
+                }
+                report(&LockEvent::Acquired {
+                    token,
+                    took_over: took_over.as_ref().map(|(info, why)| (info, *why)),
+                });
+                let fence = Fence {
+                    scope: scope.to_string(),
+                    owner: me.owner.to_string(),
+                    token,
+                    ttl: options.ttl,
+                };
+                let shared = Arc::new(Shared::default());
+                let heartbeat = match start_heartbeat(driver, &fence, &shared) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        // Do not leave a lock behind that nobody renews.
+                        let _ = driver.release_lock(&fence, me);
+                        return Err(e);
+                    }
+                };
+                return Ok(Held {
+                    fence,
+                    shared,
+                    heartbeat: Some(heartbeat),
+                });
+            }
+            Attempt::Held(holder) => {
+                let waited = started.elapsed();
+                if options.no_wait || waited >= options.timeout {
+                    if listening {
+                        driver.unlisten();
+                    }
+                    return Err(Error::LockBusy(Box::new(LockBusy {
+                        holder,
+                        waited,
+                        no_wait: options.no_wait,
+                    })));
+                }
+                report(&LockEvent::Waiting {
+                    holder: &holder,
+                    waited,
+                });
+                // Listen where the engine can notify, so that a release wakes
+                // this waiter at once; poll with backoff and jitter anyway,
+                // for expiries and engines without notifications.
+                if !listening && driver.can_notify() {
+                    driver.listen(scope)?;
+                    listening = true;
+                }
+                let remaining = options.timeout.saturating_sub(started.elapsed());
+                let pause = jitter(backoff).min(remaining);
+                if listening {
+                    driver.wait_for_notification(pause)?;
+                } else {
+                    std::thread::sleep(pause);
+                }
+                backoff = (backoff * 2).min(driver.poll_interval());
+            }
+        }
+    }
+}
+
+enum Attempt {
+    Taken {
+        token: i64,
+        took_over: Option<(LockInfo, &'static str)>,
+    },
+    Held(LockInfo),
+}
+
+fn attempt(
+    driver: &mut dyn Driver,
+    scope: &str,
+    me: &Who<'_>,
+    options: &LockOptions,
+    session: &Session,
+) -> Result<Attempt, Error> {
+    let info = match driver.probe_lock(scope)? {
+        Probe::Busy(seen) => {
+            let mut info = seen.unwrap_or_else(|| LockInfo {
+                scope: scope.to_string(),
+                ..LockInfo::default()
+            });
+            info.migrating = true;
+            return Ok(Attempt::Held(info));
+        }
+        Probe::Row(info) => info,
+    };
+    let takeover = if info.is_held() {
+        match info.takeover_reason() {
+            Some(why) => Some(why),
+            None => {
+                driver.abandon();
+                return Ok(Attempt::Held(info));
+            }
+        }
+    } else {
+        None
+    };
+    let take = Take {
+        scope,
+        owner: me.owner,
+        host: me.host,
+        pid: me.pid,
+        command: me.command,
+        session,
+        ttl: options.ttl,
+        takeover: takeover.map(|why| (info.owner.as_deref(), why)),
+    };
+    let token = driver.take_lock(&take)?;
+    Ok(Attempt::Taken {
+        token,
+        took_over: takeover.map(|why| (info, why)),
+    })
+}
+
+/// ±25 % so that a fleet of waiters does not poll in step.
+fn jitter(d: Duration) -> Duration {
+    let r = crate::identity::random_u32() as f64 / u32::MAX as f64;
+    d.mul_f64(0.75 + r * 0.5)
+}
+
+/// Renews the lease every third of the TTL on a connection of its own, and
+/// flags the loss when the token is no longer current.
+fn start_heartbeat(
+    driver: &dyn Driver,
+    fence: &Fence,
+    shared: &Arc<Shared>,
+) -> Result<(mpsc::Sender<()>, JoinHandle<()>), Error> {
+    let mut conn = driver.sibling()?;
+    let (stop, stopped) = mpsc::channel::<()>();
+    let fence = fence.clone();
+    let shared = shared.clone();
+    let interval = fence.ttl / 3;
+    let handle = std::thread::Builder::new()
+        .name("lockstep-heartbeat".into())
+        .spawn(move || loop {
+            match stopped.recv_timeout(interval) {
+                Err(RecvTimeoutError::Timeout) => {}
+                // Stopped, or the run is over.
+                _ => return,
+            }
+            match conn.renew_lock(&fence) {
+                Ok(Renewal::Renewed) | Ok(Renewal::Busy) => {}
+                Ok(Renewal::Lost) => {
+                    shared.lost.store(true, Ordering::SeqCst);
+                    return;
+                }
+                Err(e) => {
+                    // A broken heartbeat connection is not a loss: the
+                    // fenced writes decide. Reconnect on the next beat.
+                    *shared.last_error.lock().unwrap_or_else(|p| p.into_inner()) =
+                        Some(e.to_string());
+                    if let Ok(fresh) = conn.sibling() {
+                        conn = fresh;
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::Config {
+            message: format!("cannot start the heartbeat thread: {e}"),
+            hint: None,
+        })?;
+    Ok((stop, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn held(expires_in_ms: i64, session_alive: Option<bool>, migrating: bool) -> LockInfo {
+        LockInfo {
+            scope: "s".into(),
+            token: 7,
+            owner: Some("ci-1".into()),
+            host: Some("h".into()),
+            pid: Some(42),
+            command: Some("upgrade".into()),
+            held_ms: Some(12_000),
+            heartbeat_age_ms: Some(2_000),
+            expires_in_ms: Some(expires_in_ms),
+            session_alive,
+            migrating,
+            ..LockInfo::default()
+        }
+    }
+
+    #[test]
+    fn states_and_takeover_reasons() {
+        let free = LockInfo::default();
+        assert_eq!(free.state(), LockState::Unlocked);
+        assert_eq!(free.takeover_reason(), None);
+        let table = [
+            // (expires in, session alive, migrating) -> (state, takeover)
+            ((5_000, Some(true), false), (LockState::Locked, None)),
+            ((5_000, None, false), (LockState::Locked, None)),
+            (
+                (5_000, Some(false), false),
+                (LockState::Stale, Some("the holder's session is gone")),
+            ),
+            (
+                (-1, None, false),
+                (LockState::Stale, Some("the lease expired")),
+            ),
+            (
+                (-1, Some(false), false),
+                (LockState::Stale, Some("the holder's session is gone")),
+            ),
+            (
+                (-1, Some(true), false),
+                (LockState::Locked, Some("the lease expired")),
+            ),
+            // A running migration holds the row: never taken over.
+            ((-1, Some(false), true), (LockState::Locked, None)),
+        ];
+        for ((exp, alive, migrating), (state, reason)) in table {
+            let info = held(exp, alive, migrating);
+            assert_eq!(
+                (info.state(), info.takeover_reason()),
+                (state, reason),
+                "{exp} {alive:?} {migrating}"
+            );
+        }
+    }
+
+    #[test]
+    fn describes_the_holder() {
+        assert_eq!(
+            held(5_000, Some(true), false).describe(),
+            "ci-1 (host h, pid 42, upgrade, held 12s, heartbeat 2s ago)"
+        );
+        assert_eq!(
+            held(-3_000, Some(false), false).describe(),
+            "ci-1 (host h, pid 42, upgrade, held 12s, heartbeat 2s ago, lease expired, session gone)"
+        );
+        assert_eq!(
+            held(5_000, None, true).describe(),
+            "ci-1 (host h, pid 42, upgrade, held 12s, migrating now)"
+        );
+        assert_eq!(seconds(185_000), "3m5s");
+    }
+
+    #[test]
+    fn jitter_stays_within_a_quarter() {
+        for _ in 0..100 {
+            let d = jitter(Duration::from_millis(1000));
+            assert!(
+                d >= Duration::from_millis(750) && d <= Duration::from_millis(1250),
+                "{d:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! `lock status`, `lock release`, `lock log`.
+
+use lockstep::{LockInfo, LockState};
+
+use super::{connect_read_only, options, render, Row};
+use crate::cli::{LockLogArgs, LockReleaseArgs, LockStatusArgs, StatusFormat};
+use crate::error::{CliError, Exit};
+use crate::json;
+use crate::printer::{Printer, Style};
+use crate::settings::Settings;
+
+pub fn status(
+    settings: &Settings,
+    printer: &mut Printer,
+    args: &LockStatusArgs,
+) -> Result<Exit, CliError> {
+    settings.database()?;
+    let info = connect_read_only(settings)?.lock_info()?;
+    let exit = if args.check && info.is_held() {
+        Exit::LockBusy
+    } else {
+        Exit::Success
+    };
+    if args.format == StatusFormat::Prometheus && !printer.is_json() {
+        printer.raw(&prometheus(&info));
+        return Ok(exit);
+    }
+    let state = info.state();
+    let label = state.as_str().to_uppercase();
+    let painted = match state {
+        LockState::Unlocked => printer.paint(&label, Style::Good, false),
+        LockState::Locked => printer.paint(&label, Style::Warn, false),
+        LockState::Stale => printer.paint(&label, Style::Bad, false),
+    };
+    if state == LockState::Unlocked {
+        printer.line(&format!(
+            "{painted} (scope {}, token {})",
+            info.scope, info.token
+        ));
+    } else {
+        printer.line(&painted);
+        for line in render(holder_rows(printer, &info)) {
+            printer.line(&format!("  {line}"));
+        }
+        if state == LockState::Stale {
+            printer.note(&format!(
+                "{} the holder looks dead: the next run takes the lock over; `lockstep lock release` frees it now",
+                printer.paint("hint:", Style::Hint, true)
+            ));
+        }
+    }
+    printer.document("lock status", exit, json::LockJson::from(&info));
+    Ok(exit)
+}
+
+fn holder_rows(printer: &Printer, info: &LockInfo) -> Vec<Row> {
+    let time = |t: &Option<String>| {
+        t.as_deref()
+            .map(|t| printer.timestamp(t))
+            .unwrap_or_default()
+    };
+    let age = |ms: Option<i64>| match ms {
+        Some(ms) if ms >= 0 => format!("{}s", ms / 1000),
+        Some(ms) => format!("in {}s", -ms / 1000),
+        None => String::new(),
+    };
+    let alive = if info.migrating {
+        "yes (a migration of its is running)"
+    } else if info.session_alive == Some(false) {
+        "no (its session is gone)"
+    } else if !info.is_expired() {
+        "yes (heartbeat within the lease)"
+    } else if info.session_alive == Some(true) {
+        "yes (its database session is open)"
+    } else {
+        "not seen (lease expired)"
+    };
+    let expires = match info.expires_in_ms {
+        Some(ms) if ms >= 0 => format!("{} (in {}s)", time(&info.expires_at), ms / 1000),
+        Some(ms) => format!("{} ({}s ago)", time(&info.expires_at), -ms / 1000),
+        None => String::new(),
+    };
+    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
+    vec![
+        Row::new().cell("owner").cell(opt(&info.owner)),
+        Row::new().cell("host").cell(opt(&info.host)),
+        Row::new()
+            .cell("pid")
+            .cell(info.pid.map(|p| p.to_string()).unwrap_or_default()),
+        Row::new().cell("command").cell(opt(&info.command)),
+        Row::new().cell("acquired at").cell(format!(
+            "{} (held {})",
+            time(&info.acquired_at),
+            age(info.held_ms)
+        )),
+        Row::new().cell("heartbeat").cell(format!(
+            "{} ({} ago)",
+            time(&info.heartbeat_at),
+            age(info.heartbeat_age_ms)
+        )),
+        Row::new().cell("expires at").cell(expires),
+        Row::new().cell("token").cell(info.token.to_string()),
+        Row::new().cell("holder alive").cell(alive),
+    ]
+}
+
+/// Metrics for a node-exporter textfile.
+fn prometheus(info: &LockInfo) -> String {
+    let scope = info.scope.replace('\\', "\\\\").replace('"', "\\\"");
+    let labels = format!("{{scope=\"{scope}\"}}");
+    let held_seconds = info.held_ms.filter(|_| info.is_held()).unwrap_or(0) as f64 / 1000.0;
+    let metrics = [
+        (
+            "lockstep_lock_held",
+            "Whether the migration lock is held (1) or free (0).",
+            u8::from(info.is_held()).to_string(),
+        ),
+        (
+            "lockstep_lock_held_seconds",
+            "How long the current holder has held the migration lock.",
+            format!("{held_seconds:.3}"),
+        ),
+        (
+            "lockstep_lock_token",
+            "The migration lock's current fencing token.",
+            info.token.to_string(),
+        ),
+        (
+            "lockstep_lock_stale",
+            "Whether the migration lock is held by a holder that looks dead (1) or not (0).",
+            u8::from(info.state() == LockState::Stale).to_string(),
+        ),
+    ];
+    let mut out = String::new();
+    for (name, help, value) in metrics {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{labels} {value}\n"
+        ));
+    }
+    out
+}
+
+pub fn release(
+    settings: &Settings,
+    printer: &mut Printer,
+    args: &LockReleaseArgs,
+) -> Result<Exit, CliError> {
+    settings.database()?;
+    let info = connect_read_only(settings)?.lock_info()?;
+    let unchanged = |printer: &mut Printer, info: &LockInfo| {
+        printer.document(
+            "lock release",
+            Exit::Success,
+            json::LockRelease {
+                released: false,
+                previous: json::LockJson::from(info),
+            },
+        );
+    };
+    if !info.is_held() {
+        printer.line("the migration lock is free; nothing to release");
+        unchanged(printer, &info);
+        return Ok(Exit::Success);
+    }
+    let alive = info.holder_alive();
+    if alive && !args.force {
+        return Err(CliError::new(
+            Exit::Refused,
+            "holder_alive",
+            format!("the migration lock is held by {}, which looks alive; nothing was released", info.describe()),
+        )
+        .with_hint(
+            "wait for it, or if you know it is not running, `lockstep lock release --force` (a holder that is in fact running then stops at its next migration with exit 5)",
+        ));
+    }
+    if !args.yes {
+        if !printer.can_ask() {
+            return Err(CliError::usage(
+                "`lock release` needs confirmation and there is no terminal to ask on",
+            )
+            .with_hint("pass --yes to release without asking"));
+        }
+        let question = format!(
+            "release the migration lock held by {}{}?",
+            info.describe(),
+            if alive { ", which looks alive" } else { "" }
+        );
+        if !printer.confirm(&question) {
+            printer.line("nothing was released");
+            unchanged(printer, &info);
+            return Ok(Exit::Success);
+        }
+    }
+    let wait = args.lock_timeout.unwrap_or(settings.lock_timeout);
+    if info.migrating {
+        printer.note(&format!(
+            "a migration of the holder is running; waiting up to {}s for it to commit",
+            wait.as_secs()
+        ));
+    }
+    let mut migrator = lockstep::Migrator::connect(settings.database()?, options(settings, None))?;
+    let released = migrator.force_release(&info, wait)?;
+    if !released {
+        return Err(CliError::new(
+            Exit::Failed,
+            "lock_changed",
+            "the migration lock changed while this command looked at it; nothing was released",
+        )
+        .with_hint("run `lockstep lock status` and decide again"));
+    }
+    printer.line(&format!(
+        "released the migration lock held by {} (token {} is no longer valid)",
+        info.owner.as_deref().unwrap_or("nobody"),
+        info.token
+    ));
+    if alive {
+        printer.warn(
+            "if that holder is still running, it stops at its next migration with exit code 5",
+        );
+    }
+    printer.document(
+        "lock release",
+        Exit::Success,
+        json::LockRelease {
+            released: true,
+            previous: json::LockJson::from(&info),
+        },
+    );
+    Ok(Exit::Success)
+}
+
+pub fn log(
+    settings: &Settings,
+    printer: &mut Printer,
+    args: &LockLogArgs,
+) -> Result<Exit, CliError> {
+    settings.database()?;
+    let limit = usize::try_from(args.limit).unwrap_or(usize::MAX);
+    let events = connect_read_only(settings)?.lock_log(limit)?;
+    if events.is_empty() {
+        printer.line("no lock events");
+    } else {
+        let mut rows = vec![Row::new()
+            .cell("AT")
+            .cell("EVENT")
+            .cell("TOKEN")
+            .cell("OWNER")
+            .cell("HOST")
+            .cell("PID")
+            .cell("COMMAND")
+            .cell("DETAIL")];
+        for e in &events {
+            let mut detail = e.detail.clone().unwrap_or_default();
+            if let Some(previous) = &e.previous_owner {
+                let from = format!("from {previous}");
+                detail = if detail.is_empty() {
+                    from
+                } else {
+                    format!("{from}: {detail}")
+                };
+            }
+            rows.push(
+                Row::new()
+                    .cell(printer.timestamp(&e.at))
+                    .cell(&e.event)
+                    .cell(e.token.to_string())
+                    .cell(e.owner.clone().unwrap_or_default())
+                    .cell(e.host.clone().unwrap_or_default())
+                    .cell(e.pid.map(|p| p.to_string()).unwrap_or_default())
+                    .cell(e.command.clone().unwrap_or_default())
+                    .cell(detail),
+            );
+        }
+        for line in render(rows) {
+            printer.line(&line);
+        }
+    }
+    printer.document(
+        "lock log",
+        Exit::Success,
+        json::LockLog {
+            scope: settings.history_table.to_string(),
+            events: events.iter().map(json::LogJson::from).collect(),
+        },
+    );
+    Ok(Exit::Success)
+}

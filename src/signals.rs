@@ -1,0 +1,72 @@
+//! SIGINT and SIGTERM for commands that hold the lock: the first signal
+//! asks the run to stop (finish or cancel the current migration, release
+//! the lock, exit 130 or 143); a second one exits at once, and the lock is
+//! then recovered as after a crash.
+
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use lockstep::CancelHandle;
+
+/// The first signal received, 0 before any.
+static RECEIVED: AtomicI32 = AtomicI32::new(0);
+
+/// The write end of the pipe that wakes the watcher thread.
+static WAKE: AtomicI32 = AtomicI32::new(-1);
+
+extern "C" fn on_signal(signal: libc::c_int) {
+    if RECEIVED
+        .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
+        .is_err()
+    {
+        // SAFETY: _exit is async-signal-safe.
+        unsafe { libc::_exit(128 + signal) };
+    }
+    let fd = WAKE.load(Ordering::SeqCst);
+    if fd >= 0 {
+        let byte = 1u8;
+        // SAFETY: write is async-signal-safe; the buffer is one valid byte.
+        unsafe { libc::write(fd, (&byte as *const u8).cast(), 1) };
+    }
+}
+
+/// Installs the handlers; the first signal cancels the run through `cancel`.
+pub fn install(cancel: CancelHandle) {
+    let mut fds = [0; 2];
+    // SAFETY: fds has room for the two descriptors.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return;
+    }
+    WAKE.store(fds[1], Ordering::SeqCst);
+    let read_end = fds[0];
+    let spawned = std::thread::Builder::new()
+        .name("lockstep-signals".into())
+        .spawn(move || {
+            let mut byte = 0u8;
+            // SAFETY: reads one byte into a valid buffer.
+            let n = unsafe { libc::read(read_end, (&mut byte as *mut u8).cast(), 1) };
+            if n == 1 {
+                cancel.cancel();
+            }
+        });
+    if spawned.is_err() {
+        return;
+    }
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: a zeroed sigaction with a valid handler and an empty mask.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_signal as *const () as usize;
+            action.sa_flags = libc::SA_RESTART;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+/// The signal that cancelled the run, if one did.
+pub fn received() -> Option<i32> {
+    match RECEIVED.load(Ordering::SeqCst) {
+        0 => None,
+        signal => Some(signal),
+    }
+}
