@@ -30,6 +30,12 @@ fn help_for_every_command() {
         &["fix", "checksums"],
         &["fix", "missing"],
         &["fix", "dirty"],
+        &["lock"],
+        &["lock", "status"],
+        &["lock", "release"],
+        &["lock", "log"],
+        &["lock-status"],
+        &["unlock"],
     ];
     for command in commands {
         let mut args = command.to_vec();

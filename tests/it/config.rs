@@ -137,8 +137,9 @@ fn unknown_config_key_is_named_with_its_line() {
         run.stderr
     );
     assert!(
-        run.stderr
-            .contains("hint: lockstep.toml takes database_url, migrations and history_table"),
+        run.stderr.contains(
+            "hint: lockstep.toml takes database_url, migrations, history_table, and a [lock] table"
+        ),
         "{}",
         run.stderr
     );

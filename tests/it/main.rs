@@ -11,6 +11,7 @@ mod config;
 mod files;
 mod fix;
 mod inspect;
+mod lock;
 mod postgres;
 mod rollback;
 mod upgrade;

@@ -30,7 +30,8 @@ both!(applies_pending_in_order_and_records_history, |p| {
     );
     assert!(!row[1].is_empty());
     assert_eq!(row[2], env!("CARGO_PKG_VERSION"));
-    assert_eq!(row[3], "NULL");
+    // Applied under the lock: the first acquisition's token.
+    assert_eq!(row[3], "1");
     // A second run has nothing to do.
     let again = p.run(&["upgrade"]);
     again.ok();

@@ -335,3 +335,80 @@ impl Run {
         })
     }
 }
+
+/// A running `lockstep` process.
+pub struct Child {
+    child: std::process::Child,
+}
+
+impl Child {
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Waits for the process and returns what it printed.
+    pub fn finish(self) -> Run {
+        Run::from(self.child.wait_with_output().unwrap())
+    }
+}
+
+impl Project {
+    /// Starts the binary without waiting for it.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        let child = self
+            .command(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Child { child }
+    }
+
+    /// SQL that keeps the database busy for about `secs` seconds.
+    pub fn busy_sql(&self, secs: f64) -> String {
+        match self.backend() {
+            Backend::Postgres => format!("SELECT pg_sleep({secs});"),
+            Backend::Sqlite => format!(
+                "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {}) SELECT x FROM c);",
+                (secs * sqlite_rows_per_second()) as u64
+            ),
+        }
+    }
+}
+
+/// How many rows of a recursive CTE SQLite counts per second here: SQLite
+/// has no sleep, so busy work stands in for one.
+fn sqlite_rows_per_second() -> f64 {
+    static RATE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *RATE.get_or_init(|| {
+        let conn = rusqlite::Connection::open_in_memory().unwrap();
+        let n = 300_000u64;
+        let started = std::time::Instant::now();
+        let _: i64 = conn
+            .query_row(
+                &format!("SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {n}) SELECT x FROM c)"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        n as f64 / started.elapsed().as_secs_f64()
+    })
+}
+
+/// Polls `check` until it holds, failing the test after `timeout`.
+#[track_caller]
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut check: impl FnMut() -> bool) {
+    let started = std::time::Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < timeout,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,747 @@
+//! The lock's promises, with real processes against real servers, checked
+//! with plain SQL.
+
+use std::time::{Duration, Instant};
+
+use crate::util::{wait_until, Backend, Project};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Migrations that each insert their name into `side`, so that plain SQL
+/// can count how often each ran.
+fn side_effects(p: &Project, n: usize, body: impl Fn(usize) -> String) {
+    p.migration(
+        "0000_side.sql",
+        "-- upgrade\nCREATE TABLE side (name text NOT NULL);\n",
+    );
+    for i in 1..=n {
+        p.migration(
+            &format!("{i:04}_m{i}.sql"),
+            &format!(
+                "-- upgrade\n{}\nINSERT INTO side VALUES ('m{i}');\n",
+                body(i)
+            ),
+        );
+    }
+}
+
+/// Every side effect happened exactly once.
+#[track_caller]
+fn each_once(p: &Project, n: usize) {
+    let rows =
+        p.db.query("SELECT name, count(*) FROM side GROUP BY name ORDER BY name");
+    assert_eq!(rows.len(), n, "{rows:?}");
+    for row in &rows {
+        assert_eq!(row[1], "1", "{} ran {} times", row[0], row[1]);
+    }
+}
+
+fn holder_of(p: &Project) -> Option<String> {
+    if !p.db.table_exists("lockstep_lock") {
+        return None;
+    }
+    p.db.query("SELECT owner FROM lockstep_lock WHERE owner IS NOT NULL")
+        .first()
+        .map(|r| r[0].clone())
+}
+
+fn applied(p: &Project) -> usize {
+    if p.db.table_exists("lockstep_history") {
+        p.db.history().len()
+    } else {
+        0
+    }
+}
+
+fn events(p: &Project) -> Vec<String> {
+    p.db.query("SELECT event FROM lockstep_lock_log ORDER BY id")
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect()
+}
+
+fn short_ttl(p: &Project, ttl: &str) {
+    p.file("lockstep.toml", &format!("[lock]\nttl = \"{ttl}\"\n"));
+}
+
+both!(racing_processes_apply_each_migration_once, |p| {
+    side_effects(&p, 30, |_| String::new());
+    let started = Instant::now();
+    let children: Vec<_> = (0..20).map(|_| p.spawn(&["upgrade"])).collect();
+    let runs: Vec<_> = children.into_iter().map(|c| c.finish()).collect();
+    println!(
+        "{} processes, 31 migrations: {:?}",
+        runs.len(),
+        started.elapsed()
+    );
+    for run in &runs {
+        run.ok();
+    }
+    each_once(&p, 30);
+    assert_eq!(p.db.history().len(), 31);
+    // Tokens only grow, in the log and in history.
+    let tokens: Vec<i64> = p
+        .db
+        .query("SELECT token FROM lockstep_lock_log WHERE event IN ('acquired', 'taken_over') ORDER BY id")
+        .iter()
+        .map(|r| r[0].parse().unwrap())
+        .collect();
+    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+    assert_eq!(
+        p.db.value("SELECT count(*) FROM lockstep_history WHERE lock_token IS NULL"),
+        "0"
+    );
+    assert_eq!(
+        p.run(&["lock", "status", "--json"]).json()["state"],
+        "unlocked"
+    );
+});
+
+both!(
+    sigkill_in_a_migration_is_recovered_without_a_manual_step,
+    |p| {
+        p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+        p.migration(
+            "2_long.sql",
+            &format!(
+                "-- upgrade\nCREATE TABLE long (id integer);\n{}\n",
+                p.busy_sql(60.0)
+            ),
+        );
+        p.migration("3_c.sql", "-- upgrade\nCREATE TABLE c (id integer);\n");
+        let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+        wait_until("the holder applied 1 and holds the lock", LONG, || {
+            applied(&p) == 1 && holder_of(&p).as_deref() == Some("holder")
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        holder.signal(libc::SIGKILL);
+        let killed = Instant::now();
+        let run = holder.finish();
+        assert_eq!(run.code, -1, "killed by a signal");
+        // The pending file may change: it was never applied.
+        p.migration(
+            "2_long.sql",
+            "-- upgrade\nCREATE TABLE long (id integer);\n",
+        );
+        let next = p.run(&["upgrade"]);
+        next.ok();
+        println!(
+            "{:?}: recovered and finished {:?} after SIGKILL",
+            p.backend(),
+            killed.elapsed()
+        );
+        assert!(
+            next.stderr
+                .contains("took over the migration lock from holder"),
+            "{}",
+            next.stderr
+        );
+        assert_eq!(
+            p.db.history(),
+            ["1 a applied", "2 long applied", "3 c applied"]
+        );
+        assert!(!p.db.table_exists("long") || p.db.value("SELECT count(*) FROM long") == "0");
+        let takeover = p.db.query(
+            "SELECT previous_owner, detail FROM lockstep_lock_log WHERE event = 'taken_over'",
+        );
+        assert_eq!(takeover.len(), 1, "{takeover:?}");
+        assert_eq!(takeover[0][0], "holder");
+        assert_eq!(
+            p.run(&["lock", "status", "--json"]).json()["state"],
+            "unlocked"
+        );
+    }
+);
+
+both!(
+    forced_release_stops_the_holder_before_its_next_migration,
+    |p| {
+        let busy = p.busy_sql(1.0);
+        side_effects(&p, 5, |_| busy.clone());
+        let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+        wait_until("the holder applied two migrations", LONG, || {
+            applied(&p) >= 2
+        });
+        let release = p.run(&["lock", "release", "--force", "--yes"]);
+        release.ok();
+        assert!(
+            release
+                .stdout
+                .contains("released the migration lock held by holder"),
+            "{}",
+            release.stdout
+        );
+        let run = holder.finish();
+        run.code(5);
+        assert!(
+            run.stderr.contains("lost the migration lock"),
+            "{}",
+            run.stderr
+        );
+        // Nothing was recorded after the release.
+        let after = match p.backend() {
+        Backend::Postgres => p.db.value(
+            "SELECT count(*) FROM lockstep_history WHERE applied_at > (SELECT at FROM lockstep_lock_log WHERE event = 'force_released')",
+        ),
+        Backend::Sqlite => p.db.value(
+            "SELECT count(*) FROM lockstep_history WHERE (julianday(applied_at) - 2440587.5) * 86400000.0 > (SELECT at FROM lockstep_lock_log WHERE event = 'force_released')",
+        ),
+    };
+        assert_eq!(after, "0");
+        let recorded = applied(&p);
+        assert!(recorded < 6, "the holder went on after the release");
+        assert_eq!(
+            p.db.value("SELECT count(*) FROM side"),
+            (recorded - 1).to_string()
+        );
+        assert!(events(&p).contains(&"lost".to_string()), "{:?}", events(&p));
+        p.run(&["upgrade"]).ok();
+        each_once(&p, 5);
+    }
+);
+
+both!(a_migration_longer_than_the_ttl_keeps_the_lock, |p| {
+    short_ttl(&p, "1s");
+    let busy = p.busy_sql(3.0);
+    side_effects(&p, 2, |i| if i == 1 { busy.clone() } else { String::new() });
+    let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+    wait_until("the holder holds the lock", LONG, || {
+        holder_of(&p).as_deref() == Some("holder")
+    });
+    let waiter = p.spawn(&["upgrade", "--owner", "waiter"]);
+    let (holder, waiter) = (holder.finish(), waiter.finish());
+    holder.ok();
+    waiter.ok();
+    assert!(
+        waiter.stderr.contains("waiting for lock held by holder"),
+        "{}",
+        waiter.stderr
+    );
+    each_once(&p, 2);
+    assert!(
+        !events(&p).contains(&"taken_over".to_string()),
+        "{:?}",
+        events(&p)
+    );
+    let by: Vec<String> =
+        p.db.query("SELECT DISTINCT applied_by FROM lockstep_history")
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect();
+    assert_eq!(by, ["holder"]);
+});
+
+both!(no_wait_and_lock_timeout_exit_3_naming_the_holder, |p| {
+    p.migration("1_long.sql", &format!("-- upgrade\n{}\n", p.busy_sql(60.0)));
+    let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+    wait_until("the holder holds the lock", LONG, || {
+        holder_of(&p).as_deref() == Some("holder")
+    });
+    let pid = holder.pid();
+    let run = p.run(&["upgrade", "--no-wait"]);
+    run.code(3);
+    assert!(
+        run.stderr.contains("held by holder (host "),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stderr.contains(&format!("pid {pid}")), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("hint: run `lockstep lock status`"),
+        "{}",
+        run.stderr
+    );
+    let started = Instant::now();
+    let run = p.run(&["upgrade", "--lock-timeout", "2s", "--json"]);
+    let waited = started.elapsed();
+    run.code(3);
+    assert!(waited >= Duration::from_secs(2), "{waited:?}");
+    let doc = run.json();
+    assert_eq!(doc["error"]["code"], "lock_timeout");
+    assert_eq!(doc["error"]["holder"]["pid"], pid);
+    assert_eq!(doc["error"]["holder"]["owner"], "holder");
+    holder.signal(libc::SIGKILL);
+    holder.finish();
+});
+
+both!(
+    lock_status_and_log_show_the_holder_and_growing_tokens,
+    |p| {
+        p.migration("1_long.sql", &format!("-- upgrade\n{}\n", p.busy_sql(2.0)));
+        assert_eq!(
+            p.run(&["lock", "status", "--json"]).json()["state"],
+            "unlocked"
+        );
+        let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+        wait_until("the holder holds the lock", LONG, || {
+            holder_of(&p).as_deref() == Some("holder")
+        });
+        let status = p.run(&["lock", "status", "--json"]);
+        status.ok();
+        let doc = status.json();
+        assert_eq!(doc["state"], "locked");
+        assert_eq!(doc["pid"], holder.pid());
+        assert_eq!(doc["owner"], "holder");
+        assert_eq!(doc["command"], "upgrade");
+        assert_eq!(doc["holder_alive"], true);
+        for key in [
+            "scope",
+            "token",
+            "host",
+            "acquired_at",
+            "heartbeat_at",
+            "expires_at",
+        ] {
+            assert!(!doc[key].is_null(), "{key} is null: {doc}");
+        }
+        p.run(&["lock", "status", "--check"]).code(3);
+        p.run(&["lock-status", "--check"]).code(3);
+        p.run(&["lock:status", "--check"]).code(3);
+        let metrics = p.run(&["lock", "status", "--format", "prometheus"]);
+        assert!(
+            metrics
+                .stdout
+                .contains("lockstep_lock_held{scope=\"lockstep_history\"} 1"),
+            "{}",
+            metrics.stdout
+        );
+        let human = p.run(&["lock", "status"]);
+        assert!(
+            human.stdout.starts_with("LOCKED\n  owner         holder\n"),
+            "{}",
+            human.stdout
+        );
+        holder.finish().ok();
+        p.migration("2_more.sql", "-- upgrade\nSELECT 1;\n");
+        p.run(&["upgrade", "--owner", "second"]).ok();
+        p.run(&["lock", "status", "--check"]).ok();
+        assert_eq!(
+            p.run(&["lock", "status", "--json"]).json()["state"],
+            "unlocked"
+        );
+        let log = p.run(&["lock", "log", "--json"]).json();
+        let events: Vec<(String, i64, String)> = log["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                (
+                    e["event"].as_str().unwrap().to_string(),
+                    e["token"].as_i64().unwrap(),
+                    e["owner"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            events,
+            [
+                ("released".into(), 2, "second".into()),
+                ("acquired".into(), 2, "second".into()),
+                ("released".into(), 1, "holder".into()),
+                ("acquired".into(), 1, "holder".into()),
+            ]
+        );
+        let human = p.run(&["lock", "log", "--limit", "1"]);
+        assert_eq!(human.stdout.lines().count(), 2, "{}", human.stdout);
+        assert!(human.stdout.contains("released  2"), "{}", human.stdout);
+    }
+);
+
+both!(sigterm_cancels_the_migration_releases_and_exits_143, |p| {
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+    p.migration(
+        "2_long.sql",
+        &format!(
+            "-- upgrade\nCREATE TABLE long (id integer);\n{}\n",
+            p.busy_sql(60.0)
+        ),
+    );
+    for (signal, code) in [(libc::SIGTERM, 143), (libc::SIGINT, 130)] {
+        let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+        wait_until("the holder applied 1 and holds the lock", LONG, || {
+            applied(&p) == 1 && holder_of(&p).as_deref() == Some("holder")
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let sent = Instant::now();
+        holder.signal(signal);
+        let run = holder.finish();
+        run.code(code);
+        assert!(
+            sent.elapsed() < Duration::from_secs(30),
+            "took {:?}",
+            sent.elapsed()
+        );
+        assert!(run.stderr.contains("cancelled"), "{}", run.stderr);
+        // The migration was rolled back whole, and the lock released.
+        assert_eq!(p.db.history(), ["1 a applied"]);
+        assert!(!p.db.table_exists("long"));
+        assert_eq!(holder_of(&p), None);
+        assert_eq!(events(&p).last().map(String::as_str), Some("released"));
+    }
+});
+
+both!(
+    a_second_signal_exits_at_once_and_the_lock_is_recovered,
+    |p| {
+        // Interrupting a no-transaction statement is not allowed (it would
+        // leave the migration dirty), so the first signal alone would wait.
+        p.migration(
+            "1_long.sql",
+            &format!(
+                "-- upgrade\n-- lockstep:no-transaction\n{}\n",
+                p.busy_sql(60.0)
+            ),
+        );
+        let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+        wait_until("the holder started the migration", LONG, || {
+            applied(&p) == 1
+        });
+        holder.signal(libc::SIGINT);
+        std::thread::sleep(Duration::from_millis(300));
+        holder.signal(libc::SIGINT);
+        let run = holder.finish();
+        run.code(130);
+        assert_eq!(holder_of(&p).as_deref(), Some("holder"));
+        // The next upgrade refuses on its first read: the migration is dirty,
+        // and is never re-run silently.
+        let next = p.run(&["upgrade"]);
+        next.code(4);
+        assert!(
+            next.stderr.contains("migration 1 long is dirty"),
+            "{}",
+            next.stderr
+        );
+        // Resolving it takes the lock over at once: the holder's session is gone.
+        let fix = p.run(&["fix", "dirty", "1", "--forget"]);
+        fix.ok();
+        assert!(
+            fix.stderr
+                .contains("took over the migration lock from holder: the holder's session is gone"),
+            "{}",
+            fix.stderr
+        );
+    }
+);
+
+both!(
+    lock_release_refuses_live_holders_and_needs_confirmation,
+    |p| {
+        let free = p.run(&["lock", "release"]);
+        free.ok();
+        assert_eq!(
+            free.stdout,
+            "the migration lock is free; nothing to release\n"
+        );
+        p.migration("1_long.sql", &format!("-- upgrade\n{}\n", p.busy_sql(60.0)));
+        let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+        wait_until("the holder holds the lock", LONG, || {
+            holder_of(&p).as_deref() == Some("holder")
+        });
+        let refused = p.run(&["lock", "release", "--yes"]);
+        refused.code(4);
+        assert!(
+            refused
+                .stderr
+                .contains("which looks alive; nothing was released"),
+            "{}",
+            refused.stderr
+        );
+        assert!(refused.stderr.contains("--force"), "{}", refused.stderr);
+        let unasked = p.run(&["unlock", "--force"]);
+        unasked.code(2);
+        assert!(
+            unasked.stderr.contains("hint: pass --yes"),
+            "{}",
+            unasked.stderr
+        );
+        assert_eq!(holder_of(&p).as_deref(), Some("holder"));
+        // Dead holders need no --force.
+        holder.signal(libc::SIGKILL);
+        holder.finish();
+        wait_until("the dead holder's lock reads as stale", LONG, || {
+            p.run(&["lock", "status", "--json"]).json()["state"] == "stale"
+        });
+        let released = p.run(&["lock-release", "--yes", "--json"]);
+        released.ok();
+        let doc = released.json();
+        assert_eq!(doc["released"], true);
+        assert_eq!(doc["previous"]["owner"], "holder");
+        assert_eq!(holder_of(&p), None);
+        assert_eq!(
+            events(&p).last().map(String::as_str),
+            Some("force_released")
+        );
+    }
+);
+
+both!(owner_names_the_lock_and_history, |p| {
+    p.migration("1_a.sql", "-- upgrade\nSELECT 1;\n");
+    let mut cmd = p.command(&["upgrade"]);
+    cmd.env("LOCKSTEP_OWNER", "ci-job-7");
+    crate::util::Run::from(cmd.output().unwrap()).ok();
+    assert_eq!(
+        p.db.value("SELECT applied_by FROM lockstep_history"),
+        "ci-job-7"
+    );
+    assert_eq!(
+        p.db.value("SELECT owner FROM lockstep_lock_log WHERE event = 'acquired'"),
+        "ci-job-7"
+    );
+    p.run(&["upgrade", "--owner", "bad\nname"]).code(2);
+});
+
+both!(no_lock_says_what_it_gives_up, |p| {
+    p.migration("1_a.sql", "-- upgrade\nSELECT 1;\n");
+    let run = p.run(&["upgrade", "--no-lock"]);
+    run.ok();
+    assert!(
+        run.stderr
+            .contains("warning: --no-lock: running WITHOUT the migration lock"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        p.db.value("SELECT lock_token IS NULL FROM lockstep_history"),
+        match p.backend() {
+            Backend::Postgres => "t",
+            Backend::Sqlite => "1",
+        }
+    );
+    assert!(events(&p).is_empty());
+});
+
+both!(fix_takes_the_lock_too, |p| {
+    p.migration("1_a.sql", "-- upgrade\nSELECT 1;\n");
+    p.migration("2_long.sql", &format!("-- upgrade\n{}\n", p.busy_sql(60.0)));
+    p.run(&["upgrade", "--to", "1"]).ok();
+    let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+    wait_until("the holder holds the lock", LONG, || {
+        holder_of(&p).as_deref() == Some("holder")
+    });
+    p.migration("1_a.sql", "-- upgrade\nSELECT 1; -- edited\n");
+    let fix = p.run(&["fix", "--no-wait", "checksums"]);
+    fix.code(3);
+    holder.signal(libc::SIGKILL);
+    holder.finish();
+    p.run(&["fix", "checksums"]).ok();
+    assert!(events(&p).iter().any(|e| e == "taken_over"));
+});
+
+#[test]
+fn frozen_holder_is_taken_over_and_writes_nothing_after_postgres() {
+    let Some(p) = Project::new(Backend::Postgres) else {
+        return;
+    };
+    short_ttl(&p, "2s");
+    side_effects(&p, 4, |i| {
+        if i == 1 {
+            "SELECT pg_sleep(1);".into()
+        } else {
+            String::new()
+        }
+    });
+    let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+    wait_until("the holder holds the lock", LONG, || {
+        holder_of(&p).as_deref() == Some("holder")
+    });
+    holder.signal(libc::SIGSTOP);
+    let second = p.run(&["upgrade", "--owner", "second"]);
+    second.ok();
+    assert!(
+        second
+            .stderr
+            .contains("took over the migration lock from holder: the lease expired"),
+        "{}",
+        second.stderr
+    );
+    holder.signal(libc::SIGCONT);
+    let run = holder.finish();
+    run.code(5);
+    assert!(
+        run.stderr.contains("lost the migration lock"),
+        "{}",
+        run.stderr
+    );
+    each_once(&p, 4);
+    // The holder's rows all came before the takeover.
+    let late = p.db.value(
+        "SELECT count(*) FROM lockstep_history h WHERE h.applied_by = 'holder' \
+         AND h.applied_at > (SELECT at FROM lockstep_lock_log WHERE event = 'taken_over')",
+    );
+    assert_eq!(late, "0");
+    let log = events(&p);
+    assert!(
+        log.contains(&"taken_over".to_string()) && log.contains(&"lost".to_string()),
+        "{log:?}"
+    );
+}
+
+/// SQLite's write lock is the whole file: a holder frozen inside a
+/// migration's transaction blocks everyone until it resumes or dies.
+/// Between migrations it holds nothing, and is taken over when its lease
+/// expires. To freeze it there, the test parks it the way a pending forced
+/// release does (a read lock on `<db>-lockstep-release`), freezes it, then
+/// lets go.
+#[test]
+fn frozen_holder_is_taken_over_and_writes_nothing_after_sqlite() {
+    use std::os::fd::AsRawFd;
+    let p = Project::new(Backend::Sqlite).unwrap();
+    short_ttl(&p, "2s");
+    side_effects(&p, 4, |_| String::new());
+    let crate::util::TestDb::Sqlite { path } = &p.db else {
+        unreachable!()
+    };
+    let side = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(format!("{}-lockstep-release", path.display()))
+        .unwrap();
+    // SAFETY: a zeroed flock is valid; fcntl on an open descriptor.
+    unsafe {
+        let mut lock: libc::flock = std::mem::zeroed();
+        lock.l_type = libc::F_RDLCK as libc::c_short;
+        lock.l_len = 1;
+        assert_eq!(libc::fcntl(side.as_raw_fd(), libc::F_SETLK, &lock), 0);
+    }
+    let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+    wait_until(
+        "the holder holds the lock, parked before a migration",
+        LONG,
+        || holder_of(&p).as_deref() == Some("holder"),
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    holder.signal(libc::SIGSTOP);
+    drop(side);
+    let before = applied(&p);
+    let second = p.run(&["upgrade", "--owner", "second"]);
+    second.ok();
+    assert!(
+        second
+            .stderr
+            .contains("took over the migration lock from holder: the lease expired"),
+        "{}",
+        second.stderr
+    );
+    holder.signal(libc::SIGCONT);
+    let run = holder.finish();
+    run.code(5);
+    assert!(
+        run.stderr.contains("lost the migration lock"),
+        "{}",
+        run.stderr
+    );
+    each_once(&p, 4);
+    let by_holder: usize =
+        p.db.value("SELECT count(*) FROM lockstep_history WHERE applied_by = 'holder'")
+            .parse()
+            .unwrap();
+    assert_eq!(
+        by_holder, before,
+        "the holder recorded something after it was frozen"
+    );
+    let log = events(&p);
+    assert!(
+        log.contains(&"taken_over".to_string()) && log.contains(&"lost".to_string()),
+        "{log:?}"
+    );
+}
+
+fn pgbouncer_url(p: &Project) -> String {
+    let port = std::env::var("LOCKSTEP_TEST_PGBOUNCER_PORT")
+        .expect("scripts/test-servers starts PgBouncer and sets LOCKSTEP_TEST_PGBOUNCER_PORT");
+    let crate::util::TestDb::Postgres { name, .. } = &p.db else {
+        unreachable!()
+    };
+    format!("postgres://postgres@127.0.0.1:{port}/{name}?sslmode=disable")
+}
+
+#[test]
+fn race_through_pgbouncer_in_transaction_pooling() {
+    let Some(p) = Project::new(Backend::Postgres) else {
+        return;
+    };
+    let url = pgbouncer_url(&p);
+    side_effects(&p, 30, |_| String::new());
+    let children: Vec<_> = (0..20)
+        .map(|_| {
+            let mut cmd = p.command(&["upgrade"]);
+            cmd.env("LOCKSTEP_DATABASE_URL", &url)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            cmd.spawn().unwrap()
+        })
+        .collect();
+    for child in children {
+        crate::util::Run::from(child.wait_with_output().unwrap()).ok();
+    }
+    each_once(&p, 30);
+}
+
+/// Behind a pooler a session proves nothing about its client, so a dead
+/// holder is recovered when its lease expires.
+#[test]
+fn sigkill_through_pgbouncer_is_recovered_by_lease_expiry() {
+    let Some(p) = Project::new(Backend::Postgres) else {
+        return;
+    };
+    let url = pgbouncer_url(&p);
+    short_ttl(&p, "2s");
+    p.migration(
+        "1_long.sql",
+        "-- upgrade\nCREATE TABLE long (id integer);\nSELECT pg_sleep(60);\n",
+    );
+    let mut cmd = p.command(&["upgrade", "--owner", "holder"]);
+    cmd.env("LOCKSTEP_DATABASE_URL", &url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut holder = cmd.spawn().unwrap();
+    wait_until("the holder holds the lock", LONG, || {
+        holder_of(&p).as_deref() == Some("holder")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(holder.id() as i32, libc::SIGKILL) };
+    let killed = Instant::now();
+    holder.wait().unwrap();
+    p.migration(
+        "1_long.sql",
+        "-- upgrade\nCREATE TABLE long (id integer);\n",
+    );
+    let mut cmd = p.command(&["upgrade"]);
+    cmd.env("LOCKSTEP_DATABASE_URL", &url);
+    let next = crate::util::Run::from(cmd.output().unwrap());
+    next.ok();
+    println!(
+        "through PgBouncer: recovered {:?} after SIGKILL",
+        killed.elapsed()
+    );
+    assert!(
+        next.stderr
+            .contains("took over the migration lock from holder: the lease expired"),
+        "{}",
+        next.stderr
+    );
+    assert_eq!(p.db.history(), ["1 long applied"]);
+}
+
+#[test]
+fn race_under_serializable_isolation() {
+    let Some(p) = Project::new(Backend::Postgres) else {
+        return;
+    };
+    p.db.exec(
+        "DO $$ BEGIN EXECUTE format('ALTER DATABASE %I SET default_transaction_isolation = serializable', current_database()); END $$",
+    );
+    assert_eq!(
+        p.db.value("SHOW default_transaction_isolation"),
+        "serializable"
+    );
+    side_effects(&p, 30, |_| String::new());
+    let children: Vec<_> = (0..20).map(|_| p.spawn(&["upgrade"])).collect();
+    for child in children {
+        child.finish().ok();
+    }
+    each_once(&p, 30);
+}
