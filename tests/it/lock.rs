@@ -745,3 +745,59 @@ fn race_under_serializable_isolation() {
     }
     each_once(&p, 30);
 }
+
+/// On a terminal `lock release` shows the holder and asks; only a yes
+/// releases. `script` gives the command a terminal.
+#[test]
+fn lock_release_asks_on_a_terminal() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    p.migration("1_long.sql", &format!("-- upgrade\n{}\n", p.busy_sql(60.0)));
+    let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+    wait_until("the holder holds the lock", LONG, || {
+        holder_of(&p).as_deref() == Some("holder")
+    });
+    holder.signal(libc::SIGKILL);
+    holder.finish();
+    let ask = |answer: &str| {
+        let command = format!("{} lock release", env!("CARGO_BIN_EXE_lockstep"));
+        let mut cmd = std::process::Command::new("script");
+        cmd.args(["-qec", &command, "/dev/null"])
+            .current_dir(p.dir.path())
+            .env("LOCKSTEP_DATABASE_URL", p.db.url())
+            .env("LOCKSTEP_STABLE_OUTPUT", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd
+            .spawn()
+            .expect("`script` (util-linux) gives the command a terminal");
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        crate::util::Run::from(child.wait_with_output().unwrap())
+    };
+    let no = ask("n\n");
+    no.ok();
+    assert!(
+        no.stdout
+            .contains("release the migration lock held by holder (host "),
+        "{}",
+        no.stdout
+    );
+    assert!(no.stdout.contains("[y/N]"), "{}", no.stdout);
+    assert!(no.stdout.contains("nothing was released"), "{}", no.stdout);
+    assert_eq!(holder_of(&p).as_deref(), Some("holder"));
+    let yes = ask("y\n");
+    yes.ok();
+    assert!(
+        yes.stdout
+            .contains("released the migration lock held by holder"),
+        "{}",
+        yes.stdout
+    );
+    assert_eq!(holder_of(&p), None);
+}
