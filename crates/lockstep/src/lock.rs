@@ -347,6 +347,8 @@ pub struct LockLost {
 /// The lock held by this run: its fence and its heartbeat.
 pub(crate) struct Held {
     pub fence: Fence,
+    /// The command it was taken for, for the audit log.
+    pub command: String,
     pub shared: Arc<Shared>,
     heartbeat: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
 }
@@ -444,6 +446,7 @@ pub(crate) fn acquire(
                 };
                 return Ok(Held {
                     fence,
+                    command: me.command.to_string(),
                     shared,
                     heartbeat: Some(heartbeat),
                 });

@@ -740,7 +740,7 @@ impl Migrator {
             owner: &owner,
             host: &host,
             pid: i64::from(std::process::id()),
-            command: "upgrade",
+            command: &held.command,
         };
         let _ = self.driver.log_lost(&held.fence, &who, detail);
         Error::LockLost(Box::new(LockLost {
@@ -857,9 +857,11 @@ impl Migrator {
             sql::split(&section.sql, self.driver.dialect()).expect("checked by preflight");
         let fence = held.map(|h| &h.fence);
         let token = fence.map(|f| f.token);
+        // Owned: the history writes below borrow the migrator mutably.
+        let executor = self.options.executor.clone();
         let (begin, undo_begin) = match direction {
             Direction::Up => (
-                Change::Insert(new_row(m, &self.options.executor, true, token)),
+                Change::Insert(new_row(m, &executor, true, token)),
                 Change::Delete { version: m.version },
             ),
             Direction::Down => (
@@ -875,22 +877,7 @@ impl Migrator {
                 },
             ),
         };
-        match retry(|| {
-            self.driver
-                .change_history(std::slice::from_ref(&begin), fence)
-        }) {
-            Err(Error::LockLost(_)) => {
-                let held = held.expect("fenced");
-                return Err(self.lost(
-                    held,
-                    Some(m),
-                    false,
-                    report,
-                    "a fenced write found the token changed",
-                ));
-            }
-            other => other?,
-        }
+        self.record(&begin, m, held, false, report)?;
         let started = Instant::now();
         for (i, statement) in statements.iter().enumerate() {
             let text = &section.sql[statement.range.clone()];
@@ -898,10 +885,7 @@ impl Migrator {
                 db.position = db.position.map(|p| p + statement.range.start);
                 if i == 0 {
                     // Nothing ran: the failure leaves the database as it was.
-                    retry(|| {
-                        self.driver
-                            .change_history(std::slice::from_ref(&undo_begin), fence)
-                    })?;
+                    self.record(&undo_begin, m, held, false, report)?;
                     return Err(failure(m, section, direction, db, report, None, false));
                 }
                 let dirty = DirtyDetail {
@@ -928,23 +912,36 @@ impl Migrator {
             },
             Direction::Down => Change::Delete { version: m.version },
         };
+        self.record(&finish, m, held, true, report)?;
+        Ok(took)
+    }
+
+    /// Writes one history change in a fenced transaction of its own; a lost
+    /// lock becomes the run's error. `unrecorded`: the migration already ran.
+    fn record(
+        &mut self,
+        change: &Change<'_>,
+        m: &Migration,
+        held: Option<&Held>,
+        unrecorded: bool,
+        report: &RunReport,
+    ) -> Result<(), Error> {
+        let fence = held.map(|h| &h.fence);
         match retry(|| {
             self.driver
-                .change_history(std::slice::from_ref(&finish), fence)
+                .change_history(std::slice::from_ref(change), fence)
         }) {
             Err(Error::LockLost(_)) => {
-                let held = held.expect("fenced");
-                return Err(self.lost(
-                    held,
-                    Some(m),
-                    true,
-                    report,
-                    "the migration ran, but recording it found the token changed",
-                ));
+                let held = held.expect("only fenced writes lose the lock");
+                let detail = if unrecorded {
+                    "the migration ran, but recording it found the token changed"
+                } else {
+                    "a fenced write found the token changed"
+                };
+                Err(self.lost(held, Some(m), unrecorded, report, detail))
             }
-            other => other?,
+            other => other,
         }
-        Ok(took)
     }
 
     fn run_single_transaction(

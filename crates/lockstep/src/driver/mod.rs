@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use crate::error::{DbMessage, Error};
-use crate::history::{HistoryRow, RowState, TableName};
+use crate::history::{HistoryRow, RowState, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
 use crate::lock::{Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take};
 use crate::source::Section;
 use crate::sql::Dialect;
@@ -226,5 +226,22 @@ pub(crate) fn open(
             table,
             application_name,
         )?)),
+    }
+}
+
+/// Refuses tables that lockstep did not make, or that a newer lockstep made.
+pub(crate) fn check_format(table: &TableName, format: Option<i64>) -> Result<(), Error> {
+    match format {
+        None => Err(Error::ForeignTable {
+            table: table.to_string(),
+            message: format!("exists but was not created by lockstep (no row for it in {META_TABLE})"),
+        }),
+        Some(f) if f > FORMAT_VERSION => Err(Error::Config {
+            message: format!(
+                "table {table} was written by a newer lockstep (table format {f}; this lockstep {TOOL_VERSION} knows format {FORMAT_VERSION})"
+            ),
+            hint: Some("upgrade lockstep to the version that manages this database".into()),
+        }),
+        Some(_) => Ok(()),
     }
 }

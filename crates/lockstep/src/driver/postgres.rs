@@ -374,7 +374,7 @@ impl PgDriver {
                 if format.is_none() {
                     return Ok(Read::Unsure);
                 }
-                super::sqlite::check_format(&self.table, format)?;
+                super::check_format(&self.table, format)?;
                 let rows =
                     Self::parse_rows(parts.get(2).copied().unwrap_or_default()).map_err(|m| {
                         Error::Database {
@@ -405,7 +405,7 @@ impl PgDriver {
                     // Both there now: created since the read; read again.
                     Some((true, true)) => Ok(Read::Unsure),
                     Some((true, false)) => {
-                        super::sqlite::check_format(&self.table, None).map(|()| Read::Absent)
+                        super::check_format(&self.table, None).map(|()| Read::Absent)
                     }
                     _ => Ok(Read::Absent),
                 }
@@ -435,7 +435,7 @@ impl Driver for PgDriver {
                 Read::Unsure => continue,
             }
         }
-        super::sqlite::check_format(&self.table, None).map(|()| None)
+        super::check_format(&self.table, None).map(|()| None)
     }
 
     fn create_tables(&mut self) -> Result<(), Error> {

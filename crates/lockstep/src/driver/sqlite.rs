@@ -322,7 +322,7 @@ impl Driver for SqliteDriver {
             } else {
                 None
             };
-            check_format(&self.table, format)?;
+            super::check_format(&self.table, format)?;
             let mut stmt = conn
                 .prepare(&format!(
                     "SELECT version, name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version \
@@ -1072,22 +1072,5 @@ impl SqliteDriver {
         crate::identity::process_start(std::process::id())?;
         let pid = u32::try_from(pid).ok()?;
         Some(crate::identity::process_start(pid).as_deref() == Some(start))
-    }
-}
-
-/// Refuses tables that lockstep did not make, or that a newer lockstep made.
-pub(crate) fn check_format(table: &TableName, format: Option<i64>) -> Result<(), Error> {
-    match format {
-        None => Err(Error::ForeignTable {
-            table: table.to_string(),
-            message: format!("exists but was not created by lockstep (no row for it in {META_TABLE})"),
-        }),
-        Some(f) if f > FORMAT_VERSION => Err(Error::Config {
-            message: format!(
-                "table {table} was written by a newer lockstep (table format {f}; this lockstep {TOOL_VERSION} knows format {FORMAT_VERSION})"
-            ),
-            hint: Some("upgrade lockstep to the version that manages this database".into()),
-        }),
-        Some(_) => Ok(()),
     }
 }
