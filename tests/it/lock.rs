@@ -402,24 +402,23 @@ both!(
         let run = holder.finish();
         run.code(130);
         assert_eq!(holder_of(&p).as_deref(), Some("holder"));
-        // The next upgrade refuses on its first read: the migration is dirty,
-        // and is never re-run silently.
+        // The next upgrade takes the lock over at once (the holder's
+        // session is gone) and finds the migration dirty: it is never re-run
+        // silently.
         let next = p.run(&["upgrade"]);
         next.code(4);
+        assert!(
+            next.stderr
+                .contains("took over the migration lock from holder: the holder's session is gone"),
+            "{}",
+            next.stderr
+        );
         assert!(
             next.stderr.contains("migration 1 long is dirty"),
             "{}",
             next.stderr
         );
-        // Resolving it takes the lock over at once: the holder's session is gone.
-        let fix = p.run(&["fix", "dirty", "1", "--forget"]);
-        fix.ok();
-        assert!(
-            fix.stderr
-                .contains("took over the migration lock from holder: the holder's session is gone"),
-            "{}",
-            fix.stderr
-        );
+        p.run(&["fix", "dirty", "1", "--forget"]).ok();
     }
 );
 
@@ -801,3 +800,39 @@ fn lock_release_asks_on_a_terminal() {
     );
     assert_eq!(holder_of(&p), None);
 }
+
+// Regression: a fleet starting while a no-transaction migration runs read
+// its `started` row as dirty and exited 4 instead of waiting for it.
+both!(
+    a_running_no_transaction_migration_is_not_reported_dirty,
+    |p| {
+        side_effects(&p, 2, |i| {
+            if i == 1 {
+                format!("-- lockstep:no-transaction\n{}", p.busy_sql(2.0))
+            } else {
+                String::new()
+            }
+        });
+        let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+        wait_until(
+            "the holder started the no-transaction migration",
+            LONG,
+            || {
+                applied(&p) >= 2
+                    && p.db
+                        .history()
+                        .last()
+                        .is_some_and(|r| r.ends_with("started"))
+            },
+        );
+        let waiter = p.run(&["upgrade", "--owner", "waiter"]);
+        waiter.ok();
+        assert!(
+            waiter.stderr.contains("waiting for lock held by holder"),
+            "{}",
+            waiter.stderr
+        );
+        holder.finish().ok();
+        each_once(&p, 2);
+    }
+);

@@ -6,12 +6,15 @@
 mod macros;
 mod util;
 
+mod chaos;
 mod cli;
 mod config;
 mod files;
 mod fix;
 mod inspect;
 mod lock;
+mod netfault;
 mod postgres;
 mod rollback;
+mod server_faults;
 mod upgrade;

@@ -292,15 +292,20 @@ impl Project {
 /// A finished run of the binary.
 #[derive(Debug)]
 pub struct Run {
+    /// The exit code; -1 when a signal ended the process.
     pub code: i32,
+    /// The signal that ended the process, if one did.
+    pub signal: Option<i32>,
     pub stdout: String,
     pub stderr: String,
 }
 
 impl From<Output> for Run {
     fn from(o: Output) -> Run {
+        use std::os::unix::process::ExitStatusExt;
         Run {
             code: o.status.code().unwrap_or(-1),
+            signal: o.status.signal(),
             stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
             stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
         }
@@ -341,6 +346,12 @@ pub struct Child {
     child: std::process::Child,
 }
 
+impl From<std::process::Child> for Child {
+    fn from(child: std::process::Child) -> Child {
+        Child { child }
+    }
+}
+
 impl Child {
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
@@ -349,6 +360,12 @@ impl Child {
     pub fn signal(&self, signal: i32) {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(self.pid(), signal) };
+    }
+
+    /// Whether it has exited (it is then reaped; `finish` still returns
+    /// its output).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_some()
     }
 
     /// Waits for the process and returns what it printed.

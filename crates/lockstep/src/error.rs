@@ -336,6 +336,19 @@ fn migration_hint(f: &MigrationFailure) -> Option<String> {
             dirty.statements_done, dirty.statements_total, f.migration.version
         ));
     }
+    // No SQLSTATE: the connection itself failed. A transaction cannot
+    // commit without its client, but the commit's answer may be what got
+    // lost.
+    let connection_lost = f.db.code.is_none()
+        && ["connection", "closed", "broken pipe", "reset by peer"]
+            .iter()
+            .any(|w| f.db.message.to_lowercase().contains(w));
+    if connection_lost {
+        return Some(
+            "the connection to the database was lost: the migration committed with its history row, or not at all; run `lockstep status` to see which, then `lockstep upgrade` again"
+                .into(),
+        );
+    }
     // PostgreSQL's active_sql_transaction, SQLite's VACUUM message.
     let in_txn =
         f.db.code.as_deref() == Some("25001") || f.db.message.contains("within a transaction");

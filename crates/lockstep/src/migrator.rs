@@ -395,19 +395,20 @@ impl Migrator {
         observer: &mut dyn Observer,
     ) -> Result<RunReport, Error> {
         let history = self.driver.read_history()?;
-        let plan = self.plan_upgrade(set, history.as_deref().unwrap_or_default(), options)?;
+        let planned = self.plan_upgrade(set, history.as_deref().unwrap_or_default(), options);
         let mut report = RunReport {
             direction: Direction::Up,
             steps: Vec::new(),
             dry_run: options.dry_run,
         };
-        // Nothing to do: no table is created, no lock taken, nothing written.
-        if plan.is_empty() {
-            return Ok(report);
-        }
-        if options.dry_run {
-            report.steps = plan.iter().map(|m| planned_step(m, &m.up)).collect();
-            return Ok(report);
+        match self.decide_under_lock(planned, options.dry_run)? {
+            // Nothing to do: no table is created, no lock taken, nothing written.
+            Some(plan) if plan.is_empty() => return Ok(report),
+            Some(plan) if options.dry_run => {
+                report.steps = plan.iter().map(|m| planned_step(m, &m.up)).collect();
+                return Ok(report);
+            }
+            _ => {}
         }
         if history.is_none() {
             self.driver.create_tables()?;
@@ -416,6 +417,25 @@ impl Migrator {
         let result = self.upgrade_locked(set, options, observer, held.as_ref(), &mut report);
         self.unlock(held, "upgrade", observer);
         result.map(|()| report)
+    }
+
+    /// A plan from history read without the lock, or `None` when only the
+    /// lock can decide: a `started` row may be a no-transaction migration
+    /// that another run is applying right now, not a dirty one. Under the
+    /// lock, with nobody else running, it is dirty for sure.
+    fn decide_under_lock<'s>(
+        &self,
+        planned: Result<Vec<&'s Migration>, Error>,
+        dry_run: bool,
+    ) -> Result<Option<Vec<&'s Migration>>, Error> {
+        match planned {
+            Err(Error::Refused(crate::plan::Refusal::Dirty(_)))
+                if !dry_run && self.options.lock.is_some() =>
+            {
+                Ok(None)
+            }
+            other => other.map(Some),
+        }
     }
 
     fn plan_upgrade<'s>(
@@ -486,18 +506,19 @@ impl Migrator {
         observer: &mut dyn Observer,
     ) -> Result<RunReport, Error> {
         let history = self.history()?;
-        let plan = self.plan_rollback(set, &history, options)?;
+        let planned = self.plan_rollback(set, &history, options);
         let mut report = RunReport {
             direction: Direction::Down,
             steps: Vec::new(),
             dry_run: options.dry_run,
         };
-        if plan.is_empty() {
-            return Ok(report);
-        }
-        if options.dry_run {
-            report.steps = plan.iter().map(|m| planned_step(m, down(m))).collect();
-            return Ok(report);
+        match self.decide_under_lock(planned, options.dry_run)? {
+            Some(plan) if plan.is_empty() => return Ok(report),
+            Some(plan) if options.dry_run => {
+                report.steps = plan.iter().map(|m| planned_step(m, down(m))).collect();
+                return Ok(report);
+            }
+            _ => {}
         }
         let held = self.lock("rollback", observer)?;
         let result = (|| -> Result<(), Error> {
