@@ -65,6 +65,16 @@ pub struct Database {
     pub source: String,
 }
 
+/// What a config file says, validated.
+#[derive(Debug, Default)]
+pub struct FileSettings {
+    database_url: Option<String>,
+    migrations: Option<PathBuf>,
+    history_table: Option<TableName>,
+    lock_ttl: Option<Duration>,
+    lock_timeout: Option<Duration>,
+}
+
 impl Settings {
     pub fn load(
         args: &GlobalArgs,
@@ -92,12 +102,7 @@ impl Settings {
         let database = match (url, &file.database_url) {
             (Some((url, source)), _) => Some(parse_url(&url, source, None)?),
             (None, Some(url)) => {
-                let source = format!(
-                    "database_url in {}",
-                    file_path
-                        .as_ref()
-                        .map_or(String::new(), |p| p.display().to_string())
-                );
+                let source = format!("database_url in {}", display(&file_path));
                 Some(parse_url(url, source, Some(&base))?)
             }
             (None, None) => None,
@@ -107,16 +112,6 @@ impl Settings {
             (Some(dir), _) => dir.clone(),
             (None, Some(dir)) => base.join(dir),
             (None, None) => base.join("migrations"),
-        };
-
-        let history_table = match &file.history_table {
-            Some(name) => TableName::parse(name).map_err(|message| {
-                CliError::config(format!(
-                    "history_table in {}: {message}",
-                    display(&file_path)
-                ))
-            })?,
-            None => TableName::default(),
         };
 
         let owner = match args
@@ -132,32 +127,13 @@ impl Settings {
             None => lockstep::identity::default_executor(),
         };
 
-        let lock = file.lock.unwrap_or_default();
-        let duration =
-            |value: &Option<String>, key: &str, default: Duration| -> Result<Duration, CliError> {
-                match value {
-                    Some(v) => crate::cli::parse_duration(v).map_err(|m| {
-                        CliError::config(format!("[lock] {key} in {}: {m}", display(&file_path)))
-                    }),
-                    None => Ok(default),
-                }
-            };
-        let lock_ttl = duration(&lock.ttl, "ttl", lockstep::lock::DEFAULT_TTL)?;
-        if lock_ttl < MIN_TTL {
-            return Err(CliError::config(format!(
-                "[lock] ttl in {}: the lease must be at least 1s",
-                display(&file_path)
-            )));
-        }
-        let lock_timeout = duration(&lock.timeout, "timeout", lockstep::lock::DEFAULT_TIMEOUT)?;
-
         Ok(Settings {
             database,
             migrations,
-            history_table,
+            history_table: file.history_table.unwrap_or_default(),
             owner,
-            lock_ttl,
-            lock_timeout,
+            lock_ttl: file.lock_ttl.unwrap_or(lockstep::lock::DEFAULT_TTL),
+            lock_timeout: file.lock_timeout.unwrap_or(lockstep::lock::DEFAULT_TIMEOUT),
         })
     }
 
@@ -178,7 +154,9 @@ fn display(path: &Option<PathBuf>) -> String {
 
 fn parse_url(url: &str, source: String, base: Option<&Path>) -> Result<Database, CliError> {
     let mut parsed: DatabaseUrl = url.parse().map_err(|e: lockstep::url::UrlError| {
-        CliError::config(format!("{e} (from {source})")).with_code("database_url")
+        CliError::config(format!("{e} (from {source})"))
+            .with_code("database_url")
+            .with_hint("use `sqlite://FILE` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`")
     })?;
     if let (Some(base), DatabaseUrl::Sqlite(SqliteTarget::File(path))) = (base, &mut parsed) {
         if path.is_relative() {
@@ -191,13 +169,13 @@ fn parse_url(url: &str, source: String, base: Option<&Path>) -> Result<Database,
     })
 }
 
-fn read_config(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>), CliError> {
+fn read_config(explicit: Option<&Path>) -> Result<(FileSettings, Option<PathBuf>), CliError> {
     let path = match explicit {
         Some(p) => p.to_path_buf(),
         None => {
             let p = PathBuf::from(DEFAULT_CONFIG);
             if !p.exists() {
-                return Ok((FileConfig::default(), None));
+                return Ok((FileSettings::default(), None));
             }
             p
         }
@@ -214,7 +192,13 @@ fn read_config(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>),
             err
         }
     })?;
-    let config: FileConfig = toml::from_str(&text).map_err(|e| {
+    Ok((parse_config(&text, &path)?, Some(path)))
+}
+
+/// Parses and validates a config file's text; `path` names it in errors.
+/// Every value is checked here, before anything connects.
+pub fn parse_config(text: &str, path: &Path) -> Result<FileSettings, CliError> {
+    let config: FileConfig = toml::from_str(text).map_err(|e| {
         let line = e
             .span()
             .map(|span| text[..span.start.min(text.len())].matches('\n').count() + 1);
@@ -226,7 +210,43 @@ fn read_config(explicit: Option<&Path>) -> Result<(FileConfig, Option<PathBuf>),
         CliError::config(format!("{location}: {message}"))
             .with_hint("lockstep.toml takes database_url, migrations, history_table, and a [lock] table with timeout and ttl")
     })?;
-    Ok((config, Some(path)))
+    let history_table = config
+        .history_table
+        .as_deref()
+        .map(|name| {
+            TableName::parse(name).map_err(|message| {
+                CliError::config(format!("history_table in {}: {message}", path.display()))
+            })
+        })
+        .transpose()?;
+    let lock = config.lock.unwrap_or_default();
+    let duration = |value: &Option<String>, key: &str| -> Result<Option<Duration>, CliError> {
+        value
+            .as_deref()
+            .map(|v| {
+                crate::cli::parse_duration(v).map_err(|m| {
+                    CliError::config(format!("[lock] {key} in {}: {m}", path.display()))
+                })
+            })
+            .transpose()
+    };
+    let lock_ttl = duration(&lock.ttl, "ttl")?;
+    if lock_ttl.is_some_and(|ttl| ttl < MIN_TTL) {
+        return Err(CliError::config(format!(
+            "[lock] ttl in {}: the lease must be at least 1s",
+            path.display()
+        )));
+    }
+    if let Some(url) = &config.database_url {
+        parse_url(url, format!("database_url in {}", path.display()), None)?;
+    }
+    Ok(FileSettings {
+        database_url: config.database_url,
+        migrations: config.migrations,
+        history_table,
+        lock_ttl,
+        lock_timeout: duration(&lock.timeout, "timeout")?,
+    })
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@ mod cli;
 mod config;
 mod files;
 mod fix;
+mod hostile;
 mod inspect;
 mod lock;
 mod netfault;

@@ -268,3 +268,66 @@ fn error_position_points_into_the_file() {
         run.stderr
     );
 }
+
+/// Every command, with a URL that holds a password: against the server
+/// with the right password, with a wrong one, and with nothing listening.
+/// The password appears nowhere in stdout, stderr or the JSON.
+#[test]
+fn no_command_ever_prints_the_password() {
+    let Some(p) = pg() else { return };
+    std::fs::write(
+        p.dir.path().join("migrations/2_b.sql"),
+        "-- upgrade\nCREATE TABLE b (id integer);\n-- rollback\nDROP TABLE b;\n",
+    )
+    .unwrap();
+    let secret = "pw-s3cret-Zq9";
+    let good = format!(
+        "postgres://lockstep_pw:{secret}@127.0.0.1:{}/{}?sslmode=disable",
+        p.port, p.name
+    );
+    let wrong_secret = "Wr0ng-passw0rd-77";
+    let urls = [
+        (good.clone(), secret),
+        (good.replace(secret, wrong_secret), wrong_secret),
+        (good.replace(&format!(":{}/", p.port), ":1/"), secret),
+        (
+            format!("{good}&sslmode=verify-full&sslrootcert=/nonexistent"),
+            secret,
+        ),
+    ];
+    let commands: &[&[&str]] = &[
+        &["upgrade", "--dry-run"],
+        &["upgrade"],
+        &["status"],
+        &["status", "--check"],
+        &["history"],
+        &["validate"],
+        &["fix", "checksums"],
+        &["fix", "missing"],
+        &["fix", "dirty", "1", "--forget"],
+        &["rollback"],
+        &["lock", "status"],
+        &["lock", "status", "--format", "prometheus"],
+        &["lock", "log"],
+        &["lock", "release", "--yes"],
+        &["new", "c"],
+    ];
+    let mut runs = 0;
+    for (url, password) in &urls {
+        for command in commands {
+            for extra in [&[][..], &["--json"], &["-v"]] {
+                let mut args = command.to_vec();
+                args.extend_from_slice(extra);
+                let run = p.run(url, &args);
+                for out in [&run.stdout, &run.stderr] {
+                    assert!(
+                        !out.contains(password),
+                        "{args:?} printed the password:\n{out}"
+                    );
+                }
+                runs += 1;
+            }
+        }
+    }
+    println!("{runs} runs, no password printed");
+}

@@ -173,6 +173,11 @@ pub enum FileName {
 /// (ignored), an error message for `.sql` files of neither form.
 pub fn parse_file_name(file_name: &str) -> Result<Option<FileName>, String> {
     let Some(stem) = file_name.strip_suffix(".sql") else {
+        let lower = file_name.to_ascii_lowercase();
+        if lower.ends_with(".sql") {
+            // `1_init.SQL` would otherwise be skipped as not SQL, silently.
+            return Err("the extension must be `.sql`, in lowercase".to_string());
+        }
         return Ok(None);
     };
     let (stem, half) = if let Some(s) = stem.strip_suffix(".up") {
@@ -284,7 +289,10 @@ impl MigrationSet {
             };
             check_inside(&path, &canonical_dir)?;
             if !path.is_file() {
-                continue;
+                // A directory, FIFO or device named like a migration is a
+                // mistake worth naming: it would otherwise vanish silently.
+                return Err(SourceError::new(&path, "not a regular file")
+                    .hint("migrations are plain `.sql` files; rename or remove this entry"));
             }
             let (version, name) = match &parsed {
                 FileName::Single { version, name } | FileName::Half { version, name, .. } => {
@@ -438,8 +446,12 @@ fn read_text(path: &Path) -> Result<String, SourceError> {
     }
     let bytes = fs::read(path)
         .map_err(|e| SourceError::new(path, format!("cannot read: {}", io_reason(&e))))?;
-    let bytes = normalize(&bytes);
-    String::from_utf8(bytes).map_err(|e| {
+    decode(path, &bytes)
+}
+
+/// Normalises a file's bytes and decodes them as UTF-8.
+fn decode(path: &Path, bytes: &[u8]) -> Result<String, SourceError> {
+    String::from_utf8(normalize(bytes)).map_err(|e| {
         let valid = e.utf8_error().valid_up_to();
         let line = e.as_bytes()[..valid]
             .iter()
@@ -470,7 +482,10 @@ fn classify_line(line: &str) -> Line<'_> {
         Line::Upgrade
     } else if comment.eq_ignore_ascii_case("rollback") {
         Line::Rollback
-    } else if comment.len() >= 9 && comment[..9].eq_ignore_ascii_case("lockstep:") {
+    } else if comment
+        .get(..9)
+        .is_some_and(|prefix| prefix.eq_ignore_ascii_case("lockstep:"))
+    {
         Line::Directive(comment[9..].trim())
     } else {
         Line::Other
@@ -507,8 +522,44 @@ fn section(text: &str, first_line: usize, path: &Path) -> Result<Section, Source
     })
 }
 
+/// Parses one migration file from its name and bytes, without touching the
+/// file system: `<version>_<name>.sql`, or the `.up.sql` half of a pair
+/// (which then has no rollback section).
+pub fn parse_migration(file_name: &str, bytes: &[u8]) -> Result<Migration, SourceError> {
+    let path = Path::new(file_name);
+    let parsed = match parse_file_name(file_name) {
+        Ok(Some(parsed)) => parsed,
+        Ok(None) => return Err(SourceError::new(path, "not a `.sql` file")),
+        Err(message) => return Err(SourceError::new(path, message)),
+    };
+    let text = decode(path, bytes)?;
+    match parsed {
+        FileName::Single { version, name } => parse_single_text(version, name, path, text),
+        FileName::Half {
+            version,
+            name,
+            up: true,
+        } => {
+            let up = check_half(path, text)?;
+            pair_from_texts(version, name, path, up, None)
+        }
+        FileName::Half { up: false, .. } => Err(SourceError::new(
+            path,
+            "a `.down.sql` file is read with its `.up.sql` file",
+        )),
+    }
+}
+
 fn parse_single(version: u64, name: String, path: &Path) -> Result<Migration, SourceError> {
-    let text = read_text(path)?;
+    parse_single_text(version, name, path, read_text(path)?)
+}
+
+fn parse_single_text(
+    version: u64,
+    name: String,
+    path: &Path,
+    text: String,
+) -> Result<Migration, SourceError> {
     let mut up: Option<(usize, usize)> = None; // (line index of marker, byte offset after it)
     let mut down: Option<(usize, usize)> = None;
     let mut offset = 0;
@@ -617,40 +668,58 @@ fn parse_pair(version: u64, halves: Halves) -> Result<Migration, SourceError> {
             )),
         );
     };
-    let read_half = |path: &Path| -> Result<String, SourceError> {
-        let text = read_text(path)?;
-        for (i, line) in text.lines().enumerate() {
-            if matches!(classify_line(line), Line::Upgrade | Line::Rollback) {
-                return Err(SourceError::new(
-                    path,
-                    "section marker in a `.up.sql`/`.down.sql` file",
-                )
-                .at(i + 1)
-                .hint("in a pair of files each file is a whole section: remove the marker line"));
-            }
-        }
-        Ok(text)
+    let up_text = check_half(&up_path, read_text(&up_path)?)?;
+    let down = match &halves.down {
+        Some(path) => Some((path.as_path(), check_half(path, read_text(path)?)?)),
+        None => None,
     };
-    let up_text = read_half(&up_path)?;
+    pair_from_texts(version, halves.name, &up_path, up_text, down)
+}
+
+/// One file of a pair is a whole section: it may not hold section markers.
+fn check_half(path: &Path, text: String) -> Result<String, SourceError> {
+    for (i, line) in text.lines().enumerate() {
+        if matches!(classify_line(line), Line::Upgrade | Line::Rollback) {
+            return Err(
+                SourceError::new(path, "section marker in a `.up.sql`/`.down.sql` file")
+                    .at(i + 1)
+                    .hint(
+                        "in a pair of files each file is a whole section: remove the marker line",
+                    ),
+            );
+        }
+    }
+    Ok(text)
+}
+
+fn pair_from_texts(
+    version: u64,
+    name: String,
+    up_path: &Path,
+    up_text: String,
+    down: Option<(&Path, String)>,
+) -> Result<Migration, SourceError> {
     if !sql::has_code(&up_text) {
-        return Err(SourceError::new(&up_path, "the upgrade file is empty")
+        return Err(SourceError::new(up_path, "the upgrade file is empty")
             .hint("write the migration's SQL in this file"));
     }
-    let up = section(&up_text, 1, &up_path)?;
-    let (down, down_text) = match &halves.down {
-        Some(path) => {
-            let text = read_half(path)?;
-            let s = section(&text, 1, path)?;
-            (sql::has_code(&text).then_some(s), Some(text))
+    let up = section(&up_text, 1, up_path)?;
+    let down_section = match &down {
+        Some((path, text)) => {
+            let s = section(text, 1, path)?;
+            sql::has_code(text).then_some(s)
         }
-        None => (None, None),
+        None => None,
     };
     Ok(Migration {
         version,
-        name: halves.name,
-        checksum: checksum(up_text.as_bytes(), down_text.as_deref().map(str::as_bytes)),
+        name,
+        checksum: checksum(
+            up_text.as_bytes(),
+            down.as_ref().map(|(_, text)| text.as_bytes()),
+        ),
         up,
-        down,
+        down: down_section,
     })
 }
 
@@ -736,6 +805,8 @@ mod tests {
                 "{name}"
             );
         }
+        assert!(parse_file_name("1_init.SQL").is_err());
+        assert!(parse_file_name("1_init.up.Sql").is_err());
         for ignored in ["README.md", "notes.txt", "1_init.sql.bak"] {
             assert_eq!(parse_file_name(ignored).unwrap(), None, "{ignored}");
         }
@@ -920,6 +991,30 @@ mod tests {
                 "{got_message} vs {message}"
             );
         }
+    }
+
+    #[test]
+    fn parse_migration_from_bytes_matches_the_file() {
+        let content = b"-- upgrade\nCREATE TABLE t (id int);\n-- rollback\nDROP TABLE t;\n";
+        let set = load(&[("7_t.sql", content)]).unwrap();
+        let from_bytes = parse_migration("7_t.sql", content).unwrap();
+        assert_eq!(from_bytes.checksum, set.migrations()[0].checksum);
+        assert_eq!(from_bytes.up.sql, set.migrations()[0].up.sql);
+        assert!(parse_migration("7_t.up.sql", b"SELECT 1;")
+            .unwrap()
+            .down
+            .is_none());
+        assert!(parse_migration("7_t.down.sql", b"SELECT 1;").is_err());
+        assert!(parse_migration("notes.txt", b"").is_err());
+    }
+
+    /// Found by fuzzing: a comment whose ninth byte fell inside a
+    /// multi-byte character panicked on slicing.
+    #[test]
+    fn comment_with_multibyte_text_near_the_directive_prefix() {
+        let content = "-- upgrade\n--!`-\u{feff}B&Ҥҥ\nSELECT 1;\n--lockstepé: x\n";
+        assert!(parse_migration("1_a.sql", content.as_bytes()).is_ok());
+        assert!(parse_migration("1_a.sql", "--!`-\u{feff}B&Ҥҥ".as_bytes()).is_err());
     }
 
     #[test]

@@ -108,7 +108,10 @@ pub fn split(sql: &str, dialect: Dialect) -> Result<Vec<Statement>, LexError> {
         }
     }
     if let Some(start) = current.start {
-        let end = sql.trim_end().len().max(start);
+        let end = sql
+            .bytes()
+            .rposition(|b| !is_space(b))
+            .map_or(start, |last| last + 1);
         out.push(Statement {
             range: start..end,
             keywords: current.keywords,
@@ -249,6 +252,12 @@ struct Lexer<'a> {
     dialect: Dialect,
 }
 
+/// SQL whitespace: ASCII space, tab, line feed, vertical tab, form feed,
+/// carriage return (what PostgreSQL and SQLite skip between tokens).
+fn is_space(b: u8) -> bool {
+    b.is_ascii_whitespace() || b == 0x0b
+}
+
 fn is_ident_start(b: u8) -> bool {
     b.is_ascii_alphabetic() || b == b'_' || b >= 0x80
 }
@@ -264,7 +273,7 @@ impl Lexer<'_> {
 
     fn next_token(&mut self) -> Result<Option<Token>, LexError> {
         while let Some(b) = self.peek(0) {
-            if b.is_ascii_whitespace() {
+            if is_space(b) {
                 self.pos += 1;
             } else {
                 break;
@@ -557,6 +566,15 @@ mod tests {
             flags,
             [true, true, true, true, false, true, false, true, false]
         );
+    }
+
+    /// Found by fuzzing: a vertical tab was a token to the lexer but
+    /// whitespace to `trim_end`, which made an empty statement range.
+    #[test]
+    fn vertical_tab_is_whitespace() {
+        assert!(texts("\x0b", Dialect::Postgres).is_empty());
+        assert_eq!(texts("SELECT 1\x0b", Dialect::Sqlite), ["SELECT 1"]);
+        assert!(!has_code("\x0b\x0c \t"));
     }
 
     #[test]

@@ -86,6 +86,11 @@ pub enum PgHost {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps a password.
+    pub fn new(password: impl Into<String>) -> Secret {
+        Secret(password.into())
+    }
+
     /// The password itself, for the connection handshake only.
     pub fn expose(&self) -> &str {
         &self.0

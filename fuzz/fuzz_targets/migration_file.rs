@@ -1,0 +1,26 @@
+//! A migration file's name and bytes: parsed, then checked for both
+//! engines as `upgrade` would. Never a panic; an error names the file.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use lockstep::sql::Dialect;
+
+fuzz_target!(|data: &[u8]| {
+    // The name comes first, up to a NUL; a valid name half the time.
+    let (name, content) = match data.iter().position(|&b| b == 0) {
+        Some(i) => (String::from_utf8_lossy(&data[..i]).into_owned(), &data[i + 1..]),
+        None => ("1_fuzz.sql".to_string(), data),
+    };
+    match lockstep::source::parse_migration(&name, content) {
+        Ok(m) => {
+            assert!(m.checksum.starts_with("sha256:"));
+            for dialect in [Dialect::Postgres, Dialect::Sqlite] {
+                let _ = lockstep::check_section(&m.up, dialect);
+                if let Some(down) = &m.down {
+                    let _ = lockstep::check_section(down, dialect);
+                }
+            }
+        }
+        Err(e) => assert!(!e.message.is_empty()),
+    }
+});

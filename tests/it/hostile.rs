@@ -1,0 +1,288 @@
+//! Hostile and broken input, table-driven, with the exact error each gets.
+//! Every case leaves the database untouched (on SQLite: not even created).
+
+use crate::util::{Backend, Project, TestDb};
+
+/// A bad input: files to write in the project, and the exact stderr of
+/// `lockstep status` (exit 2).
+struct Case {
+    name: &'static str,
+    files: &'static [(&'static str, &'static [u8])],
+    stderr: &'static str,
+}
+
+const CASES: &[Case] = &[
+    Case {
+        name: "name with a dash",
+        files: &[("migrations/1-init.sql", b"-- upgrade\nSELECT 1;\n")],
+        stderr: "error: migrations/1-init.sql: file name does not match `<version>_<name>.sql` or `<version>_<name>.up.sql`/`.down.sql` (version: digits; name: lowercase letters, digits and `_`)\nhint: rename it, or move it out of the migrations directory\n",
+    },
+    Case {
+        name: "name without a version",
+        files: &[("migrations/init.sql", b"-- upgrade\nSELECT 1;\n")],
+        stderr: "error: migrations/init.sql: file name does not match `<version>_<name>.sql` or `<version>_<name>.up.sql`/`.down.sql` (version: digits; name: lowercase letters, digits and `_`)\nhint: rename it, or move it out of the migrations directory\n",
+    },
+    Case {
+        name: "upper-case name",
+        files: &[("migrations/1_Init.sql", b"-- upgrade\nSELECT 1;\n")],
+        stderr: "error: migrations/1_Init.sql: file name does not match `<version>_<name>.sql` or `<version>_<name>.up.sql`/`.down.sql` (version: digits; name: lowercase letters, digits and `_`)\nhint: rename it, or move it out of the migrations directory\n",
+    },
+    Case {
+        name: "upper-case extension",
+        files: &[("migrations/1_init.SQL", b"-- upgrade\nSELECT 1;\n")],
+        stderr: "error: migrations/1_init.SQL: the extension must be `.sql`, in lowercase\nhint: rename it, or move it out of the migrations directory\n",
+    },
+    Case {
+        name: "version too long",
+        files: &[("migrations/1234567890123456789_a.sql", b"-- upgrade\nSELECT 1;\n")],
+        stderr: "error: migrations/1234567890123456789_a.sql: version `1234567890123456789` has more than 18 digits\nhint: rename it, or move it out of the migrations directory\n",
+    },
+    Case {
+        name: "duplicate version",
+        files: &[
+            ("migrations/1_a.sql", b"-- upgrade\nSELECT 1;\n"),
+            ("migrations/001_b.sql", b"-- upgrade\nSELECT 1;\n"),
+        ],
+        stderr: "error: migrations/1_a.sql: duplicate version 1: `migrations/001_b.sql` has it too\nhint: give one of them a new version: each version must be unique\n",
+    },
+    Case {
+        name: "duplicate version, single and pair",
+        files: &[
+            ("migrations/2_a.sql", b"-- upgrade\nSELECT 1;\n"),
+            ("migrations/2_a.up.sql", b"SELECT 1;\n"),
+        ],
+        stderr: "error: migrations/2_a.up.sql: duplicate version 2: `migrations/2_a.sql` has it too\nhint: give one of them a new version: each version must be unique\n",
+    },
+    Case {
+        name: "no upgrade marker",
+        files: &[("migrations/1_a.sql", b"CREATE TABLE a (id integer);\n")],
+        stderr: "error: migrations/1_a.sql: no `-- upgrade` line\nhint: start the migration's SQL with a line `-- upgrade`; put the SQL that undoes it after a line `-- rollback`\n",
+    },
+    Case {
+        name: "empty upgrade section",
+        files: &[("migrations/1_a.sql", b"-- upgrade\n  \n-- only a comment\n-- rollback\nDROP TABLE a;\n")],
+        stderr: "error: migrations/1_a.sql:1: the upgrade section is empty\nhint: write the migration's SQL after the `-- upgrade` line\n",
+    },
+    Case {
+        name: "empty up file",
+        files: &[("migrations/1_a.up.sql", b"/* nothing */\n")],
+        stderr: "error: migrations/1_a.up.sql: the upgrade file is empty\nhint: write the migration's SQL in this file\n",
+    },
+    Case {
+        name: "down file alone",
+        files: &[("migrations/1_a.down.sql", b"DROP TABLE a;\n")],
+        stderr: "error: migrations/1_a.down.sql: a `.down.sql` file without its `.up.sql` file\nhint: add `1_a.up.sql`, or remove this file\n",
+    },
+    Case {
+        name: "unknown directive",
+        files: &[("migrations/1_a.sql", b"-- upgrade\n-- lockstep:no_transaction\nSELECT 1;\n")],
+        stderr: "error: migrations/1_a.sql:2: unknown directive `-- lockstep:no_transaction`\nhint: the only directive is `-- lockstep:no-transaction`\n",
+    },
+    Case {
+        name: "SQL before the upgrade marker",
+        files: &[("migrations/1_a.sql", b"-- header\nDROP TABLE x;\n-- upgrade\nSELECT 1;\n")],
+        stderr: "error: migrations/1_a.sql:2: SQL before the `-- upgrade` line\nhint: only comments may come before `-- upgrade`\n",
+    },
+    Case {
+        name: "two upgrade markers",
+        files: &[("migrations/1_a.sql", b"-- upgrade\nSELECT 1;\n--upgrade\nSELECT 2;\n")],
+        stderr: "error: migrations/1_a.sql:3: second `-- upgrade` line (the first is on line 1)\n",
+    },
+    Case {
+        name: "not UTF-8",
+        files: &[("migrations/1_a.sql", b"-- upgrade\nINSERT INTO t VALUES ('caf\xe9');\n")],
+        stderr: "error: migrations/1_a.sql:2: file is not valid UTF-8\nhint: save the file as UTF-8\n",
+    },
+];
+
+both!(bad_files_get_exact_errors_and_touch_nothing, |p| {
+    for case in CASES {
+        let dir = p.path("migrations");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (path, content) in case.files {
+            std::fs::write(p.path(path), content).unwrap();
+        }
+        for command in [&["status"][..], &["upgrade"], &["validate"]] {
+            let run = p.run(command);
+            assert_eq!(run.code, 2, "{}: {command:?}\n{}", case.name, run.stderr);
+            assert_eq!(run.stderr, case.stderr, "{}: {command:?}", case.name);
+        }
+        assert!(!p.db.table_exists("lockstep_history"), "{}", case.name);
+        if let TestDb::Sqlite { path } = &p.db {
+            assert!(
+                !path.exists(),
+                "{}: the database file was created",
+                case.name
+            );
+        }
+    }
+});
+
+#[test]
+fn bom_and_crlf_are_accepted_and_hash_like_lf() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+    p.run(&["upgrade"]).ok();
+    // The same file saved by another editor: not a change.
+    p.migration(
+        "1_a.sql",
+        "\u{feff}-- upgrade\r\nCREATE TABLE a (id integer);\r\n",
+    );
+    p.run(&["validate"]).ok();
+}
+
+#[test]
+fn huge_file_is_refused_before_it_is_read() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    let file = std::fs::File::create(p.path("migrations/1_huge.sql")).unwrap();
+    // Sparse: no disk is used, and lockstep must not read it.
+    file.set_len(lockstep::source::MAX_FILE_BYTES + 1).unwrap();
+    let run = p.run(&["status"]);
+    run.code(2);
+    assert_eq!(
+        run.stderr,
+        "error: migrations/1_huge.sql: file is too large (256 MiB; the limit is 256 MiB)\nhint: split it into several migrations, or load bulk data with a dedicated tool\n"
+    );
+}
+
+#[test]
+fn entries_that_are_not_files_or_leave_the_directory() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    let outside = crate::util::TempDir::new();
+    std::fs::write(
+        outside.path().join("evil.sql"),
+        "-- upgrade\nDROP TABLE users;\n",
+    )
+    .unwrap();
+    let cases: Vec<(Box<dyn Fn()>, String)> = vec![
+        (
+            Box::new(|| std::os::unix::fs::symlink(outside.path().join("evil.sql"), p.path("migrations/1_a.sql")).unwrap()),
+            format!(
+                "error: migrations/1_a.sql: symbolic link points outside the migrations directory (to `{}`)\nhint: copy the file into the migrations directory instead\n",
+                std::fs::canonicalize(outside.path().join("evil.sql")).unwrap().display()
+            ),
+        ),
+        (
+            Box::new(|| std::os::unix::fs::symlink("/nonexistent/x.sql", p.path("migrations/1_a.sql")).unwrap()),
+            "error: migrations/1_a.sql: broken symbolic link: no such file or directory\n".to_string(),
+        ),
+        (
+            Box::new(|| std::fs::create_dir(p.path("migrations/1_a.sql")).unwrap()),
+            "error: migrations/1_a.sql: not a regular file\nhint: migrations are plain `.sql` files; rename or remove this entry\n".to_string(),
+        ),
+        (
+            Box::new(|| {
+                let path = std::ffi::CString::new(p.path("migrations/1_a.sql").to_str().unwrap()).unwrap();
+                // SAFETY: a valid C string.
+                assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o644) }, 0);
+            }),
+            "error: migrations/1_a.sql: not a regular file\nhint: migrations are plain `.sql` files; rename or remove this entry\n".to_string(),
+        ),
+    ];
+    for (make, want) in cases {
+        let dir = p.path("migrations");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        make();
+        let run = p.run(&["status"]);
+        run.code(2);
+        assert_eq!(run.stderr, want);
+    }
+}
+
+/// A file lockstep may not read. Root reads anything, so as root the
+/// binary runs as `nobody`.
+#[test]
+fn unreadable_file_is_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let p = Project::new(Backend::Sqlite).unwrap();
+    p.migration("1_a.sql", "-- upgrade\nSELECT 1;\n");
+    let file = p.path("migrations/1_a.sql");
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o000)).unwrap();
+    let cmd = p.command(&["status"]);
+    // SAFETY: getuid has no preconditions.
+    let out = if unsafe { libc::getuid() } == 0 {
+        for dir in [p.dir.path(), &p.path("migrations")] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let mut as_nobody = std::process::Command::new("runuser");
+        as_nobody
+            .args(["-u", "nobody", "--"])
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .current_dir(p.dir.path())
+            .env("LOCKSTEP_DATABASE_URL", p.db.url());
+        as_nobody.output().unwrap()
+    } else {
+        let mut cmd = cmd;
+        cmd.output().unwrap()
+    };
+    let run = crate::util::Run::from(out);
+    run.code(2);
+    assert_eq!(
+        run.stderr,
+        "error: migrations/1_a.sql: cannot read: permission denied\n"
+    );
+}
+
+both!(a_history_table_with_other_columns_is_refused, |p| {
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+    p.run(&["upgrade"]).ok();
+    // Someone replaced lockstep's table with one of their own.
+    p.db.exec("DROP TABLE lockstep_history");
+    p.db.exec("CREATE TABLE lockstep_history (id integer, note text)");
+    for args in [&["status"][..], &["upgrade"], &["history"]] {
+        let run = p.run(args);
+        run.code(2);
+        assert_eq!(
+            run.stderr,
+            "error: table lockstep_history exists but does not have the columns of lockstep's history table\nhint: set `history_table` in lockstep.toml to a name lockstep can own\n"
+        );
+    }
+});
+
+both!(a_newer_format_is_refused, |p| {
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+    p.run(&["upgrade"]).ok();
+    p.db.exec("UPDATE lockstep_meta SET format_version = 99");
+    let run = p.run(&["upgrade"]);
+    run.code(2);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: table lockstep_history was written by a newer lockstep (table format 99; this lockstep {} knows format 1)",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{}",
+        run.stderr
+    );
+});
+
+#[test]
+fn odd_urls() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    let table: &[(&str, &str)] = &[
+        ("postgres://u:p@h:99999/d", "error: invalid database URL: the port is not a number from 1 to 65535 (from --database-url)\n"),
+        ("postgres://u@h/d?sslmode=allowed", "error: invalid database URL: unknown sslmode `allowed`; use disable, prefer, require, verify-ca or verify-full (from --database-url)\n"),
+        ("postgres://u%zz@h/d", "error: invalid database URL: bad percent-encoding in the user name (from --database-url)\n"),
+        ("postgres://[::1/d", "error: invalid database URL: an IPv6 address must be closed with `]` (from --database-url)\n"),
+        ("postgres://u@h/d?options=-c%20x", "error: invalid database URL: unknown parameter `options`; lockstep understands host, port, user, password, dbname, sslmode, sslrootcert, connect_timeout and application_name (from --database-url)\n"),
+        ("sqlite://a.db?cache=shared", "error: invalid database URL: unknown SQLite URL parameter `cache`; SQLite URLs take none (from --database-url)\n"),
+        ("http://example.com", "error: invalid database URL: unsupported scheme `http`; use `sqlite://` or `postgres://` (from --database-url)\n"),
+    ];
+    for (url, want) in table {
+        let run = p.run(&["status", "-d", url]);
+        run.code(2);
+        let first_line = run.stderr.lines().next().unwrap_or_default();
+        assert_eq!(format!("{first_line}\n"), *want, "{url}");
+        assert!(
+            run.stderr.contains("hint: use `sqlite://FILE`"),
+            "{url}: {}",
+            run.stderr
+        );
+    }
+    // Percent-encoding reaches the file system decoded.
+    let run = p.run(&["upgrade", "-d", "sqlite://my%20db.sqlite"]);
+    run.ok();
+    assert!(p.path("my db.sqlite").exists());
+}
