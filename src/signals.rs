@@ -4,6 +4,7 @@
 //! then recovered as after a crash.
 
 use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::OnceLock;
 
 use lockstep::CancelHandle;
 
@@ -29,8 +30,13 @@ extern "C" fn on_signal(signal: libc::c_int) {
     }
 }
 
-/// Installs the handlers; the first signal cancels the run through `cancel`.
-pub fn install(cancel: CancelHandle) {
+/// The run to cancel, once there is one.
+static RUN: OnceLock<CancelHandle> = OnceLock::new();
+
+/// Installs the handlers, first thing, for commands that take the lock: a
+/// signal that arrives before the run exists still stops it (and the
+/// process still exits 130 or 143, not by the signal's default action).
+pub fn install() {
     let mut fds = [0; 2];
     // SAFETY: fds has room for the two descriptors.
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
@@ -45,7 +51,9 @@ pub fn install(cancel: CancelHandle) {
             // SAFETY: reads one byte into a valid buffer.
             let n = unsafe { libc::read(read_end, (&mut byte as *mut u8).cast(), 1) };
             if n == 1 {
-                cancel.cancel();
+                if let Some(run) = RUN.get() {
+                    run.cancel();
+                }
             }
         });
     if spawned.is_err() {
@@ -60,6 +68,15 @@ pub fn install(cancel: CancelHandle) {
             libc::sigemptyset(&mut action.sa_mask);
             libc::sigaction(signal, &action, std::ptr::null_mut());
         }
+    }
+}
+
+/// Names the run that a signal cancels; if one already arrived, cancels
+/// it at once.
+pub fn register(run: CancelHandle) {
+    let _ = RUN.set(run.clone());
+    if received().is_some() {
+        run.cancel();
     }
 }
 

@@ -24,6 +24,9 @@ pub fn main() -> i32 {
         Ok(cli) => cli,
         Err(e) => return usage_error(e, &args),
     };
+    if takes_lock(&cli.command) {
+        crate::signals::install();
+    }
     let env = |name: &str| std::env::var(name).ok();
     let mut printer = Printer::new(&cli.global, &env);
     let command = cli.command.name();
@@ -40,6 +43,11 @@ pub fn main() -> i32 {
         dispatch(&cli.command, &settings, &mut printer)
     });
     match result {
+        // Interrupted, but nothing was left to stop: still the signal's
+        // code, as documented.
+        Ok(_) if crate::signals::received().is_some() => {
+            Exit::Signal(crate::signals::received().unwrap_or(libc::SIGINT)).code()
+        }
         Ok(exit) => exit.code(),
         Err(err) => {
             let err = err.scrub(secret.as_deref());
@@ -47,6 +55,14 @@ pub fn main() -> i32 {
             err.exit.code()
         }
     }
+}
+
+/// The commands that run under the lock, and so handle SIGINT/SIGTERM.
+fn takes_lock(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Upgrade(_) | Command::Rollback(_) | Command::Fix(_)
+    )
 }
 
 fn dispatch(
@@ -109,7 +125,7 @@ fn connect(
         );
     }
     let migrator = Migrator::connect(settings.database()?, options(settings, Some(lock)))?;
-    crate::signals::install(migrator.cancel_handle());
+    crate::signals::register(migrator.cancel_handle());
     Ok(migrator)
 }
 

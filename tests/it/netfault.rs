@@ -542,14 +542,46 @@ impl Netns {
         cmd
     }
 
+    /// Cuts the link with `tc netem loss 100%` (every packet dropped, the
+    /// interface still up) where the kernel has netem, else by taking the
+    /// interface down; `up` restores it.
     fn link(&self, up: bool) {
-        let state = if up { "up" } else { "down" };
-        let ok = std::process::Command::new("ip")
-            .args(["-n", &self.client, "link", "set", &self.client_dev, state])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "ip link set {state}");
+        let run = |args: &[&str]| {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &self.client])
+                .args(args)
+                .output()
+                .unwrap()
+        };
+        if up {
+            let _ = run(&["tc", "qdisc", "del", "dev", &self.client_dev, "root"]);
+            assert!(run(&["ip", "link", "set", &self.client_dev, "up"])
+                .status
+                .success());
+            return;
+        }
+        let netem = run(&[
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            &self.client_dev,
+            "root",
+            "netem",
+            "loss",
+            "100%",
+        ]);
+        if netem.status.success() {
+            println!("cut: tc netem loss 100%");
+        } else {
+            println!(
+                "cut: tc netem is not available here ({}); taking the interface down instead",
+                String::from_utf8_lossy(&netem.stderr).trim()
+            );
+            assert!(run(&["ip", "link", "set", &self.client_dev, "down"])
+                .status
+                .success());
+        }
     }
 }
 
@@ -561,4 +593,22 @@ impl Drop for Netns {
                 .status();
         }
     }
+}
+
+/// Regression, found by the chaos rounds: a SIGTERM that arrived while the
+/// run was still connecting ended the process by the signal's default
+/// action instead of exit code 143. A slow link keeps it connecting.
+#[test]
+fn sigterm_while_connecting_still_exits_143() {
+    let Some((p, db)) = pg_project() else { return };
+    side_migrations(&p, "SELECT 1;");
+    let proxy = Proxy::start(pg_port());
+    proxy.delay(Duration::from_millis(300));
+    let holder = spawn_via(&p, &proxy.url(&db), "holder");
+    std::thread::sleep(Duration::from_millis(150));
+    holder.signal(libc::SIGTERM);
+    let run = holder.finish();
+    assert_eq!((run.code, run.signal), (143, None), "{}", run.stderr);
+    proxy.delay(Duration::ZERO);
+    assert_eq!(holder_of(&p), None);
 }
