@@ -1,9 +1,10 @@
-//! SIGINT and SIGTERM for commands that hold the lock: the first signal
+//! SIGINT and SIGTERM. For commands that hold the lock the first signal
 //! asks the run to stop (finish or cancel the current migration, release
 //! the lock, exit 130 or 143); a second one exits at once, and the lock is
-//! then recovered as after a crash.
+//! then recovered as after a crash. Other commands, and any command before
+//! its arguments are read, exit at once with 130 or 143.
 
-use std::sync::atomic::{AtomicI32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::sync::OnceLock;
 
 use lockstep::CancelHandle;
@@ -14,11 +15,15 @@ static RECEIVED: AtomicI32 = AtomicI32::new(0);
 /// The write end of the pipe that wakes the watcher thread.
 static WAKE: AtomicI32 = AtomicI32::new(-1);
 
+/// The command takes the lock: a first signal stops it cleanly rather than
+/// at once.
+static STOP_CLEANLY: AtomicBool = AtomicBool::new(false);
+
 extern "C" fn on_signal(signal: libc::c_int) {
-    if RECEIVED
+    let first = RECEIVED
         .compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst)
-        .is_err()
-    {
+        .is_ok();
+    if !first || !STOP_CLEANLY.load(Ordering::SeqCst) {
         // SAFETY: _exit is async-signal-safe.
         unsafe { libc::_exit(128 + signal) };
     }
@@ -33,9 +38,8 @@ extern "C" fn on_signal(signal: libc::c_int) {
 /// The run to cancel, once there is one.
 static RUN: OnceLock<CancelHandle> = OnceLock::new();
 
-/// Installs the handlers, first thing, for commands that take the lock: a
-/// signal that arrives before the run exists still stops it (and the
-/// process still exits 130 or 143, not by the signal's default action).
+/// Installs the handlers, first thing in `main`: from then on a signal
+/// ends the process with 130 or 143, never by its default action.
 pub fn install() {
     let mut fds = [0; 2];
     // SAFETY: fds has room for the two descriptors.
@@ -69,6 +73,12 @@ pub fn install() {
             libc::sigaction(signal, &action, std::ptr::null_mut());
         }
     }
+}
+
+/// The command takes the lock: from now on a first signal stops it
+/// cleanly, also before the run exists (`register` then cancels it).
+pub fn stop_cleanly() {
+    STOP_CLEANLY.store(true, Ordering::SeqCst);
 }
 
 /// Names the run that a signal cancels; if one already arrived, cancels

@@ -19,13 +19,14 @@ mod project;
 mod run;
 
 pub fn main() -> i32 {
+    crate::signals::install();
     let args: Vec<OsString> = std::env::args_os().collect();
     let cli = match Cli::try_parse_from(&args) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e, &args),
     };
     if takes_lock(&cli.command) {
-        crate::signals::install();
+        crate::signals::stop_cleanly();
     }
     let env = |name: &str| std::env::var(name).ok();
     let mut printer = Printer::new(&cli.global, &env);

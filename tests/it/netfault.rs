@@ -612,3 +612,21 @@ fn sigterm_while_connecting_still_exits_143() {
     proxy.delay(Duration::ZERO);
     assert_eq!(holder_of(&p), None);
 }
+
+/// A read-only command stuck on a silent link stops at once on SIGINT,
+/// with 130 rather than by the signal's default action.
+#[test]
+fn sigint_stops_a_command_stuck_on_a_silent_link() {
+    let Some((p, db)) = pg_project() else { return };
+    let proxy = Proxy::start(pg_port());
+    proxy.blackhole(true);
+    let mut cmd = p.command(&["status"]);
+    cmd.env("LOCKSTEP_DATABASE_URL", proxy.url(&db))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let stuck = Child::from(cmd.spawn().unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    stuck.signal(libc::SIGINT);
+    let run = stuck.finish();
+    assert_eq!((run.code, run.signal), (130, None), "{}", run.stderr);
+}
