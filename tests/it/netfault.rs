@@ -179,7 +179,7 @@ fn each_once(p: &Project) {
 /// The holder's session is running migration 1's `pg_sleep`.
 fn running_sleep(p: &Project) -> bool {
     p.db.value(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'lockstep holder' \
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'lockstep holder' \
          AND xact_start IS NOT NULL AND query LIKE '%pg_sleep%'",
     ) == "1"
 }

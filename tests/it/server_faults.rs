@@ -38,7 +38,7 @@ fn each_once(p: &Project) {
 /// The holder's main session is running migration 1.
 fn in_migration_1(p: &Project) -> bool {
     p.db.value(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'lockstep holder' \
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'lockstep holder' \
          AND query LIKE '%pg_sleep%'",
     ) == "1"
 }
@@ -124,7 +124,7 @@ fn server_restart_during_a_run() {
     let holder = Child::from(cmd.spawn().unwrap());
     wait_until("the holder runs migration 1", LONG, || {
         db.value(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'lockstep holder' AND query LIKE '%pg_sleep%'",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'lockstep holder' AND query LIKE '%pg_sleep%'",
         ) == "1"
     });
     server.restart();
@@ -228,7 +228,7 @@ fn terminated_heartbeat_connection_reconnects() {
     let holder = spawn_holder(&p);
     wait_until("the holder runs migration 1", LONG, || in_migration_1(&p));
     let heartbeat = "SELECT a.pid FROM pg_stat_activity a, lockstep_lock l \
-                     WHERE a.application_name = 'lockstep holder' AND l.owner = 'holder' AND a.pid <> l.session_pid";
+                     WHERE a.datname = current_database() AND a.application_name = 'lockstep holder' AND l.owner = 'holder' AND a.pid <> l.session_pid";
     wait_until("the heartbeat's connection", LONG, || {
         p.db.query(heartbeat).len() == 1
     });

@@ -104,7 +104,7 @@ impl TestDb {
                 let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
                 let messages = client
                     .simple_query(sql)
-                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                    .unwrap_or_else(|e| panic!("{sql}: {}", pg_message(&e)));
                 messages
                     .iter()
                     .filter_map(|m| match m {
@@ -136,7 +136,7 @@ impl TestDb {
             TestDb::Postgres { url, .. } => postgres::Client::connect(url, postgres::NoTls)
                 .unwrap()
                 .batch_execute(sql)
-                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+                .unwrap_or_else(|e| panic!("{sql}: {}", pg_message(&e))),
         }
     }
 
@@ -427,5 +427,14 @@ pub fn wait_until(what: &str, timeout: std::time::Duration, mut check: impl FnMu
             "timed out after {timeout:?} waiting until {what}"
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A PostgreSQL error with the server's own message; `Display` alone says
+/// only "db error".
+fn pg_message(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => e.to_string(),
     }
 }
