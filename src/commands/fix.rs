@@ -1,9 +1,9 @@
 //! `fix checksums`, `fix missing`, `fix dirty`.
 
-use lockstep::{DirtyResolution, Fixed, MigrationSet};
+use lockstep::{DirtyResolution, Fixed};
 
 use super::run::Progress;
-use super::{connect, plural};
+use super::{connect, load_and_connect, plural};
 use crate::cli::{FixArgs, FixCommand};
 use crate::error::{CliError, Exit};
 use crate::json;
@@ -19,8 +19,8 @@ pub fn fix(
     settings.database()?;
     let (fixed, dry_run, nothing) = match &args.command {
         FixCommand::Checksums(dry) => {
-            let set = MigrationSet::load(&settings.migrations)?;
-            let mut migrator = connect(settings, printer, &args.lock)?;
+            let (set, mut migrator) =
+                load_and_connect(settings, || connect(settings, printer, &args.lock))?;
             let fixed = migrator.fix_checksums(&set, dry.dry_run, &mut Progress::new(printer))?;
             (
                 fixed,
@@ -29,8 +29,8 @@ pub fn fix(
             )
         }
         FixCommand::Missing(dry) => {
-            let set = MigrationSet::load(&settings.migrations)?;
-            let mut migrator = connect(settings, printer, &args.lock)?;
+            let (set, mut migrator) =
+                load_and_connect(settings, || connect(settings, printer, &args.lock))?;
             let fixed = migrator.fix_missing(&set, dry.dry_run, &mut Progress::new(printer))?;
             (
                 fixed,

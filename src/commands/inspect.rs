@@ -1,9 +1,9 @@
 //! Read-only commands: `status`, `history`, `validate`. They create no
 //! table and, on SQLite, no database file.
 
-use lockstep::{plan, MigrationSet, State};
+use lockstep::{plan, State};
 
-use super::{connect_read_only, plural, render, Row};
+use super::{connect_read_only, load_and_connect, plural, render, Row};
 use crate::cli::StatusArgs;
 use crate::error::{CliError, Exit};
 use crate::json;
@@ -15,9 +15,8 @@ pub fn status(
     printer: &mut Printer,
     args: &StatusArgs,
 ) -> Result<Exit, CliError> {
-    settings.database()?;
-    let set = MigrationSet::load(&settings.migrations)?;
-    let history = connect_read_only(settings)?.history()?;
+    let (set, mut migrator) = load_and_connect(settings, || connect_read_only(settings))?;
+    let history = migrator.history()?;
     let entries = plan::status(set.migrations(), &history);
 
     let mut counts = json::Counts::default();
@@ -173,9 +172,7 @@ pub fn history(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliEr
 }
 
 pub fn validate(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError> {
-    settings.database()?;
-    let set = MigrationSet::load(&settings.migrations)?;
-    let mut migrator = connect_read_only(settings)?;
+    let (set, mut migrator) = load_and_connect(settings, || connect_read_only(settings))?;
     let history = migrator.validate(&set)?;
     let files = set.migrations().len();
     let applied = history.len();

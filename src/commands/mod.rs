@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 
 use clap::Parser;
-use lockstep::{LockOptions, Migrator, Options};
+use lockstep::{DatabaseUrl, LockOptions, MigrationSet, Migrator, Options};
 
 use crate::cli::{Cli, Command, LockArgs, LockCommand};
 use crate::error::{CliError, Exit};
@@ -128,6 +128,31 @@ fn connect(
     let migrator = Migrator::connect(settings.database()?, options(settings, Some(lock)))?;
     crate::signals::register(migrator.cancel_handle());
     Ok(migrator)
+}
+
+/// Reads the migrations directory and connects. Every file is parsed
+/// before anything can change: on PostgreSQL, where connecting changes
+/// nothing, the files are read on a second thread while the connection is
+/// set up (the two take about as long); on SQLite, where opening may create
+/// the file, one after the other. A bad file wins over a failed connection,
+/// as it would serially.
+fn load_and_connect(
+    settings: &Settings,
+    connect: impl FnOnce() -> Result<Migrator, CliError>,
+) -> Result<(MigrationSet, Migrator), CliError> {
+    let dir = &settings.migrations;
+    if !matches!(settings.database()?, DatabaseUrl::Postgres(_)) {
+        let set = MigrationSet::load(dir)?;
+        return Ok((set, connect()?));
+    }
+    std::thread::scope(|scope| {
+        let loading = scope.spawn(|| MigrationSet::load(dir));
+        let migrator = connect();
+        let set = loading
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        Ok((set, migrator?))
+    })
 }
 
 /// Connects for a command that only reads: creates no file and no table.

@@ -3,11 +3,10 @@
 use std::time::{Duration, Instant};
 
 use lockstep::{
-    Direction, Event, LockEvent, MigrationSet, Observer, RollbackOptions, RunReport, Target,
-    UpgradeOptions,
+    Direction, Event, LockEvent, Observer, RollbackOptions, RunReport, Target, UpgradeOptions,
 };
 
-use super::{connect, plural, step_json};
+use super::{connect, load_and_connect, plural, step_json};
 use crate::cli::{RollbackArgs, UpgradeArgs};
 use crate::error::{CliError, Exit};
 use crate::json;
@@ -19,9 +18,6 @@ pub fn upgrade(
     printer: &mut Printer,
     args: &UpgradeArgs,
 ) -> Result<Exit, CliError> {
-    settings.database()?;
-    // Parse every file before touching the database.
-    let set = MigrationSet::load(&settings.migrations)?;
     let options = UpgradeOptions {
         target: target(args.to, args.count),
         dry_run: args.dry_run,
@@ -29,7 +25,9 @@ pub fn upgrade(
         allow_out_of_order: args.allow_out_of_order,
     };
     let started = Instant::now();
-    let mut migrator = connect(settings, printer, &args.lock)?;
+    // Every file is parsed before the database can change.
+    let (set, mut migrator) =
+        load_and_connect(settings, || connect(settings, printer, &args.lock))?;
     let result = migrator.upgrade(&set, &options, &mut Progress::new(printer));
     finish(printer, "upgrade", result, started.elapsed())
 }
@@ -39,14 +37,13 @@ pub fn rollback(
     printer: &mut Printer,
     args: &RollbackArgs,
 ) -> Result<Exit, CliError> {
-    settings.database()?;
-    let set = MigrationSet::load(&settings.migrations)?;
     let options = RollbackOptions {
         target: target(args.to, args.count),
         dry_run: args.dry_run,
     };
     let started = Instant::now();
-    let mut migrator = connect(settings, printer, &args.lock)?;
+    let (set, mut migrator) =
+        load_and_connect(settings, || connect(settings, printer, &args.lock))?;
     let result = migrator.rollback(&set, &options, &mut Progress::new(printer));
     finish(printer, "rollback", result, started.elapsed())
 }
