@@ -836,3 +836,70 @@ both!(
         each_once(&p, 2);
     }
 );
+
+/// Waiters behind a long migration cost the server one plain read per
+/// poll: no transaction left open, no snapshot held, no failed statement.
+/// (A waiter that tried the row lock on every poll would roll back once
+/// per poll: 55P03 against the holder's migration.)
+#[test]
+fn waiters_hold_no_transaction_and_fail_no_statement() {
+    let Some(p) = Project::new(Backend::Postgres) else {
+        return;
+    };
+    p.migration("1_long.sql", "-- upgrade\nSELECT pg_sleep(8);\n");
+    let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+    wait_until("the holder holds the lock", LONG, || {
+        holder_of(&p).as_deref() == Some("holder")
+    });
+    let rollbacks = "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()";
+    let before: i64 = p.db.value(rollbacks).parse().unwrap();
+    const WAITERS: usize = 5;
+    // They give up while the holder still runs: what is counted is the
+    // waiting alone, not the handoff.
+    let waiters: Vec<_> = (0..WAITERS)
+        .map(|i| {
+            p.spawn(&[
+                "upgrade",
+                "--owner",
+                &format!("waiter{i}"),
+                "--lock-timeout",
+                "4s",
+            ])
+        })
+        .collect();
+    let sessions = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                    AND application_name LIKE 'lockstep waiter%'";
+    wait_until("every waiter is connected", LONG, || {
+        p.db.value(sessions) == WAITERS.to_string()
+    });
+    // While they wait: none idle inside a transaction, none holding a
+    // snapshot between polls.
+    let bad = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+               AND application_name LIKE 'lockstep waiter%' \
+               AND (state LIKE 'idle in transaction%' OR (state = 'idle' AND backend_xmin IS NOT NULL))";
+    for _ in 0..25 {
+        assert_eq!(p.db.value(bad), "0");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    for w in waiters {
+        w.finish().code(3);
+    }
+    // Exited backends have flushed their statistics.
+    wait_until("the waiters' sessions end", LONG, || {
+        p.db.value(sessions) == "0"
+    });
+    let after: i64 = p.db.value(rollbacks).parse().unwrap();
+    assert_eq!(
+        holder_of(&p).as_deref(),
+        Some("holder"),
+        "counted while the holder still ran"
+    );
+    // Each waiter's first try meets the migration's row lock, once.
+    assert!(
+        after - before <= WAITERS as i64,
+        "{} rollbacks from {WAITERS} waiters in 4 s",
+        after - before
+    );
+    holder.finish().ok();
+    assert_eq!(applied(&p), 1);
+}

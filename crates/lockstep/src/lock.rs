@@ -402,6 +402,7 @@ pub(crate) fn acquire(
     let mut listening = false;
     let mut backoff = Duration::from_millis(50);
     let mut conflicts = 0;
+    let mut waited_once = false;
     loop {
         if cancelled() {
             if listening {
@@ -410,6 +411,29 @@ pub(crate) fn acquire(
             return Err(Error::Cancelled {
                 completed: Vec::new(),
             });
+        }
+        // A waiter looks before it tries: one plain read, no transaction,
+        // no row lock, no failed statement in the server's log, and on
+        // SQLite no contention for the write lock with the holder's
+        // migrations. Only a lock that looks free or may be taken over is
+        // tried for real.
+        if waited_once {
+            if let Some(seen) = driver.read_lock(scope)? {
+                if seen.is_held() && seen.takeover_reason().is_none() {
+                    if let Some(done) = wait_turn(
+                        driver,
+                        seen,
+                        options,
+                        started,
+                        &mut listening,
+                        &mut backoff,
+                        report,
+                    )? {
+                        return Err(done);
+                    }
+                    continue;
+                }
+            }
         }
         let result = match attempt(driver, scope, me, options, &session) {
             // A serialization failure or deadlock rolled the attempt back
@@ -452,39 +476,67 @@ pub(crate) fn acquire(
                 });
             }
             Attempt::Held(holder) => {
-                let waited = started.elapsed();
-                if options.no_wait || waited >= options.timeout {
-                    if listening {
-                        driver.unlisten();
-                    }
-                    return Err(Error::LockBusy(Box::new(LockBusy {
-                        holder,
-                        waited,
-                        no_wait: options.no_wait,
-                    })));
+                waited_once = true;
+                if let Some(done) = wait_turn(
+                    driver,
+                    holder,
+                    options,
+                    started,
+                    &mut listening,
+                    &mut backoff,
+                    report,
+                )? {
+                    return Err(done);
                 }
-                report(&LockEvent::Waiting {
-                    holder: &holder,
-                    waited,
-                });
-                // Listen where the engine can notify, so that a release wakes
-                // this waiter at once; poll with backoff and jitter anyway,
-                // for expiries and engines without notifications.
-                if !listening && driver.can_notify() {
-                    driver.listen(scope)?;
-                    listening = true;
-                }
-                let remaining = options.timeout.saturating_sub(started.elapsed());
-                let pause = jitter(backoff).min(remaining);
-                if listening {
-                    driver.wait_for_notification(pause)?;
-                } else {
-                    std::thread::sleep(pause);
-                }
-                backoff = (backoff * 2).min(driver.poll_interval());
             }
         }
     }
+}
+
+/// The lock is held by someone else: gives up (`Some(LockBusy)`) when told
+/// not to wait or the time is up; otherwise says who holds it and waits
+/// for a release notification or the next poll.
+fn wait_turn(
+    driver: &mut dyn Driver,
+    holder: LockInfo,
+    options: &LockOptions,
+    started: Instant,
+    listening: &mut bool,
+    backoff: &mut Duration,
+    report: &mut dyn FnMut(&LockEvent<'_>),
+) -> Result<Option<Error>, Error> {
+    let waited = started.elapsed();
+    if options.no_wait || waited >= options.timeout {
+        if *listening {
+            driver.unlisten();
+        }
+        return Ok(Some(Error::LockBusy(Box::new(LockBusy {
+            holder,
+            waited,
+            no_wait: options.no_wait,
+        }))));
+    }
+    report(&LockEvent::Waiting {
+        holder: &holder,
+        waited,
+    });
+    // Listen where the engine can notify, so that a release wakes this
+    // waiter at once; poll with backoff and jitter anyway, for expiries and
+    // engines without notifications.
+    let scope = holder.scope.as_str();
+    if !*listening && driver.can_notify() {
+        driver.listen(scope)?;
+        *listening = true;
+    }
+    let remaining = options.timeout.saturating_sub(started.elapsed());
+    let pause = jitter(*backoff).min(remaining);
+    if *listening {
+        driver.wait_for_notification(pause)?;
+    } else {
+        std::thread::sleep(pause);
+    }
+    *backoff = (*backoff * 2).min(driver.poll_interval());
+    Ok(None)
 }
 
 enum Attempt {
