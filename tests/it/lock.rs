@@ -903,3 +903,28 @@ fn waiters_hold_no_transaction_and_fail_no_statement() {
     holder.finish().ok();
     assert_eq!(applied(&p), 1);
 }
+
+both!(waiters_whose_work_the_holder_did_never_take_the_lock, |p| {
+    side_effects(&p, 5, |i| if i == 1 { p.busy_sql(1.5) } else { String::new() });
+    let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+    wait_until("the holder holds the lock", LONG, || {
+        holder_of(&p).as_deref() == Some("holder")
+    });
+    let waiters: Vec<_> = (0..4)
+        .map(|i| p.spawn(&["upgrade", "--owner", &format!("waiter{i}")]))
+        .collect();
+    holder.finish().ok();
+    for w in waiters {
+        let run = w.finish();
+        run.ok();
+        assert!(
+            run.stdout.contains("database is up to date"),
+            "{}",
+            run.stdout
+        );
+    }
+    each_once(&p, 5);
+    // One acquisition: the holder's. The waiters saw, when it came free,
+    // that there was nothing left to take it for.
+    assert_eq!(events(&p), ["acquired", "released"]);
+});

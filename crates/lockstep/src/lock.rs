@@ -389,6 +389,17 @@ impl Drop for Held {
 /// Waits for and takes the lock. Each attempt is one short transaction; no
 /// transaction is open while waiting. `cancelled` is checked between
 /// attempts.
+/// What waiting for the lock came to.
+pub(crate) enum Acquired {
+    Held(Held),
+    /// While this run waited, the holder did what it came for (`needed`
+    /// said so when the lock came free): nothing left to take it for.
+    NotNeeded,
+}
+
+/// Takes the lock, waiting as the options say. Each time the lock comes
+/// free after a wait, `needed` is asked first (reading what it must, without
+/// the lock) whether there is still work to take it for.
 pub(crate) fn acquire(
     driver: &mut dyn Driver,
     scope: &str,
@@ -396,7 +407,8 @@ pub(crate) fn acquire(
     options: &LockOptions,
     report: &mut dyn FnMut(&LockEvent<'_>),
     cancelled: &dyn Fn() -> bool,
-) -> Result<Held, Error> {
+    needed: &mut dyn FnMut(&mut dyn Driver) -> bool,
+) -> Result<Acquired, Error> {
     let started = Instant::now();
     let session = driver.session()?;
     let mut listening = false;
@@ -434,6 +446,14 @@ pub(crate) fn acquire(
                     continue;
                 }
             }
+            // Free, or about to be taken over: most often the holder just
+            // finished, having applied what this run came to apply.
+            if !needed(driver) {
+                if listening {
+                    driver.unlisten();
+                }
+                return Ok(Acquired::NotNeeded);
+            }
         }
         let result = match attempt(driver, scope, me, options, &session) {
             // A serialization failure or deadlock rolled the attempt back
@@ -468,12 +488,12 @@ pub(crate) fn acquire(
                         return Err(e);
                     }
                 };
-                return Ok(Held {
+                return Ok(Acquired::Held(Held {
                     fence,
                     command: me.command.to_string(),
                     shared,
                     heartbeat: Some(heartbeat),
-                });
+                }));
             }
             Attempt::Held(holder) => {
                 waited_once = true;

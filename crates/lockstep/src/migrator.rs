@@ -199,6 +199,14 @@ impl std::fmt::Debug for Migrator {
     }
 }
 
+/// What taking the lock came to.
+enum Locking {
+    /// Held; `None` with `--no-lock`.
+    Held(Option<Held>),
+    /// Another run did the work while this one waited.
+    NotNeeded,
+}
+
 impl Migrator {
     /// Connects for commands that write. An SQLite file is created if it
     /// does not exist; lockstep's tables are created when first needed.
@@ -243,10 +251,17 @@ impl Migrator {
         self.options.history_table.to_string()
     }
 
-    /// Takes the lock, waiting as the options say; `None` without the lock.
-    fn lock(&mut self, command: &str, observer: &mut dyn Observer) -> Result<Option<Held>, Error> {
+    /// Takes the lock, waiting as the options say (`Locking::Held(None)`
+    /// with `--no-lock`). `needed` is asked, when the lock comes free after
+    /// a wait, whether there is still work to take it for.
+    fn lock(
+        &mut self,
+        command: &str,
+        observer: &mut dyn Observer,
+        needed: &mut dyn FnMut(&mut dyn Driver) -> bool,
+    ) -> Result<Locking, Error> {
         let Some(options) = self.options.lock.clone() else {
-            return Ok(None);
+            return Ok(Locking::Held(None));
         };
         let scope = self.scope();
         let who = Who {
@@ -258,13 +273,14 @@ impl Migrator {
         let cancel = self.cancel.clone();
         let mut report = |e: &LockEvent<'_>| observer.event(&Event::Lock(e.clone()));
         let cancelled = || cancel.is_cancelled();
-        match lock::acquire(
+        let acquired = match lock::acquire(
             &mut *self.driver,
             &scope,
             &who,
             &options,
             &mut report,
             &cancelled,
+            needed,
         ) {
             // Tables from before the lock existed: create what is missing.
             Err(e) if e.is_undefined_table() => {
@@ -276,11 +292,15 @@ impl Migrator {
                     &options,
                     &mut report,
                     &cancelled,
+                    needed,
                 )
-                .map(Some)
             }
-            other => other.map(Some),
-        }
+            other => other,
+        }?;
+        Ok(match acquired {
+            lock::Acquired::Held(held) => Locking::Held(Some(held)),
+            lock::Acquired::NotNeeded => Locking::NotNeeded,
+        })
     }
 
     /// Releases the lock (when it is still this run's) and reports how that
@@ -413,7 +433,19 @@ impl Migrator {
         if history.is_none() {
             self.driver.create_tables()?;
         }
-        let held = self.lock("upgrade", observer)?;
+        // While this run waits, the holder may apply everything it would:
+        // then it is done without ever taking the lock.
+        let mut needed = |driver: &mut dyn Driver| match driver.read_history() {
+            Ok(Some(history)) => !matches!(
+                plan::plan_upgrade(set.migrations(), &history, options.target, options.allow_out_of_order),
+                Ok(plan) if plan.is_empty()
+            ),
+            _ => true,
+        };
+        let held = match self.lock("upgrade", observer, &mut needed)? {
+            Locking::Held(held) => held,
+            Locking::NotNeeded => return Ok(report),
+        };
         let result = self.upgrade_locked(set, options, observer, held.as_ref(), &mut report);
         self.unlock(held, "upgrade", observer);
         result.map(|()| report)
@@ -520,7 +552,10 @@ impl Migrator {
             }
             _ => {}
         }
-        let held = self.lock("rollback", observer)?;
+        let held = match self.lock("rollback", observer, &mut |_| true)? {
+            Locking::Held(held) => held,
+            Locking::NotNeeded => return Ok(report),
+        };
         let result = (|| -> Result<(), Error> {
             let history = self.history()?;
             let plan = self.plan_rollback(set, &history, options)?;
@@ -680,7 +715,10 @@ impl Migrator {
         if dry_run || planned.is_empty() {
             return Ok(planned.into_iter().map(|(f, _)| f).collect());
         }
-        let held = self.lock("fix", observer)?;
+        let held = match self.lock("fix", observer, &mut |_| true)? {
+            Locking::Held(held) => held,
+            Locking::NotNeeded => return Ok(Vec::new()),
+        };
         let result = (|| -> Result<Vec<Fixed>, Error> {
             let history = self.history()?;
             let (fixed, changes): (Vec<Fixed>, Vec<Change<'_>>) =

@@ -282,13 +282,18 @@ impl PgDriver {
         }
     }
 
-    fn parse_rows(messages: &[SimpleQueryMessage]) -> Result<Vec<HistoryRow>, String> {
+    /// History rows from the columns from `at` on; a row without a
+    /// version (an empty history's outer join) is none.
+    fn parse_rows(messages: &[SimpleQueryMessage], at: usize) -> Result<Vec<HistoryRow>, String> {
         let mut rows = Vec::new();
         for message in messages {
             let SimpleQueryMessage::Row(r) = message else {
                 continue;
             };
-            let text = |i: usize| r.get(i).unwrap_or_default().to_string();
+            if r.get(at).is_none() {
+                continue;
+            }
+            let text = |i: usize| r.get(at + i).unwrap_or_default().to_string();
             let int = |i: usize| -> Result<i64, String> {
                 text(i)
                     .parse()
@@ -302,7 +307,7 @@ impl PgDriver {
                 applied_at: text(4),
                 duration_ms: int(5)?,
                 applied_by: text(6),
-                lock_token: r.get(7).and_then(|t| t.parse().ok()),
+                lock_token: r.get(at + 7).and_then(|t| t.parse().ok()),
                 tool_version: text(8),
             });
         }
@@ -347,41 +352,42 @@ impl PgDriver {
             Some(s) => literal(s),
             None => "current_schema()".to_string(),
         };
-        // One round trip: the schema lockstep's tables resolve to, their
-        // format, and the rows.
+        // One statement: the schema lockstep's tables resolve to and their
+        // format on every row, then the history (one row of NULLs when it
+        // is empty). A fleet starting against an up-to-date database costs
+        // the server this and nothing else.
         let sql = format!(
-            "SELECT {schema};
-             SELECT format_version FROM {meta} WHERE table_name = {name};
-             SELECT version, name, checksum, state,
-                    to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                    duration_ms, applied_by, lock_token, tool_version
-               FROM {history} ORDER BY version",
+            "SELECT {schema}, (SELECT format_version FROM {meta} WHERE table_name = {name}),
+                    h.version, h.name, h.checksum, h.state,
+                    to_char(h.applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
+                    h.duration_ms, h.applied_by, h.lock_token, h.tool_version
+               FROM (SELECT 1) AS one LEFT JOIN {history} AS h ON true
+              ORDER BY h.version",
             meta = self.meta,
             history = self.history,
             name = literal(self.table.name()),
         );
         match self.client.simple_query(&sql) {
             Ok(messages) => {
-                let parts = statements(&messages);
-                if let Some(schema) = parts.first().and_then(|rows| first_value(rows)) {
-                    let schema = schema.to_string();
+                let first = messages.iter().find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => Some((
+                        r.get(0).map(str::to_string),
+                        r.get(1).and_then(|v| v.parse::<i64>().ok()),
+                    )),
+                    _ => None,
+                });
+                let (schema, format) = first.unwrap_or_default();
+                if let Some(schema) = schema {
                     self.qualify(Some(&schema));
                 }
-                let format = parts
-                    .get(1)
-                    .and_then(|rows| first_value(rows))
-                    .and_then(|v| v.parse::<i64>().ok());
                 if format.is_none() {
                     return Ok(Read::Unsure);
                 }
                 super::check_format(&self.table, format)?;
-                let rows =
-                    Self::parse_rows(parts.get(2).copied().unwrap_or_default()).map_err(|m| {
-                        Error::Database {
-                            context: context.clone(),
-                            db: Box::new(DbMessage::plain(m)),
-                        }
-                    })?;
+                let rows = Self::parse_rows(&messages, 2).map_err(|m| Error::Database {
+                    context: context.clone(),
+                    db: Box::new(DbMessage::plain(m)),
+                })?;
                 Ok(Read::Rows(rows))
             }
             Err(e) if code(&e) == Some(&SqlState::UNDEFINED_TABLE) => {
@@ -600,26 +606,24 @@ impl Driver for PgDriver {
         // The server notices a client that died in the middle of a long
         // statement within a second (PostgreSQL 14+), and ends the
         // statement, releasing the lock row for the next holder.
-        let sql = "SELECT set_config(s.name, s.setting, false)
-                     FROM (VALUES ('client_connection_check_interval', '1000')) AS s(name, setting)
-                    WHERE EXISTS (SELECT 1 FROM pg_settings p WHERE p.name = s.name);
-                   SELECT pg_backend_pid(),
+        // One statement; the setting exists from PostgreSQL 14 on.
+        let sql = "SELECT pg_backend_pid(),
                           (SELECT (extract(epoch FROM backend_start) * 1000000)::bigint
                              FROM pg_stat_activity WHERE pid = pg_backend_pid()),
-                          current_setting('port')";
+                          current_setting('port'),
+                          (SELECT set_config(name, '1000', false) FROM pg_settings
+                            WHERE name = 'client_connection_check_interval')";
         let messages = self
             .client
             .simple_query(sql)
             .map_err(|e| db_error("reading this session's identity", &e))?;
-        let row = statements(&messages).get(1).and_then(|rows| {
-            rows.iter().find_map(|m| match m {
-                SimpleQueryMessage::Row(r) => Some((
-                    r.get(0).and_then(|v| v.parse::<i64>().ok()),
-                    r.get(1).map(str::to_string),
-                    r.get(2).and_then(|v| v.parse::<u16>().ok()),
-                )),
-                _ => None,
-            })
+        let row = messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((
+                r.get(0).and_then(|v| v.parse::<i64>().ok()),
+                r.get(1).map(str::to_string),
+                r.get(2).and_then(|v| v.parse::<u16>().ok()),
+            )),
+            _ => None,
         });
         let (pid, start, server_port) = row.unwrap_or_default();
         // The server listens on another port than the one connected to: a
