@@ -538,8 +538,15 @@ fn read_text(path: &Path) -> Result<String, SourceError> {
             // Grew since the fstat.
             bytes.resize(filled * 2, 0);
         }
+        let wanted = bytes.len() - filled;
         match file.read(&mut bytes[filled..]) {
             Ok(0) => break,
+            // All the fstat promised, and less than asked: the end, without
+            // another read to hear it.
+            Ok(n) if n < wanted && filled + n == meta.len() as usize => {
+                filled += n;
+                break;
+            }
             Ok(n) => filled += n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(cannot_read(e)),
