@@ -279,7 +279,6 @@ impl MigrationSet {
 
         let mut singles: BTreeMap<u64, (String, PathBuf)> = BTreeMap::new();
         let mut halves: BTreeMap<u64, Halves> = BTreeMap::new();
-        let mut by_version: BTreeMap<u64, PathBuf> = BTreeMap::new();
         for (file_name, kind) in names {
             let path = dir.join(&file_name);
             let parsed = match parse_file_name(&file_name) {
@@ -312,14 +311,18 @@ impl MigrationSet {
             };
             // The two halves of a pair share a version; anything else that
             // does is a duplicate.
-            if let Some(other) = by_version.get(&version) {
+            let other = singles.get(&version).map(|(_, p)| p).or_else(|| {
+                halves
+                    .get(&version)
+                    .and_then(|h| h.up.as_ref().or(h.down.as_ref()))
+            });
+            if let Some(other) = other {
                 let pair_partner = matches!(parsed, FileName::Half { .. })
                     && halves.get(&version).is_some_and(|h| h.name == name);
                 if !pair_partner {
                     return Err(duplicate(&path, other, version));
                 }
             }
-            by_version.insert(version, path.clone());
             match parsed {
                 FileName::Single { .. } => {
                     singles.insert(version, (name, path));
@@ -422,7 +425,8 @@ fn parse_all(jobs: Vec<Job>) -> Result<Vec<Migration>, SourceError> {
     if threads == 1 {
         return jobs.into_iter().map(Job::run).collect();
     }
-    let per_thread = jobs.len().div_ceil(threads);
+    let total = jobs.len();
+    let per_thread = total.div_ceil(threads);
     let mut chunks: Vec<Vec<Job>> = Vec::with_capacity(threads);
     let mut jobs = jobs.into_iter().peekable();
     while jobs.peek().is_some() {
@@ -441,10 +445,10 @@ fn parse_all(jobs: Vec<Job>) -> Result<Vec<Migration>, SourceError> {
                 })
             })
             .collect();
-        let mut all = std::mem::take(&mut first)
-            .into_iter()
-            .map(Job::run)
-            .collect::<Result<Vec<_>, _>>()?;
+        let mut all = Vec::with_capacity(total);
+        for job in std::mem::take(&mut first) {
+            all.push(job.run()?);
+        }
         for handle in others {
             let part = handle
                 .join()

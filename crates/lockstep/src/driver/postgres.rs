@@ -281,38 +281,6 @@ impl PgDriver {
             let _ = self.client.simple_query("ROLLBACK");
         }
     }
-
-    /// History rows from the columns from `at` on; a row without a
-    /// version (an empty history's outer join) is none.
-    fn parse_rows(messages: &[SimpleQueryMessage], at: usize) -> Result<Vec<HistoryRow>, String> {
-        let mut rows = Vec::new();
-        for message in messages {
-            let SimpleQueryMessage::Row(r) = message else {
-                continue;
-            };
-            if r.get(at).is_none() {
-                continue;
-            }
-            let text = |i: usize| r.get(at + i).unwrap_or_default().to_string();
-            let int = |i: usize| -> Result<i64, String> {
-                text(i)
-                    .parse()
-                    .map_err(|_| format!("column {i} is not a number"))
-            };
-            rows.push(HistoryRow {
-                version: int(0)? as u64,
-                name: text(1),
-                checksum: text(2),
-                state: RowState::parse(&text(3)).unwrap_or(RowState::Started),
-                applied_at: text(4),
-                duration_ms: int(5)?,
-                applied_by: text(6),
-                lock_token: r.get(at + 7).and_then(|t| t.parse().ok()),
-                tool_version: text(8),
-            });
-        }
-        Ok(rows)
-    }
 }
 
 /// Splits a simple query's messages into the rows of each statement.
@@ -355,28 +323,56 @@ impl PgDriver {
         // One statement: the schema lockstep's tables resolve to and their
         // format on every row, then the history (one row of NULLs when it
         // is empty). A fleet starting against an up-to-date database costs
-        // the server this and nothing else.
+        // the server this and nothing else. Rows are decoded as they
+        // arrive, not gathered first: 10,000 of them stay a few MiB.
         let sql = format!(
-            "SELECT {schema}, (SELECT format_version FROM {meta} WHERE table_name = {name}),
-                    h.version, h.name, h.checksum, h.state,
+            "SELECT {schema}::text, (SELECT format_version FROM {meta} WHERE table_name = {name})::bigint,
+                    h.version::bigint, h.name::text, h.checksum::text, h.state::text,
                     to_char(h.applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'),
-                    h.duration_ms, h.applied_by, h.lock_token, h.tool_version
+                    h.duration_ms::bigint, h.applied_by::text, h.lock_token::bigint, h.tool_version::text
                FROM (SELECT 1) AS one LEFT JOIN {history} AS h ON true
               ORDER BY h.version",
             meta = self.meta,
             history = self.history,
             name = literal(self.table.name()),
         );
-        match self.client.simple_query(&sql) {
-            Ok(messages) => {
-                let first = messages.iter().find_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => Some((
-                        r.get(0).map(str::to_string),
-                        r.get(1).and_then(|v| v.parse::<i64>().ok()),
-                    )),
-                    _ => None,
-                });
-                let (schema, format) = first.unwrap_or_default();
+        let no_params: [(&str, postgres::types::Type); 0] = [];
+        let read = self
+            .client
+            .query_typed_raw(&sql, no_params)
+            .and_then(|mut it| {
+                use postgres::fallible_iterator::FallibleIterator;
+                let mut head = None;
+                let mut rows = Vec::new();
+                while let Some(row) = it.next()? {
+                    if head.is_none() {
+                        head = Some((
+                            row.try_get::<_, Option<String>>(0)?,
+                            row.try_get::<_, Option<i64>>(1)?,
+                        ));
+                    }
+                    if let Some(version) = row.try_get::<_, Option<i64>>(2)? {
+                        rows.push(HistoryRow {
+                            version: version as u64,
+                            name: row.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
+                            checksum: row.try_get::<_, Option<String>>(4)?.unwrap_or_default(),
+                            state: RowState::parse(
+                                row.try_get::<_, Option<&str>>(5)?.unwrap_or_default(),
+                            )
+                            .unwrap_or(RowState::Started),
+                            applied_at: row.try_get::<_, Option<String>>(6)?.unwrap_or_default(),
+                            duration_ms: row.try_get::<_, Option<i64>>(7)?.unwrap_or_default(),
+                            applied_by: row.try_get::<_, Option<String>>(8)?.unwrap_or_default(),
+                            lock_token: row.try_get(9)?,
+                            tool_version: row.try_get::<_, Option<String>>(10)?.unwrap_or_default(),
+                        });
+                    }
+                }
+                Ok((head, rows))
+            });
+        match read {
+            Ok((head, rows)) => {
+                let (schema, format) = head.unwrap_or_default();
                 if let Some(schema) = schema {
                     self.qualify(Some(&schema));
                 }
@@ -384,10 +380,6 @@ impl PgDriver {
                     return Ok(Read::Unsure);
                 }
                 super::check_format(&self.table, format)?;
-                let rows = Self::parse_rows(&messages, 2).map_err(|m| Error::Database {
-                    context: context.clone(),
-                    db: Box::new(DbMessage::plain(m)),
-                })?;
                 Ok(Read::Rows(rows))
             }
             Err(e) if code(&e) == Some(&SqlState::UNDEFINED_TABLE) => {
