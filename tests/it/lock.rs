@@ -905,7 +905,13 @@ fn waiters_hold_no_transaction_and_fail_no_statement() {
 }
 
 both!(waiters_whose_work_the_holder_did_never_take_the_lock, |p| {
-    side_effects(&p, 5, |i| if i == 1 { p.busy_sql(1.5) } else { String::new() });
+    side_effects(&p, 5, |i| {
+        if i == 1 {
+            p.busy_sql(1.5)
+        } else {
+            String::new()
+        }
+    });
     let holder = p.spawn(&["upgrade", "--owner", "holder"]);
     wait_until("the holder holds the lock", LONG, || {
         holder_of(&p).as_deref() == Some("holder")
@@ -928,3 +934,30 @@ both!(waiters_whose_work_the_holder_did_never_take_the_lock, |p| {
     // that there was nothing left to take it for.
     assert_eq!(events(&p), ["acquired", "released"]);
 });
+
+/// A signal that comes while an SQLite migration waits for the database's
+/// write lock (which SQLite's busy wait does not notice) still ends the
+/// run as a stop, 143, with the migration rolled back; not as a failed
+/// migration. Found by the chaos rounds.
+#[test]
+fn sigterm_while_waiting_for_the_sqlite_write_lock_exits_143() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+    p.run(&["upgrade"]).ok();
+    p.migration("2_b.sql", "-- upgrade\nCREATE TABLE b (id integer);\n");
+    let crate::util::TestDb::Sqlite { path } = &p.db else {
+        unreachable!()
+    };
+    // Another writer holds the database for longer than the busy timeout.
+    let other = rusqlite::Connection::open(path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let run = p.spawn(&["upgrade", "--no-lock"]);
+    std::thread::sleep(Duration::from_millis(1000));
+    run.signal(libc::SIGTERM);
+    let run = run.finish();
+    other.execute_batch("ROLLBACK").unwrap();
+    run.code(143);
+    assert!(run.stderr.contains("cancelled"), "{}", run.stderr);
+    assert_eq!(p.db.history(), ["1 a applied"]);
+    assert!(!p.db.table_exists("b"));
+}

@@ -58,11 +58,6 @@ impl DbMessage {
     pub(crate) fn is_retryable(&self) -> bool {
         matches!(self.code.as_deref(), Some("40001" | "40P01"))
     }
-
-    /// The statement was cancelled (PostgreSQL 57014, SQLite interrupt).
-    pub(crate) fn is_cancellation(&self) -> bool {
-        matches!(self.code.as_deref(), Some("57014" | "SQLITE_INTERRUPT"))
-    }
 }
 
 impl fmt::Display for DbMessage {

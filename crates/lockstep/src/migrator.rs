@@ -866,9 +866,11 @@ impl Migrator {
                             "a fenced transaction found the token changed",
                         ));
                     }
-                    Err(StepFailure { db, .. })
-                        if self.cancel.is_cancelled() && db.is_cancellation() =>
-                    {
+                    // Asked to stop, and rolled back whole: that is the
+                    // stop, whether the statement saw the interrupt or
+                    // failed otherwise while it came (SQLite's busy wait
+                    // does not see it, and ends in SQLITE_BUSY).
+                    Err(StepFailure { .. }) if self.cancel.is_cancelled() => {
                         return Err(Error::Cancelled {
                             completed: report.steps.clone(),
                         });
@@ -1061,7 +1063,7 @@ impl Migrator {
                     "a fenced transaction found the token changed",
                 ));
             }
-            if self.cancel.is_cancelled() && db.is_cancellation() {
+            if self.cancel.is_cancelled() {
                 return Err(Error::Cancelled {
                     completed: Vec::new(),
                 });
