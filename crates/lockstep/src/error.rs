@@ -333,11 +333,16 @@ fn migration_hint(f: &MigrationFailure) -> Option<String> {
     }
     // No SQLSTATE: the connection itself failed. A transaction cannot
     // commit without its client, but the commit's answer may be what got
-    // lost.
-    let connection_lost = f.db.code.is_none()
-        && ["connection", "closed", "broken pipe", "reset by peer"]
-            .iter()
-            .any(|w| f.db.message.to_lowercase().contains(w));
+    // lost. Class 57 but 57014 (a cancelled statement): the server ended the
+    // session (pg_terminate_backend, a shutdown). Which of the two a client
+    // sees is a race: the server's FATAL message and the closed socket can
+    // arrive in one read, and the driver then reports only the latter.
+    let server_ended_session = f.db.code.as_deref().is_some_and(|c| c.starts_with("57P"));
+    let connection_lost = server_ended_session
+        || f.db.code.is_none()
+            && ["connection", "closed", "broken pipe", "reset by peer"]
+                .iter()
+                .any(|w| f.db.message.to_lowercase().contains(w));
     if connection_lost {
         return Some(
             "the connection to the database was lost: the migration committed with its history row, or not at all; run `lockstep status` to see which, then `lockstep upgrade` again"
