@@ -424,30 +424,34 @@ pub(crate) fn acquire(
                 completed: Vec::new(),
             });
         }
-        // A waiter looks before it tries: one plain read, no transaction,
-        // no row lock, no failed statement in the server's log, and on
-        // SQLite no contention for the write lock with the holder's
-        // migrations. Only a lock that looks free or may be taken over is
-        // tried for real.
-        if waited_once {
-            if let Some(seen) = driver.read_lock(scope)? {
-                if seen.is_held() && seen.takeover_reason().is_none() {
-                    if let Some(done) = wait_turn(
-                        driver,
-                        seen,
-                        options,
-                        started,
-                        &mut listening,
-                        &mut backoff,
-                        report,
-                    )? {
-                        return Err(done);
-                    }
-                    continue;
+        // Look before trying: one plain read, no transaction, no row lock,
+        // no failed statement in the server's log, and on SQLite no
+        // contention for the write lock with the holder's migrations. Only
+        // a lock that looks free or may be taken over is tried for real. A
+        // run that finds the lock free pays one cheap read for this; one of
+        // a fleet that finds it held pays that read instead of a failed
+        // attempt, its rollback and a second read to learn the holder.
+        if let Some(seen) = driver.read_lock(scope)? {
+            if seen.is_held() && seen.takeover_reason().is_none() {
+                waited_once = true;
+                if let Some(done) = wait_turn(
+                    driver,
+                    seen,
+                    options,
+                    started,
+                    &mut listening,
+                    &mut backoff,
+                    report,
+                )? {
+                    return Err(done);
                 }
+                continue;
             }
-            // Free, or about to be taken over: most often the holder just
-            // finished, having applied what this run came to apply.
+        }
+        if waited_once {
+            // Free, or about to be taken over after a wait: most often the
+            // holder just finished, having applied what this run came to
+            // apply.
             if !needed(driver) {
                 if listening {
                     driver.unlisten();
