@@ -24,6 +24,10 @@ use crate::url::{DatabaseUrl, PgHost, PgTarget};
 
 /// How long to wait for a server that does not answer the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first key of lockstep's advisory locks ("lkst"), so that they do
+/// not meet an application's one-key locks; the second is the hash of the
+/// history table's name.
+const ADVISORY_NAMESPACE: i32 = 0x6c6b_7374;
 
 /// The history row's duration, from the server's clock: the time since the
 /// current query message arrived, i.e. this migration's round trip.
@@ -442,8 +446,13 @@ impl Driver for PgDriver {
             Some(s) => format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(s)),
             None => String::new(),
         };
+        // One query string is one transaction. Its advisory lock queues
+        // the processes of a fleet starting on an empty database behind
+        // the first, whose tables they then find: no catalog collisions,
+        // no retries, no errors in the server's log.
         let sql = format!(
-            "{create_schema}
+            "SELECT pg_advisory_xact_lock({ADVISORY_NAMESPACE}, hashtext({qualified}));
+             {create_schema}
              CREATE TABLE IF NOT EXISTS {meta} (
                  table_name text PRIMARY KEY,
                  format_version integer NOT NULL,
@@ -499,11 +508,14 @@ impl Driver for PgDriver {
             log_index = quote_ident(&format!("{LOCK_LOG_TABLE}_scope")),
             name = literal(self.table.name()),
             version = literal(TOOL_VERSION),
+            qualified = literal(&self.history),
         );
         // Two sessions creating the same table at once can collide in the
         // catalog even with IF NOT EXISTS (23505 on pg_type's index, 42P07,
         // or 42710 for the table's row type): the other one created it, and
-        // the next attempt sees it.
+        // the next attempt sees it. The advisory lock above prevents this
+        // among lockstep processes; the retries remain for anything else
+        // that creates the same tables.
         let mut attempt = 0;
         loop {
             match self.client.simple_query(&sql) {
