@@ -415,6 +415,8 @@ pub(crate) fn acquire(
     let mut backoff = Duration::from_millis(50);
     let mut conflicts = 0;
     let mut waited_once = false;
+    // A release notification says the lock is free: no need to look.
+    let mut released = false;
     loop {
         if cancelled() {
             if listening {
@@ -431,10 +433,15 @@ pub(crate) fn acquire(
         // run that finds the lock free pays one cheap read for this; one of
         // a fleet that finds it held pays that read instead of a failed
         // attempt, its rollback and a second read to learn the holder.
-        if let Some(seen) = driver.read_lock(scope)? {
+        let seen = if std::mem::take(&mut released) {
+            None
+        } else {
+            driver.read_lock(scope)?
+        };
+        if let Some(seen) = seen {
             if seen.is_held() && seen.takeover_reason().is_none() {
                 waited_once = true;
-                if let Some(done) = wait_turn(
+                match wait_turn(
                     driver,
                     seen,
                     options,
@@ -443,7 +450,9 @@ pub(crate) fn acquire(
                     &mut backoff,
                     report,
                 )? {
-                    return Err(done);
+                    Turn::GiveUp(done) => return Err(done),
+                    Turn::Look => {}
+                    Turn::Released => released = true,
                 }
                 continue;
             }
@@ -501,7 +510,7 @@ pub(crate) fn acquire(
             }
             Attempt::Held(holder) => {
                 waited_once = true;
-                if let Some(done) = wait_turn(
+                match wait_turn(
                     driver,
                     holder,
                     options,
@@ -510,16 +519,28 @@ pub(crate) fn acquire(
                     &mut backoff,
                     report,
                 )? {
-                    return Err(done);
+                    Turn::GiveUp(done) => return Err(done),
+                    Turn::Look => {}
+                    Turn::Released => released = true,
                 }
             }
         }
     }
 }
 
-/// The lock is held by someone else: gives up (`Some(LockBusy)`) when told
-/// not to wait or the time is up; otherwise says who holds it and waits
-/// for a release notification or the next poll.
+/// What a waiter does after its turn at waiting.
+enum Turn {
+    /// Told not to wait, or the time is up.
+    GiveUp(Error),
+    /// Look at the lock again.
+    Look,
+    /// A release notification came: the lock was freed.
+    Released,
+}
+
+/// The lock is held by someone else: gives up when told not to wait or the
+/// time is up; otherwise says who holds it and waits for a release
+/// notification or the next poll.
 fn wait_turn(
     driver: &mut dyn Driver,
     holder: LockInfo,
@@ -528,13 +549,13 @@ fn wait_turn(
     listening: &mut bool,
     backoff: &mut Duration,
     report: &mut dyn FnMut(&LockEvent<'_>),
-) -> Result<Option<Error>, Error> {
+) -> Result<Turn, Error> {
     let waited = started.elapsed();
     if options.no_wait || waited >= options.timeout {
         if *listening {
             driver.unlisten();
         }
-        return Ok(Some(Error::LockBusy(Box::new(LockBusy {
+        return Ok(Turn::GiveUp(Error::LockBusy(Box::new(LockBusy {
             holder,
             waited,
             no_wait: options.no_wait,
@@ -551,16 +572,24 @@ fn wait_turn(
     if !*listening && driver.can_notify() {
         driver.listen(scope)?;
         *listening = true;
+        // A release between the look and the LISTEN notified nobody: look
+        // again now, listening.
+        return Ok(Turn::Look);
     }
     let remaining = options.timeout.saturating_sub(started.elapsed());
-    let pause = jitter(*backoff).min(remaining);
     if *listening {
-        driver.wait_for_notification(pause)?;
+        // A release wakes this waiter at once; polls only look for an
+        // expired lease or a vanished holder, which the poll interval bounds.
+        let pause = jitter(driver.poll_interval()).min(remaining);
+        if driver.wait_for_notification(pause)? {
+            return Ok(Turn::Released);
+        }
     } else {
+        let pause = jitter(*backoff).min(remaining);
         std::thread::sleep(pause);
     }
     *backoff = (*backoff * 2).min(driver.poll_interval());
-    Ok(None)
+    Ok(Turn::Look)
 }
 
 enum Attempt {

@@ -176,8 +176,9 @@ pub(crate) trait Driver: Send {
     /// Unsubscribes from every notification.
     fn unlisten(&mut self);
 
-    /// Blocks until a notification arrives or `timeout` passes.
-    fn wait_for_notification(&mut self, timeout: Duration) -> Result<(), Error>;
+    /// Blocks until a release notification arrives (true) or `timeout`
+    /// passes (false).
+    fn wait_for_notification(&mut self, timeout: Duration) -> Result<bool, Error>;
 
     /// The longest pause between acquisition attempts.
     fn poll_interval(&self) -> Duration;

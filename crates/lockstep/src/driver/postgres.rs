@@ -980,11 +980,12 @@ impl Driver for PgDriver {
         let _ = self.client.simple_query("UNLISTEN *");
     }
 
-    fn wait_for_notification(&mut self, timeout: Duration) -> Result<(), Error> {
+    fn wait_for_notification(&mut self, timeout: Duration) -> Result<bool, Error> {
         use postgres::fallible_iterator::FallibleIterator;
+        // Only releases (plain and forced) notify the scope's channel.
         match self.client.notifications().timeout_iter(timeout).next() {
             Err(e) => Err(db_error("waiting for the lock", &e)),
-            Ok(_) => Ok(()),
+            Ok(n) => Ok(n.is_some()),
         }
     }
 

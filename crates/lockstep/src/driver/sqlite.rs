@@ -825,9 +825,9 @@ impl Driver for SqliteDriver {
 
     fn unlisten(&mut self) {}
 
-    fn wait_for_notification(&mut self, timeout: Duration) -> Result<(), Error> {
+    fn wait_for_notification(&mut self, timeout: Duration) -> Result<bool, Error> {
         std::thread::sleep(timeout);
-        Ok(())
+        Ok(false)
     }
 
     fn poll_interval(&self) -> Duration {
