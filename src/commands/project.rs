@@ -187,25 +187,9 @@ fn now_utc() -> u64 {
 }
 
 fn utc_stamp(secs: u64) -> u64 {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    let (hh, mm, ss) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    ((y as u64 * 100 + m) * 100 + d) * 1_000_000 + hh * 10_000 + mm * 100 + ss
-}
-
-/// Howard Hinnant's days-to-civil algorithm.
-fn civil_from_days(z: i64) -> (i64, u64, u64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097) as u64;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe as i64 + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
+    let u = lockstep::clock::Utc::from_unix(secs as i64);
+    let date = (u.year as u64 * 100 + u64::from(u.month)) * 100 + u64::from(u.day);
+    date * 1_000_000 + u64::from(u.hour) * 10_000 + u64::from(u.minute) * 100 + u64::from(u.second)
 }
 
 #[cfg(test)]

@@ -159,3 +159,33 @@ both!(validate_checks_sections_for_the_engine, |p| {
         run.stderr
     );
 });
+
+// History times are the recorded ones to the millisecond, in one form on
+// both engines: PostgreSQL's are formatted by lockstep, SQLite's stored so.
+both!(history_times_are_the_recorded_times, |p| {
+    setup(&p);
+    p.run(&["upgrade"]).ok();
+    let recorded = match p.backend() {
+        crate::util::Backend::Postgres => p.db.query(
+            "SELECT to_char(applied_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+             FROM lockstep_history ORDER BY version",
+        ),
+        crate::util::Backend::Sqlite => {
+            p.db.query("SELECT applied_at FROM lockstep_history ORDER BY version")
+        }
+    };
+    let recorded: Vec<&str> = recorded.iter().map(|r| r[0].as_str()).collect();
+    assert_eq!(recorded.len(), 3);
+    let doc = p.run(&["history", "--json"]).json();
+    let shown: Vec<&str> = doc["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["applied_at"].as_str().unwrap())
+        .collect();
+    assert_eq!(shown, recorded);
+    assert!(
+        shown.iter().all(|t| t.len() == 24 && t.ends_with('Z')),
+        "{shown:?}"
+    );
+});

@@ -896,11 +896,7 @@ fn waiters_hold_no_transaction_and_fail_no_statement() {
     );
     // Each waiter looked before it tried, from its very first attempt: none
     // ever met the migration's row lock.
-    assert_eq!(
-        after - before,
-        0,
-        "rollbacks from {WAITERS} waiters in 4 s"
-    );
+    assert_eq!(after - before, 0, "rollbacks from {WAITERS} waiters in 4 s");
     holder.finish().ok();
     assert_eq!(applied(&p), 1);
 }

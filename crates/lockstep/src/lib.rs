@@ -35,6 +35,7 @@
 
 #![deny(missing_docs)]
 
+pub mod clock;
 mod driver;
 mod error;
 mod history;
