@@ -438,94 +438,86 @@ pub(crate) fn acquire(
         } else {
             driver.read_lock(scope)?
         };
-        if let Some(seen) = seen {
-            if seen.is_held() && seen.takeover_reason().is_none() {
-                waited_once = true;
-                match wait_turn(
-                    driver,
-                    seen,
-                    options,
-                    started,
-                    &mut listening,
-                    &mut backoff,
-                    report,
-                )? {
-                    Turn::GiveUp(done) => return Err(done),
-                    Turn::Look => {}
-                    Turn::Released => released = true,
-                }
-                continue;
-            }
-        }
-        if waited_once {
-            // Free, or about to be taken over after a wait: most often the
-            // holder just finished, having applied what this run came to
-            // apply.
-            if !needed(driver) {
-                if listening {
-                    driver.unlisten();
-                }
-                return Ok(Acquired::NotNeeded);
-            }
-        }
-        let result = match attempt(driver, scope, me, options, &session) {
-            // A serialization failure or deadlock rolled the attempt back
-            // whole: try again at once.
-            Err(e) if e.is_retryable() && conflicts < 10 => {
-                conflicts += 1;
-                continue;
-            }
-            other => other?,
-        };
-        match result {
-            Attempt::Taken { token, took_over } => {
-                if listening {
-                    driver.unlisten();
-                }
-                report(&LockEvent::Acquired {
-                    token,
-                    took_over: took_over.as_ref().map(|(info, why)| (info, *why)),
-                });
-                let fence = Fence {
-                    scope: scope.to_string(),
-                    owner: me.owner.to_string(),
-                    token,
-                    ttl: options.ttl,
-                };
-                let shared = Arc::new(Shared::default());
-                let heartbeat = match start_heartbeat(driver, &fence, &shared) {
-                    Ok(h) => h,
-                    Err(e) => {
-                        // Do not leave a lock behind that nobody renews.
-                        let _ = driver.release_lock(&fence, me);
-                        return Err(e);
+        let holder = match seen {
+            Some(seen) if seen.is_held() && seen.takeover_reason().is_none() => seen,
+            _ => {
+                if waited_once && !needed(driver) {
+                    // Free, or about to be taken over after a wait: most
+                    // often the holder just finished, having applied what
+                    // this run came to apply.
+                    if listening {
+                        driver.unlisten();
                     }
-                };
-                return Ok(Acquired::Held(Held {
-                    fence,
-                    command: me.command.to_string(),
-                    shared,
-                    heartbeat: Some(heartbeat),
-                }));
-            }
-            Attempt::Held(holder) => {
-                waited_once = true;
-                match wait_turn(
-                    driver,
-                    holder,
-                    options,
-                    started,
-                    &mut listening,
-                    &mut backoff,
-                    report,
-                )? {
-                    Turn::GiveUp(done) => return Err(done),
-                    Turn::Look => {}
-                    Turn::Released => released = true,
+                    return Ok(Acquired::NotNeeded);
+                }
+                match attempt(driver, scope, me, options, &session) {
+                    Ok(Attempt::Taken { token, took_over }) => {
+                        if listening {
+                            driver.unlisten();
+                        }
+                        report(&LockEvent::Acquired {
+                            token,
+                            took_over: took_over.as_ref().map(|(info, why)| (info, *why)),
+                        });
+                        return hold(driver, scope, me, options, token);
+                    }
+                    Ok(Attempt::Held(holder)) => holder,
+                    // A serialization failure or deadlock rolled the
+                    // attempt back whole: try again at once.
+                    Err(e) if e.is_retryable() && conflicts < 10 => {
+                        conflicts += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
+        };
+        waited_once = true;
+        match wait_turn(
+            driver,
+            holder,
+            options,
+            started,
+            &mut listening,
+            &mut backoff,
+            report,
+        )? {
+            Turn::GiveUp(done) => return Err(done),
+            Turn::Look => {}
+            Turn::Released => released = true,
         }
     }
+}
+
+/// Starts the heartbeat of a lock just taken with `token`.
+fn hold(
+    driver: &mut dyn Driver,
+    scope: &str,
+    me: &Who<'_>,
+    options: &LockOptions,
+    token: i64,
+) -> Result<Acquired, Error> {
+    let fence = Fence {
+        scope: scope.to_string(),
+        owner: me.owner.to_string(),
+        token,
+        ttl: options.ttl,
+    };
+    let shared = Arc::new(Shared::default());
+    let heartbeat = match start_heartbeat(driver, &fence, &shared) {
+        Ok(h) => h,
+        Err(e) => {
+            // Do not leave a lock behind that nobody renews.
+            let _ = driver.release_lock(&fence, me);
+            return Err(e);
+        }
+    };
+    Ok(Acquired::Held(Held {
+        fence,
+        command: me.command.to_string(),
+        shared,
+        heartbeat: Some(heartbeat),
+    }))
 }
 
 /// What a waiter does after its turn at waiting.
