@@ -958,3 +958,44 @@ fn sigterm_while_waiting_for_the_sqlite_write_lock_exits_143() {
     assert_eq!(p.db.history(), ["1 a applied"]);
     assert!(!p.db.table_exists("b"));
 }
+
+/// A migration that cannot get SQLite's write lock within the busy timeout
+/// fails, rolled back, and says which process holds the database (and
+/// whether it is stopped), with what to do. The chaos rounds met this once
+/// in 2,741 processes without knowing who held the file.
+#[test]
+fn sqlite_busy_migration_names_the_process_holding_the_database() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+    p.run(&["upgrade"]).ok();
+    p.migration("2_b.sql", "-- upgrade\nCREATE TABLE b (id integer);\n");
+    let crate::util::TestDb::Sqlite { path } = &p.db else {
+        unreachable!()
+    };
+    let other = rusqlite::Connection::open(path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let run = p.run(&["upgrade", "--no-lock"]);
+    other.execute_batch("ROLLBACK").unwrap();
+    run.code(1);
+    assert!(
+        run.stderr.contains("migration 2 b failed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(&format!(
+            "detail: the database file is held by pid {} (",
+            std::process::id()
+        )) && run.stderr.contains(": writing)"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("hint: another connection kept the database locked"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(p.db.history(), ["1 a applied"]);
+    assert!(!p.db.table_exists("b"));
+}

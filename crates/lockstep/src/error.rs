@@ -349,6 +349,12 @@ fn migration_hint(f: &MigrationFailure) -> Option<String> {
                 .into(),
         );
     }
+    if f.db.code.as_deref() == Some("SQLITE_BUSY") {
+        return Some(
+            "another connection kept the database locked past the 5 s busy timeout, and the migration was rolled back: find what holds it (a long transaction, a stopped process), then run `lockstep upgrade` again"
+                .into(),
+        );
+    }
     // PostgreSQL's active_sql_transaction, SQLite's VACUUM message.
     let in_txn =
         f.db.code.as_deref() == Some("25001") || f.db.message.contains("within a transaction");

@@ -15,6 +15,7 @@ use crate::url::{DatabaseUrl, SqliteTarget};
 
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+mod sqlite_locks;
 mod tls;
 
 /// A row to insert into the history table. The driver fills in

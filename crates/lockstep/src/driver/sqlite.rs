@@ -439,7 +439,7 @@ impl Driver for SqliteDriver {
             rollback(conn);
             StepFailure {
                 index,
-                db: Box::new(db),
+                db: Box::new(self.with_holders(db)),
                 lost: false,
             }
         };
@@ -914,6 +914,16 @@ fn record_lock(kind: libc::c_int) -> libc::flock {
 }
 
 impl SqliteDriver {
+    /// A "database is locked" message says who holds the file, where the
+    /// system can tell (Linux): the process to look at, and whether it is
+    /// stopped.
+    fn with_holders(&self, mut db: DbMessage) -> DbMessage {
+        if db.code.as_deref() == Some("SQLITE_BUSY") && db.detail.is_none() && !self.memory {
+            db.detail = super::sqlite_locks::describe(&self.path);
+        }
+        db
+    }
+
     /// `<database>-lockstep-release`: the side file through which a forced
     /// release asks a running holder to pause between migrations. `None`
     /// for an in-memory database.
