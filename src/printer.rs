@@ -124,6 +124,25 @@ impl Printer {
         self.draw_progress();
     }
 
+    /// Lines of human output (a table) in one write: stdout flushes at
+    /// every newline, and a thousand-row table would be a thousand writes.
+    pub fn lines(&mut self, lines: impl IntoIterator<Item = String>) {
+        if self.json || self.quiet {
+            return;
+        }
+        let mut text = String::new();
+        for line in lines {
+            text.push_str(&line);
+            text.push('\n');
+        }
+        self.clear_progress();
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(text.as_bytes());
+        let _ = out.flush();
+        drop(out);
+        self.draw_progress();
+    }
+
     /// A diagnostic on stderr, suppressed by `--quiet` and `--json`.
     pub fn note(&mut self, text: &str) {
         if self.json || self.quiet {
@@ -193,9 +212,12 @@ impl Printer {
             exit_code: exit.code(),
             body,
         };
+        // Whole, in one write: stdout would flush at every line of it.
+        let mut text = serde_json::to_vec_pretty(&doc).unwrap_or_default();
+        text.push(b'\n');
         let mut out = std::io::stdout().lock();
-        let _ = serde_json::to_writer_pretty(&mut out, &doc);
-        let _ = writeln!(out);
+        let _ = out.write_all(&text);
+        let _ = out.flush();
     }
 
     /// Reports an error: on stderr for humans, or as the JSON document.

@@ -70,9 +70,7 @@ pub fn status(
                     .cell(applied_at),
             );
         }
-        for line in render(rows) {
-            printer.line(&line);
-        }
+        printer.lines(render(rows));
         let mut parts = vec![
             format!("{} applied", counts.applied),
             format!("{} pending", counts.pending),
@@ -156,9 +154,7 @@ pub fn history(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliEr
                     ),
             );
         }
-        for line in render(rows) {
-            printer.line(&line);
-        }
+        printer.lines(render(rows));
     }
     printer.document(
         "history",

@@ -271,9 +271,7 @@ pub fn log(
                     .cell(detail),
             );
         }
-        for line in render(rows) {
-            printer.line(&line);
-        }
+        printer.lines(render(rows));
     }
     printer.document(
         "lock log",
