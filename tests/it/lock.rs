@@ -999,3 +999,34 @@ fn sqlite_busy_migration_names_the_process_holding_the_database() {
     assert_eq!(p.db.history(), ["1 a applied"]);
     assert!(!p.db.table_exists("b"));
 }
+
+/// When something other than lockstep keeps the SQLite database locked, a
+/// waiter says so, not "held by nobody", and its hint says what to look for.
+#[test]
+fn a_foreign_writer_is_named_as_such_while_waiting() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+    p.run(&["upgrade"]).ok();
+    p.migration("2_b.sql", "-- upgrade\nCREATE TABLE b (id integer);\n");
+    let crate::util::TestDb::Sqlite { path } = &p.db else {
+        unreachable!()
+    };
+    let other = rusqlite::Connection::open(path).unwrap();
+    other.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let run = p.run(&["upgrade", "--lock-timeout", "1s"]);
+    other.execute_batch("ROLLBACK").unwrap();
+    run.code(3);
+    assert!(
+        run.stderr
+            .contains("another connection, not a lockstep run"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("nobody"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("hint: a transaction outside lockstep"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(p.db.history(), ["1 a applied"]);
+}

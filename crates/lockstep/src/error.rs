@@ -275,6 +275,10 @@ impl Error {
             Error::Refused(r) => Some(refusal_hint(r)),
             Error::Database { .. } => None,
             Error::Migration(f) => migration_hint(f),
+            Error::LockBusy(b) if b.holder.owner.is_none() && b.holder.migrating => Some(
+                "a transaction outside lockstep (another tool, a long-running session, a stopped process) holds what the lock needs: find it and end it, then run again"
+                    .into(),
+            ),
             Error::LockBusy(b) => {
                 let mut hint = "run `lockstep lock status` to see the holder".to_string();
                 if !b.holder.holder_alive() || b.holder.session_alive == Some(false) {

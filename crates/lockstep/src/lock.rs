@@ -134,6 +134,11 @@ impl LockInfo {
 
     /// `<owner> (host H, pid P, upgrade, held 12s, heartbeat 2s ago)`.
     pub fn describe(&self) -> String {
+        if self.owner.is_none() && self.migrating {
+            // The lock row is locked (PostgreSQL) or the database is (SQLite),
+            // yet no run holds the lock: another connection does.
+            return "another connection, not a lockstep run: it keeps the lock's row or the database locked".into();
+        }
         let owner = self.owner.as_deref().unwrap_or("nobody");
         let mut parts = Vec::new();
         if let Some(host) = &self.host {
