@@ -52,6 +52,9 @@ pub struct Tally {
     pub faults: BTreeMap<&'static str, usize>,
     pub exits: BTreeMap<String, usize>,
     pub dirty_resolved: usize,
+    /// SQLite: exits 1 on SQLITE_BUSY while the harness kept a process
+    /// frozen (the documented frozen-writer limit), not violations.
+    pub busy_behind_frozen: usize,
     pub violations: Vec<String>,
 }
 
@@ -148,10 +151,12 @@ fn round(backend: Backend, rng: &mut Rng, tally: &mut Tally) {
 
     let begin = Instant::now();
     let mut running: Vec<Running> = Vec::new();
-    let mut finished: Vec<(Run, Vec<i32>)> = Vec::new();
+    let mut finished: Vec<(Run, Vec<i32>, Instant, Instant)> = Vec::new();
+    // When processes were frozen: from SIGSTOP to SIGCONT.
+    let mut frozen: Vec<(Instant, Instant)> = Vec::new();
     let mut pending_starts = starts.clone();
     pending_starts.sort();
-    let mut stopped: Vec<(i32, Instant)> = Vec::new();
+    let mut stopped: Vec<(i32, Instant, Instant)> = Vec::new();
     loop {
         let now = begin.elapsed();
         while pending_starts.first().is_some_and(|t| *t <= now) {
@@ -167,9 +172,10 @@ fn round(backend: Backend, rng: &mut Rng, tally: &mut Tally) {
             inject(&p, rng, tally, &mut running, &mut stopped);
         }
         // A frozen holder stays frozen past its lease, then resumes.
-        stopped.retain(|(pid, until)| {
+        stopped.retain(|(pid, since, until)| {
             if Instant::now() >= *until {
                 signal(*pid, libc::SIGCONT);
+                frozen.push((*since, Instant::now()));
                 false
             } else {
                 true
@@ -179,14 +185,14 @@ fn round(backend: Backend, rng: &mut Rng, tally: &mut Tally) {
         while i < running.len() {
             if running[i].child.exited() {
                 let r = running.remove(i);
-                finished.push((r.child.finish(), r.sent));
+                finished.push((r.child.finish(), r.sent, r.started, Instant::now()));
             } else if running[i].started.elapsed() > PROCESS_LIMIT {
                 let r = running.remove(i);
                 signal(r.child.pid(), libc::SIGKILL);
                 tally
                     .violations
                     .push(format!("pid {} hung for {PROCESS_LIMIT:?}", r.child.pid()));
-                finished.push((r.child.finish(), r.sent));
+                finished.push((r.child.finish(), r.sent, r.started, Instant::now()));
             } else {
                 i += 1;
             }
@@ -198,8 +204,11 @@ fn round(backend: Backend, rng: &mut Rng, tally: &mut Tally) {
     }
     tally.processes += processes;
 
-    for (run, sent) in &finished {
-        check_exit(run, sent, tally);
+    for (run, sent, started, ended) in &finished {
+        let overlapped_a_freeze = frozen
+            .iter()
+            .any(|(since, until)| since < ended && until > started);
+        check_exit(run, sent, overlapped_a_freeze, tally);
     }
     finish(&p, tally);
     check_invariants(&p, tally);
@@ -212,7 +221,7 @@ fn inject(
     rng: &mut Rng,
     tally: &mut Tally,
     running: &mut [Running],
-    stopped: &mut Vec<(i32, Instant)>,
+    stopped: &mut Vec<(i32, Instant, Instant)>,
 ) {
     let holder = holder_pid(p);
     let holder_index =
@@ -239,10 +248,11 @@ fn inject(
         2 => {
             if let Some(i) = holder_index {
                 let pid = running[i].child.pid();
-                if !stopped.iter().any(|(p, _)| *p == pid) {
+                if !stopped.iter().any(|(p, _, _)| *p == pid) {
                     signal(pid, libc::SIGSTOP);
                     running[i].sent.push(libc::SIGSTOP);
-                    stopped.push((pid, Instant::now() + TTL + rng.millis(500, 2000)));
+                    let now = Instant::now();
+                    stopped.push((pid, now, now + TTL + rng.millis(500, 2000)));
                     tally.fault("sigstop_holder");
                 }
             }
@@ -277,7 +287,17 @@ fn inject(
 }
 
 /// Every process exited with a documented code, and each 3 or 5 said why.
-fn check_exit(run: &Run, sent: &[i32], tally: &mut Tally) {
+/// On SQLite a process frozen while it holds the database's write lock
+/// blocks every writer (docs/locking.md); an exit 1 on SQLITE_BUSY during
+/// a freeze the harness caused is that documented limit, counted apart.
+fn check_exit(run: &Run, sent: &[i32], overlapped_a_freeze: bool, tally: &mut Tally) {
+    if run.code == 1
+        && run.signal.is_none()
+        && overlapped_a_freeze
+        && run.stderr.contains("(SQLITE_BUSY)")
+    {
+        tally.busy_behind_frozen += 1;
+    }
     let key = match run.signal {
         Some(sig) => format!("signal {sig}"),
         None => format!("exit {}", run.code),
@@ -292,6 +312,7 @@ fn check_exit(run: &Run, sent: &[i32], tally: &mut Tally) {
             sent.contains(&libc::SIGTERM) && run.stdout.is_empty() && run.stderr.is_empty()
         }
         (0 | 4, None) => true,
+        (1, None) => overlapped_a_freeze && run.stderr.contains("(SQLITE_BUSY)"),
         (3, None) => run.stderr.contains("migration lock"),
         (5, None) => run.stderr.contains("lost the migration lock"),
         (130, None) => sent.contains(&libc::SIGINT),
@@ -392,12 +413,13 @@ fn check_invariants(p: &Project, tally: &mut Tally) {
 
 fn report(backend: Backend, seed: u64, tally: &Tally) {
     println!(
-        "chaos {backend:?} (seed {seed}): {} rounds, {} processes, faults {:?}, exits {:?}, dirty resolved {}, violations {}",
+        "chaos {backend:?} (seed {seed}): {} rounds, {} processes, faults {:?}, exits {:?}, dirty resolved {}, busy behind a frozen process {}, violations {}",
         tally.rounds,
         tally.processes,
         tally.faults,
         tally.exits,
         tally.dirty_resolved,
+        tally.busy_behind_frozen,
         tally.violations.len()
     );
     for v in &tally.violations {
