@@ -55,6 +55,9 @@ pub struct Tally {
     /// SQLite: exits 1 on SQLITE_BUSY while the harness kept a process
     /// frozen (the documented frozen-writer limit), not violations.
     pub busy_behind_frozen: usize,
+    /// The first few of those exits' messages: each should name the
+    /// stopped process that held the database.
+    pub busy_samples: Vec<String>,
     pub violations: Vec<String>,
 }
 
@@ -297,6 +300,9 @@ fn check_exit(run: &Run, sent: &[i32], overlapped_a_freeze: bool, tally: &mut Ta
         && run.stderr.contains("(SQLITE_BUSY)")
     {
         tally.busy_behind_frozen += 1;
+        if tally.busy_samples.len() < 5 {
+            tally.busy_samples.push(run.stderr.clone());
+        }
     }
     let key = match run.signal {
         Some(sig) => format!("signal {sig}"),
@@ -422,8 +428,20 @@ fn report(backend: Backend, seed: u64, tally: &Tally) {
         tally.busy_behind_frozen,
         tally.violations.len()
     );
+    for b in &tally.busy_samples {
+        print_block("busy behind a frozen process", b);
+    }
     for v in &tally.violations {
-        println!("violation: {v}");
+        print_block("violation", v);
+    }
+}
+
+/// A message of several lines (a process's stderr), every line labelled,
+/// so that `scripts/chaos`, which keeps only labelled lines, shows it whole.
+fn print_block(label: &str, text: &str) {
+    for (i, line) in text.trim_end().lines().enumerate() {
+        let mark = if i == 0 { ':' } else { '|' };
+        println!("{label}{mark} {line}");
     }
 }
 
