@@ -131,11 +131,12 @@ fn connect(
 }
 
 /// Reads the migrations directory and connects. Every file is parsed
-/// before anything can change: on PostgreSQL, where connecting changes
-/// nothing, the files are read on a second thread while the connection is
-/// set up (the two take about as long); on SQLite, where opening may create
-/// the file, one after the other. A bad file wins over a failed connection,
-/// as it would serially.
+/// before anything can change: on PostgreSQL, where connecting and reading
+/// change nothing, the files are read on a second thread while the
+/// connection is set up and the history read (each command's first read,
+/// without the lock); on SQLite, where opening may create the file, one
+/// after the other. A bad file wins over a failed connection, as it would
+/// serially.
 fn load_and_connect(
     settings: &Settings,
     connect: impl FnOnce() -> Result<Migrator, CliError>,
@@ -147,7 +148,10 @@ fn load_and_connect(
     }
     std::thread::scope(|scope| {
         let loading = scope.spawn(|| MigrationSet::load(dir));
-        let migrator = connect();
+        let migrator = connect().map(|mut migrator| {
+            migrator.prefetch_history();
+            migrator
+        });
         let set = loading
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;

@@ -455,3 +455,35 @@ both!(progress_lines_and_summary_in_json, |p| {
     let noop = p.run(&["upgrade", "--json"]).json();
     assert_eq!(noop["migrations"].as_array().unwrap().len(), 0);
 });
+
+// The library's `prefetch_history` (the CLI's on PostgreSQL) reads history
+// before the run; another run then applies everything. The prefetched read
+// says "pending", but it only decides whether to take the lock: under the
+// lock history is read afresh, and nothing runs twice.
+both!(an_outdated_prefetched_history_applies_nothing_twice, |p| {
+    p.migration(
+        "1_side.sql",
+        "-- upgrade\nCREATE TABLE side (name text);\nINSERT INTO side VALUES ('m1');\n",
+    )
+    .migration(
+        "2_more.sql",
+        "-- upgrade\nINSERT INTO side VALUES ('m2');\n",
+    );
+    let url: lockstep::DatabaseUrl = p.db.url().parse().unwrap();
+    let set = lockstep::MigrationSet::load(p.path("migrations")).unwrap();
+    let mut early = lockstep::Migrator::connect(&url, lockstep::Options::default()).unwrap();
+    early.prefetch_history();
+    p.run(&["upgrade"]).ok();
+    let report = early
+        .upgrade(&set, &lockstep::UpgradeOptions::default(), &mut ())
+        .unwrap();
+    assert!(report.steps.is_empty(), "{:?}", report.steps);
+    assert_eq!(
+        p.db.query("SELECT name, count(*) FROM side GROUP BY name ORDER BY name"),
+        [["m1", "1"], ["m2", "1"]]
+    );
+    // A status after the outdated read sees what is there now.
+    let mut late = lockstep::Migrator::connect(&url, lockstep::Options::default()).unwrap();
+    late.prefetch_history();
+    assert_eq!(late.history().unwrap().len(), 2);
+});

@@ -185,6 +185,9 @@ pub struct Migrator {
     options: Options,
     cancel: CancelHandle,
     host: String,
+    /// History read ahead by [`Migrator::prefetch_history`], for the
+    /// command's first read.
+    prefetched: Option<Result<Option<Vec<HistoryRow>>, Error>>,
 }
 
 /// A serialization failure or deadlock rolls a transaction back whole;
@@ -238,7 +241,27 @@ impl Migrator {
             options,
             cancel,
             host: crate::identity::hostname(),
+            prefetched: None,
         })
+    }
+
+    /// Reads the history now, for the next command's first read (every
+    /// command reads it once without the lock before anything else). A
+    /// caller with other work to do meanwhile, such as reading the
+    /// migration files on another thread, overlaps that work with the
+    /// query's round trip. Taking the lock discards an unused read: under
+    /// the lock, history is always read afresh.
+    pub fn prefetch_history(&mut self) {
+        self.prefetched = Some(self.driver.read_history());
+    }
+
+    /// The history: the prefetched read when there is one, else a fresh
+    /// one.
+    fn read_history(&mut self) -> Result<Option<Vec<HistoryRow>>, Error> {
+        match self.prefetched.take() {
+            Some(read) => read,
+            None => self.driver.read_history(),
+        }
     }
 
     /// A handle that stops this migrator's run from another thread.
@@ -260,6 +283,7 @@ impl Migrator {
         observer: &mut dyn Observer,
         needed: &mut dyn FnMut(&mut dyn Driver) -> bool,
     ) -> Result<Locking, Error> {
+        self.prefetched = None;
         let Some(options) = self.options.lock.clone() else {
             return Ok(Locking::Held(None));
         };
@@ -381,7 +405,7 @@ impl Migrator {
     /// The history rows ordered by version; empty when the history table
     /// does not exist. Creates nothing.
     pub fn history(&mut self) -> Result<Vec<HistoryRow>, Error> {
-        Ok(self.driver.read_history()?.unwrap_or_default())
+        Ok(self.read_history()?.unwrap_or_default())
     }
 
     /// Checks every section for this engine (as `upgrade` and `rollback`
@@ -414,7 +438,7 @@ impl Migrator {
         options: &UpgradeOptions,
         observer: &mut dyn Observer,
     ) -> Result<RunReport, Error> {
-        let history = self.driver.read_history()?;
+        let history = self.read_history()?;
         let planned = self.plan_upgrade(set, history.as_deref().unwrap_or_default(), options);
         let mut report = RunReport {
             direction: Direction::Up,
