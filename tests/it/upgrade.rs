@@ -433,6 +433,12 @@ both!(tables_are_created_once_when_many_start_together, |p| {
     }
     assert_eq!(p.db.history(), ["1 noop applied"]);
     assert_eq!(p.db.value("SELECT count(*) FROM lockstep_meta"), "1");
+    // Whoever created them created all of them, the lock log's index too.
+    let index = match p.backend() {
+        Backend::Sqlite => "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'lockstep_lock_log_scope'",
+        Backend::Postgres => "SELECT count(*) FROM pg_indexes WHERE indexname = 'lockstep_lock_log_scope'",
+    };
+    assert_eq!(p.db.value(index), "1");
 });
 
 both!(progress_lines_and_summary_in_json, |p| {

@@ -25,6 +25,9 @@ pub const LOCK_TABLE: &str = "lockstep_lock";
 /// The append-only audit log of lock events.
 pub const LOCK_LOG_TABLE: &str = "lockstep_lock_log";
 
+/// The lock log's index on (scope, id), in the lock log's schema.
+pub(crate) const LOCK_LOG_INDEX: &str = "lockstep_lock_log_scope";
+
 /// Events kept per scope in the audit log; older ones are pruned when the
 /// lock is taken.
 pub const LOG_RETENTION: i64 = 1000;

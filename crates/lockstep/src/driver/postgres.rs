@@ -16,8 +16,8 @@ use super::{Canceller, Change, Driver, StepFailure, TxStep, Who};
 use crate::error::{DbMessage, Error};
 use crate::history::{HistoryRow, RowState, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
 use crate::lock::{
-    Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_TABLE, LOCK_TABLE,
-    LOG_RETENTION,
+    Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_INDEX, LOCK_LOG_TABLE,
+    LOCK_TABLE, LOG_RETENTION,
 };
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, PgHost, PgTarget};
@@ -47,6 +47,8 @@ pub(crate) struct PgDriver {
     meta: String,
     lock: String,
     log: String,
+    /// The lock log's index, in the lock log's schema.
+    log_index: String,
     /// This session's identity; known once the lock asks.
     session: Option<Session>,
     /// A pooler or proxy stands between lockstep and the server: sessions
@@ -223,6 +225,7 @@ impl PgDriver {
             meta: String::new(),
             lock: String::new(),
             log: String::new(),
+            log_index: String::new(),
             session: None,
             pooled: false,
         };
@@ -240,6 +243,7 @@ impl PgDriver {
         self.meta = format!("{prefix}{}", quote_ident(META_TABLE));
         self.lock = format!("{prefix}{}", quote_ident(LOCK_TABLE));
         self.log = format!("{prefix}{}", quote_ident(LOCK_LOG_TABLE));
+        self.log_index = format!("{prefix}{}", quote_ident(LOCK_LOG_INDEX));
     }
 
     fn change_sql(&self, change: &Change<'_>) -> String {
@@ -452,13 +456,35 @@ impl Driver for PgDriver {
             Some(s) => format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(s)),
             None => String::new(),
         };
-        // One query string is one transaction. Its advisory lock queues
-        // the processes of a fleet starting on an empty database behind
-        // the first, whose tables they then find: no catalog collisions,
-        // no retries, no errors in the server's log.
-        let sql = format!(
-            "SELECT pg_advisory_xact_lock({ADVISORY_NAMESPACE}, hashtext({qualified}));
-             {create_schema}
+        // One transaction, whose advisory lock queues the processes of a
+        // fleet starting on an empty database behind the first: no catalog
+        // collisions, no retries, no errors in the server's log. Each one
+        // behind the first then finds the tables made and creates nothing:
+        // at 50 processes, 40-odd of them used to send the whole script,
+        // each statement a catalog lookup and a notice under the lock.
+        let look = format!(
+            "BEGIN;
+             SELECT pg_advisory_xact_lock({ADVISORY_NAMESPACE}, hashtext({qualified}));
+             SELECT (to_regclass({meta_name}) IS NOT NULL AND to_regclass({qualified}) IS NOT NULL
+                     AND to_regclass({lock_name}) IS NOT NULL AND to_regclass({log_name}) IS NOT NULL
+                     AND to_regclass({index_name}) IS NOT NULL)::text",
+            qualified = literal(&self.history),
+            meta_name = literal(&self.meta),
+            lock_name = literal(&self.lock),
+            log_name = literal(&self.log),
+            index_name = literal(&self.log_index),
+        );
+        let register = format!(
+            "INSERT INTO {meta} (table_name, format_version, created_by)
+                 VALUES ({name}, {FORMAT_VERSION}, {version})
+                 ON CONFLICT (table_name) DO NOTHING;
+             COMMIT;",
+            meta = self.meta,
+            name = literal(self.table.name()),
+            version = literal(TOOL_VERSION),
+        );
+        let create = format!(
+            "{create_schema}
              CREATE TABLE IF NOT EXISTS {meta} (
                  table_name text PRIMARY KEY,
                  format_version integer NOT NULL,
@@ -504,17 +530,12 @@ impl Driver for PgDriver {
                  detail text
              );
              CREATE INDEX IF NOT EXISTS {log_index} ON {log} (scope, id);
-             INSERT INTO {meta} (table_name, format_version, created_by)
-                 VALUES ({name}, {FORMAT_VERSION}, {version})
-                 ON CONFLICT (table_name) DO NOTHING;",
+             {register}",
             meta = self.meta,
             history = self.history,
             lock = self.lock,
             log = self.log,
-            log_index = quote_ident(&format!("{LOCK_LOG_TABLE}_scope")),
-            name = literal(self.table.name()),
-            version = literal(TOOL_VERSION),
-            qualified = literal(&self.history),
+            log_index = quote_ident(LOCK_LOG_INDEX),
         );
         // Two sessions creating the same table at once can collide in the
         // catalog even with IF NOT EXISTS (23505 on pg_type's index, 42P07,
@@ -524,7 +545,18 @@ impl Driver for PgDriver {
         // that creates the same tables.
         let mut attempt = 0;
         loop {
-            match self.client.simple_query(&sql) {
+            let made = self.client.simple_query(&look).and_then(|messages| {
+                let found = statements(&messages)
+                    .last()
+                    .and_then(|rows| first_value(rows))
+                    == Some("true");
+                self.client
+                    .simple_query(if found { &register } else { &create })
+            });
+            if made.is_err() {
+                self.rollback();
+            }
+            match made {
                 Ok(_) => return Ok(()),
                 Err(e)
                     if attempt < 5

@@ -9,8 +9,8 @@ use super::{Canceller, Change, Driver, StepFailure, TxStep, Who};
 use crate::error::{DbMessage, Error};
 use crate::history::{HistoryRow, RowState, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
 use crate::lock::{
-    Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_TABLE, LOCK_TABLE,
-    LOG_RETENTION,
+    Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_INDEX, LOCK_LOG_TABLE,
+    LOCK_TABLE, LOG_RETENTION,
 };
 use crate::sql::Dialect;
 
@@ -408,7 +408,7 @@ impl Driver for SqliteDriver {
                  previous_owner TEXT,
                  detail TEXT
              );
-             CREATE INDEX IF NOT EXISTS \"{schema}\".\"{LOCK_LOG_TABLE}_scope\" ON \"{LOCK_LOG_TABLE}\" (scope, id);
+             CREATE INDEX IF NOT EXISTS \"{schema}\".\"{LOCK_LOG_INDEX}\" ON \"{LOCK_LOG_TABLE}\" (scope, id);
              INSERT OR IGNORE INTO {meta} (table_name, format_version, created_at, created_by)
                  VALUES ('{name}', {FORMAT_VERSION}, {NOW}, '{TOOL_VERSION}');
              COMMIT;",
