@@ -418,7 +418,6 @@ pub(crate) fn acquire(
     needed: &mut dyn FnMut(&mut dyn Driver) -> bool,
 ) -> Result<Acquired, Error> {
     let started = Instant::now();
-    let session = driver.session()?;
     let mut listening = false;
     let mut backoff = Duration::from_millis(50);
     let mut conflicts = 0;
@@ -458,6 +457,10 @@ pub(crate) fn acquire(
                     }
                     return Ok(Acquired::NotNeeded);
                 }
+                // This session's identity, recorded with the lock: asked
+                // only by a run that tries for it (once; the driver keeps
+                // it), not by every waiter of a fleet.
+                let session = driver.session()?;
                 match attempt(driver, scope, me, options, &session) {
                     Ok(Attempt::Taken { token, took_over }) => {
                         if listening {

@@ -53,8 +53,10 @@ pub(crate) struct PgDriver {
     session: Option<Session>,
     /// A pooler or proxy stands between lockstep and the server: sessions
     /// are not what they seem, so liveness comes from the lease alone and
-    /// waiters poll instead of listening.
-    pooled: bool,
+    /// waiters poll instead of listening. Known from the server's port,
+    /// which every look at the lock and the session's identity report;
+    /// `None` until then.
+    pooled: Option<bool>,
 }
 
 /// A string literal that is safe whatever `standard_conforming_strings` is.
@@ -227,7 +229,7 @@ impl PgDriver {
             log: String::new(),
             log_index: String::new(),
             session: None,
-            pooled: false,
+            pooled: None,
         };
         driver.qualify(table.schema());
         Ok(driver)
@@ -669,11 +671,8 @@ impl Driver for PgDriver {
             _ => None,
         });
         let (pid, start, server_port) = row.unwrap_or_default();
-        // The server listens on another port than the one connected to: a
-        // pooler or proxy is in between. Its server sessions outlive the
-        // clients that use them, so they prove nothing about liveness.
-        self.pooled = server_port != Some(self.target.port);
-        let session = if self.pooled {
+        let pooled = self.note_server_port(server_port);
+        let session = if pooled {
             Session::default()
         } else {
             Session { pid, start }
@@ -895,6 +894,7 @@ impl Driver for PgDriver {
         let Some(row) = lock_row(&messages) else {
             return Ok(None);
         };
+        self.note_server_port(int(row, PORT_COLUMN).and_then(|p| u16::try_from(p).ok()));
         let mut info = parse_lock(scope, row);
         // An expired lease with no sign of the holder may still be a long
         // migration that blocks its own heartbeat: it has the row locked.
@@ -1004,7 +1004,7 @@ impl Driver for PgDriver {
     }
 
     fn can_notify(&self) -> bool {
-        self.session.is_some() && !self.pooled
+        self.pooled == Some(false)
     }
 
     fn listen(&mut self, scope: &str) -> Result<(), Error> {
@@ -1118,6 +1118,9 @@ fn int(r: &postgres::SimpleQueryRow, i: usize) -> Option<i64> {
     r.get(i).and_then(|v| v.parse().ok())
 }
 
+/// The column of `lock_select` with the server's port.
+const PORT_COLUMN: usize = 13;
+
 fn parse_lock(scope: &str, r: &postgres::SimpleQueryRow) -> LockInfo {
     LockInfo {
         scope: scope.to_string(),
@@ -1139,6 +1142,19 @@ fn parse_lock(scope: &str, r: &postgres::SimpleQueryRow) -> LockInfo {
 }
 
 impl PgDriver {
+    /// Whether a pooler or proxy is in between, from the port the server
+    /// says it listens on: another port than the one connected to means
+    /// one is. Its server sessions outlive the clients that use them, so
+    /// they prove nothing about liveness. A port that cannot be read
+    /// counts as a proxy: the safe side.
+    fn note_server_port(&mut self, server_port: Option<u16>) -> bool {
+        let pooled = server_port != Some(self.target.port);
+        if server_port.is_some() || self.pooled.is_none() {
+            self.pooled = Some(pooled);
+        }
+        pooled
+    }
+
     /// The lock row with its ages by the server's clock, and whether the
     /// holder's session still exists: a backend with its pid and start time.
     fn lock_select(&self, scope: &str) -> String {
@@ -1156,7 +1172,8 @@ impl PgDriver {
                                     ELSE bool_or((extract(epoch FROM a.backend_start) * 1000000)::bigint::text = l.session_start)
                                END
                           FROM pg_stat_activity a WHERE a.pid = l.session_pid)
-                    END
+                    END,
+                    current_setting('port')
                FROM {} AS l WHERE l.scope = {}",
             self.lock,
             literal(scope)
