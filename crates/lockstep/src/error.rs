@@ -338,10 +338,14 @@ fn migration_hint(f: &MigrationFailure) -> Option<String> {
     // No SQLSTATE: the connection itself failed. A transaction cannot
     // commit without its client, but the commit's answer may be what got
     // lost. Class 57 but 57014 (a cancelled statement): the server ended the
-    // session (pg_terminate_backend, a shutdown). Which of the two a client
-    // sees is a race: the server's FATAL message and the closed socket can
-    // arrive in one read, and the driver then reports only the latter.
-    let server_ended_session = f.db.code.as_deref().is_some_and(|c| c.starts_with("57P"));
+    // session (pg_terminate_backend, a shutdown), and so does 25P03, its
+    // idle-in-transaction timeout. Which of the two a client sees is a
+    // race: the server's FATAL message and the closed socket can arrive in
+    // one read, and the driver then reports only the latter.
+    let server_ended_session =
+        f.db.code
+            .as_deref()
+            .is_some_and(|c| c.starts_with("57P") || c == "25P03");
     let connection_lost = server_ended_session
         || f.db.code.is_none()
             && ["connection", "closed", "broken pipe", "reset by peer"]
