@@ -131,12 +131,14 @@ fn connect(
 }
 
 /// Reads the migrations directory and connects. Every file is parsed
-/// before anything can change: on PostgreSQL, where connecting and reading
-/// change nothing, the files are read on a second thread while the
+/// before anything can change, yet connecting changes nothing (an SQLite
+/// file that does not exist is created only when lockstep first writes).
+/// On PostgreSQL the files are read on a second thread while the
 /// connection is set up and the history read (each command's first read,
-/// without the lock); on SQLite, where opening may create the file, one
-/// after the other. A bad file wins over a failed connection, as it would
-/// serially.
+/// without the lock): both wait on the server. On SQLite, one after the
+/// other: opening it is CPU work that on two cores only competed with the
+/// file readers (a no-op over 1,000 files went from 7.7 to 8.1 ms). A bad
+/// file wins over a failed connection, as it would serially.
 fn load_and_connect(
     settings: &Settings,
     connect: impl FnOnce() -> Result<Migrator, CliError>,

@@ -281,7 +281,9 @@ fn odd_urls() {
             run.stderr
         );
     }
-    // Percent-encoding reaches the file system decoded.
+    // Percent-encoding reaches the file system decoded (the file is
+    // created when there is something to apply).
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
     let run = p.run(&["upgrade", "-d", "sqlite://my%20db.sqlite"]);
     run.ok();
     assert!(p.path("my db.sqlite").exists());

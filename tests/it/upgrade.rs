@@ -82,6 +82,27 @@ both!(dry_run_on_an_empty_database_creates_no_table, |p| {
     assert!(!p.db.table_exists("lockstep_history"));
 });
 
+// A new SQLite database file is created only when lockstep first writes:
+// not by a dry run, nor by a run with nothing to apply. (Bad files creating
+// nothing is in hostile.rs.)
+#[test]
+fn a_new_sqlite_file_is_created_only_to_write_to_it() {
+    let p = Project::new(crate::util::Backend::Sqlite).unwrap();
+    let file = p.path("test.db");
+    p.run(&["upgrade"]).ok();
+    assert!(!file.exists(), "a run with no migrations created the file");
+    three(&p);
+    p.run(&["upgrade", "--dry-run"]).ok();
+    p.run(&["status"]).ok();
+    p.run(&["rollback"]).ok();
+    assert!(
+        !file.exists(),
+        "a dry run, status or rollback created the file"
+    );
+    p.run(&["upgrade"]).ok();
+    assert_eq!(p.db.history().len(), 3);
+}
+
 both!(
     failing_migration_rolls_back_its_own_ddl_and_keeps_earlier_ones,
     |p| {

@@ -211,8 +211,10 @@ enum Locking {
 }
 
 impl Migrator {
-    /// Connects for commands that write. An SQLite file is created if it
-    /// does not exist; lockstep's tables are created when first needed.
+    /// Connects for commands that write. Connecting changes nothing: an
+    /// SQLite file that does not exist is created, with lockstep's tables,
+    /// when a command first needs to write (not by a dry run, nor by a run
+    /// with nothing to do).
     pub fn connect(url: &DatabaseUrl, options: Options) -> Result<Migrator, Error> {
         Self::open(url, options, true)
     }

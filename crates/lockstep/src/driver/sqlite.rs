@@ -1,6 +1,7 @@
 //! The embedded SQLite driver.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
@@ -34,10 +35,14 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const NOW: &str = "strftime('%Y-%m-%dT%H:%M:%fZ', 'now')";
 
 pub(crate) struct SqliteDriver {
-    /// `None` when the file does not exist and must not be created: the
-    /// database reads as empty.
+    /// `None` while the file does not exist: the database reads as empty.
     conn: Option<Connection>,
     path: PathBuf,
+    /// A missing file may be created, when lockstep first writes to it.
+    writable: bool,
+    /// Interrupts the connection's statement; set once the file is open,
+    /// which may be after the canceller was handed out.
+    interrupt: Arc<Mutex<Option<rusqlite::InterruptHandle>>>,
     /// An in-memory database has no second connection for a heartbeat.
     memory: bool,
     table: TableName,
@@ -49,26 +54,24 @@ pub(crate) struct SqliteDriver {
 }
 
 impl SqliteDriver {
-    pub(crate) fn open(path: &Path, table: &TableName, create: bool) -> Result<Self, Error> {
-        let conn = if !create && !path.exists() {
-            None
-        } else {
-            let flags = if create {
-                OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE
+    /// Opens the database file as it is, for writing when `writable`.
+    /// Opening changes nothing: a file that does not exist is created only
+    /// when lockstep first writes (its tables, before the first migration),
+    /// so that the migration files can be read and checked meanwhile.
+    pub(crate) fn open(path: &Path, table: &TableName, writable: bool) -> Result<Self, Error> {
+        let conn = if path.exists() {
+            let flags = if writable {
+                OpenFlags::SQLITE_OPEN_READ_WRITE
             } else {
                 OpenFlags::SQLITE_OPEN_READ_ONLY
-            } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-            let conn = Connection::open_with_flags(path, flags).map_err(|e| Error::Connect {
-                target: format!("sqlite://{}", path.display()),
-                message: message(&e).message,
-                hint: path
-                    .parent()
-                    .filter(|p| !p.as_os_str().is_empty() && !p.exists())
-                    .map(|p| format!("the directory `{}` does not exist", p.display())),
-            })?;
-            Some(conn)
+            };
+            Some(open_file(path, flags)?)
+        } else {
+            None
         };
-        Self::with(conn, path, table, false)
+        let mut driver = Self::with(conn, path, table, false)?;
+        driver.writable = writable;
+        Ok(driver)
     }
 
     pub(crate) fn memory(table: &TableName) -> Result<Self, Error> {
@@ -93,9 +96,14 @@ impl SqliteDriver {
         // Always qualified: a migration that attaches a database or makes a
         // temporary table of the same name must not redirect lockstep's writes.
         let schema = table.schema().unwrap_or("main");
+        let interrupt = Arc::new(Mutex::new(
+            conn.as_ref().map(Connection::get_interrupt_handle),
+        ));
         Ok(SqliteDriver {
             conn,
             path: path.to_path_buf(),
+            writable: memory,
+            interrupt,
             memory,
             history: format!("\"{schema}\".\"{}\"", table.name()),
             meta: format!("\"{schema}\".\"{META_TABLE}\""),
@@ -194,6 +202,20 @@ impl SqliteDriver {
         .optional()
         .map(|r| r.is_some())
     }
+}
+
+/// Opens the file; a failure names it, and a missing directory.
+fn open_file(path: &Path, flags: OpenFlags) -> Result<Connection, Error> {
+    Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(|e| {
+        Error::Connect {
+            target: format!("sqlite://{}", path.display()),
+            message: message(&e).message,
+            hint: path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty() && !p.exists())
+                .map(|p| format!("the directory `{}` does not exist", p.display())),
+        }
+    })
 }
 
 fn millis(d: Duration) -> i64 {
@@ -360,6 +382,16 @@ impl Driver for SqliteDriver {
     }
 
     fn create_tables(&mut self) -> Result<(), Error> {
+        if self.conn.is_none() && self.writable {
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
+            let conn = open_file(&self.path, flags)?;
+            conn.busy_timeout(BUSY_TIMEOUT)
+                .map_err(|e| db_error("configuring the connection", &e))?;
+            if let Ok(mut interrupt) = self.interrupt.lock() {
+                *interrupt = Some(conn.get_interrupt_handle());
+            }
+            self.conn = Some(conn);
+        }
         let conn = self.conn()?;
         let context = format!("creating the history table {}", self.table);
         let sql = format!(
@@ -857,13 +889,12 @@ impl Driver for SqliteDriver {
     }
 
     fn canceller(&self) -> Canceller {
-        match &self.conn {
-            Some(conn) => {
-                let handle = conn.get_interrupt_handle();
-                Box::new(move || handle.interrupt())
+        let interrupt = Arc::clone(&self.interrupt);
+        Box::new(move || {
+            if let Some(handle) = interrupt.lock().ok().as_deref().and_then(Option::as_ref) {
+                handle.interrupt();
             }
-            None => Box::new(|| {}),
-        }
+        })
     }
 }
 
