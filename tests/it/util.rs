@@ -329,6 +329,27 @@ impl Run {
         self.code(0)
     }
 
+    /// Exit 1 for a connection the server ended: its message, or
+    /// `connection closed` when that message and the closed socket reach
+    /// the client in one read (the driver then reports only the latter);
+    /// either way with the lost-connection hint.
+    #[track_caller]
+    pub fn lost_connection(&self, server_message: &str) -> &Self {
+        self.code(1);
+        assert!(
+            self.stderr.contains(server_message) || self.stderr.contains("connection closed"),
+            "{}",
+            self.stderr
+        );
+        assert!(
+            self.stderr
+                .contains("hint: the connection to the database was lost"),
+            "{}",
+            self.stderr
+        );
+        self
+    }
+
     /// stdout parsed as the one JSON document it must be.
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
