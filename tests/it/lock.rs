@@ -901,6 +901,51 @@ fn waiters_hold_no_transaction_and_fail_no_statement() {
     assert_eq!(applied(&p), 1);
 }
 
+/// On a direct connection a waiter LISTENs: a release notification wakes it
+/// at once, and it tries for the lock without looking first. Here the test
+/// sends the notifications while the holder still runs, so each attempt
+/// meets the migration's row lock and rolls back: the rollbacks show that
+/// the waiter heard them. A waiter that only polled would never try (the
+/// holder is alive, its lease fresh), and roll back nothing.
+#[test]
+fn a_waiter_on_a_direct_connection_wakes_on_a_release_notification() {
+    let Some(p) = Project::new(Backend::Postgres) else {
+        return;
+    };
+    p.migration("1_long.sql", "-- upgrade\nSELECT pg_sleep(8);\n");
+    let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+    wait_until("the holder holds the lock", LONG, || {
+        holder_of(&p).as_deref() == Some("holder")
+    });
+    let rollbacks = "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()";
+    let before: i64 = p.db.value(rollbacks).parse().unwrap();
+    let waiter = p.spawn(&["upgrade", "--owner", "waiter", "--lock-timeout", "4s"]);
+    let session = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
+                   AND application_name = 'lockstep waiter'";
+    wait_until("the waiter is connected", LONG, || {
+        p.db.value(session) == "1"
+    });
+    // The channel of the default scope. Several, in case the first comes
+    // before the waiter has started listening.
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(500));
+        p.db.exec("NOTIFY \"lockstep:lockstep_history\"");
+    }
+    waiter.finish().code(3);
+    // Exited backends have flushed their statistics.
+    wait_until("the waiter's session ends", LONG, || {
+        p.db.value(session) == "0"
+    });
+    let after: i64 = p.db.value(rollbacks).parse().unwrap();
+    assert_eq!(holder_of(&p).as_deref(), Some("holder"));
+    assert!(
+        after > before,
+        "the waiter never reacted to a release notification: is it listening?"
+    );
+    holder.finish().ok();
+    assert_eq!(applied(&p), 1);
+}
+
 both!(waiters_whose_work_the_holder_did_never_take_the_lock, |p| {
     side_effects(&p, 5, |i| {
         if i == 1 {
