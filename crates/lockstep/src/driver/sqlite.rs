@@ -69,9 +69,7 @@ impl SqliteDriver {
         } else {
             None
         };
-        let mut driver = Self::with(conn, path, table, false)?;
-        driver.writable = writable;
-        Ok(driver)
+        Self::with(conn, path, table, writable, false)
     }
 
     pub(crate) fn memory(table: &TableName) -> Result<Self, Error> {
@@ -80,30 +78,24 @@ impl SqliteDriver {
             message: message(&e).message,
             hint: None,
         })?;
-        Self::with(Some(conn), Path::new(":memory:"), table, true)
+        Self::with(Some(conn), Path::new(":memory:"), table, true, true)
     }
 
     fn with(
         conn: Option<Connection>,
         path: &Path,
         table: &TableName,
+        writable: bool,
         memory: bool,
     ) -> Result<Self, Error> {
-        if let Some(conn) = &conn {
-            conn.busy_timeout(BUSY_TIMEOUT)
-                .map_err(|e| db_error("configuring the connection", &e))?;
-        }
         // Always qualified: a migration that attaches a database or makes a
         // temporary table of the same name must not redirect lockstep's writes.
         let schema = table.schema().unwrap_or("main");
-        let interrupt = Arc::new(Mutex::new(
-            conn.as_ref().map(Connection::get_interrupt_handle),
-        ));
-        Ok(SqliteDriver {
-            conn,
+        let mut driver = SqliteDriver {
+            conn: None,
             path: path.to_path_buf(),
-            writable: memory,
-            interrupt,
+            writable,
+            interrupt: Arc::new(Mutex::new(None)),
             memory,
             history: format!("\"{schema}\".\"{}\"", table.name()),
             meta: format!("\"{schema}\".\"{META_TABLE}\""),
@@ -111,7 +103,23 @@ impl SqliteDriver {
             log: format!("\"{schema}\".\"{LOCK_LOG_TABLE}\""),
             table: table.clone(),
             host: crate::identity::hostname(),
-        })
+        };
+        if let Some(conn) = conn {
+            driver.attach(conn)?;
+        }
+        Ok(driver)
+    }
+
+    /// Makes an open connection this driver's: its busy timeout, and the
+    /// handle through which a signal interrupts its statement.
+    fn attach(&mut self, conn: Connection) -> Result<(), Error> {
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| db_error("configuring the connection", &e))?;
+        if let Ok(mut interrupt) = self.interrupt.lock() {
+            *interrupt = Some(conn.get_interrupt_handle());
+        }
+        self.conn = Some(conn);
+        Ok(())
     }
 
     fn conn(&self) -> Result<&Connection, Error> {
@@ -384,13 +392,7 @@ impl Driver for SqliteDriver {
     fn create_tables(&mut self) -> Result<(), Error> {
         if self.conn.is_none() && self.writable {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
-            let conn = open_file(&self.path, flags)?;
-            conn.busy_timeout(BUSY_TIMEOUT)
-                .map_err(|e| db_error("configuring the connection", &e))?;
-            if let Ok(mut interrupt) = self.interrupt.lock() {
-                *interrupt = Some(conn.get_interrupt_handle());
-            }
-            self.conn = Some(conn);
+            self.attach(open_file(&self.path, flags)?)?;
         }
         let conn = self.conn()?;
         let context = format!("creating the history table {}", self.table);
