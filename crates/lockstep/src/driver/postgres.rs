@@ -1149,9 +1149,7 @@ impl PgDriver {
     /// counts as a proxy: the safe side.
     fn note_server_port(&mut self, server_port: Option<u16>) -> bool {
         let pooled = server_port != Some(self.target.port);
-        if server_port.is_some() || self.pooled.is_none() {
-            self.pooled = Some(pooled);
-        }
+        self.pooled = Some(pooled);
         pooled
     }
 
