@@ -837,6 +837,25 @@ both!(
     }
 );
 
+/// A holder inside a migration of 8 s (PostgreSQL): it holds the lock, and
+/// its transaction the lock row.
+fn holder_in_an_8s_migration(p: &Project) -> crate::util::Child {
+    p.migration("1_long.sql", "-- upgrade\nSELECT pg_sleep(8);\n");
+    let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+    wait_until("the holder holds the lock", LONG, || {
+        holder_of(p).as_deref() == Some("holder")
+    });
+    holder
+}
+
+/// Transactions rolled back in the test's database so far (a backend's
+/// count is flushed at the latest when its session ends).
+fn rollbacks(p: &Project) -> i64 {
+    p.db.value("SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()")
+        .parse()
+        .unwrap()
+}
+
 /// Waiters behind a long migration cost the server one plain read per
 /// poll: no transaction left open, no snapshot held, no failed statement.
 /// (A waiter that tried the row lock on every poll would roll back once
@@ -846,13 +865,8 @@ fn waiters_hold_no_transaction_and_fail_no_statement() {
     let Some(p) = Project::new(Backend::Postgres) else {
         return;
     };
-    p.migration("1_long.sql", "-- upgrade\nSELECT pg_sleep(8);\n");
-    let holder = p.spawn(&["upgrade", "--owner", "holder"]);
-    wait_until("the holder holds the lock", LONG, || {
-        holder_of(&p).as_deref() == Some("holder")
-    });
-    let rollbacks = "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()";
-    let before: i64 = p.db.value(rollbacks).parse().unwrap();
+    let holder = holder_in_an_8s_migration(&p);
+    let before = rollbacks(&p);
     const WAITERS: usize = 5;
     // They give up while the holder still runs: what is counted is the
     // waiting alone, not the handoff.
@@ -888,7 +902,7 @@ fn waiters_hold_no_transaction_and_fail_no_statement() {
     wait_until("the waiters' sessions end", LONG, || {
         p.db.value(sessions) == "0"
     });
-    let after: i64 = p.db.value(rollbacks).parse().unwrap();
+    let after = rollbacks(&p);
     assert_eq!(
         holder_of(&p).as_deref(),
         Some("holder"),
@@ -912,13 +926,8 @@ fn a_waiter_on_a_direct_connection_wakes_on_a_release_notification() {
     let Some(p) = Project::new(Backend::Postgres) else {
         return;
     };
-    p.migration("1_long.sql", "-- upgrade\nSELECT pg_sleep(8);\n");
-    let holder = p.spawn(&["upgrade", "--owner", "holder"]);
-    wait_until("the holder holds the lock", LONG, || {
-        holder_of(&p).as_deref() == Some("holder")
-    });
-    let rollbacks = "SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()";
-    let before: i64 = p.db.value(rollbacks).parse().unwrap();
+    let holder = holder_in_an_8s_migration(&p);
+    let before = rollbacks(&p);
     let waiter = p.spawn(&["upgrade", "--owner", "waiter", "--lock-timeout", "4s"]);
     let session = "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() \
                    AND application_name = 'lockstep waiter'";
@@ -936,7 +945,7 @@ fn a_waiter_on_a_direct_connection_wakes_on_a_release_notification() {
     wait_until("the waiter's session ends", LONG, || {
         p.db.value(session) == "0"
     });
-    let after: i64 = p.db.value(rollbacks).parse().unwrap();
+    let after = rollbacks(&p);
     assert_eq!(holder_of(&p).as_deref(), Some("holder"));
     assert!(
         after > before,

@@ -509,7 +509,7 @@ both!(an_outdated_prefetched_history_applies_nothing_twice, |p| {
         p.db.query("SELECT name, count(*) FROM side GROUP BY name ORDER BY name"),
         [["m1", "1"], ["m2", "1"]]
     );
-    // A status after the outdated read sees what is there now.
+    // A prefetched read that is current is what `history` returns.
     let mut late = lockstep::Migrator::connect(&url, lockstep::Options::default()).unwrap();
     late.prefetch_history();
     assert_eq!(late.history().unwrap().len(), 2);
