@@ -342,16 +342,18 @@ impl MigrationSet {
             }
         }
 
-        let jobs: Vec<Job> = singles
+        // In version order before parsing: the result needs no sort (a sort
+        // of parsed migrations would copy them), and the first error
+        // reported is the first in version order.
+        let mut jobs: Vec<Job> = singles
             .into_iter()
             .map(|(version, (name, path))| Job::Single(version, name, path))
             .chain(halves.into_iter().map(|(version, h)| Job::Pair(version, h)))
             .collect();
-        let mut migrations = parse_all(jobs)?;
-        migrations.sort_by_key(|m| m.version);
+        jobs.sort_unstable_by_key(Job::version);
         Ok(MigrationSet {
             dir: dir.to_path_buf(),
-            migrations,
+            migrations: parse_all(jobs)?,
         })
     }
 
@@ -401,6 +403,12 @@ enum Job {
 }
 
 impl Job {
+    fn version(&self) -> u64 {
+        match self {
+            Job::Single(version, ..) | Job::Pair(version, _) => *version,
+        }
+    }
+
     fn run(self) -> Result<Migration, SourceError> {
         match self {
             Job::Single(version, name, path) => parse_single(version, name, &path),
@@ -415,7 +423,9 @@ const PARALLEL_FROM: usize = 200;
 /// Reads and parses the jobs, on a few threads when there are many (the
 /// time goes to opening and reading files). Returns the migrations in job
 /// order, or the error of the first job in that order that failed: the
-/// same answer as one thread would give.
+/// same answer as one thread would give. Each thread fills its own part of
+/// one vector, so the parsed migrations exist once, never also in a
+/// per-thread vector being copied into the result.
 fn parse_all(jobs: Vec<Job>) -> Result<Vec<Migration>, SourceError> {
     let threads = if jobs.len() < PARALLEL_FROM {
         1
@@ -425,38 +435,44 @@ fn parse_all(jobs: Vec<Job>) -> Result<Vec<Migration>, SourceError> {
     if threads == 1 {
         return jobs.into_iter().map(Job::run).collect();
     }
-    let total = jobs.len();
-    let per_thread = total.div_ceil(threads);
-    let mut chunks: Vec<Vec<Job>> = Vec::with_capacity(threads);
-    let mut jobs = jobs.into_iter().peekable();
-    while jobs.peek().is_some() {
-        chunks.push(jobs.by_ref().take(per_thread).collect());
-    }
-    let mut first = chunks.remove(0);
+    let per_thread = jobs.len().div_ceil(threads);
+    let mut slots: Vec<Option<Migration>> = Vec::new();
+    slots.resize_with(jobs.len(), || None);
+    let mut jobs = jobs.into_iter();
+    let fill = |jobs: Vec<Job>, slots: &mut [Option<Migration>]| -> Result<(), SourceError> {
+        for (job, slot) in jobs.into_iter().zip(slots) {
+            *slot = Some(job.run()?);
+        }
+        Ok(())
+    };
     std::thread::scope(|scope| {
-        let others: Vec<_> = chunks
-            .into_iter()
-            .map(|chunk| {
-                scope.spawn(move || {
-                    chunk
-                        .into_iter()
-                        .map(Job::run)
-                        .collect::<Result<Vec<_>, _>>()
-                })
+        let mut parts = slots.chunks_mut(per_thread);
+        let first = (jobs.by_ref().take(per_thread).collect(), parts.next());
+        let others: Vec<_> = parts
+            .map(|part| {
+                let chunk: Vec<Job> = jobs.by_ref().take(per_thread).collect();
+                scope.spawn(move || fill(chunk, part))
             })
             .collect();
-        let mut all = Vec::with_capacity(total);
-        for job in std::mem::take(&mut first) {
-            all.push(job.run()?);
-        }
+        let mine = match first {
+            (chunk, Some(part)) => fill(chunk, part),
+            (_, None) => Ok(()),
+        };
+        // The first failure in job order: this thread's part comes first.
+        mine?;
         for handle in others {
-            let part = handle
+            handle
                 .join()
                 .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
-            all.extend(part);
         }
-        Ok(all)
-    })
+        Ok::<(), SourceError>(())
+    })?;
+    // Same size and alignment (`None` is a niche of `Migration`): collected
+    // in place, without a second allocation.
+    Ok(slots
+        .into_iter()
+        .map(|slot| slot.expect("every job filled its slot"))
+        .collect())
 }
 
 struct Halves {
@@ -928,6 +944,26 @@ mod tests {
     }
 
     #[test]
+    fn the_first_bad_file_in_version_order_is_reported_across_both_forms() {
+        // A bad `.up.sql` pair below a bad single file: pairs and singles
+        // are listed apart, and the pair's error must still come first.
+        let last = 3 * PARALLEL_FROM - 1;
+        let mut files = many(&[last]);
+        files.retain(|(name, _)| !name.starts_with("0005_"));
+        files.push((
+            "0005_pair.up.sql".into(),
+            b"-- lockstep:bogus\nSELECT 5;\n".to_vec(),
+        ));
+        files.push(("0005_pair.down.sql".into(), b"SELECT 0;\n".to_vec()));
+        let (file, line, message) = load_err(&as_refs(&files));
+        assert_eq!(
+            (file.as_str(), line),
+            ("0005_pair.up.sql", Some(1)),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn file_names() {
         let ok: &[(&str, FileName)] = &[
             (
@@ -1218,6 +1254,16 @@ mod tests {
         fs::remove_file(inside.0.join("1_a.sql")).unwrap();
         std::os::unix::fs::symlink(inside.0.join("2_b.sql"), inside.0.join("3_c.sql")).unwrap();
         assert!(MigrationSet::load(&inside.0).is_ok());
+    }
+
+    #[test]
+    fn parsed_migrations_are_collected_in_place() {
+        // `parse_all` relies on this to turn its slots into the result
+        // without a second vector.
+        assert_eq!(
+            std::mem::size_of::<Option<Migration>>(),
+            std::mem::size_of::<Migration>()
+        );
     }
 
     #[test]
