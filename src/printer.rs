@@ -124,16 +124,18 @@ impl Printer {
         self.draw_progress();
     }
 
-    /// Lines of human output (a table) in one write: stdout flushes at
-    /// every newline, and a thousand-row table would be a thousand writes.
-    pub fn lines(&mut self, lines: impl IntoIterator<Item = String>) {
-        if self.json || self.quiet {
+    /// Whether human output is shown: not in JSON mode, not with
+    /// `--quiet`. Commands skip building what would not be shown.
+    pub fn shows_lines(&self) -> bool {
+        !(self.json || self.quiet)
+    }
+
+    /// Lines of the command's human output (stdout), each ended by a
+    /// newline, in one write: stdout flushes at every newline, and a
+    /// thousand-row table would be a thousand writes.
+    pub fn block(&mut self, text: &str) {
+        if !self.shows_lines() {
             return;
-        }
-        let mut text = String::new();
-        for line in lines {
-            text.push_str(&line);
-            text.push('\n');
         }
         self.clear_progress();
         let mut out = std::io::stdout().lock();

@@ -3,7 +3,8 @@
 
 use lockstep::{plan, State};
 
-use super::{connect_read_only, load_and_connect, plural, render, Row};
+use super::table::Table;
+use super::{connect_read_only, load_and_connect, plural};
 use crate::cli::StatusArgs;
 use crate::error::{CliError, Exit};
 use crate::json;
@@ -42,35 +43,31 @@ pub fn status(
             settings.migrations.display()
         ));
     } else {
-        let mut rows = vec![Row::new()
-            .cell("VERSION")
-            .cell("NAME")
-            .cell("STATE")
-            .cell("APPLIED AT")];
-        for e in &entries {
-            let mut state = e.state.as_str().to_string();
-            if e.out_of_order {
-                state.push_str(" (out of order)");
-            }
-            let style = match e.state {
-                State::Applied => Style::Good,
-                State::Pending => Style::Warn,
-                _ => Style::Bad,
-            };
-            let painted = printer.paint(&state, style, false);
-            let applied_at = e
-                .row
-                .map(|r| printer.timestamp(&r.applied_at))
-                .unwrap_or_default();
-            rows.push(
-                Row::new()
-                    .cell(e.version.to_string())
+        if printer.shows_lines() {
+            let mut table = Table::new(&["VERSION", "NAME", "STATE", "APPLIED AT"]);
+            for e in &entries {
+                let mut state = e.state.as_str().to_string();
+                if e.out_of_order {
+                    state.push_str(" (out of order)");
+                }
+                let style = match e.state {
+                    State::Applied => Style::Good,
+                    State::Pending => Style::Warn,
+                    _ => Style::Bad,
+                };
+                let painted = printer.paint(&state, style, false);
+                let applied_at = e
+                    .row
+                    .map(|r| printer.timestamp(&r.applied_at))
+                    .unwrap_or_default();
+                table
+                    .cell(e.version)
                     .cell(e.name)
-                    .painted(&state, painted)
-                    .cell(applied_at),
-            );
+                    .painted(&state, &painted)
+                    .cell(applied_at);
+            }
+            printer.block(&table.render());
         }
-        printer.lines(render(rows));
         let mut parts = vec![
             format!("{} applied", counts.applied),
             format!("{} pending", counts.pending),
@@ -128,33 +125,32 @@ pub fn history(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliEr
     let history = connect_read_only(settings)?.history()?;
     if history.is_empty() {
         printer.line("no migrations applied");
-    } else {
-        let mut rows = vec![Row::new()
-            .cell("VERSION")
-            .cell("NAME")
-            .cell("STATE")
-            .cell("APPLIED AT")
-            .cell("DURATION")
-            .cell("APPLIED BY")
-            .cell("LOCK TOKEN")];
+    } else if printer.shows_lines() {
+        let mut table = Table::new(&[
+            "VERSION",
+            "NAME",
+            "STATE",
+            "APPLIED AT",
+            "DURATION",
+            "APPLIED BY",
+            "LOCK TOKEN",
+        ]);
         for r in &history {
             let duration =
                 std::time::Duration::from_millis(u64::try_from(r.duration_ms).unwrap_or(0));
-            rows.push(
-                Row::new()
-                    .cell(r.version.to_string())
-                    .cell(&r.name)
-                    .cell(r.state.as_str())
-                    .cell(printer.timestamp(&r.applied_at))
-                    .cell(printer.duration(duration))
-                    .cell(&r.applied_by)
-                    .cell(
-                        r.lock_token
-                            .map_or_else(|| "-".to_string(), |t| t.to_string()),
-                    ),
-            );
+            let token = r
+                .lock_token
+                .map_or_else(|| "-".to_string(), |t| t.to_string());
+            table
+                .cell(r.version)
+                .cell(&r.name)
+                .cell(r.state.as_str())
+                .cell(printer.timestamp(&r.applied_at))
+                .cell(printer.duration(duration))
+                .cell(&r.applied_by)
+                .cell(token);
         }
-        printer.lines(render(rows));
+        printer.block(&table.render());
     }
     printer.document(
         "history",

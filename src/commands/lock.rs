@@ -2,7 +2,8 @@
 
 use lockstep::{LockInfo, LockState};
 
-use super::{connect_read_only, options, render, Row};
+use super::table::Table;
+use super::{connect_read_only, options};
 use crate::cli::{LockLogArgs, LockReleaseArgs, LockStatusArgs, StatusFormat};
 use crate::error::{CliError, Exit};
 use crate::json;
@@ -39,7 +40,7 @@ pub fn status(
         ));
     } else {
         printer.line(&painted);
-        for line in render(holder_rows(printer, &info)) {
+        for line in holder_rows(printer, &info).render().lines() {
             printer.line(&format!("  {line}"));
         }
         if state == LockState::Stale {
@@ -53,7 +54,7 @@ pub fn status(
     Ok(exit)
 }
 
-fn holder_rows(printer: &Printer, info: &LockInfo) -> Vec<Row> {
+fn holder_rows(printer: &Printer, info: &LockInfo) -> Table {
     let time = |t: &Option<String>| {
         t.as_deref()
             .map(|t| printer.timestamp(t))
@@ -80,28 +81,38 @@ fn holder_rows(printer: &Printer, info: &LockInfo) -> Vec<Row> {
         Some(ms) => format!("{} ({}s ago)", time(&info.expires_at), -ms / 1000),
         None => String::new(),
     };
-    let opt = |v: &Option<String>| v.clone().unwrap_or_default();
-    vec![
-        Row::new().cell("owner").cell(opt(&info.owner)),
-        Row::new().cell("host").cell(opt(&info.host)),
-        Row::new()
-            .cell("pid")
-            .cell(info.pid.map(|p| p.to_string()).unwrap_or_default()),
-        Row::new().cell("command").cell(opt(&info.command)),
-        Row::new().cell("acquired at").cell(format!(
+    fn opt(v: &Option<String>) -> &str {
+        v.as_deref().unwrap_or_default()
+    }
+    let mut table = Table::bare(2);
+    table
+        .cell("owner")
+        .cell(opt(&info.owner))
+        .cell("host")
+        .cell(opt(&info.host))
+        .cell("pid")
+        .cell(info.pid.map(|p| p.to_string()).unwrap_or_default())
+        .cell("command")
+        .cell(opt(&info.command))
+        .cell("acquired at")
+        .cell(format!(
             "{} (held {})",
             time(&info.acquired_at),
             age(info.held_ms)
-        )),
-        Row::new().cell("heartbeat").cell(format!(
+        ))
+        .cell("heartbeat")
+        .cell(format!(
             "{} ({} ago)",
             time(&info.heartbeat_at),
             age(info.heartbeat_age_ms)
-        )),
-        Row::new().cell("expires at").cell(expires),
-        Row::new().cell("token").cell(info.token.to_string()),
-        Row::new().cell("holder alive").cell(alive),
-    ]
+        ))
+        .cell("expires at")
+        .cell(expires)
+        .cell("token")
+        .cell(info.token)
+        .cell("holder alive")
+        .cell(alive);
+    table
 }
 
 /// Metrics for a node-exporter textfile.
@@ -239,16 +250,10 @@ pub fn log(
     let events = connect_read_only(settings)?.lock_log(limit)?;
     if events.is_empty() {
         printer.line("no lock events");
-    } else {
-        let mut rows = vec![Row::new()
-            .cell("AT")
-            .cell("EVENT")
-            .cell("TOKEN")
-            .cell("OWNER")
-            .cell("HOST")
-            .cell("PID")
-            .cell("COMMAND")
-            .cell("DETAIL")];
+    } else if printer.shows_lines() {
+        let mut table = Table::new(&[
+            "AT", "EVENT", "TOKEN", "OWNER", "HOST", "PID", "COMMAND", "DETAIL",
+        ]);
         for e in &events {
             let mut detail = e.detail.clone().unwrap_or_default();
             if let Some(previous) = &e.previous_owner {
@@ -259,19 +264,17 @@ pub fn log(
                     format!("{from}: {detail}")
                 };
             }
-            rows.push(
-                Row::new()
-                    .cell(printer.timestamp(&e.at))
-                    .cell(&e.event)
-                    .cell(e.token.to_string())
-                    .cell(e.owner.clone().unwrap_or_default())
-                    .cell(e.host.clone().unwrap_or_default())
-                    .cell(e.pid.map(|p| p.to_string()).unwrap_or_default())
-                    .cell(e.command.clone().unwrap_or_default())
-                    .cell(detail),
-            );
+            table
+                .cell(printer.timestamp(&e.at))
+                .cell(&e.event)
+                .cell(e.token)
+                .cell(e.owner.as_deref().unwrap_or_default())
+                .cell(e.host.as_deref().unwrap_or_default())
+                .cell(e.pid.map(|p| p.to_string()).unwrap_or_default())
+                .cell(e.command.as_deref().unwrap_or_default())
+                .cell(detail);
         }
-        printer.lines(render(rows));
+        printer.block(&table.render());
     }
     printer.document(
         "lock log",

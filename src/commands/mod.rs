@@ -17,6 +17,7 @@ mod inspect;
 mod lock;
 mod project;
 mod run;
+mod table;
 
 pub fn main() -> i32 {
     crate::signals::install();
@@ -193,63 +194,6 @@ fn usage_error(e: clap::Error, args: &[OsString]) -> i32 {
     let mut printer = Printer::fallback(true);
     printer.error("", &err);
     Exit::Usage.code()
-}
-
-/// Left-aligned columns, the last one unpadded.
-fn table(rows: &[Vec<String>], widths_of: &[Vec<usize>]) -> Vec<String> {
-    let columns = rows.first().map_or(0, Vec::len);
-    let mut widths = vec![0; columns];
-    for row in widths_of {
-        for (i, w) in row.iter().enumerate() {
-            widths[i] = widths[i].max(*w);
-        }
-    }
-    rows.iter()
-        .zip(widths_of)
-        .map(|(row, row_widths)| {
-            let mut line = String::new();
-            for (i, cell) in row.iter().enumerate() {
-                line.push_str(cell);
-                if i + 1 < columns {
-                    line.push_str(&" ".repeat(widths[i] - row_widths[i] + 2));
-                }
-            }
-            line.trim_end().to_string()
-        })
-        .collect()
-}
-
-/// Cells with their display widths: colour codes take no room.
-struct Row {
-    cells: Vec<String>,
-    widths: Vec<usize>,
-}
-
-impl Row {
-    fn new() -> Row {
-        Row {
-            cells: Vec::new(),
-            widths: Vec::new(),
-        }
-    }
-
-    fn cell(mut self, text: impl Into<String>) -> Row {
-        let text = text.into();
-        self.widths.push(text.chars().count());
-        self.cells.push(text);
-        self
-    }
-
-    fn painted(mut self, plain: &str, painted: String) -> Row {
-        self.widths.push(plain.chars().count());
-        self.cells.push(painted);
-        self
-    }
-}
-
-fn render(rows: Vec<Row>) -> Vec<String> {
-    let (cells, widths): (Vec<_>, Vec<_>) = rows.into_iter().map(|r| (r.cells, r.widths)).unzip();
-    table(&cells, &widths)
 }
 
 fn plural(n: usize, one: &str, many: &str) -> String {
