@@ -115,18 +115,27 @@ impl std::error::Error for SourceError {}
 /// line endings turned into LF, so that an editor's or git's line-ending
 /// setting never reads as a change.
 pub fn normalize(bytes: &[u8]) -> Vec<u8> {
-    let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
+    let mut out = bytes.to_vec();
+    normalize_in_place(&mut out);
+    out
+}
+
+/// [`normalize`] without a copy.
+fn normalize_in_place(bytes: &mut Vec<u8>) {
+    let bom = if bytes.starts_with(b"\xEF\xBB\xBF") {
+        3
+    } else {
+        0
+    };
+    let mut kept = 0;
+    for i in bom..bytes.len() {
         if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
-            i += 1;
             continue;
         }
-        out.push(bytes[i]);
-        i += 1;
+        bytes[kept] = bytes[i];
+        kept += 1;
     }
-    out
+    bytes.truncate(kept);
 }
 
 /// The checksum of a migration: SHA-256 over its normalised file, and for a
@@ -411,7 +420,7 @@ impl Job {
 
     fn run(self) -> Result<Migration, SourceError> {
         match self {
-            Job::Single(version, name, path) => parse_single(version, name, &path),
+            Job::Single(version, name, path) => parse_single(version, name, path),
             Job::Pair(version, halves) => parse_pair(version, halves),
         }
     }
@@ -579,12 +588,14 @@ fn read_text(path: &Path) -> Result<String, SourceError> {
         }
     }
     bytes.truncate(filled);
-    decode(path, &bytes)
+    decode(path, bytes)
 }
 
-/// Normalises a file's bytes and decodes them as UTF-8.
-fn decode(path: &Path, bytes: &[u8]) -> Result<String, SourceError> {
-    String::from_utf8(normalize(bytes)).map_err(|e| {
+/// Normalises a file's bytes and decodes them as UTF-8, in the buffer
+/// they were read into.
+fn decode(path: &Path, mut bytes: Vec<u8>) -> Result<String, SourceError> {
+    normalize_in_place(&mut bytes);
+    String::from_utf8(bytes).map_err(|e| {
         let valid = e.utf8_error().valid_up_to();
         let line = e.as_bytes()[..valid]
             .iter()
@@ -665,9 +676,11 @@ pub fn parse_migration(file_name: &str, bytes: &[u8]) -> Result<Migration, Sourc
         Ok(None) => return Err(SourceError::new(path, "not a `.sql` file")),
         Err(message) => return Err(SourceError::new(path, message)),
     };
-    let text = decode(path, bytes)?;
+    let text = decode(path, bytes.to_vec())?;
     match parsed {
-        FileName::Single { version, name } => parse_single_text(version, name, path, text),
+        FileName::Single { version, name } => {
+            parse_single_text(version, name, path.to_path_buf(), text)
+        }
         FileName::Half {
             version,
             name,
@@ -683,63 +696,66 @@ pub fn parse_migration(file_name: &str, bytes: &[u8]) -> Result<Migration, Sourc
     }
 }
 
-fn parse_single(version: u64, name: String, path: &Path) -> Result<Migration, SourceError> {
-    parse_single_text(version, name, path, read_text(path)?)
+fn parse_single(version: u64, name: String, path: PathBuf) -> Result<Migration, SourceError> {
+    let text = read_text(&path)?;
+    parse_single_text(version, name, path, text)
 }
 
+/// A section marker line of a single-file migration.
+#[derive(Clone, Copy)]
+struct Marker {
+    /// Its 0-based line index.
+    line: usize,
+    /// The byte offset of its first character.
+    start: usize,
+    /// The byte offset just after it: where its section's SQL begins.
+    end: usize,
+}
+
+/// Parses a single-file migration. Its text becomes the upgrade section's
+/// SQL in place, so a file costs no copy of itself.
 fn parse_single_text(
     version: u64,
     name: String,
-    path: &Path,
-    text: String,
+    path: PathBuf,
+    mut text: String,
 ) -> Result<Migration, SourceError> {
-    let mut up: Option<(usize, usize)> = None; // (line index of marker, byte offset after it)
-    let mut down: Option<(usize, usize)> = None;
+    let mut up: Option<Marker> = None;
+    let mut down: Option<Marker> = None;
     let mut offset = 0;
-    let mut lines = Vec::new();
     for (i, line) in text.split_inclusive('\n').enumerate() {
-        lines.push(offset);
-        let next = offset + line.len();
-        match classify_line(line) {
-            Line::Upgrade => {
-                if let Some((prev, _)) = up {
-                    return Err(SourceError::new(
-                        path,
-                        format!(
-                            "second `-- upgrade` line (the first is on line {})",
-                            prev + 1
-                        ),
-                    )
-                    .at(i + 1));
-                }
-                up = Some((i, next));
-            }
-            Line::Rollback => {
-                if let Some((prev, _)) = down {
-                    return Err(SourceError::new(
-                        path,
-                        format!(
-                            "second `-- rollback` line (the first is on line {})",
-                            prev + 1
-                        ),
-                    )
-                    .at(i + 1));
-                }
-                down = Some((i, next));
-            }
+        let marker = Marker {
+            line: i,
+            start: offset,
+            end: offset + line.len(),
+        };
+        offset = marker.end;
+        let (slot, word) = match classify_line(line) {
+            Line::Upgrade => (&mut up, "upgrade"),
+            Line::Rollback => (&mut down, "rollback"),
             Line::Directive(_) if up.is_none() && down.is_none() => {
                 return Err(
-                    SourceError::new(path, "directive before the `-- upgrade` line")
+                    SourceError::new(&path, "directive before the `-- upgrade` line")
                         .at(i + 1)
                         .hint("put directives inside the section they apply to"),
                 );
             }
-            Line::Directive(_) | Line::Other => {}
+            Line::Directive(_) | Line::Other => continue,
+        };
+        if let Some(prev) = slot {
+            return Err(SourceError::new(
+                &path,
+                format!(
+                    "second `-- {word}` line (the first is on line {})",
+                    prev.line + 1
+                ),
+            )
+            .at(i + 1));
         }
-        offset = next;
+        *slot = Some(marker);
     }
-    let Some((up_line, up_start)) = up else {
-        let mut err = SourceError::new(path, "no `-- upgrade` line");
+    let Some(up) = up else {
+        let mut err = SourceError::new(&path, "no `-- upgrade` line");
         err = if text
             .lines()
             .any(|l| l.trim().eq_ignore_ascii_case("-- migrate:up"))
@@ -750,43 +766,46 @@ fn parse_single_text(
         };
         return Err(err);
     };
-    let first_marker = down.map_or(up_line, |(d, _)| d.min(up_line));
-    if let Some(at) = sql::first_code_offset(&text[..lines[first_marker]]) {
-        return Err(SourceError::new(path, "SQL before the `-- upgrade` line")
+    let first_marker = down.map_or(up.start, |d| d.start.min(up.start));
+    if let Some(at) = sql::first_code_offset(&text[..first_marker]) {
+        return Err(SourceError::new(&path, "SQL before the `-- upgrade` line")
             .at(sql::line_col(&text, at).0)
             .hint("only comments may come before `-- upgrade`"));
     }
     // A section runs to the next marker or the end of the file.
-    let end_of = |start_line: usize| -> usize {
-        [up, down]
-            .into_iter()
-            .flatten()
-            .map(|(line, _)| line)
-            .filter(|&line| line > start_line)
-            .min()
-            .map(|line| lines[line])
-            .unwrap_or(text.len())
+    let (up_end, down_end) = match down {
+        Some(d) if d.start > up.start => (d.start, text.len()),
+        Some(_) => (text.len(), up.start),
+        None => (text.len(), text.len()),
     };
-    let up_text = &text[up_start..end_of(up_line)];
-    let up_section = section(up_text, up_line + 2, path)?;
+    let up_text = &text[up.end..up_end];
+    let no_transaction = directives(up_text, up.line + 2, &path)?;
     if !sql::has_code(up_text) {
-        return Err(SourceError::new(path, "the upgrade section is empty")
-            .at(up_line + 1)
+        return Err(SourceError::new(&path, "the upgrade section is empty")
+            .at(up.line + 1)
             .hint("write the migration's SQL after the `-- upgrade` line"));
     }
     let down_section = match down {
-        Some((down_line, down_start)) => {
-            let down_text = &text[down_start..end_of(down_line)];
-            let s = section(down_text, down_line + 2, path)?;
+        Some(d) => {
+            let down_text = &text[d.end..down_end];
+            let s = section(down_text, d.line + 2, &path)?;
             sql::has_code(down_text).then_some(s)
         }
         None => None,
     };
+    let checksum = checksum(text.as_bytes(), None);
+    text.truncate(up_end);
+    text.drain(..up.end);
     Ok(Migration {
         version,
         name,
-        checksum: checksum(text.as_bytes(), None),
-        up: up_section,
+        checksum,
+        up: Section {
+            sql: text,
+            path,
+            first_line: up.line + 2,
+            no_transaction,
+        },
         down: down_section,
     })
 }
