@@ -509,6 +509,13 @@ both!(an_outdated_prefetched_history_applies_nothing_twice, |p| {
         p.db.query("SELECT name, count(*) FROM side GROUP BY name ORDER BY name"),
         [["m1", "1"], ["m2", "1"]]
     );
+    // It read no tables, so it looked at the history again once they were
+    // there, and did not take the lock only to find nothing to do: one
+    // acquisition, the other run's.
+    assert_eq!(
+        p.db.query("SELECT event FROM lockstep_lock_log ORDER BY id"),
+        [["acquired"], ["released"]]
+    );
     // A prefetched read that is current is what `history` returns.
     let mut late = lockstep::Migrator::connect(&url, lockstep::Options::default()).unwrap();
     late.prefetch_history();

@@ -456,9 +456,6 @@ impl Migrator {
             }
             _ => {}
         }
-        if history.is_none() {
-            self.driver.create_tables()?;
-        }
         // While this run waits, the holder may apply everything it would:
         // then it is done without ever taking the lock.
         let mut needed = |driver: &mut dyn Driver| match driver.read_history() {
@@ -468,6 +465,16 @@ impl Migrator {
             ),
             _ => true,
         };
+        if history.is_none() {
+            self.driver.create_tables()?;
+            // Found with no tables, by one of a fleet starting on an empty
+            // database: the run that made them may have applied everything
+            // since, and the lock may already be free again. Asked once
+            // here, or this run would take the lock only to find nothing.
+            if !needed(self.driver.as_mut()) {
+                return Ok(report);
+            }
+        }
         let held = match self.lock("upgrade", observer, &mut needed)? {
             Locking::Held(held) => held,
             Locking::NotNeeded => return Ok(report),

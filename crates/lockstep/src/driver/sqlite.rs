@@ -200,6 +200,30 @@ impl SqliteDriver {
         Ok(())
     }
 
+    /// Whether lockstep's tables, the lock log's index and this history
+    /// table's format row are all there: what `create_tables` makes.
+    fn tables_made(&self, conn: &Connection) -> rusqlite::Result<bool> {
+        let schema = self.table.schema().unwrap_or("main");
+        let objects: i64 = conn.query_row(
+            &format!(
+                "SELECT count(*) FROM \"{schema}\".sqlite_master
+                  WHERE (type = 'table' AND name IN (?1, ?2, ?3, ?4)) OR (type = 'index' AND name = ?5)"
+            ),
+            params![META_TABLE, self.table.name(), LOCK_TABLE, LOCK_LOG_TABLE, LOCK_LOG_INDEX],
+            |r| r.get(0),
+        )?;
+        if objects < 5 {
+            return Ok(false);
+        }
+        conn.query_row(
+            &format!("SELECT 1 FROM {} WHERE table_name = ?1", self.meta),
+            [self.table.name()],
+            |_| Ok(()),
+        )
+        .optional()
+        .map(|row| row.is_some())
+    }
+
     fn table_exists(conn: &Connection, schema_table: (&str, &str)) -> rusqlite::Result<bool> {
         let (schema, name) = schema_table;
         conn.query_row(
@@ -396,6 +420,14 @@ impl Driver for SqliteDriver {
         }
         let conn = self.conn()?;
         let context = format!("creating the history table {}", self.table);
+        // A look first, without the write lock: in a fleet starting on an
+        // empty database, all but the first few find the tables made. Each
+        // of them taking the write lock only to find so would queue behind
+        // the holder's migrations in SQLite's busy handler, whose sleeps
+        // grow to 100 ms.
+        if self.tables_made(conn).map_err(|e| db_error(&context, &e))? {
+            return Ok(());
+        }
         let sql = format!(
             "BEGIN IMMEDIATE;
              CREATE TABLE IF NOT EXISTS {meta} (
