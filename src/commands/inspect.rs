@@ -18,6 +18,9 @@ pub fn status(
 ) -> Result<Exit, CliError> {
     let (set, mut migrator) = load_and_connect(settings, || connect_read_only(settings))?;
     let history = migrator.history()?;
+    // Done with the database: closed before the table is built, so that
+    // SQLite's schema and page cache are not held beside it.
+    drop(migrator);
     let entries = plan::status(set.migrations(), &history);
 
     let mut counts = json::Counts::default();
