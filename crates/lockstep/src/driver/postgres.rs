@@ -142,6 +142,27 @@ fn code(e: &postgres::Error) -> Option<&SqlState> {
 }
 
 impl PgDriver {
+    /// Whether `all_there` (the look at lockstep's tables) says they exist
+    /// and this history table's format row is in the meta table: what
+    /// `create_tables` makes. Outside any transaction.
+    fn made_already(&mut self, all_there: &str) -> Result<bool, postgres::Error> {
+        let found = |messages: &[SimpleQueryMessage]| {
+            statements(messages)
+                .last()
+                .and_then(|rows| first_value(rows))
+                == Some("true")
+        };
+        if !found(&self.client.simple_query(all_there)?) {
+            return Ok(false);
+        }
+        let registered = format!(
+            "SELECT EXISTS (SELECT 1 FROM {meta} WHERE table_name = {name})::text",
+            meta = self.meta,
+            name = literal(self.table.name()),
+        );
+        Ok(found(&self.client.simple_query(&registered)?))
+    }
+
     pub(crate) fn connect(
         target: &PgTarget,
         url: &DatabaseUrl,
@@ -465,17 +486,40 @@ impl Driver for PgDriver {
         // behind the first then finds the tables made and creates nothing:
         // at 50 processes, 40-odd of them used to send the whole script,
         // each statement a catalog lookup and a notice under the lock.
+        // Read from pg_class, not asked of to_regclass: the look below
+        // runs in a transaction begun before its wait for the advisory
+        // lock, and to_regclass answers from the session's catalog cache as
+        // it was at that start (a negative entry from this run's own
+        // failed read included), so every process queued behind the first
+        // found "not there" and sent the whole script. A scan of pg_class
+        // reads it with the statement's own snapshot, taken after the wait.
+        let all_there = format!(
+            "SELECT (count(*) = 5)::text FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = {schema} AND c.relname IN ({meta}, {history}, {lock}, {log}, {index})",
+            schema = self
+                .table
+                .schema()
+                .map_or_else(|| "current_schema()".to_string(), literal),
+            meta = literal(META_TABLE),
+            history = literal(self.table.name()),
+            lock = literal(LOCK_TABLE),
+            log = literal(LOCK_LOG_TABLE),
+            index = literal(LOCK_LOG_INDEX),
+        );
+        // Most of such a fleet gets here after the first has made the
+        // tables: a look without the lock (and, the tables there, at this
+        // history table's format row) ends it in two plain reads.
+        if self.made_already(&all_there).unwrap_or(false) {
+            return Ok(());
+        }
+        // Read committed whatever the server's default: a snapshot per
+        // statement, so the look sees what the one before it made.
         let look = format!(
-            "BEGIN;
+            "BEGIN ISOLATION LEVEL READ COMMITTED;
              SELECT pg_advisory_xact_lock({ADVISORY_NAMESPACE}, hashtext({qualified}));
-             SELECT (to_regclass({meta_name}) IS NOT NULL AND to_regclass({qualified}) IS NOT NULL
-                     AND to_regclass({lock_name}) IS NOT NULL AND to_regclass({log_name}) IS NOT NULL
-                     AND to_regclass({index_name}) IS NOT NULL)::text",
+             {all_there}",
             qualified = literal(&self.history),
-            meta_name = literal(&self.meta),
-            lock_name = literal(&self.lock),
-            log_name = literal(&self.log),
-            index_name = literal(&self.log_index),
         );
         let register = format!(
             "INSERT INTO {meta} (table_name, format_version, created_by)
