@@ -1,7 +1,6 @@
 //! Planning: migrations on disk plus history rows in, a plan or a refusal
 //! out. Pure functions, no database.
 
-use std::collections::BTreeMap;
 use std::fmt;
 
 use crate::history::{HistoryRow, RowState};
@@ -56,38 +55,42 @@ pub struct StatusEntry<'a> {
 /// Compares every migration with its history row.
 pub fn status<'a>(migrations: &'a [Migration], history: &'a [HistoryRow]) -> Vec<StatusEntry<'a>> {
     let newest_applied = history.iter().map(|r| r.version).max();
-    let mut by_version: BTreeMap<u64, (Option<&Migration>, Option<&HistoryRow>)> = BTreeMap::new();
-    for m in migrations {
-        by_version.entry(m.version).or_default().0 = Some(m);
+    // Both come in version order (a migration set and a driver's history
+    // always do); merged like two sorted lists, without a map of either.
+    let mut files: Vec<&Migration> = migrations.iter().collect();
+    files.sort_by_key(|m| m.version);
+    let mut rows: Vec<&HistoryRow> = history.iter().collect();
+    rows.sort_by_key(|r| r.version);
+    let (mut files, mut rows) = (files.into_iter().peekable(), rows.into_iter().peekable());
+    let mut entries = Vec::with_capacity(migrations.len().max(history.len()));
+    loop {
+        let (migration, row) = match (files.peek(), rows.peek()) {
+            (None, None) => break,
+            (Some(m), Some(r)) if m.version == r.version => (files.next(), rows.next()),
+            (Some(m), Some(r)) if m.version < r.version => (files.next(), None),
+            (Some(_), None) => (files.next(), None),
+            _ => (None, rows.next()),
+        };
+        let state = match (migration, row) {
+            (_, Some(r)) if r.state == RowState::Started => State::Dirty,
+            (None, Some(_)) => State::Missing,
+            (Some(m), Some(r)) if m.checksum != r.checksum || m.name != r.name => State::Modified,
+            (Some(_), Some(_)) => State::Applied,
+            (Some(_), None) => State::Pending,
+            (None, None) => unreachable!("every entry has a file or a row"),
+        };
+        let version = migration.map_or_else(|| row.map_or(0, |r| r.version), |m| m.version);
+        entries.push(StatusEntry {
+            version,
+            name: migration
+                .map_or_else(|| row.map_or("", |r| r.name.as_str()), |m| m.name.as_str()),
+            state,
+            migration,
+            row,
+            out_of_order: state == State::Pending && newest_applied.is_some_and(|n| version < n),
+        });
     }
-    for r in history {
-        by_version.entry(r.version).or_default().1 = Some(r);
-    }
-    by_version
-        .into_iter()
-        .map(|(version, (migration, row))| {
-            let state = match (migration, row) {
-                (_, Some(r)) if r.state == RowState::Started => State::Dirty,
-                (None, Some(_)) => State::Missing,
-                (Some(m), Some(r)) if m.checksum != r.checksum || m.name != r.name => {
-                    State::Modified
-                }
-                (Some(_), Some(_)) => State::Applied,
-                (Some(_), None) => State::Pending,
-                (None, None) => unreachable!("every entry has a file or a row"),
-            };
-            StatusEntry {
-                version,
-                name: migration
-                    .map_or_else(|| row.map_or("", |r| r.name.as_str()), |m| m.name.as_str()),
-                state,
-                migration,
-                row,
-                out_of_order: state == State::Pending
-                    && newest_applied.is_some_and(|n| version < n),
-            }
-        })
-        .collect()
+    entries
 }
 
 /// A migration named in a refusal or error.
@@ -578,5 +581,26 @@ mod tests {
         let newer = [row(4)];
         let late = status(&files[..1], &newer);
         assert!(late[0].out_of_order);
+    }
+
+    #[test]
+    fn status_merges_files_and_rows_given_in_any_order() {
+        let files = vec![m(4, true), m(1, true), m(3, true)];
+        let history = vec![row(5), row(3), row(2)];
+        let got: Vec<(u64, State, bool)> = status(&files, &history)
+            .iter()
+            .map(|e| (e.version, e.state, e.out_of_order))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (1, State::Pending, true),
+                (2, State::Missing, false),
+                (3, State::Applied, false),
+                (4, State::Pending, true),
+                (5, State::Missing, false),
+            ]
+        );
+        assert!(status(&[], &[]).is_empty());
     }
 }
