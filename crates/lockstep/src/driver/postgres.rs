@@ -486,13 +486,12 @@ impl Driver for PgDriver {
         // behind the first then finds the tables made and creates nothing:
         // at 50 processes, 40-odd of them used to send the whole script,
         // each statement a catalog lookup and a notice under the lock.
-        // Read from pg_class, not asked of to_regclass: the look below
-        // runs in a transaction begun before its wait for the advisory
-        // lock, and to_regclass answers from the session's catalog cache as
-        // it was at that start (a negative entry from this run's own
-        // failed read included), so every process queued behind the first
-        // found "not there" and sent the whole script. A scan of pg_class
-        // reads it with the statement's own snapshot, taken after the wait.
+        // The look reads pg_class, with the statement's own snapshot, taken
+        // after the wait for the advisory lock. to_regclass would answer
+        // from the session's catalog cache as it stood when the transaction
+        // began, before the wait (negative entries from this run's own
+        // failed history read included): "not there" to every process
+        // queued behind the first, each of which would send the script.
         let all_there = format!(
             "SELECT (count(*) = 5)::text FROM pg_catalog.pg_class c
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
