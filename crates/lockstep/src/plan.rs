@@ -556,6 +556,14 @@ mod tests {
         );
     }
 
+    /// Each entry's version, state and whether it is out of order.
+    fn states(files: &[Migration], history: &[HistoryRow]) -> Vec<(u64, State, bool)> {
+        status(files, history)
+            .iter()
+            .map(|e| (e.version, e.state, e.out_of_order))
+            .collect()
+    }
+
     #[test]
     fn status_states() {
         let files = vec![m(1, true), m(2, true), m(3, true), m(5, true)];
@@ -564,12 +572,8 @@ mod tests {
         let mut started = row(3);
         started.state = RowState::Started;
         let history = vec![row(1), changed, started, row(4)];
-        let got: Vec<(u64, State, bool)> = status(&files, &history)
-            .iter()
-            .map(|e| (e.version, e.state, e.out_of_order))
-            .collect();
         assert_eq!(
-            got,
+            states(&files, &history),
             [
                 (1, State::Applied, false),
                 (2, State::Modified, false),
@@ -587,12 +591,8 @@ mod tests {
     fn status_merges_files_and_rows_given_in_any_order() {
         let files = vec![m(4, true), m(1, true), m(3, true)];
         let history = vec![row(5), row(3), row(2)];
-        let got: Vec<(u64, State, bool)> = status(&files, &history)
-            .iter()
-            .map(|e| (e.version, e.state, e.out_of_order))
-            .collect();
         assert_eq!(
-            got,
+            states(&files, &history),
             [
                 (1, State::Pending, true),
                 (2, State::Missing, false),
