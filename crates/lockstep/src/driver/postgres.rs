@@ -47,8 +47,6 @@ pub(crate) struct PgDriver {
     meta: String,
     lock: String,
     log: String,
-    /// The lock log's index, in the lock log's schema.
-    log_index: String,
     /// This session's identity; known once the lock asks.
     session: Option<Session>,
     /// A pooler or proxy stands between lockstep and the server: sessions
@@ -248,7 +246,6 @@ impl PgDriver {
             meta: String::new(),
             lock: String::new(),
             log: String::new(),
-            log_index: String::new(),
             session: None,
             pooled: None,
         };
@@ -266,7 +263,6 @@ impl PgDriver {
         self.meta = format!("{prefix}{}", quote_ident(META_TABLE));
         self.lock = format!("{prefix}{}", quote_ident(LOCK_TABLE));
         self.log = format!("{prefix}{}", quote_ident(LOCK_LOG_TABLE));
-        self.log_index = format!("{prefix}{}", quote_ident(LOCK_LOG_INDEX));
     }
 
     fn change_sql(&self, change: &Change<'_>) -> String {
