@@ -143,14 +143,8 @@ impl PgDriver {
     /// Whether `all_there` (the look at lockstep's tables) says they exist
     /// and this history table's format row is in the meta table: what
     /// `create_tables` makes. Outside any transaction.
-    fn made_already(&mut self, all_there: &str) -> Result<bool, postgres::Error> {
-        let found = |messages: &[SimpleQueryMessage]| {
-            statements(messages)
-                .last()
-                .and_then(|rows| first_value(rows))
-                == Some("true")
-        };
-        if !found(&self.client.simple_query(all_there)?) {
+    fn tables_made(&mut self, all_there: &str) -> Result<bool, postgres::Error> {
+        if !says_true(&self.client.simple_query(all_there)?) {
             return Ok(false);
         }
         let registered = format!(
@@ -158,7 +152,7 @@ impl PgDriver {
             meta = self.meta,
             name = literal(self.table.name()),
         );
-        Ok(found(&self.client.simple_query(&registered)?))
+        Ok(says_true(&self.client.simple_query(&registered)?))
     }
 
     pub(crate) fn connect(
@@ -328,6 +322,15 @@ fn first_value(rows: &[SimpleQueryMessage]) -> Option<&str> {
         SimpleQueryMessage::Row(r) => r.get(0),
         _ => None,
     })
+}
+
+/// Whether the last statement of a simple query answered `true` (a
+/// boolean cast to text) in its first row.
+fn says_true(messages: &[SimpleQueryMessage]) -> bool {
+    statements(messages)
+        .last()
+        .and_then(|rows| first_value(rows))
+        == Some("true")
 }
 
 /// What one attempt at reading the history saw.
@@ -505,7 +508,7 @@ impl Driver for PgDriver {
         // Most of such a fleet gets here after the first has made the
         // tables: a look without the lock (and, the tables there, at this
         // history table's format row) ends it in two plain reads.
-        if self.made_already(&all_there).unwrap_or(false) {
+        if self.tables_made(&all_there).unwrap_or(false) {
             return Ok(());
         }
         // Read committed whatever the server's default: a snapshot per
@@ -588,10 +591,7 @@ impl Driver for PgDriver {
         let mut attempt = 0;
         loop {
             let made = self.client.simple_query(&look).and_then(|messages| {
-                let found = statements(&messages)
-                    .last()
-                    .and_then(|rows| first_value(rows))
-                    == Some("true");
+                let found = says_true(&messages);
                 self.client
                     .simple_query(if found { &register } else { &create })
             });
