@@ -465,15 +465,12 @@ impl Migrator {
             ),
             _ => true,
         };
-        if history.is_none() {
-            self.driver.create_tables()?;
-            // Found with no tables, by one of a fleet starting on an empty
-            // database: the run that made them may have applied everything
-            // since, and the lock may already be free again. Asked once
-            // here, or this run would take the lock only to find nothing.
-            if !needed(self.driver.as_mut()) {
-                return Ok(report);
-            }
+        // Found with no tables, by one of a fleet starting on an empty
+        // database: when another run made them since, it may have applied
+        // everything too, and freed the lock again. Asked once here, or
+        // this run would take the lock only to find nothing to do.
+        if history.is_none() && self.driver.create_tables()? && !needed(self.driver.as_mut()) {
+            return Ok(report);
         }
         let held = match self.lock("upgrade", observer, &mut needed)? {
             Locking::Held(held) => held,

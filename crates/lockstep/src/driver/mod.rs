@@ -96,8 +96,10 @@ pub(crate) trait Driver: Send {
     fn read_history(&mut self) -> Result<Option<Vec<HistoryRow>>, Error>;
 
     /// Creates lockstep's tables (history, meta, lock, lock log) when they
-    /// do not exist. Safe when many processes do it at once.
-    fn create_tables(&mut self) -> Result<(), Error>;
+    /// do not exist. Safe when many processes do it at once. `true` when
+    /// they were all there already: another run made them (and may have
+    /// written history since).
+    fn create_tables(&mut self) -> Result<bool, Error>;
 
     /// Runs the steps in one transaction, each step's SQL followed by its
     /// history change, calling `done` after each step with its duration.

@@ -473,7 +473,7 @@ impl Driver for PgDriver {
         super::check_format(&self.table, None).map(|()| None)
     }
 
-    fn create_tables(&mut self) -> Result<(), Error> {
+    fn create_tables(&mut self) -> Result<bool, Error> {
         let context = format!("creating the history table {}", self.table);
         let create_schema = match self.table.schema() {
             Some(s) => format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(s)),
@@ -509,7 +509,7 @@ impl Driver for PgDriver {
         // tables: a look without the lock (and, the tables there, at this
         // history table's format row) ends it in two plain reads.
         if self.tables_made(&all_there).unwrap_or(false) {
-            return Ok(());
+            return Ok(true);
         }
         // Read committed whatever the server's default: a snapshot per
         // statement, so the look sees what the one before it made.
@@ -594,12 +594,13 @@ impl Driver for PgDriver {
                 let found = says_true(&messages);
                 self.client
                     .simple_query(if found { &register } else { &create })
+                    .map(|_| found)
             });
             if made.is_err() {
                 self.rollback();
             }
             match made {
-                Ok(_) => return Ok(()),
+                Ok(found) => return Ok(found),
                 Err(e)
                     if attempt < 5
                         && matches!(code(&e), Some(c) if *c == SqlState::UNIQUE_VIOLATION

@@ -413,7 +413,7 @@ impl Driver for SqliteDriver {
         result
     }
 
-    fn create_tables(&mut self) -> Result<(), Error> {
+    fn create_tables(&mut self) -> Result<bool, Error> {
         if self.conn.is_none() && self.writable {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
             self.attach(open_file(&self.path, flags)?)?;
@@ -426,7 +426,7 @@ impl Driver for SqliteDriver {
         // the holder's migrations in SQLite's busy handler, whose sleeps
         // grow to 100 ms.
         if self.tables_made(conn).map_err(|e| db_error(&context, &e))? {
-            return Ok(());
+            return Ok(true);
         }
         let sql = format!(
             "BEGIN IMMEDIATE;
@@ -485,7 +485,7 @@ impl Driver for SqliteDriver {
             schema = self.table.schema().unwrap_or("main"),
             name = self.table.name(),
         );
-        conn.execute_batch(&sql).map_err(|e| {
+        conn.execute_batch(&sql).map(|()| false).map_err(|e| {
             rollback(conn);
             db_error(context, &e)
         })
