@@ -112,16 +112,7 @@ impl Printer {
     /// A line of the command's human output (stdout). Nothing in JSON mode
     /// or with `--quiet`.
     pub fn line(&mut self, text: &str) {
-        if self.json || self.quiet {
-            return;
-        }
-        self.clear_progress();
-        let mut out = std::io::stdout().lock();
-        // A closed pipe (`lockstep status | head`) is not an error worth a panic.
-        let _ = writeln!(out, "{text}");
-        let _ = out.flush();
-        drop(out);
-        self.draw_progress();
+        self.out(text, "\n");
     }
 
     /// Whether human output is shown: not in JSON mode, not with
@@ -134,20 +125,27 @@ impl Printer {
     /// newline, in one write: stdout flushes at every newline, and a
     /// thousand-row table would be a thousand writes.
     pub fn block(&mut self, text: &str) {
+        self.out(text, "");
+    }
+
+    fn out(&mut self, text: &str, end: &str) {
         if !self.shows_lines() {
             return;
         }
         self.clear_progress();
         let mut out = std::io::stdout().lock();
-        let _ = out.write_all(text.as_bytes());
-        let _ = out.flush();
+        // A closed pipe (`lockstep status | head`) is not an error worth a panic.
+        let _ = out
+            .write_all(text.as_bytes())
+            .and_then(|()| out.write_all(end.as_bytes()))
+            .and_then(|()| out.flush());
         drop(out);
         self.draw_progress();
     }
 
     /// A diagnostic on stderr, suppressed by `--quiet` and `--json`.
     pub fn note(&mut self, text: &str) {
-        if self.json || self.quiet {
+        if !self.shows_lines() {
             return;
         }
         self.err_line(text);
