@@ -455,20 +455,18 @@ fn parse_all(jobs: Vec<Job>) -> Result<Vec<Migration>, SourceError> {
         Ok(())
     };
     std::thread::scope(|scope| {
-        let mut parts = slots.chunks_mut(per_thread);
-        let first = (jobs.by_ref().take(per_thread).collect(), parts.next());
+        // Each part of the slots with its jobs; this thread takes the first.
+        let mut parts = slots
+            .chunks_mut(per_thread)
+            .map(|part| (jobs.by_ref().take(part.len()).collect::<Vec<Job>>(), part));
+        let mine = parts.next();
         let others: Vec<_> = parts
-            .map(|part| {
-                let chunk: Vec<Job> = jobs.by_ref().take(per_thread).collect();
-                scope.spawn(move || fill(chunk, part))
-            })
+            .map(|(chunk, part)| scope.spawn(move || fill(chunk, part)))
             .collect();
-        let mine = match first {
-            (chunk, Some(part)) => fill(chunk, part),
-            (_, None) => Ok(()),
-        };
         // The first failure in job order: this thread's part comes first.
-        mine?;
+        if let Some((chunk, part)) = mine {
+            fill(chunk, part)?;
+        }
         for handle in others {
             handle
                 .join()
