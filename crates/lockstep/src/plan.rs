@@ -57,10 +57,12 @@ pub fn status<'a>(migrations: &'a [Migration], history: &'a [HistoryRow]) -> Vec
     let newest_applied = history.iter().map(|r| r.version).max();
     // Both come in version order (a migration set and a driver's history
     // always do); merged like two sorted lists, without a map of either.
+    // Sorted here for callers who pass other slices: unstable, which on
+    // sorted input is one pass with no scratch copy (versions are unique).
     let mut files: Vec<&Migration> = migrations.iter().collect();
-    files.sort_by_key(|m| m.version);
+    files.sort_unstable_by_key(|m| m.version);
     let mut rows: Vec<&HistoryRow> = history.iter().collect();
-    rows.sort_by_key(|r| r.version);
+    rows.sort_unstable_by_key(|r| r.version);
     let (mut files, mut rows) = (files.into_iter().peekable(), rows.into_iter().peekable());
     let mut entries = Vec::with_capacity(migrations.len().max(history.len()));
     loop {
