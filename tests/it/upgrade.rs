@@ -483,19 +483,10 @@ both!(progress_lines_and_summary_in_json, |p| {
     assert_eq!(noop["migrations"].as_array().unwrap().len(), 0);
 });
 
-// The library's `prefetch_history` (the CLI's on PostgreSQL) reads history
-// before the run; another run then applies everything. The prefetched read
-// says "pending", but it only decides whether to take the lock: under the
-// lock history is read afresh, and nothing runs twice.
-both!(an_outdated_prefetched_history_applies_nothing_twice, |p| {
-    p.migration(
-        "1_side.sql",
-        "-- upgrade\nCREATE TABLE side (name text);\nINSERT INTO side VALUES ('m1');\n",
-    )
-    .migration(
-        "2_more.sql",
-        "-- upgrade\nINSERT INTO side VALUES ('m2');\n",
-    );
+/// Through the library, prefetches history, lets a CLI run apply
+/// everything, then upgrades with the outdated read: nothing is applied
+/// twice (migrations 1 and 2 insert `m1` and `m2` into `side`).
+fn upgrade_after_a_prefetch_and_another_run(p: &Project) {
     let url: lockstep::DatabaseUrl = p.db.url().parse().unwrap();
     let set = lockstep::MigrationSet::load(p.path("migrations")).unwrap();
     let mut early = lockstep::Migrator::connect(&url, lockstep::Options::default()).unwrap();
@@ -509,6 +500,21 @@ both!(an_outdated_prefetched_history_applies_nothing_twice, |p| {
         p.db.query("SELECT name, count(*) FROM side GROUP BY name ORDER BY name"),
         [["m1", "1"], ["m2", "1"]]
     );
+}
+
+const SIDE_M1: &str =
+    "-- upgrade\nCREATE TABLE side (name text);\nINSERT INTO side VALUES ('m1');\n";
+const SIDE_M2: &str = "-- upgrade\nINSERT INTO side VALUES ('m2');\n";
+
+// The library's `prefetch_history` (the CLI's on PostgreSQL) reads history
+// before the run, here before lockstep's tables exist; another run then
+// makes them and applies everything. The prefetched read says "no tables",
+// so the run looks at the history again once it finds them made, and
+// neither applies anything twice nor takes the lock.
+both!(an_outdated_prefetched_history_applies_nothing_twice, |p| {
+    p.migration("1_side.sql", SIDE_M1)
+        .migration("2_more.sql", SIDE_M2);
+    upgrade_after_a_prefetch_and_another_run(&p);
     // It read no tables, so it looked at the history again once they were
     // there, and did not take the lock only to find nothing to do: one
     // acquisition, the other run's.
@@ -517,7 +523,27 @@ both!(an_outdated_prefetched_history_applies_nothing_twice, |p| {
         [["acquired"], ["released"]]
     );
     // A prefetched read that is current is what `history` returns.
+    let url: lockstep::DatabaseUrl = p.db.url().parse().unwrap();
     let mut late = lockstep::Migrator::connect(&url, lockstep::Options::default()).unwrap();
     late.prefetch_history();
     assert_eq!(late.history().unwrap().len(), 2);
 });
+
+// The same with the tables there and one migration applied: the prefetched
+// read says "one pending", so the run takes the lock, and under the lock
+// reads history afresh: it applies nothing twice.
+both!(
+    an_outdated_prefetched_history_is_read_again_under_the_lock,
+    |p| {
+        p.migration("1_side.sql", SIDE_M1);
+        p.run(&["upgrade"]).ok();
+        p.migration("2_more.sql", SIDE_M2);
+        upgrade_after_a_prefetch_and_another_run(&p);
+        // Three acquisitions: the two runs', and this one's, which found
+        // nothing left under the lock.
+        assert_eq!(
+            p.db.value("SELECT count(*) FROM lockstep_lock_log WHERE event = 'acquired'"),
+            "3"
+        );
+    }
+);
