@@ -170,7 +170,7 @@ impl From<&lockstep::HistoryRow> for HistoryJson {
             version: r.version,
             name: r.name.clone(),
             state: r.state.as_str(),
-            checksum: r.checksum.clone(),
+            checksum: r.checksum.to_string(),
             applied_at: r.applied_at.clone(),
             duration_ms: r.duration_ms,
             applied_by: r.applied_by.clone(),

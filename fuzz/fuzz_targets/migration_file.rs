@@ -13,7 +13,9 @@ fuzz_target!(|data: &[u8]| {
     };
     match lockstep::source::parse_migration(&name, content) {
         Ok(m) => {
-            assert!(m.checksum.starts_with("sha256:"));
+            let text = m.checksum.to_string();
+            assert!(text.starts_with("sha256:"));
+            assert_eq!(lockstep::Checksum::parse(&text), m.checksum);
             for dialect in [Dialect::Postgres, Dialect::Sqlite] {
                 let _ = lockstep::check_section(&m.up, dialect);
                 if let Some(down) = &m.down {

@@ -106,10 +106,12 @@ pub fn status(
                     state: e.state.as_str(),
                     file: e.migration.map(|m| m.up.path.display().to_string()),
                     applied_at: e.row.map(|r| r.applied_at.clone()),
-                    checksum: e.migration.map(|m| m.checksum.clone()),
+                    checksum: e.migration.map(|m| m.checksum.to_string()),
                     recorded_checksum: match (e.migration, e.row) {
-                        (Some(m), Some(r)) if m.checksum != r.checksum => Some(r.checksum.clone()),
-                        (None, Some(r)) => Some(r.checksum.clone()),
+                        (Some(m), Some(r)) if m.checksum != r.checksum => {
+                            Some(r.checksum.to_string())
+                        }
+                        (None, Some(r)) => Some(r.checksum.to_string()),
                         _ => None,
                     },
                     out_of_order: e.out_of_order,

@@ -117,3 +117,39 @@ both!(
             .code(2);
     }
 );
+
+both!(
+    a_checksum_edited_by_hand_in_history_is_shown_as_written_and_fixed,
+    |p| {
+        setup(&p);
+        let file_sum =
+            p.db.value("SELECT checksum FROM lockstep_history WHERE version = 2");
+        // Not the form lockstep writes: upper case, so it can match no file.
+        let edited = file_sum.to_uppercase();
+        p.db.exec(&format!(
+            "UPDATE lockstep_history SET checksum = '{edited}' WHERE version = 2"
+        ));
+        let status = p.run(&["status", "--json"]);
+        let doc = status.json();
+        let row = &doc["migrations"][1];
+        assert_eq!(row["state"], "modified", "{doc}");
+        assert_eq!(row["checksum"], file_sum.as_str(), "{doc}");
+        assert_eq!(row["recorded_checksum"], edited.as_str(), "{doc}");
+        p.run(&["validate"]).code(4);
+        p.run(&["upgrade"]).code(4);
+        let fixed = p.run(&["fix", "checksums"]);
+        fixed.ok();
+        assert!(
+            fixed
+                .stdout
+                .contains(&format!("(was {})", &edited[..7 + 12])),
+            "{}",
+            fixed.stdout
+        );
+        assert_eq!(
+            p.db.value("SELECT checksum FROM lockstep_history WHERE version = 2"),
+            file_sum
+        );
+        p.run(&["validate"]).ok();
+    }
+);

@@ -1,5 +1,6 @@
 //! The history table: its rows and the names of lockstep's tables.
 
+use crate::source::Checksum;
 use std::fmt;
 
 /// The format of lockstep's own tables, recorded in `lockstep_meta`. A
@@ -55,7 +56,7 @@ pub struct HistoryRow {
     /// Its name, as the file was named when it was applied.
     pub name: String,
     /// Its checksum when it was applied.
-    pub checksum: String,
+    pub checksum: Checksum,
     /// Applied, or started and never finished.
     pub state: RowState,
     /// When it was recorded, RFC 3339 in UTC with milliseconds (server clock

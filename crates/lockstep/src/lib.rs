@@ -58,5 +58,5 @@ pub use migrator::{
     RollbackOptions, RunReport, UpgradeOptions,
 };
 pub use plan::{Named, Refusal, State, StatusEntry, Target, TargetError};
-pub use source::{Migration, MigrationSet, Section, SourceError};
+pub use source::{Checksum, Migration, MigrationSet, Section, SourceError};
 pub use url::{DatabaseUrl, SslMode};

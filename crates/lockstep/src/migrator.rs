@@ -643,8 +643,8 @@ impl Migrator {
                 }
                 let mut action = format!(
                     "recorded checksum {} (was {})",
-                    short(&m.checksum),
-                    short(&row.checksum)
+                    m.checksum.short(),
+                    row.checksum.short()
                 );
                 if row.name != m.name {
                     action.push_str(&format!(" and name `{}` (was `{}`)", m.name, row.name));
@@ -1183,11 +1183,6 @@ fn planned_step(m: &Migration, section: &Section) -> Step {
         duration: Duration::ZERO,
         no_transaction: section.no_transaction,
     }
-}
-
-fn short(checksum: &str) -> &str {
-    let end = checksum.len().min("sha256:".len() + 12);
-    &checksum[..end]
 }
 
 fn failure(

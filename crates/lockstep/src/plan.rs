@@ -316,7 +316,7 @@ pub fn check(migrations: &[Migration], history: &[HistoryRow]) -> Result<(), Ref
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::Section;
+    use crate::source::{Checksum, Section};
     use std::path::PathBuf;
 
     fn m(version: u64, down: bool) -> Migration {
@@ -331,7 +331,7 @@ mod tests {
             name: format!("m{version}"),
             up: section("SELECT 1;"),
             down: down.then(|| section("SELECT 2;")),
-            checksum: format!("sha256:{version}"),
+            checksum: Checksum::parse(&format!("sha256:{version}")),
         }
     }
 
@@ -339,7 +339,7 @@ mod tests {
         HistoryRow {
             version,
             name: format!("m{version}"),
-            checksum: format!("sha256:{version}"),
+            checksum: Checksum::parse(&format!("sha256:{version}")),
             state: RowState::Applied,
             applied_at: "2026-11-24T10:00:00.000Z".into(),
             duration_ms: 1,
@@ -413,7 +413,7 @@ mod tests {
     fn upgrade_refusals() {
         let files: Vec<Migration> = (1..=3).map(|v| m(v, true)).collect();
         let mut changed = row(1);
-        changed.checksum = "sha256:other".into();
+        changed.checksum = Checksum::parse("sha256:other");
         let mut started = row(2);
         started.state = RowState::Started;
         let table: Vec<(Vec<HistoryRow>, PlanError)> = vec![
@@ -570,7 +570,7 @@ mod tests {
     fn status_states() {
         let files = vec![m(1, true), m(2, true), m(3, true), m(5, true)];
         let mut changed = row(2);
-        changed.checksum = "sha256:x".into();
+        changed.checksum = Checksum::parse("sha256:x");
         let mut started = row(3);
         started.state = RowState::Started;
         let history = vec![row(1), changed, started, row(4)];

@@ -40,8 +40,8 @@ pub struct Migration {
     /// The `-- rollback` section (or the `.down.sql` file), when present and
     /// not empty.
     pub down: Option<Section>,
-    /// `sha256:<hex>` over the normalised file bytes (see [`checksum`]).
-    pub checksum: String,
+    /// SHA-256 over the normalised file bytes (see [`checksum`]).
+    pub checksum: Checksum,
 }
 
 /// The SQL of one direction of a migration.
@@ -140,21 +140,98 @@ fn normalize_in_place(bytes: &mut Vec<u8>) {
 
 /// The checksum of a migration: SHA-256 over its normalised file, and for a
 /// pair of files over the up file, a NUL byte, then the down file.
-pub fn checksum(up: &[u8], down: Option<&[u8]>) -> String {
+pub fn checksum(up: &[u8], down: Option<&[u8]>) -> Checksum {
     let mut hasher = Sha256::new();
     hasher.update(up);
     if let Some(down) = down {
         hasher.update([0u8]);
         hasher.update(down);
     }
-    let digest = hasher.finalize();
-    let mut out = String::with_capacity(7 + 64);
-    out.push_str("sha256:");
-    for byte in digest.iter() {
-        out.push(char::from_digit(u32::from(byte >> 4), 16).unwrap());
-        out.push(char::from_digit(u32::from(byte & 0xf), 16).unwrap());
+    Checksum(Sum::Sha256(hasher.finalize().into()))
+}
+
+/// A migration's checksum (see [`checksum`]), written `sha256:<64 hex
+/// digits>` in the history table and in output. Held as its 32 bytes: as
+/// text it would be an allocation per file and per history row, 20,000 of
+/// them for 10,000 applied migrations.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Checksum(Sum);
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Sum {
+    Sha256([u8; 32]),
+    /// Text from a history row that is not a SHA-256 checksum as lockstep
+    /// writes it: kept as written, equal to no file's checksum.
+    Other(Box<str>),
+}
+
+const SHA256_PREFIX: &str = "sha256:";
+
+impl Checksum {
+    /// Reads a checksum as the history table stores it. Anything but
+    /// `sha256:` and 64 lowercase hex digits (a row edited by hand) is kept
+    /// as written: it then matches no file, and is shown as it is.
+    pub fn parse(text: &str) -> Checksum {
+        let digest = text.strip_prefix(SHA256_PREFIX).and_then(|hex| {
+            let hex = hex.as_bytes();
+            if hex.len() != 64 {
+                return None;
+            }
+            let mut bytes = [0u8; 32];
+            for (byte, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+                *byte = (lower_hex_digit(pair[0])? << 4) | lower_hex_digit(pair[1])?;
+            }
+            Some(bytes)
+        });
+        Checksum(match digest {
+            Some(bytes) => Sum::Sha256(bytes),
+            None => Sum::Other(text.into()),
+        })
     }
-    out
+
+    /// The first 12 hex digits, with the prefix: enough to tell two apart
+    /// in a message.
+    pub fn short(&self) -> String {
+        let mut text = self.to_string();
+        let mut end = text.len().min(SHA256_PREFIX.len() + 12);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text
+    }
+}
+
+fn lower_hex_digit(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+impl fmt::Display for Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0 {
+            Sum::Sha256(bytes) => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                let mut text = [0u8; SHA256_PREFIX.len() + 64];
+                text[..SHA256_PREFIX.len()].copy_from_slice(SHA256_PREFIX.as_bytes());
+                for (pair, byte) in text[SHA256_PREFIX.len()..].chunks_exact_mut(2).zip(bytes) {
+                    pair[0] = HEX[usize::from(byte >> 4)];
+                    pair[1] = HEX[usize::from(byte & 0xf)];
+                }
+                f.write_str(std::str::from_utf8(&text).expect("ASCII"))
+            }
+            Sum::Other(text) => f.write_str(text),
+        }
+    }
+}
+
+impl fmt::Debug for Checksum {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Checksum({self})")
+    }
 }
 
 /// How a file name parses.
@@ -1111,9 +1188,41 @@ mod tests {
             m
         });
         assert_eq!(
-            checksum(b"", None),
+            checksum(b"", None).to_string(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn a_checksum_reads_back_as_it_is_written() {
+        let sum = checksum(b"CREATE TABLE t (id int);\n", None);
+        let text = sum.to_string();
+        assert_eq!(Checksum::parse(&text), sum);
+        assert_eq!(sum.short(), text[..7 + 12]);
+        assert_eq!(format!("{sum:?}"), format!("Checksum({text})"));
+    }
+
+    #[test]
+    fn a_checksum_edited_by_hand_is_kept_as_written_and_matches_no_file() {
+        let sum = checksum(b"x", None);
+        let text = sum.to_string();
+        // Anything but the exact form lockstep writes stays text: upper
+        // case, a digit short or long, another prefix, a non-hex digit.
+        for edited in [
+            text.to_uppercase(),
+            text[..text.len() - 1].to_string(),
+            format!("{text}0"),
+            text.replacen("sha256:", "sha512:", 1),
+            format!("{}g", &text[..text.len() - 1]),
+            String::new(),
+            "é".repeat(20),
+        ] {
+            let parsed = Checksum::parse(&edited);
+            assert_ne!(parsed, sum, "{edited}");
+            assert_eq!(parsed.to_string(), edited);
+        }
+        assert_eq!(Checksum::parse(&"é".repeat(20)).short(), "é".repeat(9));
+        assert_eq!(Checksum::parse("md5:1").short(), "md5:1");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::Duration;
 use crate::error::{DbMessage, Error};
 use crate::history::{HistoryRow, RowState, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
 use crate::lock::{Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take};
-use crate::source::Section;
+use crate::source::{Checksum, Section};
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, SqliteTarget};
 
@@ -24,7 +24,7 @@ mod tls;
 pub(crate) struct NewRow<'a> {
     pub version: u64,
     pub name: &'a str,
-    pub checksum: &'a str,
+    pub checksum: &'a Checksum,
     pub started: bool,
     pub applied_by: &'a str,
     pub lock_token: Option<i64>,
@@ -50,7 +50,7 @@ pub(crate) enum Change<'a> {
     SetChecksum {
         version: u64,
         name: String,
-        checksum: String,
+        checksum: Checksum,
     },
 }
 

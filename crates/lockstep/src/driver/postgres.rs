@@ -19,6 +19,7 @@ use crate::lock::{
     Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_INDEX, LOCK_LOG_TABLE,
     LOCK_TABLE, LOG_RETENTION,
 };
+use crate::source::Checksum;
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, PgHost, PgTarget};
 
@@ -273,7 +274,7 @@ impl PgDriver {
                      VALUES ({}, {}, {}, '{}', clock_timestamp(), {duration}, {}, {}, {})",
                     row.version,
                     literal(row.name),
-                    literal(row.checksum),
+                    literal(&row.checksum.to_string()),
                     state.as_str(),
                     literal(row.applied_by),
                     row.lock_token.map_or("NULL".to_string(), |t| t.to_string()),
@@ -291,7 +292,7 @@ impl PgDriver {
             Change::Delete { version } => format!("DELETE FROM {history} WHERE version = {version}"),
             Change::SetChecksum { version, name, checksum } => format!(
                 "UPDATE {history} SET checksum = {}, name = {} WHERE version = {version}",
-                literal(checksum),
+                literal(&checksum.to_string()),
                 literal(name)
             ),
         }
@@ -386,7 +387,9 @@ impl PgDriver {
                         rows.push(HistoryRow {
                             version: version as u64,
                             name: row.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
-                            checksum: row.try_get::<_, Option<String>>(4)?.unwrap_or_default(),
+                            checksum: Checksum::parse(
+                                row.try_get::<_, Option<&str>>(4)?.unwrap_or_default(),
+                            ),
                             state: RowState::parse(
                                 row.try_get::<_, Option<&str>>(5)?.unwrap_or_default(),
                             )

@@ -13,6 +13,7 @@ use crate::lock::{
     Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_INDEX, LOCK_LOG_TABLE,
     LOCK_TABLE, LOG_RETENTION,
 };
+use crate::source::Checksum;
 use crate::sql::Dialect;
 
 /// How long a statement waits for another connection's write lock before it
@@ -151,7 +152,7 @@ impl SqliteDriver {
                     params![
                         row.version as i64,
                         row.name,
-                        row.checksum,
+                        row.checksum.to_string(),
                         state.as_str(),
                         duration,
                         row.applied_by,
@@ -193,7 +194,7 @@ impl SqliteDriver {
             } => {
                 conn.execute(
                     &format!("UPDATE {history} SET checksum = ?2, name = ?3 WHERE version = ?1"),
-                    params![*version as i64, checksum, name],
+                    params![*version as i64, checksum.to_string(), name],
                 )?;
             }
         }
@@ -396,7 +397,7 @@ impl Driver for SqliteDriver {
                     Ok(HistoryRow {
                         version: r.get::<_, i64>(0)? as u64,
                         name: r.get(1)?,
-                        checksum: r.get(2)?,
+                        checksum: Checksum::parse(r.get_ref(2)?.as_str()?),
                         state: RowState::parse(&state).unwrap_or(RowState::Started),
                         applied_at: r.get(4)?,
                         duration_ms: r.get(5)?,
