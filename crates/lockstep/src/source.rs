@@ -495,10 +495,13 @@ impl Job {
         }
     }
 
-    fn run(self) -> Result<Migration, SourceError> {
+    /// Parses the job's migration; the job gives up its names to it.
+    fn run(&mut self) -> Result<Migration, SourceError> {
         match self {
-            Job::Single(version, name, path) => parse_single(version, name, path),
-            Job::Pair(version, halves) => parse_pair(version, halves),
+            Job::Single(version, name, path) => {
+                parse_single(*version, std::mem::take(name), std::mem::take(path))
+            }
+            Job::Pair(version, halves) => parse_pair(*version, std::mem::take(halves)),
         }
     }
 }
@@ -509,33 +512,32 @@ const PARALLEL_FROM: usize = 200;
 /// Reads and parses the jobs, on a few threads when there are many (the
 /// time goes to opening and reading files). Returns the migrations in job
 /// order, or the error of the first job in that order that failed: the
-/// same answer as one thread would give. Each thread fills its own part of
-/// one vector, so the parsed migrations exist once, never also in a
-/// per-thread vector being copied into the result.
-fn parse_all(jobs: Vec<Job>) -> Result<Vec<Migration>, SourceError> {
+/// same answer as one thread would give. Each thread works through its own
+/// part of the jobs and fills the same part of one vector, so neither jobs
+/// nor parsed migrations are ever copied into per-thread vectors.
+fn parse_all(mut jobs: Vec<Job>) -> Result<Vec<Migration>, SourceError> {
     let threads = if jobs.len() < PARALLEL_FROM {
         1
     } else {
         std::thread::available_parallelism().map_or(1, |n| n.get().min(4))
     };
     if threads == 1 {
-        return jobs.into_iter().map(Job::run).collect();
+        return jobs.iter_mut().map(Job::run).collect();
     }
     let per_thread = jobs.len().div_ceil(threads);
     let mut slots: Vec<Option<Migration>> = Vec::new();
     slots.resize_with(jobs.len(), || None);
-    let mut jobs = jobs.into_iter();
-    let fill = |jobs: Vec<Job>, slots: &mut [Option<Migration>]| -> Result<(), SourceError> {
-        for (job, slot) in jobs.into_iter().zip(slots) {
+    let fill = |jobs: &mut [Job], slots: &mut [Option<Migration>]| -> Result<(), SourceError> {
+        for (job, slot) in jobs.iter_mut().zip(slots) {
             *slot = Some(job.run()?);
         }
         Ok(())
     };
     std::thread::scope(|scope| {
-        // Each part of the slots with its jobs; this thread takes the first.
-        let mut parts = slots
+        // Each part of the jobs with its slots; this thread takes the first.
+        let mut parts = jobs
             .chunks_mut(per_thread)
-            .map(|part| (jobs.by_ref().take(part.len()).collect::<Vec<Job>>(), part));
+            .zip(slots.chunks_mut(per_thread));
         let mine = parts.next();
         let others: Vec<_> = parts
             .map(|(chunk, part)| scope.spawn(move || fill(chunk, part)))
@@ -559,6 +561,7 @@ fn parse_all(jobs: Vec<Job>) -> Result<Vec<Migration>, SourceError> {
         .collect())
 }
 
+#[derive(Default)]
 struct Halves {
     name: String,
     up: Option<PathBuf>,
