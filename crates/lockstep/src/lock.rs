@@ -572,8 +572,7 @@ fn wait_turn(
     // waiter at once; poll with backoff and jitter anyway, for expiries and
     // engines without notifications.
     let scope = holder.scope.as_str();
-    if !*listening && driver.can_notify() {
-        driver.listen(scope)?;
+    if !*listening && driver.can_notify() && driver.listen(scope)? {
         *listening = true;
         // A release between the look and the LISTEN notified nobody: look
         // again now, listening.

@@ -173,8 +173,9 @@ pub(crate) trait Driver: Send {
     /// Whether waiters can be woken by a notification.
     fn can_notify(&self) -> bool;
 
-    /// Subscribes to the scope's release notifications.
-    fn listen(&mut self, scope: &str) -> Result<(), Error>;
+    /// Subscribes to the scope's release notifications; `false` when that
+    /// cannot be done here (the waiter then polls).
+    fn listen(&mut self, scope: &str) -> Result<bool, Error>;
 
     /// Unsubscribes from every notification.
     fn unlisten(&mut self);

@@ -1051,10 +1051,10 @@ impl Driver for PgDriver {
         self.pooled == Some(false)
     }
 
-    fn listen(&mut self, scope: &str) -> Result<(), Error> {
+    fn listen(&mut self, scope: &str) -> Result<bool, Error> {
         self.client
             .simple_query(&format!("LISTEN {}", channel(scope)))
-            .map(drop)
+            .map(|_| true)
             .map_err(|e| db_error("listening for lock releases", &e))
     }
 

@@ -52,6 +52,12 @@ pub(crate) struct SqliteDriver {
     lock: String,
     log: String,
     host: String,
+    /// While waiting for the lock: the watch on the release file that a
+    /// release on this host wakes.
+    wake: Option<Wake>,
+    /// A watch could not be set up (no inotify, too many watchers, a
+    /// read-only directory): this waiter polls.
+    no_wake: bool,
 }
 
 impl SqliteDriver {
@@ -104,6 +110,8 @@ impl SqliteDriver {
             log: format!("\"{schema}\".\"{LOCK_LOG_TABLE}\""),
             table: table.clone(),
             host: crate::identity::hostname(),
+            wake: None,
+            no_wake: false,
         };
         if let Some(conn) = conn {
             driver.attach(conn)?;
@@ -753,10 +761,14 @@ impl Driver for SqliteDriver {
             conn.execute_batch("COMMIT")?;
             Ok(freed)
         })();
-        result.map_err(|e| {
+        let freed = result.map_err(|e| {
             rollback(conn);
             db_error(context, &e)
-        })
+        })?;
+        if freed {
+            self.announce_release();
+        }
+        Ok(freed)
     }
 
     fn log_lost(&mut self, fence: &Fence, who: &Who<'_>, detail: &str) -> Result<(), Error> {
@@ -883,18 +895,29 @@ impl Driver for SqliteDriver {
     }
 
     fn can_notify(&self) -> bool {
-        false
+        !self.memory && !self.no_wake
     }
 
-    fn listen(&mut self, _scope: &str) -> Result<(), Error> {
-        Ok(())
+    fn listen(&mut self, _scope: &str) -> Result<bool, Error> {
+        if self.wake.is_none() {
+            self.wake = self.release_file().and_then(|path| Wake::watch(&path));
+            self.no_wake = self.wake.is_none();
+        }
+        Ok(self.wake.is_some())
     }
 
-    fn unlisten(&mut self) {}
+    fn unlisten(&mut self) {
+        self.wake = None;
+    }
 
     fn wait_for_notification(&mut self, timeout: Duration) -> Result<bool, Error> {
-        std::thread::sleep(timeout);
-        Ok(false)
+        match &self.wake {
+            Some(wake) => Ok(wake.wait(timeout)),
+            None => {
+                std::thread::sleep(timeout);
+                Ok(false)
+            }
+        }
     }
 
     fn poll_interval(&self) -> Duration {
@@ -969,6 +992,73 @@ const YIELD_LIMIT: Duration = Duration::from_secs(30);
 /// while it waits for the database. Released when the file closes.
 struct ReleaseRequest(#[allow(dead_code)] std::fs::File);
 
+/// A waiter's watch on the release file (Linux inotify): a release, plain
+/// or forced, closes the file after opening it for writing, which wakes
+/// every waiter on this host at once instead of at its next poll. Waiters
+/// on other hosts (a database on a network share) and waiters that could
+/// not set a watch up still poll; the lock row stays the only truth, and a
+/// wake-up that was not a release costs one look.
+struct Wake {
+    fd: std::os::fd::OwnedFd,
+}
+
+impl Wake {
+    /// Watches `path`, creating it if no waiter has yet. `None` where that
+    /// cannot be done.
+    fn watch(path: &Path) -> Option<Wake> {
+        use std::ffi::CString;
+        use std::os::fd::FromRawFd;
+        use std::os::unix::ffi::OsStrExt;
+        // Created empty, and closed without a write: if another waiter made
+        // it first, this fails and nobody is woken by the close.
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(_) => return None,
+        }
+        let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
+        // SAFETY: plain system calls; the descriptor is owned right away.
+        unsafe {
+            let fd = libc::inotify_init1(libc::IN_NONBLOCK | libc::IN_CLOEXEC);
+            if fd < 0 {
+                return None;
+            }
+            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
+            use std::os::fd::AsRawFd;
+            if libc::inotify_add_watch(fd.as_raw_fd(), c_path.as_ptr(), libc::IN_CLOSE_WRITE) < 0 {
+                return None;
+            }
+            Some(Wake { fd })
+        }
+    }
+
+    /// Waits up to `timeout` for a release; `true` when one came. A signal
+    /// ends the wait early (the caller then looks whether it was told to
+    /// stop).
+    fn wait(&self, timeout: Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let mut poll = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut poll, 1, ms) } <= 0 {
+            return false;
+        }
+        // Drain the events: one wake-up however many closes came.
+        let mut buf = [0u8; 4096];
+        // SAFETY: reads into a buffer of the given length.
+        while unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+        true
+    }
+}
+
 fn record_lock(kind: libc::c_int) -> libc::flock {
     // SAFETY: flock is a plain C struct; all-zero is a valid value.
     let mut lock: libc::flock = unsafe { std::mem::zeroed() };
@@ -991,8 +1081,9 @@ impl SqliteDriver {
     }
 
     /// `<database>-lockstep-release`: the side file through which a forced
-    /// release asks a running holder to pause between migrations. `None`
-    /// for an in-memory database.
+    /// release asks a running holder to pause between migrations, and
+    /// through which a release wakes the waiters on this host (see
+    /// [`Wake`]). `None` for an in-memory database.
     fn release_file(&self) -> Option<PathBuf> {
         if self.memory {
             return None;
@@ -1016,6 +1107,16 @@ impl SqliteDriver {
         // SAFETY: a valid descriptor and a valid lock description.
         let rc = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETLKW, &lock) };
         (rc == 0).then_some(ReleaseRequest(file))
+    }
+
+    /// Wakes the waiters on this host after a release: closing the release
+    /// file after opening it for writing is the event they watch for. Only
+    /// where a waiter made the file; written nothing, and no record lock is
+    /// taken (this process holds none on it to lose by the close).
+    fn announce_release(&self) {
+        if let Some(path) = self.release_file() {
+            let _ = std::fs::OpenOptions::new().write(true).open(path);
+        }
     }
 
     /// Whether a forced release is announced right now. Only asks: a holder
@@ -1148,5 +1249,108 @@ impl SqliteDriver {
         crate::identity::process_start(std::process::id())?;
         let pid = u32::try_from(pid).ok()?;
         Some(crate::identity::process_start(pid).as_deref() == Some(start))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "lockstep-wake-{}-{}",
+            std::process::id(),
+            crate::identity::random_u32()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_release_wakes_a_watching_waiter_and_nothing_else_does() {
+        let dir = temp_dir();
+        let path = dir.join("app.db-lockstep-release");
+        let wake = Wake::watch(&path).expect("inotify works here");
+        assert!(path.exists(), "the first waiter makes the file");
+        assert!(!wake.wait(Duration::ZERO), "nothing happened yet");
+        // A second waiter's watch, a holder's look for a forced release
+        // (read-only), and a failed creation wake nobody.
+        let other = Wake::watch(&path).expect("a second watch");
+        drop(std::fs::File::open(&path).unwrap());
+        assert!(!wake.wait(Duration::ZERO));
+        assert!(!other.wait(Duration::ZERO));
+        // A release: every watcher wakes, once, however many closes came.
+        for _ in 0..3 {
+            drop(std::fs::OpenOptions::new().write(true).open(&path).unwrap());
+        }
+        assert!(wake.wait(Duration::from_secs(60)));
+        assert!(other.wait(Duration::from_secs(60)));
+        assert!(!wake.wait(Duration::ZERO), "the events were drained");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_release_of_the_lock_wakes_a_listening_driver() {
+        use crate::lock::{Fence, Probe, Take};
+        let dir = temp_dir();
+        let db = dir.join("app.db");
+        let table = TableName::parse(crate::history::DEFAULT_HISTORY_TABLE).unwrap();
+        Connection::open(&db).unwrap();
+        let mut holder = SqliteDriver::open(&db, &table, true).unwrap();
+        holder.create_tables().unwrap();
+        let mut waiter = SqliteDriver::open(&db, &table, true).unwrap();
+        assert!(waiter.can_notify());
+        assert!(waiter.listen("scope").unwrap());
+        assert!(!waiter.wait_for_notification(Duration::ZERO).unwrap());
+
+        let Probe::Row(_) = holder.probe_lock("scope").unwrap() else {
+            panic!("the lock is free");
+        };
+        let session = holder.session().unwrap();
+        let ttl = Duration::from_secs(30);
+        let token = holder
+            .take_lock(&Take {
+                scope: "scope",
+                owner: "holder",
+                host: "here",
+                pid: i64::from(std::process::id()),
+                command: "upgrade",
+                session: &session,
+                ttl,
+                takeover: None,
+            })
+            .unwrap();
+        // Taking the lock wakes nobody; releasing it does.
+        assert!(!waiter.wait_for_notification(Duration::ZERO).unwrap());
+        let fence = Fence {
+            scope: "scope".into(),
+            owner: "holder".into(),
+            token,
+            ttl,
+        };
+        let who = Who {
+            owner: "holder",
+            host: "here",
+            pid: i64::from(std::process::id()),
+            command: "upgrade",
+        };
+        assert!(holder.release_lock(&fence, &who).unwrap());
+        assert!(waiter
+            .wait_for_notification(Duration::from_secs(60))
+            .unwrap());
+        // A release of a lock already lost frees nothing and wakes nobody.
+        assert!(!holder.release_lock(&fence, &who).unwrap());
+        assert!(!waiter.wait_for_notification(Duration::ZERO).unwrap());
+        waiter.unlisten();
+        assert!(waiter.wake.is_none());
+
+        // Where no watch can be made, the waiter says so, and polls.
+        let memory = SqliteDriver::memory(&table).unwrap();
+        assert!(!memory.can_notify());
+        let nowhere = Path::new("/proc/lockstep-no-such-dir/app.db");
+        let mut elsewhere = SqliteDriver::open(nowhere, &table, true).unwrap();
+        assert!(!elsewhere.listen("scope").unwrap());
+        assert!(!elsewhere.can_notify(), "not tried again at every poll");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
