@@ -199,11 +199,15 @@ impl Printer {
         self.draw_progress();
     }
 
-    /// Prints the command's JSON document.
-    pub fn document<T: Serialize>(&mut self, command: &str, exit: Exit, body: T) {
+    /// Prints the command's JSON document, which `body` builds only with
+    /// `--json`.
+    pub fn document<T: Serialize>(&mut self, command: &str, exit: Exit, body: impl FnOnce() -> T) {
         if !self.json || self.document_printed {
             return;
         }
+        // Built only here: `status` over 10,000 migrations would otherwise
+        // make a record and three strings per migration for nothing.
+        let body = body();
         self.document_printed = true;
         let doc = json::Document {
             schema: json::SCHEMA,
@@ -226,19 +230,15 @@ impl Printer {
         if self.json {
             let completed = (command == "upgrade" || command == "rollback")
                 .then(|| err.completed.iter().map(json::StepJson::from).collect());
-            self.document(
-                command,
-                err.exit,
-                json::Failure {
-                    error: json::ErrorBody {
-                        code: err.code,
-                        message: &err.message,
-                        hint: err.hint.as_deref(),
-                        detail: &err.detail,
-                    },
-                    completed,
+            self.document(command, err.exit, || json::Failure {
+                error: json::ErrorBody {
+                    code: err.code,
+                    message: &err.message,
+                    hint: err.hint.as_deref(),
+                    detail: &err.detail,
                 },
-            );
+                completed,
+            });
             return;
         }
         let mut text = format!(

@@ -66,14 +66,10 @@ pub fn fix(
             plural(fixed.len(), "row", "rows")
         ));
     }
-    printer.document(
-        name,
-        Exit::Success,
-        json::Fix {
-            dry_run,
-            changes: fixed.iter().map(fix_json).collect(),
-        },
-    );
+    printer.document(name, Exit::Success, || json::Fix {
+        dry_run,
+        changes: fixed.iter().map(fix_json).collect(),
+    });
     Ok(Exit::Success)
 }
 

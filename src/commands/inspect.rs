@@ -93,35 +93,29 @@ pub fn status(
         }
     }
 
-    printer.document(
-        "status",
-        exit,
-        json::Status {
-            history_table: settings.history_table.to_string(),
-            migrations: entries
-                .iter()
-                .map(|e| json::StatusJson {
-                    version: e.version,
-                    name: e.name.to_string(),
-                    state: e.state.as_str(),
-                    file: e.migration.map(|m| m.up.path.display().to_string()),
-                    applied_at: e.row.map(|r| r.applied_at.clone()),
-                    checksum: e.migration.map(|m| m.checksum.to_string()),
-                    recorded_checksum: match (e.migration, e.row) {
-                        (Some(m), Some(r)) if m.checksum != r.checksum => {
-                            Some(r.checksum.to_string())
-                        }
-                        (None, Some(r)) => Some(r.checksum.to_string()),
-                        _ => None,
-                    },
-                    out_of_order: e.out_of_order,
-                    has_rollback: e.migration.map(|m| m.down.is_some()),
-                    no_transaction: e.migration.map(|m| m.up.no_transaction),
-                })
-                .collect(),
-            counts,
-        },
-    );
+    printer.document("status", exit, || json::Status {
+        history_table: settings.history_table.to_string(),
+        migrations: entries
+            .iter()
+            .map(|e| json::StatusJson {
+                version: e.version,
+                name: e.name.to_string(),
+                state: e.state.as_str(),
+                file: e.migration.map(|m| m.up.path.display().to_string()),
+                applied_at: e.row.map(|r| r.applied_at.clone()),
+                checksum: e.migration.map(|m| m.checksum.to_string()),
+                recorded_checksum: match (e.migration, e.row) {
+                    (Some(m), Some(r)) if m.checksum != r.checksum => Some(r.checksum.to_string()),
+                    (None, Some(r)) => Some(r.checksum.to_string()),
+                    _ => None,
+                },
+                out_of_order: e.out_of_order,
+                has_rollback: e.migration.map(|m| m.down.is_some()),
+                no_transaction: e.migration.map(|m| m.up.no_transaction),
+            })
+            .collect(),
+        counts,
+    });
     Ok(exit)
 }
 
@@ -157,14 +151,10 @@ pub fn history(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliEr
         }
         printer.block(&table.render());
     }
-    printer.document(
-        "history",
-        Exit::Success,
-        json::History {
-            history_table: settings.history_table.to_string(),
-            migrations: history.iter().map(json::HistoryJson::from).collect(),
-        },
-    );
+    printer.document("history", Exit::Success, || json::History {
+        history_table: settings.history_table.to_string(),
+        migrations: history.iter().map(json::HistoryJson::from).collect(),
+    });
     Ok(Exit::Success)
 }
 
@@ -183,14 +173,10 @@ pub fn validate(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliE
         applied,
         pending
     ));
-    printer.document(
-        "validate",
-        Exit::Success,
-        json::Validate {
-            files,
-            applied,
-            pending,
-        },
-    );
+    printer.document("validate", Exit::Success, || json::Validate {
+        files,
+        applied,
+        pending,
+    });
     Ok(Exit::Success)
 }

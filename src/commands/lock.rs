@@ -50,7 +50,7 @@ pub fn status(
             ));
         }
     }
-    printer.document("lock status", exit, json::LockJson::from(&info));
+    printer.document("lock status", exit, || json::LockJson::from(&info));
     Ok(exit)
 }
 
@@ -159,14 +159,10 @@ pub fn release(
     settings.database()?;
     let info = connect_read_only(settings)?.lock_info()?;
     let unchanged = |printer: &mut Printer, info: &LockInfo| {
-        printer.document(
-            "lock release",
-            Exit::Success,
-            json::LockRelease {
-                released: false,
-                previous: json::LockJson::from(info),
-            },
-        );
+        printer.document("lock release", Exit::Success, || json::LockRelease {
+            released: false,
+            previous: json::LockJson::from(info),
+        });
     };
     if !info.is_held() {
         printer.line("the migration lock is free; nothing to release");
@@ -229,14 +225,10 @@ pub fn release(
             "if that holder is still running, it stops at its next migration with exit code 5",
         );
     }
-    printer.document(
-        "lock release",
-        Exit::Success,
-        json::LockRelease {
-            released: true,
-            previous: json::LockJson::from(&info),
-        },
-    );
+    printer.document("lock release", Exit::Success, || json::LockRelease {
+        released: true,
+        previous: json::LockJson::from(&info),
+    });
     Ok(Exit::Success)
 }
 
@@ -276,13 +268,9 @@ pub fn log(
         }
         printer.block(&table.render());
     }
-    printer.document(
-        "lock log",
-        Exit::Success,
-        json::LockLog {
-            scope: settings.history_table.to_string(),
-            events: events.iter().map(json::LogJson::from).collect(),
-        },
-    );
+    printer.document("lock log", Exit::Success, || json::LockLog {
+        scope: settings.history_table.to_string(),
+        events: events.iter().map(json::LogJson::from).collect(),
+    });
     Ok(Exit::Success)
 }

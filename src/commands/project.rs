@@ -53,14 +53,10 @@ pub fn init(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError
     printer.line(&format!("created {}", config.display()));
     printer.line(&format!("created {}/", migrations.display()));
     printer.note("next: `lockstep new create_first_table`, write its SQL, then `lockstep upgrade`");
-    printer.document(
-        "init",
-        Exit::Success,
-        json::Init {
-            config: config.display().to_string(),
-            migrations: migrations.display().to_string(),
-        },
-    );
+    printer.document("init", Exit::Success, || json::Init {
+        config: config.display().to_string(),
+        migrations: migrations.display().to_string(),
+    });
     Ok(Exit::Success)
 }
 
@@ -131,15 +127,11 @@ pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result
             continue;
         }
         printer.line(&path.display().to_string());
-        printer.document(
-            "new",
-            Exit::Success,
-            json::New {
-                path: path.display().to_string(),
-                version,
-                name: args.name.clone(),
-            },
-        );
+        printer.document("new", Exit::Success, || json::New {
+            path: path.display().to_string(),
+            version,
+            name: args.name.clone(),
+        });
         return Ok(Exit::Success);
     }
     Err(CliError::io(

@@ -95,15 +95,11 @@ fn finish(
         let summary = printer.paint(&summary, Style::Bold, false);
         printer.line(&summary);
     }
-    printer.document(
-        command,
-        Exit::Success,
-        json::Run {
-            direction: report.direction.as_str(),
-            dry_run: report.dry_run,
-            migrations: step_json(&report.steps),
-        },
-    );
+    printer.document(command, Exit::Success, || json::Run {
+        direction: report.direction.as_str(),
+        dry_run: report.dry_run,
+        migrations: step_json(&report.steps),
+    });
     Ok(Exit::Success)
 }
 
