@@ -12,10 +12,14 @@ fn setup(p: &Project) {
     p.run(&["upgrade"]).ok();
 }
 
+/// The checksum history holds for version 2, read with plain SQL.
+fn recorded_checksum_of_2(p: &Project) -> String {
+    p.db.value("SELECT checksum FROM lockstep_history WHERE version = 2")
+}
+
 both!(fix_checksums_records_intended_edits, |p| {
     setup(&p);
-    let before =
-        p.db.value("SELECT checksum FROM lockstep_history WHERE version = 2");
+    let before = recorded_checksum_of_2(&p);
     p.migration(
         "2_b.sql",
         "-- upgrade\n-- creates b\nCREATE TABLE b (id integer);\n-- rollback\nDROP TABLE b;\n",
@@ -28,10 +32,7 @@ both!(fix_checksums_records_intended_edits, |p| {
         "{}",
         dry.stdout
     );
-    assert_eq!(
-        p.db.value("SELECT checksum FROM lockstep_history WHERE version = 2"),
-        before
-    );
+    assert_eq!(recorded_checksum_of_2(&p), before);
     let run = p.run(&["repair", "checksums"]);
     run.ok();
     assert!(
@@ -39,10 +40,7 @@ both!(fix_checksums_records_intended_edits, |p| {
         "{}",
         run.stdout
     );
-    assert_ne!(
-        p.db.value("SELECT checksum FROM lockstep_history WHERE version = 2"),
-        before
-    );
+    assert_ne!(recorded_checksum_of_2(&p), before);
     // Nothing was re-run, and everything validates.
     p.run(&["validate"]).ok();
     let again = p.run(&["fix", "checksums"]);
@@ -122,8 +120,7 @@ both!(
     a_checksum_edited_by_hand_in_history_is_shown_as_written_and_fixed,
     |p| {
         setup(&p);
-        let file_sum =
-            p.db.value("SELECT checksum FROM lockstep_history WHERE version = 2");
+        let file_sum = recorded_checksum_of_2(&p);
         // Not the form lockstep writes: upper case, so it can match no file.
         let edited = file_sum.to_uppercase();
         p.db.exec(&format!(
@@ -146,10 +143,7 @@ both!(
             "{}",
             fixed.stdout
         );
-        assert_eq!(
-            p.db.value("SELECT checksum FROM lockstep_history WHERE version = 2"),
-            file_sum
-        );
+        assert_eq!(recorded_checksum_of_2(&p), file_sum);
         p.run(&["validate"]).ok();
     }
 );
