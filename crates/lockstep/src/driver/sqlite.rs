@@ -1006,11 +1006,9 @@ impl Wake {
     /// Watches `path`, creating it if no waiter has yet. `None` where that
     /// cannot be done.
     fn watch(path: &Path) -> Option<Wake> {
-        use std::ffi::CString;
-        use std::os::fd::FromRawFd;
-        use std::os::unix::ffi::OsStrExt;
-        // Created empty, and closed without a write: if another waiter made
-        // it first, this fails and nobody is woken by the close.
+        // Made empty by the first waiter; nobody can be watching a file
+        // that did not exist, so closing it wakes nobody. If another
+        // waiter made it first, it is left alone.
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -1020,6 +1018,14 @@ impl Wake {
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(_) => return None,
         }
+        Self::inotify(path)
+    }
+
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    fn inotify(path: &Path) -> Option<Wake> {
+        use std::ffi::CString;
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        use std::os::unix::ffi::OsStrExt;
         let c_path = CString::new(path.as_os_str().as_bytes()).ok()?;
         // SAFETY: plain system calls; the descriptor is owned right away.
         unsafe {
@@ -1027,13 +1033,18 @@ impl Wake {
             if fd < 0 {
                 return None;
             }
-            let fd = std::os::fd::OwnedFd::from_raw_fd(fd);
-            use std::os::fd::AsRawFd;
+            let fd = OwnedFd::from_raw_fd(fd);
             if libc::inotify_add_watch(fd.as_raw_fd(), c_path.as_ptr(), libc::IN_CLOSE_WRITE) < 0 {
                 return None;
             }
             Some(Wake { fd })
         }
+    }
+
+    /// Elsewhere waiters poll.
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    fn inotify(_path: &Path) -> Option<Wake> {
+        None
     }
 
     /// Waits up to `timeout` for a release; `true` when one came. A signal
@@ -1252,7 +1263,8 @@ impl SqliteDriver {
     }
 }
 
-#[cfg(test)]
+/// The wake-up works through inotify, so these run where it exists.
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
 
