@@ -401,12 +401,13 @@ impl Driver for SqliteDriver {
                 })?;
             let rows = stmt
                 .query_map([], |r| {
-                    let state: String = r.get(3)?;
                     Ok(HistoryRow {
                         version: r.get::<_, i64>(0)? as u64,
                         name: r.get(1)?,
                         checksum: Checksum::parse(r.get_ref(2)?.as_str()?),
-                        state: RowState::parse(&state).unwrap_or(RowState::Started),
+                        // Read in place, as the checksum: no string per row.
+                        state: RowState::parse(r.get_ref(3)?.as_str()?)
+                            .unwrap_or(RowState::Started),
                         applied_at: r.get(4)?,
                         duration_ms: r.get(5)?,
                         applied_by: r.get(6)?,
