@@ -1316,23 +1316,26 @@ mod tests {
         assert!(waiter.listen("scope").unwrap());
         assert!(!waiter.wait_for_notification(Duration::ZERO).unwrap());
 
-        let Probe::Row(_) = holder.probe_lock("scope").unwrap() else {
-            panic!("the lock is free");
-        };
         let session = holder.session().unwrap();
         let ttl = Duration::from_secs(30);
-        let token = holder
-            .take_lock(&Take {
-                scope: "scope",
-                owner: "holder",
-                host: "here",
-                pid: i64::from(std::process::id()),
-                command: "upgrade",
-                session: &session,
-                ttl,
-                takeover: None,
-            })
-            .unwrap();
+        let take = |driver: &mut SqliteDriver| {
+            let Probe::Row(_) = driver.probe_lock("scope").unwrap() else {
+                panic!("the lock is free");
+            };
+            driver
+                .take_lock(&Take {
+                    scope: "scope",
+                    owner: "holder",
+                    host: "here",
+                    pid: i64::from(std::process::id()),
+                    command: "upgrade",
+                    session: &session,
+                    ttl,
+                    takeover: None,
+                })
+                .unwrap()
+        };
+        let token = take(&mut holder);
         // Taking the lock wakes nobody; releasing it does.
         assert!(!waiter.wait_for_notification(Duration::ZERO).unwrap());
         let fence = Fence {
@@ -1354,6 +1357,22 @@ mod tests {
         // A release of a lock already lost frees nothing and wakes nobody.
         assert!(!holder.release_lock(&fence, &who).unwrap());
         assert!(!waiter.wait_for_notification(Duration::ZERO).unwrap());
+
+        // A forced release, by another process, wakes the waiters too.
+        take(&mut holder);
+        assert!(!waiter.wait_for_notification(Duration::ZERO).unwrap());
+        let mut releaser = SqliteDriver::open(&db, &table, true).unwrap();
+        let held = releaser.read_lock("scope").unwrap().expect("the lock row");
+        let operator = Who {
+            owner: "operator",
+            ..who
+        };
+        assert!(releaser
+            .force_release("scope", &held, &operator, Duration::from_secs(5))
+            .unwrap());
+        assert!(waiter
+            .wait_for_notification(Duration::from_secs(60))
+            .unwrap());
         waiter.unlisten();
         assert!(waiter.wake.is_none());
 
