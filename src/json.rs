@@ -171,11 +171,11 @@ impl From<&lockstep::HistoryRow> for HistoryJson {
             name: r.name.clone(),
             state: r.state.as_str(),
             checksum: r.checksum.to_string(),
-            applied_at: r.applied_at.clone(),
+            applied_at: r.applied_at.to_string(),
             duration_ms: r.duration_ms,
-            applied_by: r.applied_by.clone(),
+            applied_by: r.applied_by.to_string(),
             lock_token: r.lock_token,
-            tool_version: r.tool_version.clone(),
+            tool_version: r.tool_version.to_string(),
         }
     }
 }

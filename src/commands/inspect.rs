@@ -61,7 +61,7 @@ pub fn status(
                 let painted = printer.paint(&state, style, false);
                 let applied_at = e
                     .row
-                    .map(|r| printer.timestamp(&r.applied_at))
+                    .map(|r| printer.timestamp(r.applied_at.as_str()))
                     .unwrap_or_default();
                 table
                     .cell(e.version)
@@ -102,7 +102,7 @@ pub fn status(
                 name: e.name.to_string(),
                 state: e.state.as_str(),
                 file: e.migration.map(|m| m.up.path.display().to_string()),
-                applied_at: e.row.map(|r| r.applied_at.clone()),
+                applied_at: e.row.map(|r| r.applied_at.to_string()),
                 checksum: e.migration.map(|m| m.checksum.to_string()),
                 recorded_checksum: match (e.migration, e.row) {
                     (Some(m), Some(r)) if m.checksum != r.checksum => Some(r.checksum.to_string()),
@@ -144,7 +144,7 @@ pub fn history(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliEr
                 .cell(r.version)
                 .cell(&r.name)
                 .cell(r.state.as_str())
-                .cell(printer.timestamp(&r.applied_at))
+                .cell(printer.timestamp(r.applied_at.as_str()))
                 .cell(printer.duration(duration))
                 .cell(&r.applied_by)
                 .cell(token);

@@ -49,7 +49,7 @@ pub mod url;
 
 pub use error::{DbMessage, Direction, DirtyDetail, Error, ErrorKind, MigrationFailure, Step};
 pub use history::{
-    HistoryRow, RowState, TableName, DEFAULT_HISTORY_TABLE, FORMAT_VERSION, META_TABLE,
+    HistoryRow, RowState, TableName, Timestamp, DEFAULT_HISTORY_TABLE, FORMAT_VERSION, META_TABLE,
     TOOL_VERSION,
 };
 pub use lock::{LockEvent, LockInfo, LockOptions, LockState, LogEntry};

@@ -341,7 +341,7 @@ mod tests {
             name: format!("m{version}"),
             checksum: Checksum::parse(&format!("sha256:{version}")),
             state: RowState::Applied,
-            applied_at: "2026-11-24T10:00:00.000Z".into(),
+            applied_at: crate::history::Timestamp::new("2026-11-24T10:00:00.000Z"),
             duration_ms: 1,
             applied_by: "test".into(),
             lock_token: None,

@@ -14,7 +14,9 @@ use postgres::{Client, SimpleQueryMessage};
 use super::tls::MakeRustls;
 use super::{Canceller, Change, Driver, StepFailure, TxStep, Who};
 use crate::error::{DbMessage, Error};
-use crate::history::{HistoryRow, RowState, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
+use crate::history::{
+    shared, HistoryRow, RowState, TableName, Timestamp, FORMAT_VERSION, META_TABLE, TOOL_VERSION,
+};
 use crate::lock::{
     Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_INDEX, LOCK_LOG_TABLE,
     LOCK_TABLE, LOG_RETENTION,
@@ -396,12 +398,17 @@ impl PgDriver {
                             .unwrap_or(RowState::Started),
                             applied_at: row
                                 .try_get::<_, Option<std::time::SystemTime>>(6)?
-                                .map(crate::clock::rfc3339_millis)
-                                .unwrap_or_default(),
+                                .map_or_else(|| Timestamp::new(""), Timestamp::from),
                             duration_ms: row.try_get::<_, Option<i64>>(7)?.unwrap_or_default(),
-                            applied_by: row.try_get::<_, Option<String>>(8)?.unwrap_or_default(),
+                            applied_by: shared(
+                                rows.last().map(|r: &HistoryRow| &r.applied_by),
+                                row.try_get::<_, Option<&str>>(8)?.unwrap_or_default(),
+                            ),
                             lock_token: row.try_get(9)?,
-                            tool_version: row.try_get::<_, Option<String>>(10)?.unwrap_or_default(),
+                            tool_version: shared(
+                                rows.last().map(|r: &HistoryRow| &r.tool_version),
+                                row.try_get::<_, Option<&str>>(10)?.unwrap_or_default(),
+                            ),
                         });
                     }
                 }

@@ -8,7 +8,9 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
 use super::{Canceller, Change, Driver, StepFailure, TxStep, Who};
 use crate::error::{DbMessage, Error};
-use crate::history::{HistoryRow, RowState, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
+use crate::history::{
+    shared, HistoryRow, RowState, TableName, Timestamp, FORMAT_VERSION, META_TABLE, TOOL_VERSION,
+};
 use crate::lock::{
     Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_INDEX, LOCK_LOG_TABLE,
     LOCK_TABLE, LOG_RETENTION,
@@ -399,24 +401,28 @@ impl Driver for SqliteDriver {
                     },
                     e => db_error(&context, &e),
                 })?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok(HistoryRow {
+            // Text columns are read in place: only the name gets a string
+            // of its own per row.
+            let mut rows: Vec<HistoryRow> = Vec::new();
+            let mut read = stmt.query([]).map_err(|e| db_error(&context, &e))?;
+            while let Some(r) = read.next().map_err(|e| db_error(&context, &e))? {
+                let text = |i| r.get_ref(i).and_then(|v| Ok(v.as_str()?));
+                let row = (|| {
+                    Ok::<_, rusqlite::Error>(HistoryRow {
                         version: r.get::<_, i64>(0)? as u64,
                         name: r.get(1)?,
-                        checksum: Checksum::parse(r.get_ref(2)?.as_str()?),
-                        // Read in place, as the checksum: no string per row.
-                        state: RowState::parse(r.get_ref(3)?.as_str()?)
-                            .unwrap_or(RowState::Started),
-                        applied_at: r.get(4)?,
+                        checksum: Checksum::parse(text(2)?),
+                        state: RowState::parse(text(3)?).unwrap_or(RowState::Started),
+                        applied_at: Timestamp::new(text(4)?),
                         duration_ms: r.get(5)?,
-                        applied_by: r.get(6)?,
+                        applied_by: shared(rows.last().map(|p| &p.applied_by), text(6)?),
                         lock_token: r.get(7)?,
-                        tool_version: r.get(8)?,
+                        tool_version: shared(rows.last().map(|p| &p.tool_version), text(8)?),
                     })
-                })
-                .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+                })()
                 .map_err(|e| db_error(&context, &e))?;
+                rows.push(row);
+            }
             Ok(Some(rows))
         })();
         let _ = conn.execute_batch("COMMIT");
