@@ -346,8 +346,7 @@ impl MigrationSet {
         let mut names = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| SourceError::new(dir, io_reason(&e)))?;
-            let file_name = entry.file_name();
-            let Some(file_name) = file_name.to_str() else {
+            let Ok(file_name) = entry.file_name().into_string() else {
                 continue;
             };
             if file_name.starts_with('.') {
@@ -359,7 +358,7 @@ impl MigrationSet {
             let kind = entry
                 .file_type()
                 .map_err(|e| SourceError::new(&entry.path(), io_reason(&e)))?;
-            names.push((file_name.to_string(), kind));
+            names.push((file_name, kind));
         }
         names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
 
@@ -394,10 +393,10 @@ impl MigrationSet {
                 return Err(SourceError::new(&path, "not a regular file")
                     .hint("migrations are plain `.sql` files; rename or remove this entry"));
             }
-            let (version, name) = match &parsed {
-                FileName::Single { version, name } | FileName::Half { version, name, .. } => {
-                    (*version, name.clone())
-                }
+            // `half`: whether the file is the up half of a pair, or the down.
+            let (version, name, half) = match parsed {
+                FileName::Single { version, name } => (version, name, None),
+                FileName::Half { version, name, up } => (version, name, Some(up)),
             };
             // The two halves of a pair share a version; anything else that
             // does is a duplicate.
@@ -407,17 +406,17 @@ impl MigrationSet {
                     .and_then(|h| h.up.as_ref().or(h.down.as_ref()))
             });
             if let Some(other) = other {
-                let pair_partner = matches!(parsed, FileName::Half { .. })
-                    && halves.get(&version).is_some_and(|h| h.name == name);
+                let pair_partner =
+                    half.is_some() && halves.get(&version).is_some_and(|h| h.name == name);
                 if !pair_partner {
                     return Err(duplicate(&path, other, version));
                 }
             }
-            match parsed {
-                FileName::Single { .. } => {
+            match half {
+                None => {
                     singles.insert(version, (name, path));
                 }
-                FileName::Half { up, .. } => {
+                Some(up) => {
                     let entry = halves.entry(version).or_insert_with(|| Halves {
                         name,
                         up: None,
