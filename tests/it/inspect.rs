@@ -74,7 +74,10 @@ both!(status_check_passes_when_all_applied, |p| {
 
 both!(history_lists_applied_rows, |p| {
     setup(&p);
-    p.run(&["upgrade"]).ok();
+    // Two runs by two executors: rows next to each other share what they
+    // have in common when read, and each must still say its own.
+    p.run(&["upgrade", "--to", "2", "--owner", "first"]).ok();
+    p.run(&["upgrade", "--owner", "second"]).ok();
     let run = p.run(&["history"]);
     run.ok();
     let lines: Vec<&str> = run.stdout.lines().collect();
@@ -110,6 +113,19 @@ both!(history_lists_applied_rows, |p| {
         );
     }
     assert_eq!(rows[0]["lock_token"], 1);
+    let recorded =
+        p.db.query("SELECT applied_by, tool_version FROM lockstep_history ORDER BY version");
+    let shown: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            ["applied_by", "tool_version"]
+                .iter()
+                .map(|k| r[k].as_str().unwrap().to_string())
+                .collect()
+        })
+        .collect();
+    assert_eq!(shown, recorded);
+    assert_ne!(recorded[1][0], recorded[2][0], "{recorded:?}");
 });
 
 both!(validate_reports_drift, |p| {
