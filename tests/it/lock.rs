@@ -986,6 +986,39 @@ both!(waiters_whose_work_the_holder_did_never_take_the_lock, |p| {
     assert_eq!(events(&p), ["acquired", "released"]);
 });
 
+// A run that read history while another held the lock, and looks at the
+// lock only after that one freed it, finds the same token but the lock no
+// longer held: it reads history again instead of taking the lock only to
+// find nothing to do. Through the library, whose `prefetch_history` (the
+// CLI's read on PostgreSQL) makes the read early.
+both!(
+    a_run_that_read_history_while_the_lock_was_held_does_not_take_it_after,
+    |p| {
+        side_effects(&p, 3, |i| {
+            if i == 1 {
+                p.busy_sql(1.5)
+            } else {
+                String::new()
+            }
+        });
+        let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+        wait_until("the holder holds the lock", LONG, || {
+            holder_of(&p).as_deref() == Some("holder")
+        });
+        let url: lockstep::DatabaseUrl = p.db.url().parse().unwrap();
+        let set = lockstep::MigrationSet::load(p.path("migrations")).unwrap();
+        let mut late = lockstep::Migrator::connect(&url, lockstep::Options::default()).unwrap();
+        late.prefetch_history();
+        holder.finish().ok();
+        let report = late
+            .upgrade(&set, &lockstep::UpgradeOptions::default(), &mut ())
+            .unwrap();
+        assert!(report.steps.is_empty(), "{:?}", report.steps);
+        each_once(&p, 3);
+        assert_eq!(events(&p), ["acquired", "released"]);
+    }
+);
+
 /// A signal that comes while an SQLite migration waits for the database's
 /// write lock (which SQLite's busy wait does not notice) still ends the
 /// run as a stop, 143, with the migration rolled back; not as a failed

@@ -405,9 +405,31 @@ pub(crate) enum Acquired {
     NotNeeded,
 }
 
+/// The lock as a history read found it, in the same snapshot as the rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LockMark {
+    /// The token: 0 before the lock was ever taken.
+    pub token: i64,
+    /// Whether someone held it.
+    pub held: bool,
+}
+
+impl LockMark {
+    /// Whether the lock was taken or freed since this mark: a run that
+    /// read history then may have read it before another run's work.
+    /// Every taking bumps the token; a release keeps it.
+    fn moved(self, seen: Option<&LockInfo>) -> bool {
+        let (token, held) = seen.map_or((0, false), |s| (s.token, s.is_held()));
+        token != self.token || (self.held && !held)
+    }
+}
+
 /// Takes the lock, waiting as the options say. Each time the lock comes
 /// free after a wait, `needed` is asked first (reading what it must, without
-/// the lock) whether there is still work to take it for.
+/// the lock) whether there is still work to take it for; and at the first
+/// look too, when the lock moved since `since` (the lock as the caller's
+/// history read found it).
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn acquire(
     driver: &mut dyn Driver,
     scope: &str,
@@ -415,13 +437,17 @@ pub(crate) fn acquire(
     options: &LockOptions,
     report: &mut dyn FnMut(&LockEvent<'_>),
     cancelled: &dyn Fn() -> bool,
+    since: Option<LockMark>,
     needed: &mut dyn FnMut(&mut dyn Driver) -> bool,
 ) -> Result<Acquired, Error> {
     let started = Instant::now();
     let mut listening = false;
     let mut backoff = Duration::from_millis(50);
     let mut conflicts = 0;
-    let mut waited_once = false;
+    let mut since = since;
+    // Ask `needed` before the next attempt: the lock came free after a
+    // wait, or moved between a look and an attempt.
+    let mut recheck = false;
     // A release notification says the lock is free: no need to look.
     let mut released = false;
     loop {
@@ -448,20 +474,26 @@ pub(crate) fn acquire(
         let holder = match seen {
             Some(seen) if seen.is_held() && seen.takeover_reason().is_none() => seen,
             _ => {
-                if waited_once && !needed(driver) {
-                    // Free, or about to be taken over after a wait: most
-                    // often the holder just finished, having applied what
-                    // this run came to apply.
-                    if listening {
-                        driver.unlisten();
+                // Free, or about to be taken over, after a wait or with the
+                // lock moved since the caller's read: most often another
+                // run just finished, having applied what this one came to
+                // apply.
+                if recheck || since.is_some_and(|mark| mark.moved(seen.as_ref())) {
+                    if !needed(driver) {
+                        if listening {
+                            driver.unlisten();
+                        }
+                        return Ok(Acquired::NotNeeded);
                     }
-                    return Ok(Acquired::NotNeeded);
+                    // Read afresh: the lock as that read found it.
+                    since = since.and(driver.history_lock());
+                    recheck = false;
                 }
                 // This session's identity, recorded with the lock: asked
                 // only by a run that tries for it (once; the driver keeps
                 // it), not by every waiter of a fleet.
                 let session = driver.session()?;
-                match attempt(driver, scope, me, options, &session) {
+                match attempt(driver, scope, me, options, &session, since) {
                     Ok(Attempt::Taken { token, took_over }) => {
                         if listening {
                             driver.unlisten();
@@ -473,6 +505,13 @@ pub(crate) fn acquire(
                         return hold(driver, scope, me, options, token);
                     }
                     Ok(Attempt::Held(holder)) => holder,
+                    // Taken or freed between the look and the attempt's
+                    // transaction (on SQLite, the attempt may wait for the
+                    // write lock while a whole run goes by).
+                    Ok(Attempt::Moved) => {
+                        recheck = true;
+                        continue;
+                    }
                     // A serialization failure or deadlock rolled the
                     // attempt back whole: try again at once.
                     Err(e) if e.is_retryable() && conflicts < 10 => {
@@ -483,7 +522,7 @@ pub(crate) fn acquire(
                 }
             }
         };
-        waited_once = true;
+        recheck = true;
         match wait_turn(
             driver,
             holder,
@@ -600,14 +639,20 @@ enum Attempt {
         took_over: Option<(LockInfo, &'static str)>,
     },
     Held(LockInfo),
+    /// Free, or to be taken over, but no longer as `since` said: nothing
+    /// was taken.
+    Moved,
 }
 
+/// One try for the lock, in one transaction. Takes it when it is free or
+/// may be taken over, unless it moved since `since`.
 fn attempt(
     driver: &mut dyn Driver,
     scope: &str,
     me: &Who<'_>,
     options: &LockOptions,
     session: &Session,
+    since: Option<LockMark>,
 ) -> Result<Attempt, Error> {
     let info = match driver.probe_lock(scope)? {
         Probe::Busy(seen) => {
@@ -631,6 +676,10 @@ fn attempt(
     } else {
         None
     };
+    if since.is_some_and(|mark| mark.moved(Some(&info))) {
+        driver.abandon();
+        return Ok(Attempt::Moved);
+    }
     let take = Take {
         scope,
         owner: me.owner,
@@ -774,6 +823,113 @@ mod tests {
             "ci-1 (host h, pid 42, upgrade, held 12s, migrating now)"
         );
         assert_eq!(seconds(185_000), "3m5s");
+    }
+
+    #[test]
+    fn a_lock_moved_when_taken_or_freed_since_the_mark() {
+        let mark = |token, held| LockMark { token, held };
+        let row = |token, owner: Option<&str>| LockInfo {
+            token,
+            owner: owner.map(str::to_string),
+            ..LockInfo::default()
+        };
+        // (mark, the row as seen now) -> moved
+        let cases = [
+            (mark(0, false), None, false),
+            (mark(0, false), Some(row(0, None)), false),
+            (mark(0, false), Some(row(1, None)), true),
+            (mark(3, false), Some(row(3, None)), false),
+            (mark(3, false), Some(row(4, Some("b"))), true),
+            // Held when history was read, free now: the holder finished,
+            // and a release keeps the token.
+            (mark(3, true), Some(row(3, None)), true),
+            (mark(3, true), Some(row(3, Some("a"))), false),
+        ];
+        for (m, seen, moved) in cases {
+            assert_eq!(m.moved(seen.as_ref()), moved, "{m:?} {seen:?}");
+        }
+    }
+
+    /// A real SQLite database: an attempt whose mark is outdated takes
+    /// nothing, however free the lock is; one with the mark of a fresh
+    /// history read takes it.
+    #[test]
+    fn an_attempt_takes_nothing_when_the_lock_moved_since_the_mark() {
+        use crate::driver::sqlite::SqliteDriver;
+        let dir = std::env::temp_dir().join(format!(
+            "lockstep-mark-{}-{}",
+            std::process::id(),
+            crate::identity::random_u32()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = dir.join("app.db");
+        let table = crate::TableName::default();
+        let scope = table.to_string();
+        let mut one = SqliteDriver::open(&db, &table, true).unwrap();
+        one.create_tables().unwrap();
+        let mut other = SqliteDriver::open(&db, &table, true).unwrap();
+        let me = Who {
+            owner: "one",
+            host: "here",
+            pid: 1,
+            command: "upgrade",
+        };
+        let options = LockOptions::default();
+        let session = one.session().unwrap();
+        let read = |driver: &mut SqliteDriver| {
+            driver.read_history().unwrap().unwrap();
+            driver.history_lock()
+        };
+        let plain = |sql: &str| -> String {
+            rusqlite::Connection::open(&db)
+                .unwrap()
+                .query_row(sql, [], |r| r.get::<_, rusqlite::types::Value>(0))
+                .map(|v| format!("{v:?}"))
+                .unwrap()
+        };
+        let before = read(&mut one);
+        assert_eq!(
+            before,
+            Some(LockMark {
+                token: 0,
+                held: false
+            })
+        );
+        // Another run takes the lock and frees it.
+        let Attempt::Taken { token, .. } =
+            attempt(&mut other, &scope, &me, &options, &session, None).unwrap()
+        else {
+            panic!("the lock is free");
+        };
+        let fence = Fence {
+            scope: scope.clone(),
+            owner: "one".into(),
+            token,
+            ttl: options.ttl,
+        };
+        assert!(other.release_lock(&fence, &me).unwrap());
+        // The first run's mark is from before: nothing is taken.
+        assert!(matches!(
+            attempt(&mut one, &scope, &me, &options, &session, before).unwrap(),
+            Attempt::Moved
+        ));
+        let lock_row = "SELECT token || ' ' || coalesce(owner, '-') FROM lockstep_lock";
+        assert_eq!(plain(lock_row), "Text(\"1 -\")");
+        // Read afresh, it takes it.
+        let after = read(&mut one);
+        assert_eq!(
+            after,
+            Some(LockMark {
+                token: 1,
+                held: false
+            })
+        );
+        assert!(matches!(
+            attempt(&mut one, &scope, &me, &options, &session, after).unwrap(),
+            Attempt::Taken { token: 2, .. }
+        ));
+        assert_eq!(plain(lock_row), "Text(\"2 one\")");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -277,12 +277,15 @@ impl Migrator {
     }
 
     /// Takes the lock, waiting as the options say (`Locking::Held(None)`
-    /// with `--no-lock`). `needed` is asked, when the lock comes free after
-    /// a wait, whether there is still work to take it for.
+    /// with `--no-lock`). `needed` is asked whether there is still work to
+    /// take it for when the lock comes free after a wait, and when the
+    /// lock moved since `since`, the lock as the history read that decided
+    /// to take it found it.
     fn lock(
         &mut self,
         command: &str,
         observer: &mut dyn Observer,
+        since: Option<lock::LockMark>,
         needed: &mut dyn FnMut(&mut dyn Driver) -> bool,
     ) -> Result<Locking, Error> {
         self.prefetched = None;
@@ -306,6 +309,7 @@ impl Migrator {
             &options,
             &mut report,
             &cancelled,
+            since,
             needed,
         ) {
             // Tables from before the lock existed: create what is missing.
@@ -318,6 +322,7 @@ impl Migrator {
                     &options,
                     &mut report,
                     &cancelled,
+                    since,
                     needed,
                 )
             }
@@ -469,10 +474,26 @@ impl Migrator {
         // database: when another run made them since, it may have applied
         // everything too, and freed the lock again. Asked once here, or
         // this run would take the lock only to find nothing to do.
-        if history.is_none() && self.driver.create_tables()? && !needed(self.driver.as_mut()) {
-            return Ok(report);
+        // The lock as the history read that found work to do found it
+        // (never taken, when this run made the tables). A run of a fleet
+        // that read history before or while another applied, and looks at
+        // the lock only after that one freed it, finds it moved: it reads
+        // history again before taking the lock, instead of taking it only
+        // to find nothing to do.
+        let mut since = self.driver.history_lock();
+        if history.is_none() {
+            if !self.driver.create_tables()? {
+                since = Some(lock::LockMark {
+                    token: 0,
+                    held: false,
+                });
+            } else if !needed(self.driver.as_mut()) {
+                return Ok(report);
+            } else {
+                since = self.driver.history_lock();
+            }
         }
-        let held = match self.lock("upgrade", observer, &mut needed)? {
+        let held = match self.lock("upgrade", observer, since, &mut needed)? {
             Locking::Held(held) => held,
             Locking::NotNeeded => return Ok(report),
         };
@@ -582,7 +603,7 @@ impl Migrator {
             }
             _ => {}
         }
-        let held = match self.lock("rollback", observer, &mut |_| true)? {
+        let held = match self.lock("rollback", observer, None, &mut |_| true)? {
             Locking::Held(held) => held,
             Locking::NotNeeded => return Ok(report),
         };
@@ -745,7 +766,7 @@ impl Migrator {
         if dry_run || planned.is_empty() {
             return Ok(planned.into_iter().map(|(f, _)| f).collect());
         }
-        let held = match self.lock("fix", observer, &mut |_| true)? {
+        let held = match self.lock("fix", observer, None, &mut |_| true)? {
             Locking::Held(held) => held,
             Locking::NotNeeded => return Ok(Vec::new()),
         };

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::error::{DbMessage, Error};
 use crate::history::{HistoryRow, RowState, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
-use crate::lock::{Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take};
+use crate::lock::{Fence, LockInfo, LockMark, LogEntry, Probe, Renewal, Session, Take};
 use crate::source::{Checksum, Section};
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, SqliteTarget};
@@ -94,6 +94,11 @@ pub(crate) trait Driver: Send {
     /// The history rows ordered by version, or `None` when the history table
     /// does not exist. Creates nothing.
     fn read_history(&mut self) -> Result<Option<Vec<HistoryRow>>, Error>;
+
+    /// The lock as the last [`Driver::read_history`] found it, in the same
+    /// snapshot as the rows (token 0 and free when it was never taken);
+    /// `None` when that read found no tables or could not tell.
+    fn history_lock(&self) -> Option<LockMark>;
 
     /// Creates lockstep's tables (history, meta, lock, lock log) when they
     /// do not exist. Safe when many processes do it at once. `true` when

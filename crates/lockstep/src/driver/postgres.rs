@@ -18,8 +18,8 @@ use crate::history::{
     shared, HistoryRow, RowState, TableName, Timestamp, FORMAT_VERSION, META_TABLE, TOOL_VERSION,
 };
 use crate::lock::{
-    Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_INDEX, LOCK_LOG_TABLE,
-    LOCK_TABLE, LOG_RETENTION,
+    Fence, LockInfo, LockMark, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_INDEX,
+    LOCK_LOG_TABLE, LOCK_TABLE, LOG_RETENTION,
 };
 use crate::source::Checksum;
 use crate::sql::Dialect;
@@ -58,6 +58,8 @@ pub(crate) struct PgDriver {
     /// which every look at the lock and the session's identity report;
     /// `None` until then.
     pooled: Option<bool>,
+    /// See [`Driver::history_lock`].
+    history_lock: Option<LockMark>,
 }
 
 /// A string literal that is safe whatever `standard_conforming_strings` is.
@@ -245,6 +247,7 @@ impl PgDriver {
             log: String::new(),
             session: None,
             pooled: None,
+            history_lock: None,
         };
         driver.qualify(table.schema());
         Ok(driver)
@@ -338,16 +341,20 @@ fn says_true(messages: &[SimpleQueryMessage]) -> bool {
 
 /// What one attempt at reading the history saw.
 enum Read {
-    Rows(Vec<HistoryRow>),
+    /// The rows, and the lock in the same snapshot.
+    Rows(Vec<HistoryRow>, Option<LockMark>),
     /// No history table.
     Absent,
     /// A history table without lockstep's meta row: someone else's table,
     /// or lockstep's, created between two statements of the read.
     Unsure,
+    /// History and meta tables, but no lock table (dropped by hand): read
+    /// again without the lock's token.
+    NoLockTable,
 }
 
 impl PgDriver {
-    fn try_read_history(&mut self) -> Result<Read, Error> {
+    fn try_read_history(&mut self, with_token: bool) -> Result<Read, Error> {
         let context = format!("reading history from {}", self.table);
         let schema = match self.table.schema() {
             Some(s) => literal(s),
@@ -359,12 +366,24 @@ impl PgDriver {
         // the server this and nothing else. Rows are decoded as they
         // arrive, not gathered first: 10,000 of them stay a few MiB. The
         // server neither formats times nor sorts: a fresh session's first
-        // query is cheaper without either, and the client does both.
+        // query is cheaper without either, and the client does both. The
+        // lock comes in the same snapshot (see `Driver::history_lock`).
+        let mark = if with_token {
+            format!(
+                "(SELECT token FROM {lock} WHERE scope = {scope})::bigint,
+                 (SELECT owner IS NOT NULL FROM {lock} WHERE scope = {scope})::bool",
+                lock = self.lock,
+                scope = literal(&self.table.to_string()),
+            )
+        } else {
+            "NULL::bigint, NULL::bool".to_string()
+        };
         let sql = format!(
             "SELECT {schema}::text, (SELECT format_version FROM {meta} WHERE table_name = {name})::bigint,
                     h.version::bigint, h.name::text, h.checksum::text, h.state::text,
                     h.applied_at::timestamptz,
-                    h.duration_ms::bigint, h.applied_by::text, h.lock_token::bigint, h.tool_version::text
+                    h.duration_ms::bigint, h.applied_by::text, h.lock_token::bigint, h.tool_version::text,
+                    {mark}
                FROM (SELECT 1) AS one LEFT JOIN {history} AS h ON true",
             meta = self.meta,
             history = self.history,
@@ -383,6 +402,8 @@ impl PgDriver {
                         head = Some((
                             row.try_get::<_, Option<String>>(0)?,
                             row.try_get::<_, Option<i64>>(1)?,
+                            row.try_get::<_, Option<i64>>(11)?,
+                            row.try_get::<_, Option<bool>>(12)?,
                         ));
                     }
                     if let Some(version) = row.try_get::<_, Option<i64>>(2)? {
@@ -419,7 +440,7 @@ impl PgDriver {
             });
         match read {
             Ok((head, rows)) => {
-                let (schema, format) = head.unwrap_or_default();
+                let (schema, format, token, held) = head.unwrap_or_default();
                 if let Some(schema) = schema {
                     self.qualify(Some(&schema));
                 }
@@ -427,29 +448,39 @@ impl PgDriver {
                     return Ok(Read::Unsure);
                 }
                 super::check_format(&self.table, format)?;
-                Ok(Read::Rows(rows))
+                // No lock row yet: the lock was never taken.
+                let mark = with_token.then(|| LockMark {
+                    token: token.unwrap_or(0),
+                    held: held.unwrap_or(false),
+                });
+                Ok(Read::Rows(rows, mark))
             }
             Err(e) if code(&e) == Some(&SqlState::UNDEFINED_TABLE) => {
-                // Either table may be the one missing: ask which.
+                // Any of the tables may be the one missing: ask which.
                 let probe = format!(
-                    "SELECT to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL",
+                    "SELECT to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL",
                     literal(&self.history),
-                    literal(&self.meta)
+                    literal(&self.meta),
+                    literal(&self.lock)
                 );
                 let messages = self
                     .client
                     .simple_query(&probe)
                     .map_err(|e| db_error(&context, &e))?;
                 let flags = messages.iter().find_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => {
-                        Some((r.get(0) == Some("t"), r.get(1) == Some("t")))
-                    }
+                    SimpleQueryMessage::Row(r) => Some((
+                        r.get(0) == Some("t"),
+                        r.get(1) == Some("t"),
+                        r.get(2) == Some("t"),
+                    )),
                     _ => None,
                 });
                 match flags {
-                    // Both there now: created since the read; read again.
-                    Some((true, true)) => Ok(Read::Unsure),
-                    Some((true, false)) => {
+                    // All there now: created since the read; read again.
+                    Some((true, true, true)) => Ok(Read::Unsure),
+                    Some((true, true, false)) if with_token => Ok(Read::NoLockTable),
+                    Some((true, true, false)) => Ok(Read::Unsure),
+                    Some((true, false, _)) => {
                         super::check_format(&self.table, None).map(|()| Read::Absent)
                     }
                     _ => Ok(Read::Absent),
@@ -473,14 +504,24 @@ impl Driver for PgDriver {
         // Another process may create lockstep's tables while this reads: its
         // creation is atomic, but it can commit between two of the
         // statements below. Read again before calling a table foreign.
+        self.history_lock = None;
+        let mut with_token = true;
         for _ in 0..3 {
-            match self.try_read_history()? {
-                Read::Rows(rows) => return Ok(Some(rows)),
+            match self.try_read_history(with_token)? {
+                Read::Rows(rows, mark) => {
+                    self.history_lock = mark;
+                    return Ok(Some(rows));
+                }
                 Read::Absent => return Ok(None),
                 Read::Unsure => continue,
+                Read::NoLockTable => with_token = false,
             }
         }
         super::check_format(&self.table, None).map(|()| None)
+    }
+
+    fn history_lock(&self) -> Option<LockMark> {
+        self.history_lock
     }
 
     fn create_tables(&mut self) -> Result<bool, Error> {

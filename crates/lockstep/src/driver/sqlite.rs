@@ -12,8 +12,8 @@ use crate::history::{
     shared, HistoryRow, RowState, TableName, Timestamp, FORMAT_VERSION, META_TABLE, TOOL_VERSION,
 };
 use crate::lock::{
-    Fence, LockInfo, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_INDEX, LOCK_LOG_TABLE,
-    LOCK_TABLE, LOG_RETENTION,
+    Fence, LockInfo, LockMark, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_INDEX,
+    LOCK_LOG_TABLE, LOCK_TABLE, LOG_RETENTION,
 };
 use crate::source::Checksum;
 use crate::sql::Dialect;
@@ -60,6 +60,8 @@ pub(crate) struct SqliteDriver {
     /// A watch could not be set up (no inotify, too many watchers, a
     /// read-only directory): this waiter polls.
     no_wake: bool,
+    /// See [`Driver::history_lock`].
+    history_lock: Option<LockMark>,
 }
 
 impl SqliteDriver {
@@ -114,6 +116,7 @@ impl SqliteDriver {
             host: crate::identity::hostname(),
             wake: None,
             no_wake: false,
+            history_lock: None,
         };
         if let Some(conn) = conn {
             driver.attach(conn)?;
@@ -357,6 +360,7 @@ impl Driver for SqliteDriver {
     }
 
     fn read_history(&mut self) -> Result<Option<Vec<HistoryRow>>, Error> {
+        self.history_lock = None;
         let Some(conn) = &self.conn else {
             return Ok(None);
         };
@@ -365,7 +369,9 @@ impl Driver for SqliteDriver {
         // One read transaction: the format and the rows from one snapshot.
         conn.execute_batch("BEGIN")
             .map_err(|e| db_error(&context, &e))?;
-        let result = (|| -> Result<Option<Vec<HistoryRow>>, Error> {
+        // The rows, and the lock in the same snapshot.
+        type Read = Option<(Vec<HistoryRow>, Option<LockMark>)>;
+        let result = (|| -> Result<Read, Error> {
             if !Self::table_exists(conn, (schema, self.table.name()))
                 .map_err(|e| db_error(&context, &e))?
             {
@@ -423,10 +429,44 @@ impl Driver for SqliteDriver {
                 .map_err(|e| db_error(&context, &e))?;
                 rows.push(row);
             }
-            Ok(Some(rows))
+            // The lock in the same snapshot: no row before it was ever
+            // taken; unknown if its table is gone (it is made with the
+            // history table, but someone may have dropped it).
+            let mark = conn
+                .query_row(
+                    &format!(
+                        "SELECT token, owner IS NOT NULL FROM {} WHERE scope = ?1",
+                        self.lock
+                    ),
+                    [self.table.to_string()],
+                    |r| {
+                        Ok(LockMark {
+                            token: r.get(0)?,
+                            held: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map(|mark| {
+                    mark.unwrap_or(LockMark {
+                        token: 0,
+                        held: false,
+                    })
+                })
+                .ok();
+            Ok(Some((rows, mark)))
         })();
         let _ = conn.execute_batch("COMMIT");
-        result
+        result.map(|read| {
+            read.map(|(rows, mark)| {
+                self.history_lock = mark;
+                rows
+            })
+        })
+    }
+
+    fn history_lock(&self) -> Option<LockMark> {
+        self.history_lock
     }
 
     fn create_tables(&mut self) -> Result<bool, Error> {
