@@ -426,9 +426,9 @@ impl LockMark {
 
 /// Takes the lock, waiting as the options say. Each time the lock comes
 /// free after a wait, `needed` is asked first (reading what it must, without
-/// the lock) whether there is still work to take it for; and at the first
-/// look too, when the lock moved since `since` (the lock as the caller's
-/// history read found it).
+/// the lock) whether there is still work to take it for; and whenever the
+/// lock moved since `since` (the lock as the caller's history read found
+/// it), at a look or inside an attempt.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn acquire(
     driver: &mut dyn Driver,
@@ -444,6 +444,7 @@ pub(crate) fn acquire(
     let mut listening = false;
     let mut backoff = Duration::from_millis(50);
     let mut conflicts = 0;
+    let mut moves = 0;
     let mut since = since;
     // Ask `needed` before the next attempt: the lock came free after a
     // wait, or moved between a look and an attempt.
@@ -509,6 +510,14 @@ pub(crate) fn acquire(
                     // transaction (on SQLite, the attempt may wait for the
                     // write lock while a whole run goes by).
                     Ok(Attempt::Moved) => {
+                        // Each move is another run's turn with the lock;
+                        // past a few in a row, stop comparing rather than
+                        // chase them (the run reads history under the
+                        // lock anyway).
+                        moves += 1;
+                        if moves >= 10 {
+                            since = None;
+                        }
                         recheck = true;
                         continue;
                     }
