@@ -955,8 +955,10 @@ fn a_waiter_on_a_direct_connection_wakes_on_a_release_notification() {
     assert_eq!(applied(&p), 1);
 }
 
-both!(waiters_whose_work_the_holder_did_never_take_the_lock, |p| {
-    side_effects(&p, 5, |i| {
+/// `n` migrations with side effects, the first busy for 1.5 s, and a run
+/// applying them that holds the lock.
+fn busy_holder(p: &Project, n: usize) -> crate::util::Child {
+    side_effects(p, n, |i| {
         if i == 1 {
             p.busy_sql(1.5)
         } else {
@@ -965,8 +967,13 @@ both!(waiters_whose_work_the_holder_did_never_take_the_lock, |p| {
     });
     let holder = p.spawn(&["upgrade", "--owner", "holder"]);
     wait_until("the holder holds the lock", LONG, || {
-        holder_of(&p).as_deref() == Some("holder")
+        holder_of(p).as_deref() == Some("holder")
     });
+    holder
+}
+
+both!(waiters_whose_work_the_holder_did_never_take_the_lock, |p| {
+    let holder = busy_holder(&p, 5);
     let waiters: Vec<_> = (0..4)
         .map(|i| p.spawn(&["upgrade", "--owner", &format!("waiter{i}")]))
         .collect();
@@ -994,17 +1001,7 @@ both!(waiters_whose_work_the_holder_did_never_take_the_lock, |p| {
 both!(
     a_run_that_read_history_while_the_lock_was_held_does_not_take_it_after,
     |p| {
-        side_effects(&p, 3, |i| {
-            if i == 1 {
-                p.busy_sql(1.5)
-            } else {
-                String::new()
-            }
-        });
-        let holder = p.spawn(&["upgrade", "--owner", "holder"]);
-        wait_until("the holder holds the lock", LONG, || {
-            holder_of(&p).as_deref() == Some("holder")
-        });
+        let holder = busy_holder(&p, 3);
         let url: lockstep::DatabaseUrl = p.db.url().parse().unwrap();
         let set = lockstep::MigrationSet::load(p.path("migrations")).unwrap();
         let mut late = lockstep::Migrator::connect(&url, lockstep::Options::default()).unwrap();

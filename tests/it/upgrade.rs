@@ -483,15 +483,16 @@ both!(progress_lines_and_summary_in_json, |p| {
     assert_eq!(noop["migrations"].as_array().unwrap().len(), 0);
 });
 
-/// Through the library, prefetches history, lets a CLI run apply
-/// everything, then upgrades with the outdated read: nothing is applied
-/// twice (migrations 1 and 2 insert `m1` and `m2` into `side`).
-fn upgrade_after_a_prefetch_and_another_run(p: &Project) {
+/// Through the library, prefetches history, lets a CLI run (`upgrade`
+/// with `args`) apply everything, then upgrades with the outdated read:
+/// nothing is applied twice (migrations 1 and 2 insert `m1` and `m2` into
+/// `side`).
+fn upgrade_after_a_prefetch_and_another_run(p: &Project, args: &[&str]) {
     let url: lockstep::DatabaseUrl = p.db.url().parse().unwrap();
     let set = lockstep::MigrationSet::load(p.path("migrations")).unwrap();
     let mut early = lockstep::Migrator::connect(&url, lockstep::Options::default()).unwrap();
     early.prefetch_history();
-    p.run(&["upgrade"]).ok();
+    p.run(&[&["upgrade"], args].concat()).ok();
     let report = early
         .upgrade(&set, &lockstep::UpgradeOptions::default(), &mut ())
         .unwrap();
@@ -514,7 +515,7 @@ const SIDE_M2: &str = "-- upgrade\nINSERT INTO side VALUES ('m2');\n";
 both!(an_outdated_prefetched_history_applies_nothing_twice, |p| {
     p.migration("1_side.sql", SIDE_M1)
         .migration("2_more.sql", SIDE_M2);
-    upgrade_after_a_prefetch_and_another_run(&p);
+    upgrade_after_a_prefetch_and_another_run(&p, &[]);
     // It read no tables, so it looked at the history again once they were
     // there, and did not take the lock only to find nothing to do: one
     // acquisition, the other run's.
@@ -541,7 +542,7 @@ both!(
         p.migration("1_side.sql", SIDE_M1);
         p.run(&["upgrade"]).ok();
         p.migration("2_more.sql", SIDE_M2);
-        upgrade_after_a_prefetch_and_another_run(&p);
+        upgrade_after_a_prefetch_and_another_run(&p, &[]);
         // Two acquisitions: the two other runs'.
         assert_eq!(
             p.db.value("SELECT count(*) FROM lockstep_lock_log WHERE event = 'acquired'"),
@@ -560,19 +561,7 @@ both!(
         p.migration("1_side.sql", SIDE_M1);
         p.run(&["upgrade"]).ok();
         p.migration("2_more.sql", SIDE_M2);
-        let url: lockstep::DatabaseUrl = p.db.url().parse().unwrap();
-        let set = lockstep::MigrationSet::load(p.path("migrations")).unwrap();
-        let mut early = lockstep::Migrator::connect(&url, lockstep::Options::default()).unwrap();
-        early.prefetch_history();
-        p.run(&["upgrade", "--no-lock"]).ok();
-        let report = early
-            .upgrade(&set, &lockstep::UpgradeOptions::default(), &mut ())
-            .unwrap();
-        assert!(report.steps.is_empty(), "{:?}", report.steps);
-        assert_eq!(
-            p.db.query("SELECT name, count(*) FROM side GROUP BY name ORDER BY name"),
-            [["m1", "1"], ["m2", "1"]]
-        );
+        upgrade_after_a_prefetch_and_another_run(&p, &["--no-lock"]);
         // The first run's acquisition, and this one's, which found nothing
         // left under the lock.
         assert_eq!(
