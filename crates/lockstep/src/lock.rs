@@ -406,7 +406,8 @@ pub(crate) enum Acquired {
 }
 
 /// The lock as a history read found it, in the same snapshot as the rows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The default is a lock never taken.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct LockMark {
     /// The token: 0 before the lock was ever taken.
     pub token: i64,

@@ -470,29 +470,20 @@ impl Migrator {
             ),
             _ => true,
         };
-        // Found with no tables, by one of a fleet starting on an empty
-        // database: when another run made them since, it may have applied
-        // everything too, and freed the lock again. Asked once here, or
-        // this run would take the lock only to find nothing to do.
-        // The lock as the history read that found work to do found it
-        // (never taken, when this run made the tables). A run of a fleet
-        // that read history before or while another applied, and looks at
-        // the lock only after that one freed it, finds it moved: it reads
-        // history again before taking the lock, instead of taking it only
-        // to find nothing to do.
-        let mut since = self.driver.history_lock();
-        if history.is_none() {
-            if !self.driver.create_tables()? {
-                since = Some(lock::LockMark {
-                    token: 0,
-                    held: false,
-                });
-            } else if !needed(self.driver.as_mut()) {
-                return Ok(report);
-            } else {
-                since = self.driver.history_lock();
+        // The lock as the history read that found work to do found it: a
+        // read that found no tables found it never taken. A run of a fleet
+        // that read history before or while another applied (or before
+        // another made the tables and applied), and looks at the lock only
+        // after that one freed it, finds it moved: it reads history again
+        // before taking the lock, instead of taking it only to find nothing
+        // to do.
+        let since = match history {
+            Some(_) => self.driver.history_lock(),
+            None => {
+                self.driver.create_tables()?;
+                Some(lock::LockMark::default())
             }
-        }
+        };
         let held = match self.lock("upgrade", observer, since, &mut needed)? {
             Locking::Held(held) => held,
             Locking::NotNeeded => return Ok(report),

@@ -101,10 +101,8 @@ pub(crate) trait Driver: Send {
     fn history_lock(&self) -> Option<LockMark>;
 
     /// Creates lockstep's tables (history, meta, lock, lock log) when they
-    /// do not exist. Safe when many processes do it at once. `true` when
-    /// they were all there already: another run made them (and may have
-    /// written history since).
-    fn create_tables(&mut self) -> Result<bool, Error>;
+    /// do not exist. Safe when many processes do it at once.
+    fn create_tables(&mut self) -> Result<(), Error>;
 
     /// Runs the steps in one transaction, each step's SQL followed by its
     /// history change, calling `done` after each step with its duration.

@@ -524,7 +524,7 @@ impl Driver for PgDriver {
         self.history_lock
     }
 
-    fn create_tables(&mut self) -> Result<bool, Error> {
+    fn create_tables(&mut self) -> Result<(), Error> {
         let context = format!("creating the history table {}", self.table);
         let create_schema = match self.table.schema() {
             Some(s) => format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(s)),
@@ -560,7 +560,7 @@ impl Driver for PgDriver {
         // tables: a look without the lock (and, the tables there, at this
         // history table's format row) ends it in two plain reads.
         if self.tables_made(&all_there).unwrap_or(false) {
-            return Ok(true);
+            return Ok(());
         }
         // Read committed whatever the server's default: a snapshot per
         // statement, so the look sees what the one before it made.
@@ -645,13 +645,13 @@ impl Driver for PgDriver {
                 let found = says_true(&messages);
                 self.client
                     .simple_query(if found { &register } else { &create })
-                    .map(|_| found)
+                    .map(drop)
             });
             if made.is_err() {
                 self.rollback();
             }
             match made {
-                Ok(found) => return Ok(found),
+                Ok(()) => return Ok(()),
                 Err(e)
                     if attempt < 5
                         && matches!(code(&e), Some(c) if *c == SqlState::UNIQUE_VIOLATION

@@ -447,12 +447,7 @@ impl Driver for SqliteDriver {
                     },
                 )
                 .optional()
-                .map(|mark| {
-                    mark.unwrap_or(LockMark {
-                        token: 0,
-                        held: false,
-                    })
-                })
+                .map(Option::unwrap_or_default)
                 .ok();
             Ok(Some((rows, mark)))
         })();
@@ -469,7 +464,7 @@ impl Driver for SqliteDriver {
         self.history_lock
     }
 
-    fn create_tables(&mut self) -> Result<bool, Error> {
+    fn create_tables(&mut self) -> Result<(), Error> {
         if self.conn.is_none() && self.writable {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
             self.attach(open_file(&self.path, flags)?)?;
@@ -482,7 +477,7 @@ impl Driver for SqliteDriver {
         // the holder's migrations in SQLite's busy handler, whose sleeps
         // grow to 100 ms.
         if self.tables_made(conn).map_err(|e| db_error(&context, &e))? {
-            return Ok(true);
+            return Ok(());
         }
         let sql = format!(
             "BEGIN IMMEDIATE;
@@ -541,7 +536,7 @@ impl Driver for SqliteDriver {
             schema = self.table.schema().unwrap_or("main"),
             name = self.table.name(),
         );
-        conn.execute_batch(&sql).map(|()| false).map_err(|e| {
+        conn.execute_batch(&sql).map_err(|e| {
             rollback(conn);
             db_error(context, &e)
         })
