@@ -368,23 +368,23 @@ impl PgDriver {
         // server neither formats times nor sorts: a fresh session's first
         // query is cheaper without either, and the client does both. The
         // lock comes in the same snapshot (see `Driver::history_lock`).
-        let mark = if with_token {
+        // One lookup of the lock row, joined to every history row.
+        let lock_row = if with_token {
             format!(
-                "(SELECT token FROM {lock} WHERE scope = {scope})::bigint,
-                 (SELECT owner IS NOT NULL FROM {lock} WHERE scope = {scope})::bool",
+                "LEFT JOIN {lock} AS l ON l.scope = {scope}",
                 lock = self.lock,
                 scope = literal(&self.table.to_string()),
             )
         } else {
-            "NULL::bigint, NULL::bool".to_string()
+            "LEFT JOIN (SELECT NULL::bigint AS token, NULL::text AS owner) AS l ON true".to_string()
         };
         let sql = format!(
             "SELECT {schema}::text, (SELECT format_version FROM {meta} WHERE table_name = {name})::bigint,
                     h.version::bigint, h.name::text, h.checksum::text, h.state::text,
                     h.applied_at::timestamptz,
                     h.duration_ms::bigint, h.applied_by::text, h.lock_token::bigint, h.tool_version::text,
-                    {mark}
-               FROM (SELECT 1) AS one LEFT JOIN {history} AS h ON true",
+                    l.token::bigint, (l.owner IS NOT NULL)::bool
+               FROM (SELECT 1) AS one {lock_row} LEFT JOIN {history} AS h ON true",
             meta = self.meta,
             history = self.history,
             name = literal(self.table.name()),
