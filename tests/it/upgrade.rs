@@ -570,3 +570,19 @@ both!(
         );
     }
 );
+
+// A history read also notes the lock row; with the lock table dropped by
+// hand, commands still read history, and `upgrade` makes the lock table
+// again and applies what is pending, once.
+both!(a_lock_table_dropped_by_hand_is_made_again, |p| {
+    p.migration("1_users.sql", USERS);
+    p.run(&["upgrade"]).ok();
+    p.db.exec("DROP TABLE lockstep_lock");
+    p.migration("2_posts.sql", POSTS);
+    let status = p.run(&["status", "--json"]).json();
+    assert_eq!(status["counts"]["pending"], 1, "{status}");
+    p.run(&["upgrade"]).ok();
+    assert_eq!(p.db.history(), ["1 users applied", "2 posts applied"]);
+    assert_eq!(p.db.value("SELECT count(*) FROM posts"), "1");
+    assert_eq!(p.db.value("SELECT count(*) FROM lockstep_lock"), "1");
+});
