@@ -55,44 +55,83 @@ pub struct StatusEntry<'a> {
 /// Compares every migration with its history row.
 pub fn status<'a>(migrations: &'a [Migration], history: &'a [HistoryRow]) -> Vec<StatusEntry<'a>> {
     let newest_applied = history.iter().map(|r| r.version).max();
-    // Both come in version order (a migration set and a driver's history
-    // always do); merged like two sorted lists, without a map of either.
-    // Sorted here for callers who pass other slices: unstable, which on
-    // sorted input is one pass with no scratch copy (versions are unique).
-    let mut files: Vec<&Migration> = migrations.iter().collect();
-    files.sort_unstable_by_key(|m| m.version);
-    let mut rows: Vec<&HistoryRow> = history.iter().collect();
-    rows.sort_unstable_by_key(|r| r.version);
-    let (mut files, mut rows) = (files.into_iter().peekable(), rows.into_iter().peekable());
     let mut entries = Vec::with_capacity(migrations.len().max(history.len()));
-    loop {
-        let (migration, row) = match (files.peek(), rows.peek()) {
-            (None, None) => break,
+    entries.extend(pairs(migrations, history).map(|(m, r)| entry(m, r, newest_applied)));
+    entries
+}
+
+/// Each file with its history row, by version: both come in version order
+/// (a migration set and a driver's history always do), merged like two
+/// sorted lists, without a map or a copy of either.
+fn pairs<'a, 'h>(
+    migrations: &'a [Migration],
+    history: &'h [HistoryRow],
+) -> impl Iterator<Item = (Option<&'a Migration>, Option<&'h HistoryRow>)> {
+    let mut files = in_order(migrations, |m| m.version).peekable();
+    let mut rows = in_order(history, |r| r.version).peekable();
+    std::iter::from_fn(move || {
+        let pair = match (files.peek(), rows.peek()) {
+            (None, None) => return None,
             (Some(m), Some(r)) if m.version == r.version => (files.next(), rows.next()),
             (Some(m), Some(r)) if m.version < r.version => (files.next(), None),
             (Some(_), None) => (files.next(), None),
             _ => (None, rows.next()),
         };
-        let state = match (migration, row) {
-            (_, Some(r)) if r.state == RowState::Started => State::Dirty,
-            (None, Some(_)) => State::Missing,
-            (Some(m), Some(r)) if m.checksum != r.checksum || m.name != r.name => State::Modified,
-            (Some(_), Some(_)) => State::Applied,
-            (Some(_), None) => State::Pending,
-            (None, None) => unreachable!("every entry has a file or a row"),
-        };
-        let version = migration.map_or_else(|| row.map_or(0, |r| r.version), |m| m.version);
-        entries.push(StatusEntry {
-            version,
-            name: migration
-                .map_or_else(|| row.map_or("", |r| r.name.as_str()), |m| m.name.as_str()),
-            state,
-            migration,
-            row,
-            out_of_order: state == State::Pending && newest_applied.is_some_and(|n| version < n),
-        });
+        Some(pair)
+    })
+}
+
+/// A slice's items by version. Callers may pass slices in any order: those
+/// get sorted references (unstable, as versions are unique).
+fn in_order<T>(items: &[T], version: fn(&T) -> u64) -> InOrder<'_, T> {
+    if items.is_sorted_by_key(version) {
+        InOrder::Slice(items.iter())
+    } else {
+        let mut sorted: Vec<&T> = items.iter().collect();
+        sorted.sort_unstable_by_key(|t| version(t));
+        InOrder::Sorted(sorted.into_iter())
     }
-    entries
+}
+
+enum InOrder<'a, T> {
+    Slice(std::slice::Iter<'a, T>),
+    Sorted(std::vec::IntoIter<&'a T>),
+}
+
+impl<'a, T> Iterator for InOrder<'a, T> {
+    type Item = &'a T;
+
+    fn next(&mut self) -> Option<&'a T> {
+        match self {
+            InOrder::Slice(items) => items.next(),
+            InOrder::Sorted(items) => items.next(),
+        }
+    }
+}
+
+/// The status of a file and its row, at least one of them present.
+fn entry<'a>(
+    migration: Option<&'a Migration>,
+    row: Option<&'a HistoryRow>,
+    newest_applied: Option<u64>,
+) -> StatusEntry<'a> {
+    let state = match (migration, row) {
+        (_, Some(r)) if r.state == RowState::Started => State::Dirty,
+        (None, Some(_)) => State::Missing,
+        (Some(m), Some(r)) if m.checksum != r.checksum || m.name != r.name => State::Modified,
+        (Some(_), Some(_)) => State::Applied,
+        (Some(_), None) => State::Pending,
+        (None, None) => unreachable!("every entry has a file or a row"),
+    };
+    let version = migration.map_or_else(|| row.map_or(0, |r| r.version), |m| m.version);
+    StatusEntry {
+        version,
+        name: migration.map_or_else(|| row.map_or("", |r| r.name.as_str()), |m| m.name.as_str()),
+        state,
+        migration,
+        row,
+        out_of_order: state == State::Pending && newest_applied.is_some_and(|n| version < n),
+    }
 }
 
 /// A migration named in a refusal or error.
@@ -173,59 +212,68 @@ fn named(version: u64, name: &str) -> Named {
     }
 }
 
-/// Refuses when any migration is dirty, modified or missing, in that order
-/// of urgency.
-fn check_drift(entries: &[StatusEntry<'_>]) -> Result<(), Refusal> {
-    let pick = |state: State| -> Vec<Named> {
-        entries
-            .iter()
-            .filter(|e| e.state == state)
-            .map(|e| named(e.version, e.name))
-            .collect()
-    };
-    let dirty = pick(State::Dirty);
-    if !dirty.is_empty() {
-        return Err(Refusal::Dirty(dirty));
-    }
-    let modified = pick(State::Modified);
-    if !modified.is_empty() {
-        return Err(Refusal::Modified(modified));
-    }
-    let missing = pick(State::Missing);
-    if !missing.is_empty() {
-        return Err(Refusal::Missing(missing));
-    }
-    Ok(())
+/// The migrations that are dirty, modified or missing, noted one entry at
+/// a time.
+#[derive(Default)]
+struct Drift {
+    dirty: Vec<Named>,
+    modified: Vec<Named>,
+    missing: Vec<Named>,
 }
 
-/// The migration with this version, in a slice ordered by version.
-fn find(migrations: &[Migration], version: u64) -> Option<&Migration> {
-    migrations
-        .binary_search_by_key(&version, |m| m.version)
-        .ok()
-        .map(|i| &migrations[i])
+impl Drift {
+    fn note(&mut self, e: &StatusEntry<'_>) {
+        let list = match e.state {
+            State::Dirty => &mut self.dirty,
+            State::Modified => &mut self.modified,
+            State::Missing => &mut self.missing,
+            State::Applied | State::Pending => return,
+        };
+        list.push(named(e.version, e.name));
+    }
+
+    /// Refuses when any migration is dirty, modified or missing, in that
+    /// order of urgency.
+    fn check(self) -> Result<(), Refusal> {
+        if !self.dirty.is_empty() {
+            return Err(Refusal::Dirty(self.dirty));
+        }
+        if !self.modified.is_empty() {
+            return Err(Refusal::Modified(self.modified));
+        }
+        if !self.missing.is_empty() {
+            return Err(Refusal::Missing(self.missing));
+        }
+        Ok(())
+    }
 }
 
-/// The migrations `upgrade` applies, in order. `migrations` is ordered by
-/// version, as [`crate::MigrationSet`] holds them.
+/// The migrations `upgrade` applies, in version order.
 pub fn plan_upgrade<'a>(
     migrations: &'a [Migration],
     history: &[HistoryRow],
     target: Target,
     allow_out_of_order: bool,
 ) -> Result<Vec<&'a Migration>, PlanError> {
-    let entries = status(migrations, history);
-    if let Some(to) = target.to {
-        if !entries.iter().any(|e| e.version == to) {
-            return Err(PlanError::Target(TargetError::UnknownVersion(to)));
+    // One pass that keeps only what is not applied: at 10,000 migrations a
+    // status entry for each was 0.6 MB more at the run's peak.
+    let mut drift = Drift::default();
+    let mut pending: Vec<&'a Migration> = Vec::new();
+    let mut target_known = target.to.is_none();
+    for (migration, row) in pairs(migrations, history) {
+        let e = entry(migration, row, None);
+        target_known |= target.to == Some(e.version);
+        drift.note(&e);
+        if let (State::Pending, Some(m)) = (e.state, migration) {
+            if target.to.is_none_or(|to| m.version <= to) {
+                pending.push(m);
+            }
         }
     }
-    check_drift(&entries)?;
-    let mut pending: Vec<&'a Migration> = entries
-        .iter()
-        .filter(|e| e.state == State::Pending && target.to.is_none_or(|to| e.version <= to))
-        .filter_map(|e| find(migrations, e.version))
-        .collect();
+    if let (false, Some(to)) = (target_known, target.to) {
+        return Err(PlanError::Target(TargetError::UnknownVersion(to)));
+    }
+    drift.check()?;
     if let Some(count) = target.count {
         pending.truncate(count);
     }
@@ -255,26 +303,28 @@ pub fn plan_rollback<'a>(
     history: &[HistoryRow],
     target: Target,
 ) -> Result<Vec<&'a Migration>, PlanError> {
-    let entries = status(migrations, history);
+    // Each entry with its file, which the plan returns.
+    let entries: Vec<(Option<&'a Migration>, StatusEntry<'_>)> = pairs(migrations, history)
+        .map(|(m, r)| (m, entry(m, r, None)))
+        .collect();
     if let Some(to) = target.to {
         if !history.iter().any(|r| r.version == to) {
             return Err(PlanError::Target(TargetError::NotApplied(to)));
         }
     }
-    let mut applied: Vec<&StatusEntry<'_>> = entries.iter().filter(|e| e.row.is_some()).collect();
-    applied.reverse();
-    let selected: Vec<&StatusEntry<'_>> = match (target.to, target.count) {
+    let applied = entries.iter().rev().filter(|(_, e)| e.row.is_some());
+    let selected: Vec<_> = match (target.to, target.count) {
         (Some(to), count) => applied
-            .into_iter()
-            .filter(|e| e.version > to)
+            .filter(|(_, e)| e.version > to)
             .take(count.unwrap_or(usize::MAX))
             .collect(),
-        (None, count) => applied.into_iter().take(count.unwrap_or(1)).collect(),
+        (None, count) => applied.take(count.unwrap_or(1)).collect(),
     };
     // Dirty rows anywhere make the database's state unknown: refuse as
     // upgrade does. Modified or missing files matter only for what reverts.
     let dirty: Vec<Named> = entries
         .iter()
+        .map(|(_, e)| e)
         .filter(|e| e.state == State::Dirty)
         .map(|e| named(e.version, e.name))
         .collect();
@@ -284,6 +334,7 @@ pub fn plan_rollback<'a>(
     let with = |state: State| -> Vec<Named> {
         selected
             .iter()
+            .map(|(_, e)| e)
             .filter(|e| e.state == state)
             .map(|e| named(e.version, e.name))
             .collect()
@@ -297,8 +348,8 @@ pub fn plan_rollback<'a>(
         return Err(Refusal::Modified(modified).into());
     }
     let mut plan = Vec::with_capacity(selected.len());
-    for e in selected {
-        let m = find(migrations, e.version).expect("not missing");
+    for (m, _) in selected {
+        let m = m.expect("not missing");
         if m.down.is_none() {
             return Err(Refusal::NoDown(named(m.version, &m.name)).into());
         }
@@ -310,7 +361,11 @@ pub fn plan_rollback<'a>(
 /// Refuses when any migration is dirty, modified or missing: what `validate`
 /// checks after parsing.
 pub fn check(migrations: &[Migration], history: &[HistoryRow]) -> Result<(), Refusal> {
-    check_drift(&status(migrations, history))
+    let mut drift = Drift::default();
+    for (migration, row) in pairs(migrations, history) {
+        drift.note(&entry(migration, row, None));
+    }
+    drift.check()
 }
 
 #[cfg(test)]
@@ -458,6 +513,45 @@ mod tests {
         );
         let plan = plan_upgrade(&files, &[row(1), row(3)], ALL, true).unwrap();
         assert_eq!(versions(&plan), [2]);
+        // A target that only a history row has is known: the file being
+        // gone is what stops the run.
+        assert_eq!(
+            plan_upgrade(
+                &files,
+                &[row(1), row(9)],
+                Target {
+                    to: Some(9),
+                    count: None
+                },
+                false
+            )
+            .unwrap_err(),
+            Refusal::Missing(vec![n(9)]).into()
+        );
+    }
+
+    #[test]
+    fn plans_take_files_and_rows_in_any_order() {
+        let files = vec![m(4, true), m(1, true), m(3, true), m(2, true)];
+        let history = vec![row(2), row(1)];
+        let plan = plan_upgrade(&files, &history, ALL, false).unwrap();
+        assert_eq!(versions(&plan), [3, 4]);
+        assert_eq!(check(&files, &history), Ok(()));
+        let mut changed = row(3);
+        changed.checksum = Checksum::parse("sha256:other");
+        let history = vec![changed, row(9), row(1)];
+        assert_eq!(check(&files, &history), Err(Refusal::Modified(vec![n(3)])));
+        assert_eq!(
+            plan_upgrade(&files, &history, ALL, true).unwrap_err(),
+            Refusal::Modified(vec![n(3)]).into()
+        );
+        let history = vec![row(2), row(1), row(3)];
+        let to_one = Target {
+            to: Some(1),
+            count: None,
+        };
+        let plan = plan_rollback(&files, &history, to_one).unwrap();
+        assert_eq!(versions(&plan), [3, 2]);
     }
 
     #[test]
