@@ -385,7 +385,7 @@ mod tests {
             version,
             name: format!("m{version}"),
             up: section("SELECT 1;"),
-            down: down.then(|| section("SELECT 2;")),
+            down: down.then(|| Box::new(section("SELECT 2;"))),
             checksum: Checksum::parse(&format!("sha256:{version}")),
         }
     }

@@ -38,11 +38,17 @@ pub struct Migration {
     /// The `-- upgrade` section (or the `.up.sql` file).
     pub up: Section,
     /// The `-- rollback` section (or the `.down.sql` file), when present and
-    /// not empty.
-    pub down: Option<Section>,
+    /// not empty. Boxed: many migrations have none, and a set holds one
+    /// record per file (at 10,000 files, 0.56 MB less inline).
+    pub down: Option<Box<Section>>,
     /// SHA-256 over the normalised file bytes (see [`checksum`]).
     pub checksum: Checksum,
 }
+
+// A set holds a record per file, all at once: what a record holds inline
+// is held 10,000 times over at 10,000 files. Grown only on purpose.
+#[cfg(target_pointer_width = "64")]
+const _: () = assert!(std::mem::size_of::<Migration>() == 144);
 
 /// The SQL of one direction of a migration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -899,7 +905,7 @@ fn parse_single_text(
         Some(d) => {
             let down_text = &text[d.end..down_end];
             let s = section(down_text, d.line + 2, &path)?;
-            sql::has_code(down_text).then_some(s)
+            sql::has_code(down_text).then(|| Box::new(s))
         }
         None => None,
     };
@@ -969,7 +975,7 @@ fn pair_from_texts(
     let down_section = match &down {
         Some((path, text)) => {
             let s = section(text, 1, path)?;
-            sql::has_code(text).then_some(s)
+            sql::has_code(text).then(|| Box::new(s))
         }
         None => None,
     };
