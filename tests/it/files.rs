@@ -127,3 +127,34 @@ both!(bom_and_crlf_files_apply, |p| {
     p.run(&["rollback"]).ok();
     assert!(!p.db.table_exists("a"));
 });
+
+both!(a_bad_file_is_reported_before_what_the_database_holds, |p| {
+    // History is read while (PostgreSQL) or before (SQLite) the files are:
+    // what that read finds waits until every file has parsed.
+    p.db.exec("CREATE TABLE lockstep_history (id integer, note text)");
+    p.migration("1_a.sql", "-- upgrade\nSELECT 1;\n-- lockstep:nope\n");
+    for args in [&["upgrade"][..], &["status"], &["validate"]] {
+        let run = p.run(args);
+        run.code(2);
+        assert!(
+            run.stderr
+                .contains("migrations/1_a.sql:3: unknown directive `-- lockstep:nope`"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("lockstep_history"), "{}", run.stderr);
+    }
+    if let crate::util::TestDb::Sqlite { path } = &p.db {
+        // Not a database at all: the file's error still comes first, and
+        // the file is left as it was.
+        std::fs::write(path, b"not a database, just text\n").unwrap();
+        let run = p.run(&["upgrade"]);
+        run.code(2);
+        assert!(
+            run.stderr.contains("migrations/1_a.sql:3"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(std::fs::read(path).unwrap(), b"not a database, just text\n");
+    }
+});
