@@ -109,7 +109,9 @@ impl<'a, T> Iterator for InOrder<'a, T> {
     }
 }
 
-/// The status of a file and its row, at least one of them present.
+/// The status of a file and its row, at least one of them present; out of
+/// order only against `newest_applied` (planners that check the order
+/// themselves pass `None`).
 fn entry<'a>(
     migration: Option<&'a Migration>,
     row: Option<&'a HistoryRow>,
