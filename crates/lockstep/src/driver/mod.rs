@@ -104,6 +104,11 @@ pub(crate) trait Driver: Send {
     /// do not exist. Safe when many processes do it at once.
     fn create_tables(&mut self) -> Result<(), Error>;
 
+    /// Lets go of what the connection holds in memory and can build again,
+    /// until its next statement: SQLite's parsed schema, which the next
+    /// statement parses anew. Nothing on PostgreSQL, whose server holds it.
+    fn rest(&mut self) {}
+
     /// Runs the steps in one transaction, each step's SQL followed by its
     /// history change, calling `done` after each step with its duration.
     /// With a fence, the transaction first checks (and row-locks) the lock

@@ -482,6 +482,15 @@ impl Driver for SqliteDriver {
         self.history_lock
     }
 
+    fn rest(&mut self) {
+        // SQLite's own way to drop a connection's parsed schema ("RESET":
+        // writing the schema stays off, as lockstep always has it) and
+        // read it again at the next statement.
+        if let Some(conn) = &self.conn {
+            let _ = conn.execute_batch("PRAGMA writable_schema = RESET");
+        }
+    }
+
     fn create_tables(&mut self) -> Result<(), Error> {
         if self.conn.is_none() && self.writable {
             let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
@@ -1353,21 +1362,53 @@ mod tests {
         .unwrap();
     }
 
-    /// The bytes of pages the connection's cache holds.
-    fn cache_used(conn: &Connection) -> i32 {
+    /// The bytes of memory the connection uses for `what`
+    /// (`SQLITE_DBSTATUS_CACHE_USED`, `_SCHEMA_USED`).
+    fn memory_used(conn: &Connection, what: std::ffi::c_int) -> i32 {
         let (mut current, mut highest) = (0, 0);
         // SAFETY: the handle is the open connection's; the call only reads.
         let rc = unsafe {
-            rusqlite::ffi::sqlite3_db_status(
-                conn.handle(),
-                rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED,
-                &mut current,
-                &mut highest,
-                0,
-            )
+            rusqlite::ffi::sqlite3_db_status(conn.handle(), what, &mut current, &mut highest, 0)
         };
         assert_eq!(rc, rusqlite::ffi::SQLITE_OK);
         current
+    }
+
+    #[test]
+    fn a_resting_connection_lets_go_of_the_schema_and_reads_it_again_when_used() {
+        use rusqlite::ffi::SQLITE_DBSTATUS_SCHEMA_USED as SCHEMA;
+        let dir = temp_dir();
+        let db = dir.join("app.db");
+        let table = TableName::parse(crate::history::DEFAULT_HISTORY_TABLE).unwrap();
+        let mut driver = SqliteDriver::open(&db, &table, true).unwrap();
+        driver.create_tables().unwrap();
+        let tables: String = (0..1000)
+            .map(|i| format!("CREATE TABLE t{i} (id integer PRIMARY KEY, v text);"))
+            .collect();
+        let tables = format!("BEGIN; {tables} COMMIT;");
+        Connection::open(&db)
+            .unwrap()
+            .execute_batch(&tables)
+            .unwrap();
+        fill_history(&db, 3);
+
+        assert_eq!(driver.read_history().unwrap().unwrap().len(), 3);
+        let parsed = memory_used(driver.conn().unwrap(), SCHEMA);
+        assert!(parsed > 200_000, "1,000 tables parsed in {parsed} bytes");
+        driver.rest();
+        let resting = memory_used(driver.conn().unwrap(), SCHEMA);
+        assert!(resting < parsed / 20, "{resting} bytes of schema kept");
+        // The next statements read the schema again, and work.
+        assert!(driver.read_lock("scope").unwrap().is_none());
+        assert_eq!(driver.read_history().unwrap().unwrap().len(), 3);
+        assert!(memory_used(driver.conn().unwrap(), SCHEMA) > parsed / 2);
+        // A read-only connection rests too.
+        let mut reader = SqliteDriver::open(&db, &table, false).unwrap();
+        assert_eq!(reader.read_history().unwrap().unwrap().len(), 3);
+        reader.rest();
+        assert!(memory_used(reader.conn().unwrap(), SCHEMA) < parsed / 20);
+        assert_eq!(reader.read_history().unwrap().unwrap().len(), 3);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
@@ -1402,7 +1443,7 @@ mod tests {
         assert_eq!(rows.len(), 6000);
         let conn = driver.conn().unwrap();
         // The default cache would still hold over a megabyte of the pages.
-        let used = cache_used(conn);
+        let used = memory_used(conn, rusqlite::ffi::SQLITE_DBSTATUS_CACHE_USED);
         assert!(
             used < 200 * 1024,
             "the cache holds {used} bytes after the read"
