@@ -260,12 +260,14 @@ fn reset_during_a_migration() {
 #[test]
 fn blackhole_during_a_migration() {
     let Some((p, db)) = pg_project() else { return };
-    side_migrations(&p, "SELECT pg_sleep(1);");
+    side_migrations(&p, "SELECT pg_sleep(2);");
     let proxy = Proxy::start(pg_port());
     let holder = spawn_via(&p, &proxy.url(&db), "holder");
-    wait_until("the holder holds the lock", LONG, || {
-        holder_of(&p).as_deref() == Some("holder")
-    });
+    // Cut while migration 1 runs, not merely while the lock is held: a
+    // test thread starved for the length of the sleep (a full suite on two
+    // cores) saw the lock held only as the holder was releasing it, and
+    // the cut then fell after all its work.
+    wait_until("the holder runs migration 1", LONG, || running_sleep(&p));
     proxy.blackhole(true);
     let cut = Instant::now();
     // The holder looks alive to the server (the proxy's kernel answers its
@@ -340,7 +342,7 @@ fn cut_link_between_network_namespaces() {
     let Some(net) = Netns::create() else {
         return;
     };
-    side_migrations(&p, "SELECT pg_sleep(1);");
+    side_migrations(&p, "SELECT pg_sleep(2);");
     let socket = format!(
         "{}/.s.PGSQL.{}",
         std::env::var("LOCKSTEP_TEST_PG_SOCKET").unwrap(),
@@ -356,9 +358,8 @@ fn cut_link_between_network_namespaces() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let holder = Child::from(cmd.spawn().unwrap());
-    wait_until("the holder holds the lock", LONG, || {
-        holder_of(&p).as_deref() == Some("holder")
-    });
+    // While migration 1 runs (see blackhole_during_a_migration).
+    wait_until("the holder runs migration 1", LONG, || running_sleep(&p));
     net.link(false);
     let cut = Instant::now();
     let next = p.run(&["upgrade", "--owner", "next"]);
