@@ -7,6 +7,7 @@ pub mod cli;
 mod commands;
 pub mod error;
 mod json;
+mod memory;
 mod printer;
 pub mod settings;
 mod signals;
