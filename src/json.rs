@@ -119,7 +119,7 @@ pub struct Status {
     pub counts: Counts,
 }
 
-#[derive(Serialize, Default)]
+#[derive(Serialize, Default, Clone, Copy)]
 pub struct Counts {
     pub applied: usize,
     pub pending: usize,

@@ -40,59 +40,6 @@ pub fn status(
         Exit::Success
     };
 
-    if entries.is_empty() {
-        printer.line(&format!(
-            "no migrations in {}",
-            settings.migrations.display()
-        ));
-    } else {
-        if printer.shows_lines() {
-            let mut table = Table::new(&["VERSION", "NAME", "STATE", "APPLIED AT"]);
-            for e in &entries {
-                let mut state = e.state.as_str().to_string();
-                if e.out_of_order {
-                    state.push_str(" (out of order)");
-                }
-                let style = match e.state {
-                    State::Applied => Style::Good,
-                    State::Pending => Style::Warn,
-                    _ => Style::Bad,
-                };
-                let painted = printer.paint(&state, style, false);
-                let applied_at = e
-                    .row
-                    .map(|r| printer.timestamp(r.applied_at.as_str()))
-                    .unwrap_or_default();
-                table
-                    .cell(e.version)
-                    .cell(e.name)
-                    .painted(&state, &painted)
-                    .cell(applied_at);
-            }
-            printer.block(&table.render());
-        }
-        let mut parts = vec![
-            format!("{} applied", counts.applied),
-            format!("{} pending", counts.pending),
-        ];
-        for (n, what) in [
-            (counts.modified, "modified"),
-            (counts.missing, "missing"),
-            (counts.dirty, "dirty"),
-        ] {
-            if n > 0 {
-                parts.push(format!("{n} {what}"));
-            }
-        }
-        printer.line(&parts.join(", "));
-        if counts.modified + counts.missing + counts.dirty > 0 {
-            printer.note(&format!(
-                "{} run `lockstep validate` for what to do",
-                printer.paint("hint:", Style::Hint, true)
-            ));
-        }
-    }
-
     printer.document("status", exit, || json::Status {
         history_table: settings.history_table.to_string(),
         migrations: entries
@@ -116,6 +63,67 @@ pub fn status(
             .collect(),
         counts,
     });
+    // The files and the rows are done with once the table has what it
+    // shows: let go of before it is laid out, which takes as much again.
+    let table = (!entries.is_empty() && printer.shows_lines()).then(|| {
+        let mut table = Table::new(&["VERSION", "NAME", "STATE", "APPLIED AT"]);
+        for e in &entries {
+            let mut state = e.state.as_str().to_string();
+            if e.out_of_order {
+                state.push_str(" (out of order)");
+            }
+            let style = match e.state {
+                State::Applied => Style::Good,
+                State::Pending => Style::Warn,
+                _ => Style::Bad,
+            };
+            let painted = printer.paint(&state, style, false);
+            let applied_at = e
+                .row
+                .map(|r| printer.timestamp(r.applied_at.as_str()))
+                .unwrap_or_default();
+            table
+                .cell(e.version)
+                .cell(e.name)
+                .painted(&state, &painted)
+                .cell(applied_at);
+        }
+        table
+    });
+    let none = entries.is_empty();
+    drop(entries);
+    drop(history);
+    drop(set);
+    if none {
+        printer.line(&format!(
+            "no migrations in {}",
+            settings.migrations.display()
+        ));
+    } else {
+        if let Some(table) = table {
+            printer.block(&table.render());
+        }
+        let mut parts = vec![
+            format!("{} applied", counts.applied),
+            format!("{} pending", counts.pending),
+        ];
+        for (n, what) in [
+            (counts.modified, "modified"),
+            (counts.missing, "missing"),
+            (counts.dirty, "dirty"),
+        ] {
+            if n > 0 {
+                parts.push(format!("{n} {what}"));
+            }
+        }
+        printer.line(&parts.join(", "));
+        if counts.modified + counts.missing + counts.dirty > 0 {
+            printer.note(&format!(
+                "{} run `lockstep validate` for what to do",
+                printer.paint("hint:", Style::Hint, true)
+            ));
+        }
+    }
     Ok(exit)
 }
 
