@@ -1346,6 +1346,17 @@ mod tests {
         dir
     }
 
+    /// A driver on a new database with lockstep's tables, in a directory
+    /// of its own: the directory, the file, the table and the driver.
+    fn with_tables() -> (PathBuf, PathBuf, TableName, SqliteDriver) {
+        let dir = temp_dir();
+        let db = dir.join("app.db");
+        let table = TableName::parse(crate::history::DEFAULT_HISTORY_TABLE).unwrap();
+        let mut driver = SqliteDriver::open(&db, &table, true).unwrap();
+        driver.create_tables().unwrap();
+        (dir, db, table, driver)
+    }
+
     /// Plain SQL: a history of `rows` rows, each some 250 bytes.
     fn fill_history(db: &Path, rows: u32) {
         let conn = Connection::open(db).unwrap();
@@ -1377,11 +1388,7 @@ mod tests {
     #[test]
     fn a_resting_connection_lets_go_of_the_schema_and_reads_it_again_when_used() {
         use rusqlite::ffi::SQLITE_DBSTATUS_SCHEMA_USED as SCHEMA;
-        let dir = temp_dir();
-        let db = dir.join("app.db");
-        let table = TableName::parse(crate::history::DEFAULT_HISTORY_TABLE).unwrap();
-        let mut driver = SqliteDriver::open(&db, &table, true).unwrap();
-        driver.create_tables().unwrap();
+        let (dir, db, table, mut driver) = with_tables();
         let tables: String = (0..1000)
             .map(|i| format!("CREATE TABLE t{i} (id integer PRIMARY KEY, v text);"))
             .collect();
@@ -1413,11 +1420,7 @@ mod tests {
 
     #[test]
     fn a_history_read_keeps_few_pages_and_gives_the_connection_its_cache_back() {
-        let dir = temp_dir();
-        let db = dir.join("app.db");
-        let table = TableName::parse(crate::history::DEFAULT_HISTORY_TABLE).unwrap();
-        let mut driver = SqliteDriver::open(&db, &table, true).unwrap();
-        driver.create_tables().unwrap();
+        let (dir, db, _, mut driver) = with_tables();
         fill_history(&db, 6000);
         let pages: i64 = driver
             .conn()
