@@ -35,7 +35,8 @@ impl Drop for SqliteHeapLimit {
 /// page cache (`Migrator::prefetch_history`), megabytes over a large
 /// database, in the middle of the heap where the allocator keeps them.
 /// The files' records then reuse only part of them. At 10,000 tables
-/// this takes 0.6 MiB off the run's peak and no measurable time.
+/// this took 0.9 MiB off the run's peak (12.68 -> 11.81 MiB, GNU time,
+/// medians of 15) and no measurable time.
 pub fn give_back_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: glibc's malloc_trim only returns free pages to the kernel.
