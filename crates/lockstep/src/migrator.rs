@@ -653,7 +653,7 @@ impl Migrator {
     ) -> Result<Vec<Fixed>, Error> {
         self.fix(dry_run, observer, |history| {
             let mut fixes = Vec::new();
-            for e in plan::status(set.migrations(), history) {
+            for e in plan::statuses(set.migrations(), history) {
                 let (Some(m), Some(row)) = (e.migration, e.row) else {
                     continue;
                 };
@@ -692,8 +692,7 @@ impl Migrator {
         observer: &mut dyn Observer,
     ) -> Result<Vec<Fixed>, Error> {
         self.fix(dry_run, observer, |history| {
-            Ok(plan::status(set.migrations(), history)
-                .into_iter()
+            Ok(plan::statuses(set.migrations(), history)
                 .filter(|e| e.state == State::Missing)
                 .map(|e| {
                     let fixed = Fixed {

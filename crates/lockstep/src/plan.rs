@@ -54,10 +54,20 @@ pub struct StatusEntry<'a> {
 
 /// Compares every migration with its history row.
 pub fn status<'a>(migrations: &'a [Migration], history: &'a [HistoryRow]) -> Vec<StatusEntry<'a>> {
-    let newest_applied = history.iter().map(|r| r.version).max();
     let mut entries = Vec::with_capacity(migrations.len().max(history.len()));
-    entries.extend(pairs(migrations, history).map(|(m, r)| entry(m, r, newest_applied)));
+    entries.extend(statuses(migrations, history));
     entries
+}
+
+/// What [`status`] returns, one entry at a time in version order, for a
+/// caller that has no need to hold them all (at 10,000 migrations they
+/// are half a megabyte).
+pub fn statuses<'a>(
+    migrations: &'a [Migration],
+    history: &'a [HistoryRow],
+) -> impl Iterator<Item = StatusEntry<'a>> {
+    let newest_applied = history.iter().map(|r| r.version).max();
+    pairs(migrations, history).map(move |(m, r)| entry(m, r, newest_applied))
 }
 
 /// Each file with its history row, by version: both come in version order
