@@ -1,9 +1,9 @@
 //! Read-only commands: `status`, `history`, `validate`. They create no
 //! table and, on SQLite, no database file.
 
-use lockstep::{plan, State};
+use lockstep::{plan, State, StatusEntry};
 
-use super::table::Table;
+use super::table::{Cell, Streamed, Table};
 use super::{connect_read_only, load_and_connect, plural};
 use crate::cli::StatusArgs;
 use crate::error::{CliError, Exit};
@@ -18,13 +18,18 @@ pub fn status(
 ) -> Result<Exit, CliError> {
     let (set, mut migrator) = load_and_connect(settings, || connect_read_only(settings))?;
     let history = migrator.history()?;
-    // Done with the database: closed before the table is built, so that
+    // Done with the database: closed before the table is made, so that
     // SQLite's schema and page cache are not held beside it.
     drop(migrator);
-    let entries = plan::status(set.migrations(), &history);
+    let entries = || plan::statuses(set.migrations(), &history);
 
+    // One pass counts and measures the table's columns; the table is
+    // written in a second, so that no entry, cell or line is held.
     let mut counts = json::Counts::default();
-    for e in &entries {
+    let mut table = printer
+        .shows_lines()
+        .then(|| Streamed::new(["VERSION", "NAME", "STATE", "APPLIED AT"]));
+    for e in entries() {
         match e.state {
             State::Applied => counts.applied += 1,
             State::Pending => counts.pending += 1,
@@ -32,9 +37,12 @@ pub fn status(
             State::Missing => counts.missing += 1,
             State::Dirty => counts.dirty += 1,
         }
+        if let Some(table) = &mut table {
+            table.measure(&status_row(printer, &e));
+        }
     }
-    let all_applied = entries.iter().all(|e| e.state == State::Applied);
-    let exit = if args.check && !all_applied {
+    let total = counts.applied + counts.pending + counts.modified + counts.missing + counts.dirty;
+    let exit = if args.check && counts.applied < total {
         Exit::Refused
     } else {
         Exit::Success
@@ -42,8 +50,7 @@ pub fn status(
 
     printer.document("status", exit, || json::Status {
         history_table: settings.history_table.to_string(),
-        migrations: entries
-            .iter()
+        migrations: entries()
             .map(|e| json::StatusJson {
                 version: e.version,
                 name: e.name.to_string(),
@@ -63,45 +70,14 @@ pub fn status(
             .collect(),
         counts,
     });
-    // The files and the rows are done with once the table has what it
-    // shows: let go of before it is laid out, which takes as much again.
-    let table = (!entries.is_empty() && printer.shows_lines()).then(|| {
-        let mut table = Table::new(&["VERSION", "NAME", "STATE", "APPLIED AT"]);
-        for e in &entries {
-            let mut state = e.state.as_str().to_string();
-            if e.out_of_order {
-                state.push_str(" (out of order)");
-            }
-            let style = match e.state {
-                State::Applied => Style::Good,
-                State::Pending => Style::Warn,
-                _ => Style::Bad,
-            };
-            let painted = printer.paint(&state, style, false);
-            let applied_at = e
-                .row
-                .map(|r| printer.timestamp(r.applied_at.as_str()))
-                .unwrap_or_default();
-            table
-                .cell(e.version)
-                .cell(e.name)
-                .painted(&state, &painted)
-                .cell(applied_at);
-        }
-        table
-    });
-    let none = entries.is_empty();
-    drop(entries);
-    drop(history);
-    drop(set);
-    if none {
+    if total == 0 {
         printer.line(&format!(
             "no migrations in {}",
             settings.migrations.display()
         ));
     } else {
         if let Some(table) = table {
-            printer.block(&table.render());
+            table.write(printer, entries(), status_row, |p, lines| p.block(lines));
         }
         let mut parts = vec![
             format!("{} applied", counts.applied),
@@ -125,6 +101,30 @@ pub fn status(
         }
     }
     Ok(exit)
+}
+
+/// A line of `status`'s table.
+fn status_row<'a>(printer: &Printer, e: &StatusEntry<'a>) -> [Cell<'a>; 4] {
+    let mut state = e.state.as_str().to_string();
+    if e.out_of_order {
+        state.push_str(" (out of order)");
+    }
+    let style = match e.state {
+        State::Applied => Style::Good,
+        State::Pending => Style::Warn,
+        _ => Style::Bad,
+    };
+    let painted = printer.paint(&state, style, false);
+    let applied_at = e
+        .row
+        .map(|r| printer.timestamp(r.applied_at.as_str()))
+        .unwrap_or_default();
+    [
+        Cell::new(e.version.to_string()),
+        Cell::new(e.name),
+        Cell::painted(&state, painted),
+        Cell::new(applied_at),
+    ]
 }
 
 pub fn history(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError> {
