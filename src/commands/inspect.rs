@@ -171,8 +171,7 @@ pub fn validate(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliE
     let history = migrator.validate(&set)?;
     let files = set.migrations().len();
     let applied = history.len();
-    let pending = plan::status(set.migrations(), &history)
-        .iter()
+    let pending = plan::statuses(set.migrations(), &history)
         .filter(|e| e.state == State::Pending)
         .count();
     printer.line(&format!(
