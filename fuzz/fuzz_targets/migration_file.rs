@@ -13,6 +13,9 @@ fuzz_target!(|data: &[u8]| {
     };
     match lockstep::source::parse_migration(&name, content) {
         Ok(m) => {
+            // A NUL would end the SQL early on SQLite: never accepted.
+            assert!(!m.up.sql.contains('\0'));
+            assert!(m.down.as_ref().is_none_or(|d| !d.sql.contains('\0')));
             let text = m.checksum.to_string();
             assert!(text.starts_with("sha256:"));
             assert_eq!(lockstep::Checksum::parse(&text), m.checksum);

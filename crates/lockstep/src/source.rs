@@ -302,6 +302,10 @@ pub fn parse_file_name(file_name: &str) -> Result<Option<FileName>, String> {
     }))
 }
 
+/// The largest version: 18 digits, so that every version fits a signed
+/// 64-bit column on every engine.
+pub const MAX_VERSION: u64 = 999_999_999_999_999_999;
+
 /// Parses a version: digits, at most 18 of them so that it fits a signed
 /// 64-bit column on every engine.
 pub fn parse_version(digits: &str) -> Result<u64, String> {
@@ -427,10 +431,17 @@ impl MigrationSet {
             if later.version() != earlier.version() || duplicated.is_some() {
                 return false;
             }
+            let version = earlier.version();
             match (later, earlier) {
                 (Slot::Job(Job::Pair(_, l)), Slot::Job(Job::Pair(_, e)))
-                    if l.name == e.name && e.up.is_none() != l.up.is_none() =>
+                    if e.up.is_none() != l.up.is_none() && e.down.is_none() != l.down.is_none() =>
                 {
+                    if l.name != e.name {
+                        // The two halves of one pair, misnamed: not two
+                        // migrations of one version.
+                        duplicated = Some(halves_disagree(e, l, version));
+                        return false;
+                    }
                     e.up = e.up.take().or(l.up.take());
                     e.down = e.down.take().or(l.down.take());
                     true
@@ -629,6 +640,27 @@ fn duplicate(path: &Path, other: &Path, version: u64) -> SourceError {
     .hint("give one of them a new version: each version must be unique")
 }
 
+/// The `.up.sql` and `.down.sql` of one version under two names.
+fn halves_disagree(a: &Halves, b: &Halves, version: u64) -> SourceError {
+    let (up, down) = if a.up.is_some() { (a, b) } else { (b, a) };
+    let path = |h: &Halves| {
+        h.up.as_deref()
+            .or(h.down.as_deref())
+            .map(|p| p.display().to_string())
+            .unwrap_or_default()
+    };
+    SourceError::new(
+        Path::new(&path(down)),
+        format!(
+            "this `.down.sql` file and `{}` have version {version} but different names (`{}` and `{}`)",
+            path(up),
+            down.name,
+            up.name
+        ),
+    )
+    .hint("name both files of a pair alike, or give one of them a new version")
+}
+
 /// Refuses a symlink that leads out of the migrations directory: the
 /// directory is what gets reviewed, so it must be what runs.
 fn check_inside(path: &Path, canonical_dir: &Path) -> Result<(), SourceError> {
@@ -723,6 +755,15 @@ fn read_text(path: &Path) -> Result<String, SourceError> {
 /// they were read into.
 fn decode(path: &Path, mut bytes: Vec<u8>) -> Result<String, SourceError> {
     normalize_in_place(&mut bytes);
+    // SQLite reads a statement's text only up to a NUL and silently drops
+    // the rest; PostgreSQL refuses it only when the migration runs, after
+    // the ones before it committed. No SQL holds one: refuse it here.
+    if let Some(at) = bytes.iter().position(|&b| b == 0) {
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        return Err(SourceError::new(path, "file holds a NUL byte")
+            .at(line)
+            .hint("remove it: SQL text cannot hold a NUL byte (SQLite would silently ignore everything after it)"));
+    }
     String::from_utf8(bytes).map_err(|e| {
         let valid = e.utf8_error().valid_up_to();
         let line = e.as_bytes()[..valid]
@@ -1379,7 +1420,7 @@ mod tests {
                 (
                     "2_b.down.sql",
                     None,
-                    "duplicate version 2: `2_a.up.sql` has it too",
+                    "this `.down.sql` file and `2_a.up.sql` have version 2 but different names (`b` and `a`)",
                 ),
             ),
             (
