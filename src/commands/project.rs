@@ -4,7 +4,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use lockstep::source::{check_name, parse_file_name, FileName};
+use lockstep::source::{check_name, parse_file_name, FileName, MAX_VERSION};
 
 use crate::cli::NewArgs;
 use crate::error::{CliError, Exit};
@@ -92,7 +92,14 @@ pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result
     // the file exclusively, then make sure no other file took the version.
     for _ in 0..100 {
         let existing = versions(dir)?;
-        let version = next_version(&existing, now_utc());
+        let Some(version) = next_version(&existing, now_utc()) else {
+            return Err(CliError::usage(format!(
+                "no version is left after {MAX_VERSION}: versions have at most 18 digits"
+            ))
+            .with_hint(
+                "renumber the migrations that are not applied yet, or start a new directory",
+            ));
+        };
         let width = existing
             .iter()
             .max_by_key(|(v, _)| *v)
@@ -162,12 +169,14 @@ fn versions(dir: &Path) -> Result<Vec<(u64, usize)>, CliError> {
 /// The next version: one past the newest in a sequence-numbered directory,
 /// otherwise the current UTC time as `YYYYMMDDHHMMSS`, or one past the
 /// newest when that is later (two calls in one second).
-fn next_version(existing: &[(u64, usize)], now: u64) -> u64 {
-    match existing.iter().max_by_key(|(v, _)| *v) {
+/// `None` when the newest is the largest version there is.
+fn next_version(existing: &[(u64, usize)], now: u64) -> Option<u64> {
+    let next = match existing.iter().max_by_key(|(v, _)| *v) {
         Some(&(newest, digits)) if digits < TIMESTAMP_DIGITS => newest + 1,
         Some(&(newest, _)) => now.max(newest + 1),
         None => now,
-    }
+    };
+    (next <= MAX_VERSION).then_some(next)
 }
 
 /// The current UTC time as the number `YYYYMMDDHHMMSS`.
@@ -198,9 +207,14 @@ mod tests {
     #[test]
     fn next_versions() {
         let now = 20261124111045;
-        assert_eq!(next_version(&[], now), now);
-        assert_eq!(next_version(&[(1, 4), (2, 4)], now), 3);
-        assert_eq!(next_version(&[(20261124111045, 14)], now), now + 1);
-        assert_eq!(next_version(&[(20200101000000, 14)], now), now);
+        assert_eq!(next_version(&[], now), Some(now));
+        assert_eq!(next_version(&[(1, 4), (2, 4)], now), Some(3));
+        assert_eq!(next_version(&[(20261124111045, 14)], now), Some(now + 1));
+        assert_eq!(next_version(&[(20200101000000, 14)], now), Some(now));
+        assert_eq!(
+            next_version(&[(MAX_VERSION - 1, 18)], now),
+            Some(MAX_VERSION)
+        );
+        assert_eq!(next_version(&[(MAX_VERSION, 18)], now), None);
     }
 }
