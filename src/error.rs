@@ -85,14 +85,21 @@ impl CliError {
         self
     }
 
-    /// Replaces every occurrence of `secret` in the text. Messages that
-    /// quote a server can in principle echo anything; this is the last line
-    /// of defence for the one secret lockstep holds.
+    /// Hides passwords: every occurrence of `secret` (messages that quote a
+    /// server can in principle echo anything; this is the last line of
+    /// defence for the one secret lockstep holds), and the password of
+    /// anything URL-shaped (a URL given where a path or another value was
+    /// expected is echoed by the error that names it).
     pub fn scrub(mut self, secret: Option<&str>) -> Self {
-        if let Some(secret) = secret.filter(|s| !s.is_empty()) {
-            self.message = self.message.replace(secret, "***");
-            self.hint = self.hint.map(|h| h.replace(secret, "***"));
-        }
+        let hide = |text: &str| {
+            let text = crate::redact::urls(text);
+            match secret.filter(|s| !s.is_empty()) {
+                Some(secret) => text.replace(secret, "***"),
+                None => text,
+            }
+        };
+        self.message = hide(&self.message);
+        self.hint = self.hint.as_deref().map(hide);
         self
     }
 }

@@ -9,6 +9,7 @@ pub mod error;
 mod json;
 mod memory;
 mod printer;
+mod redact;
 pub mod settings;
 mod signals;
 

@@ -199,12 +199,21 @@ fn usage_error(e: clap::Error, args: &[OsString]) -> i32 {
         let _ = e.print();
         return 0;
     }
+    // The error may quote an argument, which may be a database URL typed
+    // in the wrong place: its password is hidden.
     let json = args.iter().any(|a| a == "--json");
     if !json {
-        let _ = e.print();
+        use std::io::{IsTerminal, Write};
+        let rendered = e.render();
+        let text = if std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none() {
+            rendered.ansi().to_string()
+        } else {
+            rendered.to_string()
+        };
+        let _ = std::io::stderr().write_all(crate::redact::urls(&text).as_bytes());
         return Exit::Usage.code();
     }
-    let message = e.render().to_string();
+    let message = crate::redact::urls(&e.render().to_string());
     let message = message
         .lines()
         .next()
