@@ -65,7 +65,7 @@ pub struct GlobalArgs {
 #[derive(Debug, Args, Default)]
 pub struct LockArgs {
     /// Wait at most this long for the lock, e.g. 30s, 5m [config: [lock] timeout] [default: 5m]
-    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, global = true, value_name = "DURATION", value_parser = parse_wait)]
     pub lock_timeout: Option<std::time::Duration>,
 
     /// Fail at once (exit 3) when another run holds the lock
@@ -168,7 +168,7 @@ pub struct LockReleaseArgs {
     pub yes: bool,
 
     /// Wait at most this long for a running migration of the holder to commit [default: the lock timeout]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_wait)]
     pub lock_timeout: Option<std::time::Duration>,
 }
 
@@ -290,37 +290,48 @@ fn parse_version(s: &str) -> Result<u64, String> {
 
 /// `500ms`, `30s`, `5m`, `1h`, `1m30s`; a bare number is seconds.
 pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    use std::time::Duration;
     let bad = || format!("`{s}` is not a duration; write e.g. 30s, 5m, 1h or 500ms");
+    let too_long = || format!("`{s}` is too long a duration");
     let s = s.trim();
     if s.is_empty() {
         return Err(bad());
     }
     if let Ok(secs) = s.parse::<u64>() {
-        return Ok(std::time::Duration::from_secs(secs));
+        return Ok(Duration::from_secs(secs));
     }
-    let mut total = std::time::Duration::ZERO;
+    let mut total = Duration::ZERO;
     let mut rest = s;
     while !rest.is_empty() {
         let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
         if digits == 0 {
             return Err(bad());
         }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        let n: u64 = rest[..digits].parse().map_err(|_| too_long())?;
         rest = &rest[digits..];
         let unit_len = rest
             .find(|c: char| c.is_ascii_digit())
             .unwrap_or(rest.len());
+        let seconds = |per: u64| n.checked_mul(per).map(Duration::from_secs);
         let unit = match &rest[..unit_len] {
-            "ms" => std::time::Duration::from_millis(n),
-            "s" => std::time::Duration::from_secs(n),
-            "m" => std::time::Duration::from_secs(n * 60),
-            "h" => std::time::Duration::from_secs(n * 3600),
+            "ms" => Some(Duration::from_millis(n)),
+            "s" => seconds(1),
+            "m" => seconds(60),
+            "h" => seconds(3600),
             _ => return Err(bad()),
         };
-        total += unit;
+        total = unit
+            .and_then(|unit| total.checked_add(unit))
+            .ok_or_else(too_long)?;
         rest = &rest[unit_len..];
     }
     Ok(total)
+}
+
+/// A wait for the lock: a duration of at most 24h.
+fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
+    let wait = parse_duration(s)?;
+    lockstep::lock::check_wait(wait).map(|()| wait)
 }
 
 impl Command {
@@ -367,5 +378,19 @@ mod tests {
         for bad in ["", "s", "5 m", "5x", "m5", "-1s", "1.5s"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+        // Overflow is an error, never a wrap-around.
+        for huge in [
+            "5124095576030432h",
+            "18446744073709551615s1s",
+            "99999999999999999999m",
+        ] {
+            assert_eq!(
+                parse_duration(huge),
+                Err(format!("`{huge}` is too long a duration")),
+                "{huge}"
+            );
+        }
+        assert!(parse_wait("24h").is_ok());
+        assert!(parse_wait("24h1s").is_err());
     }
 }

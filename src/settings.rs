@@ -36,10 +36,6 @@ struct FileLock {
     ttl: Option<String>,
 }
 
-/// The shortest lease: renewals every third of it must fit comfortably
-/// between a database's round trips.
-const MIN_TTL: Duration = Duration::from_secs(1);
-
 #[derive(Debug)]
 pub struct Settings {
     /// The database, when one is configured anywhere.
@@ -231,12 +227,19 @@ pub fn parse_config(text: &str, path: &Path) -> Result<FileSettings, CliError> {
             .transpose()
     };
     let lock_ttl = duration(&lock.ttl, "ttl")?;
-    if lock_ttl.is_some_and(|ttl| ttl < MIN_TTL) {
-        return Err(CliError::config(format!(
-            "[lock] ttl in {}: the lease must be at least 1s",
-            path.display()
-        )));
-    }
+    let lock_timeout = duration(&lock.timeout, "timeout")?;
+    let in_range =
+        |value: Option<Duration>, key: &str, check: fn(Duration) -> Result<(), String>| match value
+            .map(check)
+        {
+            Some(Err(m)) => Err(CliError::config(format!(
+                "[lock] {key} in {}: {m}",
+                path.display()
+            ))),
+            _ => Ok(()),
+        };
+    in_range(lock_ttl, "ttl", lockstep::lock::check_ttl)?;
+    in_range(lock_timeout, "timeout", lockstep::lock::check_wait)?;
     if let Some(url) = &config.database_url {
         parse_url(url, format!("database_url in {}", path.display()), None)?;
     }
@@ -245,7 +248,7 @@ pub fn parse_config(text: &str, path: &Path) -> Result<FileSettings, CliError> {
         migrations: config.migrations,
         history_table,
         lock_ttl,
-        lock_timeout: duration(&lock.timeout, "timeout")?,
+        lock_timeout,
     })
 }
 
@@ -352,6 +355,35 @@ mod tests {
             .hint
             .unwrap()
             .contains("lockstep init"));
+    }
+
+    #[test]
+    fn out_of_range_lock_durations_are_refused_at_config_time() {
+        let table = [
+            (
+                "[lock]\nttl = \"597h\"\n",
+                "[lock] ttl in {}: the lease must be at most 24h",
+            ),
+            (
+                "[lock]\nttl = \"500ms\"\n",
+                "[lock] ttl in {}: the lease must be at least 1s",
+            ),
+            (
+                "[lock]\ntimeout = \"25h\"\n",
+                "[lock] timeout in {}: the wait for the lock must be at most 24h",
+            ),
+            (
+                "[lock]\ntimeout = \"5124095576030432h\"\n",
+                "[lock] timeout in {}: `5124095576030432h` is too long a duration",
+            ),
+        ];
+        for (text, want) in table {
+            let cfg = TempConfig::new(text);
+            let err = settings(&["-c", cfg.arg()], &[]).unwrap_err();
+            assert_eq!(err.message, want.replace("{}", cfg.arg()), "{text}");
+        }
+        let cfg = TempConfig::new("[lock]\nttl = \"24h\"\ntimeout = \"24h\"\n");
+        assert!(settings(&["-c", cfg.arg()], &[]).is_ok());
     }
 
     #[test]

@@ -19,6 +19,16 @@ pub const DEFAULT_TTL: Duration = Duration::from_secs(30);
 /// The default bound on waiting for the lock.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 
+/// The shortest lease: renewals every third of it must fit comfortably
+/// between a database's round trips.
+pub const MIN_TTL: Duration = Duration::from_secs(1);
+
+/// The longest lease, and the longest wait for the lock. Past it the
+/// engines' own limits come into sight (PostgreSQL's timeouts are 32-bit
+/// milliseconds, under 25 days), and a day is already longer than any
+/// deploy waits for a crashed holder's lease to run out.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 /// The table holding one lock row per scope.
 pub const LOCK_TABLE: &str = "lockstep_lock";
 
@@ -41,6 +51,35 @@ pub struct LockOptions {
     pub timeout: Duration,
     /// Fail at once when the lock is held.
     pub no_wait: bool,
+}
+
+impl LockOptions {
+    /// Refuses a lease or a wait the lock cannot honour: a lease shorter
+    /// than [`MIN_TTL`], either longer than [`MAX_DURATION`].
+    pub fn check(&self) -> Result<(), String> {
+        check_ttl(self.ttl)?;
+        check_wait(self.timeout)
+    }
+}
+
+/// Checks a lease: from [`MIN_TTL`] to [`MAX_DURATION`].
+pub fn check_ttl(ttl: Duration) -> Result<(), String> {
+    if ttl < MIN_TTL {
+        Err("the lease must be at least 1s".into())
+    } else if ttl > MAX_DURATION {
+        Err("the lease must be at most 24h".into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Checks a wait for the lock: at most [`MAX_DURATION`].
+pub fn check_wait(wait: Duration) -> Result<(), String> {
+    if wait > MAX_DURATION {
+        Err("the wait for the lock must be at most 24h".into())
+    } else {
+        Ok(())
+    }
 }
 
 impl Default for LockOptions {

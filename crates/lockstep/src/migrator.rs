@@ -230,6 +230,12 @@ impl Migrator {
             message,
             hint: None,
         })?;
+        if let Some(lock) = &options.lock {
+            lock.check().map_err(|message| Error::Config {
+                message,
+                hint: None,
+            })?;
+        }
         // Shown in pg_stat_activity: who holds which session.
         let application_name = format!("lockstep {}", options.executor);
         let driver = driver::open(url, &options.history_table, &application_name, create)?;
@@ -393,6 +399,10 @@ impl Migrator {
     /// `wait` for a running migration to commit. `false` when the lock
     /// changed meanwhile.
     pub fn force_release(&mut self, seen: &LockInfo, wait: Duration) -> Result<bool, Error> {
+        lock::check_wait(wait).map_err(|message| Error::Config {
+            message,
+            hint: None,
+        })?;
         let scope = self.scope();
         let owner = self.options.executor.clone();
         let host = self.host.clone();

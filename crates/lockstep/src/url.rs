@@ -14,6 +14,9 @@ use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
+/// The longest `connect_timeout`, in seconds: a day.
+const MAX_CONNECT_TIMEOUT_SECS: u64 = 24 * 3600;
+
 /// A parsed database URL. Its `Display` and `Debug` hide the password.
 #[derive(Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
@@ -268,6 +271,11 @@ fn parse_postgres(rest: &str) -> Result<PgTarget, UrlError> {
                         "connect_timeout `{v}` is not a whole number of seconds"
                     ))
                 })?;
+                if secs > MAX_CONNECT_TIMEOUT_SECS {
+                    return err(format!(
+                        "connect_timeout `{v}` is more than a day ({MAX_CONNECT_TIMEOUT_SECS} seconds)"
+                    ));
+                }
                 connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
             }
             "application_name" => application_name = Some(decode(value, "application_name")?),
@@ -555,6 +563,10 @@ mod tests {
             (
                 "postgres://u:hunter2@h/d?connect_timeout=soon",
                 "connect_timeout `soon`",
+            ),
+            (
+                "postgres://u:hunter2@h/d?connect_timeout=86401",
+                "connect_timeout `86401` is more than a day",
             ),
             ("postgres://u:hunter2@h1,h2/d", "several hosts"),
             (
