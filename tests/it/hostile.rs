@@ -89,6 +89,27 @@ const CASES: &[Case] = &[
         stderr: "error: migrations/1_a.sql:3: second `-- upgrade` line (the first is on line 1)\n",
     },
     Case {
+        name: "NUL byte in a section",
+        files: &[("migrations/1_a.sql", b"-- upgrade\nCREATE TABLE n1 (id int);\n-- note \x00 here\nCREATE TABLE n2 (id int);\n")],
+        stderr: "error: migrations/1_a.sql:3: file holds a NUL byte\nhint: remove it: SQL text cannot hold a NUL byte (SQLite would silently ignore everything after it)\n",
+    },
+    Case {
+        name: "NUL byte in a down file",
+        files: &[
+            ("migrations/1_a.up.sql", b"CREATE TABLE a (id int);\n"),
+            ("migrations/1_a.down.sql", b"DROP TABLE a;\x00\n"),
+        ],
+        stderr: "error: migrations/1_a.down.sql:1: file holds a NUL byte\nhint: remove it: SQL text cannot hold a NUL byte (SQLite would silently ignore everything after it)\n",
+    },
+    Case {
+        name: "the halves of a pair named differently",
+        files: &[
+            ("migrations/2_add_users.up.sql", b"CREATE TABLE u (id int);\n"),
+            ("migrations/2_add_user.down.sql", b"DROP TABLE u;\n"),
+        ],
+        stderr: "error: migrations/2_add_user.down.sql: this `.down.sql` file and `migrations/2_add_users.up.sql` have version 2 but different names (`add_user` and `add_users`)\nhint: name both files of a pair alike, or give one of them a new version\n",
+    },
+    Case {
         name: "not UTF-8",
         files: &[("migrations/1_a.sql", b"-- upgrade\nINSERT INTO t VALUES ('caf\xe9');\n")],
         stderr: "error: migrations/1_a.sql:2: file is not valid UTF-8\nhint: save the file as UTF-8\n",
@@ -288,3 +309,92 @@ fn odd_urls() {
     run.ok();
     assert!(p.path("my db.sqlite").exists());
 }
+
+#[test]
+fn new_after_the_largest_version_is_refused_and_writes_nothing() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    p.migration("999999999999999999_last.sql", "-- upgrade\nSELECT 1;\n");
+    let run = p.run(&["new", "next"]);
+    run.code(2);
+    assert_eq!(
+        run.stderr,
+        "error: no version is left after 999999999999999999: versions have at most 18 digits\nhint: renumber the migrations that are not applied yet, or start a new directory\n"
+    );
+    assert_eq!(std::fs::read_dir(p.path("migrations")).unwrap().count(), 1);
+    p.run(&["status"]).ok();
+}
+
+/// A database URL typed where another argument belongs is echoed by the
+/// error that names it: never with its password, human or JSON.
+#[test]
+fn a_password_typed_in_the_wrong_place_is_never_echoed() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    let url = "postgres://u:Pw-9zQ-secret@db.example:5432/app";
+    let cases: [&[&str]; 4] = [
+        &["upgrade", url],
+        &["-c", url, "status"],
+        &["--color", url, "status"],
+        &[
+            "status",
+            "postgres://u@h/d?sslmode=disable&password=Pw-9zQ-secret",
+        ],
+    ];
+    for args in cases {
+        for json in [false, true] {
+            let mut args = args.to_vec();
+            if json {
+                args.push("--json");
+            }
+            let run = p.run(&args);
+            run.code(2);
+            let all = format!("{}{}", run.stdout, run.stderr);
+            assert!(!all.contains("Pw-9zQ-secret"), "{args:?}: {all}");
+            if json {
+                let doc = run.json();
+                assert_eq!(doc["exit_code"], 2, "{doc}");
+            }
+        }
+    }
+    // What is shown says which argument it was.
+    let run = p.run(&["upgrade", url]);
+    assert!(
+        run.stderr
+            .contains("'postgres://u:***@db.example:5432/app'"),
+        "{}",
+        run.stderr
+    );
+}
+
+both!(
+    lock_durations_out_of_range_are_refused_before_anything_runs,
+    |p| {
+        p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+        p.file("lockstep.toml", "[lock]\nttl = \"597h\"\n");
+        let run = p.run(&["upgrade"]);
+        run.code(2);
+        assert_eq!(
+            run.stderr,
+            "error: [lock] ttl in lockstep.toml: the lease must be at most 24h\n"
+        );
+        p.file("lockstep.toml", "");
+        let run = p.run(&["upgrade", "--lock-timeout", "25h"]);
+        run.code(2);
+        assert!(
+            run.stderr
+                .contains("the wait for the lock must be at most 24h"),
+            "{}",
+            run.stderr
+        );
+        assert!(!p.db.table_exists("lockstep_history"));
+        if let TestDb::Sqlite { path } = &p.db {
+            assert!(!path.exists());
+        }
+        // The longest there is works.
+        p.file(
+            "lockstep.toml",
+            "[lock]\nttl = \"24h\"\ntimeout = \"24h\"\n",
+        );
+        p.run(&["upgrade"]).ok();
+        assert_eq!(p.db.history(), ["1 a applied"]);
+    }
+);
