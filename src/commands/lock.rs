@@ -60,10 +60,11 @@ fn holder_rows(printer: &Printer, info: &LockInfo) -> Table {
             .map(|t| printer.timestamp(t))
             .unwrap_or_default()
     };
-    let age = |ms: Option<i64>| match ms {
-        Some(ms) if ms >= 0 => format!("{}s", ms / 1000),
-        Some(ms) => format!("in {}s", -ms / 1000),
-        None => String::new(),
+    // How long ago: a heartbeat stamped by the commit's clock can be a few
+    // milliseconds after the reading's `now()`, which is not the future.
+    let age = |ms: Option<i64>| {
+        ms.map(|ms| format!("{}s", ms.max(0) / 1000))
+            .unwrap_or_default()
     };
     let alive = if info.migrating {
         "yes (a migration of its is running)"
@@ -273,4 +274,26 @@ pub fn log(
         events: events.iter().map(json::LogJson::from).collect(),
     });
     Ok(Exit::Success)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_a_hair_in_the_future_read_as_now() {
+        let info = LockInfo {
+            scope: "s".into(),
+            token: 3,
+            owner: Some("o".into()),
+            held_ms: Some(-4),
+            heartbeat_age_ms: Some(-3),
+            expires_in_ms: Some(29_000),
+            ..LockInfo::default()
+        };
+        let text = holder_rows(&Printer::fallback(false), &info).render();
+        assert!(text.contains("(held 0s)"), "{text}");
+        assert!(text.contains("(0s ago)"), "{text}");
+        assert!(!text.contains("in 0s ago"), "{text}");
+    }
 }

@@ -317,6 +317,15 @@ fn parse_postgres(rest: &str) -> Result<PgTarget, UrlError> {
     })
 }
 
+/// `host:port`, with an IPv6 address in brackets: `[::1]:5432`.
+pub(crate) fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
 fn split_host_port(hostport: &str) -> Result<(Option<String>, Option<u16>), UrlError> {
     if hostport.is_empty() {
         return Ok((None, None));
@@ -336,6 +345,10 @@ fn split_host_port(hostport: &str) -> Result<(Option<String>, Option<u16>), UrlE
         return Ok((Some(addr.to_string()), port));
     }
     match hostport.rsplit_once(':') {
+        // `::1:5432` could be the address `::1:5432` or `::1` and a port.
+        Some((h, _)) if h.contains(':') => {
+            err("an IPv6 address must be in brackets, as in `[::1]:5432`")
+        }
         Some((h, p)) => Ok((Some(decode(h, "host")?), Some(parse_port(p)?))),
         None => Ok((Some(decode(hostport, "host")?), None)),
     }
@@ -448,8 +461,7 @@ impl fmt::Display for DatabaseUrl {
                 f.write_str("@")?;
                 let mut params = Vec::new();
                 match &t.host {
-                    PgHost::Tcp(h) if h.contains(':') => write!(f, "[{h}]:{}", t.port)?,
-                    PgHost::Tcp(h) => write!(f, "{h}:{}", t.port)?,
+                    PgHost::Tcp(h) => write!(f, "{}", host_port(h, t.port))?,
                     PgHost::Socket(dir) => {
                         params.push(format!("host={}", dir.display()));
                         if t.port != 5432 {
@@ -569,6 +581,8 @@ mod tests {
                 "connect_timeout `86401` is more than a day",
             ),
             ("postgres://u:hunter2@h1,h2/d", "several hosts"),
+            ("postgres://u:hunter2@::1:5432/d", "must be in brackets"),
+            ("postgres://u:hunter2@fe80::1/d", "must be in brackets"),
             (
                 "postgres://u:hunter2%zz@h/d",
                 "bad percent-encoding in the password",
@@ -605,5 +619,14 @@ mod tests {
             url.to_string(),
             "postgres://alice@/app?host=/run/pg&port=6000"
         );
+        // An IPv6 host, however it was given, is shown in brackets.
+        for given in [
+            "postgres://u@[::1]:6000/d",
+            "postgres://u@/d?host=::1&port=6000",
+        ] {
+            let url: DatabaseUrl = given.parse().unwrap();
+            assert_eq!(url.to_string(), "postgres://u@[::1]:6000/d", "{given}");
+        }
+        assert_eq!(host_port("db", 5432), "db:5432");
     }
 }

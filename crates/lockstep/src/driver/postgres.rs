@@ -219,7 +219,10 @@ impl PgDriver {
                 )),
                 Some(_) => None,
                 None if message.contains("refused") || message.contains("No such file") => Some(match &target.host {
-                    PgHost::Tcp(h) => format!("is PostgreSQL running and listening on {h}:{}?", target.port),
+                    PgHost::Tcp(h) => format!(
+                        "is PostgreSQL running and listening on {}?",
+                        crate::url::host_port(h, target.port)
+                    ),
                     PgHost::Socket(d) => format!("is PostgreSQL running with its socket in {}?", d.display()),
                 }),
                 None if message.contains("timed out") || message.contains("timeout") => Some(
