@@ -47,8 +47,9 @@ pub struct Printer {
     color_err: bool,
     stable: bool,
     progress: Option<Progress>,
-    /// Set once a JSON document was printed: there is only ever one.
-    document_printed: bool,
+    /// The exit code of the JSON document, once one was printed: there
+    /// is only ever one.
+    document_printed: Option<Exit>,
 }
 
 struct Progress {
@@ -74,7 +75,7 @@ impl Printer {
             color_err: color(std::io::stderr().is_terminal()),
             stable: env("LOCKSTEP_STABLE_OUTPUT").is_some_and(|v| v == "1"),
             progress: None,
-            document_printed: false,
+            document_printed: None,
         }
     }
 
@@ -88,7 +89,7 @@ impl Printer {
             color_err: false,
             stable: false,
             progress: None,
-            document_printed: false,
+            document_printed: None,
         }
     }
 
@@ -201,14 +202,19 @@ impl Printer {
 
     /// Prints the command's JSON document, which `body` builds only with
     /// `--json`.
+    /// The exit code the JSON document gave, once one is printed.
+    pub fn printed_exit(&self) -> Option<Exit> {
+        self.document_printed
+    }
+
     pub fn document<T: Serialize>(&mut self, command: &str, exit: Exit, body: impl FnOnce() -> T) {
-        if !self.json || self.document_printed {
+        if !self.json || self.document_printed.is_some() {
             return;
         }
         // Built only here: `status` over 10,000 migrations would otherwise
         // make a record and three strings per migration for nothing.
         let body = body();
-        self.document_printed = true;
+        self.document_printed = Some(exit);
         let doc = json::Document {
             schema: json::SCHEMA,
             command,

@@ -54,6 +54,23 @@ pub fn fix(
             (vec![fixed], dirty.dry_run, "")
         }
     };
+    if let Some(signal) = crate::signals::received() {
+        // Too late to stop the fix, which is written: the exit code is the
+        // signal's, and the output says what was done.
+        let done = if dry_run || fixed.is_empty() {
+            "nothing was changed".to_string()
+        } else {
+            format!(
+                "{} changed first",
+                plural(fixed.len(), "row was", "rows were")
+            )
+        };
+        return Err(CliError::new(
+            Exit::Signal(signal),
+            "cancelled",
+            format!("cancelled; {done}"),
+        ));
+    }
     for f in &fixed {
         let prefix = if dry_run { "would have " } else { "" };
         printer.line(&format!("{} {}: {prefix}{}", f.version, f.name, f.action));

@@ -47,11 +47,12 @@ pub fn main() -> i32 {
     });
     match result {
         // Interrupted, but nothing was left to stop: still the signal's
-        // code, as documented.
-        Ok(_) if crate::signals::received().is_some() => {
+        // code, as documented; unless a JSON document already gave the
+        // exit code, which it must agree with.
+        Ok(_) if crate::signals::received().is_some() && printer.printed_exit().is_none() => {
             Exit::Signal(crate::signals::received().unwrap_or(libc::SIGINT)).code()
         }
-        Ok(exit) => exit.code(),
+        Ok(exit) => printer.printed_exit().unwrap_or(exit).code(),
         Err(err) => {
             let err = err.scrub(secret.as_deref());
             printer.error(command, &err);

@@ -63,6 +63,17 @@ fn finish(
 ) -> Result<Exit, CliError> {
     printer.end_progress();
     let report = result?;
+    if crate::signals::received().is_some() {
+        // The signal came too late to stop anything (during the last
+        // migration, which completed): the run still exits with the
+        // signal's code, as documented, and its output says so.
+        let completed = if report.dry_run {
+            Vec::new()
+        } else {
+            report.steps
+        };
+        return Err(lockstep::Error::Cancelled { completed }.into());
+    }
     let (verb, done) = match report.direction {
         Direction::Up => ("apply", "applied"),
         Direction::Down => ("roll back", "rolled back"),

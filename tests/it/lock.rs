@@ -380,6 +380,41 @@ both!(sigterm_cancels_the_migration_releases_and_exits_143, |p| {
     }
 });
 
+/// A signal during the last migration, which runs outside a transaction
+/// and so is left to finish: everything is applied, the run exits 143, and
+/// its JSON document says the same.
+both!(
+    a_signal_too_late_to_stop_anything_still_agrees_with_the_exit_code,
+    |p| {
+        p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+        p.migration(
+            "2_long.sql",
+            &format!(
+                "-- upgrade\n-- lockstep:no-transaction\n{}\n",
+                p.busy_sql(1.5)
+            ),
+        );
+        let run = p.spawn(&["upgrade", "--json"]);
+        wait_until("the last migration started", LONG, || applied(&p) == 2);
+        run.signal(libc::SIGTERM);
+        let run = run.finish();
+        run.code(143);
+        let doc = run.json();
+        assert_eq!(doc["ok"], false, "{doc}");
+        assert_eq!(doc["exit_code"], 143, "{doc}");
+        assert_eq!(doc["error"]["code"], "cancelled", "{doc}");
+        let completed: Vec<u64> = doc["completed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["version"].as_u64().unwrap())
+            .collect();
+        assert_eq!(completed, [1, 2], "{doc}");
+        assert_eq!(p.db.history(), ["1 a applied", "2 long applied"]);
+        assert_eq!(holder_of(&p), None);
+    }
+);
+
 both!(
     a_second_signal_exits_at_once_and_the_lock_is_recovered,
     |p| {
