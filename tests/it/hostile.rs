@@ -398,3 +398,53 @@ both!(
         assert_eq!(p.db.history(), ["1 a applied"]);
     }
 );
+
+/// Runs the binary, failing (and killing it) if it takes longer than a
+/// minute: for inputs that used to hang.
+fn run_bounded(p: &Project, args: &[&str]) -> crate::util::Run {
+    let mut child = p.spawn(args);
+    let started = std::time::Instant::now();
+    while !child.exited() {
+        if started.elapsed() > std::time::Duration::from_secs(60) {
+            child.signal(libc::SIGKILL);
+            panic!("{args:?} still ran after a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.finish()
+}
+
+/// `sslrootcert` names a file lockstep reads whole: a device is not read
+/// without end, a FIFO is not waited on, a huge file is not loaded.
+#[test]
+fn sslrootcert_must_be_a_regular_file_of_bounded_size() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    let fifo = p.path("ca.fifo");
+    let c_path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0);
+    let huge = p.path("huge.pem");
+    std::fs::File::create(&huge)
+        .unwrap()
+        .set_len(64 * 1024 * 1024)
+        .unwrap();
+    let cases = [
+        ("/dev/zero".to_string(), "not a regular file"),
+        (fifo.display().to_string(), "not a regular file"),
+        (
+            huge.display().to_string(),
+            "file is too large (64 MiB; the limit is 16 MiB)",
+        ),
+    ];
+    for (file, why) in cases {
+        let url = format!("postgres://u@127.0.0.1:1/d?sslmode=verify-full&sslrootcert={file}");
+        let run = run_bounded(&p, &["status", "-d", &url]);
+        run.code(1);
+        assert!(
+            run.stderr
+                .contains(&format!("cannot read sslrootcert `{file}`: {why}")),
+            "{file}: {}",
+            run.stderr
+        );
+    }
+}

@@ -38,6 +38,7 @@
 pub mod clock;
 mod driver;
 mod error;
+mod fsread;
 mod history;
 pub mod identity;
 pub mod lock;

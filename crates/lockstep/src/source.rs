@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+use crate::fsread::io_reason;
 use crate::sql;
 
 /// Files larger than this are refused: a migration is code, not a data dump,
@@ -680,74 +681,17 @@ fn check_inside(path: &Path, canonical_dir: &Path) -> Result<(), SourceError> {
     }
 }
 
-fn io_reason(e: &io::Error) -> String {
-    match e.kind() {
-        io::ErrorKind::NotFound => "no such file or directory".to_string(),
-        io::ErrorKind::PermissionDenied => "permission denied".to_string(),
-        _ => e.to_string(),
-    }
-}
-
-/// Reads a migration file: one open, one `fstat`, the reads. Opened
-/// non-blocking, so that a FIFO swapped in after the directory was listed
-/// is refused instead of waited on.
+/// Reads a migration file, refusing anything but a regular file of at most
+/// [`MAX_FILE_BYTES`].
 fn read_text(path: &Path) -> Result<String, SourceError> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let cannot_read =
-        |e: io::Error| SourceError::new(path, format!("cannot read: {}", io_reason(&e)));
-    let mut file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .map_err(cannot_read)?;
-    let meta = file
-        .metadata()
-        .map_err(|e| SourceError::new(path, io_reason(&e)))?;
-    if !meta.is_file() {
-        return Err(SourceError::new(path, "not a regular file")
-            .hint("migrations are plain `.sql` files; rename or remove this entry"));
-    }
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(SourceError::new(
-            path,
-            format!(
-                "file is too large ({} MiB; the limit is {} MiB)",
-                meta.len() / (1024 * 1024),
-                MAX_FILE_BYTES / (1024 * 1024)
-            ),
-        )
-        .hint("split it into several migrations, or load bulk data with a dedicated tool"));
-    }
-    // `read_to_end` on a `File` would ask the size again (statx, lseek).
-    let mut bytes = vec![0; meta.len() as usize + 1];
-    let mut filled = 0;
-    loop {
-        if filled == bytes.len() {
-            // Grew since the fstat.
-            bytes.resize(filled * 2, 0);
-        }
-        let wanted = bytes.len() - filled;
-        match file.read(&mut bytes[filled..]) {
-            Ok(0) => break,
-            // All the fstat promised, and less than asked: the end, without
-            // another read to hear it.
-            Ok(n) if n < wanted && filled + n == meta.len() as usize => {
-                filled += n;
-                break;
-            }
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(cannot_read(e)),
-        }
-        if filled > MAX_FILE_BYTES as usize {
-            return Err(SourceError::new(
-                path,
-                "file grew past the size limit while being read",
-            ));
-        }
-    }
-    bytes.truncate(filled);
+    use crate::fsread::{read_regular, ReadError};
+    let bytes = read_regular(path, MAX_FILE_BYTES).map_err(|e| match e {
+        ReadError::Io(e) => SourceError::new(path, format!("cannot read: {}", io_reason(&e))),
+        ReadError::NotRegular => SourceError::new(path, "not a regular file")
+            .hint("migrations are plain `.sql` files; rename or remove this entry"),
+        ReadError::TooLarge(_) => SourceError::new(path, e.reason(MAX_FILE_BYTES))
+            .hint("split it into several migrations, or load bulk data with a dedicated tool"),
+    })?;
     decode(path, bytes)
 }
 

@@ -65,6 +65,10 @@ pub(crate) fn connector(target: &PgTarget) -> Result<(PgSslMode, MakeRustls), St
     Ok((pg_mode, MakeRustls(Arc::new(config))))
 }
 
+/// The largest file of trusted certificates: a system's whole bundle is
+/// a few hundred KiB.
+const MAX_ROOTS_BYTES: u64 = 16 * 1024 * 1024;
+
 fn load_roots(sslrootcert: Option<&Path>, mode: SslMode) -> Result<RootCertStore, String> {
     let path: PathBuf = match sslrootcert {
         Some(p) if p == Path::new("system") => system_roots_file().ok_or_else(|| {
@@ -86,9 +90,16 @@ fn load_roots(sslrootcert: Option<&Path>, mode: SslMode) -> Result<RootCertStore
         }
     };
     let mut roots = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(&path)
-        .map_err(|e| format!("cannot read sslrootcert `{}`: {e}", path.display()))?;
-    for cert in certs {
+    // Only a regular file, of a bounded size: `/dev/zero` would be read
+    // without end, and a FIFO waited on.
+    let pem = crate::fsread::read_regular(&path, MAX_ROOTS_BYTES).map_err(|e| {
+        format!(
+            "cannot read sslrootcert `{}`: {}",
+            path.display(),
+            e.reason(MAX_ROOTS_BYTES)
+        )
+    })?;
+    for cert in CertificateDer::pem_slice_iter(&pem) {
         let cert = cert.map_err(|e| format!("bad certificate in `{}`: {e}", path.display()))?;
         roots
             .add(cert)
