@@ -448,3 +448,31 @@ fn sslrootcert_must_be_a_regular_file_of_bounded_size() {
         );
     }
 }
+
+/// A server that accepts connections and never answers: `connect_timeout`
+/// bounds the whole set-up (the TLS request and the start-up included),
+/// not only the TCP connect.
+#[test]
+fn connect_timeout_bounds_a_server_that_accepts_and_never_answers() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        // Held open, never read from nor written to.
+        let mut held = Vec::new();
+        for stream in listener.incoming() {
+            held.push(stream);
+        }
+    });
+    for sslmode in ["disable", "prefer", "require"] {
+        let url = format!("postgres://u@127.0.0.1:{port}/d?sslmode={sslmode}&connect_timeout=1");
+        let run = run_bounded(&p, &["status", "-d", &url]);
+        run.code(1);
+        assert!(
+            run.stderr
+                .contains("timed out after 1s setting up the connection"),
+            "{sslmode}: {}",
+            run.stderr
+        );
+    }
+}

@@ -182,9 +182,10 @@ impl PgDriver {
             PgHost::Tcp(host) => config.host(host),
             PgHost::Socket(dir) => config.host_path(dir),
         };
+        let timeout = target.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
         config
             .port(target.port)
-            .connect_timeout(target.connect_timeout.unwrap_or(CONNECT_TIMEOUT))
+            .connect_timeout(timeout)
             // A dead peer is noticed within about 10 + 3 * 2 seconds, also
             // while a long statement keeps the connection silent.
             .keepalives(true)
@@ -204,7 +205,19 @@ impl PgDriver {
             )
         })?;
         config.ssl_mode(mode);
-        let client = config.connect(tls.clone()).map_err(|e| {
+        let client = connect_within(&config, &tls, timeout).map_err(|e| {
+            let Some(e) = e else {
+                return connect_error(
+                    format!(
+                        "timed out after {}s setting up the connection: the server accepted it but did not answer",
+                        timeout.as_secs_f64()
+                    ),
+                    Some(
+                        "check that the host and port are PostgreSQL's (or a pooler's in front of it), and whether the server is overloaded; the wait is `connect_timeout` in the URL"
+                            .into(),
+                    ),
+                );
+            };
             let message = match e.as_db_error() {
                 Some(db) => db.message().to_string(),
                 None => chain(&e),
@@ -310,6 +323,35 @@ impl PgDriver {
         if !self.client.is_closed() {
             let _ = self.client.simple_query("ROLLBACK");
         }
+    }
+}
+
+/// Connects, bounding the whole set-up by `timeout`: the client library's
+/// own timeout covers only the TCP connect, and a server (or a proxy) that
+/// accepts and never answers would hold the TLS handshake or the start-up
+/// forever. `None` when the time ran out. The attempt then goes on, on its
+/// own thread, until the server answers or closes the connection, and its
+/// result is dropped: the client library offers no way to abandon it.
+fn connect_within(
+    config: &postgres::Config,
+    tls: &MakeRustls,
+    timeout: Duration,
+) -> Result<Client, Option<postgres::Error>> {
+    let (sent, received) = std::sync::mpsc::channel();
+    let (attempt, attempt_tls) = (config.clone(), tls.clone());
+    let spawned = std::thread::Builder::new()
+        .name("lockstep-connect".into())
+        .spawn(move || {
+            let _ = sent.send(attempt.connect(attempt_tls));
+        });
+    if spawned.is_err() {
+        // No thread to spare: connect on this one, bounded only as the
+        // client library bounds it.
+        return config.connect(tls.clone()).map_err(Some);
+    }
+    match received.recv_timeout(timeout) {
+        Ok(result) => result.map_err(Some),
+        Err(_) => Err(None),
     }
 }
 
