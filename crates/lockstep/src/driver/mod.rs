@@ -16,6 +16,7 @@ use crate::url::{DatabaseUrl, SqliteTarget};
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 mod sqlite_locks;
+mod sqlite_script;
 mod tls;
 
 /// A row to insert into the history table. The driver fills in
@@ -69,9 +70,33 @@ pub(crate) struct StepFailure {
     /// The engine's message; `position` is a byte offset into the step's
     /// section when the engine pointed into it.
     pub db: Box<DbMessage>,
+    /// The statement of the step's section that failed, where the engine
+    /// can tell.
+    pub statement: Option<StatementAt>,
     /// The fence failed: the lock's token is no longer this run's. Nothing
     /// of the transaction was committed.
     pub lost: bool,
+}
+
+impl StepFailure {
+    /// A failure of step `index` outside its statements (beginning,
+    /// recording, committing).
+    pub fn at(index: usize, db: DbMessage) -> Self {
+        StepFailure {
+            index,
+            db: Box::new(db),
+            statement: None,
+            lost: false,
+        }
+    }
+}
+
+/// A statement of a section: its place among the section's statements,
+/// from 0, and the byte offset of its first token in the section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StatementAt {
+    pub index: usize,
+    pub offset: usize,
 }
 
 /// Who acts on the lock: for the audit log.
@@ -123,6 +148,12 @@ pub(crate) trait Driver: Send {
 
     /// Runs one statement outside any transaction.
     fn run_statement(&mut self, sql: &str) -> Result<(), DbMessage>;
+
+    /// Before each migration: the session forgets what the migrations
+    /// before it changed (settings, SQLite's pragmas), so that each starts
+    /// as if it ran alone, as each file does in its own `psql` or `sqlite3`
+    /// run. Lockstep's own session settings stay.
+    fn fresh_session(&mut self) -> Result<(), Error>;
 
     /// Applies history changes in one transaction of their own, fenced when
     /// a fence is given (`Error::LockLost` when it fails).

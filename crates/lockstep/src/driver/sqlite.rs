@@ -1,12 +1,13 @@
 //! The embedded SQLite driver.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{Canceller, Change, Driver, StepFailure, TxStep, Who};
+use super::{Canceller, Change, Driver, StatementAt, StepFailure, TxStep, Who};
 use crate::error::{DbMessage, Error};
 use crate::history::{
     shared, HistoryRow, RowState, TableName, Timestamp, FORMAT_VERSION, META_TABLE, TOOL_VERSION,
@@ -17,6 +18,8 @@ use crate::lock::{
 };
 use crate::source::Checksum;
 use crate::sql::Dialect;
+
+use super::sqlite_script;
 
 /// How long a statement waits for another connection's write lock before it
 /// fails with "database is locked".
@@ -52,6 +55,10 @@ pub(crate) struct SqliteDriver {
     /// Interrupts the connection's statement; set once the file is open,
     /// which may be after the canceller was handed out.
     interrupt: Arc<Mutex<Option<rusqlite::InterruptHandle>>>,
+    /// Set by the canceller: a migration's statements stop before the next
+    /// one (an interrupt that came between two statements is forgotten by
+    /// SQLite).
+    cancelled: Arc<AtomicBool>,
     /// An in-memory database has no second connection for a heartbeat.
     memory: bool,
     table: TableName,
@@ -113,6 +120,7 @@ impl SqliteDriver {
             path: path.to_path_buf(),
             writable,
             interrupt: Arc::new(Mutex::new(None)),
+            cancelled: Arc::new(AtomicBool::new(false)),
             memory,
             history: format!("\"{schema}\".\"{}\"", table.name()),
             meta: format!("\"{schema}\".\"{META_TABLE}\""),
@@ -134,6 +142,13 @@ impl SqliteDriver {
     /// handle through which a signal interrupts its statement.
     fn attach(&mut self, conn: Connection) -> Result<(), Error> {
         conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| db_error("configuring the connection", &e))?;
+        // Foreign keys off, as the `sqlite3` shell runs: the bundled library
+        // turns them on, and inside a transaction `PRAGMA foreign_keys` is
+        // ignored, so SQLite's own procedure for changing a table (create,
+        // copy, drop, rename) could not run. Each migration is checked with
+        // `PRAGMA foreign_key_check` before it commits instead.
+        conn.execute_batch("PRAGMA foreign_keys = OFF")
             .map_err(|e| db_error("configuring the connection", &e))?;
         if let Ok(mut interrupt) = self.interrupt.lock() {
             *interrupt = Some(conn.get_interrupt_handle());
@@ -276,7 +291,7 @@ fn millis(d: Duration) -> i64 {
 
 /// SQLite's name for a result code: the extended name for constraint
 /// violations (which say which kind), the primary name otherwise.
-fn code_name(e: &rusqlite::ffi::Error) -> String {
+pub(crate) fn code_name(e: &rusqlite::ffi::Error) -> String {
     let name = match e.extended_code {
         275 => "SQLITE_CONSTRAINT_CHECK",
         787 => "SQLITE_CONSTRAINT_FOREIGNKEY",
@@ -579,14 +594,14 @@ impl Driver for SqliteDriver {
             .conn
             .as_ref()
             .expect("run_transaction needs an open database");
-        let fail = |index: usize, db: DbMessage| {
+        let fail_at = |index: usize, db: DbMessage, statement: Option<StatementAt>| {
             rollback(conn);
             StepFailure {
-                index,
-                db: Box::new(self.with_holders(db)),
-                lost: false,
+                statement,
+                ..StepFailure::at(index, self.with_holders(db))
             }
         };
+        let fail = |index: usize, db: DbMessage| fail_at(index, db, None);
         // IMMEDIATE takes the write lock now rather than at the first write,
         // so two writers cannot deadlock upgrading their read locks.
         conn.execute_batch("BEGIN IMMEDIATE")
@@ -597,9 +612,8 @@ impl Driver for SqliteDriver {
                 Ok(false) => {
                     rollback(conn);
                     return Err(StepFailure {
-                        index: 0,
-                        db: Box::new(DbMessage::plain("lock lost")),
                         lost: true,
+                        ..StepFailure::at(0, DbMessage::plain("lock lost"))
                     });
                 }
                 Err(e) => return Err(fail(0, message(&e))),
@@ -607,14 +621,19 @@ impl Driver for SqliteDriver {
         }
         for (i, step) in steps.iter().enumerate() {
             let start = Instant::now();
-            if let Err(e) = conn.execute_batch(&step.section.sql) {
-                return Err(fail(i, message_in(&e, Some(&step.section.sql))));
+            if let Err(failed) = sqlite_script::run(conn, &step.section.sql, &self.cancelled) {
+                return Err(fail_at(i, *failed.db, Some(failed.at)));
             }
             if conn.is_autocommit() {
                 return Err(fail(
                     i,
                     DbMessage::plain("the migration ended lockstep's transaction (COMMIT or ROLLBACK in its SQL)"),
                 ));
+            }
+            if let Some(violations) =
+                foreign_key_violations(conn).map_err(|e| fail(i, message(&e)))?
+            {
+                return Err(fail(i, violations));
             }
             let elapsed = start.elapsed();
             if let Err(e) = Self::apply_change(conn, &self.history, &step.change, elapsed) {
@@ -636,8 +655,19 @@ impl Driver for SqliteDriver {
             .conn
             .as_ref()
             .expect("run_statement needs an open database");
-        conn.execute_batch(sql)
-            .map_err(|e| message_in(&e, Some(sql)))
+        // Never stopped half-way: a statement outside a transaction is
+        // left to finish.
+        sqlite_script::run(conn, sql, &AtomicBool::new(false)).map_err(|failed| *failed.db)
+    }
+
+    fn fresh_session(&mut self) -> Result<(), Error> {
+        // A no-transaction migration may have turned foreign keys on.
+        match &self.conn {
+            Some(conn) => conn
+                .execute_batch("PRAGMA foreign_keys = OFF")
+                .map_err(|e| db_error("resetting the session", &e)),
+            None => Ok(()),
+        }
     }
 
     fn change_history(
@@ -1017,12 +1047,57 @@ impl Driver for SqliteDriver {
 
     fn canceller(&self) -> Canceller {
         let interrupt = Arc::clone(&self.interrupt);
+        let cancelled = Arc::clone(&self.cancelled);
         Box::new(move || {
+            cancelled.store(true, Ordering::SeqCst);
             if let Some(handle) = interrupt.lock().ok().as_deref().and_then(Option::as_ref) {
                 handle.interrupt();
             }
         })
     }
+}
+
+/// How many violations a foreign key check names.
+const VIOLATIONS_SHOWN: usize = 5;
+
+/// The rows that break a foreign key, as `PRAGMA foreign_key_check` finds
+/// them (what SQLite advises after changing tables with foreign keys off);
+/// `None` when there are none.
+fn foreign_key_violations(conn: &Connection) -> rusqlite::Result<Option<DbMessage>> {
+    let mut stmt = conn.prepare(&format!(
+        "SELECT \"table\", rowid, parent FROM pragma_foreign_key_check LIMIT {}",
+        VIOLATIONS_SHOWN + 1
+    ))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<i64>>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let mut named: Vec<String> = rows
+        .iter()
+        .take(VIOLATIONS_SHOWN)
+        .map(|(table, rowid, parent)| match rowid {
+            Some(rowid) => format!("`{table}` row {rowid} refers to a missing row of `{parent}`"),
+            None => format!("a row of `{table}` refers to a missing row of `{parent}`"),
+        })
+        .collect();
+    if rows.len() > VIOLATIONS_SHOWN {
+        named.push("and more".into());
+    }
+    Ok(Some(DbMessage {
+        code: Some("SQLITE_CONSTRAINT_FOREIGNKEY".into()),
+        ..DbMessage::plain(format!(
+            "foreign key check failed after the migration: {}",
+            named.join("; ")
+        ))
+    }))
 }
 
 /// The columns that a freed lock row clears.
