@@ -60,7 +60,18 @@ pub(crate) struct PgDriver {
     pooled: Option<bool>,
     /// See [`Driver::history_lock`].
     history_lock: Option<LockMark>,
+    /// The server has `client_connection_check_interval` (14+), which
+    /// lockstep sets for its session: set again after every reset.
+    check_interval: bool,
+    /// A migration begins: the next statement sent outside a transaction
+    /// first resets the session.
+    reset_pending: bool,
 }
+
+/// A session as it was when it began: what `psql` gives each file. The
+/// authorization first, which `RESET ALL` leaves alone (a `SET ROLE` would
+/// survive it).
+const RESET_SESSION: &str = "SET SESSION AUTHORIZATION DEFAULT;\nRESET ALL;\n";
 
 /// A string literal that is safe whatever `standard_conforming_strings` is.
 pub(crate) fn literal(s: &str) -> String {
@@ -264,6 +275,8 @@ impl PgDriver {
             session: None,
             pooled: None,
             history_lock: None,
+            check_interval: false,
+            reset_pending: false,
         };
         driver.qualify(table.schema());
         Ok(driver)
@@ -727,7 +740,7 @@ impl Driver for PgDriver {
             // what follows it is SQL.
             let mut query = String::with_capacity(step.section.sql.len() + 1024);
             if i == 0 {
-                query.push_str(&self.begin(fence));
+                query.push_str(&self.begin(fence, true));
             }
             let start_of_section = query.len();
             query.push_str(&step.section.sql);
@@ -743,21 +756,34 @@ impl Driver for PgDriver {
                 let db = message_in(&e, Some((&query, start_of_section, step.section.sql.len())));
                 self.rollback();
                 return Err(StepFailure {
-                    index: i,
-                    db: Box::new(db),
                     lost,
+                    ..StepFailure::at(i, db)
                 });
             }
             done(i, started.elapsed());
         }
+        self.reset_pending = false;
         Ok(())
     }
 
     fn run_statement(&mut self, sql: &str) -> Result<(), DbMessage> {
+        if self.reset_pending {
+            // A round trip of its own: sent with the statement, it would
+            // make one implicit transaction of both, which statements such
+            // as `CREATE INDEX CONCURRENTLY` refuse.
+            let reset = self.reset_session();
+            self.client.simple_query(&reset).map_err(|e| message(&e))?;
+            self.reset_pending = false;
+        }
         self.client
             .simple_query(sql)
             .map(drop)
             .map_err(|e| message_in(&e, Some((sql, 0, sql.len()))))
+    }
+
+    fn fresh_session(&mut self) -> Result<(), Error> {
+        self.reset_pending = true;
+        Ok(())
     }
 
     fn change_history(
@@ -765,7 +791,7 @@ impl Driver for PgDriver {
         changes: &[Change<'_>],
         fence: Option<&Fence>,
     ) -> Result<(), Error> {
-        let mut sql = self.begin(fence);
+        let mut sql = self.begin(fence, false);
         for change in changes {
             sql.push_str(&self.change_sql(change));
             sql.push_str(";\n");
@@ -804,10 +830,12 @@ impl Driver for PgDriver {
                 r.get(0).and_then(|v| v.parse::<i64>().ok()),
                 r.get(1).map(str::to_string),
                 r.get(2).and_then(|v| v.parse::<u16>().ok()),
+                r.get(3).is_some(),
             )),
             _ => None,
         });
-        let (pid, start, server_port) = row.unwrap_or_default();
+        let (pid, start, server_port, check_interval) = row.unwrap_or_default();
+        self.check_interval = check_interval;
         let pooled = self.note_server_port(server_port);
         let session = if pooled {
             Session::default()
@@ -1340,16 +1368,36 @@ impl PgDriver {
         )
     }
 
+    /// Statements that return the session to how it began, lockstep's own
+    /// settings kept.
+    fn reset_session(&self) -> String {
+        let mut sql = RESET_SESSION.to_string();
+        if self.check_interval {
+            sql.push_str("SET client_connection_check_interval = 250;\n");
+        }
+        sql
+    }
+
     /// Opens a transaction; with a fence, checks the token first. The fence's
     /// UPDATE row-locks the lock row until commit, so no takeover or forced
     /// release can interleave with what follows: they wait for the commit,
     /// and the next fence then fails.
-    fn begin(&self, fence: Option<&Fence>) -> String {
+    /// With `reset`, the session is first returned to how it began (inside
+    /// the transaction: rolled back with it, and sent again with the next
+    /// attempt; before lockstep's own `SET LOCAL`, which `RESET ALL` would
+    /// undo).
+    fn begin(&self, fence: Option<&Fence>, reset: bool) -> String {
+        let reset = if reset {
+            self.reset_session()
+        } else {
+            String::new()
+        };
         let Some(fence) = fence else {
-            return "BEGIN;\n".to_string();
+            return format!("BEGIN;\n{reset}");
         };
         format!(
             "BEGIN;
+             {reset}
              SET LOCAL idle_in_transaction_session_timeout = '{idle}ms';
              WITH fence AS (
                  UPDATE {lock} SET heartbeat_at = now()
