@@ -91,15 +91,15 @@ impl CliError {
     /// anything URL-shaped (a URL given where a path or another value was
     /// expected is echoed by the error that names it).
     pub fn scrub(mut self, secret: Option<&str>) -> Self {
-        let hide = |text: &str| {
+        fn hide(text: &str, secret: Option<&str>) -> String {
             let text = crate::redact::urls(text);
             match secret.filter(|s| !s.is_empty()) {
                 Some(secret) => text.replace(secret, "***"),
                 None => text,
             }
-        };
-        self.message = hide(&self.message);
-        self.hint = self.hint.as_deref().map(hide);
+        }
+        self.message = hide(&self.message, secret);
+        self.hint = self.hint.as_deref().map(|h| hide(h, secret));
         self
     }
 }
@@ -137,8 +137,15 @@ impl From<Error> for CliError {
             Error::Migration(f) => {
                 err.detail.migrations = vec![json::MigrationRef::from(&f.migration)];
                 err.detail.file = Some(f.path.display().to_string());
-                err.detail.line = f.line_col.map(|(l, _)| l);
+                err.detail.line = f
+                    .line_col
+                    .map(|(l, _)| l)
+                    .or(f.statement.as_ref().map(|s| s.line));
                 err.detail.column = f.line_col.map(|(_, c)| c);
+                err.detail.statement = f.statement.as_ref().map(|s| json::StatementJson {
+                    number: s.number,
+                    total: s.total,
+                });
                 err.detail.sqlstate = f.db.code.clone();
                 err.detail.dirty = f.dirty.is_some().then_some(true);
                 if !f.all_rolled_back {

@@ -44,6 +44,10 @@ pub struct ErrorDetail {
     pub line: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub column: Option<usize>,
+    /// The statement of the migration that failed, where the database
+    /// gave no position.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub statement: Option<StatementJson>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub sqlstate: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -54,6 +58,12 @@ pub struct ErrorDetail {
     /// The lock token this run held, when it lost the lock.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatementJson {
+    pub number: usize,
+    pub total: usize,
 }
 
 #[derive(Debug, Serialize)]

@@ -380,9 +380,9 @@ both!(sigterm_cancels_the_migration_releases_and_exits_143, |p| {
     }
 });
 
-/// A signal during the last migration, which runs outside a transaction
-/// and so is left to finish: everything is applied, the run exits 143, and
-/// its JSON document says the same.
+// A signal during the last migration, which runs outside a transaction
+// and so is left to finish: everything is applied, the run exits 143, and
+// its JSON document says the same.
 both!(
     a_signal_too_late_to_stop_anything_still_agrees_with_the_exit_code,
     |p| {
@@ -575,9 +575,19 @@ fn frozen_holder_is_taken_over_and_writes_nothing_after_postgres() {
         }
     });
     let holder = p.spawn(&["upgrade", "--owner", "holder"]);
-    wait_until("the holder holds the lock", LONG, || {
-        holder_of(&p).as_deref() == Some("holder")
-    });
+    // Frozen inside migration 1: frozen before it, between taking the lock
+    // and reading history, it would find nothing left to do.
+    wait_until(
+        "the holder holds the lock and runs migration 1",
+        LONG,
+        || {
+            holder_of(&p).as_deref() == Some("holder")
+            && p.db.value(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE state = 'active' AND query LIKE '%pg_sleep(1)%' AND pid <> pg_backend_pid()",
+            ) == "1"
+        },
+    );
     holder.signal(libc::SIGSTOP);
     let second = p.run(&["upgrade", "--owner", "second"]);
     second.ok();

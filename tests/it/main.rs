@@ -9,6 +9,7 @@ mod util;
 mod chaos;
 mod cli;
 mod config;
+mod engine;
 mod files;
 mod fix;
 mod hostile;

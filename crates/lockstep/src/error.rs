@@ -119,6 +119,9 @@ pub struct MigrationFailure {
     pub path: PathBuf,
     /// Line and column in that file, where the engine gave a position.
     pub line_col: Option<(usize, usize)>,
+    /// The statement that failed, where the engine gave no position but
+    /// lockstep knows which statement it ran.
+    pub statement: Option<FailedStatement>,
     /// The engine's message.
     pub db: DbMessage,
     /// The migrations that completed before this one, in this run.
@@ -130,6 +133,19 @@ pub struct MigrationFailure {
     /// In `--single-transaction` mode, everything in this run was rolled
     /// back, including `completed`.
     pub all_rolled_back: bool,
+}
+
+/// The statement of a migration that failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailedStatement {
+    /// Its place in the section, from 1.
+    pub number: usize,
+    /// The section's statements.
+    pub total: usize,
+    /// The file line it starts on.
+    pub line: usize,
+    /// Its first line of text.
+    pub first_line: String,
 }
 
 /// How far a failed no-transaction migration got.
@@ -443,8 +459,14 @@ impl fmt::Display for Error {
                 };
                 write!(f, "{verb} {} failed", m.migration)?;
                 write!(f, " ({}", m.path.display())?;
-                if let Some((line, col)) = m.line_col {
-                    write!(f, ":{line}:{col}")?;
+                match (m.line_col, &m.statement) {
+                    (Some((line, col)), _) => write!(f, ":{line}:{col}")?,
+                    (None, Some(s)) => write!(
+                        f,
+                        ":{}, statement {} of {}: `{}`",
+                        s.line, s.number, s.total, s.first_line
+                    )?,
+                    (None, None) => {}
                 }
                 write!(f, "): {}", m.db)?;
                 if m.all_rolled_back && !m.completed.is_empty() {

@@ -48,7 +48,9 @@ pub mod source;
 pub mod sql;
 pub mod url;
 
-pub use error::{DbMessage, Direction, DirtyDetail, Error, ErrorKind, MigrationFailure, Step};
+pub use error::{
+    DbMessage, Direction, DirtyDetail, Error, ErrorKind, FailedStatement, MigrationFailure, Step,
+};
 pub use history::{
     HistoryRow, RowState, TableName, Timestamp, DEFAULT_HISTORY_TABLE, FORMAT_VERSION, META_TABLE,
     TOOL_VERSION,

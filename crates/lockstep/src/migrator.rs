@@ -4,8 +4,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::driver::{self, Canceller, Change, Driver, NewRow, StepFailure, TxStep, Who};
-use crate::error::{DbMessage, Direction, DirtyDetail, Error, MigrationFailure, Step};
+use crate::driver::{
+    self, Canceller, Change, Driver, NewRow, StatementAt, StepFailure, TxStep, Who,
+};
+use crate::error::{
+    DbMessage, Direction, DirtyDetail, Error, FailedStatement, MigrationFailure, Step,
+};
 use crate::history::{HistoryRow, RowState, TableName};
 use crate::lock::{self, Held, LockEvent, LockInfo, LockLost, LockOptions, LogEntry};
 use crate::plan::{self, Named, State, Target, TargetError};
@@ -893,6 +897,8 @@ impl Migrator {
             index,
             total,
         });
+        self.driver.fresh_session()?;
+        let dialect = self.driver.dialect();
         let fence = held.map(|h| &h.fence);
         let duration = if section.no_transaction {
             self.run_without_transaction(m, section, direction, report, held)?
@@ -937,8 +943,14 @@ impl Migrator {
                     Err(StepFailure { db, .. }) if db.is_retryable() && attempts <= RETRIES => {
                         continue
                     }
-                    Err(StepFailure { db, .. }) => {
-                        return Err(failure(m, section, direction, *db, report, None, false));
+                    Err(StepFailure { db, statement, .. }) => {
+                        let context = Context {
+                            statement,
+                            ..Context::default()
+                        };
+                        return Err(failure(
+                            m, section, direction, *db, report, dialect, context,
+                        ));
                     }
                 }
             }
@@ -998,28 +1010,29 @@ impl Migrator {
         };
         self.record(&begin, m, held, false, report)?;
         let started = Instant::now();
+        let dialect = self.driver.dialect();
         for (i, statement) in statements.iter().enumerate() {
             let text = &section.sql[statement.range.clone()];
             if let Err(mut db) = self.driver.run_statement(text) {
                 db.position = db.position.map(|p| p + statement.range.start);
+                let mut context = Context {
+                    statement: Some(StatementAt {
+                        index: i,
+                        offset: statement.range.start,
+                    }),
+                    statements_total: Some(statements.len()),
+                    ..Context::default()
+                };
                 if i == 0 {
                     // Nothing ran: the failure leaves the database as it was.
                     self.record(&undo_begin, m, held, false, report)?;
-                    return Err(failure(m, section, direction, db, report, None, false));
+                } else {
+                    context.dirty = Some(DirtyDetail {
+                        statements_done: i,
+                        statements_total: statements.len(),
+                    });
                 }
-                let dirty = DirtyDetail {
-                    statements_done: i,
-                    statements_total: statements.len(),
-                };
-                return Err(failure(
-                    m,
-                    section,
-                    direction,
-                    db,
-                    report,
-                    Some(dirty),
-                    false,
-                ));
+                return Err(failure(m, section, direction, db, report, dialect, context));
             }
         }
         let took = started.elapsed();
@@ -1071,6 +1084,7 @@ impl Migrator {
         held: Option<&Held>,
     ) -> Result<(), Error> {
         self.checkpoint(plan[0], held, report)?;
+        self.driver.fresh_session()?;
         let fence = held.map(|h| &h.fence);
         let token = fence.map(|f| f.token);
         let steps: Vec<TxStep<'_>> = plan
@@ -1110,7 +1124,13 @@ impl Migrator {
                 Err(f) => break Some(f),
             }
         };
-        if let Some(StepFailure { index, db, lost }) = failed {
+        if let Some(StepFailure {
+            index,
+            db,
+            lost,
+            statement,
+        }) = failed
+        {
             if lost {
                 let held = held.expect("only fenced transactions lose the lock");
                 return Err(self.lost(
@@ -1141,14 +1161,20 @@ impl Migrator {
                 dry_run: false,
             };
             let m = plan[index];
+            let context = Context {
+                statement,
+                all_rolled_back: true,
+                ..Context::default()
+            };
+            let dialect = self.driver.dialect();
             return Err(failure(
                 m,
                 &m.up,
                 Direction::Up,
                 *db,
                 &completed,
-                None,
-                true,
+                dialect,
+                context,
             ));
         }
         for (index, (m, duration)) in plan.iter().zip(durations).enumerate() {
@@ -1213,15 +1239,47 @@ fn planned_step(m: &Migration, section: &Section) -> Step {
     }
 }
 
+/// What a failure says beyond the migration and the engine's message.
+#[derive(Default)]
+struct Context {
+    /// The statement that failed, where the engine or lockstep knows it.
+    statement: Option<StatementAt>,
+    /// The section's statements, where lockstep split it; otherwise they
+    /// are counted for the message.
+    statements_total: Option<usize>,
+    dirty: Option<DirtyDetail>,
+    all_rolled_back: bool,
+}
+
 fn failure(
     m: &Migration,
     section: &Section,
     direction: Direction,
     db: DbMessage,
     report: &RunReport,
-    dirty: Option<DirtyDetail>,
-    all_rolled_back: bool,
+    dialect: Dialect,
+    context: Context,
 ) -> Error {
+    // Named only where the engine pointed nowhere: a position says more.
+    let statement = context
+        .statement
+        .filter(|_| db.position.is_none())
+        .map(|at| {
+            let total = context.statements_total.unwrap_or_else(|| {
+                sql::split(&section.sql, dialect).map_or(0, |statements| statements.len())
+            });
+            let first_line = section.sql[at.offset.min(section.sql.len())..]
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_end();
+            FailedStatement {
+                number: at.index + 1,
+                total: total.max(at.index + 1),
+                line: section.position(at.offset).0,
+                first_line: shorten(first_line, 60),
+            }
+        });
     Error::Migration(Box::new(MigrationFailure {
         direction,
         migration: Named {
@@ -1230,11 +1288,20 @@ fn failure(
         },
         path: section.path.clone(),
         line_col: db.position.map(|p| section.position(p)),
+        statement,
         db,
         completed: report.steps.clone(),
-        dirty,
-        all_rolled_back,
+        dirty: context.dirty,
+        all_rolled_back: context.all_rolled_back,
     }))
+}
+
+/// At most `max` characters of `text`, with `…` when cut.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
 }
 
 /// Checks a section for the engine it will run on: it must not end inside a

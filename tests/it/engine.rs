@@ -1,0 +1,133 @@
+//! How migrations run on each engine: as the engine's own shell would run
+//! each file (session state, SQLite's foreign keys), with failures that
+//! name the statement, and stops that stop. Checked with plain SQL.
+
+use std::time::Duration;
+
+use crate::util::{wait_until, Backend, Project};
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// SQLite's documented way to change a table (create the new one, copy,
+/// drop the old, rename) and plain drops of referenced tables need foreign
+/// keys off, as the `sqlite3` shell runs; the bundled library has them on,
+/// and `PRAGMA foreign_keys` is ignored inside a transaction.
+#[test]
+fn sqlite_runs_with_foreign_keys_off_as_its_shell_does() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    p.migration(
+        "1_tables.sql",
+        "-- upgrade\nCREATE TABLE a (id integer PRIMARY KEY);\nCREATE TABLE b (id integer PRIMARY KEY);\n\
+         CREATE TABLE c (a_id integer REFERENCES a (id), b_id integer REFERENCES b (id));\n\
+         CREATE TABLE parent (id integer PRIMARY KEY, name text);\n\
+         CREATE TABLE child (parent_id integer REFERENCES parent (id));\n\
+         INSERT INTO parent VALUES (1, 'one');\nINSERT INTO child VALUES (1);\n",
+    );
+    p.migration("2_drop.sql", "-- upgrade\nDROP TABLE b;\nDROP TABLE a;\n");
+    p.migration(
+        "3_rebuild.sql",
+        "-- upgrade\nCREATE TABLE new_parent (id integer PRIMARY KEY, name text NOT NULL);\n\
+         INSERT INTO new_parent SELECT id, name FROM parent;\nDROP TABLE parent;\n\
+         ALTER TABLE new_parent RENAME TO parent;\n",
+    );
+    p.run(&["upgrade"]).ok();
+    assert_eq!(
+        p.db.history(),
+        ["1 tables applied", "2 drop applied", "3 rebuild applied"]
+    );
+    // The child's row survived the rebuild of its parent.
+    assert_eq!(p.db.value("SELECT count(*) FROM child"), "1");
+    assert_eq!(p.db.value("SELECT name FROM parent"), "one");
+}
+
+/// With foreign keys off while it runs, each migration is checked before
+/// it commits, as SQLite advises: a migration that leaves a row pointing
+/// nowhere is rolled back, and the error names the rows.
+#[test]
+fn sqlite_refuses_a_migration_that_breaks_a_foreign_key() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    p.migration(
+        "1_tables.sql",
+        "-- upgrade\nCREATE TABLE parent (id integer PRIMARY KEY);\n\
+         CREATE TABLE child (parent_id integer REFERENCES parent (id));\n",
+    );
+    p.migration(
+        "2_orphans.sql",
+        "-- upgrade\nCREATE TABLE kept (x integer);\nINSERT INTO child VALUES (7);\nINSERT INTO child VALUES (8);\n",
+    );
+    let run = p.run(&["upgrade"]);
+    run.code(1);
+    assert!(
+        run.stderr.contains(
+            "migration 2 orphans failed (migrations/2_orphans.sql): foreign key check failed after the migration: \
+             `child` row 1 refers to a missing row of `parent`; `child` row 2 refers to a missing row of `parent` \
+             (SQLITE_CONSTRAINT_FOREIGNKEY)"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(p.db.history(), ["1 tables applied"]);
+    assert!(!p.db.table_exists("kept"));
+    assert_eq!(p.db.value("SELECT count(*) FROM child"), "0");
+}
+
+/// SQLite: a migration of many statements stops between two of them when
+/// told to (SQLite's own interrupt lasts only while a statement runs), and
+/// rolls back whole.
+#[test]
+fn sqlite_stops_between_the_statements_of_a_long_migration() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+    // Many short statements, together far longer than the test waits.
+    let one = format!("INSERT INTO many {}\n", p.busy_sql(0.002));
+    let mut sql = String::from("-- upgrade\nCREATE TABLE many (n integer);\n");
+    for _ in 0..30_000 {
+        sql.push_str(&one);
+    }
+    p.migration("2_many.sql", &sql);
+    let run = p.spawn(&["upgrade"]);
+    wait_until("migration 1 is applied", LONG, || {
+        p.db.table_exists("lockstep_history") && p.db.history().len() == 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    run.signal(libc::SIGTERM);
+    let run = run.finish();
+    run.code(143);
+    assert!(run.stderr.contains("cancelled"), "{}", run.stderr);
+    assert_eq!(p.db.history(), ["1 a applied"]);
+    assert!(!p.db.table_exists("many"));
+}
+
+// A migration's SQL runs as each file would in its own `psql` run: session
+// state set by one migration (a `pg_dump` file starts by emptying
+// `search_path`) does not reach the next, in or out of a transaction.
+#[test]
+fn postgres_each_migration_starts_from_a_fresh_session() {
+    let Some(p) = Project::new(Backend::Postgres) else {
+        return;
+    };
+    p.migration(
+        "1_dump.sql",
+        "-- upgrade\nSELECT pg_catalog.set_config('search_path', '', false);\nSET statement_timeout = 50;\n\
+         CREATE TABLE public.a (id integer);\n",
+    );
+    p.migration(
+        "2_plain.sql",
+        "-- upgrade\nCREATE TABLE b (id integer);\nSELECT pg_sleep(0.2);\n",
+    );
+    p.migration(
+        "3_outside.sql",
+        "-- upgrade\n-- lockstep:no-transaction\nSET search_path = pg_temp;\nCREATE TABLE pg_temp.t (id integer);\n",
+    );
+    p.migration(
+        "4_after_outside.sql",
+        "-- upgrade\n-- lockstep:no-transaction\nCREATE TABLE c (id integer);\n",
+    );
+    p.migration("5_last.sql", "-- upgrade\nCREATE TABLE d (id integer);\n");
+    p.run(&["upgrade"]).ok();
+    let tables = p.db.query(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public' \
+         AND table_name IN ('a', 'b', 'c', 'd') ORDER BY 1",
+    );
+    assert_eq!(tables, [["a"], ["b"], ["c"], ["d"]]);
+}
