@@ -131,3 +131,44 @@ fn postgres_each_migration_starts_from_a_fresh_session() {
     );
     assert_eq!(tables, [["a"], ["b"], ["c"], ["d"]]);
 }
+// A failure the engine gives no position for (a constraint, a dependency)
+// names the statement: its number, its line, its first line of text.
+both!(a_failure_without_a_position_names_the_statement, |p| {
+    p.migration(
+        "1_t.sql",
+        "-- upgrade\nCREATE TABLE t (id integer PRIMARY KEY);\n",
+    );
+    p.migration(
+        "2_dup.sql",
+        "-- upgrade\n-- two rows\nINSERT INTO t VALUES (1);\n\nINSERT INTO t VALUES (2);\nINSERT INTO t\n  VALUES (1);\nINSERT INTO t VALUES (3);\n",
+    );
+    p.migration(
+        "3_outside.sql",
+        "-- upgrade\n-- lockstep:no-transaction\nINSERT INTO t VALUES (9);\nINSERT INTO t VALUES (9);\n",
+    );
+    let run = p.run(&["upgrade", "--to", "2"]);
+    run.code(1);
+    assert!(
+        run.stderr.contains(
+            "error: migration 2 dup failed (migrations/2_dup.sql:6, statement 3 of 4: `INSERT INTO t`): "
+        ),
+        "{}",
+        run.stderr
+    );
+    let doc = p.run(&["upgrade", "--to", "2", "--json"]).json();
+    assert_eq!(doc["error"]["line"], 6, "{doc}");
+    assert_eq!(doc["error"]["statement"]["number"], 3, "{doc}");
+    assert_eq!(doc["error"]["statement"]["total"], 4, "{doc}");
+    assert_eq!(p.db.history(), ["1 t applied"]);
+    // Outside a transaction too: the second statement, now dirty.
+    p.migration("2_dup.sql", "-- upgrade\nINSERT INTO t VALUES (1);\n");
+    let run = p.run(&["upgrade"]);
+    run.code(1);
+    assert!(
+        run.stderr.contains(
+            "error: migration 3 outside failed (migrations/3_outside.sql:4, statement 2 of 2: `INSERT INTO t VALUES (9);`): "
+        ),
+        "{}",
+        run.stderr
+    );
+});

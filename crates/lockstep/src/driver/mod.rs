@@ -13,6 +13,7 @@ use crate::source::{Checksum, Section};
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, SqliteTarget};
 
+mod pg_client;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 mod sqlite_locks;

@@ -8,8 +8,10 @@
 
 use std::time::{Duration, Instant};
 
-use postgres::error::{ErrorPosition, SqlState};
-use postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::error::{ErrorPosition, SqlState};
+use tokio_postgres::SimpleQueryMessage;
+
+use super::pg_client::{self, Client};
 
 use super::tls::MakeRustls;
 use super::{Canceller, Change, Driver, StepFailure, TxStep, Who};
@@ -111,7 +113,7 @@ fn chain(e: &dyn std::error::Error) -> String {
     message
 }
 
-fn message_in(e: &postgres::Error, sent: Option<(&str, usize, usize)>) -> DbMessage {
+fn message_in(e: &tokio_postgres::Error, sent: Option<(&str, usize, usize)>) -> DbMessage {
     let Some(db) = e.as_db_error() else {
         let mut message = chain(e);
         if e.is_closed() && !message.contains("closed") {
@@ -140,18 +142,18 @@ fn message_in(e: &postgres::Error, sent: Option<(&str, usize, usize)>) -> DbMess
     }
 }
 
-fn message(e: &postgres::Error) -> DbMessage {
+fn message(e: &tokio_postgres::Error) -> DbMessage {
     message_in(e, None)
 }
 
-fn db_error(context: impl Into<String>, e: &postgres::Error) -> Error {
+fn db_error(context: impl Into<String>, e: &tokio_postgres::Error) -> Error {
     Error::Database {
         context: context.into(),
         db: Box::new(message(e)),
     }
 }
 
-fn code(e: &postgres::Error) -> Option<&SqlState> {
+fn code(e: &tokio_postgres::Error) -> Option<&SqlState> {
     e.code()
 }
 
@@ -159,7 +161,7 @@ impl PgDriver {
     /// Whether `all_there` (the look at lockstep's tables) says they exist
     /// and this history table's format row is in the meta table: what
     /// `create_tables` makes. Outside any transaction.
-    fn tables_made(&mut self, all_there: &str) -> Result<bool, postgres::Error> {
+    fn tables_made(&mut self, all_there: &str) -> Result<bool, tokio_postgres::Error> {
         if !says_true(&self.client.simple_query(all_there)?) {
             return Ok(false);
         }
@@ -183,7 +185,7 @@ impl PgDriver {
             message,
             hint,
         };
-        let mut config = postgres::Config::new();
+        let mut config = tokio_postgres::Config::new();
         config.user(&target.user);
         if let Some(password) = &target.password {
             config.password(password.expose());
@@ -216,7 +218,7 @@ impl PgDriver {
             )
         })?;
         config.ssl_mode(mode);
-        let client = connect_within(&config, &tls, timeout).map_err(|e| {
+        let client = Client::connect(&config, &tls, timeout).map_err(Some).and_then(|c| c.ok_or(None)).map_err(|e| {
             let Some(e) = e else {
                 return connect_error(
                     format!(
@@ -339,35 +341,6 @@ impl PgDriver {
     }
 }
 
-/// Connects, bounding the whole set-up by `timeout`: the client library's
-/// own timeout covers only the TCP connect, and a server (or a proxy) that
-/// accepts and never answers would hold the TLS handshake or the start-up
-/// forever. `None` when the time ran out. The attempt then goes on, on its
-/// own thread, until the server answers or closes the connection, and its
-/// result is dropped: the client library offers no way to abandon it.
-fn connect_within(
-    config: &postgres::Config,
-    tls: &MakeRustls,
-    timeout: Duration,
-) -> Result<Client, Option<postgres::Error>> {
-    let (sent, received) = std::sync::mpsc::channel();
-    let (attempt, attempt_tls) = (config.clone(), tls.clone());
-    let spawned = std::thread::Builder::new()
-        .name("lockstep-connect".into())
-        .spawn(move || {
-            let _ = sent.send(attempt.connect(attempt_tls));
-        });
-    if spawned.is_err() {
-        // No thread to spare: connect on this one, bounded only as the
-        // client library bounds it.
-        return config.connect(tls.clone()).map_err(Some);
-    }
-    match received.recv_timeout(timeout) {
-        Ok(result) => result.map_err(Some),
-        Err(_) => Err(None),
-    }
-}
-
 /// Splits a simple query's messages into the rows of each statement.
 fn statements(messages: &[SimpleQueryMessage]) -> Vec<&[SimpleQueryMessage]> {
     let mut out = Vec::new();
@@ -447,55 +420,47 @@ impl PgDriver {
             history = self.history,
             name = literal(self.table.name()),
         );
-        let no_params: [(&str, postgres::types::Type); 0] = [];
-        let read = self
-            .client
-            .query_typed_raw(&sql, no_params)
-            .and_then(|mut it| {
-                use postgres::fallible_iterator::FallibleIterator;
-                let mut head = None;
-                let mut rows = Vec::new();
-                while let Some(row) = it.next()? {
-                    if head.is_none() {
-                        head = Some((
-                            row.try_get::<_, Option<String>>(0)?,
-                            row.try_get::<_, Option<i64>>(1)?,
-                            row.try_get::<_, Option<i64>>(11)?,
-                            row.try_get::<_, Option<bool>>(12)?,
-                        ));
-                    }
-                    if let Some(version) = row.try_get::<_, Option<i64>>(2)? {
-                        rows.push(HistoryRow {
-                            version: version as u64,
-                            name: row.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
-                            checksum: Checksum::parse(
-                                row.try_get::<_, Option<&str>>(4)?.unwrap_or_default(),
-                            ),
-                            state: RowState::parse(
-                                row.try_get::<_, Option<&str>>(5)?.unwrap_or_default(),
-                            )
-                            .unwrap_or(RowState::Started),
-                            applied_at: row
-                                .try_get::<_, Option<std::time::SystemTime>>(6)?
-                                .map_or_else(|| Timestamp::new(""), Timestamp::from),
-                            duration_ms: row.try_get::<_, Option<i64>>(7)?.unwrap_or_default(),
-                            applied_by: shared(
-                                rows.last().map(|r: &HistoryRow| &r.applied_by),
-                                row.try_get::<_, Option<&str>>(8)?.unwrap_or_default(),
-                            ),
-                            lock_token: row.try_get(9)?,
-                            tool_version: shared(
-                                rows.last().map(|r: &HistoryRow| &r.tool_version),
-                                row.try_get::<_, Option<&str>>(10)?.unwrap_or_default(),
-                            ),
-                        });
-                    }
-                }
-                // Nearly always in order already: linear. Unstable (the
-                // version is the key), so no scratch copy of the rows.
-                rows.sort_unstable_by_key(|r| r.version);
-                Ok((head, rows))
-            });
+        let mut head = None;
+        let mut rows: Vec<HistoryRow> = Vec::new();
+        let read = self.client.for_each_row(&sql, |row| {
+            if head.is_none() {
+                head = Some((
+                    row.try_get::<_, Option<String>>(0)?,
+                    row.try_get::<_, Option<i64>>(1)?,
+                    row.try_get::<_, Option<i64>>(11)?,
+                    row.try_get::<_, Option<bool>>(12)?,
+                ));
+            }
+            if let Some(version) = row.try_get::<_, Option<i64>>(2)? {
+                rows.push(HistoryRow {
+                    version: version as u64,
+                    name: row.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    checksum: Checksum::parse(
+                        row.try_get::<_, Option<&str>>(4)?.unwrap_or_default(),
+                    ),
+                    state: RowState::parse(row.try_get::<_, Option<&str>>(5)?.unwrap_or_default())
+                        .unwrap_or(RowState::Started),
+                    applied_at: row
+                        .try_get::<_, Option<std::time::SystemTime>>(6)?
+                        .map_or_else(|| Timestamp::new(""), Timestamp::from),
+                    duration_ms: row.try_get::<_, Option<i64>>(7)?.unwrap_or_default(),
+                    applied_by: shared(
+                        rows.last().map(|r| &r.applied_by),
+                        row.try_get::<_, Option<&str>>(8)?.unwrap_or_default(),
+                    ),
+                    lock_token: row.try_get(9)?,
+                    tool_version: shared(
+                        rows.last().map(|r| &r.tool_version),
+                        row.try_get::<_, Option<&str>>(10)?.unwrap_or_default(),
+                    ),
+                });
+            }
+            Ok(())
+        });
+        // Nearly always in order already: linear. Unstable (the version is
+        // the key), so no scratch copy of the rows.
+        rows.sort_unstable_by_key(|r| r.version);
+        let read = read.map(|()| (head, rows));
         match read {
             Ok((head, rows)) => {
                 let (schema, format, token, held) = head.unwrap_or_default();
@@ -751,12 +716,20 @@ impl Driver for PgDriver {
                 query.push_str(&self.commit(fence));
             }
             let started = Instant::now();
-            if let Err(e) = self.client.simple_query(&query) {
-                let lost = is_fence_failure(&e);
-                let db = message_in(&e, Some((&query, start_of_section, step.section.sql.len())));
+            if let Err(failed) = self.client.simple_query_counted(&query) {
+                let e = &failed.error;
+                let db = message_in(e, Some((&query, start_of_section, step.section.sql.len())));
                 self.rollback();
+                let before = statements_in(&query[..start_of_section]);
+                let Some(ran) = failed.completed.checked_sub(before) else {
+                    // The beginning failed: with a fence, that is the lock.
+                    return Err(StepFailure {
+                        lost: fence.is_some() && fence_failed(e),
+                        ..StepFailure::at(i, db)
+                    });
+                };
                 return Err(StepFailure {
-                    lost,
+                    statement: statement_at(&step.section.sql, ran),
                     ..StepFailure::at(i, db)
                 });
             }
@@ -792,18 +765,23 @@ impl Driver for PgDriver {
         fence: Option<&Fence>,
     ) -> Result<(), Error> {
         let mut sql = self.begin(fence, false);
+        let begun = sql.len();
         for change in changes {
             sql.push_str(&self.change_sql(change));
             sql.push_str(";\n");
         }
         sql.push_str(&self.commit(fence));
-        self.client.simple_query(&sql).map(drop).map_err(|e| {
-            self.rollback();
-            match fence {
-                Some(fence) if is_fence_failure(&e) => lost(fence),
-                _ => db_error(format!("writing history to {}", self.table), &e),
-            }
-        })
+        self.client
+            .simple_query_counted(&sql)
+            .map(drop)
+            .map_err(|failed| {
+                self.rollback();
+                let in_fence = failed.completed < statements_in(&sql[..begun]);
+                match fence {
+                    Some(fence) if in_fence && fence_failed(&failed.error) => lost(fence),
+                    _ => db_error(format!("writing history to {}", self.table), &failed.error),
+                }
+            })
     }
 
     fn session(&mut self) -> Result<Session, Error> {
@@ -1184,9 +1162,8 @@ impl Driver for PgDriver {
     }
 
     fn wait_for_notification(&mut self, timeout: Duration) -> Result<bool, Error> {
-        use postgres::fallible_iterator::FallibleIterator;
         // Only releases (plain and forced) notify the scope's channel.
-        match self.client.notifications().timeout_iter(timeout).next() {
+        match self.client.wait_for_notification(timeout) {
             Err(e) => Err(db_error("waiting for the lock", &e)),
             Ok(n) => Ok(n.is_some()),
         }
@@ -1213,9 +1190,7 @@ impl Driver for PgDriver {
     fn canceller(&self) -> Canceller {
         let token = self.client.cancel_token();
         let tls = self.tls.clone();
-        Box::new(move || {
-            let _ = token.cancel_query(tls.clone());
-        })
+        Box::new(move || pg_client::cancel(&token, &tls))
     }
 }
 
@@ -1229,15 +1204,37 @@ const FREE: &str = "owner = NULL, host = NULL, pid = NULL, command = NULL, tool_
 /// The message the fence raises when the token is no longer current.
 const LOST_MARKER: &str = "lockstep-lock-lost";
 
-fn is_fence_failure(e: &postgres::Error) -> bool {
+fn is_fence_failure(e: &tokio_postgres::Error) -> bool {
     code(e) == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
         && e.as_db_error()
             .is_some_and(|db| db.message().contains(LOST_MARKER))
 }
 
+/// Whether an error in a fenced transaction's beginning means the lock is
+/// lost: the token changed, or the lock's table is gone (dropped by hand).
+fn fence_failed(e: &tokio_postgres::Error) -> bool {
+    is_fence_failure(e) || code(e) == Some(&SqlState::UNDEFINED_TABLE)
+}
+
+/// How many statements a query string of lockstep's own holds: each
+/// completes with a message of its own.
+fn statements_in(sql: &str) -> usize {
+    crate::sql::split(sql, Dialect::Postgres).map_or(0, |statements| statements.len())
+}
+
+/// The section's statement that failed after `ran` of them completed;
+/// `None` when all of them had: what failed came after the section.
+fn statement_at(section: &str, ran: usize) -> Option<super::StatementAt> {
+    let statements = crate::sql::split(section, Dialect::Postgres).ok()?;
+    statements.get(ran).map(|s| super::StatementAt {
+        index: ran,
+        offset: s.range.start,
+    })
+}
+
 /// Serialization failures and deadlocks: the transaction was rolled back
 /// whole and can run again.
-fn is_retryable(e: &postgres::Error) -> bool {
+fn is_retryable(e: &tokio_postgres::Error) -> bool {
     matches!(code(e), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
 }
 
@@ -1268,25 +1265,25 @@ fn channel(scope: &str) -> String {
     }
 }
 
-fn lock_row(messages: &[SimpleQueryMessage]) -> Option<&postgres::SimpleQueryRow> {
+fn lock_row(messages: &[SimpleQueryMessage]) -> Option<&tokio_postgres::SimpleQueryRow> {
     messages.iter().find_map(|m| match m {
         SimpleQueryMessage::Row(r) => Some(r),
         _ => None,
     })
 }
 
-fn text(r: &postgres::SimpleQueryRow, i: usize) -> Option<String> {
+fn text(r: &tokio_postgres::SimpleQueryRow, i: usize) -> Option<String> {
     r.get(i).map(str::to_string)
 }
 
-fn int(r: &postgres::SimpleQueryRow, i: usize) -> Option<i64> {
+fn int(r: &tokio_postgres::SimpleQueryRow, i: usize) -> Option<i64> {
     r.get(i).and_then(|v| v.parse().ok())
 }
 
 /// The column of `lock_select` with the server's port.
 const PORT_COLUMN: usize = 13;
 
-fn parse_lock(scope: &str, r: &postgres::SimpleQueryRow) -> LockInfo {
+fn parse_lock(scope: &str, r: &tokio_postgres::SimpleQueryRow) -> LockInfo {
     LockInfo {
         scope: scope.to_string(),
         token: int(r, 0).unwrap_or_default(),

@@ -1,0 +1,273 @@
+//! A blocking PostgreSQL client over `tokio-postgres`, on a runtime of its
+//! own with one thread: the connection is driven while a request waits, as
+//! the `postgres` crate does, with two things that crate cannot do:
+//!
+//! - a deadline over the whole connection set-up (the TCP connect, the TLS
+//!   request and handshake, the start-up and authentication): its own
+//!   timeout covers only the TCP connect, and a server or proxy that accepts
+//!   and never answers held lockstep forever;
+//! - a simple query's failure with the statements that completed before it
+//!   (the server sends a CommandComplete for each): a failure the server
+//!   gives no position for (a constraint, a dependency) names its statement.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use futures_core::Stream;
+use tokio::runtime::Runtime;
+use tokio_postgres::{AsyncMessage, Notification, Row, SimpleQueryMessage, Socket};
+
+use super::tls::{MakeRustls, RustlsStream};
+
+/// The connection the client drives.
+type Connection = tokio_postgres::Connection<Socket, RustlsStream<Socket>>;
+
+/// How long dropping a client waits to tell the server goodbye.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+pub(crate) struct Client {
+    runtime: Runtime,
+    /// `None` only while dropping.
+    client: Option<tokio_postgres::Client>,
+    connection: Connection,
+    /// Notifications that arrived while something else was awaited.
+    notifications: VecDeque<Notification>,
+    /// The connection ended (closed, or failed).
+    ended: bool,
+}
+
+/// How a simple query failed: the error, and the statements of the query
+/// that completed before it.
+#[derive(Debug)]
+pub(crate) struct QueryFailure {
+    pub error: tokio_postgres::Error,
+    pub completed: usize,
+}
+
+impl Client {
+    /// Connects, all of the set-up bounded by `timeout`. `Ok(None)` when the
+    /// time ran out: the attempt is dropped, and its socket closed.
+    pub(crate) fn connect(
+        config: &tokio_postgres::Config,
+        tls: &MakeRustls,
+        timeout: Duration,
+    ) -> Result<Option<Client>, tokio_postgres::Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a current-thread runtime builds");
+        let connected = runtime
+            .block_on(async { tokio::time::timeout(timeout, config.connect(tls.clone())).await });
+        let Ok(connected) = connected else {
+            return Ok(None);
+        };
+        let (client, connection) = connected?;
+        Ok(Some(Client {
+            runtime,
+            client: Some(client),
+            connection,
+            notifications: VecDeque::new(),
+            ended: false,
+        }))
+    }
+
+    fn client(&self) -> &tokio_postgres::Client {
+        self.client
+            .as_ref()
+            .expect("only dropping takes the client")
+    }
+
+    /// Awaits `future` while driving the connection: its messages arrive,
+    /// notifications are kept for later, notices are dropped.
+    fn block_on<T>(
+        &mut self,
+        future: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, tokio_postgres::Error> {
+        let mut future = pin!(future);
+        let Client {
+            runtime,
+            connection,
+            notifications,
+            ended,
+            ..
+        } = self;
+        runtime.block_on(std::future::poll_fn(|cx| {
+            if let Some(Err(e)) = drive(connection, notifications, ended, cx) {
+                return Poll::Ready(Err(e));
+            }
+            future.as_mut().poll(cx)
+        }))
+    }
+
+    /// Runs a query string of any number of statements, with no
+    /// parameters, and returns every message.
+    pub(crate) fn simple_query(
+        &mut self,
+        query: &str,
+    ) -> Result<Vec<SimpleQueryMessage>, tokio_postgres::Error> {
+        self.simple_query_counted(query).map_err(|f| f.error)
+    }
+
+    /// [`Client::simple_query`], and on failure how many of the string's
+    /// statements completed before the one that failed.
+    pub(crate) fn simple_query_counted(
+        &mut self,
+        query: &str,
+    ) -> Result<Vec<SimpleQueryMessage>, QueryFailure> {
+        let client = self.client.take().expect("only dropping takes the client");
+        let mut messages = Vec::new();
+        let result = self.block_on(async {
+            let mut stream = pin!(client.simple_query_raw(query).await?);
+            while let Some(message) = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await
+            {
+                messages.push(message?);
+            }
+            Ok(())
+        });
+        self.client = Some(client);
+        match result {
+            Ok(()) => Ok(messages),
+            Err(error) => Err(QueryFailure {
+                error,
+                completed: messages
+                    .iter()
+                    .filter(|m| matches!(m, SimpleQueryMessage::CommandComplete(_)))
+                    .count(),
+            }),
+        }
+    }
+
+    /// Runs a query with typed parameters and hands each row to `each` as
+    /// it arrives: a large result is never held whole.
+    pub(crate) fn for_each_row(
+        &mut self,
+        query: &str,
+        mut each: impl FnMut(Row) -> Result<(), tokio_postgres::Error>,
+    ) -> Result<(), tokio_postgres::Error> {
+        let client = self.client.take().expect("only dropping takes the client");
+        let no_params: [(&str, tokio_postgres::types::Type); 0] = [];
+        let result = self.block_on(async {
+            let mut rows = pin!(client.query_typed_raw(query, no_params).await?);
+            while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
+                each(row?)?;
+            }
+            Ok(())
+        });
+        self.client = Some(client);
+        result
+    }
+
+    /// Waits up to `timeout` for a notification; `None` when none came.
+    pub(crate) fn wait_for_notification(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<Notification>, tokio_postgres::Error> {
+        if let Some(n) = self.notifications.pop_front() {
+            return Ok(Some(n));
+        }
+        let Client {
+            runtime,
+            connection,
+            notifications,
+            ended,
+            ..
+        } = self;
+        let waited = runtime.block_on(async {
+            tokio::time::timeout(
+                timeout,
+                std::future::poll_fn(|cx| match drive(connection, notifications, ended, cx) {
+                    Some(Err(e)) => Poll::Ready(Err(e)),
+                    _ if !notifications.is_empty() => Poll::Ready(Ok(())),
+                    // Closed: no notification will come; the next request
+                    // says why.
+                    _ if *ended => Poll::Ready(Ok(())),
+                    _ => Poll::Pending,
+                }),
+            )
+            .await
+        });
+        match waited {
+            Err(_elapsed) => Ok(None),
+            Ok(result) => result.map(|()| self.notifications.pop_front()),
+        }
+    }
+
+    /// A handle that cancels the query this connection is running.
+    pub(crate) fn cancel_token(&self) -> tokio_postgres::CancelToken {
+        self.client().cancel_token()
+    }
+
+    /// Whether the connection has ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.ended || self.client().is_closed()
+    }
+}
+
+/// Reads what the connection has: notifications are kept, notices dropped.
+/// `Some(Err)` when the connection failed; `Some(Ok)` when it closed.
+fn drive(
+    connection: &mut Connection,
+    notifications: &mut VecDeque<Notification>,
+    ended: &mut bool,
+    cx: &mut std::task::Context<'_>,
+) -> Option<Result<(), tokio_postgres::Error>> {
+    if *ended {
+        return Some(Ok(()));
+    }
+    loop {
+        match connection.poll_message(cx) {
+            Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => notifications.push_back(n),
+            Poll::Ready(Some(Ok(_))) => {}
+            Poll::Ready(Some(Err(e))) => {
+                *ended = true;
+                return Some(Err(e));
+            }
+            Poll::Ready(None) => {
+                *ended = true;
+                return Some(Ok(()));
+            }
+            Poll::Pending => return None,
+        }
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        // Without its client the connection says goodbye to the server
+        // (a Terminate message) and ends; a server that stopped answering
+        // is not waited on for long.
+        drop(self.client.take());
+        let Client {
+            runtime,
+            connection,
+            notifications,
+            ended,
+            ..
+        } = self;
+        let _ = runtime.block_on(async {
+            tokio::time::timeout(
+                CLOSE_WAIT,
+                std::future::poll_fn(|cx| match drive(connection, notifications, ended, cx) {
+                    Some(_) => Poll::Ready(()),
+                    None => Poll::Pending,
+                }),
+            )
+            .await
+        });
+    }
+}
+
+/// Sends a cancel request for `token`'s query, on a runtime of its own:
+/// from another thread than the one waiting on the query.
+pub(crate) fn cancel(token: &tokio_postgres::CancelToken, tls: &MakeRustls) {
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return;
+    };
+    let _ = runtime.block_on(token.cancel_query(tls.clone()));
+}
