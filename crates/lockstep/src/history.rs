@@ -193,6 +193,16 @@ impl TableName {
         &self.name
     }
 
+    /// The same table with the engine's default schema left unwritten:
+    /// `public.hist` and `hist` name one table on PostgreSQL, `main.hist`
+    /// and `hist` on SQLite, and must be one lock scope.
+    pub fn without_schema(&self, default: &str) -> TableName {
+        TableName {
+            schema: self.schema.clone().filter(|s| s != default),
+            name: self.name.clone(),
+        }
+    }
+
     /// A table with another name in the same schema.
     pub fn sibling(&self, name: &str) -> TableName {
         TableName {
@@ -236,6 +246,10 @@ mod tests {
         assert_eq!(t.quoted(), "\"app\".\"schema_history\"");
         assert_eq!(t.sibling("lockstep_meta").to_string(), "app.lockstep_meta");
         assert_eq!(TableName::default().quoted(), "\"lockstep_history\"");
+        let public = TableName::parse("public.hist").unwrap();
+        assert_eq!(public.without_schema("public").to_string(), "hist");
+        assert_eq!(public.without_schema("main").to_string(), "public.hist");
+        assert_eq!(t.without_schema("public").to_string(), "app.schema_history");
         for bad in [
             "",
             "a.b.c",

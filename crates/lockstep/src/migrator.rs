@@ -229,7 +229,8 @@ impl Migrator {
         Self::open(url, options, false)
     }
 
-    fn open(url: &DatabaseUrl, options: Options, create: bool) -> Result<Migrator, Error> {
+    fn open(url: &DatabaseUrl, mut options: Options, create: bool) -> Result<Migrator, Error> {
+        options.history_table = driver::canonical(url, &options.history_table);
         crate::identity::check_executor(&options.executor).map_err(|message| Error::Config {
             message,
             hint: None,

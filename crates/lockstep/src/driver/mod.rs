@@ -240,6 +240,16 @@ pub(crate) trait Driver: Send {
     fn yield_to_release(&mut self) {}
 }
 
+/// The history table as its engine names it, its default schema
+/// (PostgreSQL's `public`, SQLite's `main`) left unwritten: however it is
+/// spelled, one table is one lock scope.
+pub(crate) fn canonical(url: &DatabaseUrl, table: &TableName) -> TableName {
+    match url {
+        DatabaseUrl::Sqlite(_) => table.without_schema("main"),
+        DatabaseUrl::Postgres(_) => table.without_schema(postgres::DEFAULT_SCHEMA),
+    }
+}
+
 /// Opens a driver for a URL. With `create` false an SQLite file that does not
 /// exist is not created: it reads as a database without history.
 pub(crate) fn open(
