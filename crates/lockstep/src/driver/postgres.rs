@@ -27,6 +27,9 @@ use crate::source::Checksum;
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, PgHost, PgTarget};
 
+/// Where lockstep keeps its tables when the history table names no schema.
+pub(crate) const DEFAULT_SCHEMA: &str = "public";
+
 /// How long to wait for a server that does not answer the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first key of lockstep's advisory locks ("lkst"), so that they do
@@ -47,7 +50,12 @@ pub(crate) struct PgDriver {
     application_name: String,
     tls: MakeRustls,
     table: TableName,
-    /// The quoted, schema-qualified names, once the schema is known.
+    /// The schema of lockstep's tables: the history table's, `public` when
+    /// it names none. Never `search_path`'s: a database-level or
+    /// per-session `search_path` must not move lockstep's tables or hide
+    /// them.
+    schema: String,
+    /// The quoted, schema-qualified names.
     history: String,
     meta: String,
     lock: String,
@@ -270,6 +278,7 @@ impl PgDriver {
             application_name: application_name.to_string(),
             tls,
             table: table.clone(),
+            schema: table.schema().unwrap_or(DEFAULT_SCHEMA).to_string(),
             history: String::new(),
             meta: String::new(),
             lock: String::new(),
@@ -280,16 +289,14 @@ impl PgDriver {
             check_interval: false,
             reset_pending: false,
         };
-        driver.qualify(table.schema());
+        driver.qualify();
         Ok(driver)
     }
 
-    /// Qualifies lockstep's table names with a schema, so that a migration
-    /// that changes `search_path` cannot redirect lockstep's own writes.
-    fn qualify(&mut self, schema: Option<&str>) {
-        let prefix = schema
-            .map(|s| format!("{}.", quote_ident(s)))
-            .unwrap_or_default();
+    /// Qualifies lockstep's table names with their schema, so that neither
+    /// `search_path` nor a migration that changes it can move them.
+    fn qualify(&mut self) {
+        let prefix = format!("{}.", quote_ident(&self.schema));
         self.history = format!("{prefix}{}", quote_ident(self.table.name()));
         self.meta = format!("{prefix}{}", quote_ident(META_TABLE));
         self.lock = format!("{prefix}{}", quote_ident(LOCK_TABLE));
@@ -387,13 +394,8 @@ enum Read {
 impl PgDriver {
     fn try_read_history(&mut self, with_token: bool) -> Result<Read, Error> {
         let context = format!("reading history from {}", self.table);
-        let schema = match self.table.schema() {
-            Some(s) => literal(s),
-            None => "current_schema()".to_string(),
-        };
-        // One statement: the schema lockstep's tables resolve to and their
-        // format on every row, then the history (one row of NULLs when it
-        // is empty). A fleet starting against an up-to-date database costs
+        // One statement: the format of lockstep's tables on every row, then
+        // the history (one row of NULLs when it is empty). A fleet starting against an up-to-date database costs
         // the server this and nothing else. Rows are decoded as they
         // arrive, not gathered first: 10,000 of them stay a few MiB. The
         // server neither formats times nor sorts: a fresh session's first
@@ -410,7 +412,7 @@ impl PgDriver {
             "LEFT JOIN (SELECT NULL::bigint AS token, NULL::text AS owner) AS l ON true".to_string()
         };
         let sql = format!(
-            "SELECT {schema}::text, (SELECT format_version FROM {meta} WHERE table_name = {name})::bigint,
+            "SELECT (SELECT format_version FROM {meta} WHERE table_name = {name})::bigint,
                     h.version::bigint, h.name::text, h.checksum::text, h.state::text,
                     h.applied_at::timestamptz,
                     h.duration_ms::bigint, h.applied_by::text, h.lock_token::bigint, h.tool_version::text,
@@ -425,33 +427,32 @@ impl PgDriver {
         let read = self.client.for_each_row(&sql, |row| {
             if head.is_none() {
                 head = Some((
-                    row.try_get::<_, Option<String>>(0)?,
-                    row.try_get::<_, Option<i64>>(1)?,
-                    row.try_get::<_, Option<i64>>(11)?,
-                    row.try_get::<_, Option<bool>>(12)?,
+                    row.try_get::<_, Option<i64>>(0)?,
+                    row.try_get::<_, Option<i64>>(10)?,
+                    row.try_get::<_, Option<bool>>(11)?,
                 ));
             }
-            if let Some(version) = row.try_get::<_, Option<i64>>(2)? {
+            if let Some(version) = row.try_get::<_, Option<i64>>(1)? {
                 rows.push(HistoryRow {
                     version: version as u64,
-                    name: row.try_get::<_, Option<String>>(3)?.unwrap_or_default(),
+                    name: row.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
                     checksum: Checksum::parse(
-                        row.try_get::<_, Option<&str>>(4)?.unwrap_or_default(),
+                        row.try_get::<_, Option<&str>>(3)?.unwrap_or_default(),
                     ),
-                    state: RowState::parse(row.try_get::<_, Option<&str>>(5)?.unwrap_or_default())
+                    state: RowState::parse(row.try_get::<_, Option<&str>>(4)?.unwrap_or_default())
                         .unwrap_or(RowState::Started),
                     applied_at: row
-                        .try_get::<_, Option<std::time::SystemTime>>(6)?
+                        .try_get::<_, Option<std::time::SystemTime>>(5)?
                         .map_or_else(|| Timestamp::new(""), Timestamp::from),
-                    duration_ms: row.try_get::<_, Option<i64>>(7)?.unwrap_or_default(),
+                    duration_ms: row.try_get::<_, Option<i64>>(6)?.unwrap_or_default(),
                     applied_by: shared(
                         rows.last().map(|r| &r.applied_by),
-                        row.try_get::<_, Option<&str>>(8)?.unwrap_or_default(),
+                        row.try_get::<_, Option<&str>>(7)?.unwrap_or_default(),
                     ),
-                    lock_token: row.try_get(9)?,
+                    lock_token: row.try_get(8)?,
                     tool_version: shared(
                         rows.last().map(|r| &r.tool_version),
-                        row.try_get::<_, Option<&str>>(10)?.unwrap_or_default(),
+                        row.try_get::<_, Option<&str>>(9)?.unwrap_or_default(),
                     ),
                 });
             }
@@ -463,10 +464,7 @@ impl PgDriver {
         let read = read.map(|()| (head, rows));
         match read {
             Ok((head, rows)) => {
-                let (schema, format, token, held) = head.unwrap_or_default();
-                if let Some(schema) = schema {
-                    self.qualify(Some(&schema));
-                }
+                let (format, token, held) = head.unwrap_or_default();
                 if format.is_none() {
                     return Ok(Read::Unsure);
                 }
@@ -479,12 +477,18 @@ impl PgDriver {
                 Ok(Read::Rows(rows, mark))
             }
             Err(e) if code(&e) == Some(&SqlState::UNDEFINED_TABLE) => {
-                // Any of the tables may be the one missing: ask which.
+                // Any of the tables may be the one missing: ask which, and
+                // where `search_path` finds a table of the history table's
+                // name (lockstep once followed it).
                 let probe = format!(
-                    "SELECT to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL",
+                    "SELECT to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL,
+                            (SELECT n.nspname::text FROM pg_catalog.pg_class c
+                               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                              WHERE c.oid = to_regclass(quote_ident({})))",
                     literal(&self.history),
                     literal(&self.meta),
-                    literal(&self.lock)
+                    literal(&self.lock),
+                    literal(self.table.name()),
                 );
                 let messages = self
                     .client
@@ -498,6 +502,15 @@ impl PgDriver {
                     )),
                     _ => None,
                 });
+                let found_in = messages.iter().find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => r.get(3).map(str::to_string),
+                    _ => None,
+                });
+                if flags.is_some_and(|(history, ..)| !history) {
+                    if let Some(elsewhere) = found_in.filter(|s| *s != self.schema) {
+                        return Err(self.found_elsewhere(&elsewhere));
+                    }
+                }
                 match flags {
                     // All there now: created since the read; read again.
                     Some((true, true, true)) => Ok(Read::Unsure),
@@ -514,6 +527,25 @@ impl PgDriver {
                 message: "exists but does not have the columns of lockstep's history table".into(),
             }),
             Err(e) => Err(db_error(context, &e)),
+        }
+    }
+}
+
+impl PgDriver {
+    /// The history table is not in lockstep's schema, but `search_path`
+    /// finds one of its name in another: where a lockstep that followed
+    /// `search_path` made it.
+    fn found_elsewhere(&self, schema: &str) -> Error {
+        Error::Config {
+            message: format!(
+                "there is no table {} in schema `{}`, but `search_path` finds one in schema `{schema}`",
+                self.table.name(),
+                self.schema
+            ),
+            hint: Some(format!(
+                "lockstep keeps its tables in one schema whatever `search_path` says (`public` unless `history_table` names one): if that table is lockstep's history, set `history_table = \"{schema}.{}\"` in lockstep.toml",
+                self.table.name()
+            )),
         }
     }
 }
@@ -569,10 +601,7 @@ impl Driver for PgDriver {
             "SELECT (count(*) = 5)::text FROM pg_catalog.pg_class c
                JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
               WHERE n.nspname = {schema} AND c.relname IN ({meta}, {history}, {lock}, {log}, {index})",
-            schema = self
-                .table
-                .schema()
-                .map_or_else(|| "current_schema()".to_string(), literal),
+            schema = literal(&self.schema),
             meta = literal(META_TABLE),
             history = literal(self.table.name()),
             lock = literal(LOCK_TABLE),
@@ -834,9 +863,10 @@ impl Driver for PgDriver {
             if matches!(&result, Ok(m) if lock_row(m).is_none()) {
                 // First use of this scope: create its row, then lock it.
                 result = self.client.simple_query(&format!(
-                    "INSERT INTO {} (scope) VALUES ({}) ON CONFLICT (scope) DO NOTHING;\n{select}",
-                    self.lock,
-                    literal(scope)
+                    "INSERT INTO {lock} (scope, token) VALUES ({s}, {high}) ON CONFLICT (scope) DO NOTHING;\n{select}",
+                    lock = self.lock,
+                    s = literal(scope),
+                    high = self.token_high_mark(scope),
                 ));
             }
             match result {
@@ -963,6 +993,11 @@ impl Driver for PgDriver {
             Err(e) if code(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) || is_retryable(&e) => {
                 self.rollback();
                 Ok(Renewal::Busy)
+            }
+            // The lock's table dropped by hand: the lock is gone.
+            Err(e) if code(&e) == Some(&SqlState::UNDEFINED_TABLE) => {
+                self.rollback();
+                Ok(Renewal::Lost)
             }
             Err(e) => {
                 self.rollback();
@@ -1178,12 +1213,8 @@ impl Driver for PgDriver {
     }
 
     fn sibling(&self) -> Result<Box<dyn Driver>, Error> {
-        let mut driver =
+        let driver =
             PgDriver::connect(&self.target, &self.url, &self.table, &self.application_name)?;
-        driver.history = self.history.clone();
-        driver.meta = self.meta.clone();
-        driver.lock = self.lock.clone();
-        driver.log = self.log.clone();
         Ok(Box::new(driver))
     }
 
@@ -1337,6 +1368,19 @@ impl PgDriver {
                FROM {} AS l WHERE l.scope = {}",
             self.lock,
             literal(scope)
+        )
+    }
+
+    /// The highest token the scope ever had, for a lock row made anew:
+    /// from the lock log and the history, which a deleted lock row does not
+    /// take with it. Tokens never repeat: a holder paused while its row was
+    /// deleted by hand cannot pass its fence beside a new holder.
+    fn token_high_mark(&self, scope: &str) -> String {
+        format!(
+            "greatest((SELECT max(token) FROM {log} WHERE scope = {s}), (SELECT max(lock_token) FROM {history}), 0)",
+            log = self.log,
+            s = literal(scope),
+            history = self.history,
         )
     }
 

@@ -616,6 +616,14 @@ impl Driver for SqliteDriver {
                         ..StepFailure::at(0, DbMessage::plain("lock lost"))
                     });
                 }
+                // The lock's table dropped by hand: the lock is gone.
+                Err(e) if is_missing_table(&e) => {
+                    rollback(conn);
+                    return Err(StepFailure {
+                        lost: true,
+                        ..StepFailure::at(0, message(&e))
+                    });
+                }
                 Err(e) => return Err(fail(0, message(&e))),
             }
         }
@@ -686,6 +694,10 @@ impl Driver for SqliteDriver {
                     rollback(conn);
                     return Err(lost(fence));
                 }
+                Err(e) if is_missing_table(&e) => {
+                    rollback(conn);
+                    return Err(lost(fence));
+                }
                 Err(e) => {
                     rollback(conn);
                     return Err(db_error(&context, &e));
@@ -735,15 +747,27 @@ impl Driver for SqliteDriver {
             Ok(()) => {}
         }
         let result = (|| -> rusqlite::Result<LockInfo> {
+            if let Some(info) = self.select_lock(conn, scope)? {
+                return Ok(info);
+            }
+            // The scope's first row, or one deleted by hand: it starts at
+            // the highest token the scope ever had, from the lock log and
+            // the history, which a deleted row does not take with it.
+            // Tokens never repeat: a holder paused while its row was gone
+            // cannot pass its fence beside a new holder.
             conn.execute(
                 &format!(
-                    "INSERT OR IGNORE INTO {} (scope, token) VALUES (?1, 0)",
-                    self.lock
+                    "INSERT INTO {lock} (scope, token) VALUES (?1, max(
+                         coalesce((SELECT max(token) FROM {log} WHERE scope = ?1), 0),
+                         coalesce((SELECT max(lock_token) FROM {history}), 0)))",
+                    lock = self.lock,
+                    log = self.log,
+                    history = self.history,
                 ),
                 [scope],
             )?;
             self.select_lock(conn, scope)
-                .map(|info| info.expect("the row was just ensured"))
+                .map(|info| info.expect("the row was just made"))
         })();
         match result {
             Ok(info) => Ok(Probe::Row(info)),
@@ -838,6 +862,7 @@ impl Driver for SqliteDriver {
             Ok(_) => Ok(Renewal::Lost),
             // The holder's own migration has the database: normal.
             Err(e) if is_busy(&e) => Ok(Renewal::Busy),
+            Err(e) if is_missing_table(&e) => Ok(Renewal::Lost),
             Err(e) => Err(db_error("renewing the lock", &e)),
         }
     }
@@ -1112,6 +1137,13 @@ fn lost(fence: &Fence) -> Error {
         unrecorded: false,
         completed: Vec::new(),
     }))
+}
+
+/// A statement named a table that does not exist (one of lockstep's,
+/// dropped by hand).
+fn is_missing_table(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(_, Some(m)) | rusqlite::Error::SqlInputError { msg: m, .. }
+        if m.starts_with("no such table"))
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
