@@ -1159,3 +1159,152 @@ fn a_foreign_writer_is_named_as_such_while_waiting() {
     );
     assert_eq!(p.db.history(), ["1 a applied"]);
 }
+
+// One table is one lock, however its name is spelled: with and without
+// the engine's default schema (`public`, `main`).
+both!(one_history_table_is_one_lock_however_it_is_spelled, |p| {
+    let default = match p.backend() {
+        Backend::Sqlite => "main",
+        Backend::Postgres => "public",
+    };
+    p.file("short.toml", "history_table = \"hist\"\n");
+    p.file(
+        "long.toml",
+        &format!("history_table = \"{default}.hist\"\n"),
+    );
+    p.migration(
+        "1_slow.sql",
+        &format!(
+            "-- upgrade\nCREATE TABLE a (id integer);\n{}\n",
+            p.busy_sql(3.0)
+        ),
+    );
+    let holder = p.spawn(&["-c", "short.toml", "upgrade", "--owner", "short"]);
+    wait_until("the holder holds the lock", LONG, || {
+        p.db.table_exists("lockstep_lock")
+            && p.db
+                .query("SELECT owner FROM lockstep_lock WHERE owner IS NOT NULL")
+                .first()
+                .is_some_and(|r| r[0] == "short")
+    });
+    let other = p.run(&["-c", "long.toml", "upgrade", "--no-wait"]);
+    other.code(3);
+    assert!(
+        other.stderr.contains("the migration lock is held by short"),
+        "{}",
+        other.stderr
+    );
+    holder.finish().ok();
+    p.run(&["-c", "long.toml", "upgrade"]).ok();
+    assert_eq!(
+        p.db.query("SELECT scope, token FROM lockstep_lock"),
+        [["hist", "1"]]
+    );
+    assert_eq!(
+        p.db.query("SELECT version, state FROM hist"),
+        [["1", "applied"]]
+    );
+});
+
+/// Starts `upgrade --owner <owner>` and, once it holds the lock, runs `sql`
+/// by hand: on PostgreSQL while migration 1 runs (`sql` waits for it to
+/// commit), on SQLite while the holder is parked before migration 1 (as a
+/// pending forced release parks it: SQLite's write lock passes from one
+/// migration to the next without a gap for another writer).
+fn under_a_holder(p: &Project, owner: &str, sql: &str) -> crate::util::Child {
+    use std::os::fd::AsRawFd;
+    let side = match &p.db {
+        crate::util::TestDb::Sqlite { path } => {
+            let side = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(format!("{}-lockstep-release", path.display()))
+                .unwrap();
+            // SAFETY: a zeroed flock is valid; fcntl on an open descriptor.
+            unsafe {
+                let mut lock: libc::flock = std::mem::zeroed();
+                lock.l_type = libc::F_RDLCK as libc::c_short;
+                lock.l_len = 1;
+                assert_eq!(libc::fcntl(side.as_raw_fd(), libc::F_SETLK, &lock), 0);
+            }
+            Some(side)
+        }
+        crate::util::TestDb::Postgres { .. } => None,
+    };
+    let holder = p.spawn(&["upgrade", "--owner", owner]);
+    wait_until("the holder holds the lock", LONG, || {
+        holder_of(p).as_deref() == Some(owner)
+    });
+    if side.is_some() {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    p.db.exec(sql);
+    drop(side);
+    holder
+}
+
+// A lock row deleted by hand takes nothing with it: the next holder's
+// token is higher than every token before (a paused holder of the same
+// name cannot pass its fence beside it), and the holder that finds its row
+// gone stops, exit 5.
+both!(tokens_never_repeat_after_the_lock_row_is_deleted, |p| {
+    p.migration(
+        "1_slow.sql",
+        &format!(
+            "-- upgrade\nCREATE TABLE a (id integer);\n{}\n",
+            p.busy_sql(1.5)
+        ),
+    );
+    p.migration("2_b.sql", "-- upgrade\nCREATE TABLE b (id integer);\n");
+    let holder = under_a_holder(&p, "same", "DELETE FROM lockstep_lock");
+    let run = holder.finish();
+    run.code(5);
+    assert!(
+        run.stderr.contains("lost the migration lock"),
+        "{}",
+        run.stderr
+    );
+    assert!(!p.db.table_exists("b"));
+    p.run(&["upgrade", "--owner", "same"]).ok();
+    assert_eq!(applied(&p), 2);
+    // Every acquisition had a token of its own, the new one highest.
+    let tokens: Vec<String> =
+        p.db.query("SELECT token FROM lockstep_lock_log WHERE event = 'acquired' ORDER BY id")
+            .into_iter()
+            .map(|r| r[0].clone())
+            .collect();
+    assert_eq!(tokens, ["1", "2"]);
+    assert_eq!(p.db.value("SELECT token FROM lockstep_lock"), "2");
+    assert_eq!(
+        p.db.value("SELECT lock_token FROM lockstep_history WHERE version = 2"),
+        "2"
+    );
+});
+
+// `DROP TABLE lockstep_lock` under a running holder is a lost lock (exit
+// 5), not a failed migration; the next run makes the table again and goes
+// on with a higher token.
+both!(a_dropped_lock_table_is_a_lost_lock, |p| {
+    p.migration(
+        "1_slow.sql",
+        &format!(
+            "-- upgrade\nCREATE TABLE a (id integer);\n{}\n",
+            p.busy_sql(1.5)
+        ),
+    );
+    p.migration("2_b.sql", "-- upgrade\nCREATE TABLE b (id integer);\n");
+    let holder = under_a_holder(&p, "holder", "DROP TABLE lockstep_lock");
+    let run = holder.finish();
+    run.code(5);
+    assert!(
+        run.stderr.contains("lost the migration lock"),
+        "{}",
+        run.stderr
+    );
+    assert!(!p.db.table_exists("b"));
+    p.run(&["upgrade"]).ok();
+    assert_eq!(applied(&p), 2);
+    assert_eq!(p.db.value("SELECT token FROM lockstep_lock"), "2");
+});

@@ -250,6 +250,73 @@ fn history_table_in_its_own_schema() {
     p.run(&url, &["status", "--check"]).ok();
 }
 
+/// lockstep's tables stay in one schema (`public` unless `history_table`
+/// names one) whatever `search_path` says: a database-level one does not
+/// move them, and a run with another one still sees what was applied.
+#[test]
+fn lockstep_tables_do_not_follow_search_path() {
+    let Some(p) = pg() else { return };
+    let url = p.db.url();
+    p.db.exec(&format!(
+        "CREATE SCHEMA other; ALTER DATABASE {} SET search_path = other",
+        p.name
+    ));
+    p.run(&url, &["upgrade"]).ok();
+    for table in [
+        "lockstep_history",
+        "lockstep_meta",
+        "lockstep_lock",
+        "lockstep_lock_log",
+    ] {
+        assert!(p.db.table_exists(&format!("public.{table}")), "{table}");
+        assert!(!p.db.table_exists(&format!("other.{table}")), "{table}");
+    }
+    // The migration's own table follows search_path, as psql would.
+    assert!(p.db.table_exists("other.a"));
+    // Another search_path sees the same history.
+    p.db.exec(&format!(
+        "ALTER DATABASE {} SET search_path = pg_catalog",
+        p.name
+    ));
+    p.run(&url, &["status", "--check"]).ok();
+    p.run(&url, &["upgrade"]).ok();
+    assert_eq!(
+        p.db.value("SELECT count(*) FROM public.lockstep_history"),
+        "1"
+    );
+}
+
+/// History that an older lockstep put where `search_path` pointed is not
+/// taken for none: the run stops and says where it is.
+#[test]
+fn history_found_only_through_search_path_is_named_not_ignored() {
+    let Some(p) = pg() else { return };
+    let url = p.db.url();
+    std::fs::write(
+        p.dir.path().join("lockstep.toml"),
+        "history_table = \"legacy.lockstep_history\"\n",
+    )
+    .unwrap();
+    p.run(&url, &["upgrade"]).ok();
+    std::fs::remove_file(p.dir.path().join("lockstep.toml")).unwrap();
+    p.db.exec(&format!(
+        "ALTER DATABASE {} SET search_path = legacy, public",
+        p.name
+    ));
+    for args in [&["upgrade"][..], &["status"]] {
+        let run = p.run(&url, args);
+        run.code(2);
+        assert_eq!(
+            run.stderr,
+            "error: there is no table lockstep_history in schema `public`, but `search_path` finds one in schema `legacy`\n\
+             hint: lockstep keeps its tables in one schema whatever `search_path` says (`public` unless `history_table` names one): \
+             if that table is lockstep's history, set `history_table = \"legacy.lockstep_history\"` in lockstep.toml\n",
+            "{args:?}"
+        );
+    }
+    assert!(!p.db.table_exists("public.lockstep_history"));
+}
+
 #[test]
 fn error_position_points_into_the_file() {
     let Some(p) = pg() else { return };
