@@ -228,6 +228,8 @@ pub struct LockJson {
     pub holder_alive: Option<bool>,
     pub session_alive: Option<bool>,
     pub migrating: bool,
+    /// What else keeps the database or the lock's row locked.
+    pub blocker: Option<String>,
 }
 
 impl From<&lockstep::LockInfo> for LockJson {
@@ -248,6 +250,7 @@ impl From<&lockstep::LockInfo> for LockJson {
             holder_alive: l.is_held().then(|| l.holder_alive()),
             session_alive: l.session_alive,
             migrating: l.migrating,
+            blocker: l.blocker.clone(),
         }
     }
 }

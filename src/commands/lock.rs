@@ -38,6 +38,11 @@ pub fn status(
             "{painted} (scope {}, token {})",
             info.scope, info.token
         ));
+        if info.migrating || info.blocker.is_some() {
+            // Free, yet something keeps the database or the row locked:
+            // the next run waits for it.
+            printer.line(&format!("  blocked by  {}", info.describe()));
+        }
     } else {
         printer.line(&painted);
         for line in holder_rows(printer, &info).render().lines() {
@@ -112,7 +117,16 @@ fn holder_rows(printer: &Printer, info: &LockInfo) -> Table {
         .cell("token")
         .cell(info.token)
         .cell("holder alive")
-        .cell(alive);
+        .cell(alive)
+        .cell("migrating")
+        .cell(if info.migrating {
+            "yes (a migration of the holder is running now)"
+        } else {
+            "no"
+        });
+    if let Some(blocker) = &info.blocker {
+        table.cell("blocked by").cell(blocker);
+    }
     table
 }
 

@@ -223,6 +223,11 @@ impl Error {
         matches!(self, Error::Database { db, .. } if db.is_retryable())
     }
 
+    /// Another connection kept SQLite's database locked (`SQLITE_BUSY`).
+    pub(crate) fn is_busy(&self) -> bool {
+        matches!(self, Error::Database { db, .. } if db.code.as_deref() == Some("SQLITE_BUSY"))
+    }
+
     /// A table lockstep needs does not exist.
     pub(crate) fn is_undefined_table(&self) -> bool {
         matches!(self, Error::Database { db, .. }

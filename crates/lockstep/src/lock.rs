@@ -125,8 +125,14 @@ pub struct LockInfo {
     /// Whether the holder's session is alive: `Some(false)` only when the
     /// engine can prove it is gone, `None` when it cannot tell.
     pub session_alive: Option<bool>,
-    /// A migration transaction of the holder has the row locked right now.
+    /// A migration of the holder is running right now: its transaction
+    /// has the lock's row (PostgreSQL) or the database (SQLite) locked, or
+    /// its session runs a statement. With no holder: another connection,
+    /// not a lockstep run, keeps them locked.
     pub migrating: bool,
+    /// What else keeps the database or the lock's row locked, where the
+    /// engine can tell: `pid 90 (sqlite3: writing)`.
+    pub blocker: Option<String>,
 }
 
 impl LockInfo {
@@ -179,7 +185,11 @@ impl LockInfo {
         if self.owner.is_none() && self.migrating {
             // The lock row is locked (PostgreSQL) or the database is (SQLite),
             // yet no run holds the lock: another connection does.
-            return "another connection, not a lockstep run: it keeps the lock's row or the database locked".into();
+            let mut text = "another connection, not a lockstep run: it keeps the lock's row or the database locked".to_string();
+            if let Some(blocker) = &self.blocker {
+                text.push_str(&format!(" ({blocker})"));
+            }
+            return text;
         }
         let owner = self.owner.as_deref().unwrap_or("nobody");
         let mut parts = Vec::new();
@@ -205,6 +215,9 @@ impl LockInfo {
         }
         if self.session_alive == Some(false) {
             parts.push("session gone".into());
+        }
+        if let Some(blocker) = &self.blocker {
+            parts.push(format!("the database is locked by {blocker}"));
         }
         if parts.is_empty() {
             owner.to_string()
@@ -709,7 +722,11 @@ fn attempt(
                 scope: scope.to_string(),
                 ..LockInfo::default()
             });
-            info.migrating = true;
+            // Busy with the holder's migration, unless the driver named
+            // something else that keeps the row or the database locked.
+            if info.blocker.is_none() {
+                info.migrating = true;
+            }
             return Ok(Attempt::Held(info));
         }
         Probe::Row(info) => info,

@@ -243,7 +243,10 @@ impl Migrator {
         }
         // Shown in pg_stat_activity: who holds which session.
         let application_name = format!("lockstep {}", options.executor);
-        let driver = driver::open(url, &options.history_table, &application_name, create)?;
+        let mut driver = driver::open(url, &options.history_table, &application_name, create)?;
+        // Without the lock, or for commands that only read, nothing else
+        // bounds a wait for another writer.
+        driver.patient(options.lock.is_none() || !create);
         let cancel = CancelHandle(Arc::new(CancelState {
             requested: AtomicBool::new(false),
             interruptible: AtomicBool::new(false),
@@ -347,7 +350,11 @@ impl Migrator {
             other => other,
         }?;
         Ok(match acquired {
-            lock::Acquired::Held(held) => Locking::Held(Some(held)),
+            lock::Acquired::Held(held) => {
+                // The holder's statements wait for a reader's moment.
+                self.driver.patient(true);
+                Locking::Held(Some(held))
+            }
             lock::Acquired::NotNeeded => Locking::NotNeeded,
         })
     }
@@ -387,12 +394,13 @@ impl Migrator {
             }
         };
         observer.event(&Event::Lock(event));
+        self.driver.patient(false);
     }
 
     /// The lock as it stands, without waiting: for `lock status`.
     pub fn lock_info(&mut self) -> Result<LockInfo, Error> {
         let scope = self.scope();
-        Ok(self.driver.read_lock(&scope)?.unwrap_or(LockInfo {
+        Ok(self.driver.inspect_lock(&scope)?.unwrap_or(LockInfo {
             scope,
             ..LockInfo::default()
         }))
@@ -467,13 +475,21 @@ impl Migrator {
         options: &UpgradeOptions,
         observer: &mut dyn Observer,
     ) -> Result<RunReport, Error> {
-        let history = self.read_history()?;
-        let planned = self.plan_upgrade(set, history.as_deref().unwrap_or_default(), options);
         let mut report = RunReport {
             direction: Direction::Up,
             steps: Vec::new(),
             dry_run: options.dry_run,
         };
+        let history = match self.read_history() {
+            // A writer keeps the database from being read (SQLite): most
+            // often a holder's migration. Only the lock can say when it is
+            // done; under it, history is read afresh.
+            Err(e) if e.is_busy() && self.options.lock.is_some() && !options.dry_run => {
+                return self.upgrade_unread(set, options, observer, report);
+            }
+            other => other?,
+        };
+        let planned = self.plan_upgrade(set, history.as_deref().unwrap_or_default(), options);
         match self.decide_under_lock(planned, options.dry_run)? {
             // Nothing to do: no table is created, no lock taken, nothing written.
             Some(plan) if plan.is_empty() => return Ok(report),
@@ -507,6 +523,25 @@ impl Migrator {
             }
         };
         let held = match self.lock("upgrade", observer, since, &mut needed)? {
+            Locking::Held(held) => held,
+            Locking::NotNeeded => return Ok(report),
+        };
+        let result = self.upgrade_locked(set, options, observer, held.as_ref(), &mut report);
+        self.unlock(held, "upgrade", observer);
+        result.map(|()| report)
+    }
+
+    /// `upgrade` when history could not be read before the lock: the lock
+    /// is taken whatever is pending (or it says who holds it, and waits or
+    /// fails as told), and everything is decided under it.
+    fn upgrade_unread(
+        &mut self,
+        set: &MigrationSet,
+        options: &UpgradeOptions,
+        observer: &mut dyn Observer,
+        mut report: RunReport,
+    ) -> Result<RunReport, Error> {
+        let held = match self.lock("upgrade", observer, None, &mut |_| true)? {
             Locking::Held(held) => held,
             Locking::NotNeeded => return Ok(report),
         };
@@ -572,9 +607,16 @@ impl Migrator {
         held: Option<&Held>,
         report: &mut RunReport,
     ) -> Result<(), Error> {
-        // Read again under the lock (on PostgreSQL this also pins the schema
-        // of lockstep's tables): another run may have applied some or all.
-        let history = self.history()?;
+        // Read again under the lock: another run may have applied some or
+        // all. Tables a run that could not read before the lock never made
+        // are made now.
+        let history = match self.driver.read_history()? {
+            Some(history) => history,
+            None => {
+                self.driver.create_tables()?;
+                Vec::new()
+            }
+        };
         let plan = self.plan_upgrade(set, &history, options)?;
         if plan.is_empty() {
             return Ok(());

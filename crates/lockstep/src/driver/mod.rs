@@ -195,6 +195,19 @@ pub(crate) trait Driver: Send {
     /// when lockstep's tables or the row do not exist.
     fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error>;
 
+    /// The lock row as [`Driver::read_lock`] reads it, and what its holder
+    /// does right now: whether a migration of its runs, and what else keeps
+    /// the database or the row locked. For `lock status`.
+    fn inspect_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
+        self.read_lock(scope)
+    }
+
+    /// Whether reads wait for another writer (the busy timeout) or answer
+    /// at once: before this run holds the lock, waiting is the lock's
+    /// business, bounded by its timeout and reported. Only SQLite, whose
+    /// readers a writer can lock out, needs this.
+    fn patient(&mut self, _patient: bool) {}
+
     /// Frees the lock whatever its holder, if its token is still
     /// `expected`: bumps the token, logs who did it, wakes waiters. Waits up
     /// to `wait` for a running migration to commit. `false` when the token

@@ -1078,22 +1078,17 @@ impl Driver for PgDriver {
         // migration that blocks its own heartbeat: it has the row locked.
         // Look without waiting.
         if info.is_held() && info.is_expired() && info.session_alive != Some(true) {
-            let probe = format!(
-                "BEGIN;
-                 SELECT 1 FROM {} WHERE scope = {} FOR UPDATE SKIP LOCKED;
-                 ROLLBACK;",
-                self.lock,
-                literal(scope)
-            );
-            if let Ok(messages) = self.client.simple_query(&probe) {
-                info.migrating = statements(&messages)
-                    .get(1)
-                    .is_some_and(|rows| first_value(rows).is_none());
-            } else {
-                self.rollback();
-            }
+            info.migrating = self.holder_busy(scope);
         }
         Ok(Some(info))
+    }
+
+    fn inspect_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
+        let mut info = self.read_lock(scope)?;
+        if let Some(info) = info.as_mut().filter(|i| i.is_held() && !i.migrating) {
+            info.migrating = self.holder_busy(scope);
+        }
+        Ok(info)
     }
 
     fn force_release(
@@ -1331,6 +1326,7 @@ fn parse_lock(scope: &str, r: &tokio_postgres::SimpleQueryRow) -> LockInfo {
         expires_in_ms: int(r, 11),
         session_alive: r.get(12).map(|v| v == "t"),
         migrating: false,
+        blocker: None,
     }
 }
 
@@ -1382,6 +1378,39 @@ impl PgDriver {
             s = literal(scope),
             history = self.history,
         )
+    }
+
+    /// Whether the holder is busy with a migration right now, looked at
+    /// without waiting: a transaction of its has the lock row locked (a
+    /// migration in a transaction), or its session runs a statement (one
+    /// outside a transaction, such as `CREATE INDEX CONCURRENTLY`; not seen
+    /// behind a pooler, where the session is not the holder's).
+    fn holder_busy(&mut self, scope: &str) -> bool {
+        let s = literal(scope);
+        let probe = format!(
+            "BEGIN;
+             SELECT 1 FROM {lock} WHERE scope = {s} FOR UPDATE SKIP LOCKED;
+             SELECT EXISTS (
+                 SELECT 1 FROM {lock} AS l JOIN pg_stat_activity AS a ON a.pid = l.session_pid
+                  WHERE l.scope = {s} AND a.state = 'active'
+                    AND (extract(epoch FROM a.backend_start) * 1000000)::bigint::text = l.session_start)::text;
+             ROLLBACK;",
+            lock = self.lock,
+        );
+        match self.client.simple_query(&probe) {
+            Ok(messages) => {
+                let results = statements(&messages);
+                let row_locked = results
+                    .get(1)
+                    .is_some_and(|rows| first_value(rows).is_none());
+                let running = results.get(2).and_then(|rows| first_value(rows)) == Some("true");
+                row_locked || running
+            }
+            Err(_) => {
+                self.rollback();
+                false
+            }
+        }
     }
 
     /// An INSERT into the lock log; `token` is an SQL expression.

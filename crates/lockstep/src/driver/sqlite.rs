@@ -25,6 +25,14 @@ use super::sqlite_script;
 /// fails with "database is locked".
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How long a read waits for another connection's write lock before this
+/// run holds the lock: a writer that locks readers out for longer (a
+/// migration that spilled its changes to the file, or committing a large
+/// one, in rollback-journal mode; a `BEGIN EXCLUSIVE`) is the lock's
+/// business, reported and bounded by the lock's timeout, not a wait of its
+/// own. See [`Driver::patient`].
+const LOOK_BUSY: Duration = Duration::from_millis(200);
+
 /// An acquisition attempt waits this long for the database: longer means a
 /// migration is running, and the attempt reports the lock as held.
 const ACQUIRE_BUSY: Duration = Duration::from_millis(50);
@@ -75,6 +83,8 @@ pub(crate) struct SqliteDriver {
     no_wake: bool,
     /// See [`Driver::history_lock`].
     history_lock: Option<LockMark>,
+    /// See [`Driver::patient`].
+    patient: bool,
 }
 
 impl SqliteDriver {
@@ -131,6 +141,7 @@ impl SqliteDriver {
             wake: None,
             no_wake: false,
             history_lock: None,
+            patient: false,
         };
         if let Some(conn) = conn {
             driver.attach(conn)?;
@@ -141,7 +152,7 @@ impl SqliteDriver {
     /// Makes an open connection this driver's: its busy timeout, and the
     /// handle through which a signal interrupts its statement.
     fn attach(&mut self, conn: Connection) -> Result<(), Error> {
-        conn.busy_timeout(BUSY_TIMEOUT)
+        conn.busy_timeout(self.busy_wait())
             .map_err(|e| db_error("configuring the connection", &e))?;
         // Foreign keys off, as the `sqlite3` shell runs: the bundled library
         // turns them on, and inside a transaction `PRAGMA foreign_keys` is
@@ -155,6 +166,15 @@ impl SqliteDriver {
         }
         self.conn = Some(conn);
         Ok(())
+    }
+
+    /// How long a statement waits for another connection's write lock.
+    fn busy_wait(&self) -> Duration {
+        if self.patient {
+            BUSY_TIMEOUT
+        } else {
+            LOOK_BUSY
+        }
     }
 
     fn conn(&self) -> Result<&Connection, Error> {
@@ -233,6 +253,79 @@ impl SqliteDriver {
             }
         }
         Ok(())
+    }
+
+    /// Makes lockstep's tables unless they are all there.
+    fn make_tables(&self, conn: &Connection, context: &str) -> Result<(), Error> {
+        // A look first, without the write lock: in a fleet starting on an
+        // empty database, all but the first few find the tables made. Each
+        // of them taking the write lock only to find so would queue behind
+        // the holder's migrations in SQLite's busy handler, whose sleeps
+        // grow to 100 ms.
+        if self.tables_made(conn).map_err(|e| db_error(context, &e))? {
+            return Ok(());
+        }
+        let sql = format!(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS {meta} (
+                 table_name TEXT PRIMARY KEY,
+                 format_version INTEGER NOT NULL,
+                 created_at TEXT NOT NULL,
+                 created_by TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS {history} (
+                 version INTEGER PRIMARY KEY,
+                 name TEXT NOT NULL,
+                 checksum TEXT NOT NULL,
+                 state TEXT NOT NULL CHECK (state IN ('applied', 'started')),
+                 applied_at TEXT NOT NULL,
+                 duration_ms INTEGER NOT NULL,
+                 applied_by TEXT NOT NULL,
+                 lock_token INTEGER,
+                 tool_version TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS {lock} (
+                 scope TEXT PRIMARY KEY,
+                 token INTEGER NOT NULL DEFAULT 0,
+                 owner TEXT,
+                 host TEXT,
+                 pid INTEGER,
+                 command TEXT,
+                 tool_version TEXT,
+                 session_pid INTEGER,
+                 session_start TEXT,
+                 acquired_at INTEGER,
+                 heartbeat_at INTEGER,
+                 expires_at INTEGER
+             );
+             CREATE TABLE IF NOT EXISTS {log} (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 scope TEXT NOT NULL,
+                 at INTEGER NOT NULL,
+                 event TEXT NOT NULL,
+                 token INTEGER NOT NULL,
+                 owner TEXT,
+                 host TEXT,
+                 pid INTEGER,
+                 command TEXT,
+                 previous_owner TEXT,
+                 detail TEXT
+             );
+             CREATE INDEX IF NOT EXISTS \"{schema}\".\"{LOCK_LOG_INDEX}\" ON \"{LOCK_LOG_TABLE}\" (scope, id);
+             INSERT OR IGNORE INTO {meta} (table_name, format_version, created_at, created_by)
+                 VALUES ('{name}', {FORMAT_VERSION}, {NOW}, '{TOOL_VERSION}');
+             COMMIT;",
+            meta = self.meta,
+            history = self.history,
+            lock = self.lock,
+            log = self.log,
+            schema = self.table.schema().unwrap_or("main"),
+            name = self.table.name(),
+        );
+        conn.execute_batch(&sql).map_err(|e| {
+            rollback(conn);
+            db_error(context, &e)
+        })
     }
 
     /// Whether lockstep's tables, the lock log's index and this history
@@ -390,9 +483,12 @@ impl Driver for SqliteDriver {
         // A small cache for the read, the connection's own back after it
         // (for the migrations). Reading the size loads the schema, with
         // the cache as it was; the pages that does not keep are let go.
-        let cache: Option<i64> = conn
-            .query_row("PRAGMA main.cache_size", [], |r| r.get(0))
-            .ok();
+        let cache: Option<i64> = match conn.query_row("PRAGMA main.cache_size", [], |r| r.get(0)) {
+            Ok(size) => Some(size),
+            // A writer keeps readers out: so would it the read below.
+            Err(e) if is_busy(&e) => return Err(self.busy_error(&context, &e)),
+            Err(_) => None,
+        };
         if cache.is_some() {
             let _ = conn.execute_batch(&format!("PRAGMA main.cache_size = -{READ_CACHE_KIB}"));
         }
@@ -513,75 +609,12 @@ impl Driver for SqliteDriver {
         }
         let conn = self.conn()?;
         let context = format!("creating the history table {}", self.table);
-        // A look first, without the write lock: in a fleet starting on an
-        // empty database, all but the first few find the tables made. Each
-        // of them taking the write lock only to find so would queue behind
-        // the holder's migrations in SQLite's busy handler, whose sleeps
-        // grow to 100 ms.
-        if self.tables_made(conn).map_err(|e| db_error(&context, &e))? {
-            return Ok(());
-        }
-        let sql = format!(
-            "BEGIN IMMEDIATE;
-             CREATE TABLE IF NOT EXISTS {meta} (
-                 table_name TEXT PRIMARY KEY,
-                 format_version INTEGER NOT NULL,
-                 created_at TEXT NOT NULL,
-                 created_by TEXT NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS {history} (
-                 version INTEGER PRIMARY KEY,
-                 name TEXT NOT NULL,
-                 checksum TEXT NOT NULL,
-                 state TEXT NOT NULL CHECK (state IN ('applied', 'started')),
-                 applied_at TEXT NOT NULL,
-                 duration_ms INTEGER NOT NULL,
-                 applied_by TEXT NOT NULL,
-                 lock_token INTEGER,
-                 tool_version TEXT NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS {lock} (
-                 scope TEXT PRIMARY KEY,
-                 token INTEGER NOT NULL DEFAULT 0,
-                 owner TEXT,
-                 host TEXT,
-                 pid INTEGER,
-                 command TEXT,
-                 tool_version TEXT,
-                 session_pid INTEGER,
-                 session_start TEXT,
-                 acquired_at INTEGER,
-                 heartbeat_at INTEGER,
-                 expires_at INTEGER
-             );
-             CREATE TABLE IF NOT EXISTS {log} (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT,
-                 scope TEXT NOT NULL,
-                 at INTEGER NOT NULL,
-                 event TEXT NOT NULL,
-                 token INTEGER NOT NULL,
-                 owner TEXT,
-                 host TEXT,
-                 pid INTEGER,
-                 command TEXT,
-                 previous_owner TEXT,
-                 detail TEXT
-             );
-             CREATE INDEX IF NOT EXISTS \"{schema}\".\"{LOCK_LOG_INDEX}\" ON \"{LOCK_LOG_TABLE}\" (scope, id);
-             INSERT OR IGNORE INTO {meta} (table_name, format_version, created_at, created_by)
-                 VALUES ('{name}', {FORMAT_VERSION}, {NOW}, '{TOOL_VERSION}');
-             COMMIT;",
-            meta = self.meta,
-            history = self.history,
-            lock = self.lock,
-            log = self.log,
-            schema = self.table.schema().unwrap_or("main"),
-            name = self.table.name(),
-        );
-        conn.execute_batch(&sql).map_err(|e| {
-            rollback(conn);
-            db_error(context, &e)
-        })
+        // Made before the lock can be taken: another process making them
+        // at the same moment, or a holder's commit, is waited for.
+        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        let made = self.make_tables(conn, &context);
+        let _ = conn.busy_timeout(self.busy_wait());
+        made
     }
 
     fn run_transaction(
@@ -737,10 +770,13 @@ impl Driver for SqliteDriver {
         conn.busy_timeout(ACQUIRE_BUSY)
             .map_err(|e| db_error(&context, &e))?;
         let begun = conn.execute_batch("BEGIN IMMEDIATE");
-        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        let _ = conn.busy_timeout(self.busy_wait());
         match begun {
             Err(e) if is_busy(&e) => {
-                let seen = self.read_lock(scope).ok().flatten();
+                let mut seen = self.read_lock(scope).ok().flatten();
+                if let Some(info) = &mut seen {
+                    self.name_the_writer(info);
+                }
                 return Ok(Probe::Busy(seen));
             }
             Err(e) => return Err(db_error(&context, &e)),
@@ -915,11 +951,92 @@ impl Driver for SqliteDriver {
         };
         let schema = self.table.schema().unwrap_or("main");
         let context = format!("reading the migration lock for {scope}");
-        if !Self::table_exists(conn, (schema, LOCK_TABLE)).map_err(|e| db_error(&context, &e))? {
-            return Ok(None);
+        let read = Self::table_exists(conn, (schema, LOCK_TABLE)).and_then(|exists| {
+            if exists {
+                self.select_lock(conn, scope)
+            } else {
+                Ok(None)
+            }
+        });
+        match read {
+            // A writer keeps readers out (rollback-journal mode): the row
+            // is read past the locks, and the writer named.
+            Err(e) if is_busy(&e) => {
+                let mut info = self
+                    .read_lock_past_writer(scope)
+                    .unwrap_or_else(|| LockInfo {
+                        scope: scope.to_string(),
+                        ..LockInfo::default()
+                    });
+                self.name_the_writer(&mut info);
+                Ok(Some(info))
+            }
+            other => other.map_err(|e| db_error(context, &e)),
         }
-        self.select_lock(conn, scope)
-            .map_err(|e| db_error(context, &e))
+    }
+
+    fn inspect_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
+        // `lock status` answers at once, whoever writes.
+        let patient = self.patient;
+        self.patient(false);
+        let read = self.read_lock(scope);
+        self.patient(patient);
+        let Some(mut info) = read? else {
+            return Ok(None);
+        };
+        if info.migrating || info.blocker.is_some() {
+            return Ok(Some(info));
+        }
+        // Whether anyone writes right now: the file locks say so where the
+        // system shows them (Linux); elsewhere, a try for the write lock
+        // that does not wait, and lets go at once.
+        let writing = match super::sqlite_locks::writers(&self.path) {
+            Some(pids) => !pids.is_empty(),
+            None => {
+                let conn = self.conn()?;
+                let _ = conn.busy_timeout(Duration::ZERO);
+                let tried = conn.execute_batch("BEGIN IMMEDIATE");
+                let _ = conn.busy_timeout(self.busy_wait());
+                match tried {
+                    Ok(()) => {
+                        rollback(conn);
+                        false
+                    }
+                    Err(e) if is_busy(&e) => true,
+                    Err(e) => {
+                        return Err(db_error(
+                            format!("reading the migration lock for {scope}"),
+                            &e,
+                        ))
+                    }
+                }
+            }
+        };
+        if writing {
+            self.name_the_writer(&mut info);
+        }
+        if info.is_held() && !info.migrating {
+            // A migration outside a transaction locks nothing between its
+            // statements (nor while one only reads): its history row says
+            // `started` while it runs.
+            let started = format!(
+                "SELECT 1 FROM {} WHERE state = 'started' LIMIT 1",
+                self.history
+            );
+            info.migrating = self
+                .conn()?
+                .query_row(&started, [], |_| Ok(()))
+                .optional()
+                .is_ok_and(|row| row.is_some());
+        }
+        Ok(Some(info))
+    }
+
+    fn patient(&mut self, patient: bool) {
+        self.patient = patient;
+        if let Some(conn) = &self.conn {
+            let _ = conn.busy_timeout(self.busy_wait());
+        }
     }
 
     fn force_release(
@@ -962,7 +1079,7 @@ impl Driver for SqliteDriver {
             conn.execute_batch("COMMIT")?;
             Ok(token.is_some())
         })();
-        let _ = conn.busy_timeout(BUSY_TIMEOUT);
+        let _ = conn.busy_timeout(self.busy_wait());
         result.map_err(|e| {
             rollback(conn);
             if is_busy(&e) {
@@ -1161,6 +1278,18 @@ fn now_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
+/// A file path as the path of an SQLite URI: `%`, `?` and `#` escaped.
+fn uri_path(path: &Path) -> String {
+    let mut out = String::new();
+    for c in path.to_string_lossy().chars() {
+        match c {
+            '%' | '?' | '#' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 /// The longest a holder waits between migrations for a forced release.
 const YIELD_LIMIT: Duration = Duration::from_secs(30);
 
@@ -1257,6 +1386,68 @@ fn record_lock(kind: libc::c_int) -> libc::flock {
 }
 
 impl SqliteDriver {
+    /// A read that another connection's write lock kept out, with who holds
+    /// the database where the system can tell.
+    fn busy_error(&self, context: &str, e: &rusqlite::Error) -> Error {
+        Error::Database {
+            context: context.to_string(),
+            db: Box::new(self.with_holders(message(e))),
+        }
+    }
+
+    /// The database is write-locked by someone: says whether that is the
+    /// lock's holder migrating, or another process (named, where the system
+    /// can tell).
+    fn name_the_writer(&self, info: &mut LockInfo) {
+        let writers = if self.memory {
+            None
+        } else {
+            super::sqlite_locks::writers(&self.path)
+        };
+        let holder_pid = info
+            .pid
+            .filter(|_| info.is_held() && info.host.as_deref() == Some(self.host.as_str()))
+            .and_then(|pid| u32::try_from(pid).ok());
+        match writers {
+            // The holder writes: one of its migrations runs.
+            Some(pids) if holder_pid.is_some_and(|pid| pids.contains(&pid)) => {
+                info.migrating = true
+            }
+            // Someone else writes: named, and the holder (if any) is not
+            // taken to be migrating.
+            Some(pids) if !pids.is_empty() => {
+                info.blocker = super::sqlite_locks::describe(&self.path).map(|d| {
+                    d.trim_start_matches("the database file is held by ")
+                        .to_string()
+                });
+                info.migrating = !info.is_held();
+            }
+            // Who writes cannot be told: the holder, if there is one, as
+            // before; otherwise another connection.
+            _ => info.migrating = true,
+        }
+    }
+
+    /// The lock row read while a writer keeps readers out, past SQLite's
+    /// locks (`immutable=1`): only to say who holds the lock. The row may
+    /// be a moment old, or unreadable while the writer rewrites pages;
+    /// nothing is decided on it (an attempt always takes the write lock).
+    fn read_lock_past_writer(&self, scope: &str) -> Option<LockInfo> {
+        if self.memory {
+            return None;
+        }
+        let uri = format!("file:{}?immutable=1", uri_path(&self.path));
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(uri, flags).ok()?;
+        let schema = self.table.schema().unwrap_or("main");
+        if !Self::table_exists(&conn, (schema, LOCK_TABLE)).ok()? {
+            return None;
+        }
+        self.select_lock(&conn, scope).ok().flatten()
+    }
+
     /// A "database is locked" message says who holds the file, where the
     /// system can tell (Linux): the process to look at, and whether it is
     /// stopped.
@@ -1419,6 +1610,7 @@ impl SqliteDriver {
                         heartbeat_age_ms: heartbeat.map(|t| now - t),
                         expires_in_ms: expires.map(|t| t - now),
                         migrating: false,
+                        blocker: None,
                     })
                 },
             )

@@ -1,14 +1,18 @@
 //! Who holds an SQLite database file's locks, from Linux's `/proc/locks`:
 //! what a "database is locked" error cannot say by itself.
 //!
-//! SQLite (unix VFS, rollback journal) locks single bytes at 1 GiB: the
-//! pending byte, then the reserved byte, then a 510-byte shared range.
+//! SQLite (unix VFS) with a rollback journal locks single bytes of the
+//! database file at 1 GiB: the pending byte, then the reserved byte, then a
+//! 510-byte shared range. In WAL mode a writer holds byte 120 of the
+//! `-shm` file instead.
 
 use std::path::Path;
 
 const PENDING_BYTE: u64 = 0x4000_0000;
 const RESERVED_BYTE: u64 = PENDING_BYTE + 1;
 const SHARED_FIRST: u64 = PENDING_BYTE + 2;
+/// WAL mode: the writer's lock in the `-shm` file.
+const WAL_WRITE_BYTE: u64 = 120;
 
 /// One process's hold on the database, as SQLite names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,14 +37,7 @@ pub(crate) fn holders_in(locks: &str, dev: (u64, u64), inode: u64, me: u32) -> V
         let Ok(pid) = fields[4].parse::<u32>() else {
             continue;
         };
-        let mut id = fields[5].split(':');
-        let (Some(major), Some(minor), Some(ino)) = (id.next(), id.next(), id.next()) else {
-            continue;
-        };
-        let same_file = u64::from_str_radix(major, 16).ok() == Some(dev.0)
-            && u64::from_str_radix(minor, 16).ok() == Some(dev.1)
-            && ino.parse::<u64>().ok() == Some(inode);
-        if !same_file || pid == me {
+        if !same_file(fields[5], dev, inode) || pid == me {
             continue;
         }
         let Ok(start) = fields[6].parse::<u64>() else {
@@ -64,19 +61,93 @@ pub(crate) fn holders_in(locks: &str, dev: (u64, u64), inode: u64, me: u32) -> V
     found
 }
 
+/// The processes in `locks` other than `me` that hold the WAL write lock
+/// of the `-shm` file with this device and inode.
+pub(crate) fn wal_writers_in(locks: &str, dev: (u64, u64), inode: u64, me: u32) -> Vec<Holder> {
+    let mut found: Vec<Holder> = Vec::new();
+    for line in locks.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() < 8 || fields[1] != "POSIX" && fields[1] != "OFDLCK" || fields[3] != "WRITE"
+        {
+            continue;
+        }
+        let (Ok(pid), Ok(start)) = (fields[4].parse::<u32>(), fields[6].parse::<u64>()) else {
+            continue;
+        };
+        let end = fields[7].parse::<u64>().unwrap_or(u64::MAX);
+        if pid == me
+            || start > WAL_WRITE_BYTE
+            || end < WAL_WRITE_BYTE
+            || !same_file(fields[5], dev, inode)
+        {
+            continue;
+        }
+        if !found.iter().any(|h| h.pid == pid) {
+            found.push(Holder {
+                pid,
+                what: "writing",
+            });
+        }
+    }
+    found
+}
+
+fn same_file(id: &str, dev: (u64, u64), inode: u64) -> bool {
+    let mut id = id.split(':');
+    let (Some(major), Some(minor), Some(ino)) = (id.next(), id.next(), id.next()) else {
+        return false;
+    };
+    u64::from_str_radix(major, 16).ok() == Some(dev.0)
+        && u64::from_str_radix(minor, 16).ok() == Some(dev.1)
+        && ino.parse::<u64>().ok() == Some(inode)
+}
+
+/// Every process other than this one with a lock on the database at
+/// `path`, in either journal mode; `None` where that cannot be known.
+pub(crate) fn holders(path: &Path) -> Option<Vec<Holder>> {
+    use std::os::unix::fs::MetadataExt;
+    let locks = std::fs::read_to_string("/proc/locks").ok()?;
+    let id = |path: &Path| {
+        std::fs::metadata(path).ok().map(|meta| {
+            let dev = meta.dev();
+            (
+                (u64::from(libc::major(dev)), u64::from(libc::minor(dev))),
+                meta.ino(),
+            )
+        })
+    };
+    let me = std::process::id();
+    let (dev, inode) = id(path)?;
+    let mut found = holders_in(&locks, dev, inode, me);
+    let mut shm = path.as_os_str().to_os_string();
+    shm.push("-shm");
+    if let Some((dev, inode)) = id(Path::new(&shm)) {
+        for writer in wal_writers_in(&locks, dev, inode, me) {
+            match found.iter_mut().find(|h| h.pid == writer.pid) {
+                Some(h) => h.what = "writing",
+                None => found.push(writer),
+            }
+        }
+    }
+    Some(found)
+}
+
+/// The processes writing to the database at `path` (either journal mode);
+/// `None` where that cannot be known.
+pub(crate) fn writers(path: &Path) -> Option<Vec<u32>> {
+    Some(
+        holders(path)?
+            .into_iter()
+            .filter(|h| h.what != "reading")
+            .map(|h| h.pid)
+            .collect(),
+    )
+}
+
 /// "held by pid 812 (lockstep, stopped: writing), pid 90 (python3: reading)"
 /// for the database at `path`, or `None` where that cannot be known.
 pub(crate) fn describe(path: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
-    let meta = std::fs::metadata(path).ok()?;
-    let dev = meta.dev();
-    let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    let holders = holders_in(
-        &locks,
-        (u64::from(libc::major(dev)), u64::from(libc::minor(dev))),
-        meta.ino(),
-        std::process::id(),
-    );
+    let holders = holders(path)?;
     if holders.is_empty() {
         return None;
     }
@@ -155,6 +226,22 @@ mod tests {
         assert!(holders_in(LOCKS, (8, 1), 5678, 812)
             .iter()
             .all(|h| h.pid != 812));
+    }
+
+    #[test]
+    fn a_wal_writer_is_named_by_its_lock_on_the_shm_file() {
+        let locks = "\
+1: POSIX  ADVISORY  WRITE 812 08:01:77 120 120
+2: POSIX  ADVISORY  READ 90 08:01:77 123 123
+3: POSIX  ADVISORY  WRITE 91 08:01:77 124 124
+4: POSIX  ADVISORY  WRITE 92 08:01:78 120 120
+5: POSIX  ADVISORY  WRITE 93 08:01:77 100 130
+";
+        let pids: Vec<u32> = wal_writers_in(locks, (8, 1), 77, 1)
+            .iter()
+            .map(|h| h.pid)
+            .collect();
+        assert_eq!(pids, [812, 93]);
     }
 
     #[test]
