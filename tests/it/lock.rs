@@ -1308,3 +1308,140 @@ both!(a_dropped_lock_table_is_a_lost_lock, |p| {
     assert_eq!(applied(&p), 2);
     assert_eq!(p.db.value("SELECT token FROM lockstep_lock"), "2");
 });
+
+// `lock status` tells the truth about a running migration, in human output
+// and JSON: in a transaction (the row or the database locked) and outside
+// one (the holder's session busy).
+both!(lock_status_says_a_migration_is_running, |p| {
+    p.migration(
+        "1_inside.sql",
+        &format!(
+            "-- upgrade\nCREATE TABLE a (id integer);\n{}\n",
+            p.busy_sql(4.0)
+        ),
+    );
+    p.migration(
+        "2_outside.sql",
+        &format!(
+            "-- upgrade\n-- lockstep:no-transaction\n{}\n",
+            p.busy_sql(4.0)
+        ),
+    );
+    for (version, name) in [("1", "inside"), ("2", "outside")] {
+        let holder = p.spawn(&["upgrade", "--to", version, "--owner", "holder"]);
+        wait_until("the holder holds the lock", LONG, || {
+            holder_of(&p).as_deref() == Some("holder")
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let doc = p.run(&["lock", "status", "--json"]).json();
+        assert_eq!(doc["state"], "locked", "{name}: {doc}");
+        assert_eq!(doc["migrating"], true, "{name}: {doc}");
+        assert_eq!(doc["blocker"], serde_json::Value::Null, "{name}: {doc}");
+        let human = p.run(&["lock", "status"]);
+        human.ok();
+        assert!(
+            human
+                .stdout
+                .contains("migrating     yes (a migration of the holder is running now)"),
+            "{name}: {}",
+            human.stdout
+        );
+        holder.finish().ok();
+    }
+    // And between runs, nothing is.
+    let doc = p.run(&["lock", "status", "--json"]).json();
+    assert_eq!(
+        (doc["state"].clone(), doc["migrating"].clone()),
+        ("unlocked".into(), false.into())
+    );
+});
+
+/// SQLite in rollback-journal mode: a migration that writes more than its
+/// page cache holds keeps every reader out until it commits. `lock status`
+/// and `--no-wait` still answer at once, naming the holder, instead of
+/// waiting out SQLite's busy timeout.
+#[test]
+fn sqlite_a_heavy_writer_does_not_silence_lock_status_or_no_wait() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    let rows = crate::util::sqlite_rows_per_second() as u64;
+    p.migration(
+        "1_heavy.sql",
+        &format!(
+            "-- upgrade\nPRAGMA cache_size = 10;\nCREATE TABLE big (x integer, s text);\n\
+             INSERT INTO big SELECT x, hex(randomblob(32)) FROM \
+             (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {rows}) SELECT x FROM c);\n"
+        ),
+    );
+    // Made with its tables first, so that the waiter below only meets
+    // the heavy migration.
+    p.migration(
+        "0_first.sql",
+        "-- upgrade\nCREATE TABLE first (id integer);\n",
+    );
+    p.run(&["upgrade", "--to", "0"]).ok();
+    let crate::util::TestDb::Sqlite { path } = &p.db else {
+        unreachable!()
+    };
+    let before = std::fs::metadata(path).unwrap().len();
+    let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+    // The file grows before the commit only when the writer spills its
+    // changes into it, which it does under SQLite's exclusive lock.
+    wait_until("the holder spills its changes", LONG, || {
+        std::fs::metadata(path).is_ok_and(|m| m.len() > before + (1 << 20))
+    });
+    let status = p.run(&["lock", "status", "--json"]);
+    let waiter = p.run(&["upgrade", "--no-wait"]);
+    let run = holder.finish();
+    run.ok();
+    let doc = status.json();
+    assert_eq!(doc["state"], "locked", "{doc}");
+    assert_eq!(doc["owner"], "holder", "{doc}");
+    assert_eq!(doc["migrating"], true, "{doc}");
+    waiter.code(3);
+    assert!(
+        waiter
+            .stderr
+            .contains("the migration lock is held by holder"),
+        "{}",
+        waiter.stderr
+    );
+}
+
+/// Another program holding SQLite's database with `BEGIN EXCLUSIVE`:
+/// `--no-wait` and `--lock-timeout` end as the lock says (exit 3, naming
+/// that program), not after SQLite's busy timeout as a failed read.
+#[test]
+fn sqlite_a_foreign_exclusive_writer_is_named_and_timeouts_hold() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+    p.run(&["upgrade"]).ok();
+    p.migration("2_b.sql", "-- upgrade\nCREATE TABLE b (id integer);\n");
+    let crate::util::TestDb::Sqlite { path } = &p.db else {
+        unreachable!()
+    };
+    let other = rusqlite::Connection::open(path).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let no_wait = p.run(&["upgrade", "--no-wait"]);
+    let timeout = p.run(&["upgrade", "--lock-timeout", "1s"]);
+    let status = p.run(&["lock", "status", "--json"]);
+    other.execute_batch("ROLLBACK").unwrap();
+    let me = format!("pid {} (", std::process::id());
+    for (run, code) in [(&no_wait, "lock_busy"), (&timeout, "lock_timeout")] {
+        run.code(3);
+        assert!(
+            run.stderr
+                .contains("another connection, not a lockstep run")
+                && run.stderr.contains(&me),
+            "{code}: {}",
+            run.stderr
+        );
+    }
+    let doc = status.json();
+    assert_eq!(doc["state"], "unlocked", "{doc}");
+    assert!(
+        doc["blocker"].as_str().is_some_and(|b| b.starts_with(&me)),
+        "{doc}"
+    );
+    assert_eq!(p.db.history(), ["1 a applied"]);
+    p.run(&["upgrade"]).ok();
+}

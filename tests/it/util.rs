@@ -421,7 +421,7 @@ impl Project {
 
 /// How many rows of a recursive CTE SQLite counts per second here: SQLite
 /// has no sleep, so busy work stands in for one.
-fn sqlite_rows_per_second() -> f64 {
+pub fn sqlite_rows_per_second() -> f64 {
     static RATE: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
     *RATE.get_or_init(|| {
         let conn = rusqlite::Connection::open_in_memory().unwrap();
