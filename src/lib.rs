@@ -1,7 +1,7 @@
 //! The `lockstep` command-line tool: arguments, settings, output and exit
 //! codes around the `lockstep` library, which does the work. A library of
-//! its own only so that the fuzz targets can reach the config parser; the
-//! binary in `main.rs` is all there is to run.
+//! its own only so that the fuzz targets can reach the config parser and the
+//! redaction of errors; the binary in `main.rs` is all there is to run.
 
 pub mod cli;
 mod commands;
@@ -9,7 +9,7 @@ pub mod error;
 mod json;
 mod memory;
 mod printer;
-mod redact;
+pub mod redact;
 pub mod settings;
 mod signals;
 

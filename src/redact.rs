@@ -6,34 +6,28 @@
 
 /// `text` with the password of every URL-shaped part (`scheme://user:password@`)
 /// and every `password=value` replaced by `***`. Errs on the side of hiding:
-/// when a URL's user info cannot be told apart from the rest, everything up
-/// to its last `@` is hidden.
+/// a password may hold anything a URL parser lets through (quotes, spaces,
+/// `/`, `?`, `@`), so a URL's user info runs to its last `@` before the next
+/// URL, and a `password=` value to the next `&`, as a URL parser reads it.
 pub fn urls(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(at) = rest.find("://") {
         let (before, after) = rest.split_at(at + 3);
         out.push_str(before);
-        let end = after.find(ends_url).unwrap_or(after.len());
+        let end = after.find("://").unwrap_or(after.len());
         let (url, tail) = after.split_at(end);
-        out.push_str(&url_without_password(url));
+        out.push_str(&without_password(url));
         rest = tail;
     }
     out.push_str(rest);
     password_parameters(&out)
 }
 
-/// What ends a URL in running text: white space and quotes.
-fn ends_url(c: char) -> bool {
-    c.is_whitespace() || matches!(c, '\'' | '"' | '`' | '<' | '>')
-}
-
-/// The part of a URL after `scheme://`, its password hidden. The user info
-/// ends at the last `@` before the query: a password typed with a `/` or
-/// `@` in it, not percent-encoded, is hidden whole.
-fn url_without_password(url: &str) -> String {
-    let before_query = url.find('?').unwrap_or(url.len());
-    let Some(at) = url[..before_query].rfind('@') else {
+/// The text after `scheme://` (up to the next URL), its user info's
+/// password hidden.
+fn without_password(url: &str) -> String {
+    let Some(at) = url.rfind('@') else {
         return url.to_string();
     };
     let userinfo = &url[..at];
@@ -53,16 +47,14 @@ fn password_parameters(text: &str) -> String {
         let starts_key = rest[..at]
             .chars()
             .next_back()
-            .is_none_or(|c| matches!(c, '?' | '&' | ';') || ends_url(c));
+            .is_none_or(|c| matches!(c, '?' | '&' | ';' | '\'' | '"' | '`') || c.is_whitespace());
         let (before, after) = rest.split_at(at + KEY.len());
         out.push_str(before);
         if !starts_key {
             rest = after;
             continue;
         }
-        let end = after
-            .find(|c: char| c == '&' || ends_url(c))
-            .unwrap_or(after.len());
+        let end = after.find('&').unwrap_or(after.len());
         if end > 0 {
             out.push_str("***");
         }
@@ -89,10 +81,14 @@ mod tests {
             ),
             // Not percent-encoded: hidden whole, up to the last `@`.
             ("x postgres://u:a/b@c@h/d y", "x postgres://u:***@h/d y"),
+            ("'postgres://u:it's a?secret@h/d'", "'postgres://u:***@h/d'"),
             ("postgresql://u:p@[::1]:5432/d", "postgresql://u:***@[::1]:5432/d"),
             ("mysql://root:PW@h/d and sqlite://a.db", "mysql://root:***@h/d and sqlite://a.db"),
+            // Over-hiding is the safe side: an `@` later in the text.
+            ("postgres://u:p@h/d?user=x@y", "postgres://u:***@y"),
             ("postgres://u@h/d?password=PW&sslmode=disable", "postgres://u@h/d?password=***&sslmode=disable"),
-            ("host=h password=PW user=u", "host=h password=*** user=u"),
+            ("host=h password=PW user=u", "host=h password=***"),
+            ("password=a b\nc&d=e", "password=***&d=e"),
             // Not secrets: a user without a password, a word that ends in
             // `password=`, text without URLs.
             ("postgres://u@h/d", "postgres://u@h/d"),
