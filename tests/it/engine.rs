@@ -71,6 +71,37 @@ fn sqlite_refuses_a_migration_that_breaks_a_foreign_key() {
     assert_eq!(p.db.value("SELECT count(*) FROM child"), "0");
 }
 
+/// The look at whether the schema holds foreign keys (so that a schema
+/// without any costs no check) is taken again when a migration adds one,
+/// also outside a transaction, within the same run.
+#[test]
+fn sqlite_checks_foreign_keys_added_during_the_run() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    p.migration(
+        "1_parent.sql",
+        "-- upgrade\nCREATE TABLE parent (id integer PRIMARY KEY);\n",
+    );
+    p.migration(
+        "2_child.sql",
+        "-- upgrade\n-- lockstep:no-transaction\nCREATE TABLE child (parent_id integer REFERENCES parent (id));\n",
+    );
+    p.migration(
+        "3_orphan.sql",
+        "-- upgrade\nINSERT INTO child VALUES (9);\n",
+    );
+    let run = p.run(&["upgrade"]);
+    run.code(1);
+    assert!(
+        run.stderr.contains("migration 3 orphan failed")
+            && run
+                .stderr
+                .contains("`child` row 1 refers to a missing row of `parent`"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(p.db.history(), ["1 parent applied", "2 child applied"]);
+}
+
 /// SQLite: a migration of many statements stops between two of them when
 /// told to (SQLite's own interrupt lasts only while a statement runs), and
 /// rolls back whole.

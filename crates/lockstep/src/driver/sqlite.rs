@@ -85,6 +85,15 @@ pub(crate) struct SqliteDriver {
     history_lock: Option<LockMark>,
     /// See [`Driver::patient`].
     patient: bool,
+    /// Whether the schema may hold a foreign key, which each migration is
+    /// then checked against; `None` until looked at. Looked at once per
+    /// run, and again after a migration that may have added one: checking
+    /// a schema of thousands of tables without any at every migration
+    /// would cost time quadratic in their number.
+    foreign_keys: std::cell::Cell<Option<bool>>,
+    /// A statement ran outside a transaction since the last
+    /// [`Driver::fresh_session`]: it may have changed the session.
+    session_touched: bool,
 }
 
 impl SqliteDriver {
@@ -142,6 +151,8 @@ impl SqliteDriver {
             no_wake: false,
             history_lock: None,
             patient: false,
+            foreign_keys: std::cell::Cell::new(None),
+            session_touched: true,
         };
         if let Some(conn) = conn {
             driver.attach(conn)?;
@@ -671,10 +682,15 @@ impl Driver for SqliteDriver {
                     DbMessage::plain("the migration ended lockstep's transaction (COMMIT or ROLLBACK in its SQL)"),
                 ));
             }
-            if let Some(violations) =
-                foreign_key_violations(conn).map_err(|e| fail(i, message(&e)))?
+            if self
+                .may_break_foreign_keys(conn, &step.section.sql)
+                .map_err(|e| fail(i, message(&e)))?
             {
-                return Err(fail(i, violations));
+                if let Some(violations) =
+                    foreign_key_violations(conn).map_err(|e| fail(i, message(&e)))?
+                {
+                    return Err(fail(i, violations));
+                }
             }
             let elapsed = start.elapsed();
             if let Err(e) = Self::apply_change(conn, &self.history, &step.change, elapsed) {
@@ -696,13 +712,21 @@ impl Driver for SqliteDriver {
             .conn
             .as_ref()
             .expect("run_statement needs an open database");
+        self.session_touched = true;
+        if mentions_references(sql) {
+            self.foreign_keys.set(None);
+        }
         // Never stopped half-way: a statement outside a transaction is
         // left to finish.
         sqlite_script::run(conn, sql, &AtomicBool::new(false)).map_err(|failed| *failed.db)
     }
 
     fn fresh_session(&mut self) -> Result<(), Error> {
-        // A no-transaction migration may have turned foreign keys on.
+        // Only a statement outside a transaction can have changed it:
+        // inside one, `PRAGMA foreign_keys` does nothing.
+        if !std::mem::take(&mut self.session_touched) {
+            return Ok(());
+        }
         match &self.conn {
             Some(conn) => conn
                 .execute_batch("PRAGMA foreign_keys = OFF")
@@ -1199,6 +1223,14 @@ impl Driver for SqliteDriver {
     }
 }
 
+/// Whether SQL may declare a foreign key: it says `REFERENCES`, in any
+/// case (a false alarm only costs a look at the schema).
+fn mentions_references(sql: &str) -> bool {
+    sql.as_bytes()
+        .windows(10)
+        .any(|w| w.eq_ignore_ascii_case(b"references"))
+}
+
 /// How many violations a foreign key check names.
 const VIOLATIONS_SHOWN: usize = 5;
 
@@ -1386,6 +1418,25 @@ fn record_lock(kind: libc::c_int) -> libc::flock {
 }
 
 impl SqliteDriver {
+    /// Whether a migration that just ran (`sql`) must be checked against
+    /// foreign keys: whether the schema may hold one, looked at again when
+    /// the migration may have added one.
+    fn may_break_foreign_keys(&self, conn: &Connection, sql: &str) -> rusqlite::Result<bool> {
+        if mentions_references(sql) {
+            self.foreign_keys.set(None);
+        }
+        if let Some(known) = self.foreign_keys.get() {
+            return Ok(known);
+        }
+        let any: bool = conn.query_row(
+            "SELECT EXISTS (SELECT 1 FROM sqlite_schema AS t, pragma_foreign_key_list(t.name) WHERE t.type = 'table')",
+            [],
+            |r| r.get(0),
+        )?;
+        self.foreign_keys.set(Some(any));
+        Ok(any)
+    }
+
     /// A read that another connection's write lock kept out, with who holds
     /// the database where the system can tell.
     fn busy_error(&self, context: &str, e: &rusqlite::Error) -> Error {
