@@ -1245,11 +1245,10 @@ fn under_a_holder(p: &Project, owner: &str, sql: &str) -> crate::util::Child {
     holder
 }
 
-// A lock row deleted by hand takes nothing with it: the next holder's
-// token is higher than every token before (a paused holder of the same
-// name cannot pass its fence beside it), and the holder that finds its row
-// gone stops, exit 5.
-both!(tokens_never_repeat_after_the_lock_row_is_deleted, |p| {
+/// Migration 1 (slow) and migration 2; `sql` run by hand under a holder
+/// named `owner` (see `under_a_holder`). The holder must lose the lock
+/// before migration 2: exit 5, and 2 not applied.
+fn holder_loses_the_lock_to(p: &Project, owner: &str, sql: &str) {
     p.migration(
         "1_slow.sql",
         &format!(
@@ -1258,8 +1257,7 @@ both!(tokens_never_repeat_after_the_lock_row_is_deleted, |p| {
         ),
     );
     p.migration("2_b.sql", "-- upgrade\nCREATE TABLE b (id integer);\n");
-    let holder = under_a_holder(&p, "same", "DELETE FROM lockstep_lock");
-    let run = holder.finish();
+    let run = under_a_holder(p, owner, sql).finish();
     run.code(5);
     assert!(
         run.stderr.contains("lost the migration lock"),
@@ -1267,6 +1265,14 @@ both!(tokens_never_repeat_after_the_lock_row_is_deleted, |p| {
         run.stderr
     );
     assert!(!p.db.table_exists("b"));
+}
+
+// A lock row deleted by hand takes nothing with it: the next holder's
+// token is higher than every token before (a paused holder of the same
+// name cannot pass its fence beside it), and the holder that finds its row
+// gone stops, exit 5.
+both!(tokens_never_repeat_after_the_lock_row_is_deleted, |p| {
+    holder_loses_the_lock_to(&p, "same", "DELETE FROM lockstep_lock");
     p.run(&["upgrade", "--owner", "same"]).ok();
     assert_eq!(applied(&p), 2);
     // Every acquisition had a token of its own, the new one highest.
@@ -1287,23 +1293,7 @@ both!(tokens_never_repeat_after_the_lock_row_is_deleted, |p| {
 // 5), not a failed migration; the next run makes the table again and goes
 // on with a higher token.
 both!(a_dropped_lock_table_is_a_lost_lock, |p| {
-    p.migration(
-        "1_slow.sql",
-        &format!(
-            "-- upgrade\nCREATE TABLE a (id integer);\n{}\n",
-            p.busy_sql(1.5)
-        ),
-    );
-    p.migration("2_b.sql", "-- upgrade\nCREATE TABLE b (id integer);\n");
-    let holder = under_a_holder(&p, "holder", "DROP TABLE lockstep_lock");
-    let run = holder.finish();
-    run.code(5);
-    assert!(
-        run.stderr.contains("lost the migration lock"),
-        "{}",
-        run.stderr
-    );
-    assert!(!p.db.table_exists("b"));
+    holder_loses_the_lock_to(&p, "holder", "DROP TABLE lockstep_lock");
     p.run(&["upgrade"]).ok();
     assert_eq!(applied(&p), 2);
     assert_eq!(p.db.value("SELECT token FROM lockstep_lock"), "2");

@@ -165,9 +165,21 @@ impl Client {
         &mut self,
         timeout: Duration,
     ) -> Result<Option<Notification>, tokio_postgres::Error> {
-        if let Some(n) = self.notifications.pop_front() {
-            return Ok(Some(n));
-        }
+        // Closed: no notification will come; the next request says why.
+        self.drive_for(timeout, |notifications, ended| {
+            !notifications.is_empty() || ended
+        })?;
+        Ok(self.notifications.pop_front())
+    }
+
+    /// Drives the connection for up to `timeout`, until `done` says so
+    /// (given the notifications so far and whether the connection ended).
+    /// `Ok(false)` when the time ran out.
+    fn drive_for(
+        &mut self,
+        timeout: Duration,
+        done: impl Fn(&VecDeque<Notification>, bool) -> bool,
+    ) -> Result<bool, tokio_postgres::Error> {
         let Client {
             runtime,
             connection,
@@ -175,23 +187,20 @@ impl Client {
             ended,
             ..
         } = self;
-        let waited = runtime.block_on(async {
+        let driven = runtime.block_on(async {
             tokio::time::timeout(
                 timeout,
                 std::future::poll_fn(|cx| match drive(connection, notifications, ended, cx) {
                     Some(Err(e)) => Poll::Ready(Err(e)),
-                    _ if !notifications.is_empty() => Poll::Ready(Ok(())),
-                    // Closed: no notification will come; the next request
-                    // says why.
-                    _ if *ended => Poll::Ready(Ok(())),
+                    _ if done(notifications, *ended) => Poll::Ready(Ok(())),
                     _ => Poll::Pending,
                 }),
             )
             .await
         });
-        match waited {
-            Err(_elapsed) => Ok(None),
-            Ok(result) => result.map(|()| self.notifications.pop_front()),
+        match driven {
+            Err(_elapsed) => Ok(false),
+            Ok(result) => result.map(|()| true),
         }
     }
 
@@ -240,23 +249,7 @@ impl Drop for Client {
         // (a Terminate message) and ends; a server that stopped answering
         // is not waited on for long.
         drop(self.client.take());
-        let Client {
-            runtime,
-            connection,
-            notifications,
-            ended,
-            ..
-        } = self;
-        let _ = runtime.block_on(async {
-            tokio::time::timeout(
-                CLOSE_WAIT,
-                std::future::poll_fn(|cx| match drive(connection, notifications, ended, cx) {
-                    Some(_) => Poll::Ready(()),
-                    None => Poll::Pending,
-                }),
-            )
-            .await
-        });
+        let _ = self.drive_for(CLOSE_WAIT, |_, ended| ended);
     }
 }
 
