@@ -628,27 +628,13 @@ fn frozen_holder_is_taken_over_and_writes_nothing_after_postgres() {
 /// lets go.
 #[test]
 fn frozen_holder_is_taken_over_and_writes_nothing_after_sqlite() {
-    use std::os::fd::AsRawFd;
     let p = Project::new(Backend::Sqlite).unwrap();
     short_ttl(&p, "2s");
     side_effects(&p, 4, |_| String::new());
     let crate::util::TestDb::Sqlite { path } = &p.db else {
         unreachable!()
     };
-    let side = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(format!("{}-lockstep-release", path.display()))
-        .unwrap();
-    // SAFETY: a zeroed flock is valid; fcntl on an open descriptor.
-    unsafe {
-        let mut lock: libc::flock = std::mem::zeroed();
-        lock.l_type = libc::F_RDLCK as libc::c_short;
-        lock.l_len = 1;
-        assert_eq!(libc::fcntl(side.as_raw_fd(), libc::F_SETLK, &lock), 0);
-    }
+    let side = park_between_migrations(path);
     let holder = p.spawn(&["upgrade", "--owner", "holder"]);
     wait_until(
         "the holder holds the lock, parked before a migration",
@@ -1206,31 +1192,36 @@ both!(one_history_table_is_one_lock_however_it_is_spelled, |p| {
     );
 });
 
+/// Parks every SQLite holder of the database at `path` before its next
+/// migration, as a pending forced release does (a read lock on
+/// `<db>-lockstep-release`), until the returned file is dropped.
+fn park_between_migrations(path: &std::path::Path) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let side = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(format!("{}-lockstep-release", path.display()))
+        .unwrap();
+    // SAFETY: a zeroed flock is valid; fcntl on an open descriptor.
+    unsafe {
+        let mut lock: libc::flock = std::mem::zeroed();
+        lock.l_type = libc::F_RDLCK as libc::c_short;
+        lock.l_len = 1;
+        assert_eq!(libc::fcntl(side.as_raw_fd(), libc::F_SETLK, &lock), 0);
+    }
+    side
+}
+
 /// Starts `upgrade --owner <owner>` and, once it holds the lock, runs `sql`
 /// by hand: on PostgreSQL while migration 1 runs (`sql` waits for it to
 /// commit), on SQLite while the holder is parked before migration 1 (as a
 /// pending forced release parks it: SQLite's write lock passes from one
 /// migration to the next without a gap for another writer).
 fn under_a_holder(p: &Project, owner: &str, sql: &str) -> crate::util::Child {
-    use std::os::fd::AsRawFd;
     let side = match &p.db {
-        crate::util::TestDb::Sqlite { path } => {
-            let side = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(format!("{}-lockstep-release", path.display()))
-                .unwrap();
-            // SAFETY: a zeroed flock is valid; fcntl on an open descriptor.
-            unsafe {
-                let mut lock: libc::flock = std::mem::zeroed();
-                lock.l_type = libc::F_RDLCK as libc::c_short;
-                lock.l_len = 1;
-                assert_eq!(libc::fcntl(side.as_raw_fd(), libc::F_SETLK, &lock), 0);
-            }
-            Some(side)
-        }
+        crate::util::TestDb::Sqlite { path } => Some(park_between_migrations(path)),
         crate::util::TestDb::Postgres { .. } => None,
     };
     let holder = p.spawn(&["upgrade", "--owner", owner]);
