@@ -1388,11 +1388,18 @@ fn sqlite_a_heavy_writer_does_not_silence_lock_status_or_no_wait() {
     );
 }
 
-/// Another program holding SQLite's database with `BEGIN EXCLUSIVE`:
-/// `--no-wait` and `--lock-timeout` end as the lock says (exit 3, naming
-/// that program), not after SQLite's busy timeout as a failed read.
+/// Another program holding SQLite's database with `BEGIN EXCLUSIVE`, in
+/// either journal mode: `--no-wait` and `--lock-timeout` end as the lock
+/// says (exit 3, naming that program), not after SQLite's busy timeout as
+/// a failed read; `lock status` names it too.
 #[test]
 fn sqlite_a_foreign_exclusive_writer_is_named_and_timeouts_hold() {
+    for journal in ["delete", "wal"] {
+        foreign_exclusive_writer(journal);
+    }
+}
+
+fn foreign_exclusive_writer(journal: &str) {
     let p = Project::new(Backend::Sqlite).unwrap();
     p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
     p.run(&["upgrade"]).ok();
@@ -1401,6 +1408,12 @@ fn sqlite_a_foreign_exclusive_writer_is_named_and_timeouts_hold() {
         unreachable!()
     };
     let other = rusqlite::Connection::open(path).unwrap();
+    let mode: String = other
+        .query_row(&format!("PRAGMA journal_mode = {journal}"), [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(mode, journal);
     other.execute_batch("BEGIN EXCLUSIVE").unwrap();
     let no_wait = p.run(&["upgrade", "--no-wait"]);
     let timeout = p.run(&["upgrade", "--lock-timeout", "1s"]);
@@ -1413,16 +1426,52 @@ fn sqlite_a_foreign_exclusive_writer_is_named_and_timeouts_hold() {
             run.stderr
                 .contains("another connection, not a lockstep run")
                 && run.stderr.contains(&me),
-            "{code}: {}",
+            "{journal} {code}: {}",
             run.stderr
         );
     }
     let doc = status.json();
-    assert_eq!(doc["state"], "unlocked", "{doc}");
+    assert_eq!(doc["state"], "unlocked", "{journal}: {doc}");
     assert!(
         doc["blocker"].as_str().is_some_and(|b| b.starts_with(&me)),
         "{doc}"
     );
     assert_eq!(p.db.history(), ["1 a applied"]);
     p.run(&["upgrade"]).ok();
+}
+
+/// The same in WAL mode, where a writer locks no reader out and is seen by
+/// its lock on the `-shm` file.
+#[test]
+fn sqlite_wal_lock_status_says_a_migration_is_running() {
+    let p = Project::new(Backend::Sqlite).unwrap();
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+    p.run(&["upgrade"]).ok();
+    p.db.exec("PRAGMA journal_mode = wal");
+    p.migration(
+        "2_slow.sql",
+        &format!(
+            "-- upgrade\nCREATE TABLE b (id integer);\n{}\n",
+            p.busy_sql(3.0)
+        ),
+    );
+    let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+    wait_until("the holder holds the lock", LONG, || {
+        holder_of(&p).as_deref() == Some("holder")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let doc = p.run(&["lock", "status", "--json"]).json();
+    let waiter = p.run(&["upgrade", "--no-wait"]);
+    holder.finish().ok();
+    assert_eq!(
+        (doc["state"].clone(), doc["migrating"].clone()),
+        ("locked".into(), true.into()),
+        "{doc}"
+    );
+    waiter.code(3);
+    assert!(
+        waiter.stderr.contains("held by holder"),
+        "{}",
+        waiter.stderr
+    );
 }
