@@ -4,12 +4,11 @@
 //! rusqlite's `execute_batch` hands SQLite the rest of the text at every
 //! statement without a terminating NUL, and SQLite then copies all of that
 //! rest before it parses the next statement: a migration of many statements
-//! took time quadratic in its size (16 MB of single-row INSERTs: 21 s,
-//! against 0.7 s for 4 MB). Between its statements nothing could see a
-//! cancellation either: `sqlite3_interrupt` only lasts while a statement
-//! runs, and one that came between two statements was forgotten. Here the
-//! text ends in a NUL, which SQLite parses in place, and a stop flag is
-//! looked at before every statement.
+//! took time quadratic in its size (docs/performance.md). Between its
+//! statements nothing could see a cancellation either: `sqlite3_interrupt`
+//! only lasts while a statement runs, and one that came between two
+//! statements was forgotten. Here the text ends in a NUL, which SQLite
+//! parses in place, and a stop flag is looked at before every statement.
 
 use std::ffi::{c_char, c_int, CStr};
 use std::sync::atomic::{AtomicBool, Ordering};
