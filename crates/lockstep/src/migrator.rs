@@ -485,7 +485,14 @@ impl Migrator {
             // often a holder's migration. Only the lock can say when it is
             // done; under it, history is read afresh.
             Err(e) if e.is_busy() && self.options.lock.is_some() && !options.dry_run => {
-                return self.upgrade_unread(set, options, observer, report);
+                return self.upgrade_under_lock(
+                    set,
+                    options,
+                    observer,
+                    None,
+                    &mut |_| true,
+                    report,
+                );
             }
             other => other?,
         };
@@ -522,26 +529,23 @@ impl Migrator {
                 Some(lock::LockMark::default())
             }
         };
-        let held = match self.lock("upgrade", observer, since, &mut needed)? {
-            Locking::Held(held) => held,
-            Locking::NotNeeded => return Ok(report),
-        };
-        let result = self.upgrade_locked(set, options, observer, held.as_ref(), &mut report);
-        self.unlock(held, "upgrade", observer);
-        result.map(|()| report)
+        self.upgrade_under_lock(set, options, observer, since, &mut needed, report)
     }
 
-    /// `upgrade` when history could not be read before the lock: the lock
-    /// is taken whatever is pending (or it says who holds it, and waits or
-    /// fails as told), and everything is decided under it.
-    fn upgrade_unread(
+    /// Takes the lock (see [`Migrator::lock`] for `since` and `needed`),
+    /// then plans from history read under it and applies. A run that could
+    /// not read history before the lock passes no mark and always needs
+    /// the lock: everything is decided under it.
+    fn upgrade_under_lock(
         &mut self,
         set: &MigrationSet,
         options: &UpgradeOptions,
         observer: &mut dyn Observer,
+        since: Option<lock::LockMark>,
+        needed: &mut dyn FnMut(&mut dyn Driver) -> bool,
         mut report: RunReport,
     ) -> Result<RunReport, Error> {
-        let held = match self.lock("upgrade", observer, None, &mut |_| true)? {
+        let held = match self.lock("upgrade", observer, since, needed)? {
             Locking::Held(held) => held,
             Locking::NotNeeded => return Ok(report),
         };
@@ -1063,7 +1067,6 @@ impl Migrator {
                         index: i,
                         offset: statement.range.start,
                     }),
-                    statements_total: Some(statements.len()),
                     ..Context::default()
                 };
                 if i == 0 {
@@ -1287,9 +1290,6 @@ fn planned_step(m: &Migration, section: &Section) -> Step {
 struct Context {
     /// The statement that failed, where the engine or lockstep knows it.
     statement: Option<StatementAt>,
-    /// The section's statements, where lockstep split it; otherwise they
-    /// are counted for the message.
-    statements_total: Option<usize>,
     dirty: Option<DirtyDetail>,
     all_rolled_back: bool,
 }
@@ -1308,9 +1308,7 @@ fn failure(
         .statement
         .filter(|_| db.position.is_none())
         .map(|at| {
-            let total = context.statements_total.unwrap_or_else(|| {
-                sql::split(&section.sql, dialect).map_or(0, |statements| statements.len())
-            });
+            let total = sql::split(&section.sql, dialect).map_or(0, |statements| statements.len());
             let first_line = section.sql[at.offset.min(section.sql.len())..]
                 .lines()
                 .next()
