@@ -19,6 +19,7 @@ use crate::lock::{
 use crate::source::Checksum;
 use crate::sql::Dialect;
 
+use super::sqlite_locks::Holder;
 use super::sqlite_script;
 
 /// How long a statement waits for another connection's write lock before it
@@ -177,6 +178,15 @@ impl SqliteDriver {
         }
         self.conn = Some(conn);
         Ok(())
+    }
+
+    /// Runs `f` with the connection's busy timeout set to `wait`, then
+    /// sets this run's own back.
+    fn waiting<T>(&self, conn: &Connection, wait: Duration, f: impl FnOnce() -> T) -> T {
+        let _ = conn.busy_timeout(wait);
+        let out = f();
+        let _ = conn.busy_timeout(self.busy_wait());
+        out
     }
 
     /// How long a statement waits for another connection's write lock.
@@ -430,40 +440,21 @@ pub(crate) fn code_name(e: &rusqlite::ffi::Error) -> String {
     name.to_string()
 }
 
-/// An SQLite error as a message; a syntax error's offset is relative to the
-/// whole of `sql` when `sql` is given.
-fn message_in(e: &rusqlite::Error, sql: Option<&str>) -> DbMessage {
+/// An SQLite error as a message. Positions are not kept: lockstep's own
+/// statements are not the user's file (a migration's errors come from
+/// `sqlite_script`, which places them).
+fn message(e: &rusqlite::Error) -> DbMessage {
     match e {
         rusqlite::Error::SqliteFailure(err, msg) => DbMessage {
-            message: msg.clone().unwrap_or_else(|| err.to_string()),
             code: Some(code_name(err)),
-            detail: None,
-            hint: None,
-            position: None,
+            ..DbMessage::plain(msg.clone().unwrap_or_else(|| err.to_string()))
         },
-        rusqlite::Error::SqlInputError {
-            error,
-            msg,
-            sql: tail,
-            offset,
-        } => DbMessage {
-            message: msg.clone(),
+        rusqlite::Error::SqlInputError { error, msg, .. } => DbMessage {
             code: Some(code_name(error)),
-            detail: None,
-            hint: None,
-            // rusqlite reports the offset into the statement it was
-            // preparing, which is a suffix of the batch.
-            position: sql.and_then(|full| {
-                let start = full.len().checked_sub(tail.len())?;
-                usize::try_from(*offset).ok().map(|o| start + o)
-            }),
+            ..DbMessage::plain(msg.clone())
         },
         other => DbMessage::plain(other.to_string()),
     }
-}
-
-fn message(e: &rusqlite::Error) -> DbMessage {
-    message_in(e, None)
 }
 
 fn db_error(context: impl Into<String>, e: &rusqlite::Error) -> Error {
@@ -622,10 +613,7 @@ impl Driver for SqliteDriver {
         let context = format!("creating the history table {}", self.table);
         // Made before the lock can be taken: another process making them
         // at the same moment, or a holder's commit, is waited for.
-        let _ = conn.busy_timeout(BUSY_TIMEOUT);
-        let made = self.make_tables(conn, &context);
-        let _ = conn.busy_timeout(self.busy_wait());
-        made
+        self.waiting(conn, BUSY_TIMEOUT, || self.make_tables(conn, &context))
     }
 
     fn run_transaction(
@@ -791,15 +779,12 @@ impl Driver for SqliteDriver {
         let conn = self.conn()?;
         let context = format!("acquiring the migration lock for {scope}");
         // A short wait: a busy database means a migration holds it.
-        conn.busy_timeout(ACQUIRE_BUSY)
-            .map_err(|e| db_error(&context, &e))?;
-        let begun = conn.execute_batch("BEGIN IMMEDIATE");
-        let _ = conn.busy_timeout(self.busy_wait());
+        let begun = self.waiting(conn, ACQUIRE_BUSY, || conn.execute_batch("BEGIN IMMEDIATE"));
         match begun {
             Err(e) if is_busy(&e) => {
                 let mut seen = self.read_lock(scope).ok().flatten();
                 if let Some(info) = &mut seen {
-                    self.name_the_writer(info);
+                    self.name_the_writer(info, self.file_holders().as_deref());
                 }
                 return Ok(Probe::Busy(seen));
             }
@@ -970,42 +955,15 @@ impl Driver for SqliteDriver {
     }
 
     fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
-        let Some(conn) = &self.conn else {
-            return Ok(None);
-        };
-        let schema = self.table.schema().unwrap_or("main");
-        let context = format!("reading the migration lock for {scope}");
-        let read = Self::table_exists(conn, (schema, LOCK_TABLE)).and_then(|exists| {
-            if exists {
-                self.select_lock(conn, scope)
-            } else {
-                Ok(None)
-            }
-        });
-        match read {
-            // A writer keeps readers out (rollback-journal mode): the row
-            // is read past the locks, and the writer named.
-            Err(e) if is_busy(&e) => {
-                let mut info = self
-                    .read_lock_past_writer(scope)
-                    .unwrap_or_else(|| LockInfo {
-                        scope: scope.to_string(),
-                        ..LockInfo::default()
-                    });
-                self.name_the_writer(&mut info);
-                Ok(Some(info))
-            }
-            other => other.map_err(|e| db_error(context, &e)),
-        }
+        self.look_at_lock(scope)
     }
 
     fn inspect_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
+        let Some(conn) = &self.conn else {
+            return Ok(None);
+        };
         // `lock status` answers at once, whoever writes.
-        let patient = self.patient;
-        self.patient(false);
-        let read = self.read_lock(scope);
-        self.patient(patient);
-        let Some(mut info) = read? else {
+        let Some(mut info) = self.waiting(conn, LOOK_BUSY, || self.look_at_lock(scope))? else {
             return Ok(None);
         };
         if info.migrating || info.blocker.is_some() {
@@ -1014,30 +972,27 @@ impl Driver for SqliteDriver {
         // Whether anyone writes right now: the file locks say so where the
         // system shows them (Linux); elsewhere, a try for the write lock
         // that does not wait, and lets go at once.
-        let writing = match super::sqlite_locks::writers(&self.path) {
-            Some(pids) => !pids.is_empty(),
-            None => {
-                let conn = self.conn()?;
-                let _ = conn.busy_timeout(Duration::ZERO);
-                let tried = conn.execute_batch("BEGIN IMMEDIATE");
-                let _ = conn.busy_timeout(self.busy_wait());
-                match tried {
-                    Ok(()) => {
-                        rollback(conn);
-                        false
-                    }
-                    Err(e) if is_busy(&e) => true,
-                    Err(e) => {
-                        return Err(db_error(
-                            format!("reading the migration lock for {scope}"),
-                            &e,
-                        ))
-                    }
+        let holders = self.file_holders();
+        let writing = match &holders {
+            Some(holders) => holders.iter().any(Holder::writes),
+            None => match self.waiting(conn, Duration::ZERO, || {
+                conn.execute_batch("BEGIN IMMEDIATE")
+            }) {
+                Ok(()) => {
+                    rollback(conn);
+                    false
                 }
-            }
+                Err(e) if is_busy(&e) => true,
+                Err(e) => {
+                    return Err(db_error(
+                        format!("reading the migration lock for {scope}"),
+                        &e,
+                    ))
+                }
+            },
         };
         if writing {
-            self.name_the_writer(&mut info);
+            self.name_the_writer(&mut info, holders.as_deref());
         }
         if info.is_held() && !info.migrating {
             // A migration outside a transaction locks nothing between its
@@ -1047,8 +1002,7 @@ impl Driver for SqliteDriver {
                 "SELECT 1 FROM {} WHERE state = 'started' LIMIT 1",
                 self.history
             );
-            info.migrating = self
-                .conn()?
+            info.migrating = conn
                 .query_row(&started, [], |_| Ok(()))
                 .optional()
                 .is_ok_and(|row| row.is_some());
@@ -1075,9 +1029,7 @@ impl Driver for SqliteDriver {
         let _request = self.request_release();
         let conn = self.conn()?;
         let context = format!("releasing the migration lock for {scope}");
-        conn.busy_timeout(wait)
-            .map_err(|e| db_error(&context, &e))?;
-        let result = (|| -> rusqlite::Result<bool> {
+        let result = self.waiting(conn, wait, || -> rusqlite::Result<bool> {
             conn.execute_batch("BEGIN IMMEDIATE")?;
             let token: Option<i64> = conn
                 .query_row(
@@ -1102,8 +1054,7 @@ impl Driver for SqliteDriver {
             }
             conn.execute_batch("COMMIT")?;
             Ok(token.is_some())
-        })();
-        let _ = conn.busy_timeout(self.busy_wait());
+        });
         result.map_err(|e| {
             rollback(conn);
             if is_busy(&e) {
@@ -1446,31 +1397,72 @@ impl SqliteDriver {
         }
     }
 
-    /// The database is write-locked by someone: says whether that is the
-    /// lock's holder migrating, or another process (named, where the system
-    /// can tell).
-    fn name_the_writer(&self, info: &mut LockInfo) {
-        let writers = if self.memory {
+    /// The lock row as it stands, waiting for a writer only as this run
+    /// does ([`Driver::patient`]): a writer that keeps readers out longer
+    /// (rollback-journal mode) gets the row read past SQLite's locks, and is
+    /// named.
+    fn look_at_lock(&self, scope: &str) -> Result<Option<LockInfo>, Error> {
+        let Some(conn) = &self.conn else {
+            return Ok(None);
+        };
+        let schema = self.table.schema().unwrap_or("main");
+        let read = Self::table_exists(conn, (schema, LOCK_TABLE)).and_then(|exists| {
+            if exists {
+                self.select_lock(conn, scope)
+            } else {
+                Ok(None)
+            }
+        });
+        match read {
+            Err(e) if is_busy(&e) => {
+                let mut info = self
+                    .read_lock_past_writer(scope)
+                    .unwrap_or_else(|| LockInfo {
+                        scope: scope.to_string(),
+                        ..LockInfo::default()
+                    });
+                self.name_the_writer(&mut info, self.file_holders().as_deref());
+                Ok(Some(info))
+            }
+            other => {
+                other.map_err(|e| db_error(format!("reading the migration lock for {scope}"), &e))
+            }
+        }
+    }
+
+    /// The processes with a lock on the database file, where the system can
+    /// tell (Linux), in either journal mode.
+    fn file_holders(&self) -> Option<Vec<Holder>> {
+        if self.memory {
             None
         } else {
-            super::sqlite_locks::writers(&self.path)
-        };
+            super::sqlite_locks::holders(&self.path)
+        }
+    }
+
+    /// The database is write-locked by someone (`holders`, where known):
+    /// says whether that is the lock's holder migrating, or another process,
+    /// named.
+    fn name_the_writer(&self, info: &mut LockInfo, holders: Option<&[Holder]>) {
         let holder_pid = info
             .pid
             .filter(|_| info.is_held() && info.host.as_deref() == Some(self.host.as_str()))
             .and_then(|pid| u32::try_from(pid).ok());
-        match writers {
+        let writers: Vec<u32> = holders
+            .unwrap_or_default()
+            .iter()
+            .filter(|h| h.writes())
+            .map(|h| h.pid)
+            .collect();
+        match holders {
             // The holder writes: one of its migrations runs.
-            Some(pids) if holder_pid.is_some_and(|pid| pids.contains(&pid)) => {
+            Some(_) if holder_pid.is_some_and(|pid| writers.contains(&pid)) => {
                 info.migrating = true
             }
             // Someone else writes: named, and the holder (if any) is not
             // taken to be migrating.
-            Some(pids) if !pids.is_empty() => {
-                info.blocker = super::sqlite_locks::describe(&self.path).map(|d| {
-                    d.trim_start_matches("the database file is held by ")
-                        .to_string()
-                });
+            Some(holders) if !writers.is_empty() => {
+                info.blocker = Some(super::sqlite_locks::named(holders));
                 info.migrating = !info.is_held();
             }
             // Who writes cannot be told: the holder, if there is one, as

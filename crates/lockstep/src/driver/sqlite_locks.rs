@@ -23,6 +23,13 @@ pub(crate) struct Holder {
     pub what: &'static str,
 }
 
+impl Holder {
+    /// It holds the write lock, or is about to commit.
+    pub(crate) fn writes(&self) -> bool {
+        self.what != "reading"
+    }
+}
+
 /// The processes other than this one that hold locks on `path`, from
 /// `locks` (the text of `/proc/locks`). Empty where that says nothing.
 pub(crate) fn holders_in(locks: &str, dev: (u64, u64), inode: u64, me: u32) -> Vec<Holder> {
@@ -132,25 +139,8 @@ pub(crate) fn holders(path: &Path) -> Option<Vec<Holder>> {
     Some(found)
 }
 
-/// The processes writing to the database at `path` (either journal mode);
-/// `None` where that cannot be known.
-pub(crate) fn writers(path: &Path) -> Option<Vec<u32>> {
-    Some(
-        holders(path)?
-            .into_iter()
-            .filter(|h| h.what != "reading")
-            .map(|h| h.pid)
-            .collect(),
-    )
-}
-
-/// "held by pid 812 (lockstep, stopped: writing), pid 90 (python3: reading)"
-/// for the database at `path`, or `None` where that cannot be known.
-pub(crate) fn describe(path: &Path) -> Option<String> {
-    let holders = holders(path)?;
-    if holders.is_empty() {
-        return None;
-    }
+/// "pid 812 (lockstep, stopped: writing), pid 90 (python3: reading)".
+pub(crate) fn named(holders: &[Holder]) -> String {
     let parts: Vec<String> = holders
         .iter()
         .map(|h| {
@@ -165,7 +155,14 @@ pub(crate) fn describe(path: &Path) -> Option<String> {
             format!("pid {} ({comm}{stopped}: {})", h.pid, h.what)
         })
         .collect();
-    Some(format!("the database file is held by {}", parts.join(", ")))
+    parts.join(", ")
+}
+
+/// "the database file is held by pid 812 (…), …" for the database at
+/// `path`, or `None` where that cannot be known.
+pub(crate) fn describe(path: &Path) -> Option<String> {
+    let holders = holders(path)?;
+    (!holders.is_empty()).then(|| format!("the database file is held by {}", named(&holders)))
 }
 
 /// Whether the process is stopped (SIGSTOP, a debugger): its state in
