@@ -29,9 +29,16 @@ type Connection = tokio_postgres::Connection<Socket, RustlsStream<Socket>>;
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 pub(crate) struct Client {
-    runtime: Runtime,
     /// `None` only while dropping.
     client: Option<tokio_postgres::Client>,
+    runtime: Runtime,
+    link: Link,
+}
+
+/// The connection and what arrived on it: apart from the client and the
+/// runtime, so that a request can borrow the client while the runtime
+/// drives the connection.
+struct Link {
     connection: Connection,
     /// Notifications that arrived while something else was awaited.
     notifications: VecDeque<Notification>,
@@ -66,11 +73,13 @@ impl Client {
         };
         let (client, connection) = connected?;
         Ok(Some(Client {
-            runtime,
             client: Some(client),
-            connection,
-            notifications: VecDeque::new(),
-            ended: false,
+            runtime,
+            link: Link {
+                connection,
+                notifications: VecDeque::new(),
+                ended: false,
+            },
         }))
     }
 
@@ -78,28 +87,6 @@ impl Client {
         self.client
             .as_ref()
             .expect("only dropping takes the client")
-    }
-
-    /// Awaits `future` while driving the connection: its messages arrive,
-    /// notifications are kept for later, notices are dropped.
-    fn block_on<T>(
-        &mut self,
-        future: impl Future<Output = Result<T, tokio_postgres::Error>>,
-    ) -> Result<T, tokio_postgres::Error> {
-        let mut future = pin!(future);
-        let Client {
-            runtime,
-            connection,
-            notifications,
-            ended,
-            ..
-        } = self;
-        runtime.block_on(std::future::poll_fn(|cx| {
-            if let Some(Err(e)) = drive(connection, notifications, ended, cx) {
-                return Poll::Ready(Err(e));
-            }
-            future.as_mut().poll(cx)
-        }))
     }
 
     /// Runs a query string of any number of statements, with no
@@ -117,9 +104,12 @@ impl Client {
         &mut self,
         query: &str,
     ) -> Result<Vec<SimpleQueryMessage>, QueryFailure> {
-        let client = self.client.take().expect("only dropping takes the client");
+        let client = self
+            .client
+            .as_ref()
+            .expect("only dropping takes the client");
         let mut messages = Vec::new();
-        let result = self.block_on(async {
+        let result = self.link.block_on(&self.runtime, async {
             let mut stream = pin!(client.simple_query_raw(query).await?);
             while let Some(message) = std::future::poll_fn(|cx| stream.as_mut().poll_next(cx)).await
             {
@@ -127,7 +117,6 @@ impl Client {
             }
             Ok(())
         });
-        self.client = Some(client);
         match result {
             Ok(()) => Ok(messages),
             Err(error) => Err(QueryFailure {
@@ -147,17 +136,18 @@ impl Client {
         query: &str,
         mut each: impl FnMut(Row) -> Result<(), tokio_postgres::Error>,
     ) -> Result<(), tokio_postgres::Error> {
-        let client = self.client.take().expect("only dropping takes the client");
+        let client = self
+            .client
+            .as_ref()
+            .expect("only dropping takes the client");
         let no_params: [(&str, tokio_postgres::types::Type); 0] = [];
-        let result = self.block_on(async {
+        self.link.block_on(&self.runtime, async {
             let mut rows = pin!(client.query_typed_raw(query, no_params).await?);
             while let Some(row) = std::future::poll_fn(|cx| rows.as_mut().poll_next(cx)).await {
                 each(row?)?;
             }
             Ok(())
-        });
-        self.client = Some(client);
-        result
+        })
     }
 
     /// Waits up to `timeout` for a notification; `None` when none came.
@@ -166,33 +156,55 @@ impl Client {
         timeout: Duration,
     ) -> Result<Option<Notification>, tokio_postgres::Error> {
         // Closed: no notification will come; the next request says why.
-        self.drive_for(timeout, |notifications, ended| {
-            !notifications.is_empty() || ended
-        })?;
-        Ok(self.notifications.pop_front())
+        self.link
+            .drive_until(&self.runtime, timeout, |notifications, ended| {
+                !notifications.is_empty() || ended
+            })?;
+        Ok(self.link.notifications.pop_front())
+    }
+
+    /// A handle that cancels the query this connection is running.
+    pub(crate) fn cancel_token(&self) -> tokio_postgres::CancelToken {
+        self.client().cancel_token()
+    }
+
+    /// Whether the connection has ended.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.link.ended || self.client().is_closed()
+    }
+}
+
+impl Link {
+    /// Awaits `future` while driving the connection.
+    fn block_on<T>(
+        &mut self,
+        runtime: &Runtime,
+        future: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, tokio_postgres::Error> {
+        let mut future = pin!(future);
+        runtime.block_on(std::future::poll_fn(|cx| {
+            if let Some(Err(e)) = self.drive(cx) {
+                return Poll::Ready(Err(e));
+            }
+            future.as_mut().poll(cx)
+        }))
     }
 
     /// Drives the connection for up to `timeout`, until `done` says so
     /// (given the notifications so far and whether the connection ended).
     /// `Ok(false)` when the time ran out.
-    fn drive_for(
+    fn drive_until(
         &mut self,
+        runtime: &Runtime,
         timeout: Duration,
         done: impl Fn(&VecDeque<Notification>, bool) -> bool,
     ) -> Result<bool, tokio_postgres::Error> {
-        let Client {
-            runtime,
-            connection,
-            notifications,
-            ended,
-            ..
-        } = self;
         let driven = runtime.block_on(async {
             tokio::time::timeout(
                 timeout,
-                std::future::poll_fn(|cx| match drive(connection, notifications, ended, cx) {
+                std::future::poll_fn(|cx| match self.drive(cx) {
                     Some(Err(e)) => Poll::Ready(Err(e)),
-                    _ if done(notifications, *ended) => Poll::Ready(Ok(())),
+                    _ if done(&self.notifications, self.ended) => Poll::Ready(Ok(())),
                     _ => Poll::Pending,
                 }),
             )
@@ -204,41 +216,32 @@ impl Client {
         }
     }
 
-    /// A handle that cancels the query this connection is running.
-    pub(crate) fn cancel_token(&self) -> tokio_postgres::CancelToken {
-        self.client().cancel_token()
-    }
-
-    /// Whether the connection has ended.
-    pub(crate) fn is_closed(&self) -> bool {
-        self.ended || self.client().is_closed()
-    }
-}
-
-/// Reads what the connection has: notifications are kept, notices dropped.
-/// `Some(Err)` when the connection failed; `Some(Ok)` when it closed.
-fn drive(
-    connection: &mut Connection,
-    notifications: &mut VecDeque<Notification>,
-    ended: &mut bool,
-    cx: &mut std::task::Context<'_>,
-) -> Option<Result<(), tokio_postgres::Error>> {
-    if *ended {
-        return Some(Ok(()));
-    }
-    loop {
-        match connection.poll_message(cx) {
-            Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => notifications.push_back(n),
-            Poll::Ready(Some(Ok(_))) => {}
-            Poll::Ready(Some(Err(e))) => {
-                *ended = true;
-                return Some(Err(e));
+    /// Reads what the connection has: notifications are kept, notices
+    /// dropped. `Some(Err)` when the connection failed; `Some(Ok)` when it
+    /// closed; `None` while it is open with nothing more to read.
+    fn drive(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> Option<Result<(), tokio_postgres::Error>> {
+        if self.ended {
+            return Some(Ok(()));
+        }
+        loop {
+            match self.connection.poll_message(cx) {
+                Poll::Ready(Some(Ok(AsyncMessage::Notification(n)))) => {
+                    self.notifications.push_back(n)
+                }
+                Poll::Ready(Some(Ok(_))) => {}
+                Poll::Ready(Some(Err(e))) => {
+                    self.ended = true;
+                    return Some(Err(e));
+                }
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    return Some(Ok(()));
+                }
+                Poll::Pending => return None,
             }
-            Poll::Ready(None) => {
-                *ended = true;
-                return Some(Ok(()));
-            }
-            Poll::Pending => return None,
         }
     }
 }
@@ -249,7 +252,9 @@ impl Drop for Client {
         // (a Terminate message) and ends; a server that stopped answering
         // is not waited on for long.
         drop(self.client.take());
-        let _ = self.drive_for(CLOSE_WAIT, |_, ended| ended);
+        let _ = self
+            .link
+            .drive_until(&self.runtime, CLOSE_WAIT, |_, ended| ended);
     }
 }
 

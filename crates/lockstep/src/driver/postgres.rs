@@ -226,9 +226,10 @@ impl PgDriver {
             )
         })?;
         config.ssl_mode(mode);
-        let client = Client::connect(&config, &tls, timeout).map_err(Some).and_then(|c| c.ok_or(None)).map_err(|e| {
-            let Some(e) = e else {
-                return connect_error(
+        let client = match Client::connect(&config, &tls, timeout) {
+            Ok(Some(client)) => client,
+            Ok(None) => {
+                return Err(connect_error(
                     format!(
                         "timed out after {}s setting up the connection: the server accepted it but did not answer",
                         timeout.as_secs_f64()
@@ -237,40 +238,13 @@ impl PgDriver {
                         "check that the host and port are PostgreSQL's (or a pooler's in front of it), and whether the server is overloaded; the wait is `connect_timeout` in the URL"
                             .into(),
                     ),
-                );
-            };
-            let message = match e.as_db_error() {
-                Some(db) => db.message().to_string(),
-                None => chain(&e),
-            };
-            let hint = match code(&e) {
-                Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
-                    Some("check the user name and password in the database URL".to_string())
-                }
-                Some(c) if *c == SqlState::INVALID_CATALOG_NAME => Some(format!(
-                    "create the database first, e.g. `createdb {}`",
-                    target.dbname
-                )),
-                Some(_) => None,
-                None if message.contains("refused") || message.contains("No such file") => Some(match &target.host {
-                    PgHost::Tcp(h) => format!(
-                        "is PostgreSQL running and listening on {}?",
-                        crate::url::host_port(h, target.port)
-                    ),
-                    PgHost::Socket(d) => format!("is PostgreSQL running with its socket in {}?", d.display()),
-                }),
-                None if message.contains("timed out") || message.contains("timeout") => Some(
-                    "the server did not answer; check the host, port and firewall (the wait is `connect_timeout` in the URL)"
-                        .to_string(),
-                ),
-                None if message.contains("certificate") => Some(
-                    "check `sslrootcert` (the CA that signed the server's certificate) and that the URL's host is named on the certificate; `sslmode=verify-ca` does not check the name"
-                        .to_string(),
-                ),
-                None => None,
-            };
-            connect_error(message, hint)
-        })?;
+                ))
+            }
+            Err(e) => {
+                let (message, hint) = why_refused(&e, target);
+                return Err(connect_error(message, hint));
+            }
+        };
         let mut driver = PgDriver {
             client,
             target: target.clone(),
@@ -348,6 +322,41 @@ impl PgDriver {
     }
 }
 
+/// Why a connection failed, and what to check: the message, and a hint.
+fn why_refused(e: &tokio_postgres::Error, target: &PgTarget) -> (String, Option<String>) {
+    let message = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => chain(e),
+    };
+    let hint = match code(e) {
+        Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+            Some("check the user name and password in the database URL".to_string())
+        }
+        Some(c) if *c == SqlState::INVALID_CATALOG_NAME => Some(format!(
+            "create the database first, e.g. `createdb {}`",
+            target.dbname
+        )),
+        Some(_) => None,
+        None if message.contains("refused") || message.contains("No such file") => Some(match &target.host {
+            PgHost::Tcp(h) => format!(
+                "is PostgreSQL running and listening on {}?",
+                crate::url::host_port(h, target.port)
+            ),
+            PgHost::Socket(d) => format!("is PostgreSQL running with its socket in {}?", d.display()),
+        }),
+        None if message.contains("timed out") || message.contains("timeout") => Some(
+            "the server did not answer; check the host, port and firewall (the wait is `connect_timeout` in the URL)"
+                .to_string(),
+        ),
+        None if message.contains("certificate") => Some(
+            "check `sslrootcert` (the CA that signed the server's certificate) and that the URL's host is named on the certificate; `sslmode=verify-ca` does not check the name"
+                .to_string(),
+        ),
+        None => None,
+    };
+    (message, hint)
+}
+
 /// Splits a simple query's messages into the rows of each statement.
 fn statements(messages: &[SimpleQueryMessage]) -> Vec<&[SimpleQueryMessage]> {
     let mut out = Vec::new();
@@ -395,13 +404,13 @@ impl PgDriver {
     fn try_read_history(&mut self, with_token: bool) -> Result<Read, Error> {
         let context = format!("reading history from {}", self.table);
         // One statement: the format of lockstep's tables on every row, then
-        // the history (one row of NULLs when it is empty). A fleet starting against an up-to-date database costs
-        // the server this and nothing else. Rows are decoded as they
-        // arrive, not gathered first: 10,000 of them stay a few MiB. The
+        // the history (one row of NULLs when it is empty). A fleet starting
+        // against an up-to-date database costs the server this and nothing
+        // else. Rows are decoded as they arrive, not gathered first. The
         // server neither formats times nor sorts: a fresh session's first
         // query is cheaper without either, and the client does both. The
-        // lock comes in the same snapshot (see `Driver::history_lock`).
-        // One lookup of the lock row, joined to every history row.
+        // lock comes in the same snapshot (see `Driver::history_lock`):
+        // one lookup of the lock row, joined to every history row.
         let lock_row = if with_token {
             format!(
                 "LEFT JOIN {lock} AS l ON l.scope = {scope}",
