@@ -216,30 +216,24 @@ pub fn parse_config(text: &str, path: &Path) -> Result<FileSettings, CliError> {
         })
         .transpose()?;
     let lock = config.lock.unwrap_or_default();
-    let duration = |value: &Option<String>, key: &str| -> Result<Option<Duration>, CliError> {
+    // A duration, and one the lock can honour.
+    let duration = |value: &Option<String>,
+                    key: &str,
+                    in_range: fn(Duration) -> Result<(), String>|
+     -> Result<Option<Duration>, CliError> {
         value
             .as_deref()
             .map(|v| {
-                crate::cli::parse_duration(v).map_err(|m| {
-                    CliError::config(format!("[lock] {key} in {}: {m}", path.display()))
-                })
+                crate::cli::parse_duration(v)
+                    .and_then(|d| in_range(d).map(|()| d))
+                    .map_err(|m| {
+                        CliError::config(format!("[lock] {key} in {}: {m}", path.display()))
+                    })
             })
             .transpose()
     };
-    let lock_ttl = duration(&lock.ttl, "ttl")?;
-    let lock_timeout = duration(&lock.timeout, "timeout")?;
-    let in_range =
-        |value: Option<Duration>, key: &str, check: fn(Duration) -> Result<(), String>| match value
-            .map(check)
-        {
-            Some(Err(m)) => Err(CliError::config(format!(
-                "[lock] {key} in {}: {m}",
-                path.display()
-            ))),
-            _ => Ok(()),
-        };
-    in_range(lock_ttl, "ttl", lockstep::lock::check_ttl)?;
-    in_range(lock_timeout, "timeout", lockstep::lock::check_wait)?;
+    let lock_ttl = duration(&lock.ttl, "ttl", lockstep::lock::check_ttl)?;
+    let lock_timeout = duration(&lock.timeout, "timeout", lockstep::lock::check_wait)?;
     if let Some(url) = &config.database_url {
         parse_url(url, format!("database_url in {}", path.display()), None)?;
     }
