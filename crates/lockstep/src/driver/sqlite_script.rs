@@ -52,18 +52,19 @@ pub(crate) fn run(conn: &Connection, sql: &str, stop: &AtomicBool) -> Result<(),
     let mut index = 0usize;
     // The NUL is the end: SQLite stops there.
     while pos + 1 < text.len() {
-        let at = StatementAt {
-            index,
-            offset: pos + crate::sql::first_code_offset(&sql[pos..]).unwrap_or(0),
+        // Where the statement begins, worked out only when it failed.
+        let failed = |db: DbMessage| ScriptFailure {
+            db: Box::new(db),
+            at: StatementAt {
+                index,
+                offset: pos + crate::sql::first_code_offset(&sql[pos..]).unwrap_or(0),
+            },
         };
         if stop.load(Ordering::SeqCst) {
-            return Err(ScriptFailure {
-                db: Box::new(DbMessage {
-                    code: Some("SQLITE_INTERRUPT".into()),
-                    ..DbMessage::plain("interrupted")
-                }),
-                at,
-            });
+            return Err(failed(DbMessage {
+                code: Some("SQLITE_INTERRUPT".into()),
+                ..DbMessage::plain("interrupted")
+            }));
         }
         let mut stmt: *mut ffi::sqlite3_stmt = std::ptr::null_mut();
         let mut tail: *const c_char = std::ptr::null();
@@ -85,10 +86,7 @@ pub(crate) fn run(conn: &Connection, sql: &str, stop: &AtomicBool) -> Result<(),
             let offset = unsafe { ffi::sqlite3_error_offset(db) };
             let mut message = error(db, rc);
             message.position = usize::try_from(offset).ok().map(|o| pos + o);
-            return Err(ScriptFailure {
-                db: Box::new(message),
-                at,
-            });
+            return Err(failed(message));
         }
         // SAFETY: SQLite sets `tail` into the buffer it was given.
         let next = if tail.is_null() {
@@ -108,12 +106,7 @@ pub(crate) fn run(conn: &Connection, sql: &str, stop: &AtomicBool) -> Result<(),
         let result = step_to_end(db, stmt);
         // SAFETY: a statement prepared above, finalized once.
         unsafe { ffi::sqlite3_finalize(stmt) };
-        if let Err(db_message) = result {
-            return Err(ScriptFailure {
-                db: Box::new(db_message),
-                at,
-            });
-        }
+        result.map_err(failed)?;
         index += 1;
         pos = next.max(pos + 1);
     }
