@@ -10,8 +10,11 @@
 /// `/`, `?`, `@`), so a URL's user info runs to its last `@` before the next
 /// URL, and a `password=` value to the next `&`, as a URL parser reads it.
 pub fn urls(text: &str) -> String {
+    // `password=` values first: hiding a URL's user info up to its last `@`
+    // could swallow the key of a value that holds an `@`.
+    let text = password_parameters(text);
     let mut out = String::with_capacity(text.len());
-    let mut rest = text;
+    let mut rest = text.as_str();
     while let Some(at) = rest.find("://") {
         let (before, after) = rest.split_at(at + 3);
         out.push_str(before);
@@ -21,7 +24,7 @@ pub fn urls(text: &str) -> String {
         rest = tail;
     }
     out.push_str(rest);
-    password_parameters(&out)
+    out
 }
 
 /// The text after `scheme://` (up to the next URL), its user info's
@@ -86,6 +89,10 @@ mod tests {
             ("mysql://root:PW@h/d and sqlite://a.db", "mysql://root:***@h/d and sqlite://a.db"),
             // Over-hiding is the safe side: an `@` later in the text.
             ("postgres://u:p@h/d?user=x@y", "postgres://u:***@y"),
+            (
+                "postgres://u:p@h/d?password=a@b",
+                "postgres://u:***@h/d?password=***",
+            ),
             ("postgres://u@h/d?password=PW&sslmode=disable", "postgres://u@h/d?password=***&sslmode=disable"),
             ("host=h password=PW user=u", "host=h password=***"),
             ("password=a b\nc&d=e", "password=***&d=e"),
