@@ -4,67 +4,78 @@
 //! typed in the wrong place. Every error passes through here before it is
 //! shown.
 
+use std::ops::Range;
+
 /// `text` with the password of every URL-shaped part (`scheme://user:password@`)
 /// and every `password=value` replaced by `***`. Errs on the side of hiding:
 /// a password may hold anything a URL parser lets through (quotes, spaces,
-/// `/`, `?`, `@`), so a URL's user info runs to its last `@` before the next
-/// URL, and a `password=` value to the next `&`, as a URL parser reads it.
+/// `/`, `?`, `@`, even `password=`), so a URL's user info runs to its last
+/// `@` before the next URL, a `password=` value to the next `&`, and where
+/// the two overlap everything in either is hidden.
 pub fn urls(text: &str) -> String {
-    // `password=` values first: hiding a URL's user info up to its last `@`
-    // could swallow the key of a value that holds an `@`.
-    let text = password_parameters(text);
+    let mut hidden = user_info_passwords(text);
+    hidden.extend(password_values(text));
+    hidden.sort_by_key(|span| span.start);
     let mut out = String::with_capacity(text.len());
-    let mut rest = text.as_str();
-    while let Some(at) = rest.find("://") {
-        let (before, after) = rest.split_at(at + 3);
-        out.push_str(before);
-        let end = after.find("://").unwrap_or(after.len());
-        let (url, tail) = after.split_at(end);
-        out.push_str(&without_password(url));
-        rest = tail;
+    let mut shown_from = 0;
+    let mut spans = hidden.into_iter().peekable();
+    while let Some(mut span) = spans.next() {
+        // One mask for spans that overlap or touch.
+        while let Some(next) = spans.next_if(|next| next.start <= span.end) {
+            span.end = span.end.max(next.end);
+        }
+        let start = span.start.max(shown_from);
+        out.push_str(&text[shown_from..start]);
+        out.push_str("***");
+        shown_from = span.end.max(start);
     }
-    out.push_str(rest);
+    out.push_str(&text[shown_from..]);
     out
 }
 
-/// The text after `scheme://` (up to the next URL), its user info's
-/// password hidden.
-fn without_password(url: &str) -> String {
-    let Some(at) = url.rfind('@') else {
-        return url.to_string();
-    };
-    let userinfo = &url[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!("{}:***{}", &userinfo[..colon], &url[at..]),
-        None => url.to_string(),
+/// The password of each `scheme://user:password@` in `text`: after the
+/// user's `:`, up to the last `@` before the next URL.
+fn user_info_passwords(text: &str) -> Vec<Range<usize>> {
+    let mut spans = Vec::new();
+    let mut from = 0;
+    while let Some(found) = text[from..].find("://") {
+        let start = from + found + 3;
+        let end = text[start..]
+            .find("://")
+            .map_or(text.len(), |next| start + next);
+        let url = &text[start..end];
+        if let Some(at) = url.rfind('@') {
+            if let Some(colon) = url[..at].find(':') {
+                spans.push(start + colon + 1..start + at);
+            }
+        }
+        from = end;
     }
+    spans
 }
 
-/// `password=value` (a URL's query parameter, or a libpq-style setting)
-/// with the value hidden.
-fn password_parameters(text: &str) -> String {
+/// The value of each `password=` in `text` (a URL's query parameter, or a
+/// libpq-style setting), up to the next `&`, as a URL parser reads it.
+fn password_values(text: &str) -> Vec<Range<usize>> {
     const KEY: &str = "password=";
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find(KEY) {
-        let starts_key = rest[..at]
+    let mut spans = Vec::new();
+    let mut from = 0;
+    while let Some(found) = text[from..].find(KEY) {
+        let key = from + found;
+        let value = key + KEY.len();
+        let starts_key = text[..key]
             .chars()
             .next_back()
             .is_none_or(|c| matches!(c, '?' | '&' | ';' | '\'' | '"' | '`') || c.is_whitespace());
-        let (before, after) = rest.split_at(at + KEY.len());
-        out.push_str(before);
-        if !starts_key {
-            rest = after;
-            continue;
+        let end = text[value..]
+            .find('&')
+            .map_or(text.len(), |amp| value + amp);
+        if starts_key && end > value {
+            spans.push(value..end);
         }
-        let end = after.find('&').unwrap_or(after.len());
-        if end > 0 {
-            out.push_str("***");
-        }
-        rest = &after[end..];
+        from = value;
     }
-    out.push_str(rest);
-    out
+    spans
 }
 
 #[cfg(test)]
@@ -89,10 +100,9 @@ mod tests {
             ("mysql://root:PW@h/d and sqlite://a.db", "mysql://root:***@h/d and sqlite://a.db"),
             // Over-hiding is the safe side: an `@` later in the text.
             ("postgres://u:p@h/d?user=x@y", "postgres://u:***@y"),
-            (
-                "postgres://u:p@h/d?password=a@b",
-                "postgres://u:***@h/d?password=***",
-            ),
+            // Where the two overlap, both are hidden whole.
+            ("postgres://u:p@h/d?password=a@b", "postgres://u:***"),
+            ("postgres://u:pw;password=@h", "postgres://u:***"),
             ("postgres://u@h/d?password=PW&sslmode=disable", "postgres://u@h/d?password=***&sslmode=disable"),
             ("host=h password=PW user=u", "host=h password=***"),
             ("password=a b\nc&d=e", "password=***&d=e"),
