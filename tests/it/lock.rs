@@ -1215,14 +1215,23 @@ fn park_between_migrations(path: &std::path::Path) -> std::fs::File {
 }
 
 /// Starts `upgrade --owner <owner>` and, once it holds the lock, runs `sql`
-/// by hand: on PostgreSQL while migration 1 runs (`sql` waits for it to
-/// commit), on SQLite while the holder is parked before migration 1 (as a
+/// by hand before migration 2 begins. On PostgreSQL it runs while
+/// migration 1 runs, after taking the lock table in ACCESS EXCLUSIVE mode:
+/// that request queues behind migration 1's fence and is granted when
+/// migration 1 commits, ahead of migration 2's fence (a bare row-level
+/// statement waiting for migration 1 could be overtaken by that fence).
+/// On SQLite it runs while the holder is parked before migration 1 (as a
 /// pending forced release parks it: SQLite's write lock passes from one
 /// migration to the next without a gap for another writer).
 fn under_a_holder(p: &Project, owner: &str, sql: &str) -> crate::util::Child {
-    let side = match &p.db {
-        crate::util::TestDb::Sqlite { path } => Some(park_between_migrations(path)),
-        crate::util::TestDb::Postgres { .. } => None,
+    let (side, sql) = match &p.db {
+        crate::util::TestDb::Sqlite { path } => {
+            (Some(park_between_migrations(path)), sql.to_string())
+        }
+        crate::util::TestDb::Postgres { .. } => (
+            None,
+            format!("BEGIN; LOCK TABLE lockstep_lock IN ACCESS EXCLUSIVE MODE; {sql}; COMMIT;"),
+        ),
     };
     let holder = p.spawn(&["upgrade", "--owner", owner]);
     wait_until("the holder holds the lock", LONG, || {
@@ -1231,7 +1240,7 @@ fn under_a_holder(p: &Project, owner: &str, sql: &str) -> crate::util::Child {
     if side.is_some() {
         std::thread::sleep(Duration::from_millis(200));
     }
-    p.db.exec(sql);
+    p.db.exec(&sql);
     drop(side);
     holder
 }

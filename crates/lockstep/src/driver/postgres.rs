@@ -1459,8 +1459,10 @@ impl PgDriver {
 
     /// Opens a transaction; with a fence, checks the token first. The fence's
     /// UPDATE row-locks the lock row until commit, so no takeover or forced
-    /// release can interleave with what follows: they wait for the commit,
-    /// and the next fence then fails.
+    /// release can interleave with what follows: they wait for the commit
+    /// and land before the next fence, or (when that fence reaches the row
+    /// first) after the next migration's commit; either way the fence after
+    /// them fails.
     /// With `reset`, the session is first returned to how it began (inside
     /// the transaction: rolled back with it, and sent again with the next
     /// attempt; before lockstep's own `SET LOCAL`, which `RESET ALL` would
