@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::driver::{Driver, Who};
+use crate::driver::Driver;
 use crate::error::Error;
 
 /// The default lease: a holder that stops renewing loses the lock this long
@@ -296,18 +296,77 @@ pub(crate) struct Session {
     pub start: Option<String>,
 }
 
-/// Who takes the lock, and why.
+/// Who acts on the lock: the holder, or who forces a release. Recorded
+/// with the lock and with each event of its log.
 #[derive(Debug, Clone)]
-pub(crate) struct Take<'a> {
-    pub scope: &'a str,
+pub(crate) struct Actor<'a> {
     pub owner: &'a str,
     pub host: &'a str,
     pub pid: i64,
     pub command: &'a str,
+}
+
+/// An event of the audit log, with what it records beyond its actor and
+/// token. The protocol decides which event a step writes; an engine writes
+/// it as given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum LogEvent<'a> {
+    /// The lock was free and is taken.
+    Acquired,
+    /// The lock is taken from a holder that is gone or whose lease ran out.
+    TakenOver {
+        previous: Option<&'a str>,
+        why: &'a str,
+    },
+    /// The holder freed it.
+    Released,
+    /// Someone freed it whatever its holder.
+    ForceReleased { previous: Option<&'a str> },
+    /// The holder found its token no longer current.
+    Lost { detail: &'a str },
+}
+
+impl<'a> LogEvent<'a> {
+    /// The `event` column: `acquired`, `taken_over`, `released`,
+    /// `force_released`, `lost`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LogEvent::Acquired => "acquired",
+            LogEvent::TakenOver { .. } => "taken_over",
+            LogEvent::Released => "released",
+            LogEvent::ForceReleased { .. } => "force_released",
+            LogEvent::Lost { .. } => "lost",
+        }
+    }
+
+    /// The `previous_owner` column: the holder before a takeover or a
+    /// forced release.
+    pub fn previous_owner(self) -> Option<&'a str> {
+        match self {
+            LogEvent::TakenOver { previous, .. } | LogEvent::ForceReleased { previous } => previous,
+            _ => None,
+        }
+    }
+
+    /// The `detail` column: why, for takeovers and losses.
+    pub fn detail(self) -> Option<&'a str> {
+        match self {
+            LogEvent::TakenOver { why, .. } => Some(why),
+            LogEvent::Lost { detail } => Some(detail),
+            _ => None,
+        }
+    }
+}
+
+/// Who takes the lock, and the event that logs it: `Acquired` or
+/// `TakenOver`.
+#[derive(Debug, Clone)]
+pub(crate) struct Take<'a> {
+    pub scope: &'a str,
+    pub actor: &'a Actor<'a>,
     pub session: &'a Session,
     pub ttl: Duration,
-    /// `acquired`, or `taken_over` with the previous owner and why.
-    pub takeover: Option<(Option<&'a str>, &'a str)>,
+    pub event: LogEvent<'a>,
 }
 
 /// Proof of holding the lock: writes carrying it commit only while its
@@ -322,6 +381,19 @@ pub struct Fence {
     pub token: i64,
     /// The lease, renewed on every fenced write.
     pub ttl: Duration,
+}
+
+impl Fence {
+    /// The error of a write this fence stopped: its token is no longer
+    /// current.
+    pub(crate) fn lost(&self) -> Error {
+        Error::LockLost(Box::new(LockLost {
+            token: self.token,
+            at: None,
+            unrecorded: false,
+            completed: Vec::new(),
+        }))
+    }
 }
 
 /// The result of one acquisition attempt's first half.
@@ -486,7 +558,7 @@ impl LockMark {
 pub(crate) fn acquire(
     driver: &mut dyn Driver,
     scope: &str,
-    me: &Who<'_>,
+    me: &Actor<'_>,
     options: &LockOptions,
     report: &mut dyn FnMut(&LockEvent<'_>),
     cancelled: &dyn Fn() -> bool,
@@ -605,7 +677,7 @@ pub(crate) fn acquire(
 fn hold(
     driver: &mut dyn Driver,
     scope: &str,
-    me: &Who<'_>,
+    me: &Actor<'_>,
     options: &LockOptions,
     token: i64,
 ) -> Result<Acquired, Error> {
@@ -711,7 +783,7 @@ enum Attempt {
 fn attempt(
     driver: &mut dyn Driver,
     scope: &str,
-    me: &Who<'_>,
+    me: &Actor<'_>,
     options: &LockOptions,
     session: &Session,
     since: Option<LockMark>,
@@ -748,13 +820,16 @@ fn attempt(
     }
     let take = Take {
         scope,
-        owner: me.owner,
-        host: me.host,
-        pid: me.pid,
-        command: me.command,
+        actor: me,
         session,
         ttl: options.ttl,
-        takeover: takeover.map(|why| (info.owner.as_deref(), why)),
+        event: match takeover {
+            Some(why) => LogEvent::TakenOver {
+                previous: info.owner.as_deref(),
+                why,
+            },
+            None => LogEvent::Acquired,
+        },
     };
     let token = driver.take_lock(&take)?;
     Ok(Attempt::Taken {
@@ -934,7 +1009,7 @@ mod tests {
         let mut one = SqliteDriver::open(&db, &table, true).unwrap();
         one.create_tables().unwrap();
         let mut other = SqliteDriver::open(&db, &table, true).unwrap();
-        let me = Who {
+        let me = Actor {
             owner: "one",
             host: "here",
             pid: 1,

@@ -4,14 +4,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::driver::{
-    self, Canceller, Change, Driver, NewRow, StatementAt, StepFailure, TxStep, Who,
-};
+use crate::driver::{self, Canceller, Change, Driver, NewRow, StatementAt, StepFailure, TxStep};
 use crate::error::{
     DbMessage, Direction, DirtyDetail, Error, FailedStatement, MigrationFailure, Step,
 };
 use crate::history::{HistoryRow, RowState, TableName};
-use crate::lock::{self, Held, LockEvent, LockInfo, LockLost, LockOptions, LogEntry};
+use crate::lock::{self, Actor, Held, LockEvent, LockInfo, LockLost, LockOptions, LogEntry};
 use crate::plan::{self, Named, State, Target, TargetError};
 use crate::source::{Migration, MigrationSet, Section, SourceError};
 use crate::sql::{self, Dialect};
@@ -314,7 +312,7 @@ impl Migrator {
             return Ok(Locking::Held(None));
         };
         let scope = self.scope();
-        let who = Who {
+        let who = Actor {
             owner: &self.options.executor,
             host: &self.host,
             pid: i64::from(std::process::id()),
@@ -373,7 +371,7 @@ impl Migrator {
         } else {
             let owner = self.options.executor.clone();
             let host = self.host.clone();
-            let who = Who {
+            let who = Actor {
                 owner: &owner,
                 host: &host,
                 pid: i64::from(std::process::id()),
@@ -419,7 +417,7 @@ impl Migrator {
         let scope = self.scope();
         let owner = self.options.executor.clone();
         let host = self.host.clone();
-        let who = Who {
+        let who = Actor {
             owner: &owner,
             host: &host,
             pid: i64::from(std::process::id()),
@@ -904,7 +902,7 @@ impl Migrator {
         held.mark_lost();
         let owner = self.options.executor.clone();
         let host = self.host.clone();
-        let who = Who {
+        let who = Actor {
             owner: &owner,
             host: &host,
             pid: i64::from(std::process::id()),

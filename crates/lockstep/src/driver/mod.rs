@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::error::{DbMessage, Error};
 use crate::history::{HistoryRow, RowState, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
-use crate::lock::{Fence, LockInfo, LockMark, LogEntry, Probe, Renewal, Session, Take};
+use crate::lock::{Actor, Fence, LockInfo, LockMark, LogEntry, Probe, Renewal, Session, Take};
 use crate::source::{Checksum, Section};
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, SqliteTarget};
@@ -100,15 +100,6 @@ pub(crate) struct StatementAt {
     pub offset: usize,
 }
 
-/// Who acts on the lock: for the audit log.
-#[derive(Debug, Clone)]
-pub(crate) struct Who<'a> {
-    pub owner: &'a str,
-    pub host: &'a str,
-    pub pid: i64,
-    pub command: &'a str,
-}
-
 /// Cancels the statement a connection is running, from another thread.
 pub(crate) type Canceller = Box<dyn Fn() + Send + Sync>;
 
@@ -186,10 +177,10 @@ pub(crate) trait Driver: Send {
 
     /// Frees the lock if the token is still current, logs it, and wakes
     /// waiters. `false` when the token was no longer current.
-    fn release_lock(&mut self, fence: &Fence, who: &Who<'_>) -> Result<bool, Error>;
+    fn release_lock(&mut self, fence: &Fence, who: &Actor<'_>) -> Result<bool, Error>;
 
     /// Logs that this run found its lock lost.
-    fn log_lost(&mut self, fence: &Fence, who: &Who<'_>, detail: &str) -> Result<(), Error>;
+    fn log_lost(&mut self, fence: &Fence, who: &Actor<'_>, detail: &str) -> Result<(), Error>;
 
     /// The lock row as it stands, without waiting on any row lock; `None`
     /// when lockstep's tables or the row do not exist.
@@ -216,7 +207,7 @@ pub(crate) trait Driver: Send {
         &mut self,
         scope: &str,
         expected: &LockInfo,
-        who: &Who<'_>,
+        who: &Actor<'_>,
         wait: Duration,
     ) -> Result<bool, Error>;
 
@@ -296,6 +287,10 @@ pub(crate) fn open(
         )?)),
     }
 }
+
+/// What a freed lock row clears: everything but its scope and token.
+pub(crate) const FREE: &str = "owner = NULL, host = NULL, pid = NULL, command = NULL, tool_version = NULL, \
+    session_pid = NULL, session_start = NULL, acquired_at = NULL, heartbeat_at = NULL, expires_at = NULL";
 
 /// Refuses tables that lockstep did not make, or that a newer lockstep made.
 pub(crate) fn check_format(table: &TableName, format: Option<i64>) -> Result<(), Error> {

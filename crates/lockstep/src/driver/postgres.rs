@@ -14,14 +14,14 @@ use tokio_postgres::SimpleQueryMessage;
 use super::pg_client::{self, Client};
 
 use super::tls::MakeRustls;
-use super::{Canceller, Change, Driver, StepFailure, TxStep, Who};
+use super::{Canceller, Change, Driver, StepFailure, TxStep, FREE};
 use crate::error::{DbMessage, Error};
 use crate::history::{
     shared, HistoryRow, RowState, TableName, Timestamp, FORMAT_VERSION, META_TABLE, TOOL_VERSION,
 };
 use crate::lock::{
-    Fence, LockInfo, LockMark, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_INDEX,
-    LOCK_LOG_TABLE, LOCK_TABLE, LOG_RETENTION,
+    Actor, Fence, LockInfo, LockMark, LogEntry, LogEvent, Probe, Renewal, Session, Take,
+    LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE, LOG_RETENTION,
 };
 use crate::source::Checksum;
 use crate::sql::Dialect;
@@ -816,7 +816,7 @@ impl Driver for PgDriver {
                 self.rollback();
                 let in_fence = failed.completed < statements_in(&sql[..begun]);
                 match fence {
-                    Some(fence) if in_fence && fence_failed(&failed.error) => lost(fence),
+                    Some(fence) if in_fence && fence_failed(&failed.error) => fence.lost(),
                     _ => db_error(format!("writing history to {}", self.table), &failed.error),
                 }
             })
@@ -909,16 +909,6 @@ impl Driver for PgDriver {
     }
 
     fn take_lock(&mut self, take: &Take<'_>) -> Result<i64, Error> {
-        let (event, previous, detail) = match take.takeover {
-            Some((previous, why)) => ("taken_over", previous, Some(why)),
-            None => ("acquired", None, None),
-        };
-        let who = Who {
-            owner: take.owner,
-            host: take.host,
-            pid: take.pid,
-            command: take.command,
-        };
         let scope = literal(take.scope);
         let sql = format!(
             "UPDATE {lock} SET token = token + 1, owner = {owner}, host = {host}, pid = {pid},
@@ -932,21 +922,19 @@ impl Driver for PgDriver {
                                        ORDER BY id DESC LIMIT {LOG_RETENTION}) AS kept);
              COMMIT;",
             lock = self.lock,
-            owner = literal(take.owner),
-            host = literal(take.host),
-            pid = take.pid,
-            command = literal(take.command),
+            owner = literal(take.actor.owner),
+            host = literal(take.actor.host),
+            pid = take.actor.pid,
+            command = literal(take.actor.command),
             version = literal(TOOL_VERSION),
             session_pid = take.session.pid.map_or("NULL".into(), |p| p.to_string()),
             session_start = take.session.start.as_deref().map_or("NULL".into(), literal),
             ttl = interval(take.ttl),
             log = self.log_insert(
                 take.scope,
-                event,
+                take.event,
                 &format!("(SELECT token FROM {} WHERE scope = {scope})", self.lock),
-                &who,
-                previous,
-                detail
+                take.actor,
             ),
             log_table = self.log,
         );
@@ -1015,7 +1003,7 @@ impl Driver for PgDriver {
         }
     }
 
-    fn release_lock(&mut self, fence: &Fence, who: &Who<'_>) -> Result<bool, Error> {
+    fn release_lock(&mut self, fence: &Fence, who: &Actor<'_>) -> Result<bool, Error> {
         let scope = literal(&fence.scope);
         let sql = format!(
             "BEGIN;
@@ -1023,7 +1011,7 @@ impl Driver for PgDriver {
                  UPDATE {lock} SET {FREE}
                   WHERE scope = {scope} AND owner = {owner} AND token = {token} RETURNING token)
              INSERT INTO {log} (scope, at, event, token, owner, host, pid, command)
-             SELECT {scope}, clock_timestamp(), 'released', token, {owner}, {host}, {pid}, {command} FROM freed
+             SELECT {scope}, clock_timestamp(), {event}, token, {owner}, {host}, {pid}, {command} FROM freed
              RETURNING token;
              NOTIFY {channel};
              COMMIT;",
@@ -1031,6 +1019,7 @@ impl Driver for PgDriver {
             log = self.log,
             owner = literal(&fence.owner),
             token = fence.token,
+            event = literal(LogEvent::Released.name()),
             host = literal(who.host),
             pid = who.pid,
             command = literal(who.command),
@@ -1056,14 +1045,12 @@ impl Driver for PgDriver {
         unreachable!()
     }
 
-    fn log_lost(&mut self, fence: &Fence, who: &Who<'_>, detail: &str) -> Result<(), Error> {
+    fn log_lost(&mut self, fence: &Fence, who: &Actor<'_>, detail: &str) -> Result<(), Error> {
         let sql = self.log_insert(
             &fence.scope,
-            "lost",
+            LogEvent::Lost { detail },
             &fence.token.to_string(),
             who,
-            None,
-            Some(detail),
         );
         self.client
             .simple_query(&sql)
@@ -1104,11 +1091,14 @@ impl Driver for PgDriver {
         &mut self,
         scope: &str,
         expected: &LockInfo,
-        who: &Who<'_>,
+        who: &Actor<'_>,
         wait: Duration,
     ) -> Result<bool, Error> {
         let context = format!("releasing the migration lock for {scope}");
         let s = literal(scope);
+        let event = LogEvent::ForceReleased {
+            previous: expected.owner.as_deref(),
+        };
         let sql = format!(
             "BEGIN;
              SET LOCAL lock_timeout = '{wait_ms}ms';
@@ -1116,7 +1106,7 @@ impl Driver for PgDriver {
                  UPDATE {lock} SET token = token + 1, {FREE}
                   WHERE scope = {s} AND token = {token} RETURNING token)
              INSERT INTO {log} (scope, at, event, token, owner, host, pid, command, previous_owner)
-             SELECT {s}, clock_timestamp(), 'force_released', token, {owner}, {host}, {pid}, {command}, {previous} FROM freed
+             SELECT {s}, clock_timestamp(), {event}, token, {owner}, {host}, {pid}, {command}, {previous} FROM freed
              RETURNING token;
              NOTIFY {channel};
              COMMIT;",
@@ -1128,7 +1118,8 @@ impl Driver for PgDriver {
             host = literal(who.host),
             pid = who.pid,
             command = literal(who.command),
-            previous = expected.owner.as_deref().map_or("NULL".into(), literal),
+            event = literal(event.name()),
+            previous = event.previous_owner().map_or("NULL".into(), literal),
             channel = channel(scope),
         );
         match self.client.simple_query(&sql) {
@@ -1232,10 +1223,6 @@ impl Driver for PgDriver {
 /// How PostgreSQL formats lockstep's timestamps: RFC 3339 in UTC.
 const TIME_FORMAT: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'";
 
-/// The columns that a freed lock row clears.
-const FREE: &str = "owner = NULL, host = NULL, pid = NULL, command = NULL, tool_version = NULL, \
-    session_pid = NULL, session_start = NULL, acquired_at = NULL, heartbeat_at = NULL, expires_at = NULL";
-
 /// The message the fence raises when the token is no longer current.
 const LOST_MARKER: &str = "lockstep-lock-lost";
 
@@ -1271,15 +1258,6 @@ fn statement_at(section: &str, ran: usize) -> Option<super::StatementAt> {
 /// whole and can run again.
 fn is_retryable(e: &tokio_postgres::Error) -> bool {
     matches!(code(e), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
-}
-
-fn lost(fence: &Fence) -> Error {
-    Error::LockLost(Box::new(crate::lock::LockLost {
-        token: fence.token,
-        at: None,
-        unrecorded: false,
-        completed: Vec::new(),
-    }))
 }
 
 fn interval(d: Duration) -> String {
@@ -1423,27 +1401,19 @@ impl PgDriver {
     }
 
     /// An INSERT into the lock log; `token` is an SQL expression.
-    fn log_insert(
-        &self,
-        scope: &str,
-        event: &str,
-        token: &str,
-        who: &Who<'_>,
-        previous_owner: Option<&str>,
-        detail: Option<&str>,
-    ) -> String {
+    fn log_insert(&self, scope: &str, event: LogEvent<'_>, token: &str, who: &Actor<'_>) -> String {
         format!(
             "INSERT INTO {} (scope, at, event, token, owner, host, pid, command, previous_owner, detail)
              VALUES ({}, clock_timestamp(), {}, {token}, {}, {}, {}, {}, {}, {})",
             self.log,
             literal(scope),
-            literal(event),
+            literal(event.name()),
             literal(who.owner),
             literal(who.host),
             who.pid,
             literal(who.command),
-            previous_owner.map_or("NULL".into(), literal),
-            detail.map_or("NULL".into(), literal),
+            event.previous_owner().map_or("NULL".into(), literal),
+            event.detail().map_or("NULL".into(), literal),
         )
     }
 

@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{Canceller, Change, Driver, StatementAt, StepFailure, TxStep, Who};
+use super::{Canceller, Change, Driver, StatementAt, StepFailure, TxStep, FREE};
 use crate::error::{DbMessage, Error};
 use crate::history::{
     shared, HistoryRow, RowState, TableName, Timestamp, FORMAT_VERSION, META_TABLE, TOOL_VERSION,
 };
 use crate::lock::{
-    Fence, LockInfo, LockMark, LogEntry, Probe, Renewal, Session, Take, LOCK_LOG_INDEX,
-    LOCK_LOG_TABLE, LOCK_TABLE, LOG_RETENTION,
+    Actor, Fence, LockInfo, LockMark, LogEntry, LogEvent, Probe, Renewal, Session, Take,
+    LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE, LOG_RETENTION,
 };
 use crate::source::Checksum;
 use crate::sql::Dialect;
@@ -737,11 +737,11 @@ impl Driver for SqliteDriver {
                 Ok(true) => {}
                 Ok(false) => {
                     rollback(conn);
-                    return Err(lost(fence));
+                    return Err(fence.lost());
                 }
                 Err(e) if is_missing_table(&e) => {
                     rollback(conn);
-                    return Err(lost(fence));
+                    return Err(fence.lost());
                 }
                 Err(e) => {
                     rollback(conn);
@@ -838,10 +838,10 @@ impl Driver for SqliteDriver {
                 ),
                 params![
                     take.scope,
-                    take.owner,
-                    take.host,
-                    take.pid,
-                    take.command,
+                    take.actor.owner,
+                    take.actor.host,
+                    take.actor.pid,
+                    take.actor.command,
                     TOOL_VERSION,
                     take.session.pid,
                     take.session.start,
@@ -850,24 +850,7 @@ impl Driver for SqliteDriver {
                 ],
                 |r| r.get(0),
             )?;
-            let (event, previous, detail) = match take.takeover {
-                Some((previous, why)) => ("taken_over", previous, Some(why)),
-                None => ("acquired", None, None),
-            };
-            self.insert_log(
-                conn,
-                take.scope,
-                event,
-                token,
-                &Who {
-                    owner: take.owner,
-                    host: take.host,
-                    pid: take.pid,
-                    command: take.command,
-                },
-                previous,
-                detail,
-            )?;
+            self.insert_log(conn, take.scope, take.event, token, take.actor)?;
             conn.execute(
                 &format!(
                     "DELETE FROM {log} WHERE scope = ?1 AND id < (SELECT min(id) FROM (SELECT id FROM {log} WHERE scope = ?1 ORDER BY id DESC LIMIT {LOG_RETENTION}))",
@@ -912,7 +895,7 @@ impl Driver for SqliteDriver {
         }
     }
 
-    fn release_lock(&mut self, fence: &Fence, who: &Who<'_>) -> Result<bool, Error> {
+    fn release_lock(&mut self, fence: &Fence, who: &Actor<'_>) -> Result<bool, Error> {
         let conn = self.conn()?;
         let context = format!("releasing the migration lock for {}", fence.scope);
         let result = (|| -> rusqlite::Result<bool> {
@@ -925,7 +908,7 @@ impl Driver for SqliteDriver {
                 params![fence.scope, fence.owner, fence.token],
             )? == 1;
             if freed {
-                self.insert_log(conn, &fence.scope, "released", fence.token, who, None, None)?;
+                self.insert_log(conn, &fence.scope, LogEvent::Released, fence.token, who)?;
             }
             conn.execute_batch("COMMIT")?;
             Ok(freed)
@@ -940,16 +923,14 @@ impl Driver for SqliteDriver {
         Ok(freed)
     }
 
-    fn log_lost(&mut self, fence: &Fence, who: &Who<'_>, detail: &str) -> Result<(), Error> {
+    fn log_lost(&mut self, fence: &Fence, who: &Actor<'_>, detail: &str) -> Result<(), Error> {
         let conn = self.conn()?;
         self.insert_log(
             conn,
             &fence.scope,
-            "lost",
+            LogEvent::Lost { detail },
             fence.token,
             who,
-            None,
-            Some(detail),
         )
         .map_err(|e| db_error("logging the lost lock", &e))
     }
@@ -1021,7 +1002,7 @@ impl Driver for SqliteDriver {
         &mut self,
         scope: &str,
         expected: &LockInfo,
-        who: &Who<'_>,
+        who: &Actor<'_>,
         wait: Duration,
     ) -> Result<bool, Error> {
         // Held until this returns: the holder sees it between migrations
@@ -1042,15 +1023,10 @@ impl Driver for SqliteDriver {
                 )
                 .optional()?;
             if let Some(token) = token {
-                self.insert_log(
-                    conn,
-                    scope,
-                    "force_released",
-                    token,
-                    who,
-                    expected.owner.as_deref(),
-                    None,
-                )?;
+                let event = LogEvent::ForceReleased {
+                    previous: expected.owner.as_deref(),
+                };
+                self.insert_log(conn, scope, event, token, who)?;
             }
             conn.execute_batch("COMMIT")?;
             Ok(token.is_some())
@@ -1222,20 +1198,6 @@ fn foreign_key_violations(conn: &Connection) -> rusqlite::Result<Option<DbMessag
             "foreign key check failed after the migration: {}",
             named.join("; ")
         ))
-    }))
-}
-
-/// The columns that a freed lock row clears.
-const FREE: &str = "owner = NULL, host = NULL, pid = NULL, command = NULL, tool_version = NULL, \
-    session_pid = NULL, session_start = NULL, acquired_at = NULL, heartbeat_at = NULL, expires_at = NULL";
-
-/// The lock was lost: the fence's token is no longer current.
-fn lost(fence: &Fence) -> Error {
-    Error::LockLost(Box::new(crate::lock::LockLost {
-        token: fence.token,
-        at: None,
-        unrecorded: false,
-        completed: Vec::new(),
     }))
 }
 
@@ -1588,11 +1550,9 @@ impl SqliteDriver {
         &self,
         conn: &Connection,
         scope: &str,
-        event: &str,
+        event: LogEvent<'_>,
         token: i64,
-        who: &Who<'_>,
-        previous_owner: Option<&str>,
-        detail: Option<&str>,
+        who: &Actor<'_>,
     ) -> rusqlite::Result<()> {
         conn.execute(
             &format!(
@@ -1603,14 +1563,14 @@ impl SqliteDriver {
             params![
                 scope,
                 now_ms(),
-                event,
+                event.name(),
                 token,
                 who.owner,
                 who.host,
                 who.pid,
                 who.command,
-                previous_owner,
-                detail
+                event.previous_owner(),
+                event.detail()
             ],
         )?;
         Ok(())
@@ -1841,6 +1801,12 @@ mod tests {
 
         let session = holder.session().unwrap();
         let ttl = Duration::from_secs(30);
+        let who = Actor {
+            owner: "holder",
+            host: "here",
+            pid: i64::from(std::process::id()),
+            command: "upgrade",
+        };
         let take = |driver: &mut SqliteDriver| {
             let Probe::Row(_) = driver.probe_lock("scope").unwrap() else {
                 panic!("the lock is free");
@@ -1848,13 +1814,10 @@ mod tests {
             driver
                 .take_lock(&Take {
                     scope: "scope",
-                    owner: "holder",
-                    host: "here",
-                    pid: i64::from(std::process::id()),
-                    command: "upgrade",
+                    actor: &who,
                     session: &session,
                     ttl,
-                    takeover: None,
+                    event: LogEvent::Acquired,
                 })
                 .unwrap()
         };
@@ -1866,12 +1829,6 @@ mod tests {
             owner: "holder".into(),
             token,
             ttl,
-        };
-        let who = Who {
-            owner: "holder",
-            host: "here",
-            pid: i64::from(std::process::id()),
-            command: "upgrade",
         };
         assert!(holder.release_lock(&fence, &who).unwrap());
         assert!(waiter
@@ -1886,7 +1843,7 @@ mod tests {
         assert!(!waiter.wait_for_notification(Duration::ZERO).unwrap());
         let mut releaser = SqliteDriver::open(&db, &table, true).unwrap();
         let held = releaser.read_lock("scope").unwrap().expect("the lock row");
-        let operator = Who {
+        let operator = Actor {
             owner: "operator",
             ..who
         };
