@@ -76,36 +76,34 @@ impl TestDb {
 
     /// Runs SQL and returns every row as text.
     pub fn query(&self, sql: &str) -> Rows {
+        self.try_query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// Runs SQL and returns every row as text, or the engine's message.
+    pub fn try_query(&self, sql: &str) -> Result<Rows, String> {
         match self {
             TestDb::Sqlite { path } => {
                 let conn = rusqlite::Connection::open(path).unwrap();
-                let mut stmt = conn.prepare(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
-                let n = stmt.column_count();
-                let rows = stmt
-                    .query_map([], |r| {
-                        (0..n)
-                            .map(|i| {
-                                Ok(match r.get_ref(i)? {
-                                    rusqlite::types::ValueRef::Null => "NULL".to_string(),
-                                    rusqlite::types::ValueRef::Integer(v) => v.to_string(),
-                                    rusqlite::types::ValueRef::Real(v) => v.to_string(),
-                                    rusqlite::types::ValueRef::Text(t) => {
-                                        String::from_utf8_lossy(t).into_owned()
-                                    }
-                                    rusqlite::types::ValueRef::Blob(b) => format!("{b:?}"),
-                                })
-                            })
-                            .collect::<rusqlite::Result<Vec<String>>>()
-                    })
-                    .unwrap();
-                rows.collect::<rusqlite::Result<Rows>>().unwrap()
+                let text = |v: rusqlite::types::ValueRef<'_>| match v {
+                    rusqlite::types::ValueRef::Null => "NULL".to_string(),
+                    rusqlite::types::ValueRef::Integer(v) => v.to_string(),
+                    rusqlite::types::ValueRef::Real(v) => v.to_string(),
+                    rusqlite::types::ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+                    rusqlite::types::ValueRef::Blob(b) => format!("{b:?}"),
+                };
+                let read = || -> rusqlite::Result<Rows> {
+                    let mut stmt = conn.prepare(sql)?;
+                    let n = stmt.column_count();
+                    let rows =
+                        stmt.query_map([], |r| (0..n).map(|i| Ok(text(r.get_ref(i)?))).collect())?;
+                    rows.collect()
+                };
+                read().map_err(|e| e.to_string())
             }
             TestDb::Postgres { url, .. } => {
                 let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
-                let messages = client
-                    .simple_query(sql)
-                    .unwrap_or_else(|e| panic!("{sql}: {}", pg_message(&e)));
-                messages
+                let messages = client.simple_query(sql).map_err(|e| pg_message(&e))?;
+                Ok(messages
                     .iter()
                     .filter_map(|m| match m {
                         postgres::SimpleQueryMessage::Row(r) => Some(
@@ -115,7 +113,7 @@ impl TestDb {
                         ),
                         _ => None,
                     })
-                    .collect()
+                    .collect())
             }
         }
     }
