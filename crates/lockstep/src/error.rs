@@ -53,6 +53,10 @@ impl DbMessage {
     }
 }
 
+/// A serialization failure or deadlock rolls a transaction back whole;
+/// lockstep runs it again up to this many times, wherever it meets one.
+pub(crate) const RETRIES: usize = 5;
+
 impl DbMessage {
     /// A serialization failure or deadlock (PostgreSQL 40001, 40P01).
     pub(crate) fn is_retryable(&self) -> bool {

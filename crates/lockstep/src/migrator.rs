@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::driver::{self, Canceller, Change, Driver, NewRow, StatementAt, StepFailure, TxStep};
 use crate::error::{
-    DbMessage, Direction, DirtyDetail, Error, FailedStatement, MigrationFailure, Step,
+    DbMessage, Direction, DirtyDetail, Error, FailedStatement, MigrationFailure, Step, RETRIES,
 };
 use crate::history::{HistoryRow, RowState, TableName};
 use crate::lock::{self, Actor, Held, LockEvent, LockInfo, LockLost, LockOptions, LogEntry};
@@ -192,9 +192,13 @@ pub struct Migrator {
     prefetched: Option<Result<Option<Vec<HistoryRow>>, Error>>,
 }
 
-/// A serialization failure or deadlock rolls a transaction back whole;
-/// lockstep runs it again this many times.
-const RETRIES: usize = 5;
+/// The migrator's connection: the engine's driver, its lock store and
+/// its history.
+type Connection = dyn Driver;
+
+/// Asked, when another run had the lock, whether there is still work to
+/// take it for (see [`Migrator::lock`]).
+type Needed<'n> = dyn FnMut(&mut Connection) -> lock::Work + 'n;
 
 impl std::fmt::Debug for Migrator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -305,7 +309,7 @@ impl Migrator {
         command: &str,
         observer: &mut dyn Observer,
         since: Option<lock::LockMark>,
-        needed: &mut dyn FnMut(&mut dyn Driver) -> bool,
+        needed: &mut Needed<'_>,
     ) -> Result<Locking, Error> {
         self.prefetched = None;
         let Some(options) = self.options.lock.clone() else {
@@ -318,32 +322,21 @@ impl Migrator {
             pid: i64::from(std::process::id()),
             command,
         };
+        let request = lock::Request {
+            scope: &scope,
+            actor: &who,
+            options: &options,
+            since,
+        };
         let cancel = self.cancel.clone();
         let mut report = |e: &LockEvent<'_>| observer.event(&Event::Lock(e.clone()));
         let cancelled = || cancel.is_cancelled();
-        let acquired = match lock::acquire(
-            &mut *self.driver,
-            &scope,
-            &who,
-            &options,
-            &mut report,
-            &cancelled,
-            since,
-            needed,
-        ) {
+        let driver = &mut *self.driver;
+        let acquired = match lock::acquire(driver, &request, &mut report, &cancelled, needed) {
             // Tables from before the lock existed: create what is missing.
             Err(e) if e.is_undefined_table() => {
-                self.driver.create_tables()?;
-                lock::acquire(
-                    &mut *self.driver,
-                    &scope,
-                    &who,
-                    &options,
-                    &mut report,
-                    &cancelled,
-                    since,
-                    needed,
-                )
+                driver.create_tables()?;
+                lock::acquire(driver, &request, &mut report, &cancelled, needed)
             }
             other => other,
         }?;
@@ -488,7 +481,7 @@ impl Migrator {
                     options,
                     observer,
                     None,
-                    &mut |_| true,
+                    &mut |_| lock::Work::Left(None),
                     report,
                 );
             }
@@ -506,12 +499,17 @@ impl Migrator {
         }
         // While this run waits, the holder may apply everything it would:
         // then it is done without ever taking the lock.
-        let mut needed = |driver: &mut dyn Driver| match driver.read_history() {
-            Ok(Some(history)) => !matches!(
-                plan::plan_upgrade(set.migrations(), &history, options.target, options.allow_out_of_order),
-                Ok(plan) if plan.is_empty()
-            ),
-            _ => true,
+        let mut needed = |driver: &mut Connection| match driver.read_history() {
+            Ok(Some(history))
+                if matches!(
+                    plan::plan_upgrade(set.migrations(), &history, options.target, options.allow_out_of_order),
+                    Ok(plan) if plan.is_empty()
+                ) =>
+            {
+                lock::Work::Done
+            }
+            Ok(Some(_)) => lock::Work::Left(driver.history_lock()),
+            _ => lock::Work::Left(None),
         };
         // The lock as the history read that found work to do found it: a
         // read that found no tables found it never taken. A run of a fleet
@@ -540,7 +538,7 @@ impl Migrator {
         options: &UpgradeOptions,
         observer: &mut dyn Observer,
         since: Option<lock::LockMark>,
-        needed: &mut dyn FnMut(&mut dyn Driver) -> bool,
+        needed: &mut Needed<'_>,
         mut report: RunReport,
     ) -> Result<RunReport, Error> {
         let held = match self.lock("upgrade", observer, since, needed)? {
@@ -660,7 +658,7 @@ impl Migrator {
             }
             _ => {}
         }
-        let held = match self.lock("rollback", observer, None, &mut |_| true)? {
+        let held = match self.lock("rollback", observer, None, &mut |_| lock::Work::Left(None))? {
             Locking::Held(held) => held,
             Locking::NotNeeded => return Ok(report),
         };
@@ -822,7 +820,7 @@ impl Migrator {
         if dry_run || planned.is_empty() {
             return Ok(planned.into_iter().map(|(f, _)| f).collect());
         }
-        let held = match self.lock("fix", observer, None, &mut |_| true)? {
+        let held = match self.lock("fix", observer, None, &mut |_| lock::Work::Left(None))? {
             Locking::Held(held) => held,
             Locking::NotNeeded => return Ok(Vec::new()),
         };

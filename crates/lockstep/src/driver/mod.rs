@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::error::{DbMessage, Error};
 use crate::history::{HistoryRow, RowState, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
-use crate::lock::{Actor, Fence, LockInfo, LockMark, LogEntry, Probe, Renewal, Session, Take};
+use crate::lock::{Fence, LockMark, LockStore};
 use crate::source::{Checksum, Section};
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, SqliteTarget};
@@ -103,8 +103,8 @@ pub(crate) struct StatementAt {
 /// Cancels the statement a connection is running, from another thread.
 pub(crate) type Canceller = Box<dyn Fn() + Send + Sync>;
 
-/// What every engine offers.
-pub(crate) trait Driver: Send {
+/// What every engine offers: the lock's storage, and the history's.
+pub(crate) trait Driver: LockStore {
     /// The lexical rules of the engine's SQL.
     fn dialect(&self) -> Dialect;
 
@@ -155,84 +155,11 @@ pub(crate) trait Driver: Send {
         fence: Option<&Fence>,
     ) -> Result<(), Error>;
 
-    /// The identity of this connection's session, recorded with the lock
-    /// for liveness checks; empty where the engine cannot tell (behind a
-    /// connection pooler).
-    fn session(&mut self) -> Result<Session, Error>;
-
-    /// Opens an acquisition: in a new transaction, locks the scope's row
-    /// without waiting (creating the row if needed). `Probe::Row` leaves
-    /// the transaction open for `take_lock` or `abandon`.
-    fn probe_lock(&mut self, scope: &str) -> Result<Probe, Error>;
-
-    /// In the transaction `probe_lock` opened: takes the lock with a new
-    /// token, logs it, commits. Returns the token.
-    fn take_lock(&mut self, take: &Take<'_>) -> Result<i64, Error>;
-
-    /// Rolls back the transaction `probe_lock` opened.
-    fn abandon(&mut self);
-
-    /// Extends the lease if the token is still current.
-    fn renew_lock(&mut self, fence: &Fence) -> Result<Renewal, Error>;
-
-    /// Frees the lock if the token is still current, logs it, and wakes
-    /// waiters. `false` when the token was no longer current.
-    fn release_lock(&mut self, fence: &Fence, who: &Actor<'_>) -> Result<bool, Error>;
-
-    /// Logs that this run found its lock lost.
-    fn log_lost(&mut self, fence: &Fence, who: &Actor<'_>, detail: &str) -> Result<(), Error>;
-
-    /// The lock row as it stands, without waiting on any row lock; `None`
-    /// when lockstep's tables or the row do not exist.
-    fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error>;
-
-    /// The lock row as [`Driver::read_lock`] reads it, and what its holder
-    /// does right now: whether a migration of its runs, and what else keeps
-    /// the database or the row locked. For `lock status`.
-    fn inspect_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
-        self.read_lock(scope)
-    }
-
     /// Whether reads wait for another writer (the busy timeout) or answer
     /// at once: before this run holds the lock, waiting is the lock's
     /// business, bounded by its timeout and reported. Only SQLite, whose
     /// readers a writer can lock out, needs this.
     fn patient(&mut self, _patient: bool) {}
-
-    /// Frees the lock whatever its holder, if its token is still
-    /// `expected`: bumps the token, logs who did it, wakes waiters. Waits up
-    /// to `wait` for a running migration to commit. `false` when the token
-    /// had changed.
-    fn force_release(
-        &mut self,
-        scope: &str,
-        expected: &LockInfo,
-        who: &Actor<'_>,
-        wait: Duration,
-    ) -> Result<bool, Error>;
-
-    /// The newest `limit` events of the audit log, newest first.
-    fn read_lock_log(&mut self, scope: &str, limit: usize) -> Result<Vec<LogEntry>, Error>;
-
-    /// Whether waiters can be woken by a notification.
-    fn can_notify(&self) -> bool;
-
-    /// Subscribes to the scope's release notifications; `false` when that
-    /// cannot be done here (the waiter then polls).
-    fn listen(&mut self, scope: &str) -> Result<bool, Error>;
-
-    /// Unsubscribes from every notification.
-    fn unlisten(&mut self);
-
-    /// Blocks until a release notification arrives (true) or `timeout`
-    /// passes (false).
-    fn wait_for_notification(&mut self, timeout: Duration) -> Result<bool, Error>;
-
-    /// The longest pause between acquisition attempts.
-    fn poll_interval(&self) -> Duration;
-
-    /// A new connection to the same database, for the heartbeat.
-    fn sibling(&self) -> Result<Box<dyn Driver>, Error>;
 
     /// A handle that cancels the statement this connection is running.
     fn canceller(&self) -> Canceller;

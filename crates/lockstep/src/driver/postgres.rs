@@ -20,7 +20,7 @@ use crate::history::{
     shared, HistoryRow, RowState, TableName, Timestamp, FORMAT_VERSION, META_TABLE, TOOL_VERSION,
 };
 use crate::lock::{
-    Actor, Fence, LockInfo, LockMark, LogEntry, LogEvent, Probe, Renewal, Session, Take,
+    Actor, Fence, LockInfo, LockMark, LockStore, LogEntry, LogEvent, Probe, Renewal, Session, Take,
     LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE, LOG_RETENTION,
 };
 use crate::source::Checksum;
@@ -822,6 +822,14 @@ impl Driver for PgDriver {
             })
     }
 
+    fn canceller(&self) -> Canceller {
+        let token = self.client.cancel_token();
+        let tls = self.tls.clone();
+        Box::new(move || pg_client::cancel(&token, &tls))
+    }
+}
+
+impl LockStore for PgDriver {
     fn session(&mut self) -> Result<Session, Error> {
         if let Some(session) = &self.session {
             return Ok(session.clone());
@@ -1207,16 +1215,10 @@ impl Driver for PgDriver {
         Duration::from_millis(500)
     }
 
-    fn sibling(&self) -> Result<Box<dyn Driver>, Error> {
+    fn heartbeat_store(&self) -> Result<Box<dyn LockStore>, Error> {
         let driver =
             PgDriver::connect(&self.target, &self.url, &self.table, &self.application_name)?;
         Ok(Box::new(driver))
-    }
-
-    fn canceller(&self) -> Canceller {
-        let token = self.client.cancel_token();
-        let tls = self.tls.clone();
-        Box::new(move || pg_client::cancel(&token, &tls))
     }
 }
 

@@ -13,7 +13,7 @@ use crate::history::{
     shared, HistoryRow, RowState, TableName, Timestamp, FORMAT_VERSION, META_TABLE, TOOL_VERSION,
 };
 use crate::lock::{
-    Actor, Fence, LockInfo, LockMark, LogEntry, LogEvent, Probe, Renewal, Session, Take,
+    Actor, Fence, LockInfo, LockMark, LockStore, LogEntry, LogEvent, Probe, Renewal, Session, Take,
     LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE, LOG_RETENTION,
 };
 use crate::source::Checksum;
@@ -767,6 +767,36 @@ impl Driver for SqliteDriver {
         })
     }
 
+    fn patient(&mut self, patient: bool) {
+        self.patient = patient;
+        if let Some(conn) = &self.conn {
+            let _ = conn.busy_timeout(self.busy_wait());
+        }
+    }
+
+    fn yield_to_release(&mut self) {
+        // A forced release holds a shared lock on the side file while it
+        // waits for the database: wait for it to finish (bounded, in case
+        // it waits for something else).
+        let started = std::time::Instant::now();
+        while self.release_pending() && started.elapsed() < YIELD_LIMIT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn canceller(&self) -> Canceller {
+        let interrupt = Arc::clone(&self.interrupt);
+        let cancelled = Arc::clone(&self.cancelled);
+        Box::new(move || {
+            cancelled.store(true, Ordering::SeqCst);
+            if let Some(handle) = interrupt.lock().ok().as_deref().and_then(Option::as_ref) {
+                handle.interrupt();
+            }
+        })
+    }
+}
+
+impl LockStore for SqliteDriver {
     fn session(&mut self) -> Result<Session, Error> {
         let pid = std::process::id();
         Ok(Session {
@@ -991,13 +1021,6 @@ impl Driver for SqliteDriver {
         Ok(Some(info))
     }
 
-    fn patient(&mut self, patient: bool) {
-        self.patient = patient;
-        if let Some(conn) = &self.conn {
-            let _ = conn.busy_timeout(self.busy_wait());
-        }
-    }
-
     fn force_release(
         &mut self,
         scope: &str,
@@ -1116,7 +1139,7 @@ impl Driver for SqliteDriver {
         POLL_INTERVAL
     }
 
-    fn sibling(&self) -> Result<Box<dyn Driver>, Error> {
+    fn heartbeat_store(&self) -> Result<Box<dyn LockStore>, Error> {
         if self.memory {
             return Err(Error::Config {
                 message:
@@ -1126,27 +1149,6 @@ impl Driver for SqliteDriver {
             });
         }
         Ok(Box::new(SqliteDriver::open(&self.path, &self.table, true)?))
-    }
-
-    fn yield_to_release(&mut self) {
-        // A forced release holds a shared lock on the side file while it
-        // waits for the database: wait for it to finish (bounded, in case
-        // it waits for something else).
-        let started = std::time::Instant::now();
-        while self.release_pending() && started.elapsed() < YIELD_LIMIT {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn canceller(&self) -> Canceller {
-        let interrupt = Arc::clone(&self.interrupt);
-        let cancelled = Arc::clone(&self.cancelled);
-        Box::new(move || {
-            cancelled.store(true, Ordering::SeqCst);
-            if let Some(handle) = interrupt.lock().ok().as_deref().and_then(Option::as_ref) {
-                handle.interrupt();
-            }
-        })
     }
 }
 
