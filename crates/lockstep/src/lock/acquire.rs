@@ -87,10 +87,10 @@ pub(crate) fn acquire<S: LockStore + ?Sized>(
 
 /// The lock taken by an attempt.
 #[derive(Debug)]
-struct Taken {
-    token: i64,
+pub(super) struct Taken {
+    pub token: i64,
     /// The previous holder and why it was taken from them.
-    took_over: Option<(LockInfo, &'static str)>,
+    pub took_over: Option<(LockInfo, &'static str)>,
 }
 
 /// A waiter's state from one attempt to the next.
@@ -269,7 +269,7 @@ enum Try {
 }
 
 #[derive(Debug)]
-enum Attempt {
+pub(super) enum Attempt {
     Taken(Taken),
     Held(LockInfo),
     /// Free, or to be taken over, but no longer as `since` said: nothing
@@ -279,7 +279,7 @@ enum Attempt {
 
 /// One try for the lock, in one transaction. Takes it when it is free or
 /// may be taken over, unless it moved since `since`.
-fn attempt<S: LockStore + ?Sized>(
+pub(super) fn attempt<S: LockStore + ?Sized>(
     store: &mut S,
     request: &Request<'_>,
     session: &Session,

@@ -13,6 +13,10 @@ use std::time::Duration;
 mod acquire;
 mod heartbeat;
 mod info;
+#[cfg(test)]
+mod memory;
+#[cfg(test)]
+mod simulation;
 mod store;
 
 pub(crate) use acquire::{acquire, Acquired, Request, Work};
