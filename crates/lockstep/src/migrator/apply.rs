@@ -1,0 +1,539 @@
+//! Running one migration (in a transaction, or statement by statement
+//! outside one), or a whole plan in one transaction, and recording it in
+//! the history under the fence.
+
+use std::time::{Duration, Instant};
+
+use super::{Event, Migrator, Observer, RunReport};
+use crate::driver::{Change, NewRow, StatementAt, StepFailure, TxStep};
+use crate::error::{
+    DbMessage, Direction, DirtyDetail, Error, FailedStatement, MigrationFailure, Step, RETRIES,
+};
+use crate::history::RowState;
+use crate::lock::{Actor, Held, LockLost};
+use crate::plan::Named;
+use crate::source::{Migration, Section};
+use crate::sql::{self, Dialect};
+
+impl Migrator {
+    /// Between migrations: stop if asked to, or if the heartbeat saw the
+    /// lock go.
+    fn checkpoint(
+        &mut self,
+        m: &Migration,
+        held: Option<&Held>,
+        report: &RunReport,
+    ) -> Result<(), Error> {
+        if self.cancel.is_cancelled() {
+            return Err(Error::Cancelled {
+                completed: report.steps.clone(),
+            });
+        }
+        if let Some(held) = held {
+            self.driver.yield_to_release();
+            if held.lost() {
+                return Err(self.lost(
+                    held,
+                    Some(m),
+                    false,
+                    report,
+                    "the heartbeat found the token changed",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The error for a lost lock; logs the loss (best effort).
+    fn lost(
+        &mut self,
+        held: &Held,
+        m: Option<&Migration>,
+        unrecorded: bool,
+        report: &RunReport,
+        detail: &str,
+    ) -> Error {
+        held.mark_lost();
+        let owner = self.options.executor.clone();
+        let host = self.host.clone();
+        let who = Actor {
+            owner: &owner,
+            host: &host,
+            pid: i64::from(std::process::id()),
+            command: &held.command,
+        };
+        let _ = self.driver.log_lost(&held.fence, &who, detail);
+        Error::LockLost(Box::new(LockLost {
+            token: held.fence.token,
+            at: m.map(|m| Named {
+                version: m.version,
+                name: m.name.clone(),
+            }),
+            unrecorded,
+            completed: report.steps.clone(),
+        }))
+    }
+
+    /// Runs a plan one migration at a time, each in its own transaction
+    /// (or outside one, as it says), stopping at the first failure.
+    pub(super) fn run_each(
+        &mut self,
+        plan: &[&Migration],
+        direction: Direction,
+        held: Option<&Held>,
+        observer: &mut dyn Observer,
+    ) -> Result<RunReport, Error> {
+        let mut report = RunReport {
+            direction,
+            steps: Vec::new(),
+            dry_run: false,
+        };
+        observer.event(&Event::Planned {
+            direction,
+            migrations: plan,
+        });
+        for (index, m) in plan.iter().enumerate() {
+            let at = Place {
+                direction,
+                index,
+                total: plan.len(),
+            };
+            self.run_one(m, at, observer, &mut report, held)?;
+        }
+        Ok(report)
+    }
+
+    fn run_one(
+        &mut self,
+        m: &Migration,
+        at: Place,
+        observer: &mut dyn Observer,
+        report: &mut RunReport,
+        held: Option<&Held>,
+    ) -> Result<(), Error> {
+        let Place {
+            direction,
+            index,
+            total,
+        } = at;
+        self.checkpoint(m, held, report)?;
+        let section = match direction {
+            Direction::Up => &m.up,
+            Direction::Down => down(m),
+        };
+        observer.event(&Event::Started {
+            direction,
+            migration: m,
+            index,
+            total,
+        });
+        self.driver.fresh_session()?;
+        let dialect = self.driver.dialect();
+        let fence = held.map(|h| &h.fence);
+        let duration = if section.no_transaction {
+            self.run_without_transaction(m, section, direction, report, held)?
+        } else {
+            let token = fence.map(|f| f.token);
+            let change = match direction {
+                Direction::Up => Change::Insert(new_row(m, &self.options.executor, false, token)),
+                Direction::Down => Change::Delete { version: m.version },
+            };
+            let steps = [TxStep { section, change }];
+            let mut took = Duration::ZERO;
+            let mut attempts = 0;
+            loop {
+                attempts += 1;
+                self.cancel.interruptible(true);
+                let result = self
+                    .driver
+                    .run_transaction(&steps, fence, &mut |_, d| took = d);
+                self.cancel.interruptible(false);
+                match result {
+                    Ok(()) => break,
+                    Err(StepFailure { lost: true, .. }) => {
+                        let held = held.expect("only fenced transactions lose the lock");
+                        return Err(self.lost(
+                            held,
+                            Some(m),
+                            false,
+                            report,
+                            "a fenced transaction found the token changed",
+                        ));
+                    }
+                    // Asked to stop, and rolled back whole: that is the
+                    // stop, whether the statement saw the interrupt or
+                    // failed otherwise while it came (SQLite's busy wait
+                    // does not see it, and ends in SQLITE_BUSY).
+                    Err(StepFailure { .. }) if self.cancel.is_cancelled() => {
+                        return Err(Error::Cancelled {
+                            completed: report.steps.clone(),
+                        });
+                    }
+                    // Rolled back whole: running it again is safe.
+                    Err(StepFailure { db, .. }) if db.is_retryable() && attempts <= RETRIES => {
+                        continue
+                    }
+                    Err(StepFailure { db, statement, .. }) => {
+                        let context = Context {
+                            statement,
+                            ..Context::default()
+                        };
+                        return Err(failure(
+                            m, section, direction, *db, report, dialect, context,
+                        ));
+                    }
+                }
+            }
+            took
+        };
+        let step = Step {
+            version: m.version,
+            name: m.name.clone(),
+            duration,
+            no_transaction: section.no_transaction,
+        };
+        observer.event(&Event::Finished {
+            direction,
+            step: &step,
+            index,
+            total,
+        });
+        report.steps.push(step);
+        Ok(())
+    }
+
+    /// Runs a `-- lockstep:no-transaction` section statement by statement.
+    /// The history row says `started` while it runs, so that a crash leaves
+    /// it dirty rather than silently half-applied. The row's writes before
+    /// and after are fenced; the statements between cannot be.
+    fn run_without_transaction(
+        &mut self,
+        m: &Migration,
+        section: &Section,
+        direction: Direction,
+        report: &RunReport,
+        held: Option<&Held>,
+    ) -> Result<Duration, Error> {
+        let statements =
+            sql::split(&section.sql, self.driver.dialect()).expect("checked by preflight");
+        let fence = held.map(|h| &h.fence);
+        let token = fence.map(|f| f.token);
+        // Owned: the history writes below borrow the migrator mutably.
+        let executor = self.options.executor.clone();
+        let (begin, undo_begin) = match direction {
+            Direction::Up => (
+                Change::Insert(new_row(m, &executor, true, token)),
+                Change::Delete { version: m.version },
+            ),
+            Direction::Down => (
+                Change::SetState {
+                    version: m.version,
+                    state: RowState::Started,
+                    duration_ms: None,
+                },
+                Change::SetState {
+                    version: m.version,
+                    state: RowState::Applied,
+                    duration_ms: None,
+                },
+            ),
+        };
+        self.record(&begin, m, held, false, report)?;
+        let started = Instant::now();
+        let dialect = self.driver.dialect();
+        for (i, statement) in statements.iter().enumerate() {
+            let text = &section.sql[statement.range.clone()];
+            if let Err(mut db) = self.driver.run_statement(text) {
+                db.position = db.position.map(|p| p + statement.range.start);
+                let mut context = Context {
+                    statement: Some(StatementAt {
+                        index: i,
+                        offset: statement.range.start,
+                    }),
+                    ..Context::default()
+                };
+                if i == 0 {
+                    // Nothing ran: the failure leaves the database as it was.
+                    self.record(&undo_begin, m, held, false, report)?;
+                } else {
+                    context.dirty = Some(DirtyDetail {
+                        statements_done: i,
+                        statements_total: statements.len(),
+                    });
+                }
+                return Err(failure(m, section, direction, db, report, dialect, context));
+            }
+        }
+        let took = started.elapsed();
+        let finish = match direction {
+            Direction::Up => Change::SetState {
+                version: m.version,
+                state: RowState::Applied,
+                duration_ms: Some(i64::try_from(took.as_millis()).unwrap_or(i64::MAX)),
+            },
+            Direction::Down => Change::Delete { version: m.version },
+        };
+        self.record(&finish, m, held, true, report)?;
+        Ok(took)
+    }
+
+    /// Writes one history change in a fenced transaction of its own; a lost
+    /// lock becomes the run's error. `unrecorded`: the migration already ran.
+    fn record(
+        &mut self,
+        change: &Change<'_>,
+        m: &Migration,
+        held: Option<&Held>,
+        unrecorded: bool,
+        report: &RunReport,
+    ) -> Result<(), Error> {
+        let fence = held.map(|h| &h.fence);
+        match retry(|| {
+            self.driver
+                .change_history(std::slice::from_ref(change), fence)
+        }) {
+            Err(Error::LockLost(_)) => {
+                let held = held.expect("only fenced writes lose the lock");
+                let detail = if unrecorded {
+                    "the migration ran, but recording it found the token changed"
+                } else {
+                    "a fenced write found the token changed"
+                };
+                Err(self.lost(held, Some(m), unrecorded, report, detail))
+            }
+            other => other,
+        }
+    }
+
+    pub(super) fn run_single_transaction(
+        &mut self,
+        plan: &[&Migration],
+        observer: &mut dyn Observer,
+        report: &mut RunReport,
+        held: Option<&Held>,
+    ) -> Result<(), Error> {
+        self.checkpoint(plan[0], held, report)?;
+        self.driver.fresh_session()?;
+        let fence = held.map(|h| &h.fence);
+        let token = fence.map(|f| f.token);
+        let steps: Vec<TxStep<'_>> = plan
+            .iter()
+            .map(|m| TxStep {
+                section: &m.up,
+                change: Change::Insert(new_row(m, &self.options.executor, false, token)),
+            })
+            .collect();
+        let total = plan.len();
+        let mut durations = vec![Duration::ZERO; total];
+        let mut attempts = 0;
+        let failed = loop {
+            attempts += 1;
+            observer.event(&Event::Started {
+                direction: Direction::Up,
+                migration: plan[0],
+                index: 0,
+                total,
+            });
+            self.cancel.interruptible(true);
+            let result = self.driver.run_transaction(&steps, fence, &mut |i, d| {
+                durations[i] = d;
+                if i + 1 < total {
+                    observer.event(&Event::Started {
+                        direction: Direction::Up,
+                        migration: plan[i + 1],
+                        index: i + 1,
+                        total,
+                    });
+                }
+            });
+            self.cancel.interruptible(false);
+            match result {
+                Ok(()) => break None,
+                Err(f) if f.db.is_retryable() && !f.lost && attempts <= RETRIES => continue,
+                Err(f) => break Some(f),
+            }
+        };
+        if let Some(StepFailure {
+            index,
+            db,
+            lost,
+            statement,
+        }) = failed
+        {
+            if lost {
+                let held = held.expect("only fenced transactions lose the lock");
+                return Err(self.lost(
+                    held,
+                    Some(plan[0]),
+                    false,
+                    report,
+                    "a fenced transaction found the token changed",
+                ));
+            }
+            if self.cancel.is_cancelled() {
+                return Err(Error::Cancelled {
+                    completed: Vec::new(),
+                });
+            }
+            let completed = RunReport {
+                direction: Direction::Up,
+                steps: plan[..index]
+                    .iter()
+                    .zip(&durations)
+                    .map(|(m, d)| Step {
+                        version: m.version,
+                        name: m.name.clone(),
+                        duration: *d,
+                        no_transaction: false,
+                    })
+                    .collect(),
+                dry_run: false,
+            };
+            let m = plan[index];
+            let context = Context {
+                statement,
+                all_rolled_back: true,
+                ..Context::default()
+            };
+            let dialect = self.driver.dialect();
+            return Err(failure(
+                m,
+                &m.up,
+                Direction::Up,
+                *db,
+                &completed,
+                dialect,
+                context,
+            ));
+        }
+        for (index, (m, duration)) in plan.iter().zip(durations).enumerate() {
+            let step = Step {
+                version: m.version,
+                name: m.name.clone(),
+                duration,
+                no_transaction: false,
+            };
+            observer.event(&Event::Finished {
+                direction: Direction::Up,
+                step: &step,
+                index,
+                total,
+            });
+            report.steps.push(step);
+        }
+        Ok(())
+    }
+}
+
+/// Where a migration stands in the plan it runs in.
+#[derive(Clone, Copy)]
+struct Place {
+    direction: Direction,
+    /// From 0.
+    index: usize,
+    /// The plan's length.
+    total: usize,
+}
+
+/// Runs `f` again when a serialization failure or deadlock rolled it back.
+pub(super) fn retry<T>(mut f: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match f() {
+            Err(e) if e.is_retryable() && attempts <= RETRIES => continue,
+            other => return other,
+        }
+    }
+}
+
+fn new_row<'a>(
+    m: &'a Migration,
+    executor: &'a str,
+    started: bool,
+    lock_token: Option<i64>,
+) -> NewRow<'a> {
+    NewRow {
+        version: m.version,
+        name: &m.name,
+        checksum: &m.checksum,
+        started,
+        applied_by: executor,
+        lock_token,
+    }
+}
+
+pub(super) fn down(m: &Migration) -> &Section {
+    m.down
+        .as_ref()
+        .expect("the planner only plans rollbacks with a down section")
+}
+
+pub(super) fn planned_step(m: &Migration, section: &Section) -> Step {
+    Step {
+        version: m.version,
+        name: m.name.clone(),
+        duration: Duration::ZERO,
+        no_transaction: section.no_transaction,
+    }
+}
+
+/// What a failure says beyond the migration and the engine's message.
+#[derive(Default)]
+struct Context {
+    /// The statement that failed, where the engine or lockstep knows it.
+    statement: Option<StatementAt>,
+    dirty: Option<DirtyDetail>,
+    all_rolled_back: bool,
+}
+
+fn failure(
+    m: &Migration,
+    section: &Section,
+    direction: Direction,
+    db: DbMessage,
+    report: &RunReport,
+    dialect: Dialect,
+    context: Context,
+) -> Error {
+    // Named only where the engine pointed nowhere: a position says more.
+    let statement = context
+        .statement
+        .filter(|_| db.position.is_none())
+        .map(|at| {
+            let total = sql::split(&section.sql, dialect).map_or(0, |statements| statements.len());
+            let first_line = section.sql[at.offset.min(section.sql.len())..]
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_end();
+            FailedStatement {
+                number: at.index + 1,
+                total: total.max(at.index + 1),
+                line: section.position(at.offset).0,
+                first_line: shorten(first_line, 60),
+            }
+        });
+    Error::Migration(Box::new(MigrationFailure {
+        direction,
+        migration: Named {
+            version: m.version,
+            name: m.name.clone(),
+        },
+        path: section.path.clone(),
+        line_col: db.position.map(|p| section.position(p)),
+        statement,
+        db,
+        completed: report.steps.clone(),
+        dirty: context.dirty,
+        all_rolled_back: context.all_rolled_back,
+    }))
+}
+
+/// At most `max` characters of `text`, with `…` when cut.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_string(),
+    }
+}

@@ -1,0 +1,282 @@
+//! What each command that writes under the lock plans and does, within
+//! the one outline of `outline`.
+
+use super::apply::{down, planned_step, retry};
+use super::outline::Locked;
+use super::{check_section, DirtyResolution, Event, Fixed, Migrator, Observer, RunReport};
+use super::{RollbackOptions, UpgradeOptions};
+use crate::driver::Change;
+use crate::error::{Direction, Error};
+use crate::history::{HistoryRow, RowState};
+use crate::lock::Held;
+use crate::plan::{self, State, TargetError};
+use crate::source::{Migration, MigrationSet};
+use crate::sql::Dialect;
+
+/// `upgrade`: the pending migrations, each in its own transaction (or all
+/// in one).
+pub(super) struct Upgrade<'s> {
+    pub set: &'s MigrationSet,
+    pub options: &'s UpgradeOptions,
+}
+
+impl<'s> Locked for Upgrade<'s> {
+    type Plan = Vec<&'s Migration>;
+    type Output = RunReport;
+    const COMMAND: &'static str = "upgrade";
+
+    fn plan(&self, history: &[HistoryRow], dialect: Dialect) -> Result<Self::Plan, Error> {
+        let options = self.options;
+        let plan = plan::plan_upgrade(
+            self.set.migrations(),
+            history,
+            options.target,
+            options.allow_out_of_order,
+        )?;
+        preflight(&plan, Direction::Up, dialect)?;
+        if options.single_transaction {
+            if let Some(m) = plan.iter().find(|m| m.up.no_transaction) {
+                return Err(Error::Config {
+                    message: format!(
+                        "`--single-transaction` cannot include migration {} {}: it is marked `-- lockstep:no-transaction`",
+                        m.version, m.name
+                    ),
+                    hint: Some(
+                        "apply up to the version before it with `--to`, or run without `--single-transaction`"
+                            .into(),
+                    ),
+                });
+            }
+        }
+        Ok(plan)
+    }
+
+    fn is_empty(plan: &Self::Plan) -> bool {
+        plan.is_empty()
+    }
+
+    fn unrun(&self, plan: Option<Self::Plan>) -> RunReport {
+        RunReport {
+            direction: Direction::Up,
+            steps: plan
+                .unwrap_or_default()
+                .iter()
+                .map(|m| planned_step(m, &m.up))
+                .collect(),
+            dry_run: self.options.dry_run,
+        }
+    }
+
+    fn run(
+        &self,
+        migrator: &mut Migrator,
+        plan: Self::Plan,
+        held: Option<&Held>,
+        observer: &mut dyn Observer,
+    ) -> Result<RunReport, Error> {
+        if self.options.single_transaction {
+            let mut report = self.unrun(None);
+            observer.event(&Event::Planned {
+                direction: Direction::Up,
+                migrations: &plan,
+            });
+            migrator.run_single_transaction(&plan, observer, &mut report, held)?;
+            Ok(report)
+        } else {
+            migrator.run_each(&plan, Direction::Up, held, observer)
+        }
+    }
+}
+
+/// `rollback`: the newest applied migrations, newest first.
+pub(super) struct Rollback<'s> {
+    pub set: &'s MigrationSet,
+    pub options: &'s RollbackOptions,
+}
+
+impl<'s> Locked for Rollback<'s> {
+    type Plan = Vec<&'s Migration>;
+    type Output = RunReport;
+    const COMMAND: &'static str = "rollback";
+
+    fn plan(&self, history: &[HistoryRow], dialect: Dialect) -> Result<Self::Plan, Error> {
+        let plan = plan::plan_rollback(self.set.migrations(), history, self.options.target)?;
+        preflight(&plan, Direction::Down, dialect)?;
+        Ok(plan)
+    }
+
+    fn is_empty(plan: &Self::Plan) -> bool {
+        plan.is_empty()
+    }
+
+    fn unrun(&self, plan: Option<Self::Plan>) -> RunReport {
+        RunReport {
+            direction: Direction::Down,
+            steps: plan
+                .unwrap_or_default()
+                .iter()
+                .map(|m| planned_step(m, down(m)))
+                .collect(),
+            dry_run: self.options.dry_run,
+        }
+    }
+
+    fn run(
+        &self,
+        migrator: &mut Migrator,
+        plan: Self::Plan,
+        held: Option<&Held>,
+        observer: &mut dyn Observer,
+    ) -> Result<RunReport, Error> {
+        migrator.run_each(&plan, Direction::Down, held, observer)
+    }
+}
+
+/// A change to the history that a `fix` makes, with what it reports.
+pub(super) type FixChange = (Fixed, Change<'static>);
+
+/// Each `fix`: history changes worked out from history, written in one
+/// fenced transaction. Nothing is re-run.
+pub(super) struct Fix<F>(pub F);
+
+impl<F> Locked for Fix<F>
+where
+    F: Fn(&[HistoryRow]) -> Result<Vec<FixChange>, Error>,
+{
+    type Plan = Vec<FixChange>;
+    type Output = Vec<Fixed>;
+    const COMMAND: &'static str = "fix";
+
+    fn plan(&self, history: &[HistoryRow], _dialect: Dialect) -> Result<Self::Plan, Error> {
+        (self.0)(history)
+    }
+
+    fn is_empty(plan: &Self::Plan) -> bool {
+        plan.is_empty()
+    }
+
+    fn unrun(&self, plan: Option<Self::Plan>) -> Vec<Fixed> {
+        plan.unwrap_or_default()
+            .into_iter()
+            .map(|(fixed, _)| fixed)
+            .collect()
+    }
+
+    fn run(
+        &self,
+        migrator: &mut Migrator,
+        plan: Self::Plan,
+        held: Option<&Held>,
+        _observer: &mut dyn Observer,
+    ) -> Result<Vec<Fixed>, Error> {
+        let (fixed, changes): (Vec<Fixed>, Vec<Change<'_>>) = plan.into_iter().unzip();
+        let fence = held.map(|h| &h.fence);
+        retry(|| migrator.driver.change_history(&changes, fence)).map_err(|e| match e {
+            // No migration was about to run.
+            Error::LockLost(mut lost) => {
+                lost.at = None;
+                Error::LockLost(lost)
+            }
+            other => other,
+        })?;
+        Ok(fixed)
+    }
+}
+
+/// `fix checksums`: the current checksum (and name) of every applied
+/// migration whose file changed.
+pub(super) fn checksum_fixes(set: &MigrationSet, history: &[HistoryRow]) -> Vec<FixChange> {
+    let mut fixes = Vec::new();
+    for e in plan::statuses(set.migrations(), history) {
+        let (Some(m), Some(row)) = (e.migration, e.row) else {
+            continue;
+        };
+        if e.state != State::Modified {
+            continue;
+        }
+        let mut action = format!(
+            "recorded checksum {} (was {})",
+            m.checksum.short(),
+            row.checksum.short()
+        );
+        if row.name != m.name {
+            action.push_str(&format!(" and name `{}` (was `{}`)", m.name, row.name));
+        }
+        let fixed = Fixed {
+            version: m.version,
+            name: m.name.clone(),
+            action,
+        };
+        let change = Change::SetChecksum {
+            version: m.version,
+            name: m.name.clone(),
+            checksum: m.checksum.clone(),
+        };
+        fixes.push((fixed, change));
+    }
+    fixes
+}
+
+/// `fix missing`: forget the rows of applied migrations whose files are
+/// gone.
+pub(super) fn missing_fixes(set: &MigrationSet, history: &[HistoryRow]) -> Vec<FixChange> {
+    plan::statuses(set.migrations(), history)
+        .filter(|e| e.state == State::Missing)
+        .map(|e| {
+            let fixed = Fixed {
+                version: e.version,
+                name: e.name.to_string(),
+                action: "forgot its history row (the file is gone)".into(),
+            };
+            (fixed, Change::Delete { version: e.version })
+        })
+        .collect()
+}
+
+/// `fix dirty`: record a dirty migration as applied, or forget it.
+pub(super) fn dirty_fix(
+    version: u64,
+    resolution: DirtyResolution,
+    history: &[HistoryRow],
+) -> Result<Vec<FixChange>, Error> {
+    let Some(row) = history
+        .iter()
+        .find(|r| r.version == version && r.state == RowState::Started)
+    else {
+        return Err(Error::Target(TargetError::NotDirty(version)));
+    };
+    let (change, action) = match resolution {
+        DirtyResolution::Applied => (
+            Change::SetState {
+                version,
+                state: RowState::Applied,
+                duration_ms: None,
+            },
+            "recorded as applied",
+        ),
+        DirtyResolution::Forget => (
+            Change::Delete { version },
+            "forgot its history row; `upgrade` will run it again",
+        ),
+    };
+    let fixed = Fixed {
+        version,
+        name: row.name.clone(),
+        action: action.into(),
+    };
+    Ok(vec![(fixed, change)])
+}
+
+/// Refuses, before anything runs, sections that would end inside a quote
+/// or comment, and transaction control inside a section that lockstep
+/// wraps in a transaction.
+fn preflight(plan: &[&Migration], direction: Direction, dialect: Dialect) -> Result<(), Error> {
+    for m in plan {
+        let section = match direction {
+            Direction::Up => &m.up,
+            Direction::Down => down(m),
+        };
+        check_section(section, dialect)?;
+    }
+    Ok(())
+}
