@@ -1,8 +1,11 @@
 //! The history table: its rows and the names of lockstep's tables.
 
-use crate::source::Checksum;
 use std::fmt;
 use std::sync::Arc;
+
+use crate::error::Error;
+use crate::lock::{Fence, LockMark};
+use crate::source::Checksum;
 
 /// The format of lockstep's own tables, recorded in `lockstep_meta`. A
 /// release that changes the tables raises it and migrates older formats; a
@@ -234,6 +237,72 @@ impl fmt::Display for TableName {
             None => f.write_str(&self.name),
         }
     }
+}
+
+/// A row to insert into the history table. The driver fills in
+/// `applied_at` and `duration_ms` from the clock it trusts.
+#[derive(Debug, Clone)]
+pub(crate) struct NewRow<'a> {
+    pub version: u64,
+    pub name: &'a str,
+    pub checksum: &'a Checksum,
+    pub started: bool,
+    pub applied_by: &'a str,
+    pub lock_token: Option<i64>,
+}
+
+/// A change to the history table.
+#[derive(Debug, Clone)]
+pub(crate) enum Change<'a> {
+    /// Record a migration as applied (in its own transaction) or started
+    /// (before a no-transaction migration runs).
+    Insert(NewRow<'a>),
+    /// Set a row's state. With a duration, also record it and stamp
+    /// `applied_at` with the current time: a no-transaction migration that
+    /// finished.
+    SetState {
+        version: u64,
+        state: RowState,
+        duration_ms: Option<i64>,
+    },
+    /// Forget a row: a rollback, `fix missing`, `fix dirty --forget`.
+    Delete { version: u64 },
+    /// Record the file's current checksum and name: `fix checksums`.
+    SetChecksum {
+        version: u64,
+        name: String,
+        checksum: Checksum,
+    },
+}
+
+/// History as one read found it.
+#[derive(Debug)]
+pub(crate) struct HistoryRead {
+    /// The rows, ordered by version.
+    pub rows: Vec<HistoryRow>,
+    /// The lock in the same snapshot as the rows (token 0 and free when it
+    /// was never taken); `None` when the read could not tell.
+    pub lock: Option<LockMark>,
+}
+
+/// What the run loop needs from the history's storage; each engine
+/// implements it with its SQL.
+pub(crate) trait HistoryStore {
+    /// History, or `None` when the history table does not exist. Creates
+    /// nothing.
+    fn read_history(&mut self) -> Result<Option<HistoryRead>, Error>;
+
+    /// Creates lockstep's tables (history, meta, lock, lock log) when they
+    /// do not exist. Safe when many processes do it at once.
+    fn create_tables(&mut self) -> Result<(), Error>;
+
+    /// Applies history changes in one transaction of their own, fenced when
+    /// a fence is given (`Error::LockLost` when it fails).
+    fn change_history(
+        &mut self,
+        changes: &[Change<'_>],
+        fence: Option<&Fence>,
+    ) -> Result<(), Error>;
 }
 
 #[cfg(test)]

@@ -7,9 +7,9 @@
 use std::time::Duration;
 
 use crate::error::{DbMessage, Error};
-use crate::history::{HistoryRow, RowState, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
-use crate::lock::{Fence, LockMark, LockStore};
-use crate::source::{Checksum, Section};
+use crate::history::{Change, HistoryStore, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
+use crate::lock::{Fence, LockStore};
+use crate::source::Section;
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, SqliteTarget};
 
@@ -19,42 +19,6 @@ pub(crate) mod sqlite;
 mod sqlite_locks;
 mod sqlite_script;
 mod tls;
-
-/// A row to insert into the history table. The driver fills in
-/// `applied_at` and `duration_ms` from the clock it trusts.
-#[derive(Debug, Clone)]
-pub(crate) struct NewRow<'a> {
-    pub version: u64,
-    pub name: &'a str,
-    pub checksum: &'a Checksum,
-    pub started: bool,
-    pub applied_by: &'a str,
-    pub lock_token: Option<i64>,
-}
-
-/// A change to the history table.
-#[derive(Debug, Clone)]
-pub(crate) enum Change<'a> {
-    /// Record a migration as applied (in its own transaction) or started
-    /// (before a no-transaction migration runs).
-    Insert(NewRow<'a>),
-    /// Set a row's state. With a duration, also record it and stamp
-    /// `applied_at` with the current time: a no-transaction migration that
-    /// finished.
-    SetState {
-        version: u64,
-        state: RowState,
-        duration_ms: Option<i64>,
-    },
-    /// Forget a row: a rollback, `fix missing`, `fix dirty --forget`.
-    Delete { version: u64 },
-    /// Record the file's current checksum and name: `fix checksums`.
-    SetChecksum {
-        version: u64,
-        name: String,
-        checksum: Checksum,
-    },
-}
 
 /// One migration inside a transaction: its SQL and the history change that
 /// commits with it.
@@ -103,23 +67,11 @@ pub(crate) struct StatementAt {
 /// Cancels the statement a connection is running, from another thread.
 pub(crate) type Canceller = Box<dyn Fn() + Send + Sync>;
 
-/// What every engine offers: the lock's storage, and the history's.
-pub(crate) trait Driver: LockStore {
+/// What every engine offers: the lock's storage, the history's, and
+/// running migrations.
+pub(crate) trait Driver: LockStore + HistoryStore {
     /// The lexical rules of the engine's SQL.
     fn dialect(&self) -> Dialect;
-
-    /// The history rows ordered by version, or `None` when the history table
-    /// does not exist. Creates nothing.
-    fn read_history(&mut self) -> Result<Option<Vec<HistoryRow>>, Error>;
-
-    /// The lock as the last [`Driver::read_history`] found it, in the same
-    /// snapshot as the rows (token 0 and free when it was never taken);
-    /// `None` when that read found no tables or could not tell.
-    fn history_lock(&self) -> Option<LockMark>;
-
-    /// Creates lockstep's tables (history, meta, lock, lock log) when they
-    /// do not exist. Safe when many processes do it at once.
-    fn create_tables(&mut self) -> Result<(), Error>;
 
     /// Lets go of what the connection holds in memory and can build again,
     /// until its next statement: SQLite's parsed schema, which the next
@@ -146,14 +98,6 @@ pub(crate) trait Driver: LockStore {
     /// as if it ran alone, as each file does in its own `psql` or `sqlite3`
     /// run. Lockstep's own session settings stay.
     fn fresh_session(&mut self) -> Result<(), Error>;
-
-    /// Applies history changes in one transaction of their own, fenced when
-    /// a fence is given (`Error::LockLost` when it fails).
-    fn change_history(
-        &mut self,
-        changes: &[Change<'_>],
-        fence: Option<&Fence>,
-    ) -> Result<(), Error>;
 
     /// Whether reads wait for another writer (the busy timeout) or answer
     /// at once: before this run holds the lock, waiting is the lock's

@@ -14,10 +14,11 @@ use tokio_postgres::SimpleQueryMessage;
 use super::pg_client::{self, Client};
 
 use super::tls::MakeRustls;
-use super::{Canceller, Change, Driver, StepFailure, TxStep, FREE};
+use super::{Canceller, Driver, StepFailure, TxStep, FREE};
 use crate::error::{DbMessage, Error};
 use crate::history::{
-    shared, HistoryRow, RowState, TableName, Timestamp, FORMAT_VERSION, META_TABLE, TOOL_VERSION,
+    shared, Change, HistoryRead, HistoryRow, HistoryStore, RowState, TableName, Timestamp,
+    FORMAT_VERSION, META_TABLE, TOOL_VERSION,
 };
 use crate::lock::{
     Actor, Fence, LockInfo, LockMark, LockStore, LogEntry, LogEvent, Probe, Renewal, Session, Take,
@@ -68,8 +69,6 @@ pub(crate) struct PgDriver {
     /// which every look at the lock and the session's identity report;
     /// `None` until then.
     pooled: Option<bool>,
-    /// See [`Driver::history_lock`].
-    history_lock: Option<LockMark>,
     /// The server has `client_connection_check_interval` (14+), which
     /// lockstep sets for its session: set again after every reset.
     check_interval: bool,
@@ -259,7 +258,6 @@ impl PgDriver {
             log: String::new(),
             session: None,
             pooled: None,
-            history_lock: None,
             check_interval: false,
             reset_pending: false,
         };
@@ -409,7 +407,7 @@ impl PgDriver {
         // else. Rows are decoded as they arrive, not gathered first. The
         // server neither formats times nor sorts: a fresh session's first
         // query is cheaper without either, and the client does both. The
-        // lock comes in the same snapshot (see `Driver::history_lock`):
+        // lock comes in the same snapshot (see `HistoryRead::lock`):
         // one lookup of the lock row, joined to every history row.
         let lock_row = if with_token {
             format!(
@@ -564,28 +562,96 @@ impl Driver for PgDriver {
         Dialect::Postgres
     }
 
-    fn read_history(&mut self) -> Result<Option<Vec<HistoryRow>>, Error> {
+    fn run_transaction(
+        &mut self,
+        steps: &[TxStep<'_>],
+        fence: Option<&Fence>,
+        done: &mut dyn FnMut(usize, Duration),
+    ) -> Result<(), StepFailure> {
+        let last = steps.len().saturating_sub(1);
+        for (i, step) in steps.iter().enumerate() {
+            // The fence, the migration, its history row and the transaction
+            // around them go in one query string: one round trip. The
+            // section was checked to end outside any quote or comment, so
+            // what follows it is SQL.
+            let mut query = String::with_capacity(step.section.sql.len() + 1024);
+            if i == 0 {
+                query.push_str(&self.begin(fence, true));
+            }
+            let start_of_section = query.len();
+            query.push_str(&step.section.sql);
+            query.push_str("\n;\n");
+            query.push_str(&self.change_sql(&step.change));
+            query.push_str(";\n");
+            if i == last {
+                query.push_str(&self.commit(fence));
+            }
+            let started = Instant::now();
+            if let Err(failed) = self.client.simple_query_counted(&query) {
+                let e = &failed.error;
+                let db = message_in(e, Some((&query, start_of_section, step.section.sql.len())));
+                self.rollback();
+                let before = statements_in(&query[..start_of_section]);
+                let Some(ran) = failed.completed.checked_sub(before) else {
+                    // The beginning failed: with a fence, that is the lock.
+                    return Err(StepFailure {
+                        lost: fence.is_some() && fence_failed(e),
+                        ..StepFailure::at(i, db)
+                    });
+                };
+                return Err(StepFailure {
+                    statement: statement_at(&step.section.sql, ran),
+                    ..StepFailure::at(i, db)
+                });
+            }
+            done(i, started.elapsed());
+        }
+        self.reset_pending = false;
+        Ok(())
+    }
+
+    fn run_statement(&mut self, sql: &str) -> Result<(), DbMessage> {
+        if self.reset_pending {
+            // A round trip of its own: sent with the statement, it would
+            // make one implicit transaction of both, which statements such
+            // as `CREATE INDEX CONCURRENTLY` refuse.
+            let reset = self.reset_session();
+            self.client.simple_query(&reset).map_err(|e| message(&e))?;
+            self.reset_pending = false;
+        }
+        self.client
+            .simple_query(sql)
+            .map(drop)
+            .map_err(|e| message_in(&e, Some((sql, 0, sql.len()))))
+    }
+
+    fn fresh_session(&mut self) -> Result<(), Error> {
+        self.reset_pending = true;
+        Ok(())
+    }
+
+    fn canceller(&self) -> Canceller {
+        let token = self.client.cancel_token();
+        let tls = self.tls.clone();
+        Box::new(move || pg_client::cancel(&token, &tls))
+    }
+}
+
+impl HistoryStore for PgDriver {
+    fn read_history(&mut self) -> Result<Option<HistoryRead>, Error> {
         // Another process may create lockstep's tables while this reads: its
         // creation is atomic, but it can commit between two of the
         // statements below. Read again before calling a table foreign.
-        self.history_lock = None;
         let mut with_token = true;
         for _ in 0..3 {
             match self.try_read_history(with_token)? {
-                Read::Rows(rows, mark) => {
-                    self.history_lock = mark;
-                    return Ok(Some(rows));
-                }
+                Read::Rows(rows, lock) => return Ok(Some(HistoryRead { rows, lock })),
                 Read::Absent => return Ok(None),
                 Read::Unsure => continue,
                 Read::NoLockTable => with_token = false,
             }
         }
         super::check_format(&self.table, None).map(|()| None)
-    }
-
-    fn history_lock(&self) -> Option<LockMark> {
-        self.history_lock
     }
 
     fn create_tables(&mut self) -> Result<(), Error> {
@@ -729,74 +795,6 @@ impl Driver for PgDriver {
         }
     }
 
-    fn run_transaction(
-        &mut self,
-        steps: &[TxStep<'_>],
-        fence: Option<&Fence>,
-        done: &mut dyn FnMut(usize, Duration),
-    ) -> Result<(), StepFailure> {
-        let last = steps.len().saturating_sub(1);
-        for (i, step) in steps.iter().enumerate() {
-            // The fence, the migration, its history row and the transaction
-            // around them go in one query string: one round trip. The
-            // section was checked to end outside any quote or comment, so
-            // what follows it is SQL.
-            let mut query = String::with_capacity(step.section.sql.len() + 1024);
-            if i == 0 {
-                query.push_str(&self.begin(fence, true));
-            }
-            let start_of_section = query.len();
-            query.push_str(&step.section.sql);
-            query.push_str("\n;\n");
-            query.push_str(&self.change_sql(&step.change));
-            query.push_str(";\n");
-            if i == last {
-                query.push_str(&self.commit(fence));
-            }
-            let started = Instant::now();
-            if let Err(failed) = self.client.simple_query_counted(&query) {
-                let e = &failed.error;
-                let db = message_in(e, Some((&query, start_of_section, step.section.sql.len())));
-                self.rollback();
-                let before = statements_in(&query[..start_of_section]);
-                let Some(ran) = failed.completed.checked_sub(before) else {
-                    // The beginning failed: with a fence, that is the lock.
-                    return Err(StepFailure {
-                        lost: fence.is_some() && fence_failed(e),
-                        ..StepFailure::at(i, db)
-                    });
-                };
-                return Err(StepFailure {
-                    statement: statement_at(&step.section.sql, ran),
-                    ..StepFailure::at(i, db)
-                });
-            }
-            done(i, started.elapsed());
-        }
-        self.reset_pending = false;
-        Ok(())
-    }
-
-    fn run_statement(&mut self, sql: &str) -> Result<(), DbMessage> {
-        if self.reset_pending {
-            // A round trip of its own: sent with the statement, it would
-            // make one implicit transaction of both, which statements such
-            // as `CREATE INDEX CONCURRENTLY` refuse.
-            let reset = self.reset_session();
-            self.client.simple_query(&reset).map_err(|e| message(&e))?;
-            self.reset_pending = false;
-        }
-        self.client
-            .simple_query(sql)
-            .map(drop)
-            .map_err(|e| message_in(&e, Some((sql, 0, sql.len()))))
-    }
-
-    fn fresh_session(&mut self) -> Result<(), Error> {
-        self.reset_pending = true;
-        Ok(())
-    }
-
     fn change_history(
         &mut self,
         changes: &[Change<'_>],
@@ -820,12 +818,6 @@ impl Driver for PgDriver {
                     _ => db_error(format!("writing history to {}", self.table), &failed.error),
                 }
             })
-    }
-
-    fn canceller(&self) -> Canceller {
-        let token = self.client.cancel_token();
-        let tls = self.tls.clone();
-        Box::new(move || pg_client::cancel(&token, &tls))
     }
 }
 

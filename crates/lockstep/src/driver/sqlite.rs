@@ -7,10 +7,11 @@ use std::time::{Duration, Instant};
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
-use super::{Canceller, Change, Driver, StatementAt, StepFailure, TxStep, FREE};
+use super::{Canceller, Driver, StatementAt, StepFailure, TxStep, FREE};
 use crate::error::{DbMessage, Error};
 use crate::history::{
-    shared, HistoryRow, RowState, TableName, Timestamp, FORMAT_VERSION, META_TABLE, TOOL_VERSION,
+    shared, Change, HistoryRead, HistoryRow, HistoryStore, RowState, TableName, Timestamp,
+    FORMAT_VERSION, META_TABLE, TOOL_VERSION,
 };
 use crate::lock::{
     Actor, Fence, LockInfo, LockMark, LockStore, LogEntry, LogEvent, Probe, Renewal, Session, Take,
@@ -82,8 +83,6 @@ pub(crate) struct SqliteDriver {
     /// A watch could not be set up (no inotify, too many watchers, a
     /// read-only directory): this waiter polls.
     no_wake: bool,
-    /// See [`Driver::history_lock`].
-    history_lock: Option<LockMark>,
     /// See [`Driver::patient`].
     patient: bool,
     /// Whether the schema may hold a foreign key, which each migration is
@@ -150,7 +149,6 @@ impl SqliteDriver {
             host: crate::identity::hostname(),
             wake: None,
             no_wake: false,
-            history_lock: None,
             patient: false,
             foreign_keys: std::cell::Cell::new(None),
             session_touched: true,
@@ -475,126 +473,6 @@ impl Driver for SqliteDriver {
         Dialect::Sqlite
     }
 
-    fn read_history(&mut self) -> Result<Option<Vec<HistoryRow>>, Error> {
-        self.history_lock = None;
-        let Some(conn) = &self.conn else {
-            return Ok(None);
-        };
-        let context = format!("reading history from {}", self.table);
-        let schema = self.table.schema().unwrap_or("main");
-        // A small cache for the read, the connection's own back after it
-        // (for the migrations). Reading the size loads the schema, with
-        // the cache as it was; the pages that does not keep are let go.
-        let cache: Option<i64> = match conn.query_row("PRAGMA main.cache_size", [], |r| r.get(0)) {
-            Ok(size) => Some(size),
-            // A writer keeps readers out: so would it the read below.
-            Err(e) if is_busy(&e) => return Err(self.busy_error(&context, &e)),
-            Err(_) => None,
-        };
-        if cache.is_some() {
-            let _ = conn.execute_batch(&format!("PRAGMA main.cache_size = -{READ_CACHE_KIB}"));
-        }
-        // One read transaction: the format and the rows from one snapshot.
-        conn.execute_batch("BEGIN")
-            .map_err(|e| db_error(&context, &e))?;
-        // The rows, and the lock in the same snapshot.
-        type Read = Option<(Vec<HistoryRow>, Option<LockMark>)>;
-        let result = (|| -> Result<Read, Error> {
-            if !Self::table_exists(conn, (schema, self.table.name()))
-                .map_err(|e| db_error(&context, &e))?
-            {
-                return Ok(None);
-            }
-            let format: Option<i64> = if Self::table_exists(conn, (schema, META_TABLE))
-                .map_err(|e| db_error(&context, &e))?
-            {
-                conn.query_row(
-                    &format!(
-                        "SELECT format_version FROM {} WHERE table_name = ?1",
-                        self.meta
-                    ),
-                    [self.table.name()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(|e| db_error(&context, &e))?
-            } else {
-                None
-            };
-            super::check_format(&self.table, format)?;
-            let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT version, name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version \
-                     FROM {} ORDER BY version",
-                    self.history
-                ))
-                .map_err(|e| match e {
-                    rusqlite::Error::SqlInputError { .. } | rusqlite::Error::SqliteFailure(..) => Error::ForeignTable {
-                        table: self.table.to_string(),
-                        message: "exists but does not have the columns of lockstep's history table".into(),
-                    },
-                    e => db_error(&context, &e),
-                })?;
-            // Text columns are read in place: only the name gets a string
-            // of its own per row.
-            let mut rows: Vec<HistoryRow> = Vec::new();
-            let mut read = stmt.query([]).map_err(|e| db_error(&context, &e))?;
-            while let Some(r) = read.next().map_err(|e| db_error(&context, &e))? {
-                let text = |i| r.get_ref(i).and_then(|v| Ok(v.as_str()?));
-                let row = (|| {
-                    Ok::<_, rusqlite::Error>(HistoryRow {
-                        version: r.get::<_, i64>(0)? as u64,
-                        name: r.get(1)?,
-                        checksum: Checksum::parse(text(2)?),
-                        state: RowState::parse(text(3)?).unwrap_or(RowState::Started),
-                        applied_at: Timestamp::new(text(4)?),
-                        duration_ms: r.get(5)?,
-                        applied_by: shared(rows.last().map(|p| &p.applied_by), text(6)?),
-                        lock_token: r.get(7)?,
-                        tool_version: shared(rows.last().map(|p| &p.tool_version), text(8)?),
-                    })
-                })()
-                .map_err(|e| db_error(&context, &e))?;
-                rows.push(row);
-            }
-            // The lock in the same snapshot: no row before it was ever
-            // taken; unknown if its table is gone (it is made with the
-            // history table, but someone may have dropped it).
-            let mark = conn
-                .query_row(
-                    &format!(
-                        "SELECT token, owner IS NOT NULL FROM {} WHERE scope = ?1",
-                        self.lock
-                    ),
-                    [self.table.to_string()],
-                    |r| {
-                        Ok(LockMark {
-                            token: r.get(0)?,
-                            held: r.get(1)?,
-                        })
-                    },
-                )
-                .optional()
-                .map(Option::unwrap_or_default)
-                .ok();
-            Ok(Some((rows, mark)))
-        })();
-        let _ = conn.execute_batch("COMMIT");
-        if let Some(size) = cache {
-            let _ = conn.execute_batch(&format!("PRAGMA main.cache_size = {size}"));
-        }
-        result.map(|read| {
-            read.map(|(rows, mark)| {
-                self.history_lock = mark;
-                rows
-            })
-        })
-    }
-
-    fn history_lock(&self) -> Option<LockMark> {
-        self.history_lock
-    }
-
     fn rest(&mut self) {
         // SQLite's own way to drop a connection's parsed schema ("RESET":
         // writing the schema stays off, as lockstep always has it) and
@@ -602,18 +480,6 @@ impl Driver for SqliteDriver {
         if let Some(conn) = &self.conn {
             let _ = conn.execute_batch("PRAGMA writable_schema = RESET");
         }
-    }
-
-    fn create_tables(&mut self) -> Result<(), Error> {
-        if self.conn.is_none() && self.writable {
-            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
-            self.attach(open_file(&self.path, flags)?)?;
-        }
-        let conn = self.conn()?;
-        let context = format!("creating the history table {}", self.table);
-        // Made before the lock can be taken: another process making them
-        // at the same moment, or a holder's commit, is waited for.
-        self.waiting(conn, BUSY_TIMEOUT, || self.make_tables(conn, &context))
     }
 
     fn run_transaction(
@@ -723,6 +589,158 @@ impl Driver for SqliteDriver {
         }
     }
 
+    fn patient(&mut self, patient: bool) {
+        self.patient = patient;
+        if let Some(conn) = &self.conn {
+            let _ = conn.busy_timeout(self.busy_wait());
+        }
+    }
+
+    fn yield_to_release(&mut self) {
+        // A forced release holds a shared lock on the side file while it
+        // waits for the database: wait for it to finish (bounded, in case
+        // it waits for something else).
+        let started = std::time::Instant::now();
+        while self.release_pending() && started.elapsed() < YIELD_LIMIT {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn canceller(&self) -> Canceller {
+        let interrupt = Arc::clone(&self.interrupt);
+        let cancelled = Arc::clone(&self.cancelled);
+        Box::new(move || {
+            cancelled.store(true, Ordering::SeqCst);
+            if let Some(handle) = interrupt.lock().ok().as_deref().and_then(Option::as_ref) {
+                handle.interrupt();
+            }
+        })
+    }
+}
+
+impl HistoryStore for SqliteDriver {
+    fn read_history(&mut self) -> Result<Option<HistoryRead>, Error> {
+        let Some(conn) = &self.conn else {
+            return Ok(None);
+        };
+        let context = format!("reading history from {}", self.table);
+        let schema = self.table.schema().unwrap_or("main");
+        // A small cache for the read, the connection's own back after it
+        // (for the migrations). Reading the size loads the schema, with
+        // the cache as it was; the pages that does not keep are let go.
+        let cache: Option<i64> = match conn.query_row("PRAGMA main.cache_size", [], |r| r.get(0)) {
+            Ok(size) => Some(size),
+            // A writer keeps readers out: so would it the read below.
+            Err(e) if is_busy(&e) => return Err(self.busy_error(&context, &e)),
+            Err(_) => None,
+        };
+        if cache.is_some() {
+            let _ = conn.execute_batch(&format!("PRAGMA main.cache_size = -{READ_CACHE_KIB}"));
+        }
+        // One read transaction: the format and the rows from one snapshot.
+        conn.execute_batch("BEGIN")
+            .map_err(|e| db_error(&context, &e))?;
+        // The rows, and the lock in the same snapshot.
+        type Read = Option<(Vec<HistoryRow>, Option<LockMark>)>;
+        let result = (|| -> Result<Read, Error> {
+            if !Self::table_exists(conn, (schema, self.table.name()))
+                .map_err(|e| db_error(&context, &e))?
+            {
+                return Ok(None);
+            }
+            let format: Option<i64> = if Self::table_exists(conn, (schema, META_TABLE))
+                .map_err(|e| db_error(&context, &e))?
+            {
+                conn.query_row(
+                    &format!(
+                        "SELECT format_version FROM {} WHERE table_name = ?1",
+                        self.meta
+                    ),
+                    [self.table.name()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| db_error(&context, &e))?
+            } else {
+                None
+            };
+            super::check_format(&self.table, format)?;
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT version, name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version \
+                     FROM {} ORDER BY version",
+                    self.history
+                ))
+                .map_err(|e| match e {
+                    rusqlite::Error::SqlInputError { .. } | rusqlite::Error::SqliteFailure(..) => Error::ForeignTable {
+                        table: self.table.to_string(),
+                        message: "exists but does not have the columns of lockstep's history table".into(),
+                    },
+                    e => db_error(&context, &e),
+                })?;
+            // Text columns are read in place: only the name gets a string
+            // of its own per row.
+            let mut rows: Vec<HistoryRow> = Vec::new();
+            let mut read = stmt.query([]).map_err(|e| db_error(&context, &e))?;
+            while let Some(r) = read.next().map_err(|e| db_error(&context, &e))? {
+                let text = |i| r.get_ref(i).and_then(|v| Ok(v.as_str()?));
+                let row = (|| {
+                    Ok::<_, rusqlite::Error>(HistoryRow {
+                        version: r.get::<_, i64>(0)? as u64,
+                        name: r.get(1)?,
+                        checksum: Checksum::parse(text(2)?),
+                        state: RowState::parse(text(3)?).unwrap_or(RowState::Started),
+                        applied_at: Timestamp::new(text(4)?),
+                        duration_ms: r.get(5)?,
+                        applied_by: shared(rows.last().map(|p| &p.applied_by), text(6)?),
+                        lock_token: r.get(7)?,
+                        tool_version: shared(rows.last().map(|p| &p.tool_version), text(8)?),
+                    })
+                })()
+                .map_err(|e| db_error(&context, &e))?;
+                rows.push(row);
+            }
+            // The lock in the same snapshot: no row before it was ever
+            // taken; unknown if its table is gone (it is made with the
+            // history table, but someone may have dropped it).
+            let mark = conn
+                .query_row(
+                    &format!(
+                        "SELECT token, owner IS NOT NULL FROM {} WHERE scope = ?1",
+                        self.lock
+                    ),
+                    [self.table.to_string()],
+                    |r| {
+                        Ok(LockMark {
+                            token: r.get(0)?,
+                            held: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map(Option::unwrap_or_default)
+                .ok();
+            Ok(Some((rows, mark)))
+        })();
+        let _ = conn.execute_batch("COMMIT");
+        if let Some(size) = cache {
+            let _ = conn.execute_batch(&format!("PRAGMA main.cache_size = {size}"));
+        }
+        result.map(|read| read.map(|(rows, lock)| HistoryRead { rows, lock }))
+    }
+
+    fn create_tables(&mut self) -> Result<(), Error> {
+        if self.conn.is_none() && self.writable {
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
+            self.attach(open_file(&self.path, flags)?)?;
+        }
+        let conn = self.conn()?;
+        let context = format!("creating the history table {}", self.table);
+        // Made before the lock can be taken: another process making them
+        // at the same moment, or a holder's commit, is waited for.
+        self.waiting(conn, BUSY_TIMEOUT, || self.make_tables(conn, &context))
+    }
+
     fn change_history(
         &mut self,
         changes: &[Change<'_>],
@@ -764,34 +782,6 @@ impl Driver for SqliteDriver {
         conn.execute_batch("COMMIT").map_err(|e| {
             rollback(conn);
             db_error(&context, &e)
-        })
-    }
-
-    fn patient(&mut self, patient: bool) {
-        self.patient = patient;
-        if let Some(conn) = &self.conn {
-            let _ = conn.busy_timeout(self.busy_wait());
-        }
-    }
-
-    fn yield_to_release(&mut self) {
-        // A forced release holds a shared lock on the side file while it
-        // waits for the database: wait for it to finish (bounded, in case
-        // it waits for something else).
-        let started = std::time::Instant::now();
-        while self.release_pending() && started.elapsed() < YIELD_LIMIT {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    fn canceller(&self) -> Canceller {
-        let interrupt = Arc::clone(&self.interrupt);
-        let cancelled = Arc::clone(&self.cancelled);
-        Box::new(move || {
-            cancelled.store(true, Ordering::SeqCst);
-            if let Some(handle) = interrupt.lock().ok().as_deref().and_then(Option::as_ref) {
-                handle.interrupt();
-            }
         })
     }
 }
@@ -1703,7 +1693,7 @@ mod tests {
             .unwrap();
         fill_history(&db, 3);
 
-        assert_eq!(driver.read_history().unwrap().unwrap().len(), 3);
+        assert_eq!(driver.read_history().unwrap().unwrap().rows.len(), 3);
         let parsed = memory_used(driver.conn().unwrap(), SCHEMA);
         assert!(parsed > 200_000, "1,000 tables parsed in {parsed} bytes");
         driver.rest();
@@ -1711,14 +1701,14 @@ mod tests {
         assert!(resting < parsed / 20, "{resting} bytes of schema kept");
         // The next statements read the schema again, and work.
         assert!(driver.read_lock("scope").unwrap().is_none());
-        assert_eq!(driver.read_history().unwrap().unwrap().len(), 3);
+        assert_eq!(driver.read_history().unwrap().unwrap().rows.len(), 3);
         assert!(memory_used(driver.conn().unwrap(), SCHEMA) > parsed / 2);
         // A read-only connection rests too.
         let mut reader = SqliteDriver::open(&db, &table, false).unwrap();
-        assert_eq!(reader.read_history().unwrap().unwrap().len(), 3);
+        assert_eq!(reader.read_history().unwrap().unwrap().rows.len(), 3);
         reader.rest();
         assert!(memory_used(reader.conn().unwrap(), SCHEMA) < parsed / 20);
-        assert_eq!(reader.read_history().unwrap().unwrap().len(), 3);
+        assert_eq!(reader.read_history().unwrap().unwrap().rows.len(), 3);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -1746,7 +1736,11 @@ mod tests {
             .execute_batch("PRAGMA main.cache_size = -3000")
             .unwrap();
 
-        let rows = driver.read_history().unwrap().expect("the history table");
+        let rows = driver
+            .read_history()
+            .unwrap()
+            .expect("the history table")
+            .rows;
         assert_eq!(rows.len(), 6000);
         let conn = driver.conn().unwrap();
         // The default cache would still hold over a megabyte of the pages.

@@ -360,7 +360,7 @@ fn jitter(d: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::driver::Driver;
+    use crate::history::HistoryStore;
 
     /// A real SQLite database: an attempt whose mark is outdated takes
     /// nothing, however free the lock is; one with the mark of a fresh
@@ -394,10 +394,7 @@ mod tests {
             since,
         };
         let session = one.session().unwrap();
-        let read = |driver: &mut SqliteDriver| {
-            driver.read_history().unwrap().unwrap();
-            driver.history_lock()
-        };
+        let read = |driver: &mut SqliteDriver| driver.read_history().unwrap().unwrap().lock;
         let plain = |sql: &str| -> String {
             rusqlite::Connection::open(&db)
                 .unwrap()

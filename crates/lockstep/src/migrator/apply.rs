@@ -5,11 +5,11 @@
 use std::time::{Duration, Instant};
 
 use super::{Event, Migrator, Observer, RunReport};
-use crate::driver::{Change, NewRow, StatementAt, StepFailure, TxStep};
+use crate::driver::{StatementAt, StepFailure, TxStep};
 use crate::error::{
     DbMessage, Direction, DirtyDetail, Error, FailedStatement, MigrationFailure, Step, RETRIES,
 };
-use crate::history::RowState;
+use crate::history::{Change, NewRow, RowState};
 use crate::lock::{Actor, Held, LockLost};
 use crate::plan::Named;
 use crate::source::{Migration, Section};

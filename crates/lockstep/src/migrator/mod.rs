@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::driver::{self, Canceller, Driver};
 use crate::error::{Direction, Error, Step};
-use crate::history::{HistoryRow, TableName};
+use crate::history::{HistoryRead, HistoryRow, TableName};
 use crate::lock::{self, Actor, LockEvent, LockInfo, LockOptions, LogEntry};
 use crate::plan::{self, Target, TargetError};
 use crate::source::{Migration, MigrationSet, Section, SourceError};
@@ -200,7 +200,7 @@ pub struct Migrator {
     host: String,
     /// History read ahead by [`Migrator::prefetch_history`], for the
     /// command's first read.
-    prefetched: Option<Result<Option<Vec<HistoryRow>>, Error>>,
+    prefetched: Option<Result<Option<HistoryRead>, Error>>,
 }
 
 /// The migrator's connection: the engine's driver, its lock store and
@@ -285,7 +285,7 @@ impl Migrator {
 
     /// The history: the prefetched read when there is one, else a fresh
     /// one.
-    fn read_history(&mut self) -> Result<Option<Vec<HistoryRow>>, Error> {
+    fn read_history(&mut self) -> Result<Option<HistoryRead>, Error> {
         match self.prefetched.take() {
             Some(read) => read,
             None => self.driver.read_history(),
@@ -347,7 +347,10 @@ impl Migrator {
     /// The history rows ordered by version; empty when the history table
     /// does not exist. Creates nothing.
     pub fn history(&mut self) -> Result<Vec<HistoryRow>, Error> {
-        Ok(self.read_history()?.unwrap_or_default())
+        Ok(self
+            .read_history()?
+            .map(|read| read.rows)
+            .unwrap_or_default())
     }
 
     /// Checks every section for this engine (as `upgrade` and `rollback`

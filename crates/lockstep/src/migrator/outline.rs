@@ -70,8 +70,9 @@ impl Migrator {
             // done; under it, history is read afresh.
             Err(e) if e.is_busy() && locking => None,
             read => {
-                let history = read?;
-                match command.plan(history.as_deref().unwrap_or_default(), dialect) {
+                let read = read?;
+                let rows = read.as_ref().map_or(&[][..], |read| &read.rows);
+                match command.plan(rows, dialect) {
                     // A `started` row may be a no-transaction migration that
                     // another run is applying right now, not a dirty one.
                     // Under the lock, with nobody else running, it is dirty
@@ -91,8 +92,8 @@ impl Migrator {
                 // applied, and looks at the lock only after that one freed
                 // it, finds it moved: it reads history again before taking
                 // the lock, instead of taking it only to find nothing to do.
-                match history {
-                    Some(_) => self.driver.history_lock(),
+                match read {
+                    Some(read) => read.lock,
                     None => {
                         self.driver.create_tables()?;
                         Some(LockMark::default())
@@ -101,14 +102,14 @@ impl Migrator {
             }
         };
         let mut needed = |driver: &mut Connection| match driver.read_history() {
-            Ok(Some(history))
+            Ok(Some(read))
                 if command
-                    .plan(&history, dialect)
+                    .plan(&read.rows, dialect)
                     .is_ok_and(|plan| C::is_empty(&plan)) =>
             {
                 lock::Work::Done
             }
-            Ok(Some(_)) => lock::Work::Left(driver.history_lock()),
+            Ok(Some(read)) => lock::Work::Left(read.lock),
             _ => lock::Work::Left(None),
         };
         let held = match self.lock(C::COMMAND, observer, since, &mut needed)? {
@@ -120,7 +121,7 @@ impl Migrator {
             // all of it. Tables that a run which could not read before the
             // lock never made are made now.
             let history = match self.driver.read_history()? {
-                Some(history) => history,
+                Some(read) => read.rows,
                 None => {
                     self.driver.create_tables()?;
                     Vec::new()
