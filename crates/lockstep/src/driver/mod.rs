@@ -13,12 +13,8 @@ use crate::source::Section;
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, SqliteTarget};
 
-mod pg_client;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
-mod sqlite_locks;
-mod sqlite_script;
-mod tls;
 
 /// One migration inside a transaction: its SQL and the history change that
 /// commits with it.

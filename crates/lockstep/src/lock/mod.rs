@@ -3,7 +3,7 @@
 //! the specification; this is the protocol, written once for every engine.
 //!
 //! - `info`: the lock as readers see it, and what the protocol reports.
-//! - `store`: what the protocol needs from storage ([`LockStore`]), with
+//! - `store`: what the protocol needs from storage (`LockStore`), with
 //!   the types it speaks in; engines implement it with their SQL.
 //! - `acquire`: waiting for and taking the lock.
 //! - `heartbeat`: the lock held, renewed on a connection of its own.

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use rusqlite::{ffi, Connection};
 
-use super::StatementAt;
+use crate::driver::StatementAt;
 use crate::error::DbMessage;
 
 /// Why a script stopped: the engine's message, and the statement it was at.
@@ -146,7 +146,7 @@ fn error(db: *mut ffi::sqlite3, rc: c_int) -> DbMessage {
         rc
     };
     DbMessage {
-        code: Some(super::sqlite::code_name(&ffi::Error::new(code))),
+        code: Some(super::code_name(&ffi::Error::new(code))),
         ..DbMessage::plain(text)
     }
 }

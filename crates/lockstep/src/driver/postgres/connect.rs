@@ -1,0 +1,137 @@
+//! Connecting to PostgreSQL, and saying why a connection failed.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+
+use crate::error::Error;
+use crate::history::TableName;
+use crate::url::{DatabaseUrl, PgHost, PgTarget};
+
+use super::client::Client;
+use super::{chain, code, PgDriver, DEFAULT_SCHEMA};
+
+/// How long to wait for a server that does not answer the connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why a connection failed, and what to check: the message, and a hint.
+fn why_refused(e: &tokio_postgres::Error, target: &PgTarget) -> (String, Option<String>) {
+    let message = match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => chain(e),
+    };
+    let hint = match code(e) {
+        Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
+            Some("check the user name and password in the database URL".to_string())
+        }
+        Some(c) if *c == SqlState::INVALID_CATALOG_NAME => Some(format!(
+            "create the database first, e.g. `createdb {}`",
+            target.dbname
+        )),
+        Some(_) => None,
+        None if message.contains("refused") || message.contains("No such file") => Some(match &target.host {
+            PgHost::Tcp(h) => format!(
+                "is PostgreSQL running and listening on {}?",
+                crate::url::host_port(h, target.port)
+            ),
+            PgHost::Socket(d) => format!("is PostgreSQL running with its socket in {}?", d.display()),
+        }),
+        None if message.contains("timed out") || message.contains("timeout") => Some(
+            "the server did not answer; check the host, port and firewall (the wait is `connect_timeout` in the URL)"
+                .to_string(),
+        ),
+        None if message.contains("certificate") => Some(
+            "check `sslrootcert` (the CA that signed the server's certificate) and that the URL's host is named on the certificate; `sslmode=verify-ca` does not check the name"
+                .to_string(),
+        ),
+        None => None,
+    };
+    (message, hint)
+}
+
+impl PgDriver {
+    pub(crate) fn connect(
+        target: &PgTarget,
+        url: &DatabaseUrl,
+        table: &TableName,
+        application_name: &str,
+    ) -> Result<Self, Error> {
+        let shown = url.to_string();
+        let connect_error = |message: String, hint: Option<String>| Error::Connect {
+            target: shown.clone(),
+            message,
+            hint,
+        };
+        let mut config = tokio_postgres::Config::new();
+        config.user(&target.user);
+        if let Some(password) = &target.password {
+            config.password(password.expose());
+        }
+        config.dbname(&target.dbname);
+        match &target.host {
+            PgHost::Tcp(host) => config.host(host),
+            PgHost::Socket(dir) => config.host_path(dir),
+        };
+        let timeout = target.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
+        config
+            .port(target.port)
+            .connect_timeout(timeout)
+            // A dead peer is noticed within about 10 + 3 * 2 seconds, also
+            // while a long statement keeps the connection silent.
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(2))
+            .keepalives_retries(3)
+            .application_name(
+                target
+                    .application_name
+                    .as_deref()
+                    .unwrap_or(application_name),
+            );
+        let (mode, tls) = super::tls::connector(target).map_err(|m| {
+            connect_error(
+                m,
+                Some("see `sslmode` and `sslrootcert` in the README".into()),
+            )
+        })?;
+        config.ssl_mode(mode);
+        let client = match Client::connect(&config, &tls, timeout) {
+            Ok(Some(client)) => client,
+            Ok(None) => {
+                return Err(connect_error(
+                    format!(
+                        "timed out after {}s setting up the connection: the server accepted it but did not answer",
+                        timeout.as_secs_f64()
+                    ),
+                    Some(
+                        "check that the host and port are PostgreSQL's (or a pooler's in front of it), and whether the server is overloaded; the wait is `connect_timeout` in the URL"
+                            .into(),
+                    ),
+                ))
+            }
+            Err(e) => {
+                let (message, hint) = why_refused(&e, target);
+                return Err(connect_error(message, hint));
+            }
+        };
+        let mut driver = PgDriver {
+            client,
+            target: target.clone(),
+            url: url.clone(),
+            application_name: application_name.to_string(),
+            tls,
+            table: table.clone(),
+            schema: table.schema().unwrap_or(DEFAULT_SCHEMA).to_string(),
+            history: String::new(),
+            meta: String::new(),
+            lock: String::new(),
+            log: String::new(),
+            session: None,
+            pooled: None,
+            check_interval: false,
+            reset_pending: false,
+        };
+        driver.qualify();
+        Ok(driver)
+    }
+}

@@ -1,0 +1,435 @@
+//! lockstep's tables on PostgreSQL, and the history's rows.
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::error::Error;
+use crate::history::{
+    shared, Change, HistoryRead, HistoryRow, HistoryStore, RowState, Timestamp, FORMAT_VERSION,
+    META_TABLE, TOOL_VERSION,
+};
+use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE};
+use crate::source::Checksum;
+
+use super::run::{fence_failed, statements_in};
+use super::{code, db_error, literal, quote_ident, says_true, PgDriver};
+
+/// The first key of lockstep's advisory locks ("lkst"), so that they do
+/// not meet an application's one-key locks; the second is the hash of the
+/// history table's name.
+const ADVISORY_NAMESPACE: i32 = 0x6c6b_7374;
+
+/// The history row's duration, from the server's clock: the time since the
+/// current query message arrived, i.e. this migration's round trip.
+const SERVER_DURATION_MS: &str =
+    "(extract(epoch FROM clock_timestamp() - statement_timestamp()) * 1000)::bigint";
+
+/// What one attempt at reading the history saw.
+enum Read {
+    /// The rows, and the lock in the same snapshot.
+    Rows(Vec<HistoryRow>, Option<LockMark>),
+    /// No history table.
+    Absent,
+    /// A history table without lockstep's meta row: someone else's table,
+    /// or lockstep's, created between two statements of the read.
+    Unsure,
+    /// History and meta tables, but no lock table (dropped by hand): read
+    /// again without the lock's token.
+    NoLockTable,
+}
+
+impl HistoryStore for PgDriver {
+    fn read_history(&mut self) -> Result<Option<HistoryRead>, Error> {
+        // Another process may create lockstep's tables while this reads: its
+        // creation is atomic, but it can commit between two of the
+        // statements below. Read again before calling a table foreign.
+        let mut with_token = true;
+        for _ in 0..3 {
+            match self.try_read_history(with_token)? {
+                Read::Rows(rows, lock) => return Ok(Some(HistoryRead { rows, lock })),
+                Read::Absent => return Ok(None),
+                Read::Unsure => continue,
+                Read::NoLockTable => with_token = false,
+            }
+        }
+        crate::driver::check_format(&self.table, None).map(|()| None)
+    }
+
+    fn create_tables(&mut self) -> Result<(), Error> {
+        let context = format!("creating the history table {}", self.table);
+        let create_schema = match self.table.schema() {
+            Some(s) => format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(s)),
+            None => String::new(),
+        };
+        // One transaction, whose advisory lock queues the processes of a
+        // fleet starting on an empty database behind the first: no catalog
+        // collisions, no retries, no errors in the server's log. Each one
+        // behind the first then finds the tables made and creates nothing:
+        // at 50 processes, 40-odd of them used to send the whole script,
+        // each statement a catalog lookup and a notice under the lock.
+        // The look reads pg_class, with the statement's own snapshot, taken
+        // after the wait for the advisory lock. to_regclass would answer
+        // from the session's catalog cache as it stood when the transaction
+        // began, before the wait (negative entries from this run's own
+        // failed history read included): "not there" to every process
+        // queued behind the first, each of which would send the script.
+        let all_there = format!(
+            "SELECT (count(*) = 5)::text FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = {schema} AND c.relname IN ({meta}, {history}, {lock}, {log}, {index})",
+            schema = literal(&self.schema),
+            meta = literal(META_TABLE),
+            history = literal(self.table.name()),
+            lock = literal(LOCK_TABLE),
+            log = literal(LOCK_LOG_TABLE),
+            index = literal(LOCK_LOG_INDEX),
+        );
+        // Most of such a fleet gets here after the first has made the
+        // tables: a look without the lock (and, the tables there, at this
+        // history table's format row) ends it in two plain reads.
+        if self.tables_made(&all_there).unwrap_or(false) {
+            return Ok(());
+        }
+        // Read committed whatever the server's default: a snapshot per
+        // statement, so the look sees what the one before it made.
+        let look = format!(
+            "BEGIN ISOLATION LEVEL READ COMMITTED;
+             SELECT pg_advisory_xact_lock({ADVISORY_NAMESPACE}, hashtext({qualified}));
+             {all_there}",
+            qualified = literal(&self.history),
+        );
+        let register = format!(
+            "INSERT INTO {meta} (table_name, format_version, created_by)
+                 VALUES ({name}, {FORMAT_VERSION}, {version})
+                 ON CONFLICT (table_name) DO NOTHING;
+             COMMIT;",
+            meta = self.meta,
+            name = literal(self.table.name()),
+            version = literal(TOOL_VERSION),
+        );
+        let create = format!(
+            "{create_schema}
+             CREATE TABLE IF NOT EXISTS {meta} (
+                 table_name text PRIMARY KEY,
+                 format_version integer NOT NULL,
+                 created_at timestamptz NOT NULL DEFAULT now(),
+                 created_by text NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS {history} (
+                 version bigint PRIMARY KEY,
+                 name text NOT NULL,
+                 checksum text NOT NULL,
+                 state text NOT NULL CHECK (state IN ('applied', 'started')),
+                 applied_at timestamptz NOT NULL,
+                 duration_ms bigint NOT NULL,
+                 applied_by text NOT NULL,
+                 lock_token bigint,
+                 tool_version text NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS {lock} (
+                 scope text PRIMARY KEY,
+                 token bigint NOT NULL DEFAULT 0,
+                 owner text,
+                 host text,
+                 pid bigint,
+                 command text,
+                 tool_version text,
+                 session_pid bigint,
+                 session_start text,
+                 acquired_at timestamptz,
+                 heartbeat_at timestamptz,
+                 expires_at timestamptz
+             );
+             CREATE TABLE IF NOT EXISTS {log} (
+                 id bigserial PRIMARY KEY,
+                 scope text NOT NULL,
+                 at timestamptz NOT NULL,
+                 event text NOT NULL,
+                 token bigint NOT NULL,
+                 owner text,
+                 host text,
+                 pid bigint,
+                 command text,
+                 previous_owner text,
+                 detail text
+             );
+             CREATE INDEX IF NOT EXISTS {log_index} ON {log} (scope, id);
+             {register}",
+            meta = self.meta,
+            history = self.history,
+            lock = self.lock,
+            log = self.log,
+            log_index = quote_ident(LOCK_LOG_INDEX),
+        );
+        // Two sessions creating the same table at once can collide in the
+        // catalog even with IF NOT EXISTS (23505 on pg_type's index, 42P07,
+        // or 42710 for the table's row type): the other one created it, and
+        // the next attempt sees it. The advisory lock above prevents this
+        // among lockstep processes; the retries remain for anything else
+        // that creates the same tables.
+        let mut attempt = 0;
+        loop {
+            let made = self.client.simple_query(&look).and_then(|messages| {
+                let found = says_true(&messages);
+                self.client
+                    .simple_query(if found { &register } else { &create })
+                    .map(drop)
+            });
+            if made.is_err() {
+                self.rollback();
+            }
+            match made {
+                Ok(()) => return Ok(()),
+                Err(e)
+                    if attempt < 5
+                        && matches!(code(&e), Some(c) if *c == SqlState::UNIQUE_VIOLATION
+                            || *c == SqlState::DUPLICATE_TABLE
+                            || *c == SqlState::DUPLICATE_OBJECT
+                            || *c == SqlState::DUPLICATE_SCHEMA
+                            || *c == SqlState::T_R_SERIALIZATION_FAILURE) =>
+                {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(10 * attempt));
+                }
+                Err(e) => return Err(db_error(context, &e)),
+            }
+        }
+    }
+
+    fn change_history(
+        &mut self,
+        changes: &[Change<'_>],
+        fence: Option<&Fence>,
+    ) -> Result<(), Error> {
+        let mut sql = self.begin(fence, false);
+        let begun = sql.len();
+        for change in changes {
+            sql.push_str(&self.change_sql(change));
+            sql.push_str(";\n");
+        }
+        sql.push_str(&self.commit(fence));
+        self.client
+            .simple_query_counted(&sql)
+            .map(drop)
+            .map_err(|failed| {
+                self.rollback();
+                let in_fence = failed.completed < statements_in(&sql[..begun]);
+                match fence {
+                    Some(fence) if in_fence && fence_failed(&failed.error) => fence.lost(),
+                    _ => db_error(format!("writing history to {}", self.table), &failed.error),
+                }
+            })
+    }
+}
+
+impl PgDriver {
+    /// Whether `all_there` (the look at lockstep's tables) says they exist
+    /// and this history table's format row is in the meta table: what
+    /// `create_tables` makes. Outside any transaction.
+    fn tables_made(&mut self, all_there: &str) -> Result<bool, tokio_postgres::Error> {
+        if !says_true(&self.client.simple_query(all_there)?) {
+            return Ok(false);
+        }
+        let registered = format!(
+            "SELECT EXISTS (SELECT 1 FROM {meta} WHERE table_name = {name})::text",
+            meta = self.meta,
+            name = literal(self.table.name()),
+        );
+        Ok(says_true(&self.client.simple_query(&registered)?))
+    }
+
+    pub(super) fn change_sql(&self, change: &Change<'_>) -> String {
+        let history = &self.history;
+        match change {
+            Change::Insert(row) => {
+                let (state, duration) = if row.started {
+                    (RowState::Started, "0")
+                } else {
+                    (RowState::Applied, SERVER_DURATION_MS)
+                };
+                format!(
+                    "INSERT INTO {history} (version, name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version) \
+                     VALUES ({}, {}, {}, '{}', clock_timestamp(), {duration}, {}, {}, {})",
+                    row.version,
+                    literal(row.name),
+                    literal(&row.checksum.to_string()),
+                    state.as_str(),
+                    literal(row.applied_by),
+                    row.lock_token.map_or("NULL".to_string(), |t| t.to_string()),
+                    literal(TOOL_VERSION),
+                )
+            }
+            Change::SetState { version, state, duration_ms: Some(duration_ms) } => format!(
+                "UPDATE {history} SET state = '{}', applied_at = clock_timestamp(), duration_ms = {duration_ms} WHERE version = {version}",
+                state.as_str()
+            ),
+            Change::SetState { version, state, duration_ms: None } => format!(
+                "UPDATE {history} SET state = '{}' WHERE version = {version}",
+                state.as_str()
+            ),
+            Change::Delete { version } => format!("DELETE FROM {history} WHERE version = {version}"),
+            Change::SetChecksum { version, name, checksum } => format!(
+                "UPDATE {history} SET checksum = {}, name = {} WHERE version = {version}",
+                literal(&checksum.to_string()),
+                literal(name)
+            ),
+        }
+    }
+
+    fn try_read_history(&mut self, with_token: bool) -> Result<Read, Error> {
+        let context = format!("reading history from {}", self.table);
+        // One statement: the format of lockstep's tables on every row, then
+        // the history (one row of NULLs when it is empty). A fleet starting
+        // against an up-to-date database costs the server this and nothing
+        // else. Rows are decoded as they arrive, not gathered first. The
+        // server neither formats times nor sorts: a fresh session's first
+        // query is cheaper without either, and the client does both. The
+        // lock comes in the same snapshot (see `HistoryRead::lock`):
+        // one lookup of the lock row, joined to every history row.
+        let lock_row = if with_token {
+            format!(
+                "LEFT JOIN {lock} AS l ON l.scope = {scope}",
+                lock = self.lock,
+                scope = literal(&self.table.to_string()),
+            )
+        } else {
+            "LEFT JOIN (SELECT NULL::bigint AS token, NULL::text AS owner) AS l ON true".to_string()
+        };
+        let sql = format!(
+            "SELECT (SELECT format_version FROM {meta} WHERE table_name = {name})::bigint,
+                    h.version::bigint, h.name::text, h.checksum::text, h.state::text,
+                    h.applied_at::timestamptz,
+                    h.duration_ms::bigint, h.applied_by::text, h.lock_token::bigint, h.tool_version::text,
+                    l.token::bigint, (l.owner IS NOT NULL)::bool
+               FROM (SELECT 1) AS one {lock_row} LEFT JOIN {history} AS h ON true",
+            meta = self.meta,
+            history = self.history,
+            name = literal(self.table.name()),
+        );
+        let mut head = None;
+        let mut rows: Vec<HistoryRow> = Vec::new();
+        let read = self.client.for_each_row(&sql, |row| {
+            if head.is_none() {
+                head = Some((
+                    row.try_get::<_, Option<i64>>(0)?,
+                    row.try_get::<_, Option<i64>>(10)?,
+                    row.try_get::<_, Option<bool>>(11)?,
+                ));
+            }
+            if let Some(version) = row.try_get::<_, Option<i64>>(1)? {
+                rows.push(HistoryRow {
+                    version: version as u64,
+                    name: row.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
+                    checksum: Checksum::parse(
+                        row.try_get::<_, Option<&str>>(3)?.unwrap_or_default(),
+                    ),
+                    state: RowState::parse(row.try_get::<_, Option<&str>>(4)?.unwrap_or_default())
+                        .unwrap_or(RowState::Started),
+                    applied_at: row
+                        .try_get::<_, Option<std::time::SystemTime>>(5)?
+                        .map_or_else(|| Timestamp::new(""), Timestamp::from),
+                    duration_ms: row.try_get::<_, Option<i64>>(6)?.unwrap_or_default(),
+                    applied_by: shared(
+                        rows.last().map(|r| &r.applied_by),
+                        row.try_get::<_, Option<&str>>(7)?.unwrap_or_default(),
+                    ),
+                    lock_token: row.try_get(8)?,
+                    tool_version: shared(
+                        rows.last().map(|r| &r.tool_version),
+                        row.try_get::<_, Option<&str>>(9)?.unwrap_or_default(),
+                    ),
+                });
+            }
+            Ok(())
+        });
+        // Nearly always in order already: linear. Unstable (the version is
+        // the key), so no scratch copy of the rows.
+        rows.sort_unstable_by_key(|r| r.version);
+        let read = read.map(|()| (head, rows));
+        match read {
+            Ok((head, rows)) => {
+                let (format, token, held) = head.unwrap_or_default();
+                if format.is_none() {
+                    return Ok(Read::Unsure);
+                }
+                crate::driver::check_format(&self.table, format)?;
+                // No lock row yet: the lock was never taken.
+                let mark = with_token.then(|| LockMark {
+                    token: token.unwrap_or(0),
+                    held: held.unwrap_or(false),
+                });
+                Ok(Read::Rows(rows, mark))
+            }
+            Err(e) if code(&e) == Some(&SqlState::UNDEFINED_TABLE) => {
+                // Any of the tables may be the one missing: ask which, and
+                // where `search_path` finds a table of the history table's
+                // name (lockstep once followed it).
+                let probe = format!(
+                    "SELECT to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL,
+                            (SELECT n.nspname::text FROM pg_catalog.pg_class c
+                               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                              WHERE c.oid = to_regclass(quote_ident({})))",
+                    literal(&self.history),
+                    literal(&self.meta),
+                    literal(&self.lock),
+                    literal(self.table.name()),
+                );
+                let messages = self
+                    .client
+                    .simple_query(&probe)
+                    .map_err(|e| db_error(&context, &e))?;
+                let flags = messages.iter().find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => Some((
+                        r.get(0) == Some("t"),
+                        r.get(1) == Some("t"),
+                        r.get(2) == Some("t"),
+                    )),
+                    _ => None,
+                });
+                let found_in = messages.iter().find_map(|m| match m {
+                    SimpleQueryMessage::Row(r) => r.get(3).map(str::to_string),
+                    _ => None,
+                });
+                if flags.is_some_and(|(history, ..)| !history) {
+                    if let Some(elsewhere) = found_in.filter(|s| *s != self.schema) {
+                        return Err(self.found_elsewhere(&elsewhere));
+                    }
+                }
+                match flags {
+                    // All there now: created since the read; read again.
+                    Some((true, true, true)) => Ok(Read::Unsure),
+                    Some((true, true, false)) if with_token => Ok(Read::NoLockTable),
+                    Some((true, true, false)) => Ok(Read::Unsure),
+                    Some((true, false, _)) => {
+                        crate::driver::check_format(&self.table, None).map(|()| Read::Absent)
+                    }
+                    _ => Ok(Read::Absent),
+                }
+            }
+            Err(e) if code(&e) == Some(&SqlState::UNDEFINED_COLUMN) => Err(Error::ForeignTable {
+                table: self.table.to_string(),
+                message: "exists but does not have the columns of lockstep's history table".into(),
+            }),
+            Err(e) => Err(db_error(context, &e)),
+        }
+    }
+
+    /// The history table is not in lockstep's schema, but `search_path`
+    /// finds one of its name in another: where a lockstep that followed
+    /// `search_path` made it.
+    fn found_elsewhere(&self, schema: &str) -> Error {
+        Error::Config {
+            message: format!(
+                "there is no table {} in schema `{}`, but `search_path` finds one in schema `{schema}`",
+                self.table.name(),
+                self.schema
+            ),
+            hint: Some(format!(
+                "lockstep keeps its tables in one schema whatever `search_path` says (`public` unless `history_table` names one): if that table is lockstep's history, set `history_table = \"{schema}.{}\"` in lockstep.toml",
+                self.table.name()
+            )),
+        }
+    }
+}

@@ -1,0 +1,197 @@
+//! Running migrations on PostgreSQL: a migration, its fence, its history
+//! row and the commit go to the server as one query; a no-transaction
+//! migration statement by statement.
+
+use std::time::{Duration, Instant};
+
+use tokio_postgres::error::SqlState;
+
+use crate::driver::{Canceller, Driver, StepFailure, TxStep};
+use crate::error::{DbMessage, Error};
+use crate::lock::Fence;
+use crate::sql::Dialect;
+
+use super::client as pg_client;
+use super::{code, interval, literal, message, message_in, PgDriver};
+
+/// A session as it was when it began: what `psql` gives each file. The
+/// authorization first, which `RESET ALL` leaves alone (a `SET ROLE` would
+/// survive it).
+const RESET_SESSION: &str = "SET SESSION AUTHORIZATION DEFAULT;\nRESET ALL;\n";
+
+impl Driver for PgDriver {
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
+    }
+
+    fn run_transaction(
+        &mut self,
+        steps: &[TxStep<'_>],
+        fence: Option<&Fence>,
+        done: &mut dyn FnMut(usize, Duration),
+    ) -> Result<(), StepFailure> {
+        let last = steps.len().saturating_sub(1);
+        for (i, step) in steps.iter().enumerate() {
+            // The fence, the migration, its history row and the transaction
+            // around them go in one query string: one round trip. The
+            // section was checked to end outside any quote or comment, so
+            // what follows it is SQL.
+            let mut query = String::with_capacity(step.section.sql.len() + 1024);
+            if i == 0 {
+                query.push_str(&self.begin(fence, true));
+            }
+            let start_of_section = query.len();
+            query.push_str(&step.section.sql);
+            query.push_str("\n;\n");
+            query.push_str(&self.change_sql(&step.change));
+            query.push_str(";\n");
+            if i == last {
+                query.push_str(&self.commit(fence));
+            }
+            let started = Instant::now();
+            if let Err(failed) = self.client.simple_query_counted(&query) {
+                let e = &failed.error;
+                let db = message_in(e, Some((&query, start_of_section, step.section.sql.len())));
+                self.rollback();
+                let before = statements_in(&query[..start_of_section]);
+                let Some(ran) = failed.completed.checked_sub(before) else {
+                    // The beginning failed: with a fence, that is the lock.
+                    return Err(StepFailure {
+                        lost: fence.is_some() && fence_failed(e),
+                        ..StepFailure::at(i, db)
+                    });
+                };
+                return Err(StepFailure {
+                    statement: statement_at(&step.section.sql, ran),
+                    ..StepFailure::at(i, db)
+                });
+            }
+            done(i, started.elapsed());
+        }
+        self.reset_pending = false;
+        Ok(())
+    }
+
+    fn run_statement(&mut self, sql: &str) -> Result<(), DbMessage> {
+        if self.reset_pending {
+            // A round trip of its own: sent with the statement, it would
+            // make one implicit transaction of both, which statements such
+            // as `CREATE INDEX CONCURRENTLY` refuse.
+            let reset = self.reset_session();
+            self.client.simple_query(&reset).map_err(|e| message(&e))?;
+            self.reset_pending = false;
+        }
+        self.client
+            .simple_query(sql)
+            .map(drop)
+            .map_err(|e| message_in(&e, Some((sql, 0, sql.len()))))
+    }
+
+    fn fresh_session(&mut self) -> Result<(), Error> {
+        self.reset_pending = true;
+        Ok(())
+    }
+
+    fn canceller(&self) -> Canceller {
+        let token = self.client.cancel_token();
+        let tls = self.tls.clone();
+        Box::new(move || pg_client::cancel(&token, &tls))
+    }
+}
+
+/// The message the fence raises when the token is no longer current.
+const LOST_MARKER: &str = "lockstep-lock-lost";
+
+fn is_fence_failure(e: &tokio_postgres::Error) -> bool {
+    code(e) == Some(&SqlState::INVALID_TEXT_REPRESENTATION)
+        && e.as_db_error()
+            .is_some_and(|db| db.message().contains(LOST_MARKER))
+}
+
+/// Whether an error in a fenced transaction's beginning means the lock is
+/// lost: the token changed, or the lock's table is gone (dropped by hand).
+pub(super) fn fence_failed(e: &tokio_postgres::Error) -> bool {
+    is_fence_failure(e) || code(e) == Some(&SqlState::UNDEFINED_TABLE)
+}
+
+/// How many statements a query string of lockstep's own holds: each
+/// completes with a message of its own.
+pub(super) fn statements_in(sql: &str) -> usize {
+    crate::sql::split(sql, Dialect::Postgres).map_or(0, |statements| statements.len())
+}
+
+/// The section's statement that failed after `ran` of them completed;
+/// `None` when all of them had: what failed came after the section.
+fn statement_at(section: &str, ran: usize) -> Option<crate::driver::StatementAt> {
+    let statements = crate::sql::split(section, Dialect::Postgres).ok()?;
+    statements.get(ran).map(|s| crate::driver::StatementAt {
+        index: ran,
+        offset: s.range.start,
+    })
+}
+
+impl PgDriver {
+    /// Statements that return the session to how it began, lockstep's own
+    /// settings kept.
+    fn reset_session(&self) -> String {
+        let mut sql = RESET_SESSION.to_string();
+        if self.check_interval {
+            sql.push_str("SET client_connection_check_interval = 250;\n");
+        }
+        sql
+    }
+
+    /// Opens a transaction; with a fence, checks the token first. The fence's
+    /// UPDATE row-locks the lock row until commit, so no takeover or forced
+    /// release can interleave with what follows: they wait for the commit
+    /// and land before the next fence, or (when that fence reaches the row
+    /// first) after the next migration's commit; either way the fence after
+    /// them fails.
+    /// With `reset`, the session is first returned to how it began (inside
+    /// the transaction: rolled back with it, and sent again with the next
+    /// attempt; before lockstep's own `SET LOCAL`, which `RESET ALL` would
+    /// undo).
+    pub(super) fn begin(&self, fence: Option<&Fence>, reset: bool) -> String {
+        let reset = if reset {
+            self.reset_session()
+        } else {
+            String::new()
+        };
+        let Some(fence) = fence else {
+            return format!("BEGIN;\n{reset}");
+        };
+        format!(
+            "BEGIN;
+             {reset}
+             SET LOCAL idle_in_transaction_session_timeout = '{idle}ms';
+             WITH fence AS (
+                 UPDATE {lock} SET heartbeat_at = now()
+                  WHERE scope = {scope} AND owner = {owner} AND token = {token} RETURNING 1)
+             SELECT CAST(CASE WHEN count(*) = 1 THEN '1' ELSE '{LOST_MARKER}' END AS integer) FROM fence;\n",
+            // A holder gone silent inside this transaction (frozen host,
+            // partition) must not pin the lock row forever.
+            idle = fence.ttl.as_millis().max(1000),
+            lock = self.lock,
+            scope = literal(&fence.scope),
+            owner = literal(&fence.owner),
+            token = fence.token,
+        )
+    }
+
+    /// Commits; with a fence, first renews the lease from the commit's
+    /// clock: the holder just proved it is alive.
+    pub(super) fn commit(&self, fence: Option<&Fence>) -> String {
+        match fence {
+            None => "COMMIT;".to_string(),
+            Some(fence) => format!(
+                "UPDATE {} SET heartbeat_at = clock_timestamp(), expires_at = clock_timestamp() + {}
+                  WHERE scope = {} AND token = {};
+                 COMMIT;",
+                self.lock,
+                interval(fence.ttl),
+                literal(&fence.scope),
+                fence.token
+            ),
+        }
+    }
+}

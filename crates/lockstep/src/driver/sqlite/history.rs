@@ -1,0 +1,376 @@
+//! lockstep's tables on SQLite, and the history's rows.
+
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::error::Error;
+use crate::history::{
+    shared, Change, HistoryRead, HistoryRow, HistoryStore, RowState, Timestamp, FORMAT_VERSION,
+    META_TABLE, TOOL_VERSION,
+};
+use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE};
+use crate::source::Checksum;
+
+use super::{
+    db_error, is_busy, is_missing_table, millis, open_file, rollback, SqliteDriver, BUSY_TIMEOUT,
+    NOW,
+};
+
+/// The page cache, in KiB, while history is read. The read goes once, in
+/// order, through the schema and the history table, and meets no page
+/// twice: SQLite's default cache (2,000 KiB) only held what was done with
+/// (docs/performance.md).
+const READ_CACHE_KIB: i64 = 64;
+
+impl HistoryStore for SqliteDriver {
+    fn read_history(&mut self) -> Result<Option<HistoryRead>, Error> {
+        let Some(conn) = &self.conn else {
+            return Ok(None);
+        };
+        let context = format!("reading history from {}", self.table);
+        let schema = self.table.schema().unwrap_or("main");
+        // A small cache for the read, the connection's own back after it
+        // (for the migrations). Reading the size loads the schema, with
+        // the cache as it was; the pages that does not keep are let go.
+        let cache: Option<i64> = match conn.query_row("PRAGMA main.cache_size", [], |r| r.get(0)) {
+            Ok(size) => Some(size),
+            // A writer keeps readers out: so would it the read below.
+            Err(e) if is_busy(&e) => return Err(self.busy_error(&context, &e)),
+            Err(_) => None,
+        };
+        if cache.is_some() {
+            let _ = conn.execute_batch(&format!("PRAGMA main.cache_size = -{READ_CACHE_KIB}"));
+        }
+        // One read transaction: the format and the rows from one snapshot.
+        conn.execute_batch("BEGIN")
+            .map_err(|e| db_error(&context, &e))?;
+        // The rows, and the lock in the same snapshot.
+        type Read = Option<(Vec<HistoryRow>, Option<LockMark>)>;
+        let result = (|| -> Result<Read, Error> {
+            if !Self::table_exists(conn, (schema, self.table.name()))
+                .map_err(|e| db_error(&context, &e))?
+            {
+                return Ok(None);
+            }
+            let format: Option<i64> = if Self::table_exists(conn, (schema, META_TABLE))
+                .map_err(|e| db_error(&context, &e))?
+            {
+                conn.query_row(
+                    &format!(
+                        "SELECT format_version FROM {} WHERE table_name = ?1",
+                        self.meta
+                    ),
+                    [self.table.name()],
+                    |r| r.get(0),
+                )
+                .optional()
+                .map_err(|e| db_error(&context, &e))?
+            } else {
+                None
+            };
+            crate::driver::check_format(&self.table, format)?;
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT version, name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version \
+                     FROM {} ORDER BY version",
+                    self.history
+                ))
+                .map_err(|e| match e {
+                    rusqlite::Error::SqlInputError { .. } | rusqlite::Error::SqliteFailure(..) => Error::ForeignTable {
+                        table: self.table.to_string(),
+                        message: "exists but does not have the columns of lockstep's history table".into(),
+                    },
+                    e => db_error(&context, &e),
+                })?;
+            // Text columns are read in place: only the name gets a string
+            // of its own per row.
+            let mut rows: Vec<HistoryRow> = Vec::new();
+            let mut read = stmt.query([]).map_err(|e| db_error(&context, &e))?;
+            while let Some(r) = read.next().map_err(|e| db_error(&context, &e))? {
+                let text = |i| r.get_ref(i).and_then(|v| Ok(v.as_str()?));
+                let row = (|| {
+                    Ok::<_, rusqlite::Error>(HistoryRow {
+                        version: r.get::<_, i64>(0)? as u64,
+                        name: r.get(1)?,
+                        checksum: Checksum::parse(text(2)?),
+                        state: RowState::parse(text(3)?).unwrap_or(RowState::Started),
+                        applied_at: Timestamp::new(text(4)?),
+                        duration_ms: r.get(5)?,
+                        applied_by: shared(rows.last().map(|p| &p.applied_by), text(6)?),
+                        lock_token: r.get(7)?,
+                        tool_version: shared(rows.last().map(|p| &p.tool_version), text(8)?),
+                    })
+                })()
+                .map_err(|e| db_error(&context, &e))?;
+                rows.push(row);
+            }
+            // The lock in the same snapshot: no row before it was ever
+            // taken; unknown if its table is gone (it is made with the
+            // history table, but someone may have dropped it).
+            let mark = conn
+                .query_row(
+                    &format!(
+                        "SELECT token, owner IS NOT NULL FROM {} WHERE scope = ?1",
+                        self.lock
+                    ),
+                    [self.table.to_string()],
+                    |r| {
+                        Ok(LockMark {
+                            token: r.get(0)?,
+                            held: r.get(1)?,
+                        })
+                    },
+                )
+                .optional()
+                .map(Option::unwrap_or_default)
+                .ok();
+            Ok(Some((rows, mark)))
+        })();
+        let _ = conn.execute_batch("COMMIT");
+        if let Some(size) = cache {
+            let _ = conn.execute_batch(&format!("PRAGMA main.cache_size = {size}"));
+        }
+        result.map(|read| read.map(|(rows, lock)| HistoryRead { rows, lock }))
+    }
+
+    fn create_tables(&mut self) -> Result<(), Error> {
+        if self.conn.is_none() && self.writable {
+            let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE;
+            self.attach(open_file(&self.path, flags)?)?;
+        }
+        let conn = self.conn()?;
+        let context = format!("creating the history table {}", self.table);
+        // Made before the lock can be taken: another process making them
+        // at the same moment, or a holder's commit, is waited for.
+        self.waiting(conn, BUSY_TIMEOUT, || self.make_tables(conn, &context))
+    }
+
+    fn change_history(
+        &mut self,
+        changes: &[Change<'_>],
+        fence: Option<&Fence>,
+    ) -> Result<(), Error> {
+        let conn = self.conn()?;
+        let context = format!("writing history to {}", self.table);
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| db_error(&context, &e))?;
+        if let Some(fence) = fence {
+            match self.check_fence(conn, fence) {
+                Ok(true) => {}
+                Ok(false) => {
+                    rollback(conn);
+                    return Err(fence.lost());
+                }
+                Err(e) if is_missing_table(&e) => {
+                    rollback(conn);
+                    return Err(fence.lost());
+                }
+                Err(e) => {
+                    rollback(conn);
+                    return Err(db_error(&context, &e));
+                }
+            }
+        }
+        for change in changes {
+            if let Err(e) = Self::apply_change(conn, &self.history, change, Duration::ZERO) {
+                rollback(conn);
+                return Err(db_error(&context, &e));
+            }
+        }
+        if let Some(fence) = fence {
+            if let Err(e) = self.extend_lease(conn, fence) {
+                rollback(conn);
+                return Err(db_error(&context, &e));
+            }
+        }
+        conn.execute_batch("COMMIT").map_err(|e| {
+            rollback(conn);
+            db_error(&context, &e)
+        })
+    }
+}
+
+impl SqliteDriver {
+    pub(super) fn apply_change(
+        conn: &Connection,
+        history: &str,
+        change: &Change<'_>,
+        elapsed: Duration,
+    ) -> rusqlite::Result<()> {
+        match change {
+            Change::Insert(row) => {
+                let state = if row.started {
+                    RowState::Started
+                } else {
+                    RowState::Applied
+                };
+                let duration = if row.started { 0 } else { millis(elapsed) };
+                conn.execute(
+                    &format!(
+                        "INSERT INTO {history} (version, name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version) \
+                         VALUES (?1, ?2, ?3, ?4, {NOW}, ?5, ?6, ?7, ?8)"
+                    ),
+                    params![
+                        row.version as i64,
+                        row.name,
+                        row.checksum.to_string(),
+                        state.as_str(),
+                        duration,
+                        row.applied_by,
+                        row.lock_token,
+                        TOOL_VERSION
+                    ],
+                )?;
+            }
+            Change::SetState {
+                version,
+                state,
+                duration_ms: Some(duration_ms),
+            } => {
+                conn.execute(
+                    &format!("UPDATE {history} SET state = ?2, applied_at = {NOW}, duration_ms = ?3 WHERE version = ?1"),
+                    params![*version as i64, state.as_str(), duration_ms],
+                )?;
+            }
+            Change::SetState {
+                version,
+                state,
+                duration_ms: None,
+            } => {
+                conn.execute(
+                    &format!("UPDATE {history} SET state = ?2 WHERE version = ?1"),
+                    params![*version as i64, state.as_str()],
+                )?;
+            }
+            Change::Delete { version } => {
+                conn.execute(
+                    &format!("DELETE FROM {history} WHERE version = ?1"),
+                    params![*version as i64],
+                )?;
+            }
+            Change::SetChecksum {
+                version,
+                name,
+                checksum,
+            } => {
+                conn.execute(
+                    &format!("UPDATE {history} SET checksum = ?2, name = ?3 WHERE version = ?1"),
+                    params![*version as i64, checksum.to_string(), name],
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes lockstep's tables unless they are all there.
+    fn make_tables(&self, conn: &Connection, context: &str) -> Result<(), Error> {
+        // A look first, without the write lock: in a fleet starting on an
+        // empty database, all but the first few find the tables made. Each
+        // of them taking the write lock only to find so would queue behind
+        // the holder's migrations in SQLite's busy handler, whose sleeps
+        // grow to 100 ms.
+        if self.tables_made(conn).map_err(|e| db_error(context, &e))? {
+            return Ok(());
+        }
+        let sql = format!(
+            "BEGIN IMMEDIATE;
+             CREATE TABLE IF NOT EXISTS {meta} (
+                 table_name TEXT PRIMARY KEY,
+                 format_version INTEGER NOT NULL,
+                 created_at TEXT NOT NULL,
+                 created_by TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS {history} (
+                 version INTEGER PRIMARY KEY,
+                 name TEXT NOT NULL,
+                 checksum TEXT NOT NULL,
+                 state TEXT NOT NULL CHECK (state IN ('applied', 'started')),
+                 applied_at TEXT NOT NULL,
+                 duration_ms INTEGER NOT NULL,
+                 applied_by TEXT NOT NULL,
+                 lock_token INTEGER,
+                 tool_version TEXT NOT NULL
+             );
+             CREATE TABLE IF NOT EXISTS {lock} (
+                 scope TEXT PRIMARY KEY,
+                 token INTEGER NOT NULL DEFAULT 0,
+                 owner TEXT,
+                 host TEXT,
+                 pid INTEGER,
+                 command TEXT,
+                 tool_version TEXT,
+                 session_pid INTEGER,
+                 session_start TEXT,
+                 acquired_at INTEGER,
+                 heartbeat_at INTEGER,
+                 expires_at INTEGER
+             );
+             CREATE TABLE IF NOT EXISTS {log} (
+                 id INTEGER PRIMARY KEY AUTOINCREMENT,
+                 scope TEXT NOT NULL,
+                 at INTEGER NOT NULL,
+                 event TEXT NOT NULL,
+                 token INTEGER NOT NULL,
+                 owner TEXT,
+                 host TEXT,
+                 pid INTEGER,
+                 command TEXT,
+                 previous_owner TEXT,
+                 detail TEXT
+             );
+             CREATE INDEX IF NOT EXISTS \"{schema}\".\"{LOCK_LOG_INDEX}\" ON \"{LOCK_LOG_TABLE}\" (scope, id);
+             INSERT OR IGNORE INTO {meta} (table_name, format_version, created_at, created_by)
+                 VALUES ('{name}', {FORMAT_VERSION}, {NOW}, '{TOOL_VERSION}');
+             COMMIT;",
+            meta = self.meta,
+            history = self.history,
+            lock = self.lock,
+            log = self.log,
+            schema = self.table.schema().unwrap_or("main"),
+            name = self.table.name(),
+        );
+        conn.execute_batch(&sql).map_err(|e| {
+            rollback(conn);
+            db_error(context, &e)
+        })
+    }
+
+    /// Whether lockstep's tables, the lock log's index and this history
+    /// table's format row are all there: what `create_tables` makes.
+    fn tables_made(&self, conn: &Connection) -> rusqlite::Result<bool> {
+        let schema = self.table.schema().unwrap_or("main");
+        let objects: i64 = conn.query_row(
+            &format!(
+                "SELECT count(*) FROM \"{schema}\".sqlite_master
+                  WHERE (type = 'table' AND name IN (?1, ?2, ?3, ?4)) OR (type = 'index' AND name = ?5)"
+            ),
+            params![META_TABLE, self.table.name(), LOCK_TABLE, LOCK_LOG_TABLE, LOCK_LOG_INDEX],
+            |r| r.get(0),
+        )?;
+        if objects < 5 {
+            return Ok(false);
+        }
+        conn.query_row(
+            &format!("SELECT 1 FROM {} WHERE table_name = ?1", self.meta),
+            [self.table.name()],
+            |_| Ok(()),
+        )
+        .optional()
+        .map(|row| row.is_some())
+    }
+
+    pub(super) fn table_exists(
+        conn: &Connection,
+        schema_table: (&str, &str),
+    ) -> rusqlite::Result<bool> {
+        let (schema, name) = schema_table;
+        conn.query_row(
+            &format!("SELECT 1 FROM \"{schema}\".sqlite_master WHERE type = 'table' AND name = ?1"),
+            [name],
+            |_| Ok(()),
+        )
+        .optional()
+        .map(|r| r.is_some())
+    }
+}

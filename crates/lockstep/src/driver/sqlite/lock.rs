@@ -1,0 +1,608 @@
+//! The lock's row and log on SQLite. SQLite has one writer at a time: an
+//! acquisition is a short `BEGIN IMMEDIATE`, and who holds the database is
+//! named from the file's locks.
+
+use std::time::Duration;
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+
+use crate::driver::FREE;
+use crate::error::{DbMessage, Error};
+use crate::history::TOOL_VERSION;
+use crate::lock::{
+    Actor, Fence, LockInfo, LockStore, LogEntry, LogEvent, Probe, Renewal, Session, Take,
+    LOCK_LOG_TABLE, LOCK_TABLE, LOG_RETENTION,
+};
+
+use super::holders::Holder;
+use super::release::Wake;
+use super::{
+    db_error, is_busy, is_missing_table, millis, now_ms, rollback, uri_path, SqliteDriver,
+};
+
+/// How long a read waits for another connection's write lock before this
+/// run holds the lock: a writer that locks readers out for longer (a
+/// migration that spilled its changes to the file, or committing a large
+/// one, in rollback-journal mode; a `BEGIN EXCLUSIVE`) is the lock's
+/// business, reported and bounded by the lock's timeout, not a wait of its
+/// own. See [`Driver::patient`](crate::driver::Driver::patient).
+pub(super) const LOOK_BUSY: Duration = Duration::from_millis(200);
+
+/// An acquisition attempt waits this long for the database: longer means a
+/// migration is running, and the attempt reports the lock as held.
+const ACQUIRE_BUSY: Duration = Duration::from_millis(50);
+
+/// A heartbeat waits this long; longer means the holder's own migration has
+/// the database, which is normal.
+const HEARTBEAT_BUSY: Duration = Duration::from_millis(250);
+
+/// The longest pause between acquisition attempts: SQLite cannot notify, so
+/// this bounds the handoff.
+const POLL_INTERVAL: Duration = Duration::from_millis(250);
+
+impl LockStore for SqliteDriver {
+    fn session(&mut self) -> Result<Session, Error> {
+        let pid = std::process::id();
+        Ok(Session {
+            pid: Some(i64::from(pid)),
+            start: crate::identity::process_start(pid),
+        })
+    }
+
+    fn probe_lock(&mut self, scope: &str) -> Result<Probe, Error> {
+        let conn = self.conn()?;
+        let context = format!("acquiring the migration lock for {scope}");
+        // A short wait: a busy database means a migration holds it.
+        let begun = self.waiting(conn, ACQUIRE_BUSY, || conn.execute_batch("BEGIN IMMEDIATE"));
+        match begun {
+            Err(e) if is_busy(&e) => {
+                let mut seen = self.read_lock(scope).ok().flatten();
+                if let Some(info) = &mut seen {
+                    self.name_the_writer(info, self.file_holders().as_deref());
+                }
+                return Ok(Probe::Busy(seen));
+            }
+            Err(e) => return Err(db_error(&context, &e)),
+            Ok(()) => {}
+        }
+        let result = (|| -> rusqlite::Result<LockInfo> {
+            if let Some(info) = self.select_lock(conn, scope)? {
+                return Ok(info);
+            }
+            // The scope's first row, or one deleted by hand: it starts at
+            // the highest token the scope ever had, from the lock log and
+            // the history, which a deleted row does not take with it.
+            // Tokens never repeat: a holder paused while its row was gone
+            // cannot pass its fence beside a new holder.
+            conn.execute(
+                &format!(
+                    "INSERT INTO {lock} (scope, token) VALUES (?1, max(
+                         coalesce((SELECT max(token) FROM {log} WHERE scope = ?1), 0),
+                         coalesce((SELECT max(lock_token) FROM {history}), 0)))",
+                    lock = self.lock,
+                    log = self.log,
+                    history = self.history,
+                ),
+                [scope],
+            )?;
+            self.select_lock(conn, scope)
+                .map(|info| info.expect("the row was just made"))
+        })();
+        match result {
+            Ok(info) => Ok(Probe::Row(info)),
+            Err(e) => {
+                rollback(conn);
+                Err(db_error(&context, &e))
+            }
+        }
+    }
+
+    fn take_lock(&mut self, take: &Take<'_>) -> Result<i64, Error> {
+        let conn = self.conn()?;
+        let context = format!("acquiring the migration lock for {}", take.scope);
+        let now = now_ms();
+        let result = (|| -> rusqlite::Result<i64> {
+            let token: i64 = conn.query_row(
+                &format!(
+                    "UPDATE {} SET token = token + 1, owner = ?2, host = ?3, pid = ?4, command = ?5,
+                         tool_version = ?6, session_pid = ?7, session_start = ?8,
+                         acquired_at = ?9, heartbeat_at = ?9, expires_at = ?10
+                     WHERE scope = ?1 RETURNING token",
+                    self.lock
+                ),
+                params![
+                    take.scope,
+                    take.actor.owner,
+                    take.actor.host,
+                    take.actor.pid,
+                    take.actor.command,
+                    TOOL_VERSION,
+                    take.session.pid,
+                    take.session.start,
+                    now,
+                    now + millis(take.ttl)
+                ],
+                |r| r.get(0),
+            )?;
+            self.insert_log(conn, take.scope, take.event, token, take.actor)?;
+            conn.execute(
+                &format!(
+                    "DELETE FROM {log} WHERE scope = ?1 AND id < (SELECT min(id) FROM (SELECT id FROM {log} WHERE scope = ?1 ORDER BY id DESC LIMIT {LOG_RETENTION}))",
+                    log = self.log
+                ),
+                [take.scope],
+            )?;
+            conn.execute_batch("COMMIT")?;
+            Ok(token)
+        })();
+        result.map_err(|e| {
+            rollback(conn);
+            db_error(context, &e)
+        })
+    }
+
+    fn abandon(&mut self) {
+        if let Some(conn) = &self.conn {
+            rollback(conn);
+        }
+    }
+
+    fn renew_lock(&mut self, fence: &Fence) -> Result<Renewal, Error> {
+        let conn = self.conn()?;
+        conn.busy_timeout(HEARTBEAT_BUSY)
+            .map_err(|e| db_error("renewing the lock", &e))?;
+        let now = now_ms();
+        let updated = conn.execute(
+            &format!(
+                "UPDATE {} SET heartbeat_at = ?4, expires_at = ?5 WHERE scope = ?1 AND owner = ?2 AND token = ?3",
+                self.lock
+            ),
+            params![fence.scope, fence.owner, fence.token, now, now + millis(fence.ttl)],
+        );
+        match updated {
+            Ok(1) => Ok(Renewal::Renewed),
+            Ok(_) => Ok(Renewal::Lost),
+            // The holder's own migration has the database: normal.
+            Err(e) if is_busy(&e) => Ok(Renewal::Busy),
+            Err(e) if is_missing_table(&e) => Ok(Renewal::Lost),
+            Err(e) => Err(db_error("renewing the lock", &e)),
+        }
+    }
+
+    fn release_lock(&mut self, fence: &Fence, who: &Actor<'_>) -> Result<bool, Error> {
+        let conn = self.conn()?;
+        let context = format!("releasing the migration lock for {}", fence.scope);
+        let result = (|| -> rusqlite::Result<bool> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let freed = conn.execute(
+                &format!(
+                    "UPDATE {} SET {FREE} WHERE scope = ?1 AND owner = ?2 AND token = ?3",
+                    self.lock
+                ),
+                params![fence.scope, fence.owner, fence.token],
+            )? == 1;
+            if freed {
+                self.insert_log(conn, &fence.scope, LogEvent::Released, fence.token, who)?;
+            }
+            conn.execute_batch("COMMIT")?;
+            Ok(freed)
+        })();
+        let freed = result.map_err(|e| {
+            rollback(conn);
+            db_error(context, &e)
+        })?;
+        if freed {
+            self.announce_release();
+        }
+        Ok(freed)
+    }
+
+    fn log_lost(&mut self, fence: &Fence, who: &Actor<'_>, detail: &str) -> Result<(), Error> {
+        let conn = self.conn()?;
+        self.insert_log(
+            conn,
+            &fence.scope,
+            LogEvent::Lost { detail },
+            fence.token,
+            who,
+        )
+        .map_err(|e| db_error("logging the lost lock", &e))
+    }
+
+    fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
+        self.look_at_lock(scope)
+    }
+
+    fn inspect_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
+        let Some(conn) = &self.conn else {
+            return Ok(None);
+        };
+        // `lock status` answers at once, whoever writes.
+        let Some(mut info) = self.waiting(conn, LOOK_BUSY, || self.look_at_lock(scope))? else {
+            return Ok(None);
+        };
+        if info.migrating || info.blocker.is_some() {
+            return Ok(Some(info));
+        }
+        // Whether anyone writes right now: the file locks say so where the
+        // system shows them (Linux); elsewhere, a try for the write lock
+        // that does not wait, and lets go at once.
+        let holders = self.file_holders();
+        let writing = match &holders {
+            Some(holders) => holders.iter().any(Holder::writes),
+            None => match self.waiting(conn, Duration::ZERO, || {
+                conn.execute_batch("BEGIN IMMEDIATE")
+            }) {
+                Ok(()) => {
+                    rollback(conn);
+                    false
+                }
+                Err(e) if is_busy(&e) => true,
+                Err(e) => {
+                    return Err(db_error(
+                        format!("reading the migration lock for {scope}"),
+                        &e,
+                    ))
+                }
+            },
+        };
+        if writing {
+            self.name_the_writer(&mut info, holders.as_deref());
+        }
+        if info.is_held() && !info.migrating {
+            // A migration outside a transaction locks nothing between its
+            // statements (nor while one only reads): its history row says
+            // `started` while it runs.
+            let started = format!(
+                "SELECT 1 FROM {} WHERE state = 'started' LIMIT 1",
+                self.history
+            );
+            info.migrating = conn
+                .query_row(&started, [], |_| Ok(()))
+                .optional()
+                .is_ok_and(|row| row.is_some());
+        }
+        Ok(Some(info))
+    }
+
+    fn force_release(
+        &mut self,
+        scope: &str,
+        expected: &LockInfo,
+        who: &Actor<'_>,
+        wait: Duration,
+    ) -> Result<bool, Error> {
+        // Held until this returns: the holder sees it between migrations
+        // and waits, so that this gets the database's write lock.
+        let _request = self.request_release();
+        let conn = self.conn()?;
+        let context = format!("releasing the migration lock for {scope}");
+        let result = self.waiting(conn, wait, || -> rusqlite::Result<bool> {
+            conn.execute_batch("BEGIN IMMEDIATE")?;
+            let token: Option<i64> = conn
+                .query_row(
+                    &format!(
+                        "UPDATE {} SET token = token + 1, {FREE} WHERE scope = ?1 AND token = ?2 RETURNING token",
+                        self.lock
+                    ),
+                    params![scope, expected.token],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(token) = token {
+                let event = LogEvent::ForceReleased {
+                    previous: expected.owner.as_deref(),
+                };
+                self.insert_log(conn, scope, event, token, who)?;
+            }
+            conn.execute_batch("COMMIT")?;
+            Ok(token.is_some())
+        });
+        result.map_err(|e| {
+            rollback(conn);
+            if is_busy(&e) {
+                Error::Database {
+                    context,
+                    db: Box::new(DbMessage::plain(format!(
+                        "the database stayed locked for {}s (a migration is running); nothing was released",
+                        wait.as_secs()
+                    ))),
+                }
+            } else {
+                db_error(context, &e)
+            }
+        })
+    }
+
+    fn read_lock_log(&mut self, scope: &str, limit: usize) -> Result<Vec<LogEntry>, Error> {
+        let Some(conn) = &self.conn else {
+            return Ok(Vec::new());
+        };
+        let schema = self.table.schema().unwrap_or("main");
+        let context = format!("reading the lock log for {scope}");
+        if !Self::table_exists(conn, (schema, LOCK_LOG_TABLE))
+            .map_err(|e| db_error(&context, &e))?
+        {
+            return Ok(Vec::new());
+        }
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', at / 1000.0, 'unixepoch'), event, token,
+                        owner, host, pid, command, previous_owner, detail
+                   FROM {} WHERE scope = ?1 ORDER BY id DESC LIMIT ?2",
+                self.log
+            ))
+            .map_err(|e| db_error(&context, &e))?;
+        let rows = stmt
+            .query_map(params![scope, limit as i64], |r| {
+                Ok(LogEntry {
+                    id: r.get(0)?,
+                    at: r.get(1)?,
+                    event: r.get(2)?,
+                    token: r.get(3)?,
+                    owner: r.get(4)?,
+                    host: r.get(5)?,
+                    pid: r.get(6)?,
+                    command: r.get(7)?,
+                    previous_owner: r.get(8)?,
+                    detail: r.get(9)?,
+                })
+            })
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<_>>>())
+            .map_err(|e| db_error(&context, &e))?;
+        Ok(rows)
+    }
+
+    fn can_notify(&self) -> bool {
+        !self.memory && !self.no_wake
+    }
+
+    fn listen(&mut self, _scope: &str) -> Result<bool, Error> {
+        if self.wake.is_none() {
+            self.wake = self.release_file().and_then(|path| Wake::watch(&path));
+            self.no_wake = self.wake.is_none();
+        }
+        Ok(self.wake.is_some())
+    }
+
+    fn unlisten(&mut self) {
+        self.wake = None;
+    }
+
+    fn wait_for_notification(&mut self, timeout: Duration) -> Result<bool, Error> {
+        match &self.wake {
+            Some(wake) => Ok(wake.wait(timeout)),
+            None => {
+                std::thread::sleep(timeout);
+                Ok(false)
+            }
+        }
+    }
+
+    fn poll_interval(&self) -> Duration {
+        POLL_INTERVAL
+    }
+
+    fn heartbeat_store(&self) -> Result<Box<dyn LockStore>, Error> {
+        if self.memory {
+            return Err(Error::Config {
+                message:
+                    "an in-memory SQLite database cannot be locked: it has no second connection"
+                        .into(),
+                hint: Some("use a database file, or run without the lock".into()),
+            });
+        }
+        Ok(Box::new(SqliteDriver::open(&self.path, &self.table, true)?))
+    }
+}
+
+impl SqliteDriver {
+    /// The lock row as it stands, waiting for a writer only as this run
+    /// does ([`Driver::patient`](crate::driver::Driver::patient)): a writer that keeps readers out longer
+    /// (rollback-journal mode) gets the row read past SQLite's locks, and is
+    /// named.
+    fn look_at_lock(&self, scope: &str) -> Result<Option<LockInfo>, Error> {
+        let Some(conn) = &self.conn else {
+            return Ok(None);
+        };
+        let schema = self.table.schema().unwrap_or("main");
+        let read = Self::table_exists(conn, (schema, LOCK_TABLE)).and_then(|exists| {
+            if exists {
+                self.select_lock(conn, scope)
+            } else {
+                Ok(None)
+            }
+        });
+        match read {
+            Err(e) if is_busy(&e) => {
+                let mut info = self
+                    .read_lock_past_writer(scope)
+                    .unwrap_or_else(|| LockInfo {
+                        scope: scope.to_string(),
+                        ..LockInfo::default()
+                    });
+                self.name_the_writer(&mut info, self.file_holders().as_deref());
+                Ok(Some(info))
+            }
+            other => {
+                other.map_err(|e| db_error(format!("reading the migration lock for {scope}"), &e))
+            }
+        }
+    }
+
+    /// The processes with a lock on the database file, where the system can
+    /// tell (Linux), in either journal mode.
+    fn file_holders(&self) -> Option<Vec<Holder>> {
+        if self.memory {
+            None
+        } else {
+            super::holders::holders(&self.path)
+        }
+    }
+
+    /// The database is write-locked by someone (`holders`, where known):
+    /// says whether that is the lock's holder migrating, or another process,
+    /// named.
+    fn name_the_writer(&self, info: &mut LockInfo, holders: Option<&[Holder]>) {
+        let holder_pid = info
+            .pid
+            .filter(|_| info.is_held() && info.host.as_deref() == Some(self.host.as_str()))
+            .and_then(|pid| u32::try_from(pid).ok());
+        let writers: Vec<u32> = holders
+            .unwrap_or_default()
+            .iter()
+            .filter(|h| h.writes())
+            .map(|h| h.pid)
+            .collect();
+        match holders {
+            // The holder writes: one of its migrations runs.
+            Some(_) if holder_pid.is_some_and(|pid| writers.contains(&pid)) => {
+                info.migrating = true
+            }
+            // Someone else writes: named, and the holder (if any) is not
+            // taken to be migrating.
+            Some(holders) if !writers.is_empty() => {
+                info.blocker = Some(super::holders::named(holders));
+                info.migrating = !info.is_held();
+            }
+            // Who writes cannot be told: the holder, if there is one, as
+            // before; otherwise another connection.
+            _ => info.migrating = true,
+        }
+    }
+
+    /// The lock row read while a writer keeps readers out, past SQLite's
+    /// locks (`immutable=1`): only to say who holds the lock. The row may
+    /// be a moment old, or unreadable while the writer rewrites pages;
+    /// nothing is decided on it (an attempt always takes the write lock).
+    fn read_lock_past_writer(&self, scope: &str) -> Option<LockInfo> {
+        if self.memory {
+            return None;
+        }
+        let uri = format!("file:{}?immutable=1", uri_path(&self.path));
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_URI
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(uri, flags).ok()?;
+        let schema = self.table.schema().unwrap_or("main");
+        if !Self::table_exists(&conn, (schema, LOCK_TABLE)).ok()? {
+            return None;
+        }
+        self.select_lock(&conn, scope).ok().flatten()
+    }
+
+    /// In an open write transaction: touches the lock row if the fence's
+    /// token is current. `false` when it is not.
+    pub(super) fn check_fence(&self, conn: &Connection, fence: &Fence) -> rusqlite::Result<bool> {
+        let n = conn.execute(
+            &format!(
+                "UPDATE {} SET heartbeat_at = ?4 WHERE scope = ?1 AND owner = ?2 AND token = ?3",
+                self.lock
+            ),
+            params![fence.scope, fence.owner, fence.token, now_ms()],
+        )?;
+        Ok(n == 1)
+    }
+
+    /// In an open write transaction, just before it commits: the holder
+    /// just proved it is alive, so the lease runs from now.
+    pub(super) fn extend_lease(&self, conn: &Connection, fence: &Fence) -> rusqlite::Result<()> {
+        let now = now_ms();
+        conn.execute(
+            &format!(
+                "UPDATE {} SET heartbeat_at = ?3, expires_at = ?4 WHERE scope = ?1 AND token = ?2",
+                self.lock
+            ),
+            params![fence.scope, fence.token, now, now + millis(fence.ttl)],
+        )?;
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn insert_log(
+        &self,
+        conn: &Connection,
+        scope: &str,
+        event: LogEvent<'_>,
+        token: i64,
+        who: &Actor<'_>,
+    ) -> rusqlite::Result<()> {
+        conn.execute(
+            &format!(
+                "INSERT INTO {} (scope, at, event, token, owner, host, pid, command, previous_owner, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                self.log
+            ),
+            params![
+                scope,
+                now_ms(),
+                event.name(),
+                token,
+                who.owner,
+                who.host,
+                who.pid,
+                who.command,
+                event.previous_owner(),
+                event.detail()
+            ],
+        )?;
+        Ok(())
+    }
+
+    fn select_lock(&self, conn: &Connection, scope: &str) -> rusqlite::Result<Option<LockInfo>> {
+        let now = now_ms();
+        let row = conn
+            .query_row(
+                &format!(
+                    "SELECT token, owner, host, pid, command, tool_version, session_pid, session_start,
+                            strftime('%Y-%m-%dT%H:%M:%fZ', acquired_at / 1000.0, 'unixepoch'),
+                            strftime('%Y-%m-%dT%H:%M:%fZ', heartbeat_at / 1000.0, 'unixepoch'),
+                            strftime('%Y-%m-%dT%H:%M:%fZ', expires_at / 1000.0, 'unixepoch'),
+                            acquired_at, heartbeat_at, expires_at
+                       FROM {} WHERE scope = ?1",
+                    self.lock
+                ),
+                [scope],
+                |r| {
+                    let session_pid: Option<i64> = r.get(6)?;
+                    let session_start: Option<String> = r.get(7)?;
+                    let host: Option<String> = r.get(2)?;
+                    let acquired: Option<i64> = r.get(11)?;
+                    let heartbeat: Option<i64> = r.get(12)?;
+                    let expires: Option<i64> = r.get(13)?;
+                    Ok(LockInfo {
+                        scope: scope.to_string(),
+                        token: r.get(0)?,
+                        owner: r.get(1)?,
+                        session_alive: self.alive(host.as_deref(), session_pid, session_start.as_deref()),
+                        host,
+                        pid: r.get(3)?,
+                        command: r.get(4)?,
+                        tool_version: r.get(5)?,
+                        acquired_at: r.get(8)?,
+                        heartbeat_at: r.get(9)?,
+                        expires_at: r.get(10)?,
+                        held_ms: acquired.map(|t| now - t),
+                        heartbeat_age_ms: heartbeat.map(|t| now - t),
+                        expires_in_ms: expires.map(|t| t - now),
+                        migrating: false,
+                        blocker: None,
+                    })
+                },
+            )
+            .optional()?;
+        Ok(row)
+    }
+
+    /// Whether the holder's process runs: provable only on this host, from
+    /// its pid and start time (a reused pid has another start time).
+    fn alive(&self, host: Option<&str>, pid: Option<i64>, start: Option<&str>) -> Option<bool> {
+        let (host, pid, start) = (host?, pid?, start?);
+        if host != self.host {
+            return None;
+        }
+        crate::identity::process_start(std::process::id())?;
+        let pid = u32::try_from(pid).ok()?;
+        Some(crate::identity::process_start(pid).as_deref() == Some(start))
+    }
+}
