@@ -15,6 +15,7 @@ use crate::url::{DatabaseUrl, SqliteTarget};
 
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
+mod tables;
 
 /// One migration inside a transaction: its SQL and the history change that
 /// commits with it.

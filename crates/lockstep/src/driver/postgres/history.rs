@@ -5,7 +5,8 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 use tokio_postgres::SimpleQueryMessage;
 
-use crate::error::Error;
+use crate::driver::tables::{self, Kind};
+use crate::error::{Error, RETRIES};
 use crate::history::{
     shared, Change, HistoryRead, HistoryRow, HistoryStore, RowState, Timestamp, FORMAT_VERSION,
     META_TABLE, TOOL_VERSION,
@@ -58,34 +59,13 @@ impl HistoryStore for PgDriver {
     }
 
     fn create_tables(&mut self) -> Result<(), Error> {
-        let context = format!("creating the history table {}", self.table);
-        let create_schema = match self.table.schema() {
-            Some(s) => format!("CREATE SCHEMA IF NOT EXISTS {};", quote_ident(s)),
-            None => String::new(),
-        };
         // One transaction, whose advisory lock queues the processes of a
         // fleet starting on an empty database behind the first: no catalog
         // collisions, no retries, no errors in the server's log. Each one
-        // behind the first then finds the tables made and creates nothing:
-        // at 50 processes, 40-odd of them used to send the whole script,
-        // each statement a catalog lookup and a notice under the lock.
-        // The look reads pg_class, with the statement's own snapshot, taken
-        // after the wait for the advisory lock. to_regclass would answer
-        // from the session's catalog cache as it stood when the transaction
-        // began, before the wait (negative entries from this run's own
-        // failed history read included): "not there" to every process
-        // queued behind the first, each of which would send the script.
-        let all_there = format!(
-            "SELECT (count(*) = 5)::text FROM pg_catalog.pg_class c
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-              WHERE n.nspname = {schema} AND c.relname IN ({meta}, {history}, {lock}, {log}, {index})",
-            schema = literal(&self.schema),
-            meta = literal(META_TABLE),
-            history = literal(self.table.name()),
-            lock = literal(LOCK_TABLE),
-            log = literal(LOCK_LOG_TABLE),
-            index = literal(LOCK_LOG_INDEX),
-        );
+        // behind the first then finds the tables made and creates nothing
+        // (instead of sending the whole script, each statement a catalog
+        // lookup and a notice under the lock).
+        let all_there = self.all_there();
         // Most of such a fleet gets here after the first has made the
         // tables: a look without the lock (and, the tables there, at this
         // history table's format row) ends it in two plain reads.
@@ -101,101 +81,17 @@ impl HistoryStore for PgDriver {
             qualified = literal(&self.history),
         );
         let register = format!(
-            "INSERT INTO {meta} (table_name, format_version, created_by)
-                 VALUES ({name}, {FORMAT_VERSION}, {version})
+            "INSERT INTO {meta} (table_name, format_version, created_at, created_by)
+                 VALUES ({name}, {FORMAT_VERSION}, now(), {version})
                  ON CONFLICT (table_name) DO NOTHING;
              COMMIT;",
             meta = self.meta,
             name = literal(self.table.name()),
             version = literal(TOOL_VERSION),
         );
-        let create = format!(
-            "{create_schema}
-             CREATE TABLE IF NOT EXISTS {meta} (
-                 table_name text PRIMARY KEY,
-                 format_version integer NOT NULL,
-                 created_at timestamptz NOT NULL DEFAULT now(),
-                 created_by text NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS {history} (
-                 version bigint PRIMARY KEY,
-                 name text NOT NULL,
-                 checksum text NOT NULL,
-                 state text NOT NULL CHECK (state IN ('applied', 'started')),
-                 applied_at timestamptz NOT NULL,
-                 duration_ms bigint NOT NULL,
-                 applied_by text NOT NULL,
-                 lock_token bigint,
-                 tool_version text NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS {lock} (
-                 scope text PRIMARY KEY,
-                 token bigint NOT NULL DEFAULT 0,
-                 owner text,
-                 host text,
-                 pid bigint,
-                 command text,
-                 tool_version text,
-                 session_pid bigint,
-                 session_start text,
-                 acquired_at timestamptz,
-                 heartbeat_at timestamptz,
-                 expires_at timestamptz
-             );
-             CREATE TABLE IF NOT EXISTS {log} (
-                 id bigserial PRIMARY KEY,
-                 scope text NOT NULL,
-                 at timestamptz NOT NULL,
-                 event text NOT NULL,
-                 token bigint NOT NULL,
-                 owner text,
-                 host text,
-                 pid bigint,
-                 command text,
-                 previous_owner text,
-                 detail text
-             );
-             CREATE INDEX IF NOT EXISTS {log_index} ON {log} (scope, id);
-             {register}",
-            meta = self.meta,
-            history = self.history,
-            lock = self.lock,
-            log = self.log,
-            log_index = quote_ident(LOCK_LOG_INDEX),
-        );
-        // Two sessions creating the same table at once can collide in the
-        // catalog even with IF NOT EXISTS (23505 on pg_type's index, 42P07,
-        // or 42710 for the table's row type): the other one created it, and
-        // the next attempt sees it. The advisory lock above prevents this
-        // among lockstep processes; the retries remain for anything else
-        // that creates the same tables.
-        let mut attempt = 0;
-        loop {
-            let made = self.client.simple_query(&look).and_then(|messages| {
-                let found = says_true(&messages);
-                self.client
-                    .simple_query(if found { &register } else { &create })
-                    .map(drop)
-            });
-            if made.is_err() {
-                self.rollback();
-            }
-            match made {
-                Ok(()) => return Ok(()),
-                Err(e)
-                    if attempt < 5
-                        && matches!(code(&e), Some(c) if *c == SqlState::UNIQUE_VIOLATION
-                            || *c == SqlState::DUPLICATE_TABLE
-                            || *c == SqlState::DUPLICATE_OBJECT
-                            || *c == SqlState::DUPLICATE_SCHEMA
-                            || *c == SqlState::T_R_SERIALIZATION_FAILURE) =>
-                {
-                    attempt += 1;
-                    std::thread::sleep(Duration::from_millis(10 * attempt));
-                }
-                Err(e) => return Err(db_error(context, &e)),
-            }
-        }
+        let create = format!("{}{register}", self.create_script());
+        self.look_then_create(&look, &register, &create)
+            .map_err(|e| db_error(format!("creating the history table {}", self.table), &e))
     }
 
     fn change_history(
@@ -225,6 +121,89 @@ impl HistoryStore for PgDriver {
 }
 
 impl PgDriver {
+    /// A look at lockstep's tables: whether all five objects are there.
+    /// It reads pg_class, with the statement's own snapshot, taken after
+    /// the wait for the advisory lock. to_regclass would answer from the
+    /// session's catalog cache as it stood when the transaction began,
+    /// before the wait (negative entries from this run's own failed history
+    /// read included): "not there" to every process queued behind the
+    /// first, each of which would send the script.
+    fn all_there(&self) -> String {
+        format!(
+            "SELECT (count(*) = 5)::text FROM pg_catalog.pg_class c
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = {schema} AND c.relname IN ({meta}, {history}, {lock}, {log}, {index})",
+            schema = literal(&self.schema),
+            meta = literal(META_TABLE),
+            history = literal(self.table.name()),
+            lock = literal(LOCK_TABLE),
+            log = literal(LOCK_LOG_TABLE),
+            index = literal(LOCK_LOG_INDEX),
+        )
+    }
+
+    /// The schema (when the history table names one), lockstep's tables and
+    /// the lock log's index.
+    fn create_script(&self) -> String {
+        let create_schema = match self.table.schema() {
+            Some(s) => format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(s)),
+            None => String::new(),
+        };
+        let names = tables::Names {
+            meta: &self.meta,
+            history: &self.history,
+            lock: &self.lock,
+            log: &self.log,
+        };
+        let tables = tables::create_script(&names, |kind| match kind {
+            Kind::Text => "text",
+            Kind::Int => "integer",
+            Kind::BigInt => "bigint",
+            Kind::Time | Kind::Clock => "timestamptz",
+            Kind::Serial => "bigserial PRIMARY KEY",
+        });
+        format!(
+            "{create_schema}{tables}CREATE INDEX IF NOT EXISTS {index} ON {log} (scope, id);\n",
+            index = quote_ident(LOCK_LOG_INDEX),
+            log = self.log,
+        )
+    }
+
+    /// In one transaction, under the advisory lock `look` takes: registers
+    /// this history table when the tables are there, else creates them.
+    /// Two sessions creating the same table at once can collide in the
+    /// catalog even with IF NOT EXISTS (23505 on pg_type's index, 42P07,
+    /// or 42710 for the table's row type): the other one created it, and
+    /// the next attempt sees it. The advisory lock prevents this among
+    /// lockstep processes; the retries remain for anything else that
+    /// creates the same tables.
+    fn look_then_create(
+        &mut self,
+        look: &str,
+        register: &str,
+        create: &str,
+    ) -> Result<(), tokio_postgres::Error> {
+        let mut attempt = 0;
+        loop {
+            let made = self.client.simple_query(look).and_then(|messages| {
+                let found = says_true(&messages);
+                self.client
+                    .simple_query(if found { register } else { create })
+                    .map(drop)
+            });
+            if made.is_err() {
+                self.rollback();
+            }
+            match made {
+                Err(e) if attempt < RETRIES && collided(&e) => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(10 * attempt as u64));
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Whether `all_there` (the look at lockstep's tables) says they exist
     /// and this history table's format row is in the meta table: what
     /// `create_tables` makes. Outside any transaction.
@@ -280,34 +259,8 @@ impl PgDriver {
 
     fn try_read_history(&mut self, with_token: bool) -> Result<Read, Error> {
         let context = format!("reading history from {}", self.table);
-        // One statement: the format of lockstep's tables on every row, then
-        // the history (one row of NULLs when it is empty). A fleet starting
-        // against an up-to-date database costs the server this and nothing
-        // else. Rows are decoded as they arrive, not gathered first. The
-        // server neither formats times nor sorts: a fresh session's first
-        // query is cheaper without either, and the client does both. The
-        // lock comes in the same snapshot (see `HistoryRead::lock`):
-        // one lookup of the lock row, joined to every history row.
-        let lock_row = if with_token {
-            format!(
-                "LEFT JOIN {lock} AS l ON l.scope = {scope}",
-                lock = self.lock,
-                scope = literal(&self.table.to_string()),
-            )
-        } else {
-            "LEFT JOIN (SELECT NULL::bigint AS token, NULL::text AS owner) AS l ON true".to_string()
-        };
-        let sql = format!(
-            "SELECT (SELECT format_version FROM {meta} WHERE table_name = {name})::bigint,
-                    h.version::bigint, h.name::text, h.checksum::text, h.state::text,
-                    h.applied_at::timestamptz,
-                    h.duration_ms::bigint, h.applied_by::text, h.lock_token::bigint, h.tool_version::text,
-                    l.token::bigint, (l.owner IS NOT NULL)::bool
-               FROM (SELECT 1) AS one {lock_row} LEFT JOIN {history} AS h ON true",
-            meta = self.meta,
-            history = self.history,
-            name = literal(self.table.name()),
-        );
+        let sql = self.history_sql(with_token);
+        // Rows are decoded as they arrive, not gathered first.
         let mut head = None;
         let mut rows: Vec<HistoryRow> = Vec::new();
         let read = self.client.for_each_row(&sql, |row| {
@@ -318,43 +271,21 @@ impl PgDriver {
                     row.try_get::<_, Option<bool>>(11)?,
                 ));
             }
-            if let Some(version) = row.try_get::<_, Option<i64>>(1)? {
-                rows.push(HistoryRow {
-                    version: version as u64,
-                    name: row.try_get::<_, Option<String>>(2)?.unwrap_or_default(),
-                    checksum: Checksum::parse(
-                        row.try_get::<_, Option<&str>>(3)?.unwrap_or_default(),
-                    ),
-                    state: RowState::parse(row.try_get::<_, Option<&str>>(4)?.unwrap_or_default())
-                        .unwrap_or(RowState::Started),
-                    applied_at: row
-                        .try_get::<_, Option<std::time::SystemTime>>(5)?
-                        .map_or_else(|| Timestamp::new(""), Timestamp::from),
-                    duration_ms: row.try_get::<_, Option<i64>>(6)?.unwrap_or_default(),
-                    applied_by: shared(
-                        rows.last().map(|r| &r.applied_by),
-                        row.try_get::<_, Option<&str>>(7)?.unwrap_or_default(),
-                    ),
-                    lock_token: row.try_get(8)?,
-                    tool_version: shared(
-                        rows.last().map(|r| &r.tool_version),
-                        row.try_get::<_, Option<&str>>(9)?.unwrap_or_default(),
-                    ),
-                });
+            if let Some(history_row) = decode(&row, rows.last())? {
+                rows.push(history_row);
             }
             Ok(())
         });
-        // Nearly always in order already: linear. Unstable (the version is
-        // the key), so no scratch copy of the rows.
-        rows.sort_unstable_by_key(|r| r.version);
-        let read = read.map(|()| (head, rows));
         match read {
-            Ok((head, rows)) => {
+            Ok(()) => {
                 let (format, token, held) = head.unwrap_or_default();
                 if format.is_none() {
                     return Ok(Read::Unsure);
                 }
                 crate::driver::check_format(&self.table, format)?;
+                // Nearly always in order already: linear. Unstable (the
+                // version is the key), so no scratch copy of the rows.
+                rows.sort_unstable_by_key(|r| r.version);
                 // No lock row yet: the lock was never taken.
                 let mark = with_token.then(|| LockMark {
                     token: token.unwrap_or(0),
@@ -363,56 +294,90 @@ impl PgDriver {
                 Ok(Read::Rows(rows, mark))
             }
             Err(e) if code(&e) == Some(&SqlState::UNDEFINED_TABLE) => {
-                // Any of the tables may be the one missing: ask which, and
-                // where `search_path` finds a table of the history table's
-                // name (lockstep once followed it).
-                let probe = format!(
-                    "SELECT to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL,
-                            (SELECT n.nspname::text FROM pg_catalog.pg_class c
-                               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-                              WHERE c.oid = to_regclass(quote_ident({})))",
-                    literal(&self.history),
-                    literal(&self.meta),
-                    literal(&self.lock),
-                    literal(self.table.name()),
-                );
-                let messages = self
-                    .client
-                    .simple_query(&probe)
-                    .map_err(|e| db_error(&context, &e))?;
-                let flags = messages.iter().find_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => Some((
-                        r.get(0) == Some("t"),
-                        r.get(1) == Some("t"),
-                        r.get(2) == Some("t"),
-                    )),
-                    _ => None,
-                });
-                let found_in = messages.iter().find_map(|m| match m {
-                    SimpleQueryMessage::Row(r) => r.get(3).map(str::to_string),
-                    _ => None,
-                });
-                if flags.is_some_and(|(history, ..)| !history) {
-                    if let Some(elsewhere) = found_in.filter(|s| *s != self.schema) {
-                        return Err(self.found_elsewhere(&elsewhere));
-                    }
-                }
-                match flags {
-                    // All there now: created since the read; read again.
-                    Some((true, true, true)) => Ok(Read::Unsure),
-                    Some((true, true, false)) if with_token => Ok(Read::NoLockTable),
-                    Some((true, true, false)) => Ok(Read::Unsure),
-                    Some((true, false, _)) => {
-                        crate::driver::check_format(&self.table, None).map(|()| Read::Absent)
-                    }
-                    _ => Ok(Read::Absent),
-                }
+                self.which_is_missing(with_token, &context)
             }
             Err(e) if code(&e) == Some(&SqlState::UNDEFINED_COLUMN) => Err(Error::ForeignTable {
                 table: self.table.to_string(),
                 message: "exists but does not have the columns of lockstep's history table".into(),
             }),
             Err(e) => Err(db_error(context, &e)),
+        }
+    }
+
+    /// One statement: the format of lockstep's tables on every row, then
+    /// the history (one row of NULLs when it is empty). A fleet starting
+    /// against an up-to-date database costs the server this and nothing
+    /// else. The server neither formats times nor sorts: a fresh session's
+    /// first query is cheaper without either, and the client does both.
+    /// The lock comes in the same snapshot (see `HistoryRead::lock`): one
+    /// lookup of the lock row, joined to every history row.
+    fn history_sql(&self, with_token: bool) -> String {
+        let lock_row = if with_token {
+            format!(
+                "LEFT JOIN {lock} AS l ON l.scope = {scope}",
+                lock = self.lock,
+                scope = literal(&self.table.to_string()),
+            )
+        } else {
+            "LEFT JOIN (SELECT NULL::bigint AS token, NULL::text AS owner) AS l ON true".to_string()
+        };
+        format!(
+            "SELECT (SELECT format_version FROM {meta} WHERE table_name = {name})::bigint,
+                    h.version::bigint, h.name::text, h.checksum::text, h.state::text,
+                    h.applied_at::timestamptz,
+                    h.duration_ms::bigint, h.applied_by::text, h.lock_token::bigint, h.tool_version::text,
+                    l.token::bigint, (l.owner IS NOT NULL)::bool
+               FROM (SELECT 1) AS one {lock_row} LEFT JOIN {history} AS h ON true",
+            meta = self.meta,
+            history = self.history,
+            name = literal(self.table.name()),
+        )
+    }
+
+    /// A table the history read named is missing. Any of them may be the
+    /// one: ask which, and where `search_path` finds a table of the history
+    /// table's name (lockstep once followed it).
+    fn which_is_missing(&mut self, with_token: bool, context: &str) -> Result<Read, Error> {
+        let probe = format!(
+            "SELECT to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL, to_regclass({}) IS NOT NULL,
+                    (SELECT n.nspname::text FROM pg_catalog.pg_class c
+                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+                      WHERE c.oid = to_regclass(quote_ident({})))",
+            literal(&self.history),
+            literal(&self.meta),
+            literal(&self.lock),
+            literal(self.table.name()),
+        );
+        let messages = self
+            .client
+            .simple_query(&probe)
+            .map_err(|e| db_error(context, &e))?;
+        let row = messages.iter().find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some(r),
+            _ => None,
+        });
+        let flags = row.map(|r| {
+            (
+                r.get(0) == Some("t"),
+                r.get(1) == Some("t"),
+                r.get(2) == Some("t"),
+            )
+        });
+        let found_in = row.and_then(|r| r.get(3));
+        if flags.is_some_and(|(history, ..)| !history) {
+            if let Some(elsewhere) = found_in.filter(|s| *s != self.schema) {
+                return Err(self.found_elsewhere(elsewhere));
+            }
+        }
+        match flags {
+            // All there now: created since the read; read again.
+            Some((true, true, true)) => Ok(Read::Unsure),
+            Some((true, true, false)) if with_token => Ok(Read::NoLockTable),
+            Some((true, true, false)) => Ok(Read::Unsure),
+            Some((true, false, _)) => {
+                crate::driver::check_format(&self.table, None).map(|()| Read::Absent)
+            }
+            _ => Ok(Read::Absent),
         }
     }
 
@@ -432,4 +397,42 @@ impl PgDriver {
             )),
         }
     }
+}
+
+/// Whether creating lockstep's tables failed because another session
+/// created them at the same moment.
+fn collided(e: &tokio_postgres::Error) -> bool {
+    matches!(code(e), Some(c) if *c == SqlState::UNIQUE_VIOLATION
+        || *c == SqlState::DUPLICATE_TABLE
+        || *c == SqlState::DUPLICATE_OBJECT
+        || *c == SqlState::DUPLICATE_SCHEMA
+        || *c == SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
+/// A history row of the read's answer; `None` for the row of NULLs an
+/// empty history gives. Repeated texts share the previous row's.
+fn decode(
+    row: &tokio_postgres::Row,
+    previous: Option<&HistoryRow>,
+) -> Result<Option<HistoryRow>, tokio_postgres::Error> {
+    let Some(version) = row.try_get::<_, Option<i64>>(1)? else {
+        return Ok(None);
+    };
+    let text = |i| {
+        row.try_get::<_, Option<&str>>(i)
+            .map(Option::unwrap_or_default)
+    };
+    Ok(Some(HistoryRow {
+        version: version as u64,
+        name: text(2)?.to_string(),
+        checksum: Checksum::parse(text(3)?),
+        state: RowState::parse(text(4)?).unwrap_or(RowState::Started),
+        applied_at: row
+            .try_get::<_, Option<std::time::SystemTime>>(5)?
+            .map_or_else(|| Timestamp::new(""), Timestamp::from),
+        duration_ms: row.try_get::<_, Option<i64>>(6)?.unwrap_or_default(),
+        applied_by: shared(previous.map(|r| &r.applied_by), text(7)?),
+        lock_token: row.try_get(8)?,
+        tool_version: shared(previous.map(|r| &r.tool_version), text(9)?),
+    }))
 }

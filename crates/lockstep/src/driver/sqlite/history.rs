@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 
+use crate::driver::tables::{self, Kind};
 use crate::error::Error;
 use crate::history::{
     shared, Change, HistoryRead, HistoryRow, HistoryStore, RowState, Timestamp, FORMAT_VERSION,
@@ -29,7 +30,6 @@ impl HistoryStore for SqliteDriver {
             return Ok(None);
         };
         let context = format!("reading history from {}", self.table);
-        let schema = self.table.schema().unwrap_or("main");
         // A small cache for the read, the connection's own back after it
         // (for the migrations). Reading the size loads the schema, with
         // the cache as it was; the pages that does not keep are let go.
@@ -42,96 +42,16 @@ impl HistoryStore for SqliteDriver {
         if cache.is_some() {
             let _ = conn.execute_batch(&format!("PRAGMA main.cache_size = -{READ_CACHE_KIB}"));
         }
-        // One read transaction: the format and the rows from one snapshot.
+        // One read transaction: the format, the rows and the lock from one
+        // snapshot.
         conn.execute_batch("BEGIN")
             .map_err(|e| db_error(&context, &e))?;
-        // The rows, and the lock in the same snapshot.
-        type Read = Option<(Vec<HistoryRow>, Option<LockMark>)>;
-        let result = (|| -> Result<Read, Error> {
-            if !Self::table_exists(conn, (schema, self.table.name()))
-                .map_err(|e| db_error(&context, &e))?
-            {
-                return Ok(None);
-            }
-            let format: Option<i64> = if Self::table_exists(conn, (schema, META_TABLE))
-                .map_err(|e| db_error(&context, &e))?
-            {
-                conn.query_row(
-                    &format!(
-                        "SELECT format_version FROM {} WHERE table_name = ?1",
-                        self.meta
-                    ),
-                    [self.table.name()],
-                    |r| r.get(0),
-                )
-                .optional()
-                .map_err(|e| db_error(&context, &e))?
-            } else {
-                None
-            };
-            crate::driver::check_format(&self.table, format)?;
-            let mut stmt = conn
-                .prepare(&format!(
-                    "SELECT version, name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version \
-                     FROM {} ORDER BY version",
-                    self.history
-                ))
-                .map_err(|e| match e {
-                    rusqlite::Error::SqlInputError { .. } | rusqlite::Error::SqliteFailure(..) => Error::ForeignTable {
-                        table: self.table.to_string(),
-                        message: "exists but does not have the columns of lockstep's history table".into(),
-                    },
-                    e => db_error(&context, &e),
-                })?;
-            // Text columns are read in place: only the name gets a string
-            // of its own per row.
-            let mut rows: Vec<HistoryRow> = Vec::new();
-            let mut read = stmt.query([]).map_err(|e| db_error(&context, &e))?;
-            while let Some(r) = read.next().map_err(|e| db_error(&context, &e))? {
-                let text = |i| r.get_ref(i).and_then(|v| Ok(v.as_str()?));
-                let row = (|| {
-                    Ok::<_, rusqlite::Error>(HistoryRow {
-                        version: r.get::<_, i64>(0)? as u64,
-                        name: r.get(1)?,
-                        checksum: Checksum::parse(text(2)?),
-                        state: RowState::parse(text(3)?).unwrap_or(RowState::Started),
-                        applied_at: Timestamp::new(text(4)?),
-                        duration_ms: r.get(5)?,
-                        applied_by: shared(rows.last().map(|p| &p.applied_by), text(6)?),
-                        lock_token: r.get(7)?,
-                        tool_version: shared(rows.last().map(|p| &p.tool_version), text(8)?),
-                    })
-                })()
-                .map_err(|e| db_error(&context, &e))?;
-                rows.push(row);
-            }
-            // The lock in the same snapshot: no row before it was ever
-            // taken; unknown if its table is gone (it is made with the
-            // history table, but someone may have dropped it).
-            let mark = conn
-                .query_row(
-                    &format!(
-                        "SELECT token, owner IS NOT NULL FROM {} WHERE scope = ?1",
-                        self.lock
-                    ),
-                    [self.table.to_string()],
-                    |r| {
-                        Ok(LockMark {
-                            token: r.get(0)?,
-                            held: r.get(1)?,
-                        })
-                    },
-                )
-                .optional()
-                .map(Option::unwrap_or_default)
-                .ok();
-            Ok(Some((rows, mark)))
-        })();
+        let result = self.read_in_transaction(conn, &context);
         let _ = conn.execute_batch("COMMIT");
         if let Some(size) = cache {
             let _ = conn.execute_batch(&format!("PRAGMA main.cache_size = {size}"));
         }
-        result.map(|read| read.map(|(rows, lock)| HistoryRead { rows, lock }))
+        result
     }
 
     fn create_tables(&mut self) -> Result<(), Error> {
@@ -192,6 +112,98 @@ impl HistoryStore for SqliteDriver {
 }
 
 impl SqliteDriver {
+    /// The history read, in the read transaction `read_history` opened.
+    fn read_in_transaction(
+        &self,
+        conn: &Connection,
+        context: &str,
+    ) -> Result<Option<HistoryRead>, Error> {
+        let schema = self.table.schema().unwrap_or("main");
+        let exists =
+            |table| Self::table_exists(conn, (schema, table)).map_err(|e| db_error(context, &e));
+        if !exists(self.table.name())? {
+            return Ok(None);
+        }
+        let format: Option<i64> = if exists(META_TABLE)? {
+            conn.query_row(
+                &format!(
+                    "SELECT format_version FROM {} WHERE table_name = ?1",
+                    self.meta
+                ),
+                [self.table.name()],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|e| db_error(context, &e))?
+        } else {
+            None
+        };
+        crate::driver::check_format(&self.table, format)?;
+        let rows = self.read_rows(conn, context)?;
+        // The lock in the same snapshot: no row before it was ever taken;
+        // unknown if its table is gone (it is made with the history table,
+        // but someone may have dropped it).
+        let lock = conn
+            .query_row(
+                &format!(
+                    "SELECT token, owner IS NOT NULL FROM {} WHERE scope = ?1",
+                    self.lock
+                ),
+                [self.table.to_string()],
+                |r| {
+                    Ok(LockMark {
+                        token: r.get(0)?,
+                        held: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map(Option::unwrap_or_default)
+            .ok();
+        Ok(Some(HistoryRead { rows, lock }))
+    }
+
+    /// The history table's rows, by version.
+    fn read_rows(&self, conn: &Connection, context: &str) -> Result<Vec<HistoryRow>, Error> {
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT version, name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version \
+                 FROM {} ORDER BY version",
+                self.history
+            ))
+            .map_err(|e| match e {
+                rusqlite::Error::SqlInputError { .. } | rusqlite::Error::SqliteFailure(..) => Error::ForeignTable {
+                    table: self.table.to_string(),
+                    message: "exists but does not have the columns of lockstep's history table".into(),
+                },
+                e => db_error(context, &e),
+            })?;
+        // Text columns are read in place: only the name gets a string of
+        // its own per row.
+        let mut rows: Vec<HistoryRow> = Vec::new();
+        let mut read = stmt.query([]).map_err(|e| db_error(context, &e))?;
+        while let Some(r) = read.next().map_err(|e| db_error(context, &e))? {
+            let text = |i| r.get_ref(i).and_then(|v| Ok(v.as_str()?));
+            let previous = rows.last();
+            let row = (|| {
+                Ok::<_, rusqlite::Error>(HistoryRow {
+                    version: r.get::<_, i64>(0)? as u64,
+                    name: r.get(1)?,
+                    checksum: Checksum::parse(text(2)?),
+                    state: RowState::parse(text(3)?).unwrap_or(RowState::Started),
+                    applied_at: Timestamp::new(text(4)?),
+                    duration_ms: r.get(5)?,
+                    applied_by: shared(previous.map(|p| &p.applied_by), text(6)?),
+                    lock_token: r.get(7)?,
+                    tool_version: shared(previous.map(|p| &p.tool_version), text(8)?),
+                })
+            })()
+            .map_err(|e| db_error(context, &e))?;
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+
     pub(super) fn apply_change(
         conn: &Connection,
         history: &str,
@@ -273,60 +285,25 @@ impl SqliteDriver {
         if self.tables_made(conn).map_err(|e| db_error(context, &e))? {
             return Ok(());
         }
+        let names = tables::Names {
+            meta: &self.meta,
+            history: &self.history,
+            lock: &self.lock,
+            log: &self.log,
+        };
+        let tables = tables::create_script(&names, |kind| match kind {
+            Kind::Text | Kind::Time => "TEXT",
+            Kind::Int | Kind::BigInt | Kind::Clock => "INTEGER",
+            Kind::Serial => "INTEGER PRIMARY KEY AUTOINCREMENT",
+        });
         let sql = format!(
             "BEGIN IMMEDIATE;
-             CREATE TABLE IF NOT EXISTS {meta} (
-                 table_name TEXT PRIMARY KEY,
-                 format_version INTEGER NOT NULL,
-                 created_at TEXT NOT NULL,
-                 created_by TEXT NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS {history} (
-                 version INTEGER PRIMARY KEY,
-                 name TEXT NOT NULL,
-                 checksum TEXT NOT NULL,
-                 state TEXT NOT NULL CHECK (state IN ('applied', 'started')),
-                 applied_at TEXT NOT NULL,
-                 duration_ms INTEGER NOT NULL,
-                 applied_by TEXT NOT NULL,
-                 lock_token INTEGER,
-                 tool_version TEXT NOT NULL
-             );
-             CREATE TABLE IF NOT EXISTS {lock} (
-                 scope TEXT PRIMARY KEY,
-                 token INTEGER NOT NULL DEFAULT 0,
-                 owner TEXT,
-                 host TEXT,
-                 pid INTEGER,
-                 command TEXT,
-                 tool_version TEXT,
-                 session_pid INTEGER,
-                 session_start TEXT,
-                 acquired_at INTEGER,
-                 heartbeat_at INTEGER,
-                 expires_at INTEGER
-             );
-             CREATE TABLE IF NOT EXISTS {log} (
-                 id INTEGER PRIMARY KEY AUTOINCREMENT,
-                 scope TEXT NOT NULL,
-                 at INTEGER NOT NULL,
-                 event TEXT NOT NULL,
-                 token INTEGER NOT NULL,
-                 owner TEXT,
-                 host TEXT,
-                 pid INTEGER,
-                 command TEXT,
-                 previous_owner TEXT,
-                 detail TEXT
-             );
+             {tables}
              CREATE INDEX IF NOT EXISTS \"{schema}\".\"{LOCK_LOG_INDEX}\" ON \"{LOCK_LOG_TABLE}\" (scope, id);
              INSERT OR IGNORE INTO {meta} (table_name, format_version, created_at, created_by)
                  VALUES ('{name}', {FORMAT_VERSION}, {NOW}, '{TOOL_VERSION}');
              COMMIT;",
             meta = self.meta,
-            history = self.history,
-            lock = self.lock,
-            log = self.log,
             schema = self.table.schema().unwrap_or("main"),
             name = self.table.name(),
         );

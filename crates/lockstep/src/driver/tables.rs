@@ -1,0 +1,151 @@
+//! lockstep's tables, written once: their columns in kinds that each
+//! engine names with its own types. An engine adds its schema, index and
+//! format row around the script these make.
+
+/// What a column holds; each engine names the type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Text,
+    /// A small number (the table format).
+    Int,
+    /// A 64-bit number: versions, tokens, pids, durations.
+    BigInt,
+    /// A time a person reads: the history's `applied_at`, the meta table's
+    /// `created_at` (text on SQLite).
+    Time,
+    /// A time the lock computes with: leases and the log (milliseconds on
+    /// SQLite).
+    Clock,
+    /// The log's increasing id, made by the engine.
+    Serial,
+}
+
+/// One column: its name, kind, and constraints in SQL every engine reads.
+pub(crate) struct Column {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub constraints: &'static str,
+}
+
+const fn column(name: &'static str, kind: Kind, constraints: &'static str) -> Column {
+    Column {
+        name,
+        kind,
+        constraints,
+    }
+}
+
+/// `lockstep_meta`: the format of lockstep's tables, per history table.
+pub(crate) const META: &[Column] = &[
+    column("table_name", Kind::Text, "PRIMARY KEY"),
+    column("format_version", Kind::Int, "NOT NULL"),
+    column("created_at", Kind::Time, "NOT NULL"),
+    column("created_by", Kind::Text, "NOT NULL"),
+];
+
+/// The history table.
+pub(crate) const HISTORY: &[Column] = &[
+    column("version", Kind::BigInt, "PRIMARY KEY"),
+    column("name", Kind::Text, "NOT NULL"),
+    column("checksum", Kind::Text, "NOT NULL"),
+    column(
+        "state",
+        Kind::Text,
+        "NOT NULL CHECK (state IN ('applied', 'started'))",
+    ),
+    column("applied_at", Kind::Time, "NOT NULL"),
+    column("duration_ms", Kind::BigInt, "NOT NULL"),
+    column("applied_by", Kind::Text, "NOT NULL"),
+    column("lock_token", Kind::BigInt, ""),
+    column("tool_version", Kind::Text, "NOT NULL"),
+];
+
+/// `lockstep_lock`: one row per scope.
+pub(crate) const LOCK: &[Column] = &[
+    column("scope", Kind::Text, "PRIMARY KEY"),
+    column("token", Kind::BigInt, "NOT NULL DEFAULT 0"),
+    column("owner", Kind::Text, ""),
+    column("host", Kind::Text, ""),
+    column("pid", Kind::BigInt, ""),
+    column("command", Kind::Text, ""),
+    column("tool_version", Kind::Text, ""),
+    column("session_pid", Kind::BigInt, ""),
+    column("session_start", Kind::Text, ""),
+    column("acquired_at", Kind::Clock, ""),
+    column("heartbeat_at", Kind::Clock, ""),
+    column("expires_at", Kind::Clock, ""),
+];
+
+/// `lockstep_lock_log`: the lock's audit log.
+pub(crate) const LOG: &[Column] = &[
+    column("id", Kind::Serial, ""),
+    column("scope", Kind::Text, "NOT NULL"),
+    column("at", Kind::Clock, "NOT NULL"),
+    column("event", Kind::Text, "NOT NULL"),
+    column("token", Kind::BigInt, "NOT NULL"),
+    column("owner", Kind::Text, ""),
+    column("host", Kind::Text, ""),
+    column("pid", Kind::BigInt, ""),
+    column("command", Kind::Text, ""),
+    column("previous_owner", Kind::Text, ""),
+    column("detail", Kind::Text, ""),
+];
+
+/// lockstep's tables under the engine's (quoted, qualified) names.
+pub(crate) struct Names<'a> {
+    pub meta: &'a str,
+    pub history: &'a str,
+    pub lock: &'a str,
+    pub log: &'a str,
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for each of lockstep's tables, with the
+/// types `type_of` names (a serial column's type includes its key).
+pub(crate) fn create_script(names: &Names<'_>, type_of: impl Fn(Kind) -> &'static str) -> String {
+    let tables = [
+        (names.meta, META),
+        (names.history, HISTORY),
+        (names.lock, LOCK),
+        (names.log, LOG),
+    ];
+    let mut sql = String::new();
+    for (name, columns) in tables {
+        let columns: Vec<String> = columns
+            .iter()
+            .map(|c| {
+                let text = format!("{} {} {}", c.name, type_of(c.kind), c.constraints);
+                text.trim_end().to_string()
+            })
+            .collect();
+        sql.push_str(&format!(
+            "CREATE TABLE IF NOT EXISTS {name} (\n    {}\n);\n",
+            columns.join(",\n    ")
+        ));
+    }
+    sql
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_names_every_column_with_the_engine_type() {
+        let names = Names {
+            meta: "m",
+            history: "h",
+            lock: "l",
+            log: "g",
+        };
+        let sql = create_script(&names, |kind| match kind {
+            Kind::Serial => "SERIAL PRIMARY KEY",
+            Kind::Time => "TIME",
+            _ => "T",
+        });
+        assert!(sql.starts_with("CREATE TABLE IF NOT EXISTS m (\n    table_name T PRIMARY KEY,"));
+        assert!(sql.contains("    created_at TIME NOT NULL,\n    created_by T NOT NULL\n);"));
+        assert!(sql.contains("    lock_token T,\n"));
+        assert!(sql.contains("CREATE TABLE IF NOT EXISTS g (\n    id SERIAL PRIMARY KEY,"));
+        assert_eq!(sql.matches("CREATE TABLE").count(), 4);
+    }
+}
