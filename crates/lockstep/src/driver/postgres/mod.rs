@@ -14,6 +14,7 @@ mod client;
 mod connect;
 mod history;
 mod lock;
+mod look;
 mod run;
 #[cfg(test)]
 mod tests;

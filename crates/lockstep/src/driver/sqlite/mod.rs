@@ -13,6 +13,7 @@
 mod history;
 mod holders;
 mod lock;
+mod look;
 mod release;
 mod run;
 mod script;
@@ -30,7 +31,7 @@ use crate::error::{DbMessage, Error};
 use crate::history::{TableName, META_TABLE};
 use crate::lock::{LOCK_LOG_TABLE, LOCK_TABLE};
 
-use lock::LOOK_BUSY;
+use look::LOOK_BUSY;
 use release::Wake;
 
 /// How long a statement waits for another connection's write lock before it
