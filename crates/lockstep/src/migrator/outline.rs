@@ -10,6 +10,7 @@
 //! 3. Under the lock, read history afresh, plan again, run.
 //! 4. Release the lock, whatever happened.
 
+use super::apply::retry;
 use super::{Connection, Event, Migrator, Needed, Observer};
 use crate::error::Error;
 use crate::history::HistoryRow;
@@ -213,7 +214,7 @@ impl Migrator {
                 pid: i64::from(std::process::id()),
                 command,
             };
-            match self.driver.release_lock(&held.fence, &who) {
+            match retry(|| self.driver.release_lock(&held.fence, &who)) {
                 Ok(true) => LockEvent::Released { token },
                 Ok(false) => LockEvent::NotReleased {
                     token,

@@ -65,46 +65,39 @@ impl LockStore for PgDriver {
         let context = format!("acquiring the migration lock for {scope}");
         let select = format!("{} FOR UPDATE OF l NOWAIT", self.lock_select(scope));
         // Under serializable isolation a concurrent renewal can fail the
-        // row lock with 40001: try again at once, a few times.
-        for _ in 0..5 {
-            let mut result = self.client.simple_query(&format!("BEGIN;\n{select}"));
-            if matches!(&result, Ok(m) if lock_row(m).is_none()) {
-                // First use of this scope: create its row, then lock it.
-                result = self.client.simple_query(&format!(
-                    "INSERT INTO {lock} (scope, token) VALUES ({s}, {high}) ON CONFLICT (scope) DO NOTHING;\n{select}",
-                    lock = self.lock,
-                    s = literal(scope),
-                    high = self.token_high_mark(scope),
-                ));
+        // row lock with 40001: the error is retryable, and the protocol
+        // tries again.
+        let mut result = self.client.simple_query(&format!("BEGIN;\n{select}"));
+        if matches!(&result, Ok(m) if lock_row(m).is_none()) {
+            // First use of this scope: create its row, then lock it.
+            result = self.client.simple_query(&format!(
+                "INSERT INTO {lock} (scope, token) VALUES ({s}, {high}) ON CONFLICT (scope) DO NOTHING;\n{select}",
+                lock = self.lock,
+                s = literal(scope),
+                high = self.token_high_mark(scope),
+            ));
+        }
+        match result {
+            Ok(messages) => match lock_row(&messages) {
+                Some(row) => Ok(Probe::Row(parse_lock(scope, row))),
+                None => {
+                    self.rollback();
+                    Err(Error::Database {
+                        context,
+                        db: Box::new(DbMessage::plain("the lock row vanished")),
+                    })
+                }
+            },
+            Err(e) if code(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
+                self.rollback();
+                let seen = self.read_lock(scope).ok().flatten();
+                Ok(Probe::Busy(seen))
             }
-            match result {
-                Ok(messages) => match lock_row(&messages) {
-                    Some(row) => return Ok(Probe::Row(parse_lock(scope, row))),
-                    None => {
-                        self.rollback();
-                        return Err(Error::Database {
-                            context,
-                            db: Box::new(DbMessage::plain("the lock row vanished")),
-                        });
-                    }
-                },
-                Err(e) if code(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
-                    self.rollback();
-                    let seen = self.read_lock(scope).ok().flatten();
-                    return Ok(Probe::Busy(seen));
-                }
-                Err(e) if is_retryable(&e) => {
-                    self.rollback();
-                    continue;
-                }
-                Err(e) => {
-                    self.rollback();
-                    return Err(db_error(context, &e));
-                }
+            Err(e) => {
+                self.rollback();
+                Err(db_error(context, &e))
             }
         }
-        self.rollback();
-        Ok(Probe::Busy(self.read_lock(scope).ok().flatten()))
     }
 
     fn take_lock(&mut self, take: &Take<'_>) -> Result<i64, Error> {
@@ -224,24 +217,18 @@ impl LockStore for PgDriver {
             command = literal(who.command),
             channel = channel(&fence.scope),
         );
-        for attempt in 0.. {
-            match self.client.simple_query(&sql) {
-                Ok(messages) => {
-                    return Ok(statements(&messages)
-                        .get(1)
-                        .is_some_and(|rows| first_value(rows).is_some()))
-                }
-                Err(e) if is_retryable(&e) && attempt < 5 => self.rollback(),
-                Err(e) => {
-                    self.rollback();
-                    return Err(db_error(
-                        format!("releasing the migration lock for {}", fence.scope),
-                        &e,
-                    ));
-                }
+        match self.client.simple_query(&sql) {
+            Ok(messages) => Ok(statements(&messages)
+                .get(1)
+                .is_some_and(|rows| first_value(rows).is_some())),
+            Err(e) => {
+                self.rollback();
+                Err(db_error(
+                    format!("releasing the migration lock for {}", fence.scope),
+                    &e,
+                ))
             }
         }
-        unreachable!()
     }
 
     fn log_lost(&mut self, fence: &Fence, who: &Actor<'_>, detail: &str) -> Result<(), Error> {
