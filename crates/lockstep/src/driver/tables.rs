@@ -1,6 +1,9 @@
-//! lockstep's tables, written once: their columns in kinds that each
-//! engine names with its own types. An engine adds its schema, index and
-//! format row around the script these make.
+//! lockstep's tables, written once: their names, and their columns in
+//! kinds that each engine names with its own types. An engine adds its
+//! schema, index and format row around the script these make.
+
+use crate::history::META_TABLE;
+use crate::lock::{LOCK_LOG_TABLE, LOCK_TABLE};
 
 /// What a column holds; each engine names the type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,22 +94,45 @@ pub(crate) const LOG: &[Column] = &[
     column("detail", Kind::Text, ""),
 ];
 
-/// lockstep's tables under the engine's (quoted, qualified) names.
-pub(crate) struct Names<'a> {
-    pub meta: &'a str,
-    pub history: &'a str,
-    pub lock: &'a str,
-    pub log: &'a str,
+/// lockstep's tables under the engine's names: quoted, and qualified with
+/// their schema, so that no `search_path` (nor a migration that changes
+/// it) moves them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Names {
+    pub meta: String,
+    pub history: String,
+    pub lock: String,
+    pub log: String,
+}
+
+impl Names {
+    /// lockstep's tables in `schema`, next to the history table `history`,
+    /// each name quoted by `quote`.
+    pub fn in_schema(schema: &str, history: &str, quote: impl Fn(&str) -> String) -> Names {
+        let name = |table: &str| format!("{}.{}", quote(schema), quote(table));
+        Names {
+            meta: name(META_TABLE),
+            history: name(history),
+            lock: name(LOCK_TABLE),
+            log: name(LOCK_LOG_TABLE),
+        }
+    }
+}
+
+/// An identifier quoted as standard SQL quotes it: in double quotes, a
+/// double quote inside doubled.
+pub(crate) fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// `CREATE TABLE IF NOT EXISTS` for each of lockstep's tables, with the
 /// types `type_of` names (a serial column's type includes its key).
-pub(crate) fn create_script(names: &Names<'_>, type_of: impl Fn(Kind) -> &'static str) -> String {
+pub(crate) fn create_script(names: &Names, type_of: impl Fn(Kind) -> &'static str) -> String {
     let tables = [
-        (names.meta, META),
-        (names.history, HISTORY),
-        (names.lock, LOCK),
-        (names.log, LOG),
+        (&names.meta, META),
+        (&names.history, HISTORY),
+        (&names.lock, LOCK),
+        (&names.log, LOG),
     ];
     let mut sql = String::new();
     for (name, columns) in tables {
@@ -132,10 +158,10 @@ mod tests {
     #[test]
     fn the_script_names_every_column_with_the_engine_type() {
         let names = Names {
-            meta: "m",
-            history: "h",
-            lock: "l",
-            log: "g",
+            meta: "m".into(),
+            history: "h".into(),
+            lock: "l".into(),
+            log: "g".into(),
         };
         let sql = create_script(&names, |kind| match kind {
             Kind::Serial => "SERIAL PRIMARY KEY",

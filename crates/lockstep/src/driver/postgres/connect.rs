@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
 
+use crate::driver::tables::Names;
 use crate::error::Error;
 use crate::history::TableName;
 use crate::url::{DatabaseUrl, PgHost, PgTarget};
@@ -122,10 +123,7 @@ impl PgDriver {
             tls,
             table: table.clone(),
             schema: table.schema().unwrap_or(DEFAULT_SCHEMA).to_string(),
-            history: String::new(),
-            meta: String::new(),
-            lock: String::new(),
-            log: String::new(),
+            tables: Names::default(),
             session: None,
             pooled: None,
             check_interval: false,

@@ -78,14 +78,14 @@ impl HistoryStore for PgDriver {
             "BEGIN ISOLATION LEVEL READ COMMITTED;
              SELECT pg_advisory_xact_lock({ADVISORY_NAMESPACE}, hashtext({qualified}));
              {all_there}",
-            qualified = literal(&self.history),
+            qualified = literal(&self.tables.history),
         );
         let register = format!(
             "INSERT INTO {meta} (table_name, format_version, created_at, created_by)
                  VALUES ({name}, {FORMAT_VERSION}, now(), {version})
                  ON CONFLICT (table_name) DO NOTHING;
              COMMIT;",
-            meta = self.meta,
+            meta = self.tables.meta,
             name = literal(self.table.name()),
             version = literal(TOOL_VERSION),
         );
@@ -149,13 +149,7 @@ impl PgDriver {
             Some(s) => format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(s)),
             None => String::new(),
         };
-        let names = tables::Names {
-            meta: &self.meta,
-            history: &self.history,
-            lock: &self.lock,
-            log: &self.log,
-        };
-        let tables = tables::create_script(&names, |kind| match kind {
+        let tables = tables::create_script(&self.tables, |kind| match kind {
             Kind::Text => "text",
             Kind::Int => "integer",
             Kind::BigInt => "bigint",
@@ -165,7 +159,7 @@ impl PgDriver {
         format!(
             "{create_schema}{tables}CREATE INDEX IF NOT EXISTS {index} ON {log} (scope, id);\n",
             index = quote_ident(LOCK_LOG_INDEX),
-            log = self.log,
+            log = self.tables.log,
         )
     }
 
@@ -213,14 +207,14 @@ impl PgDriver {
         }
         let registered = format!(
             "SELECT EXISTS (SELECT 1 FROM {meta} WHERE table_name = {name})::text",
-            meta = self.meta,
+            meta = self.tables.meta,
             name = literal(self.table.name()),
         );
         Ok(says_true(&self.client.simple_query(&registered)?))
     }
 
     pub(super) fn change_sql(&self, change: &Change<'_>) -> String {
-        let history = &self.history;
+        let history = &self.tables.history;
         match change {
             Change::Insert(row) => {
                 let (state, duration) = if row.started {
@@ -315,7 +309,7 @@ impl PgDriver {
         let lock_row = if with_token {
             format!(
                 "LEFT JOIN {lock} AS l ON l.scope = {scope}",
-                lock = self.lock,
+                lock = self.tables.lock,
                 scope = literal(&self.table.to_string()),
             )
         } else {
@@ -328,8 +322,8 @@ impl PgDriver {
                     h.duration_ms::bigint, h.applied_by::text, h.lock_token::bigint, h.tool_version::text,
                     l.token::bigint, (l.owner IS NOT NULL)::bool
                FROM (SELECT 1) AS one {lock_row} LEFT JOIN {history} AS h ON true",
-            meta = self.meta,
-            history = self.history,
+            meta = self.tables.meta,
+            history = self.tables.history,
             name = literal(self.table.name()),
         )
     }
@@ -343,9 +337,9 @@ impl PgDriver {
                     (SELECT n.nspname::text FROM pg_catalog.pg_class c
                        JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
                       WHERE c.oid = to_regclass(quote_ident({})))",
-            literal(&self.history),
-            literal(&self.meta),
-            literal(&self.lock),
+            literal(&self.tables.history),
+            literal(&self.tables.meta),
+            literal(&self.tables.lock),
             literal(self.table.name()),
         );
         let messages = self

@@ -72,7 +72,7 @@ impl LockStore for PgDriver {
             // First use of this scope: create its row, then lock it.
             result = self.client.simple_query(&format!(
                 "INSERT INTO {lock} (scope, token) VALUES ({s}, {high}) ON CONFLICT (scope) DO NOTHING;\n{select}",
-                lock = self.lock,
+                lock = self.tables.lock,
                 s = literal(scope),
                 high = self.token_high_mark(scope),
             ));
@@ -113,7 +113,7 @@ impl LockStore for PgDriver {
                  SELECT min(id) FROM (SELECT id FROM {log_table} WHERE scope = {scope}
                                        ORDER BY id DESC LIMIT {LOG_RETENTION}) AS kept);
              COMMIT;",
-            lock = self.lock,
+            lock = self.tables.lock,
             owner = literal(take.actor.owner),
             host = literal(take.actor.host),
             pid = take.actor.pid,
@@ -125,10 +125,13 @@ impl LockStore for PgDriver {
             log = self.log_insert(
                 take.scope,
                 take.event,
-                &format!("(SELECT token FROM {} WHERE scope = {scope})", self.lock),
+                &format!(
+                    "(SELECT token FROM {} WHERE scope = {scope})",
+                    self.tables.lock
+                ),
                 take.actor,
             ),
-            log_table = self.log,
+            log_table = self.tables.log,
         );
         match self.client.simple_query(&sql) {
             Ok(messages) => statements(&messages)
@@ -162,7 +165,7 @@ impl LockStore for PgDriver {
              UPDATE {} SET heartbeat_at = now(), expires_at = now() + {}
               WHERE scope = {} AND owner = {} AND token = {} RETURNING token;
              COMMIT;",
-            self.lock,
+            self.tables.lock,
             interval(fence.ttl),
             literal(&fence.scope),
             literal(&fence.owner),
@@ -207,8 +210,8 @@ impl LockStore for PgDriver {
              RETURNING token;
              NOTIFY {channel};
              COMMIT;",
-            lock = self.lock,
-            log = self.log,
+            lock = self.tables.lock,
+            log = self.tables.log,
             owner = literal(&fence.owner),
             token = fence.token,
             event = literal(LogEvent::Released.name()),
@@ -297,8 +300,8 @@ impl LockStore for PgDriver {
              NOTIFY {channel};
              COMMIT;",
             wait_ms = wait.as_millis().max(1),
-            lock = self.lock,
-            log = self.log,
+            lock = self.tables.lock,
+            log = self.tables.log,
             token = expected.token,
             owner = literal(who.owner),
             host = literal(who.host),
@@ -334,7 +337,7 @@ impl LockStore for PgDriver {
             "SELECT id, to_char(at AT TIME ZONE 'UTC', {TIME_FORMAT}), event, token, owner, host, pid,
                     command, previous_owner, detail
                FROM {} WHERE scope = {} ORDER BY id DESC LIMIT {limit}",
-            self.log,
+            self.tables.log,
             literal(scope)
         );
         let messages = match self.client.simple_query(&sql) {
@@ -422,9 +425,9 @@ impl PgDriver {
     fn token_high_mark(&self, scope: &str) -> String {
         format!(
             "greatest((SELECT max(token) FROM {log} WHERE scope = {s}), (SELECT max(lock_token) FROM {history}), 0)",
-            log = self.log,
+            log = self.tables.log,
             s = literal(scope),
-            history = self.history,
+            history = self.tables.history,
         )
     }
 
@@ -433,7 +436,7 @@ impl PgDriver {
         format!(
             "INSERT INTO {} (scope, at, event, token, owner, host, pid, command, previous_owner, detail)
              VALUES ({}, clock_timestamp(), {}, {token}, {}, {}, {}, {}, {}, {})",
-            self.log,
+            self.tables.log,
             literal(scope),
             literal(event.name()),
             literal(who.owner),

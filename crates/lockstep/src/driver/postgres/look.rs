@@ -39,7 +39,7 @@ impl PgDriver {
                     END,
                     current_setting('port')
                FROM {} AS l WHERE l.scope = {}",
-            self.lock,
+            self.tables.lock,
             literal(scope)
         )
     }
@@ -59,7 +59,7 @@ impl PgDriver {
                   WHERE l.scope = {s} AND a.state = 'active'
                     AND (extract(epoch FROM a.backend_start) * 1000000)::bigint::text = l.session_start)::text;
              ROLLBACK;",
-            lock = self.lock,
+            lock = self.tables.lock,
         );
         match self.client.simple_query(&probe) {
             Ok(messages) => {

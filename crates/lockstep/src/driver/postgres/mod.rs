@@ -25,9 +25,10 @@ use std::time::Duration;
 use tokio_postgres::error::{ErrorPosition, SqlState};
 use tokio_postgres::SimpleQueryMessage;
 
+use crate::driver::tables::{quote_ident, Names};
 use crate::error::{DbMessage, Error};
-use crate::history::{TableName, META_TABLE};
-use crate::lock::{Session, LOCK_LOG_TABLE, LOCK_TABLE};
+use crate::history::TableName;
+use crate::lock::Session;
 use crate::url::{DatabaseUrl, PgTarget};
 
 use client::Client;
@@ -49,11 +50,8 @@ pub(crate) struct PgDriver {
     /// per-session `search_path` must not move lockstep's tables or hide
     /// them.
     schema: String,
-    /// The quoted, schema-qualified names.
-    history: String,
-    meta: String,
-    lock: String,
-    log: String,
+    /// lockstep's tables, quoted and qualified with their schema.
+    tables: Names,
     /// This session's identity; known once the lock asks.
     session: Option<Session>,
     /// A pooler or proxy stands between lockstep and the server: sessions
@@ -83,10 +81,6 @@ pub(crate) fn literal(s: &str) -> String {
     }
     out.push('\'');
     out
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }
 
 /// An error and its causes, `: `-separated: "error performing TLS
@@ -206,11 +200,7 @@ impl PgDriver {
     /// Qualifies lockstep's table names with their schema, so that neither
     /// `search_path` nor a migration that changes it can move them.
     pub(super) fn qualify(&mut self) {
-        let prefix = format!("{}.", quote_ident(&self.schema));
-        self.history = format!("{prefix}{}", quote_ident(self.table.name()));
-        self.meta = format!("{prefix}{}", quote_ident(META_TABLE));
-        self.lock = format!("{prefix}{}", quote_ident(LOCK_TABLE));
-        self.log = format!("{prefix}{}", quote_ident(LOCK_LOG_TABLE));
+        self.tables = Names::in_schema(&self.schema, self.table.name(), quote_ident);
     }
 
     pub(super) fn rollback(&mut self) {

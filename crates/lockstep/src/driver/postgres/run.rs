@@ -171,7 +171,7 @@ impl PgDriver {
             // A holder gone silent inside this transaction (frozen host,
             // partition) must not pin the lock row forever.
             idle = fence.ttl.as_millis().max(1000),
-            lock = self.lock,
+            lock = self.tables.lock,
             scope = literal(&fence.scope),
             owner = literal(&fence.owner),
             token = fence.token,
@@ -187,7 +187,7 @@ impl PgDriver {
                 "UPDATE {} SET heartbeat_at = clock_timestamp(), expires_at = clock_timestamp() + {}
                   WHERE scope = {} AND token = {};
                  COMMIT;",
-                self.lock,
+                self.tables.lock,
                 interval(fence.ttl),
                 literal(&fence.scope),
                 fence.token

@@ -93,7 +93,7 @@ impl HistoryStore for SqliteDriver {
             }
         }
         for change in changes {
-            if let Err(e) = Self::apply_change(conn, &self.history, change, Duration::ZERO) {
+            if let Err(e) = Self::apply_change(conn, &self.tables.history, change, Duration::ZERO) {
                 rollback(conn);
                 return Err(db_error(&context, &e));
             }
@@ -128,7 +128,7 @@ impl SqliteDriver {
             conn.query_row(
                 &format!(
                     "SELECT format_version FROM {} WHERE table_name = ?1",
-                    self.meta
+                    self.tables.meta
                 ),
                 [self.table.name()],
                 |r| r.get(0),
@@ -147,7 +147,7 @@ impl SqliteDriver {
             .query_row(
                 &format!(
                     "SELECT token, owner IS NOT NULL FROM {} WHERE scope = ?1",
-                    self.lock
+                    self.tables.lock
                 ),
                 [self.table.to_string()],
                 |r| {
@@ -169,7 +169,7 @@ impl SqliteDriver {
             .prepare(&format!(
                 "SELECT version, name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version \
                  FROM {} ORDER BY version",
-                self.history
+                self.tables.history
             ))
             .map_err(|e| match e {
                 rusqlite::Error::SqlInputError { .. } | rusqlite::Error::SqliteFailure(..) => Error::ForeignTable {
@@ -285,13 +285,7 @@ impl SqliteDriver {
         if self.tables_made(conn).map_err(|e| db_error(context, &e))? {
             return Ok(());
         }
-        let names = tables::Names {
-            meta: &self.meta,
-            history: &self.history,
-            lock: &self.lock,
-            log: &self.log,
-        };
-        let tables = tables::create_script(&names, |kind| match kind {
+        let tables = tables::create_script(&self.tables, |kind| match kind {
             Kind::Text | Kind::Time => "TEXT",
             Kind::Int | Kind::BigInt | Kind::Clock => "INTEGER",
             Kind::Serial => "INTEGER PRIMARY KEY AUTOINCREMENT",
@@ -303,7 +297,7 @@ impl SqliteDriver {
              INSERT OR IGNORE INTO {meta} (table_name, format_version, created_at, created_by)
                  VALUES ('{name}', {FORMAT_VERSION}, {NOW}, '{TOOL_VERSION}');
              COMMIT;",
-            meta = self.meta,
+            meta = self.tables.meta,
             schema = self.table.schema().unwrap_or("main"),
             name = self.table.name(),
         );
@@ -329,7 +323,7 @@ impl SqliteDriver {
             return Ok(false);
         }
         conn.query_row(
-            &format!("SELECT 1 FROM {} WHERE table_name = ?1", self.meta),
+            &format!("SELECT 1 FROM {} WHERE table_name = ?1", self.tables.meta),
             [self.table.name()],
             |_| Ok(()),
         )

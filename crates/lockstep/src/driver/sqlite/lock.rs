@@ -68,9 +68,9 @@ impl LockStore for SqliteDriver {
                     "INSERT INTO {lock} (scope, token) VALUES (?1, max(
                          coalesce((SELECT max(token) FROM {log} WHERE scope = ?1), 0),
                          coalesce((SELECT max(lock_token) FROM {history}), 0)))",
-                    lock = self.lock,
-                    log = self.log,
-                    history = self.history,
+                    lock = self.tables.lock,
+                    log = self.tables.log,
+                    history = self.tables.history,
                 ),
                 [scope],
             )?;
@@ -97,7 +97,7 @@ impl LockStore for SqliteDriver {
                          tool_version = ?6, session_pid = ?7, session_start = ?8,
                          acquired_at = ?9, heartbeat_at = ?9, expires_at = ?10
                      WHERE scope = ?1 RETURNING token",
-                    self.lock
+                    self.tables.lock
                 ),
                 params![
                     take.scope,
@@ -117,7 +117,7 @@ impl LockStore for SqliteDriver {
             conn.execute(
                 &format!(
                     "DELETE FROM {log} WHERE scope = ?1 AND id < (SELECT min(id) FROM (SELECT id FROM {log} WHERE scope = ?1 ORDER BY id DESC LIMIT {LOG_RETENTION}))",
-                    log = self.log
+                    log = self.tables.log
                 ),
                 [take.scope],
             )?;
@@ -144,7 +144,7 @@ impl LockStore for SqliteDriver {
         let updated = conn.execute(
             &format!(
                 "UPDATE {} SET heartbeat_at = ?4, expires_at = ?5 WHERE scope = ?1 AND owner = ?2 AND token = ?3",
-                self.lock
+                self.tables.lock
             ),
             params![fence.scope, fence.owner, fence.token, now, now + millis(fence.ttl)],
         );
@@ -166,7 +166,7 @@ impl LockStore for SqliteDriver {
             let freed = conn.execute(
                 &format!(
                     "UPDATE {} SET {FREE} WHERE scope = ?1 AND owner = ?2 AND token = ?3",
-                    self.lock
+                    self.tables.lock
                 ),
                 params![fence.scope, fence.owner, fence.token],
             )? == 1;
@@ -224,7 +224,7 @@ impl LockStore for SqliteDriver {
                 .query_row(
                     &format!(
                         "UPDATE {} SET token = token + 1, {FREE} WHERE scope = ?1 AND token = ?2 RETURNING token",
-                        self.lock
+                        self.tables.lock
                     ),
                     params![scope, expected.token],
                     |r| r.get(0),
@@ -271,7 +271,7 @@ impl LockStore for SqliteDriver {
                 "SELECT id, strftime('%Y-%m-%dT%H:%M:%fZ', at / 1000.0, 'unixepoch'), event, token,
                         owner, host, pid, command, previous_owner, detail
                    FROM {} WHERE scope = ?1 ORDER BY id DESC LIMIT ?2",
-                self.log
+                self.tables.log
             ))
             .map_err(|e| db_error(&context, &e))?;
         let rows = stmt
@@ -344,7 +344,7 @@ impl SqliteDriver {
         let n = conn.execute(
             &format!(
                 "UPDATE {} SET heartbeat_at = ?4 WHERE scope = ?1 AND owner = ?2 AND token = ?3",
-                self.lock
+                self.tables.lock
             ),
             params![fence.scope, fence.owner, fence.token, now_ms()],
         )?;
@@ -358,7 +358,7 @@ impl SqliteDriver {
         conn.execute(
             &format!(
                 "UPDATE {} SET heartbeat_at = ?3, expires_at = ?4 WHERE scope = ?1 AND token = ?2",
-                self.lock
+                self.tables.lock
             ),
             params![fence.scope, fence.token, now, now + millis(fence.ttl)],
         )?;
@@ -378,7 +378,7 @@ impl SqliteDriver {
             &format!(
                 "INSERT INTO {} (scope, at, event, token, owner, host, pid, command, previous_owner, detail)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                self.log
+                self.tables.log
             ),
             params![
                 scope,

@@ -66,7 +66,7 @@ impl SqliteDriver {
             // `started` while it runs.
             let started = format!(
                 "SELECT 1 FROM {} WHERE state = 'started' LIMIT 1",
-                self.history
+                self.tables.history
             );
             info.migrating = conn
                 .query_row(&started, [], |_| Ok(()))
@@ -185,7 +185,7 @@ impl SqliteDriver {
                             strftime('%Y-%m-%dT%H:%M:%fZ', expires_at / 1000.0, 'unixepoch'),
                             acquired_at, heartbeat_at, expires_at
                        FROM {} WHERE scope = ?1",
-                    self.lock
+                    self.tables.lock
                 ),
                 [scope],
                 |r| {

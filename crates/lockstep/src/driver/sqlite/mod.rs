@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
+use crate::driver::tables::{quote_ident, Names};
 use crate::error::{DbMessage, Error};
-use crate::history::{TableName, META_TABLE};
-use crate::lock::{LOCK_LOG_TABLE, LOCK_TABLE};
+use crate::history::TableName;
 
 use look::LOOK_BUSY;
 use release::Wake;
@@ -57,10 +57,8 @@ pub(crate) struct SqliteDriver {
     /// An in-memory database has no second connection for a heartbeat.
     memory: bool,
     table: TableName,
-    history: String,
-    meta: String,
-    lock: String,
-    log: String,
+    /// lockstep's tables, quoted and qualified.
+    tables: Names,
     host: String,
     /// While waiting for the lock: the watch on the release file that a
     /// release on this host wakes.
@@ -245,10 +243,7 @@ impl SqliteDriver {
             interrupt: Arc::new(Mutex::new(None)),
             cancelled: Arc::new(AtomicBool::new(false)),
             memory,
-            history: format!("\"{schema}\".\"{}\"", table.name()),
-            meta: format!("\"{schema}\".\"{META_TABLE}\""),
-            lock: format!("\"{schema}\".\"{LOCK_TABLE}\""),
-            log: format!("\"{schema}\".\"{LOCK_LOG_TABLE}\""),
+            tables: Names::in_schema(schema, table.name(), quote_ident),
             table: table.clone(),
             host: crate::identity::hostname(),
             wake: None,

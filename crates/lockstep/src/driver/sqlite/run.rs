@@ -96,7 +96,7 @@ impl Driver for SqliteDriver {
                 }
             }
             let elapsed = start.elapsed();
-            if let Err(e) = Self::apply_change(conn, &self.history, &step.change, elapsed) {
+            if let Err(e) = Self::apply_change(conn, &self.tables.history, &step.change, elapsed) {
                 return Err(fail(i, message(&e)));
             }
             done(i, elapsed);
