@@ -38,6 +38,31 @@ pub struct DbMessage {
     pub hint: Option<String>,
     /// Byte offset into the SQL that was sent, where the engine gives one.
     pub position: Option<usize>,
+    /// What kind of failure it is, as the engine that sent it decides.
+    pub class: DbClass,
+}
+
+/// What kind of failure an engine's message reports. Each engine decides it
+/// from its own codes and texts; the rest of lockstep reads only this.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DbClass {
+    /// Anything else.
+    #[default]
+    Other,
+    /// A serialization failure or deadlock: the transaction was rolled back
+    /// whole, and running it again is safe.
+    Retryable,
+    /// Another connection kept the database locked past the busy timeout
+    /// (SQLite).
+    Busy,
+    /// A table the statement names does not exist.
+    UndefinedTable,
+    /// The connection was lost, or the server ended the session: a commit
+    /// that was under way may or may not have happened.
+    ConnectionLost,
+    /// The statement cannot run inside a transaction.
+    NeedsNoTransaction,
 }
 
 impl DbMessage {
@@ -49,6 +74,7 @@ impl DbMessage {
             detail: None,
             hint: None,
             position: None,
+            class: DbClass::Other,
         }
     }
 }
@@ -58,9 +84,9 @@ impl DbMessage {
 pub(crate) const RETRIES: usize = 5;
 
 impl DbMessage {
-    /// A serialization failure or deadlock (PostgreSQL 40001, 40P01).
+    /// A serialization failure or deadlock.
     pub(crate) fn is_retryable(&self) -> bool {
-        matches!(self.code.as_deref(), Some("40001" | "40P01"))
+        self.class == DbClass::Retryable
     }
 }
 
@@ -227,15 +253,14 @@ impl Error {
         matches!(self, Error::Database { db, .. } if db.is_retryable())
     }
 
-    /// Another connection kept SQLite's database locked (`SQLITE_BUSY`).
+    /// Another connection kept the database locked (SQLite's busy timeout).
     pub(crate) fn is_busy(&self) -> bool {
-        matches!(self, Error::Database { db, .. } if db.code.as_deref() == Some("SQLITE_BUSY"))
+        matches!(self, Error::Database { db, .. } if db.class == DbClass::Busy)
     }
 
     /// A table lockstep needs does not exist.
     pub(crate) fn is_undefined_table(&self) -> bool {
-        matches!(self, Error::Database { db, .. }
-            if db.code.as_deref() == Some("42P01") || db.message.starts_with("no such table"))
+        matches!(self, Error::Database { db, .. } if db.class == DbClass::UndefinedTable)
     }
 
     /// The class of failure.
@@ -360,38 +385,21 @@ fn migration_hint(f: &MigrationFailure) -> Option<String> {
             dirty.statements_done, dirty.statements_total, f.migration.version
         ));
     }
-    // No SQLSTATE: the connection itself failed. A transaction cannot
-    // commit without its client, but the commit's answer may be what got
-    // lost. Class 57 but 57014 (a cancelled statement): the server ended the
-    // session (pg_terminate_backend, a shutdown), and so does 25P03, its
-    // idle-in-transaction timeout. Which of the two a client sees is a
-    // race: the server's FATAL message and the closed socket can arrive in
-    // one read, and the driver then reports only the latter.
-    let server_ended_session =
-        f.db.code
-            .as_deref()
-            .is_some_and(|c| c.starts_with("57P") || c == "25P03");
-    let connection_lost = server_ended_session
-        || f.db.code.is_none()
-            && ["connection", "closed", "broken pipe", "reset by peer"]
-                .iter()
-                .any(|w| f.db.message.to_lowercase().contains(w));
-    if connection_lost {
+    // A transaction cannot commit without its client, but the commit's
+    // answer may be what got lost.
+    if f.db.class == DbClass::ConnectionLost {
         return Some(
             "the connection to the database was lost: the migration committed with its history row, or not at all; run `lockstep status` to see which, then `lockstep upgrade` again"
                 .into(),
         );
     }
-    if f.db.code.as_deref() == Some("SQLITE_BUSY") {
+    if f.db.class == DbClass::Busy {
         return Some(
             "another connection kept the database locked past the 5 s busy timeout, and the migration was rolled back: find what holds it (a long transaction, a stopped process), then run `lockstep upgrade` again"
                 .into(),
         );
     }
-    // PostgreSQL's active_sql_transaction, SQLite's VACUUM message.
-    let in_txn =
-        f.db.code.as_deref() == Some("25001") || f.db.message.contains("within a transaction");
-    if in_txn {
+    if f.db.class == DbClass::NeedsNoTransaction {
         return Some(
             "this statement cannot run inside a transaction: put `-- lockstep:no-transaction` in the section"
                 .into(),

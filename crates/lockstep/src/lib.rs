@@ -49,7 +49,8 @@ pub mod sql;
 pub mod url;
 
 pub use error::{
-    DbMessage, Direction, DirtyDetail, Error, ErrorKind, FailedStatement, MigrationFailure, Step,
+    DbClass, DbMessage, Direction, DirtyDetail, Error, ErrorKind, FailedStatement,
+    MigrationFailure, Step,
 };
 pub use history::{
     HistoryRow, RowState, TableName, Timestamp, DEFAULT_HISTORY_TABLE, FORMAT_VERSION, META_TABLE,

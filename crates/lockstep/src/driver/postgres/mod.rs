@@ -26,7 +26,7 @@ use tokio_postgres::error::{ErrorPosition, SqlState};
 use tokio_postgres::SimpleQueryMessage;
 
 use crate::driver::tables::{quote_ident, Names};
-use crate::error::{DbMessage, Error};
+use crate::error::{DbClass, DbMessage, Error};
 use crate::history::TableName;
 use crate::lock::Session;
 use crate::url::{DatabaseUrl, PgTarget};
@@ -108,7 +108,18 @@ fn message_in(e: &tokio_postgres::Error, sent: Option<(&str, usize, usize)>) -> 
         if e.is_closed() && !message.contains("closed") {
             message.push_str(" (the connection is closed)");
         }
-        return DbMessage::plain(message);
+        // No SQLSTATE: the connection itself failed.
+        let lost = ["connection", "closed", "broken pipe", "reset by peer"]
+            .iter()
+            .any(|w| message.to_lowercase().contains(w));
+        return DbMessage {
+            class: if lost {
+                DbClass::ConnectionLost
+            } else {
+                DbClass::Other
+            },
+            ..DbMessage::plain(message)
+        };
     };
     let position = match (db.position(), sent) {
         (Some(ErrorPosition::Original(pos)), Some((query, start, len))) => {
@@ -128,6 +139,28 @@ fn message_in(e: &tokio_postgres::Error, sent: Option<(&str, usize, usize)>) -> 
         detail: db.detail().map(str::to_string),
         hint: db.hint().map(str::to_string),
         position,
+        class: class_of(db.code()),
+    }
+}
+
+/// The class of failure a SQLSTATE says.
+fn class_of(code: &SqlState) -> DbClass {
+    let text = code.code();
+    if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
+        DbClass::Retryable
+    } else if *code == SqlState::UNDEFINED_TABLE {
+        DbClass::UndefinedTable
+    } else if *code == SqlState::ACTIVE_SQL_TRANSACTION {
+        DbClass::NeedsNoTransaction
+    } else if text.starts_with("57P") || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT {
+        // Class 57 but 57014 (a cancelled statement): the server ended the
+        // session (pg_terminate_backend, a shutdown), and so does 25P03,
+        // its idle-in-transaction timeout. Which of the two a client sees
+        // is a race: the server's FATAL message and the closed socket can
+        // arrive in one read, and the driver then reports only the latter.
+        DbClass::ConnectionLost
+    } else {
+        DbClass::Other
     }
 }
 

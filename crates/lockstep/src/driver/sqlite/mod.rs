@@ -28,7 +28,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::driver::tables::{quote_ident, Names};
-use crate::error::{DbMessage, Error};
+use crate::error::{DbClass, DbMessage, Error};
 use crate::history::TableName;
 
 use look::LOOK_BUSY;
@@ -139,15 +139,30 @@ pub(crate) fn code_name(e: &rusqlite::ffi::Error) -> String {
 /// `script`, which places them).
 fn message(e: &rusqlite::Error) -> DbMessage {
     match e {
-        rusqlite::Error::SqliteFailure(err, msg) => DbMessage {
-            code: Some(code_name(err)),
-            ..DbMessage::plain(msg.clone().unwrap_or_else(|| err.to_string()))
-        },
-        rusqlite::Error::SqlInputError { error, msg, .. } => DbMessage {
-            code: Some(code_name(error)),
-            ..DbMessage::plain(msg.clone())
-        },
+        rusqlite::Error::SqliteFailure(err, msg) => {
+            coded(err, msg.clone().unwrap_or_else(|| err.to_string()))
+        }
+        rusqlite::Error::SqlInputError { error, msg, .. } => coded(error, msg.clone()),
         other => DbMessage::plain(other.to_string()),
+    }
+}
+
+/// SQLite's message with its code, and the class of failure they say.
+pub(crate) fn coded(e: &rusqlite::ffi::Error, text: String) -> DbMessage {
+    let class = if e.extended_code & 0xff == rusqlite::ffi::SQLITE_BUSY {
+        DbClass::Busy
+    } else if text.starts_with("no such table") {
+        DbClass::UndefinedTable
+    } else if text.contains("within a transaction") {
+        // VACUUM's message.
+        DbClass::NeedsNoTransaction
+    } else {
+        DbClass::Other
+    };
+    DbMessage {
+        code: Some(code_name(e)),
+        class,
+        ..DbMessage::plain(text)
     }
 }
 
@@ -315,7 +330,7 @@ impl SqliteDriver {
     /// system can tell (Linux): the process to look at, and whether it is
     /// stopped.
     pub(super) fn with_holders(&self, mut db: DbMessage) -> DbMessage {
-        if db.code.as_deref() == Some("SQLITE_BUSY") && db.detail.is_none() && !self.memory {
+        if db.class == DbClass::Busy && db.detail.is_none() && !self.memory {
             db.detail = holders::describe(&self.path);
         }
         db

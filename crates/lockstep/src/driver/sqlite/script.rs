@@ -145,10 +145,7 @@ fn error(db: *mut ffi::sqlite3, rc: c_int) -> DbMessage {
     } else {
         rc
     };
-    DbMessage {
-        code: Some(super::code_name(&ffi::Error::new(code))),
-        ..DbMessage::plain(text)
-    }
+    super::coded(&ffi::Error::new(code), text)
 }
 
 #[cfg(test)]
