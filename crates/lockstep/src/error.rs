@@ -236,6 +236,14 @@ pub enum Error {
         /// The migrations completed before it stopped.
         completed: Vec<Step>,
     },
+    /// The system refused lockstep something it needs to run safely (a
+    /// thread for the lock's heartbeat).
+    System {
+        /// What lockstep was doing.
+        context: String,
+        /// The system's message.
+        message: String,
+    },
     /// The history table exists but was not made by lockstep, or by a newer
     /// lockstep.
     ForeignTable {
@@ -274,9 +282,10 @@ impl Error {
             Error::LockBusy(_) => ErrorKind::LockBusy,
             Error::LockLost(_) => ErrorKind::LockLost,
             Error::Cancelled { .. } => ErrorKind::Cancelled,
-            Error::Connect { .. } | Error::Database { .. } | Error::Migration(_) => {
-                ErrorKind::Failed
-            }
+            Error::Connect { .. }
+            | Error::Database { .. }
+            | Error::Migration(_)
+            | Error::System { .. } => ErrorKind::Failed,
         }
     }
 
@@ -302,6 +311,7 @@ impl Error {
             Error::LockLost(_) => "lock_lost",
             Error::Cancelled { .. } => "cancelled",
             Error::ForeignTable { .. } => "foreign_table",
+            Error::System { .. } => "system",
         }
     }
 
@@ -346,7 +356,7 @@ impl Error {
             Error::LockLost(_) => Some(
                 "another run took the lock over (or it was released by force): run `lockstep lock log` to see who, and `lockstep status` for what is applied".into(),
             ),
-            Error::Cancelled { .. } => None,
+            Error::Cancelled { .. } | Error::System { .. } => None,
             Error::ForeignTable { .. } => {
                 Some("set `history_table` in lockstep.toml to a name lockstep can own".into())
             }
@@ -497,6 +507,7 @@ impl fmt::Display for Error {
                 Ok(())
             }
             Error::ForeignTable { table, message } => write!(f, "table {table} {message}"),
+            Error::System { context, message } => write!(f, "{context}: {message}"),
             Error::LockBusy(b) => {
                 if b.no_wait {
                     write!(f, "the migration lock is held by {}", b.holder.describe())
@@ -586,5 +597,23 @@ impl From<crate::plan::PlanError> for Error {
             crate::plan::PlanError::Refused(r) => Error::Refused(r),
             crate::plan::PlanError::Target(t) => Error::Target(t),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_of_the_system_is_a_failure_not_bad_usage() {
+        let e = Error::System {
+            context: "starting the lock's heartbeat thread".into(),
+            message: "Resource temporarily unavailable".into(),
+        };
+        assert_eq!((e.kind(), e.code()), (ErrorKind::Failed, "system"));
+        assert_eq!(
+            e.to_string(),
+            "starting the lock's heartbeat thread: Resource temporarily unavailable"
+        );
     }
 }

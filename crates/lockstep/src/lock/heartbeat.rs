@@ -38,9 +38,9 @@ impl Held {
         let handle = std::thread::Builder::new()
             .name("lockstep-heartbeat".into())
             .spawn(beat)
-            .map_err(|e| Error::Config {
-                message: format!("cannot start the heartbeat thread: {e}"),
-                hint: None,
+            .map_err(|e| Error::System {
+                context: "starting the lock's heartbeat thread".into(),
+                message: e.to_string(),
             })?;
         Ok(Held {
             fence,
