@@ -183,9 +183,9 @@ impl From<&lockstep::HistoryRow> for HistoryJson {
             checksum: r.checksum.to_string(),
             applied_at: r.applied_at.to_string(),
             duration_ms: r.duration_ms,
-            applied_by: r.applied_by.to_string(),
+            applied_by: r.applied_by.clone(),
             lock_token: r.lock_token,
-            tool_version: r.tool_version.to_string(),
+            tool_version: r.tool_version.clone(),
         }
     }
 }

@@ -7,7 +7,6 @@ pub mod cli;
 mod commands;
 pub mod error;
 mod json;
-mod memory;
 mod printer;
 pub mod redact;
 pub mod settings;

@@ -9,7 +9,6 @@ use lockstep::{DatabaseUrl, LockOptions, MigrationSet, Migrator, Options};
 use crate::cli::{Cli, Command, LockArgs, LockCommand};
 use crate::error::{CliError, Exit};
 use crate::json;
-use crate::memory;
 use crate::printer::Printer;
 use crate::settings::Settings;
 
@@ -140,30 +139,19 @@ fn connect(
 /// connection is set up and the history read (each command's first read,
 /// without the lock): both wait on the server. On SQLite, one after the
 /// other, history first: reading it is CPU work that on two cores only
-/// competed with the file readers (a no-op over 1,000 files went from 7.7
-/// to 8.1 ms), and the pages SQLite cached while it loaded the schema are
-/// let go by the end of the read, so the files' records reuse that memory
-/// (at 10,000 files, 0.7 MiB lower at the peak). A bad file wins over a
-/// failed connection or read, as it would serially.
+/// competes with the file readers, and the memory SQLite let go by the
+/// end of the read is there for the files' records (docs/performance.md).
+/// A bad file wins over a failed connection or read, as it would serially.
 fn load_and_connect(
     settings: &Settings,
     connect: impl FnOnce() -> Result<Migrator, CliError>,
 ) -> Result<(MigrationSet, Migrator), CliError> {
     let dir = &settings.migrations;
     if !matches!(settings.database()?, DatabaseUrl::Postgres(_)) {
-        let migrator = {
-            // The read loads SQLite's parsed schema, and SQLite kept the
-            // pages it read for that in its page cache, up to 2,000 KiB,
-            // before the read could make the cache smaller (setting its
-            // size loads the schema first). Under a soft heap limit it
-            // reuses them instead: 0.5 MiB off the peak at 10,000 tables.
-            let _frugal = memory::SqliteHeapLimit::set(READ_HEAP_LIMIT);
-            connect().map(|mut migrator| {
-                migrator.prefetch_history();
-                migrator
-            })
-        };
-        memory::give_back_freed_memory();
+        let migrator = connect().map(|mut migrator| {
+            migrator.prefetch_history();
+            migrator
+        });
         let set = MigrationSet::load(dir)?;
         return Ok((set, migrator?));
     }
@@ -179,10 +167,6 @@ fn load_and_connect(
         Ok((set, migrator?))
     })
 }
-
-/// SQLite's heap while the history is first read: below the parsed schema
-/// of any large database, so that its page cache holds only what it must.
-const READ_HEAP_LIMIT: i64 = 1 << 20;
 
 /// Connects for a command that only reads: creates no file and no table.
 fn connect_read_only(settings: &Settings) -> Result<Migrator, CliError> {

@@ -1,7 +1,6 @@
 //! The history table: its rows and the names of lockstep's tables.
 
 use std::fmt;
-use std::sync::Arc;
 
 use crate::error::Error;
 use crate::lock::{Fence, LockMark};
@@ -67,59 +66,29 @@ pub struct HistoryRow {
     pub applied_at: Timestamp,
     /// How long it ran, in milliseconds.
     pub duration_ms: i64,
-    /// The executor that applied it. Rows next to each other that name the
-    /// same executor share the text.
-    pub applied_by: Arc<str>,
+    /// The executor that applied it.
+    pub applied_by: String,
     /// The lock token it was applied under.
     pub lock_token: Option<i64>,
-    /// The lockstep version that applied it; shared as `applied_by` is.
-    pub tool_version: Arc<str>,
-}
-
-/// The text for a column that runs of rows repeat (who applied them, with
-/// which lockstep): the previous row's, when it is the same. History is
-/// read whole by every command, and at 10,000 rows these two columns were
-/// 0.8 MB of separate copies of a few values.
-pub(crate) fn shared(previous: Option<&Arc<str>>, text: &str) -> Arc<str> {
-    match previous {
-        Some(p) if **p == *text => Arc::clone(p),
-        _ => Arc::from(text),
-    }
+    /// The lockstep version that applied it.
+    pub tool_version: String,
 }
 
 /// When a history row was recorded, as history holds it: RFC 3339 in UTC
-/// with milliseconds, `2026-11-24T11:30:45.123Z`. Text of that length is
-/// held inline, without an allocation of its own; other text (a hand edit
-/// of SQLite's column) is kept as written.
+/// with milliseconds, `2026-11-24T11:30:45.123Z` (other text, such as a
+/// hand edit of SQLite's column, is kept as written).
 #[derive(Clone, PartialEq, Eq)]
-pub struct Timestamp(Stamp);
-
-#[derive(Clone, PartialEq, Eq)]
-enum Stamp {
-    /// The 24 bytes of lockstep's form.
-    Inline([u8; STAMP_LEN]),
-    Other(Box<str>),
-}
-
-/// The length of `YYYY-MM-DDTHH:MM:SS.mmmZ`.
-const STAMP_LEN: usize = 24;
+pub struct Timestamp(String);
 
 impl Timestamp {
     /// The text, as history holds it.
     pub fn new(text: &str) -> Timestamp {
-        Timestamp(match <[u8; STAMP_LEN]>::try_from(text.as_bytes()) {
-            Ok(bytes) => Stamp::Inline(bytes),
-            Err(_) => Stamp::Other(text.into()),
-        })
+        Timestamp(text.to_string())
     }
 
     /// The text, as history holds it.
     pub fn as_str(&self) -> &str {
-        match &self.0 {
-            // The bytes of a `&str`, copied whole: still UTF-8.
-            Stamp::Inline(bytes) => std::str::from_utf8(bytes).expect("copied from a str"),
-            Stamp::Other(text) => text,
-        }
+        &self.0
     }
 }
 
@@ -338,7 +307,6 @@ mod tests {
     fn timestamps_are_kept_as_written() {
         let form = "2026-11-24T11:30:45.123Z";
         let t = Timestamp::new(form);
-        assert!(matches!(t.0, Stamp::Inline(_)));
         assert_eq!((t.as_str(), t.to_string()), (form, form.to_string()));
         assert_eq!(format!("{t:?}"), format!("{form:?}"));
         // Other text, and text of the form's length that is not the form.
@@ -353,17 +321,5 @@ mod tests {
         }
         let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_519_845_123);
         assert_eq!(Timestamp::from(at), t);
-    }
-
-    #[test]
-    fn equal_neighbours_share_their_text() {
-        let first = shared(None, "ci@runner-7 pid 42");
-        let same = shared(Some(&first), "ci@runner-7 pid 42");
-        let other = shared(Some(&same), "dev@laptop pid 9");
-        assert!(Arc::ptr_eq(&first, &same));
-        assert_eq!(
-            (&*same, &*other),
-            ("ci@runner-7 pid 42", "dev@laptop pid 9")
-        );
     }
 }

@@ -274,8 +274,8 @@ impl Migrator {
     /// the lock, history is always read afresh.
     ///
     /// Meanwhile the connection lets go of what it can build again: on
-    /// SQLite, the database's parsed schema (2.9 MB at 10,000 tables),
-    /// whose memory the files' records then reuse. A command that goes on
+    /// SQLite, the database's parsed schema (megabytes for thousands of
+    /// tables), whose memory the files' records then reuse. A command that goes on
     /// to use the connection pays one more parse of the schema; one that
     /// finds nothing to do (a no-op `upgrade`, `status`) never does.
     pub fn prefetch_history(&mut self) {

@@ -8,8 +8,8 @@ use tokio_postgres::SimpleQueryMessage;
 use crate::driver::tables::{self, Kind};
 use crate::error::{Error, RETRIES};
 use crate::history::{
-    shared, Change, HistoryRead, HistoryRow, HistoryStore, RowState, Timestamp, FORMAT_VERSION,
-    META_TABLE, TOOL_VERSION,
+    Change, HistoryRead, HistoryRow, HistoryStore, RowState, Timestamp, FORMAT_VERSION, META_TABLE,
+    TOOL_VERSION,
 };
 use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE};
 use crate::source::Checksum;
@@ -265,7 +265,7 @@ impl PgDriver {
                     row.try_get::<_, Option<bool>>(11)?,
                 ));
             }
-            if let Some(history_row) = decode(&row, rows.last())? {
+            if let Some(history_row) = decode(&row)? {
                 rows.push(history_row);
             }
             Ok(())
@@ -404,11 +404,8 @@ fn collided(e: &tokio_postgres::Error) -> bool {
 }
 
 /// A history row of the read's answer; `None` for the row of NULLs an
-/// empty history gives. Repeated texts share the previous row's.
-fn decode(
-    row: &tokio_postgres::Row,
-    previous: Option<&HistoryRow>,
-) -> Result<Option<HistoryRow>, tokio_postgres::Error> {
+/// empty history gives.
+fn decode(row: &tokio_postgres::Row) -> Result<Option<HistoryRow>, tokio_postgres::Error> {
     let Some(version) = row.try_get::<_, Option<i64>>(1)? else {
         return Ok(None);
     };
@@ -425,8 +422,8 @@ fn decode(
             .try_get::<_, Option<std::time::SystemTime>>(5)?
             .map_or_else(|| Timestamp::new(""), Timestamp::from),
         duration_ms: row.try_get::<_, Option<i64>>(6)?.unwrap_or_default(),
-        applied_by: shared(previous.map(|r| &r.applied_by), text(7)?),
+        applied_by: text(7)?.to_string(),
         lock_token: row.try_get(8)?,
-        tool_version: shared(previous.map(|r| &r.tool_version), text(9)?),
+        tool_version: text(9)?.to_string(),
     }))
 }

@@ -7,8 +7,8 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use crate::driver::tables::{self, Kind};
 use crate::error::Error;
 use crate::history::{
-    shared, Change, HistoryRead, HistoryRow, HistoryStore, RowState, Timestamp, FORMAT_VERSION,
-    META_TABLE, TOOL_VERSION,
+    Change, HistoryRead, HistoryRow, HistoryStore, RowState, Timestamp, FORMAT_VERSION, META_TABLE,
+    TOOL_VERSION,
 };
 use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE};
 use crate::source::Checksum;
@@ -178,13 +178,10 @@ impl SqliteDriver {
                 },
                 e => db_error(context, &e),
             })?;
-        // Text columns are read in place: only the name gets a string of
-        // its own per row.
         let mut rows: Vec<HistoryRow> = Vec::new();
         let mut read = stmt.query([]).map_err(|e| db_error(context, &e))?;
         while let Some(r) = read.next().map_err(|e| db_error(context, &e))? {
             let text = |i| r.get_ref(i).and_then(|v| Ok(v.as_str()?));
-            let previous = rows.last();
             let row = (|| {
                 Ok::<_, rusqlite::Error>(HistoryRow {
                     version: r.get::<_, i64>(0)? as u64,
@@ -193,9 +190,9 @@ impl SqliteDriver {
                     state: RowState::parse(text(3)?).unwrap_or(RowState::Started),
                     applied_at: Timestamp::new(text(4)?),
                     duration_ms: r.get(5)?,
-                    applied_by: shared(previous.map(|p| &p.applied_by), text(6)?),
+                    applied_by: r.get(6)?,
                     lock_token: r.get(7)?,
-                    tool_version: shared(previous.map(|p| &p.tool_version), text(8)?),
+                    tool_version: r.get(8)?,
                 })
             })()
             .map_err(|e| db_error(context, &e))?;
