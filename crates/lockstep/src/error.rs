@@ -436,76 +436,14 @@ impl fmt::Display for Error {
             Error::Target(TargetError::NotDirty(v)) => {
                 write!(f, "migration {v} is not dirty")
             }
-            Error::Refused(r) => match r {
-                Refusal::Modified(items) => write!(
-                    f,
-                    "applied migration{} changed since {} applied: {}",
-                    plural(items.len()),
-                    if items.len() == 1 {
-                        "it was"
-                    } else {
-                        "they were"
-                    },
-                    list(items)
-                ),
-                Refusal::Missing(items) => write!(
-                    f,
-                    "applied migration{} missing from the migrations directory: {}",
-                    plural(items.len()),
-                    list(items)
-                ),
-                Refusal::Dirty(items) => write!(
-                    f,
-                    "migration {} is dirty: it started outside a transaction and never finished",
-                    list(items)
-                ),
-                Refusal::OutOfOrder {
-                    pending,
-                    newest_applied,
-                } => write!(
-                    f,
-                    "pending migration{} older than the newest applied one ({newest_applied}): {}",
-                    plural(pending.len()),
-                    list(pending)
-                ),
-                Refusal::NoDown(m) => write!(
-                    f,
-                    "migration {m} has no rollback section; nothing was rolled back"
-                ),
-            },
+            Error::Refused(r) => refused(f, r),
             Error::Connect {
                 target, message, ..
             } => {
                 write!(f, "cannot connect to {target}: {message}")
             }
             Error::Database { context, db } => write!(f, "{context}: {db}"),
-            Error::Migration(m) => {
-                let verb = match m.direction {
-                    Direction::Up => "migration",
-                    Direction::Down => "rollback of migration",
-                };
-                write!(f, "{verb} {} failed", m.migration)?;
-                write!(f, " ({}", m.path.display())?;
-                match (m.line_col, &m.statement) {
-                    (Some((line, col)), _) => write!(f, ":{line}:{col}")?,
-                    (None, Some(s)) => write!(
-                        f,
-                        ":{}, statement {} of {}: `{}`",
-                        s.line, s.number, s.total, s.first_line
-                    )?,
-                    (None, None) => {}
-                }
-                write!(f, "): {}", m.db)?;
-                if m.all_rolled_back && !m.completed.is_empty() {
-                    write!(
-                        f,
-                        "\nthe single transaction was rolled back: none of this run's {} earlier migration{} stayed applied",
-                        m.completed.len(),
-                        plural(m.completed.len())
-                    )?;
-                }
-                Ok(())
-            }
+            Error::Migration(m) => migration_failed(f, m),
             Error::ForeignTable { table, message } => write!(f, "table {table} {message}"),
             Error::System { context, message } => write!(f, "{context}: {message}"),
             Error::LockBusy(b) => {
@@ -520,32 +458,7 @@ impl fmt::Display for Error {
                     )
                 }
             }
-            Error::LockLost(l) => {
-                write!(
-                    f,
-                    "lost the migration lock (token {} is no longer current)",
-                    l.token
-                )?;
-                match (&l.at, l.unrecorded) {
-                    (Some(m), true) => write!(
-                        f,
-                        "; migration {m} ran outside a transaction but could not be recorded"
-                    ),
-                    (Some(m), false) => {
-                        write!(f, "; stopped before migration {m}, which was not applied")
-                    }
-                    (None, _) => Ok(()),
-                }?;
-                if !l.completed.is_empty() {
-                    write!(
-                        f,
-                        "; the {} migration{} before it stayed applied",
-                        l.completed.len(),
-                        plural(l.completed.len())
-                    )?;
-                }
-                Ok(())
-            }
+            Error::LockLost(l) => lock_lost(f, l),
             Error::Cancelled { completed } => {
                 write!(f, "cancelled")?;
                 if completed.is_empty() {
@@ -561,6 +474,104 @@ impl fmt::Display for Error {
             }
         }
     }
+}
+
+/// Why a plan was refused.
+fn refused(f: &mut fmt::Formatter<'_>, r: &Refusal) -> fmt::Result {
+    match r {
+        Refusal::Modified(items) => write!(
+            f,
+            "applied migration{} changed since {} applied: {}",
+            plural(items.len()),
+            if items.len() == 1 {
+                "it was"
+            } else {
+                "they were"
+            },
+            list(items)
+        ),
+        Refusal::Missing(items) => write!(
+            f,
+            "applied migration{} missing from the migrations directory: {}",
+            plural(items.len()),
+            list(items)
+        ),
+        Refusal::Dirty(items) => write!(
+            f,
+            "migration {} is dirty: it started outside a transaction and never finished",
+            list(items)
+        ),
+        Refusal::OutOfOrder {
+            pending,
+            newest_applied,
+        } => write!(
+            f,
+            "pending migration{} older than the newest applied one ({newest_applied}): {}",
+            plural(pending.len()),
+            list(pending)
+        ),
+        Refusal::NoDown(m) => write!(
+            f,
+            "migration {m} has no rollback section; nothing was rolled back"
+        ),
+    }
+}
+
+/// A migration whose SQL failed: which, where in its file, and why.
+fn migration_failed(f: &mut fmt::Formatter<'_>, m: &MigrationFailure) -> fmt::Result {
+    let verb = match m.direction {
+        Direction::Up => "migration",
+        Direction::Down => "rollback of migration",
+    };
+    write!(f, "{verb} {} failed", m.migration)?;
+    write!(f, " ({}", m.path.display())?;
+    match (m.line_col, &m.statement) {
+        (Some((line, col)), _) => write!(f, ":{line}:{col}")?,
+        (None, Some(s)) => write!(
+            f,
+            ":{}, statement {} of {}: `{}`",
+            s.line, s.number, s.total, s.first_line
+        )?,
+        (None, None) => {}
+    }
+    write!(f, "): {}", m.db)?;
+    if m.all_rolled_back && !m.completed.is_empty() {
+        write!(
+            f,
+            "\nthe single transaction was rolled back: none of this run's {} earlier migration{} stayed applied",
+            m.completed.len(),
+            plural(m.completed.len())
+        )?;
+    }
+    Ok(())
+}
+
+/// A lock lost during the run: where the run stopped, and what stayed.
+fn lock_lost(f: &mut fmt::Formatter<'_>, l: &crate::lock::LockLost) -> fmt::Result {
+    write!(
+        f,
+        "lost the migration lock (token {} is no longer current)",
+        l.token
+    )?;
+    match (&l.at, l.unrecorded) {
+        (Some(m), true) => write!(
+            f,
+            "; migration {m} ran outside a transaction but could not be recorded"
+        ),
+        (Some(m), false) => {
+            write!(f, "; stopped before migration {m}, which was not applied")
+        }
+        (None, _) => Ok(()),
+    }?;
+    if !l.completed.is_empty() {
+        write!(
+            f,
+            "; the {} migration{} before it stayed applied",
+            l.completed.len(),
+            plural(l.completed.len())
+        )?;
+    }
+    Ok(())
 }
 
 fn plural(n: usize) -> &'static str {

@@ -340,118 +340,14 @@ impl MigrationSet {
     /// file, in file-name order, without touching any database.
     pub fn load(dir: impl AsRef<Path>) -> Result<MigrationSet, SourceError> {
         let dir = dir.as_ref();
-        let entries = fs::read_dir(dir).map_err(|e| {
-            let err = SourceError::new(
-                dir,
-                format!("cannot read the migrations directory: {}", io_reason(&e)),
-            );
-            if e.kind() == io::ErrorKind::NotFound {
-                err.hint("run `lockstep init` to create it, or pass `--migrations DIR`")
-            } else {
-                err
-            }
-        })?;
-        let canonical_dir =
-            fs::canonicalize(dir).map_err(|e| SourceError::new(dir, io_reason(&e)))?;
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(|e| SourceError::new(dir, io_reason(&e)))?;
-            let Ok(file_name) = entry.file_name().into_string() else {
-                continue;
-            };
-            if file_name.starts_with('.') {
-                continue;
-            }
-            // From the directory listing itself: no system call per file
-            // on file systems that report the type (std falls back to
-            // lstat where they do not).
-            let kind = entry
-                .file_type()
-                .map_err(|e| SourceError::new(&entry.path(), io_reason(&e)))?;
-            names.push((file_name, kind));
-        }
-        names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-
-        // Each file becomes a job; no map of versions beside them.
-        let mut jobs: Vec<Job> = Vec::with_capacity(names.len());
-        for (file_name, kind) in names {
-            // Sized exactly (`join` doubles the buffer as it grows): each
-            // migration keeps its path.
-            let mut path = PathBuf::with_capacity(dir.as_os_str().len() + 1 + file_name.len());
-            path.push(dir);
-            path.push(&file_name);
-            let parsed = match parse_file_name(&file_name) {
-                Ok(Some(parsed)) => parsed,
-                Ok(None) => continue,
-                Err(message) => {
-                    if !path.is_file() {
-                        continue;
-                    }
-                    return Err(SourceError::new(&path, message)
-                        .hint("rename it, or move it out of the migrations directory"));
-                }
-            };
-            let is_file = if kind.is_symlink() {
-                check_inside(&path, &canonical_dir)?;
-                path.is_file()
-            } else {
-                kind.is_file()
-            };
-            if !is_file {
-                // A directory, FIFO or device named like a migration is a
-                // mistake worth naming: it would otherwise vanish silently.
-                return Err(SourceError::new(&path, "not a regular file")
-                    .hint("migrations are plain `.sql` files; rename or remove this entry"));
-            }
-            jobs.push(match parsed {
-                FileName::Single { version, name } => Job::Single(version, name, path),
-                FileName::Half { version, name, up } => {
-                    let (up, down) = if up {
-                        (Some(path), None)
-                    } else {
-                        (None, Some(path))
-                    };
-                    Job::Pair(version, Halves { name, up, down })
-                }
-            });
-        }
-        // In version order before parsing: the result needs no sort (a sort
-        // of parsed migrations would copy them), and the first error
-        // reported is the first in version order. Within a version, in the
-        // listing's (name) order. In place: the listing is nearly always
-        // in version order already.
+        let names = list(dir)?;
+        let mut jobs = jobs(dir, names)?;
+        // In version order before parsing: the result needs no sort, and
+        // the first error reported is the first in version order. Within a
+        // version, in the listing's (name) order. In place: the listing is
+        // nearly always in version order already.
         jobs.sort_unstable_by(|a, b| (a.version(), a.path()).cmp(&(b.version(), b.path())));
-        // The two halves of a pair share a version, and become one job;
-        // anything else that does is a duplicate.
-        let mut duplicated = None;
-        jobs.dedup_by(|later, earlier| {
-            if later.version() != earlier.version() || duplicated.is_some() {
-                return false;
-            }
-            let version = earlier.version();
-            match (later, earlier) {
-                (Job::Pair(_, l), Job::Pair(_, e))
-                    if e.up.is_none() != l.up.is_none() && e.down.is_none() != l.down.is_none() =>
-                {
-                    if l.name != e.name {
-                        // The two halves of one pair, misnamed: not two
-                        // migrations of one version.
-                        duplicated = Some(halves_disagree(e, l, version));
-                        return false;
-                    }
-                    e.up = e.up.take().or(l.up.take());
-                    e.down = e.down.take().or(l.down.take());
-                    true
-                }
-                (later, earlier) => {
-                    duplicated = Some(duplicate(later.path(), earlier.path(), earlier.version()));
-                    false
-                }
-            }
-        });
-        if let Some(err) = duplicated {
-            return Err(err);
-        }
+        join_pairs(&mut jobs)?;
         Ok(MigrationSet {
             dir: dir.to_path_buf(),
             migrations: parse_all(jobs)?,
@@ -495,6 +391,122 @@ impl MigrationSet {
             .ok()
             .map(|i| &self.migrations[i])
     }
+}
+
+/// The directory's entries that may be migrations (not hidden), by name,
+/// with their type from the listing itself: no system call per file on
+/// file systems that report it (std falls back to lstat where they do not).
+fn list(dir: &Path) -> Result<Vec<(String, fs::FileType)>, SourceError> {
+    let entries = fs::read_dir(dir).map_err(|e| {
+        let err = SourceError::new(
+            dir,
+            format!("cannot read the migrations directory: {}", io_reason(&e)),
+        );
+        if e.kind() == io::ErrorKind::NotFound {
+            err.hint("run `lockstep init` to create it, or pass `--migrations DIR`")
+        } else {
+            err
+        }
+    })?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| SourceError::new(dir, io_reason(&e)))?;
+        let Ok(file_name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if file_name.starts_with('.') {
+            continue;
+        }
+        let kind = entry
+            .file_type()
+            .map_err(|e| SourceError::new(&entry.path(), io_reason(&e)))?;
+        names.push((file_name, kind));
+    }
+    names.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    Ok(names)
+}
+
+/// A job for each file named like a migration; a file named almost like
+/// one, or an entry named like one that is not a regular file inside the
+/// directory, is an error.
+fn jobs(dir: &Path, names: Vec<(String, fs::FileType)>) -> Result<Vec<Job>, SourceError> {
+    let canonical_dir = fs::canonicalize(dir).map_err(|e| SourceError::new(dir, io_reason(&e)))?;
+    let mut jobs: Vec<Job> = Vec::with_capacity(names.len());
+    for (file_name, kind) in names {
+        // Sized exactly (`join` doubles the buffer as it grows): each
+        // migration keeps its path.
+        let mut path = PathBuf::with_capacity(dir.as_os_str().len() + 1 + file_name.len());
+        path.push(dir);
+        path.push(&file_name);
+        let parsed = match parse_file_name(&file_name) {
+            Ok(Some(parsed)) => parsed,
+            Ok(None) => continue,
+            Err(message) => {
+                if !path.is_file() {
+                    continue;
+                }
+                return Err(SourceError::new(&path, message)
+                    .hint("rename it, or move it out of the migrations directory"));
+            }
+        };
+        let is_file = if kind.is_symlink() {
+            check_inside(&path, &canonical_dir)?;
+            path.is_file()
+        } else {
+            kind.is_file()
+        };
+        if !is_file {
+            // A directory, FIFO or device named like a migration is a
+            // mistake worth naming: it would otherwise vanish silently.
+            return Err(SourceError::new(&path, "not a regular file")
+                .hint("migrations are plain `.sql` files; rename or remove this entry"));
+        }
+        jobs.push(match parsed {
+            FileName::Single { version, name } => Job::Single(version, name, path),
+            FileName::Half { version, name, up } => {
+                let (up, down) = if up {
+                    (Some(path), None)
+                } else {
+                    (None, Some(path))
+                };
+                Job::Pair(version, Halves { name, up, down })
+            }
+        });
+    }
+    Ok(jobs)
+}
+
+/// Joins the two halves of a pair (jobs in version order), which share a
+/// version, into one job; anything else that shares a version is a
+/// duplicate.
+fn join_pairs(jobs: &mut Vec<Job>) -> Result<(), SourceError> {
+    let mut duplicated = None;
+    jobs.dedup_by(|later, earlier| {
+        if later.version() != earlier.version() || duplicated.is_some() {
+            return false;
+        }
+        let version = earlier.version();
+        match (later, earlier) {
+            (Job::Pair(_, l), Job::Pair(_, e))
+                if e.up.is_none() != l.up.is_none() && e.down.is_none() != l.down.is_none() =>
+            {
+                if l.name != e.name {
+                    // The two halves of one pair, misnamed: not two
+                    // migrations of one version.
+                    duplicated = Some(halves_disagree(e, l, version));
+                    return false;
+                }
+                e.up = e.up.take().or(l.up.take());
+                e.down = e.down.take().or(l.down.take());
+                true
+            }
+            (later, earlier) => {
+                duplicated = Some(duplicate(later.path(), earlier.path(), earlier.version()));
+                false
+            }
+        }
+    });
+    duplicated.map_or(Ok(()), Err)
 }
 
 /// One migration to read and parse.

@@ -128,63 +128,10 @@ impl Migrator {
             total,
         });
         self.driver.fresh_session()?;
-        let dialect = self.driver.dialect();
-        let fence = held.map(|h| &h.fence);
         let duration = if section.no_transaction {
             self.run_without_transaction(m, section, direction, report, held)?
         } else {
-            let token = fence.map(|f| f.token);
-            let change = match direction {
-                Direction::Up => Change::Insert(new_row(m, &self.options.executor, false, token)),
-                Direction::Down => Change::Delete { version: m.version },
-            };
-            let steps = [TxStep { section, change }];
-            let mut took = Duration::ZERO;
-            let mut attempts = 0;
-            loop {
-                attempts += 1;
-                self.cancel.interruptible(true);
-                let result = self
-                    .driver
-                    .run_transaction(&steps, fence, &mut |_, d| took = d);
-                self.cancel.interruptible(false);
-                match result {
-                    Ok(()) => break,
-                    Err(StepFailure { lost: true, .. }) => {
-                        let held = held.expect("only fenced transactions lose the lock");
-                        return Err(self.lost(
-                            held,
-                            Some(m),
-                            false,
-                            report,
-                            "a fenced transaction found the token changed",
-                        ));
-                    }
-                    // Asked to stop, and rolled back whole: that is the
-                    // stop, whether the statement saw the interrupt or
-                    // failed otherwise while it came (SQLite's busy wait
-                    // does not see it, and ends in SQLITE_BUSY).
-                    Err(StepFailure { .. }) if self.cancel.is_cancelled() => {
-                        return Err(Error::Cancelled {
-                            completed: report.steps.clone(),
-                        });
-                    }
-                    // Rolled back whole: running it again is safe.
-                    Err(StepFailure { db, .. }) if db.is_retryable() && attempts <= RETRIES => {
-                        continue
-                    }
-                    Err(StepFailure { db, statement, .. }) => {
-                        let context = Context {
-                            statement,
-                            ..Context::default()
-                        };
-                        return Err(failure(
-                            m, section, direction, *db, report, dialect, context,
-                        ));
-                    }
-                }
-            }
-            took
+            self.run_in_transaction(m, section, direction, report, held)?
         };
         let step = Step {
             version: m.version,
@@ -200,6 +147,70 @@ impl Migrator {
         });
         report.steps.push(step);
         Ok(())
+    }
+
+    /// Runs a section in one transaction with its history change, fenced
+    /// when the lock is held; again when a serialization failure or
+    /// deadlock rolled it back whole. Returns how long it took.
+    fn run_in_transaction(
+        &mut self,
+        m: &Migration,
+        section: &Section,
+        direction: Direction,
+        report: &RunReport,
+        held: Option<&Held>,
+    ) -> Result<Duration, Error> {
+        let fence = held.map(|h| &h.fence);
+        let token = fence.map(|f| f.token);
+        let change = match direction {
+            Direction::Up => Change::Insert(new_row(m, &self.options.executor, false, token)),
+            Direction::Down => Change::Delete { version: m.version },
+        };
+        let steps = [TxStep { section, change }];
+        let mut took = Duration::ZERO;
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            self.cancel.interruptible(true);
+            let result = self
+                .driver
+                .run_transaction(&steps, fence, &mut |_, d| took = d);
+            self.cancel.interruptible(false);
+            match result {
+                Ok(()) => return Ok(took),
+                Err(StepFailure { lost: true, .. }) => {
+                    let held = held.expect("only fenced transactions lose the lock");
+                    return Err(self.lost(
+                        held,
+                        Some(m),
+                        false,
+                        report,
+                        "a fenced transaction found the token changed",
+                    ));
+                }
+                // Asked to stop, and rolled back whole: that is the stop,
+                // whether the statement saw the interrupt or failed
+                // otherwise while it came (SQLite's busy wait does not see
+                // it, and ends in SQLITE_BUSY).
+                Err(StepFailure { .. }) if self.cancel.is_cancelled() => {
+                    return Err(Error::Cancelled {
+                        completed: report.steps.clone(),
+                    });
+                }
+                // Rolled back whole: running it again is safe.
+                Err(StepFailure { db, .. }) if db.is_retryable() && attempts <= RETRIES => {}
+                Err(StepFailure { db, statement, .. }) => {
+                    let context = Context {
+                        statement,
+                        ..Context::default()
+                    };
+                    let dialect = self.driver.dialect();
+                    return Err(failure(
+                        m, section, direction, *db, report, dialect, context,
+                    ));
+                }
+            }
+        }
     }
 
     /// Runs a `-- lockstep:no-transaction` section statement by statement.
@@ -353,58 +364,8 @@ impl Migrator {
                 Err(f) => break Some(f),
             }
         };
-        if let Some(StepFailure {
-            index,
-            db,
-            lost,
-            statement,
-        }) = failed
-        {
-            if lost {
-                let held = held.expect("only fenced transactions lose the lock");
-                return Err(self.lost(
-                    held,
-                    Some(plan[0]),
-                    false,
-                    report,
-                    "a fenced transaction found the token changed",
-                ));
-            }
-            if self.cancel.is_cancelled() {
-                return Err(Error::Cancelled {
-                    completed: Vec::new(),
-                });
-            }
-            let completed = RunReport {
-                direction: Direction::Up,
-                steps: plan[..index]
-                    .iter()
-                    .zip(&durations)
-                    .map(|(m, d)| Step {
-                        version: m.version,
-                        name: m.name.clone(),
-                        duration: *d,
-                        no_transaction: false,
-                    })
-                    .collect(),
-                dry_run: false,
-            };
-            let m = plan[index];
-            let context = Context {
-                statement,
-                all_rolled_back: true,
-                ..Context::default()
-            };
-            let dialect = self.driver.dialect();
-            return Err(failure(
-                m,
-                &m.up,
-                Direction::Up,
-                *db,
-                &completed,
-                dialect,
-                context,
-            ));
+        if let Some(failed) = failed {
+            return Err(self.single_transaction_failed(plan, &durations, failed, report, held));
         }
         for (index, (m, duration)) in plan.iter().zip(durations).enumerate() {
             let step = Step {
@@ -422,6 +383,63 @@ impl Migrator {
             report.steps.push(step);
         }
         Ok(())
+    }
+
+    /// The error of a `--single-transaction` run whose transaction failed
+    /// at migration `failed.index`: everything was rolled back.
+    fn single_transaction_failed(
+        &mut self,
+        plan: &[&Migration],
+        durations: &[Duration],
+        failed: StepFailure,
+        report: &RunReport,
+        held: Option<&Held>,
+    ) -> Error {
+        let StepFailure {
+            index,
+            db,
+            lost,
+            statement,
+        } = failed;
+        if lost {
+            let held = held.expect("only fenced transactions lose the lock");
+            return self.lost(
+                held,
+                Some(plan[0]),
+                false,
+                report,
+                "a fenced transaction found the token changed",
+            );
+        }
+        if self.cancel.is_cancelled() {
+            return Error::Cancelled {
+                completed: Vec::new(),
+            };
+        }
+        // The migrations before the failing one ran, and were rolled back
+        // with it.
+        let completed = RunReport {
+            direction: Direction::Up,
+            steps: plan[..index]
+                .iter()
+                .zip(durations)
+                .map(|(m, d)| Step {
+                    version: m.version,
+                    name: m.name.clone(),
+                    duration: *d,
+                    no_transaction: false,
+                })
+                .collect(),
+            dry_run: false,
+        };
+        let m = plan[index];
+        let context = Context {
+            statement,
+            all_rolled_back: true,
+            ..Context::default()
+        };
+        let dialect = self.driver.dialect();
+        failure(m, &m.up, Direction::Up, *db, &completed, dialect, context)
     }
 }
 
