@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use super::{
-    Actor, Fence, LockInfo, LockStore, LogEntry, LogEvent, Probe, Renewal, Session, Take,
-    LOG_RETENTION,
+    Actor, Fence, ForcedRelease, LockInfo, LockStore, LogEntry, LogEvent, Probe, Renewal, Session,
+    Take, LOG_RETENTION,
 };
 use crate::error::{DbMessage, Error};
 
@@ -322,13 +322,13 @@ impl LockStore for MemoryStore {
         Ok(info)
     }
 
-    fn force_release(
-        &mut self,
-        scope: &str,
-        expected: &LockInfo,
-        actor: &Actor<'_>,
-        _wait: Duration,
-    ) -> Result<bool, Error> {
+    fn force_release(&mut self, release: &ForcedRelease<'_>) -> Result<bool, Error> {
+        let ForcedRelease {
+            scope,
+            expected,
+            actor,
+            wait: _,
+        } = *release;
         let mut w = self.world();
         self.gone(&w)?;
         if w.locked_by.is_some() {
@@ -346,9 +346,7 @@ impl LockStore for MemoryStore {
             ..Row::default()
         };
         let token = row.token;
-        let event = LogEvent::ForceReleased {
-            previous: expected.owner.as_deref(),
-        };
+        let event = release.event();
         w.log(event, token, actor);
         Ok(true)
     }

@@ -23,7 +23,9 @@ pub(crate) use acquire::{acquire, Acquired, Request, Work};
 pub(crate) use heartbeat::Held;
 pub use info::{LockBusy, LockEvent, LockInfo, LockLost, LockState, LogEntry};
 pub use store::Fence;
-pub(crate) use store::{Actor, LockMark, LockStore, LogEvent, Probe, Renewal, Session, Take};
+pub(crate) use store::{
+    Actor, ForcedRelease, LockMark, LockStore, LogEvent, Probe, Renewal, Session, Take,
+};
 
 /// The default lease: a holder that stops renewing loses the lock this long
 /// after its last heartbeat.

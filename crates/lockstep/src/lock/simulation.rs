@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use super::acquire::{attempt, Attempt, Taken};
 use super::memory::{MemoryStore, World};
-use super::{Actor, Fence, LockOptions, LockStore, Renewal, Request};
+use super::{Actor, Fence, ForcedRelease, LockOptions, LockStore, Renewal, Request};
 
 /// Seeds run by default; each is a fresh world.
 const SEEDS: u64 = 2_000;
@@ -199,9 +199,12 @@ impl Sim {
         if !seen.is_held() {
             return;
         }
-        let forced = self
-            .operator
-            .force_release("scope", &seen, &operator, Duration::ZERO);
+        let forced = self.operator.force_release(&ForcedRelease {
+            scope: "scope",
+            expected: &seen,
+            actor: &operator,
+            wait: Duration::ZERO,
+        });
         self.trace.push(format!(
             "operator: force release of token {}: {forced:?}",
             seen.token

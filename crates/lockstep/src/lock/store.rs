@@ -58,13 +58,7 @@ pub(crate) trait LockStore: Send {
     /// `expected`'s: bumps the token, logs `force_released`, wakes waiters.
     /// Waits up to `wait` for a running migration to commit. `false` when
     /// the token had changed.
-    fn force_release(
-        &mut self,
-        scope: &str,
-        expected: &LockInfo,
-        actor: &Actor<'_>,
-        wait: Duration,
-    ) -> Result<bool, Error>;
+    fn force_release(&mut self, release: &ForcedRelease<'_>) -> Result<bool, Error>;
 
     /// The newest `limit` events of the audit log, newest first.
     fn read_lock_log(&mut self, scope: &str, limit: usize) -> Result<Vec<LogEntry>, Error>;
@@ -171,6 +165,29 @@ pub(crate) struct Take<'a> {
     pub session: &'a Session,
     pub ttl: Duration,
     pub event: LogEvent<'a>,
+}
+
+/// A forced release: the lock freed whatever its holder, if its token is
+/// still the one the operator was shown.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ForcedRelease<'a> {
+    pub scope: &'a str,
+    /// The lock as the operator was shown it.
+    pub expected: &'a LockInfo,
+    /// Who releases it.
+    pub actor: &'a Actor<'a>,
+    /// How long to wait for a running migration to commit.
+    pub wait: Duration,
+}
+
+impl<'a> ForcedRelease<'a> {
+    /// The event that logs it: `force_released`, with the holder it was
+    /// taken from.
+    pub fn event(&self) -> LogEvent<'a> {
+        LogEvent::ForceReleased {
+            previous: self.expected.owner.as_deref(),
+        }
+    }
 }
 
 /// Proof of holding the lock: writes carrying it commit only while its

@@ -330,7 +330,12 @@ impl Migrator {
             pid: i64::from(std::process::id()),
             command: "lock release",
         };
-        self.driver.force_release(&scope, seen, &who, wait)
+        self.driver.force_release(&lock::ForcedRelease {
+            scope: &scope,
+            expected: seen,
+            actor: &who,
+            wait,
+        })
     }
 
     /// The newest events of the lock's audit log, newest first.

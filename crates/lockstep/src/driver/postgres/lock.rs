@@ -10,8 +10,8 @@ use crate::driver::FREE;
 use crate::error::{DbMessage, Error};
 use crate::history::TOOL_VERSION;
 use crate::lock::{
-    Actor, Fence, LockInfo, LockStore, LogEntry, LogEvent, Probe, Renewal, Session, Take,
-    LOG_RETENTION,
+    Actor, Fence, ForcedRelease, LockInfo, LockStore, LogEntry, LogEvent, Probe, Renewal, Session,
+    Take, LOG_RETENTION,
 };
 
 use super::look::{lock_row, parse_lock, PORT_COLUMN};
@@ -276,18 +276,16 @@ impl LockStore for PgDriver {
         Ok(info)
     }
 
-    fn force_release(
-        &mut self,
-        scope: &str,
-        expected: &LockInfo,
-        who: &Actor<'_>,
-        wait: Duration,
-    ) -> Result<bool, Error> {
+    fn force_release(&mut self, release: &ForcedRelease<'_>) -> Result<bool, Error> {
+        let ForcedRelease {
+            scope,
+            expected,
+            actor: who,
+            wait,
+        } = *release;
         let context = format!("releasing the migration lock for {scope}");
         let s = literal(scope);
-        let event = LogEvent::ForceReleased {
-            previous: expected.owner.as_deref(),
-        };
+        let event = release.event();
         let sql = format!(
             "BEGIN;
              SET LOCAL lock_timeout = '{wait_ms}ms';

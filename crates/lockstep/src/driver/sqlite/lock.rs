@@ -10,8 +10,8 @@ use crate::driver::FREE;
 use crate::error::{DbMessage, Error};
 use crate::history::TOOL_VERSION;
 use crate::lock::{
-    Actor, Fence, LockInfo, LockStore, LogEntry, LogEvent, Probe, Renewal, Session, Take,
-    LOCK_LOG_TABLE, LOG_RETENTION,
+    Actor, Fence, ForcedRelease, LockInfo, LockStore, LogEntry, LogEvent, Probe, Renewal, Session,
+    Take, LOCK_LOG_TABLE, LOG_RETENTION,
 };
 
 use super::release::Wake;
@@ -206,13 +206,13 @@ impl LockStore for SqliteDriver {
         self.inspect(scope)
     }
 
-    fn force_release(
-        &mut self,
-        scope: &str,
-        expected: &LockInfo,
-        who: &Actor<'_>,
-        wait: Duration,
-    ) -> Result<bool, Error> {
+    fn force_release(&mut self, release: &ForcedRelease<'_>) -> Result<bool, Error> {
+        let ForcedRelease {
+            scope,
+            expected,
+            actor: who,
+            wait,
+        } = *release;
         // Held until this returns: the holder sees it between migrations
         // and waits, so that this gets the database's write lock.
         let _request = self.request_release();
@@ -231,9 +231,7 @@ impl LockStore for SqliteDriver {
                 )
                 .optional()?;
             if let Some(token) = token {
-                let event = LogEvent::ForceReleased {
-                    previous: expected.owner.as_deref(),
-                };
+                let event = release.event();
                 self.insert_log(conn, scope, event, token, who)?;
             }
             conn.execute_batch("COMMIT")?;

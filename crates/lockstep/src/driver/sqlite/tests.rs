@@ -7,7 +7,7 @@ use rusqlite::Connection;
 
 use crate::driver::Driver;
 use crate::history::{HistoryStore, TableName};
-use crate::lock::{Actor, LockStore, LogEvent};
+use crate::lock::{Actor, ForcedRelease, LockStore, LogEvent};
 
 use super::release::Wake;
 use super::SqliteDriver;
@@ -226,7 +226,12 @@ fn a_release_of_the_lock_wakes_a_listening_driver() {
         ..who
     };
     assert!(releaser
-        .force_release("scope", &held, &operator, Duration::from_secs(5))
+        .force_release(&ForcedRelease {
+            scope: "scope",
+            expected: &held,
+            actor: &operator,
+            wait: Duration::from_secs(5),
+        })
         .unwrap());
     assert!(waiter
         .wait_for_notification(Duration::from_secs(60))
