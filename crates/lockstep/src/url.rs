@@ -219,51 +219,65 @@ fn parse_postgres(rest: &str) -> Result<PgTarget, UrlError> {
     if userinfo.is_none() && path.contains('@') {
         return err("a `/` in the user name or password must be percent-encoded as `%2F`");
     }
-    let (mut user, mut password) = (None, None);
+    let mut parts = PgParts::default();
     if let Some(info) = userinfo {
         let (u, p) = match info.split_once(':') {
             Some((u, p)) => (u, Some(p)),
             None => (info, None),
         };
-        user = Some(decode(u, "user name")?);
+        parts.user = Some(decode(u, "user name")?);
         if let Some(p) = p {
-            password = Some(Secret(percent_decode(p).ok_or_else(|| {
-                UrlError("bad percent-encoding in the password".into())
-            })?));
+            parts.set("password", p)?;
         }
     }
-    let (mut host, mut port) = split_host_port(hostport)?;
-    let mut dbname = if path.is_empty() {
-        None
-    } else {
-        Some(decode(path, "database name")?)
-    };
-    let mut sslmode = None;
-    let mut sslrootcert = None;
-    let mut connect_timeout = None;
-    let mut application_name = None;
+    (parts.host, parts.port) = split_host_port(hostport)?;
+    if !path.is_empty() {
+        parts.dbname = Some(decode(path, "database name")?);
+    }
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        let key = decode(key, "parameter name")?;
-        match key.as_str() {
+        parts.set(&decode(key, "parameter name")?, value)?;
+    }
+    parts.target()
+}
+
+/// A PostgreSQL URL's parts as written, before defaults.
+#[derive(Default)]
+struct PgParts {
+    user: Option<String>,
+    password: Option<Secret>,
+    host: Option<String>,
+    port: Option<u16>,
+    dbname: Option<String>,
+    sslmode: Option<SslMode>,
+    sslrootcert: Option<PathBuf>,
+    connect_timeout: Option<Duration>,
+    application_name: Option<String>,
+}
+
+impl PgParts {
+    /// One query parameter, its value still percent-encoded.
+    fn set(&mut self, key: &str, value: &str) -> Result<(), UrlError> {
+        match key {
             "password" => {
-                password = Some(Secret(percent_decode(value).ok_or_else(|| {
-                    UrlError("bad percent-encoding in the password".into())
-                })?))
+                self.password =
+                    Some(Secret(percent_decode(value).ok_or_else(|| {
+                        UrlError("bad percent-encoding in the password".into())
+                    })?))
             }
-            "host" => host = Some(decode(value, "host")?),
-            "port" => port = Some(parse_port(value)?),
-            "user" => user = Some(decode(value, "user name")?),
-            "dbname" => dbname = Some(decode(value, "database name")?),
+            "host" => self.host = Some(decode(value, "host")?),
+            "port" => self.port = Some(parse_port(value)?),
+            "user" => self.user = Some(decode(value, "user name")?),
+            "dbname" => self.dbname = Some(decode(value, "database name")?),
             "sslmode" => {
                 let v = decode(value, "sslmode")?;
-                sslmode = Some(SslMode::parse(&v).ok_or_else(|| {
+                self.sslmode = Some(SslMode::parse(&v).ok_or_else(|| {
                     UrlError(format!(
                         "unknown sslmode `{v}`; use disable, prefer, require, verify-ca or verify-full"
                     ))
                 })?)
             }
-            "sslrootcert" => sslrootcert = Some(PathBuf::from(decode(value, "sslrootcert")?)),
+            "sslrootcert" => self.sslrootcert = Some(PathBuf::from(decode(value, "sslrootcert")?)),
             "connect_timeout" => {
                 let v = decode(value, "connect_timeout")?;
                 let secs: u64 = v.parse().map_err(|_| {
@@ -276,9 +290,9 @@ fn parse_postgres(rest: &str) -> Result<PgTarget, UrlError> {
                         "connect_timeout `{v}` is more than a day ({MAX_CONNECT_TIMEOUT_SECS} seconds)"
                     ));
                 }
-                connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
+                self.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
             }
-            "application_name" => application_name = Some(decode(value, "application_name")?),
+            "application_name" => self.application_name = Some(decode(value, "application_name")?),
             other => {
                 return err(format!(
                     "unknown parameter `{other}`; lockstep understands host, port, user, password, \
@@ -286,35 +300,41 @@ fn parse_postgres(rest: &str) -> Result<PgTarget, UrlError> {
                 ))
             }
         }
+        Ok(())
     }
-    let host = match host {
-        Some(h) if h.starts_with('/') => PgHost::Socket(PathBuf::from(h)),
-        Some(h) if !h.is_empty() => PgHost::Tcp(h),
-        _ => default_host(),
-    };
-    let user = match user.filter(|u| !u.is_empty()) {
-        Some(u) => u,
-        None => default_user()?,
-    };
-    let sslmode = match (&host, sslmode) {
-        (_, Some(mode)) => mode,
-        // libpq ignores sslmode on Unix sockets; the server offers no TLS there.
-        (PgHost::Socket(_), None) => SslMode::Disable,
-        (PgHost::Tcp(_), None) => SslMode::Prefer,
-    };
-    Ok(PgTarget {
-        dbname: dbname
-            .filter(|d| !d.is_empty())
-            .unwrap_or_else(|| user.clone()),
-        user,
-        password,
-        host,
-        port: port.unwrap_or(5432),
-        sslmode,
-        sslrootcert,
-        connect_timeout,
-        application_name,
-    })
+
+    /// The target, with libpq's defaults for what the URL left out.
+    fn target(self) -> Result<PgTarget, UrlError> {
+        let host = match self.host {
+            Some(h) if h.starts_with('/') => PgHost::Socket(PathBuf::from(h)),
+            Some(h) if !h.is_empty() => PgHost::Tcp(h),
+            _ => default_host(),
+        };
+        let user = match self.user.filter(|u| !u.is_empty()) {
+            Some(u) => u,
+            None => default_user()?,
+        };
+        let sslmode = match (&host, self.sslmode) {
+            (_, Some(mode)) => mode,
+            // libpq ignores sslmode on Unix sockets; the server offers no TLS there.
+            (PgHost::Socket(_), None) => SslMode::Disable,
+            (PgHost::Tcp(_), None) => SslMode::Prefer,
+        };
+        Ok(PgTarget {
+            dbname: self
+                .dbname
+                .filter(|d| !d.is_empty())
+                .unwrap_or_else(|| user.clone()),
+            user,
+            password: self.password,
+            host,
+            port: self.port.unwrap_or(5432),
+            sslmode,
+            sslrootcert: self.sslrootcert,
+            connect_timeout: self.connect_timeout,
+            application_name: self.application_name,
+        })
+    }
 }
 
 /// `host:port`, with an IPv6 address in brackets: `[::1]:5432`.
