@@ -50,24 +50,7 @@ pub fn status(
 
     printer.document("status", exit, || json::Status {
         history_table: settings.history_table.to_string(),
-        migrations: entries()
-            .map(|e| json::StatusJson {
-                version: e.version,
-                name: e.name.to_string(),
-                state: e.state.as_str(),
-                file: e.migration.map(|m| m.up.path.display().to_string()),
-                applied_at: e.row.map(|r| r.applied_at.to_string()),
-                checksum: e.migration.map(|m| m.checksum.to_string()),
-                recorded_checksum: match (e.migration, e.row) {
-                    (Some(m), Some(r)) if m.checksum != r.checksum => Some(r.checksum.to_string()),
-                    (None, Some(r)) => Some(r.checksum.to_string()),
-                    _ => None,
-                },
-                out_of_order: e.out_of_order,
-                has_rollback: e.migration.map(|m| m.down.is_some()),
-                no_transaction: e.migration.map(|m| m.up.no_transaction),
-            })
-            .collect(),
+        migrations: entries().map(|e| status_json(&e)).collect(),
         counts,
     });
     if total == 0 {
@@ -79,20 +62,7 @@ pub fn status(
         if let Some(table) = table {
             table.write(printer, entries(), status_row, |p, lines| p.block(lines));
         }
-        let mut parts = vec![
-            format!("{} applied", counts.applied),
-            format!("{} pending", counts.pending),
-        ];
-        for (n, what) in [
-            (counts.modified, "modified"),
-            (counts.missing, "missing"),
-            (counts.dirty, "dirty"),
-        ] {
-            if n > 0 {
-                parts.push(format!("{n} {what}"));
-            }
-        }
-        printer.line(&parts.join(", "));
+        printer.line(&summary(&counts));
         if counts.modified + counts.missing + counts.dirty > 0 {
             printer.note(&format!(
                 "{} run `lockstep validate` for what to do",
@@ -101,6 +71,44 @@ pub fn status(
         }
     }
     Ok(exit)
+}
+
+/// `3 applied, 1 pending`, and what else there is.
+fn summary(counts: &json::Counts) -> String {
+    let mut parts = vec![
+        format!("{} applied", counts.applied),
+        format!("{} pending", counts.pending),
+    ];
+    for (n, what) in [
+        (counts.modified, "modified"),
+        (counts.missing, "missing"),
+        (counts.dirty, "dirty"),
+    ] {
+        if n > 0 {
+            parts.push(format!("{n} {what}"));
+        }
+    }
+    parts.join(", ")
+}
+
+/// A migration's entry in `status --json`.
+fn status_json(e: &StatusEntry<'_>) -> json::StatusJson {
+    json::StatusJson {
+        version: e.version,
+        name: e.name.to_string(),
+        state: e.state.as_str(),
+        file: e.migration.map(|m| m.up.path.display().to_string()),
+        applied_at: e.row.map(|r| r.applied_at.to_string()),
+        checksum: e.migration.map(|m| m.checksum.to_string()),
+        recorded_checksum: match (e.migration, e.row) {
+            (Some(m), Some(r)) if m.checksum != r.checksum => Some(r.checksum.to_string()),
+            (None, Some(r)) => Some(r.checksum.to_string()),
+            _ => None,
+        },
+        out_of_order: e.out_of_order,
+        has_rollback: e.migration.map(|m| m.down.is_some()),
+        no_transaction: e.migration.map(|m| m.up.no_transaction),
+    }
 }
 
 /// A line of `status`'s table.

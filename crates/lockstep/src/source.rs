@@ -797,14 +797,9 @@ struct Marker {
     end: usize,
 }
 
-/// Parses a single-file migration. Its text becomes the upgrade section's
-/// SQL in place, so a file costs no copy of itself.
-fn parse_single_text(
-    version: u64,
-    name: String,
-    path: PathBuf,
-    mut text: String,
-) -> Result<Migration, SourceError> {
+/// The `-- upgrade` line and the `-- rollback` line, when there is one:
+/// each at most once, no directive before them, an upgrade line there.
+fn find_markers(text: &str, path: &Path) -> Result<(Marker, Option<Marker>), SourceError> {
     let mut up: Option<Marker> = None;
     let mut down: Option<Marker> = None;
     let mut offset = 0;
@@ -820,7 +815,7 @@ fn parse_single_text(
             Line::Rollback => (&mut down, "rollback"),
             Line::Directive(_) if up.is_none() && down.is_none() => {
                 return Err(
-                    SourceError::new(&path, "directive before the `-- upgrade` line")
+                    SourceError::new(path, "directive before the `-- upgrade` line")
                         .at(i + 1)
                         .hint("put directives inside the section they apply to"),
                 );
@@ -829,7 +824,7 @@ fn parse_single_text(
         };
         if let Some(prev) = slot {
             return Err(SourceError::new(
-                &path,
+                path,
                 format!(
                     "second `-- {word}` line (the first is on line {})",
                     prev.line + 1
@@ -840,17 +835,28 @@ fn parse_single_text(
         *slot = Some(marker);
     }
     let Some(up) = up else {
-        let mut err = SourceError::new(&path, "no `-- upgrade` line");
-        err = if text
+        let err = SourceError::new(path, "no `-- upgrade` line");
+        let dbmate = text
             .lines()
-            .any(|l| l.trim().eq_ignore_ascii_case("-- migrate:up"))
-        {
+            .any(|l| l.trim().eq_ignore_ascii_case("-- migrate:up"));
+        return Err(if dbmate {
             err.hint("lockstep marks sections with `-- upgrade` and `-- rollback` (dbmate's `-- migrate:up` and `-- migrate:down`)")
         } else {
             err.hint("start the migration's SQL with a line `-- upgrade`; put the SQL that undoes it after a line `-- rollback`")
-        };
-        return Err(err);
+        });
     };
+    Ok((up, down))
+}
+
+/// Parses a single-file migration. Its text becomes the upgrade section's
+/// SQL in place, so a file costs no copy of itself.
+fn parse_single_text(
+    version: u64,
+    name: String,
+    path: PathBuf,
+    mut text: String,
+) -> Result<Migration, SourceError> {
+    let (up, down) = find_markers(&text, &path)?;
     let first_marker = down.map_or(up.start, |d| d.start.min(up.start));
     if let Some(at) = sql::first_code_offset(&text[..first_marker]) {
         return Err(SourceError::new(&path, "SQL before the `-- upgrade` line")

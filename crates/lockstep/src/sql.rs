@@ -271,6 +271,8 @@ impl Lexer<'_> {
         self.src.get(self.pos + ahead).copied()
     }
 
+    /// The next token. One match over what can start a token: long, but a
+    /// lexer's cases read best side by side.
     fn next_token(&mut self) -> Result<Option<Token>, LexError> {
         while let Some(b) = self.peek(0) {
             if is_space(b) {

@@ -27,7 +27,8 @@ pub(crate) struct ScriptFailure {
 
 /// Runs every statement of `sql` in order, stopping at the first failure
 /// or, before any statement, when `stop` is set. A syntax error's position
-/// is a byte offset into `sql`.
+/// is a byte offset into `sql`. Long: the prepare, step and finalize of
+/// each statement, and the pointers they share, stay in one place.
 pub(crate) fn run(conn: &Connection, sql: &str, stop: &AtomicBool) -> Result<(), ScriptFailure> {
     let mut text = Vec::with_capacity(sql.len() + 1);
     text.extend_from_slice(sql.as_bytes());
