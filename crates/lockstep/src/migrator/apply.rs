@@ -117,10 +117,7 @@ impl Migrator {
             total,
         } = at;
         self.checkpoint(m, held, report)?;
-        let section = match direction {
-            Direction::Up => &m.up,
-            Direction::Down => down(m),
-        };
+        let section = section(m, direction);
         observer.event(&Event::Started {
             direction,
             migration: m,
@@ -481,18 +478,32 @@ fn new_row<'a>(
     }
 }
 
-pub(super) fn down(m: &Migration) -> &Section {
-    m.down
-        .as_ref()
-        .expect("the planner only plans rollbacks with a down section")
+/// The section of `m` that runs in `direction`.
+pub(super) fn section(m: &Migration, direction: Direction) -> &Section {
+    match direction {
+        Direction::Up => &m.up,
+        Direction::Down => m
+            .down
+            .as_deref()
+            .expect("the planner only plans rollbacks with a down section"),
+    }
 }
 
-pub(super) fn planned_step(m: &Migration, section: &Section) -> Step {
-    Step {
-        version: m.version,
-        name: m.name.clone(),
-        duration: Duration::ZERO,
-        no_transaction: section.no_transaction,
+/// What a plan would do, as a report of its steps that ran nowhere: a dry
+/// run's, or an empty one.
+pub(super) fn planned(direction: Direction, plan: &[&Migration], dry_run: bool) -> RunReport {
+    RunReport {
+        direction,
+        steps: plan
+            .iter()
+            .map(|m| Step {
+                version: m.version,
+                name: m.name.clone(),
+                duration: Duration::ZERO,
+                no_transaction: section(m, direction).no_transaction,
+            })
+            .collect(),
+        dry_run,
     }
 }
 

@@ -1,7 +1,7 @@
 //! What each command that writes under the lock plans and does, within
 //! the one outline of `outline`.
 
-use super::apply::{down, planned_step, retry};
+use super::apply::{planned, retry, section};
 use super::outline::Locked;
 use super::{check_section, DirtyResolution, Event, Fixed, Migrator, Observer, RunReport};
 use super::{RollbackOptions, UpgradeOptions};
@@ -55,15 +55,11 @@ impl<'s> Locked for Upgrade<'s> {
     }
 
     fn unrun(&self, plan: Option<Self::Plan>) -> RunReport {
-        RunReport {
-            direction: Direction::Up,
-            steps: plan
-                .unwrap_or_default()
-                .iter()
-                .map(|m| planned_step(m, &m.up))
-                .collect(),
-            dry_run: self.options.dry_run,
-        }
+        planned(
+            Direction::Up,
+            &plan.unwrap_or_default(),
+            self.options.dry_run,
+        )
     }
 
     fn run(
@@ -109,15 +105,11 @@ impl<'s> Locked for Rollback<'s> {
     }
 
     fn unrun(&self, plan: Option<Self::Plan>) -> RunReport {
-        RunReport {
-            direction: Direction::Down,
-            steps: plan
-                .unwrap_or_default()
-                .iter()
-                .map(|m| planned_step(m, down(m)))
-                .collect(),
-            dry_run: self.options.dry_run,
-        }
+        planned(
+            Direction::Down,
+            &plan.unwrap_or_default(),
+            self.options.dry_run,
+        )
     }
 
     fn run(
@@ -271,11 +263,7 @@ pub(super) fn dirty_fix(
 /// wraps in a transaction.
 fn preflight(plan: &[&Migration], direction: Direction, dialect: Dialect) -> Result<(), Error> {
     for m in plan {
-        let section = match direction {
-            Direction::Up => &m.up,
-            Direction::Down => down(m),
-        };
-        check_section(section, dialect)?;
+        check_section(section(m, direction), dialect)?;
     }
     Ok(())
 }
