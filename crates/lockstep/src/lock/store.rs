@@ -104,6 +104,18 @@ pub(crate) struct Actor<'a> {
     pub command: &'a str,
 }
 
+impl<'a> Actor<'a> {
+    /// This process, as `owner` on `host`, doing `command`.
+    pub fn this_process(owner: &'a str, host: &'a str, command: &'a str) -> Actor<'a> {
+        Actor {
+            owner,
+            host,
+            pid: i64::from(std::process::id()),
+            command,
+        }
+    }
+}
+
 /// An event of the audit log, with what it records beyond its actor and
 /// token. The protocol decides which event a step writes; an engine writes
 /// it as given.

@@ -54,14 +54,7 @@ impl Migrator {
         detail: &str,
     ) -> Error {
         held.mark_lost();
-        let owner = self.options.executor.clone();
-        let host = self.host.clone();
-        let who = Actor {
-            owner: &owner,
-            host: &host,
-            pid: i64::from(std::process::id()),
-            command: &held.command,
-        };
+        let who = Actor::this_process(&self.options.executor, &self.host, &held.command);
         let _ = self.driver.log_lost(&held.fence, &who, detail);
         Error::LockLost(Box::new(LockLost {
             token: held.fence.token,

@@ -322,14 +322,7 @@ impl Migrator {
             hint: None,
         })?;
         let scope = self.scope();
-        let owner = self.options.executor.clone();
-        let host = self.host.clone();
-        let who = Actor {
-            owner: &owner,
-            host: &host,
-            pid: i64::from(std::process::id()),
-            command: "lock release",
-        };
+        let who = Actor::this_process(&self.options.executor, &self.host, "lock release");
         self.driver.force_release(&lock::ForcedRelease {
             scope: &scope,
             expected: seen,

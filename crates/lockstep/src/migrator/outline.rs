@@ -155,12 +155,7 @@ impl Migrator {
             return Ok(Locking::Held(None));
         };
         let scope = self.scope();
-        let who = Actor {
-            owner: &self.options.executor,
-            host: &self.host,
-            pid: i64::from(std::process::id()),
-            command,
-        };
+        let who = Actor::this_process(&self.options.executor, &self.host, command);
         let request = lock::Request {
             scope: &scope,
             actor: &who,
@@ -206,14 +201,7 @@ impl Migrator {
                 reason: "the lock was lost".into(),
             }
         } else {
-            let owner = self.options.executor.clone();
-            let host = self.host.clone();
-            let who = Actor {
-                owner: &owner,
-                host: &host,
-                pid: i64::from(std::process::id()),
-                command,
-            };
+            let who = Actor::this_process(&self.options.executor, &self.host, command);
             match retry(|| self.driver.release_lock(&held.fence, &who)) {
                 Ok(true) => LockEvent::Released { token },
                 Ok(false) => LockEvent::NotReleased {

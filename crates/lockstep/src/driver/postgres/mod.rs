@@ -214,7 +214,7 @@ const TIME_FORMAT: &str = "'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'";
 /// Serialization failures and deadlocks: the transaction was rolled back
 /// whole and can run again.
 fn is_retryable(e: &tokio_postgres::Error) -> bool {
-    matches!(code(e), Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED)
+    code(e).is_some_and(|c| class_of(c) == DbClass::Retryable)
 }
 
 fn interval(d: Duration) -> String {

@@ -11,7 +11,6 @@ use crate::error::{DbMessage, Error};
 use crate::lock::Fence;
 use crate::sql::Dialect;
 
-use super::client as pg_client;
 use super::{code, interval, literal, message, message_in, PgDriver};
 
 /// A session as it was when it began: what `psql` gives each file. The
@@ -95,7 +94,7 @@ impl Driver for PgDriver {
     fn canceller(&self) -> Canceller {
         let token = self.client.cancel_token();
         let tls = self.tls.clone();
-        Box::new(move || pg_client::cancel(&token, &tls))
+        Box::new(move || super::client::cancel(&token, &tls))
     }
 }
 
