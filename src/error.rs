@@ -6,7 +6,7 @@
 //! 4 refused (drift, dirty, missing rollback section, `status --check`
 //! found work); 5 the lock was lost during the run.
 
-use lockstep::{Error, ErrorKind, Refusal, Step};
+use lockstep::{Error, ErrorKind, Refusal, Remedy, Step};
 
 use crate::json;
 
@@ -116,8 +116,8 @@ impl From<Error> for CliError {
                 Exit::Signal(crate::signals::received().unwrap_or(libc::SIGINT))
             }
         };
-        let mut err = CliError::new(exit, e.code(), e.to_string());
-        err.hint = e.hint();
+        let mut err = CliError::new(exit, e.code(), message(&e));
+        err.hint = e.remedy().as_ref().map(hint);
         match &e {
             Error::Source(s) => {
                 err.detail.file = Some(s.path.display().to_string());
@@ -167,8 +167,146 @@ impl From<Error> for CliError {
     }
 }
 
+/// The error and its causes, each after a colon.
+fn message(e: &Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    if let Error::Migration(f) = e {
+        if f.all_rolled_back && !f.completed.is_empty() {
+            let n = f.completed.len();
+            text.push_str(&format!(
+                "\nthe single transaction was rolled back: none of this run's {n} earlier migration{} stayed applied",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+    }
+    text
+}
+
+/// A remedy in the words of this CLI's commands, flags and config file.
+fn hint(remedy: &Remedy) -> String {
+    match remedy {
+        Remedy::CreateMigrations => {
+            "run `lockstep init` to create it, or pass `--migrations DIR`".into()
+        }
+        Remedy::ListVersions => "run `lockstep status` to list the versions".into(),
+        Remedy::ListApplied => "run `lockstep history` to list the applied versions".into(),
+        Remedy::ListDirty => "run `lockstep status` to see which migrations are dirty".into(),
+        Remedy::RestoreOrAcceptChecksums => "restore the applied file, or run `lockstep fix checksums` if the change was intended (it does not re-run the migration)".into(),
+        Remedy::RestoreOrForget => {
+            "restore the file, or run `lockstep fix missing` to forget its history row".into()
+        }
+        Remedy::ResolveDirty { version, progress: Some(p) } => format!(
+            "{} of {} statements ran outside a transaction: repair the database by hand, then run `lockstep fix dirty {version} --applied` or `--forget`",
+            p.statements_done, p.statements_total
+        ),
+        Remedy::ResolveDirty { version, progress: None } => format!(
+            "check by hand how far it got, complete or undo it, then run `lockstep fix dirty {version} --applied` or `--forget`"
+        ),
+        Remedy::RenumberOrAllowOutOfOrder => "give it a version newer than the newest applied one, or pass `--allow-out-of-order`".into(),
+        Remedy::SplitSingleTransaction => "apply up to the version before it with `--to`, or run without `--single-transaction`".into(),
+        Remedy::SeeLockHolder { looks_dead, wait_longer } => {
+            let mut hint = "run `lockstep lock status` to see the holder".to_string();
+            if *looks_dead {
+                hint.push_str("; it looks dead: `lockstep lock release` frees it (the next run would take it over anyway)");
+            } else if *wait_longer {
+                hint.push_str(", or wait longer with `--lock-timeout`");
+            }
+            hint
+        }
+        Remedy::SeeLockLog => "another run took the lock over (or it was released by force): run `lockstep lock log` to see who, and `lockstep status` for what is applied".into(),
+        Remedy::CheckStatusThenRunAgain => "the connection to the database was lost: the migration committed with its history row, or not at all; run `lockstep status` to see which, then `lockstep upgrade` again".into(),
+        Remedy::FindBusyHolderThenRunAgain => "another connection kept the database locked past the 5 s busy timeout, and the migration was rolled back: find what holds it (a long transaction, a stopped process), then run `lockstep upgrade` again".into(),
+        Remedy::ChooseHistoryTable { suggestion: Some(name) } => format!(
+            "lockstep keeps its tables in one schema whatever `search_path` says (`public` unless `history_table` names one): if that table is lockstep's history, set `history_table = \"{name}\"` in lockstep.toml"
+        ),
+        Remedy::ChooseHistoryTable { suggestion: None } => {
+            "set `history_table` in lockstep.toml to a name lockstep can own".into()
+        }
+        // The rest name no command: the library's words are the CLI's.
+        other => other.to_string(),
+    }
+}
+
 impl From<lockstep::SourceError> for CliError {
     fn from(e: lockstep::SourceError) -> Self {
         Error::from(e).into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lockstep::{DbMessage, DirtyDetail};
+
+    #[test]
+    fn the_message_carries_the_engine_message_after_what_lockstep_did() {
+        let e = Error::Database {
+            context: "reading history from lockstep_history".into(),
+            db: Box::new(DbMessage::plain("disk I/O error")),
+        };
+        assert_eq!(e.to_string(), "reading history from lockstep_history");
+        assert_eq!(
+            CliError::from(e).message,
+            "reading history from lockstep_history: disk I/O error"
+        );
+    }
+
+    #[test]
+    fn every_remedy_is_worded_with_the_cli_not_the_library_api() {
+        let dirty = Some(DirtyDetail {
+            statements_done: 1,
+            statements_total: 3,
+        });
+        let remedies = [
+            Remedy::CreateMigrations,
+            Remedy::FixUrl,
+            Remedy::ListVersions,
+            Remedy::ListApplied,
+            Remedy::ListDirty,
+            Remedy::RestoreOrAcceptChecksums,
+            Remedy::RestoreOrForget,
+            Remedy::ResolveDirty {
+                version: 7,
+                progress: None,
+            },
+            Remedy::ResolveDirty {
+                version: 7,
+                progress: dirty,
+            },
+            Remedy::RenumberOrAllowOutOfOrder,
+            Remedy::SplitSingleTransaction,
+            Remedy::SeeLockHolder {
+                looks_dead: true,
+                wait_longer: false,
+            },
+            Remedy::SeeLockHolder {
+                looks_dead: false,
+                wait_longer: true,
+            },
+            Remedy::EndForeignTransaction,
+            Remedy::SeeLockLog,
+            Remedy::CheckStatusThenRunAgain,
+            Remedy::FindBusyHolderThenRunAgain,
+            Remedy::UseNoTransaction,
+            Remedy::ChooseHistoryTable { suggestion: None },
+            Remedy::ChooseHistoryTable {
+                suggestion: Some("app.lockstep_history".into()),
+            },
+        ];
+        for remedy in &remedies {
+            let hint = hint(remedy);
+            assert!(!hint.is_empty());
+            for api in ["Migrator::", "Options::", "DirtyResolution"] {
+                assert!(!hint.contains(api), "{remedy:?} worded as {hint}");
+            }
+        }
+        assert!(hint(&remedies[8]).contains("1 of 3 statements"));
+        assert!(hint(&remedies[8]).contains("`lockstep fix dirty 7 --applied`"));
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 use crate::plan::{Named, Refusal, TargetError};
+pub use crate::remedy::{DirtyDetail, Remedy};
 use crate::source::SourceError;
 use crate::url::UrlError;
 
@@ -178,15 +179,6 @@ pub struct FailedStatement {
     pub first_line: String,
 }
 
-/// How far a failed no-transaction migration got.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DirtyDetail {
-    /// Statements that ran before the failing one.
-    pub statements_done: usize,
-    /// Statements in the section.
-    pub statements_total: usize,
-}
-
 /// Everything that can go wrong.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -200,7 +192,7 @@ pub enum Error {
         /// What is wrong.
         message: String,
         /// What to do.
-        hint: Option<String>,
+        remedy: Option<Remedy>,
     },
     /// The target of `--to` does not exist.
     Target(TargetError),
@@ -213,7 +205,7 @@ pub enum Error {
         /// Why.
         message: String,
         /// What to check.
-        hint: Option<String>,
+        remedy: Option<Remedy>,
     },
     /// A database operation of lockstep's own failed.
     Database {
@@ -241,8 +233,8 @@ pub enum Error {
     System {
         /// What lockstep was doing.
         context: String,
-        /// The system's message.
-        message: String,
+        /// What the system said.
+        source: std::io::Error,
     },
     /// The history table exists but was not made by lockstep, or by a newer
     /// lockstep.
@@ -316,50 +308,43 @@ impl Error {
     }
 
     /// What a human should do next, when there is something to do.
-    pub fn hint(&self) -> Option<String> {
+    pub fn remedy(&self) -> Option<Remedy> {
         match self {
-            Error::Source(e) => e.hint.clone(),
-            Error::Url(_) => Some(
-                "use `sqlite://FILE` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`".into(),
-            ),
-            Error::Config { hint, .. } | Error::Connect { hint, .. } => hint.clone(),
-            Error::Target(TargetError::UnknownVersion(_)) => {
-                Some("run `lockstep status` to list the versions".into())
+            Error::Source(e) => e.remedy.clone(),
+            Error::Url(_) => Some(Remedy::FixUrl),
+            Error::Config { remedy, .. } | Error::Connect { remedy, .. } => remedy.clone(),
+            Error::Target(TargetError::UnknownVersion(_)) => Some(Remedy::ListVersions),
+            Error::Target(TargetError::NotApplied(_)) => Some(Remedy::ListApplied),
+            Error::Target(TargetError::NotDirty(_)) => Some(Remedy::ListDirty),
+            Error::Refused(r) => Some(match r {
+                Refusal::Modified(_) => Remedy::RestoreOrAcceptChecksums,
+                Refusal::Missing(_) => Remedy::RestoreOrForget,
+                Refusal::Dirty(items) => Remedy::ResolveDirty {
+                    version: items[0].version,
+                    progress: None,
+                },
+                Refusal::OutOfOrder { .. } => Remedy::RenumberOrAllowOutOfOrder,
+                Refusal::NoDown(m) => Remedy::Text(format!(
+                    "add a `-- rollback` section to migration {m}, or roll back to a version after it"
+                )),
+            }),
+            Error::Database { .. } | Error::Cancelled { .. } | Error::System { .. } => None,
+            Error::Migration(f) => migration_remedy(f),
+            Error::LockBusy(b) if b.holder.owner.is_none() && b.holder.migrating => {
+                Some(Remedy::EndForeignTransaction)
             }
-            Error::Target(TargetError::NotApplied(_)) => {
-                Some("run `lockstep history` to list the applied versions".into())
-            }
-            Error::Target(TargetError::NotDirty(_)) => {
-                Some("run `lockstep status` to see which migrations are dirty".into())
-            }
-            Error::Refused(r) => Some(refusal_hint(r)),
-            Error::Database { .. } => None,
-            Error::Migration(f) => migration_hint(f),
-            Error::LockBusy(b) if b.holder.owner.is_none() && b.holder.migrating => Some(
-                "a transaction outside lockstep (another tool, a long-running session, a stopped process) holds what the lock needs: find it and end it, then run again"
-                    .into(),
-            ),
-            Error::LockBusy(b) => {
-                let mut hint = "run `lockstep lock status` to see the holder".to_string();
-                if !b.holder.holder_alive() || b.holder.session_alive == Some(false) {
-                    hint.push_str("; it looks dead: `lockstep lock release` frees it (the next run would take it over anyway)");
-                } else if !b.no_wait {
-                    hint.push_str(", or wait longer with `--lock-timeout`");
-                }
-                Some(hint)
-            }
-            Error::LockLost(l) if l.unrecorded => Some(format!(
-                "migration {} ran outside a transaction but is recorded only as started: check it, then `lockstep fix dirty {} --applied` or `--forget`",
-                l.at.as_ref().map_or(String::new(), |m| m.to_string()),
-                l.at.as_ref().map_or(0, |m| m.version)
-            )),
-            Error::LockLost(_) => Some(
-                "another run took the lock over (or it was released by force): run `lockstep lock log` to see who, and `lockstep status` for what is applied".into(),
-            ),
-            Error::Cancelled { .. } | Error::System { .. } => None,
-            Error::ForeignTable { .. } => {
-                Some("set `history_table` in lockstep.toml to a name lockstep can own".into())
-            }
+            Error::LockBusy(b) => Some(Remedy::SeeLockHolder {
+                looks_dead: !b.holder.holder_alive() || b.holder.session_alive == Some(false),
+                wait_longer: !b.no_wait,
+            }),
+            Error::LockLost(l) => Some(match (&l.at, l.unrecorded) {
+                (Some(m), true) => Remedy::ResolveDirty {
+                    version: m.version,
+                    progress: None,
+                },
+                _ => Remedy::SeeLockLog,
+            }),
+            Error::ForeignTable { .. } => Some(Remedy::ChooseHistoryTable { suggestion: None }),
         }
     }
 }
@@ -373,49 +358,21 @@ fn list(items: &[Named]) -> String {
     s
 }
 
-fn refusal_hint(r: &Refusal) -> String {
-    match r {
-        Refusal::Modified(_) => "restore the applied file, or run `lockstep fix checksums` if the change was intended (it does not re-run the migration)".into(),
-        Refusal::Missing(_) => "restore the file, or run `lockstep fix missing` to forget its history row".into(),
-        Refusal::Dirty(items) => format!(
-            "check by hand how far it got, complete or undo it, then run `lockstep fix dirty {} --applied` or `--forget`",
-            items[0].version
-        ),
-        Refusal::OutOfOrder { .. } => "give it a version newer than the newest applied one, or pass `--allow-out-of-order`".into(),
-        Refusal::NoDown(m) => format!(
-            "add a `-- rollback` section to migration {m}, or roll back to a version after it"
-        ),
-    }
-}
-
-fn migration_hint(f: &MigrationFailure) -> Option<String> {
+fn migration_remedy(f: &MigrationFailure) -> Option<Remedy> {
     if let Some(dirty) = &f.dirty {
-        return Some(format!(
-            "{} of {} statements ran outside a transaction: repair the database by hand, then run `lockstep fix dirty {} --applied` or `--forget`",
-            dirty.statements_done, dirty.statements_total, f.migration.version
-        ));
+        return Some(Remedy::ResolveDirty {
+            version: f.migration.version,
+            progress: Some(dirty.clone()),
+        });
     }
-    // A transaction cannot commit without its client, but the commit's
-    // answer may be what got lost.
-    if f.db.class == DbClass::ConnectionLost {
-        return Some(
-            "the connection to the database was lost: the migration committed with its history row, or not at all; run `lockstep status` to see which, then `lockstep upgrade` again"
-                .into(),
-        );
+    match f.db.class {
+        // A transaction cannot commit without its client, but the commit's
+        // answer may be what got lost.
+        DbClass::ConnectionLost => Some(Remedy::CheckStatusThenRunAgain),
+        DbClass::Busy => Some(Remedy::FindBusyHolderThenRunAgain),
+        DbClass::NeedsNoTransaction => Some(Remedy::UseNoTransaction),
+        _ => None,
     }
-    if f.db.class == DbClass::Busy {
-        return Some(
-            "another connection kept the database locked past the 5 s busy timeout, and the migration was rolled back: find what holds it (a long transaction, a stopped process), then run `lockstep upgrade` again"
-                .into(),
-        );
-    }
-    if f.db.class == DbClass::NeedsNoTransaction {
-        return Some(
-            "this statement cannot run inside a transaction: put `-- lockstep:no-transaction` in the section"
-                .into(),
-        );
-    }
-    None
 }
 
 impl fmt::Display for Error {
@@ -442,10 +399,10 @@ impl fmt::Display for Error {
             } => {
                 write!(f, "cannot connect to {target}: {message}")
             }
-            Error::Database { context, db } => write!(f, "{context}: {db}"),
+            Error::Database { context, .. } => f.write_str(context),
             Error::Migration(m) => migration_failed(f, m),
             Error::ForeignTable { table, message } => write!(f, "table {table} {message}"),
-            Error::System { context, message } => write!(f, "{context}: {message}"),
+            Error::System { context, .. } => f.write_str(context),
             Error::LockBusy(b) => {
                 if b.no_wait {
                     write!(f, "the migration lock is held by {}", b.holder.describe())
@@ -534,16 +491,7 @@ fn migration_failed(f: &mut fmt::Formatter<'_>, m: &MigrationFailure) -> fmt::Re
         )?,
         (None, None) => {}
     }
-    write!(f, "): {}", m.db)?;
-    if m.all_rolled_back && !m.completed.is_empty() {
-        write!(
-            f,
-            "\nthe single transaction was rolled back: none of this run's {} earlier migration{} stayed applied",
-            m.completed.len(),
-            plural(m.completed.len())
-        )?;
-    }
-    Ok(())
+    f.write_str(")")
 }
 
 /// A lock lost during the run: where the run stopped, and what stayed.
@@ -582,7 +530,20 @@ fn plural(n: usize) -> &'static str {
     }
 }
 
-impl std::error::Error for Error {}
+/// The engine's message is the cause of a failed database operation or
+/// migration; the `Display` of those errors says only what lockstep did.
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Database { db, .. } => Some(db.as_ref()),
+            Error::Migration(m) => Some(&m.db),
+            Error::System { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+impl std::error::Error for DbMessage {}
 
 impl From<SourceError> for Error {
     fn from(e: SourceError) -> Self {
@@ -619,12 +580,11 @@ mod tests {
     fn a_refusal_of_the_system_is_a_failure_not_bad_usage() {
         let e = Error::System {
             context: "starting the lock's heartbeat thread".into(),
-            message: "Resource temporarily unavailable".into(),
+            source: std::io::Error::from_raw_os_error(11),
         };
         assert_eq!((e.kind(), e.code()), (ErrorKind::Failed, "system"));
-        assert_eq!(
-            e.to_string(),
-            "starting the lock's heartbeat thread: Resource temporarily unavailable"
-        );
+        assert_eq!(e.to_string(), "starting the lock's heartbeat thread");
+        let cause = std::error::Error::source(&e).map(ToString::to_string);
+        assert!(cause.is_some_and(|c| c.starts_with("Resource temporarily unavailable")));
     }
 }

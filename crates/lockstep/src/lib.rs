@@ -44,13 +44,14 @@ pub mod identity;
 pub mod lock;
 mod migrator;
 pub mod plan;
+mod remedy;
 pub mod source;
 pub mod sql;
 pub mod url;
 
 pub use error::{
     DbClass, DbMessage, Direction, DirtyDetail, Error, ErrorKind, FailedStatement,
-    MigrationFailure, Step,
+    MigrationFailure, Remedy, Step,
 };
 pub use history::{
     HistoryRow, RowState, TableName, Timestamp, DEFAULT_HISTORY_TABLE, FORMAT_VERSION, META_TABLE,

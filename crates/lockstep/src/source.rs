@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use sha2::{Digest, Sha256};
 
 use crate::fsread::io_reason;
+use crate::remedy::Remedy;
 use crate::sql;
 
 /// Files larger than this are refused: a migration is code, not a data dump,
@@ -81,7 +82,7 @@ pub struct SourceError {
     /// What is wrong, as a lowercase phrase.
     pub message: String,
     /// What a human should do about it.
-    pub hint: Option<String>,
+    pub remedy: Option<Remedy>,
 }
 
 impl SourceError {
@@ -90,7 +91,7 @@ impl SourceError {
             path: path.to_path_buf(),
             line: None,
             message: message.into(),
-            hint: None,
+            remedy: None,
         }
     }
 
@@ -100,7 +101,7 @@ impl SourceError {
     }
 
     fn hint(mut self, hint: impl Into<String>) -> Self {
-        self.hint = Some(hint.into());
+        self.remedy = Some(Remedy::Text(hint.into()));
         self
     }
 }
@@ -403,7 +404,10 @@ fn list(dir: &Path) -> Result<Vec<(String, fs::FileType)>, SourceError> {
             format!("cannot read the migrations directory: {}", io_reason(&e)),
         );
         if e.kind() == io::ErrorKind::NotFound {
-            err.hint("run `lockstep init` to create it, or pass `--migrations DIR`")
+            SourceError {
+                remedy: Some(Remedy::CreateMigrations),
+                ..err
+            }
         } else {
             err
         }
@@ -1408,14 +1412,14 @@ mod tests {
     #[test]
     fn dbmate_markers_get_a_hint() {
         let err = load(&[("1_a.sql", b"-- migrate:up\nSELECT 1;\n")]).unwrap_err();
-        assert!(err.hint.unwrap().contains("migrate:up"));
+        assert!(err.remedy.unwrap().to_string().contains("migrate:up"));
     }
 
     #[test]
     fn missing_directory_hints_at_init() {
         let err = MigrationSet::load("/nonexistent/lockstep-migrations").unwrap_err();
         assert!(err.message.contains("cannot read the migrations directory"));
-        assert!(err.hint.unwrap().contains("lockstep init"));
+        assert_eq!(err.remedy, Some(Remedy::CreateMigrations));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::error::{DbMessage, Error};
 use crate::history::{Change, HistoryStore, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
 use crate::lock::{Fence, LockStore};
+use crate::remedy::Remedy;
 use crate::source::Section;
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, SqliteTarget};
@@ -138,7 +139,9 @@ pub(crate) fn open(
                         "history table `{table}`: SQLite has no schema `{}`",
                         table.schema().unwrap_or_default()
                     ),
-                    hint: Some("drop the schema prefix (or use `main.`) on SQLite".into()),
+                    remedy: Some(Remedy::Text(
+                        "drop the schema prefix (or use `main.`) on SQLite".into(),
+                    )),
                 });
             }
             let driver = match target {
@@ -171,7 +174,9 @@ pub(crate) fn check_format(table: &TableName, format: Option<i64>) -> Result<(),
             message: format!(
                 "table {table} was written by a newer lockstep (table format {f}; this lockstep {TOOL_VERSION} knows format {FORMAT_VERSION})"
             ),
-            hint: Some("upgrade lockstep to the version that manages this database".into()),
+            remedy: Some(Remedy::Text(
+                "upgrade lockstep to the version that manages this database".into(),
+            )),
         }),
         Some(_) => Ok(()),
     }

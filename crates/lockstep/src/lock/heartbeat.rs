@@ -40,7 +40,7 @@ impl Held {
             .spawn(beat)
             .map_err(|e| Error::System {
                 context: "starting the lock's heartbeat thread".into(),
-                message: e.to_string(),
+                source: e,
             })?;
         Ok(Held {
             fence,

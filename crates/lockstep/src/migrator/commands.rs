@@ -9,6 +9,7 @@ use crate::error::{Direction, Error};
 use crate::history::{Change, HistoryRow, RowState};
 use crate::lock::Held;
 use crate::plan::{self, State, TargetError};
+use crate::remedy::Remedy;
 use crate::source::{Migration, MigrationSet};
 use crate::sql::Dialect;
 
@@ -40,10 +41,7 @@ impl<'s> Locked for Upgrade<'s> {
                         "`--single-transaction` cannot include migration {} {}: it is marked `-- lockstep:no-transaction`",
                         m.version, m.name
                     ),
-                    hint: Some(
-                        "apply up to the version before it with `--to`, or run without `--single-transaction`"
-                            .into(),
-                    ),
+                    remedy: Some(Remedy::SplitSingleTransaction),
                 });
             }
         }

@@ -16,6 +16,7 @@ use crate::error::{Direction, Error, Step};
 use crate::history::{HistoryRead, HistoryRow, TableName};
 use crate::lock::{self, Actor, LockEvent, LockInfo, LockOptions, LogEntry};
 use crate::plan::{self, Target, TargetError};
+use crate::remedy::Remedy;
 use crate::source::{Migration, MigrationSet, Section, SourceError};
 use crate::sql::{self, Dialect};
 use crate::url::DatabaseUrl;
@@ -238,12 +239,12 @@ impl Migrator {
         options.history_table = driver::canonical(url, &options.history_table);
         crate::identity::check_executor(&options.executor).map_err(|message| Error::Config {
             message,
-            hint: None,
+            remedy: None,
         })?;
         if let Some(lock) = &options.lock {
             lock.check().map_err(|message| Error::Config {
                 message,
-                hint: None,
+                remedy: None,
             })?;
         }
         // Shown in pg_stat_activity: who holds which session.
@@ -319,7 +320,7 @@ impl Migrator {
     pub fn force_release(&mut self, seen: &LockInfo, wait: Duration) -> Result<bool, Error> {
         lock::check_wait(wait).map_err(|message| Error::Config {
             message,
-            hint: None,
+            remedy: None,
         })?;
         let scope = self.scope();
         let who = Actor::this_process(&self.options.executor, &self.host, "lock release");
@@ -454,7 +455,9 @@ pub fn check_section(section: &Section, dialect: Dialect) -> Result<(), SourceEr
             "unterminated {} (it runs to the end of the section)",
             e.what
         ),
-        hint: Some("close it; a section must end outside any quote or comment".into()),
+        remedy: Some(Remedy::Text(
+            "close it; a section must end outside any quote or comment".into(),
+        )),
     })?;
     if !section.no_transaction {
         if let Some(s) = statements.iter().find(|s| s.is_transaction_control()) {
@@ -465,10 +468,10 @@ pub fn check_section(section: &Section, dialect: Dialect) -> Result<(), SourceEr
                 message: format!(
                     "`{text}` would end the transaction lockstep runs this migration in, separating it from its history row"
                 ),
-                hint: Some(
+                remedy: Some(Remedy::Text(
                     "remove it (lockstep wraps each migration in a transaction), or put `-- lockstep:no-transaction` in the section"
                         .into(),
-                ),
+                )),
             });
         }
     }

@@ -7,6 +7,7 @@ use tokio_postgres::error::SqlState;
 use crate::driver::tables::Names;
 use crate::error::Error;
 use crate::history::TableName;
+use crate::remedy::Remedy;
 use crate::url::{DatabaseUrl, PgHost, PgTarget};
 
 use super::client::Client;
@@ -61,7 +62,7 @@ impl PgDriver {
         let connect_error = |message: String, hint: Option<String>| Error::Connect {
             target: shown.clone(),
             message,
-            hint,
+            remedy: hint.map(Remedy::Text),
         };
         let mut config = tokio_postgres::Config::new();
         config.user(&target.user);

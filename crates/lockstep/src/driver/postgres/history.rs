@@ -12,6 +12,7 @@ use crate::history::{
     TOOL_VERSION,
 };
 use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE};
+use crate::remedy::Remedy;
 use crate::source::Checksum;
 
 use super::run::{fence_failed, statements_in};
@@ -385,10 +386,9 @@ impl PgDriver {
                 self.table.name(),
                 self.schema
             ),
-            hint: Some(format!(
-                "lockstep keeps its tables in one schema whatever `search_path` says (`public` unless `history_table` names one): if that table is lockstep's history, set `history_table = \"{schema}.{}\"` in lockstep.toml",
-                self.table.name()
-            )),
+            remedy: Some(Remedy::ChooseHistoryTable {
+                suggestion: Some(format!("{schema}.{}", self.table.name())),
+            }),
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::lock::{
     Actor, Fence, ForcedRelease, LockInfo, LockStore, LogEntry, LogEvent, Probe, Renewal, Session,
     Take, LOCK_LOG_TABLE, LOG_RETENTION,
 };
+use crate::remedy::Remedy;
 
 use super::release::Wake;
 use super::{db_error, is_busy, is_missing_table, millis, now_ms, rollback, SqliteDriver};
@@ -328,7 +329,9 @@ impl LockStore for SqliteDriver {
                 message:
                     "an in-memory SQLite database cannot be locked: it has no second connection"
                         .into(),
-                hint: Some("use a database file, or run without the lock".into()),
+                remedy: Some(Remedy::Text(
+                    "use a database file, or run without the lock".into(),
+                )),
             });
         }
         Ok(Box::new(SqliteDriver::open(&self.path, &self.table, true)?))

@@ -30,6 +30,7 @@ use rusqlite::{Connection, OpenFlags};
 use crate::driver::tables::{quote_ident, Names};
 use crate::error::{DbClass, DbMessage, Error};
 use crate::history::TableName;
+use crate::remedy::Remedy;
 
 use look::LOOK_BUSY;
 use release::Wake;
@@ -85,10 +86,10 @@ fn open_file(path: &Path, flags: OpenFlags) -> Result<Connection, Error> {
         Error::Connect {
             target: format!("sqlite://{}", path.display()),
             message: message(&e).message,
-            hint: path
+            remedy: path
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty() && !p.exists())
-                .map(|p| format!("the directory `{}` does not exist", p.display())),
+                .map(|p| Remedy::Text(format!("the directory `{}` does not exist", p.display()))),
         }
     })
 }
@@ -236,7 +237,7 @@ impl SqliteDriver {
         let conn = Connection::open_in_memory().map_err(|e| Error::Connect {
             target: "sqlite::memory:".into(),
             message: message(&e).message,
-            hint: None,
+            remedy: None,
         })?;
         Self::with(Some(conn), Path::new(":memory:"), table, true, true)
     }
