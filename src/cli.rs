@@ -285,7 +285,7 @@ pub struct FixDirtyArgs {
 }
 
 fn parse_version(s: &str) -> Result<u64, String> {
-    lockstep::source::parse_version(s)
+    lockstep::Migration::parse_version(s)
 }
 
 /// `500ms`, `30s`, `5m`, `1h`, `1m30s`; a bare number is seconds.
@@ -331,7 +331,7 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
 /// A wait for the lock: a duration of at most 24h.
 fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
     let wait = parse_duration(s)?;
-    lockstep::lock::check_wait(wait).map(|()| wait)
+    lockstep::LockOptions::check_timeout(wait).map(|()| wait)
 }
 
 impl Command {

@@ -8,8 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lockstep::url::SqliteTarget;
-use lockstep::{DatabaseUrl, TableName};
+use lockstep::{DatabaseUrl, LockOptions, TableName, UrlError};
 use serde::Deserialize;
 
 use crate::cli::GlobalArgs;
@@ -116,11 +115,11 @@ impl Settings {
             .or_else(|| env("LOCKSTEP_OWNER").filter(|o| !o.is_empty()))
         {
             Some(owner) => {
-                lockstep::identity::check_executor(&owner)
+                lockstep::Options::check_executor(&owner)
                     .map_err(|m| CliError::config(format!("--owner / LOCKSTEP_OWNER: {m}")))?;
                 owner
             }
-            None => lockstep::identity::default_executor(),
+            None => lockstep::Options::default().executor,
         };
 
         Ok(Settings {
@@ -128,8 +127,8 @@ impl Settings {
             migrations,
             history_table: file.history_table.unwrap_or_default(),
             owner,
-            lock_ttl: file.lock_ttl.unwrap_or(lockstep::lock::DEFAULT_TTL),
-            lock_timeout: file.lock_timeout.unwrap_or(lockstep::lock::DEFAULT_TIMEOUT),
+            lock_ttl: file.lock_ttl.unwrap_or(LockOptions::default().ttl),
+            lock_timeout: file.lock_timeout.unwrap_or(LockOptions::default().timeout),
         })
     }
 
@@ -149,18 +148,16 @@ fn display(path: &Option<PathBuf>) -> String {
 }
 
 fn parse_url(url: &str, source: String, base: Option<&Path>) -> Result<Database, CliError> {
-    let mut parsed: DatabaseUrl = url.parse().map_err(|e: lockstep::url::UrlError| {
+    let parsed: DatabaseUrl = url.parse().map_err(|e: UrlError| {
         CliError::config(format!("{e} (from {source})"))
             .with_code("database_url")
             .with_hint("use `sqlite://FILE` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`")
     })?;
-    if let (Some(base), DatabaseUrl::Sqlite(SqliteTarget::File(path))) = (base, &mut parsed) {
-        if path.is_relative() {
-            *path = base.join(&*path);
-        }
-    }
     Ok(Database {
-        url: parsed,
+        url: match base {
+            Some(base) => parsed.relative_to(base),
+            None => parsed,
+        },
         source,
     })
 }
@@ -232,8 +229,8 @@ pub fn parse_config(text: &str, path: &Path) -> Result<FileSettings, CliError> {
             })
             .transpose()
     };
-    let lock_ttl = duration(&lock.ttl, "ttl", lockstep::lock::check_ttl)?;
-    let lock_timeout = duration(&lock.timeout, "timeout", lockstep::lock::check_wait)?;
+    let lock_ttl = duration(&lock.ttl, "ttl", LockOptions::check_ttl)?;
+    let lock_timeout = duration(&lock.timeout, "timeout", LockOptions::check_timeout)?;
     if let Some(url) = &config.database_url {
         parse_url(url, format!("database_url in {}", path.display()), None)?;
     }

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use lockstep::sql::Dialect;
+use lockstep::fuzzing::{check_section, parse_migration, Dialect};
 
 fuzz_target!(|data: &[u8]| {
     // The name comes first, up to a NUL; a valid name half the time.
@@ -11,7 +11,7 @@ fuzz_target!(|data: &[u8]| {
         Some(i) => (String::from_utf8_lossy(&data[..i]).into_owned(), &data[i + 1..]),
         None => ("1_fuzz.sql".to_string(), data),
     };
-    match lockstep::source::parse_migration(&name, content) {
+    match parse_migration(&name, content) {
         Ok(m) => {
             // A NUL would end the SQL early on SQLite: never accepted.
             assert!(!m.up.sql.contains('\0'));
@@ -20,9 +20,9 @@ fuzz_target!(|data: &[u8]| {
             assert!(text.starts_with("sha256:"));
             assert_eq!(lockstep::Checksum::parse(&text), m.checksum);
             for dialect in [Dialect::Postgres, Dialect::Sqlite] {
-                let _ = lockstep::check_section(&m.up, dialect);
+                let _ = check_section(&m.up, dialect);
                 if let Some(down) = &m.down {
-                    let _ = lockstep::check_section(down, dialect);
+                    let _ = check_section(down, dialect);
                 }
             }
         }

@@ -1,7 +1,7 @@
 //! Read-only commands: `status`, `history`, `validate`. They create no
 //! table and, on SQLite, no database file.
 
-use lockstep::{plan, State, StatusEntry};
+use lockstep::{State, StatusEntry};
 
 use super::table::{Cell, Streamed, Table};
 use super::{connect_read_only, load_and_connect, plural};
@@ -21,7 +21,7 @@ pub fn status(
     // Done with the database: closed before the table is made, so that
     // SQLite's schema and page cache are not held beside it.
     drop(migrator);
-    let entries = || plan::statuses(set.migrations(), &history);
+    let entries = || set.status(&history);
 
     // One pass counts and measures the table's columns; the table is
     // written in a second, so that no entry, cell or line is held.
@@ -179,7 +179,8 @@ pub fn validate(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliE
     let history = migrator.validate(&set)?;
     let files = set.migrations().len();
     let applied = history.len();
-    let pending = plan::statuses(set.migrations(), &history)
+    let pending = set
+        .status(&history)
         .filter(|e| e.state == State::Pending)
         .count();
     printer.line(&format!(

@@ -4,7 +4,7 @@
 use std::ffi::OsString;
 
 use clap::Parser;
-use lockstep::{DatabaseUrl, LockOptions, MigrationSet, Migrator, Options};
+use lockstep::{LockOptions, MigrationSet, Migrator, Options};
 
 use crate::cli::{Cli, Command, LockArgs, LockCommand};
 use crate::error::{CliError, Exit};
@@ -147,7 +147,7 @@ fn load_and_connect(
     connect: impl FnOnce() -> Result<Migrator, CliError>,
 ) -> Result<(MigrationSet, Migrator), CliError> {
     let dir = &settings.migrations;
-    if !matches!(settings.database()?, DatabaseUrl::Postgres(_)) {
+    if settings.database()?.engine() != "postgres" {
         let migrator = connect().map(|mut migrator| {
             migrator.prefetch_history();
             migrator

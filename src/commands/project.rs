@@ -4,7 +4,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use lockstep::source::{check_name, parse_file_name, FileName, MAX_VERSION};
+use lockstep::Migration;
 
 use crate::cli::NewArgs;
 use crate::error::{CliError, Exit};
@@ -65,7 +65,7 @@ pub fn init(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError
 const TIMESTAMP_DIGITS: usize = 14;
 
 pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result<Exit, CliError> {
-    check_name(&args.name).map_err(|message| {
+    Migration::check_name(&args.name).map_err(|message| {
         let suggestion: String = args
             .name
             .to_lowercase()
@@ -92,9 +92,13 @@ pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result
     // the file exclusively, then make sure no other file took the version.
     for _ in 0..100 {
         let existing = versions(dir)?;
-        let Some(version) = next_version(&existing, now_utc()) else {
+        let Some(version) = next_version(
+            &existing,
+            Migration::version_at(std::time::SystemTime::now()),
+        ) else {
             return Err(CliError::usage(format!(
-                "no version is left after {MAX_VERSION}: versions have at most 18 digits"
+                "no version is left after {}: versions have at most 18 digits",
+                Migration::MAX_VERSION
             ))
             .with_hint(
                 "renumber the migrations that are not applied yet, or start a new directory",
@@ -156,9 +160,7 @@ fn versions(dir: &Path) -> Result<Vec<(u64, usize)>, CliError> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Ok(Some(FileName::Single { version, .. } | FileName::Half { version, .. })) =
-            parse_file_name(name)
-        {
+        if let Some(version) = Migration::version_of(name) {
             let digits = name.split('_').next().map_or(0, str::len);
             out.push((version, digits));
         }
@@ -176,33 +178,12 @@ fn next_version(existing: &[(u64, usize)], now: u64) -> Option<u64> {
         Some(&(newest, _)) => now.max(newest + 1),
         None => now,
     };
-    (next <= MAX_VERSION).then_some(next)
-}
-
-/// The current UTC time as the number `YYYYMMDDHHMMSS`.
-fn now_utc() -> u64 {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    utc_stamp(secs)
-}
-
-fn utc_stamp(secs: u64) -> u64 {
-    let u = lockstep::clock::Utc::from_unix(secs as i64);
-    let date = (u.year as u64 * 100 + u64::from(u.month)) * 100 + u64::from(u.day);
-    date * 1_000_000 + u64::from(u.hour) * 10_000 + u64::from(u.minute) * 100 + u64::from(u.second)
+    (next <= Migration::MAX_VERSION).then_some(next)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn utc_stamps() {
-        assert_eq!(utc_stamp(0), 19700101000000);
-        assert_eq!(utc_stamp(951_782_400), 20000229000000);
-        assert_eq!(utc_stamp(1_795_519_845), 20261124113045);
-    }
 
     #[test]
     fn next_versions() {
@@ -211,10 +192,8 @@ mod tests {
         assert_eq!(next_version(&[(1, 4), (2, 4)], now), Some(3));
         assert_eq!(next_version(&[(20261124111045, 14)], now), Some(now + 1));
         assert_eq!(next_version(&[(20200101000000, 14)], now), Some(now));
-        assert_eq!(
-            next_version(&[(MAX_VERSION - 1, 18)], now),
-            Some(MAX_VERSION)
-        );
-        assert_eq!(next_version(&[(MAX_VERSION, 18)], now), None);
+        let max = Migration::MAX_VERSION;
+        assert_eq!(next_version(&[(max - 1, 18)], now), Some(max));
+        assert_eq!(next_version(&[(max, 18)], now), None);
     }
 }

@@ -158,7 +158,8 @@ fn huge_file_is_refused_before_it_is_read() {
     let p = Project::new(Backend::Sqlite).unwrap();
     let file = std::fs::File::create(p.path("migrations/1_huge.sql")).unwrap();
     // Sparse: no disk is used, and lockstep must not read it.
-    file.set_len(lockstep::source::MAX_FILE_BYTES + 1).unwrap();
+    file.set_len(lockstep::Migration::MAX_FILE_BYTES + 1)
+        .unwrap();
     let run = p.run(&["status"]);
     run.code(2);
     assert_eq!(

@@ -62,8 +62,10 @@ pub struct HistoryRow {
     pub checksum: Checksum,
     /// Applied, or started and never finished.
     pub state: RowState,
-    /// When it was recorded (the server's clock on PostgreSQL).
-    pub applied_at: Timestamp,
+    /// When it was recorded (the server's clock on PostgreSQL): RFC 3339 in
+    /// UTC with milliseconds, `2026-11-24T11:30:45.123Z` (other text, such
+    /// as a hand edit of SQLite's column, is kept as written).
+    pub applied_at: String,
     /// How long it ran, in milliseconds.
     pub duration_ms: i64,
     /// The executor that applied it.
@@ -72,42 +74,6 @@ pub struct HistoryRow {
     pub lock_token: Option<i64>,
     /// The lockstep version that applied it.
     pub tool_version: String,
-}
-
-/// When a history row was recorded, as history holds it: RFC 3339 in UTC
-/// with milliseconds, `2026-11-24T11:30:45.123Z` (other text, such as a
-/// hand edit of SQLite's column, is kept as written).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Timestamp(String);
-
-impl Timestamp {
-    /// The text, as history holds it.
-    pub fn new(text: &str) -> Timestamp {
-        Timestamp(text.to_string())
-    }
-
-    /// The text, as history holds it.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl From<std::time::SystemTime> for Timestamp {
-    fn from(t: std::time::SystemTime) -> Timestamp {
-        Timestamp::new(&crate::clock::rfc3339_millis(t))
-    }
-}
-
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-impl fmt::Debug for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(self.as_str(), f)
-    }
 }
 
 /// A validated table name, with an optional schema.
@@ -301,25 +267,5 @@ mod tests {
         ] {
             assert!(TableName::parse(bad).is_err(), "{bad}");
         }
-    }
-
-    #[test]
-    fn timestamps_are_kept_as_written() {
-        let form = "2026-11-24T11:30:45.123Z";
-        let t = Timestamp::new(form);
-        assert_eq!((t.as_str(), t.to_string()), (form, form.to_string()));
-        assert_eq!(format!("{t:?}"), format!("{form:?}"));
-        // Other text, and text of the form's length that is not the form.
-        for other in [
-            "",
-            "2026-11-24 11:30:45",
-            "+10000-01-01T00:00:00.000Z",
-            "2026-11-24T11:30:45.12é",
-        ] {
-            let t = Timestamp::new(other);
-            assert_eq!(t.as_str(), other);
-        }
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_519_845_123);
-        assert_eq!(Timestamp::from(at), t);
     }
 }

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use crate::history::{HistoryRow, RowState};
-use crate::source::Migration;
+use crate::source::{Migration, MigrationSet};
 
 /// What a migration is, comparing its file with its history row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,17 +52,20 @@ pub struct StatusEntry<'a> {
     pub out_of_order: bool,
 }
 
-/// Compares every migration with its history row.
-pub fn status<'a>(migrations: &'a [Migration], history: &'a [HistoryRow]) -> Vec<StatusEntry<'a>> {
-    let mut entries = Vec::with_capacity(migrations.len().max(history.len()));
-    entries.extend(statuses(migrations, history));
-    entries
+impl MigrationSet {
+    /// Each migration, file or history row, compared with the other, in
+    /// version order: what `status` shows.
+    pub fn status<'a>(
+        &'a self,
+        history: &'a [HistoryRow],
+    ) -> impl Iterator<Item = StatusEntry<'a>> {
+        statuses(self.migrations(), history)
+    }
 }
 
-/// What [`status`] returns, one entry at a time in version order, for a
-/// caller that has no need to hold them all (at 10,000 migrations they
-/// are half a megabyte).
-pub fn statuses<'a>(
+/// Every migration compared with its history row, one entry at a time in
+/// version order.
+pub(crate) fn statuses<'a>(
     migrations: &'a [Migration],
     history: &'a [HistoryRow],
 ) -> impl Iterator<Item = StatusEntry<'a>> {
@@ -383,6 +386,10 @@ pub fn check(migrations: &[Migration], history: &[HistoryRow]) -> Result<(), Ref
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status<'a>(migrations: &'a [Migration], history: &'a [HistoryRow]) -> Vec<StatusEntry<'a>> {
+        statuses(migrations, history).collect()
+    }
     use crate::source::{Checksum, Section};
     use std::path::PathBuf;
 
@@ -408,7 +415,7 @@ mod tests {
             name: format!("m{version}"),
             checksum: Checksum::parse(&format!("sha256:{version}")),
             state: RowState::Applied,
-            applied_at: crate::history::Timestamp::new("2026-11-24T10:00:00.000Z"),
+            applied_at: "2026-11-24T10:00:00.000Z".into(),
             duration_ms: 1,
             applied_by: "test".into(),
             lock_token: None,

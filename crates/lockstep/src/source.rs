@@ -42,7 +42,7 @@ pub struct Migration {
     /// not empty. Boxed: many migrations have none, and a set holds one
     /// record per file.
     pub down: Option<Box<Section>>,
-    /// SHA-256 over the normalised file bytes (see [`checksum`]).
+    /// SHA-256 over the normalised file bytes (see [`Checksum`]).
     pub checksum: Checksum,
 }
 
@@ -118,16 +118,9 @@ impl fmt::Display for SourceError {
 
 impl std::error::Error for SourceError {}
 
-/// The normalised bytes of a file: a UTF-8 byte order mark removed and CRLF
+/// Normalises a file's bytes: a UTF-8 byte order mark removed and CRLF
 /// line endings turned into LF, so that an editor's or git's line-ending
 /// setting never reads as a change.
-pub fn normalize(bytes: &[u8]) -> Vec<u8> {
-    let mut out = bytes.to_vec();
-    normalize_in_place(&mut out);
-    out
-}
-
-/// [`normalize`] without a copy.
 fn normalize_in_place(bytes: &mut Vec<u8>) {
     let bom = if bytes.starts_with(b"\xEF\xBB\xBF") {
         3
@@ -157,8 +150,11 @@ pub fn checksum(up: &[u8], down: Option<&[u8]>) -> Checksum {
     Checksum(Sum::Sha256(hasher.finalize().into()))
 }
 
-/// A migration's checksum (see [`checksum`]), written `sha256:<64 hex
-/// digits>` in the history table and in output. Held as its 32 bytes: as
+/// A migration's checksum: SHA-256 over its file, a UTF-8 byte order mark
+/// removed and CRLF line endings read as LF (so that an editor's or git's
+/// line-ending setting never reads as a change), and for a pair of files
+/// over the up file, a NUL byte, then the down file. Written `sha256:<64
+/// hex digits>` in the history table and in output. Held as its 32 bytes: as
 /// text it would be an allocation per file and per history row, 20,000 of
 /// them for 10,000 applied migrations.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -243,7 +239,7 @@ impl fmt::Debug for Checksum {
 
 /// How a file name parses.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum FileName {
+pub(crate) enum FileName {
     /// `<version>_<name>.sql`
     Single {
         /// The version.
@@ -264,7 +260,7 @@ pub enum FileName {
 
 /// Parses a migration file name. `Ok(None)` for files that are not SQL
 /// (ignored), an error message for `.sql` files of neither form.
-pub fn parse_file_name(file_name: &str) -> Result<Option<FileName>, String> {
+pub(crate) fn parse_file_name(file_name: &str) -> Result<Option<FileName>, String> {
     let Some(stem) = file_name.strip_suffix(".sql") else {
         let lower = file_name.to_ascii_lowercase();
         if lower.ends_with(".sql") {
@@ -304,13 +300,9 @@ pub fn parse_file_name(file_name: &str) -> Result<Option<FileName>, String> {
     }))
 }
 
-/// The largest version: 18 digits, so that every version fits a signed
-/// 64-bit column on every engine.
-pub const MAX_VERSION: u64 = 999_999_999_999_999_999;
-
 /// Parses a version: digits, at most 18 of them so that it fits a signed
 /// 64-bit column on every engine.
-pub fn parse_version(digits: &str) -> Result<u64, String> {
+pub(crate) fn parse_version(digits: &str) -> Result<u64, String> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("version `{digits}` is not a number"));
     }
@@ -321,18 +313,59 @@ pub fn parse_version(digits: &str) -> Result<u64, String> {
     Ok(significant.parse().unwrap_or(0))
 }
 
-/// Checks a migration name as `lockstep new` takes it.
-pub fn check_name(name: &str) -> Result<(), String> {
-    if !name.is_empty()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid migration name `{name}`: use lowercase letters, digits and `_`"
-        ))
+impl Migration {
+    /// The largest version: 18 digits, so that every version fits a signed
+    /// 64-bit column on every engine.
+    pub const MAX_VERSION: u64 = 999_999_999_999_999_999;
+
+    /// The largest migration file lockstep reads.
+    pub const MAX_FILE_BYTES: u64 = MAX_FILE_BYTES;
+
+    /// Parses a version as a file name writes it: digits, at most 18 of
+    /// them.
+    pub fn parse_version(digits: &str) -> Result<u64, String> {
+        parse_version(digits)
+    }
+
+    /// Checks a name for a new migration: lowercase letters, digits and
+    /// `_`.
+    pub fn check_name(name: &str) -> Result<(), String> {
+        if !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            Ok(())
+        } else {
+            Err(format!(
+                "invalid migration name `{name}`: use lowercase letters, digits and `_`"
+            ))
+        }
+    }
+
+    /// The version of a file named as a migration (`<version>_<name>.sql`,
+    /// or either file of a pair); `None` for any other name.
+    pub fn version_of(file_name: &str) -> Option<u64> {
+        match parse_file_name(file_name) {
+            Ok(Some(FileName::Single { version, .. } | FileName::Half { version, .. })) => {
+                Some(version)
+            }
+            _ => None,
+        }
+    }
+
+    /// The version that a directory numbered by timestamps gives a
+    /// migration written at `time`: `YYYYMMDDHHMMSS` in UTC.
+    pub fn version_at(time: std::time::SystemTime) -> u64 {
+        let secs = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let u = crate::clock::Utc::from_unix(secs as i64);
+        let date = (u.year as u64 * 100 + u64::from(u.month)) * 100 + u64::from(u.day);
+        date * 1_000_000
+            + u64::from(u.hour) * 10_000
+            + u64::from(u.minute) * 100
+            + u64::from(u.second)
     }
 }
 
@@ -1458,7 +1491,13 @@ mod tests {
         );
         assert!(parse_version("1999999999999999999").is_err());
         assert!(parse_version("1a").is_err());
-        assert!(check_name("add_users_2").is_ok());
-        assert!(check_name("Add Users").is_err());
+        assert!(Migration::check_name("add_users_2").is_ok());
+        let at = |secs| {
+            Migration::version_at(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        };
+        assert_eq!(at(0), 19700101000000);
+        assert_eq!(at(951_782_400), 20000229000000);
+        assert_eq!(at(1_795_519_845), 20261124113045);
+        assert!(Migration::check_name("Add Users").is_err());
     }
 }

@@ -17,9 +17,22 @@ use std::time::Duration;
 /// The longest `connect_timeout`, in seconds: a day.
 const MAX_CONNECT_TIMEOUT_SECS: u64 = 24 * 3600;
 
-/// A parsed database URL. Its `Display` and `Debug` hide the password.
+/// A parsed database URL: `sqlite://FILE`, `sqlite::memory:` or
+/// `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE[?PARAMS]`. Its `Display`
+/// and `Debug` hide the password.
+///
+/// ```
+/// let url: lockstep::DatabaseUrl = "postgres://app:secret@db/app".parse()?;
+/// assert_eq!(url.engine(), "postgres");
+/// assert_eq!(url.to_string(), "postgres://app:***@db:5432/app");
+/// # Ok::<(), lockstep::UrlError>(())
+/// ```
 #[derive(Clone, PartialEq, Eq)]
-pub enum DatabaseUrl {
+pub struct DatabaseUrl(Endpoint);
+
+/// What a database URL points at. Its `Debug` hides the password.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Endpoint {
     /// An SQLite database.
     Sqlite(SqliteTarget),
     /// A PostgreSQL server.
@@ -28,7 +41,7 @@ pub enum DatabaseUrl {
 
 /// Where an SQLite database lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SqliteTarget {
+pub(crate) enum SqliteTarget {
     /// A file; relative paths are relative to the working directory.
     File(PathBuf),
     /// A private in-memory database (`sqlite::memory:`), for tests and
@@ -38,7 +51,7 @@ pub enum SqliteTarget {
 
 /// How TLS is used, as libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SslMode {
+pub(crate) enum SslMode {
     /// Never use TLS.
     Disable,
     /// Use TLS when the server offers it, without verifying the certificate.
@@ -77,7 +90,7 @@ impl SslMode {
 
 /// Where the PostgreSQL server listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PgHost {
+pub(crate) enum PgHost {
     /// A host name or IP address.
     Tcp(String),
     /// A directory holding the server's Unix socket.
@@ -86,7 +99,7 @@ pub enum PgHost {
 
 /// A password; its `Debug` does not show it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
+pub(crate) struct Secret(String);
 
 impl Secret {
     /// Wraps a password.
@@ -108,7 +121,7 @@ impl fmt::Debug for Secret {
 
 /// A PostgreSQL connection target.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PgTarget {
+pub(crate) struct PgTarget {
     /// The user name.
     pub user: String,
     /// The password, if any.
@@ -131,7 +144,7 @@ pub struct PgTarget {
 
 /// Why a URL was refused. Never holds any part of the URL's authority.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UrlError(pub String);
+pub struct UrlError(String);
 
 impl fmt::Display for UrlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -149,37 +162,41 @@ impl FromStr for DatabaseUrl {
     type Err = UrlError;
 
     fn from_str(url: &str) -> Result<Self, UrlError> {
-        let url = url.trim();
-        if url == "sqlite::memory:" || url == "sqlite://:memory:" {
-            return Ok(DatabaseUrl::Sqlite(SqliteTarget::Memory));
-        }
-        let Some((scheme, rest)) = url.split_once("://") else {
-            return err(
-                "expected `sqlite://PATH` or `postgres://[user[:password]@]host[:port]/database`",
-            );
-        };
-        match scheme {
-            "sqlite" | "sqlite3" => parse_sqlite(rest),
-            "postgres" | "postgresql" => parse_postgres(rest).map(DatabaseUrl::Postgres),
-            _ => {
-                // The scheme precedes any secret, but a URL without `://` in
-                // the expected place could be anything: show it only when it
-                // looks like a scheme.
-                let shown = if scheme
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '+')
-                {
-                    format!("unsupported scheme `{scheme}`")
-                } else {
-                    "unsupported scheme".to_string()
-                };
-                err(format!("{shown}; use `sqlite://` or `postgres://`"))
-            }
+        parse(url.trim()).map(DatabaseUrl)
+    }
+}
+
+/// The endpoint a trimmed URL names.
+fn parse(url: &str) -> Result<Endpoint, UrlError> {
+    if url == "sqlite::memory:" || url == "sqlite://:memory:" {
+        return Ok(Endpoint::Sqlite(SqliteTarget::Memory));
+    }
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return err(
+            "expected `sqlite://PATH` or `postgres://[user[:password]@]host[:port]/database`",
+        );
+    };
+    match scheme {
+        "sqlite" | "sqlite3" => parse_sqlite(rest),
+        "postgres" | "postgresql" => parse_postgres(rest).map(Endpoint::Postgres),
+        _ => {
+            // The scheme precedes any secret, but a URL without `://` in
+            // the expected place could be anything: show it only when it
+            // looks like a scheme.
+            let shown = if scheme
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '+')
+            {
+                format!("unsupported scheme `{scheme}`")
+            } else {
+                "unsupported scheme".to_string()
+            };
+            err(format!("{shown}; use `sqlite://` or `postgres://`"))
         }
     }
 }
 
-fn parse_sqlite(rest: &str) -> Result<DatabaseUrl, UrlError> {
+fn parse_sqlite(rest: &str) -> Result<Endpoint, UrlError> {
     let (path, query) = match rest.split_once('?') {
         Some((p, q)) => (p, Some(q)),
         None => (rest, None),
@@ -195,11 +212,11 @@ fn parse_sqlite(rest: &str) -> Result<DatabaseUrl, UrlError> {
         return err("an SQLite URL needs a file path, as in `sqlite://app.db`");
     }
     if path == ":memory:" {
-        return Ok(DatabaseUrl::Sqlite(SqliteTarget::Memory));
+        return Ok(Endpoint::Sqlite(SqliteTarget::Memory));
     }
     let path = percent_decode(path)
         .ok_or_else(|| UrlError("bad percent-encoding in the SQLite path".into()))?;
-    Ok(DatabaseUrl::Sqlite(SqliteTarget::File(PathBuf::from(path))))
+    Ok(Endpoint::Sqlite(SqliteTarget::File(PathBuf::from(path))))
 }
 
 fn parse_postgres(rest: &str) -> Result<PgTarget, UrlError> {
@@ -388,7 +405,7 @@ fn decode(s: &str, what: &str) -> Result<String, UrlError> {
 
 /// Decodes `%XX` escapes; `None` when an escape is malformed or the result is
 /// not UTF-8.
-pub fn percent_decode(s: &str) -> Option<String> {
+pub(crate) fn percent_decode(s: &str) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -447,33 +464,63 @@ fn default_user() -> Result<String, UrlError> {
 }
 
 impl DatabaseUrl {
+    /// What the URL points at.
+    pub(crate) fn endpoint(&self) -> &Endpoint {
+        &self.0
+    }
+
+    /// The same URL with a relative SQLite file path taken relative to
+    /// `base` (a URL read from a configuration file names a file relative to
+    /// that file's directory). Other URLs are unchanged.
+    pub fn relative_to(mut self, base: &std::path::Path) -> DatabaseUrl {
+        if let Endpoint::Sqlite(SqliteTarget::File(path)) = &mut self.0 {
+            if path.is_relative() {
+                *path = base.join(&*path);
+            }
+        }
+        self
+    }
+
     /// The engine's name: `sqlite` or `postgres`.
     pub fn engine(&self) -> &'static str {
-        match self {
-            DatabaseUrl::Sqlite(_) => "sqlite",
-            DatabaseUrl::Postgres(_) => "postgres",
+        match &self.0 {
+            Endpoint::Sqlite(_) => "sqlite",
+            Endpoint::Postgres(_) => "postgres",
         }
     }
 
     /// The password this URL carries, if any: callers that print text which
     /// may have come from elsewhere (a server message) can scrub it.
     pub fn password(&self) -> Option<&str> {
-        match self {
-            DatabaseUrl::Postgres(t) => t.password.as_ref().map(Secret::expose),
-            DatabaseUrl::Sqlite(_) => None,
+        match &self.0 {
+            Endpoint::Postgres(t) => t.password.as_ref().map(Secret::expose),
+            Endpoint::Sqlite(_) => None,
         }
+    }
+}
+
+/// The same URL with another password, or `None` for a URL that carries
+/// none: for the fuzz target that checks that no output shows it.
+pub fn with_password(url: &DatabaseUrl, password: &str) -> Option<DatabaseUrl> {
+    match &url.0 {
+        Endpoint::Postgres(t) if t.password.is_some() => {
+            let mut t = t.clone();
+            t.password = Some(Secret::new(password));
+            Some(DatabaseUrl(Endpoint::Postgres(t)))
+        }
+        _ => None,
     }
 }
 
 impl fmt::Display for DatabaseUrl {
     /// The URL with the password replaced by `***`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            DatabaseUrl::Sqlite(SqliteTarget::Memory) => f.write_str("sqlite::memory:"),
-            DatabaseUrl::Sqlite(SqliteTarget::File(path)) => {
+        match &self.0 {
+            Endpoint::Sqlite(SqliteTarget::Memory) => f.write_str("sqlite::memory:"),
+            Endpoint::Sqlite(SqliteTarget::File(path)) => {
                 write!(f, "sqlite://{}", path.display())
             }
-            DatabaseUrl::Postgres(t) => {
+            Endpoint::Postgres(t) => {
                 write!(f, "postgres://{}", percent_encode(&t.user))?;
                 if t.password.is_some() {
                     f.write_str(":***")?;
@@ -516,8 +563,8 @@ mod tests {
     use super::*;
 
     fn pg(url: &str) -> PgTarget {
-        match url.parse::<DatabaseUrl>().unwrap() {
-            DatabaseUrl::Postgres(t) => t,
+        match url.parse::<DatabaseUrl>().unwrap().0 {
+            Endpoint::Postgres(t) => t,
             other => panic!("{other:?}"),
         }
     }
@@ -533,13 +580,13 @@ mod tests {
         for (url, path) in table {
             assert_eq!(
                 url.parse::<DatabaseUrl>().unwrap(),
-                DatabaseUrl::Sqlite(SqliteTarget::File(path.into())),
+                DatabaseUrl(Endpoint::Sqlite(SqliteTarget::File(path.into()))),
                 "{url}"
             );
         }
         assert_eq!(
             "sqlite::memory:".parse::<DatabaseUrl>().unwrap(),
-            DatabaseUrl::Sqlite(SqliteTarget::Memory)
+            DatabaseUrl(Endpoint::Sqlite(SqliteTarget::Memory))
         );
     }
 

@@ -12,7 +12,7 @@ use crate::lock::{Fence, LockStore};
 use crate::remedy::Remedy;
 use crate::source::Section;
 use crate::sql::Dialect;
-use crate::url::{DatabaseUrl, SqliteTarget};
+use crate::url::{DatabaseUrl, Endpoint, SqliteTarget};
 
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
@@ -117,9 +117,9 @@ pub(crate) trait Driver: LockStore + HistoryStore {
 /// (PostgreSQL's `public`, SQLite's `main`) left unwritten: however it is
 /// spelled, one table is one lock scope.
 pub(crate) fn canonical(url: &DatabaseUrl, table: &TableName) -> TableName {
-    match url {
-        DatabaseUrl::Sqlite(_) => table.without_schema("main"),
-        DatabaseUrl::Postgres(_) => table.without_schema(postgres::DEFAULT_SCHEMA),
+    match url.endpoint() {
+        Endpoint::Sqlite(_) => table.without_schema("main"),
+        Endpoint::Postgres(_) => table.without_schema(postgres::DEFAULT_SCHEMA),
     }
 }
 
@@ -131,8 +131,8 @@ pub(crate) fn open(
     application_name: &str,
     create: bool,
 ) -> Result<Box<dyn Driver>, Error> {
-    match url {
-        DatabaseUrl::Sqlite(target) => {
+    match url.endpoint() {
+        Endpoint::Sqlite(target) => {
             if table.schema().is_some_and(|s| s != "main") {
                 return Err(Error::Config {
                     message: format!(
@@ -150,7 +150,7 @@ pub(crate) fn open(
             };
             Ok(Box::new(driver))
         }
-        DatabaseUrl::Postgres(target) => Ok(Box::new(postgres::PgDriver::connect(
+        Endpoint::Postgres(target) => Ok(Box::new(postgres::PgDriver::connect(
             target,
             url,
             table,

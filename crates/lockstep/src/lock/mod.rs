@@ -69,31 +69,31 @@ pub struct LockOptions {
 }
 
 impl LockOptions {
-    /// Refuses a lease or a wait the lock cannot honour: a lease shorter
-    /// than [`MIN_TTL`], either longer than [`MAX_DURATION`].
+    /// Refuses a lease or a wait the lock cannot honour.
     pub fn check(&self) -> Result<(), String> {
-        check_ttl(self.ttl)?;
-        check_wait(self.timeout)
+        Self::check_ttl(self.ttl)?;
+        Self::check_timeout(self.timeout)
     }
-}
 
-/// Checks a lease: from [`MIN_TTL`] to [`MAX_DURATION`].
-pub fn check_ttl(ttl: Duration) -> Result<(), String> {
-    if ttl < MIN_TTL {
-        Err("the lease must be at least 1s".into())
-    } else if ttl > MAX_DURATION {
-        Err("the lease must be at most 24h".into())
-    } else {
-        Ok(())
+    /// Checks a lease: from 1 s (renewals every third of it must fit
+    /// between a database's round trips) to 24 h.
+    pub fn check_ttl(ttl: Duration) -> Result<(), String> {
+        if ttl < MIN_TTL {
+            Err("the lease must be at least 1s".into())
+        } else if ttl > MAX_DURATION {
+            Err("the lease must be at most 24h".into())
+        } else {
+            Ok(())
+        }
     }
-}
 
-/// Checks a wait for the lock: at most [`MAX_DURATION`].
-pub fn check_wait(wait: Duration) -> Result<(), String> {
-    if wait > MAX_DURATION {
-        Err("the wait for the lock must be at most 24h".into())
-    } else {
-        Ok(())
+    /// Checks a wait for the lock: at most 24 h.
+    pub fn check_timeout(wait: Duration) -> Result<(), String> {
+        if wait > MAX_DURATION {
+            Err("the wait for the lock must be at most 24h".into())
+        } else {
+            Ok(())
+        }
     }
 }
 

@@ -40,6 +40,14 @@ pub struct Options {
     pub lock: Option<LockOptions>,
 }
 
+impl Options {
+    /// Checks an executor id given by a user: printable, no control
+    /// characters, at most 200 characters.
+    pub fn check_executor(id: &str) -> Result<(), String> {
+        crate::identity::check_executor(id)
+    }
+}
+
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -237,7 +245,7 @@ impl Migrator {
 
     fn open(url: &DatabaseUrl, mut options: Options, create: bool) -> Result<Migrator, Error> {
         options.history_table = driver::canonical(url, &options.history_table);
-        crate::identity::check_executor(&options.executor).map_err(|message| Error::Config {
+        Options::check_executor(&options.executor).map_err(|message| Error::Config {
             message,
             remedy: None,
         })?;
@@ -318,7 +326,7 @@ impl Migrator {
     /// `wait` for a running migration to commit. `false` when the lock
     /// changed meanwhile.
     pub fn force_release(&mut self, seen: &LockInfo, wait: Duration) -> Result<bool, Error> {
-        lock::check_wait(wait).map_err(|message| Error::Config {
+        LockOptions::check_timeout(wait).map_err(|message| Error::Config {
             message,
             remedy: None,
         })?;

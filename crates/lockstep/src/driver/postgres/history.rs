@@ -8,7 +8,7 @@ use tokio_postgres::SimpleQueryMessage;
 use crate::driver::tables::{self, Kind};
 use crate::error::{Error, RETRIES};
 use crate::history::{
-    Change, HistoryRead, HistoryRow, HistoryStore, RowState, Timestamp, FORMAT_VERSION, META_TABLE,
+    Change, HistoryRead, HistoryRow, HistoryStore, RowState, FORMAT_VERSION, META_TABLE,
     TOOL_VERSION,
 };
 use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE};
@@ -420,7 +420,7 @@ fn decode(row: &tokio_postgres::Row) -> Result<Option<HistoryRow>, tokio_postgre
         state: RowState::parse(text(4)?).unwrap_or(RowState::Started),
         applied_at: row
             .try_get::<_, Option<std::time::SystemTime>>(5)?
-            .map_or_else(|| Timestamp::new(""), Timestamp::from),
+            .map_or_else(String::new, crate::clock::rfc3339_millis),
         duration_ms: row.try_get::<_, Option<i64>>(6)?.unwrap_or_default(),
         applied_by: text(7)?.to_string(),
         lock_token: row.try_get(8)?,

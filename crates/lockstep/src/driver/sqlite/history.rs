@@ -7,7 +7,7 @@ use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
 use crate::driver::tables::{self, Kind};
 use crate::error::Error;
 use crate::history::{
-    Change, HistoryRead, HistoryRow, HistoryStore, RowState, Timestamp, FORMAT_VERSION, META_TABLE,
+    Change, HistoryRead, HistoryRow, HistoryStore, RowState, FORMAT_VERSION, META_TABLE,
     TOOL_VERSION,
 };
 use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE};
@@ -188,7 +188,7 @@ impl SqliteDriver {
                     name: r.get(1)?,
                     checksum: Checksum::parse(text(2)?),
                     state: RowState::parse(text(3)?).unwrap_or(RowState::Started),
-                    applied_at: Timestamp::new(text(4)?),
+                    applied_at: text(4)?.to_string(),
                     duration_ms: r.get(5)?,
                     applied_by: r.get(6)?,
                     lock_token: r.get(7)?,
