@@ -65,21 +65,7 @@ pub fn init(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError
 const TIMESTAMP_DIGITS: usize = 14;
 
 pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result<Exit, CliError> {
-    Migration::check_name(&args.name).map_err(|message| {
-        let suggestion: String = args
-            .name
-            .to_lowercase()
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-            .collect();
-        let suggestion = suggestion.trim_matches('_').to_string();
-        let err = CliError::usage(message);
-        if suggestion.is_empty() {
-            err
-        } else {
-            err.with_hint(format!("lockstep new {suggestion}"))
-        }
-    })?;
+    check_name(&args.name)?;
     let dir = &settings.migrations;
     if !dir.is_dir() {
         return Err(CliError::usage(format!(
@@ -148,6 +134,24 @@ pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result
     Err(CliError::io(
         "could not find a free version after 100 attempts",
     ))
+}
+
+/// Refuses a name `new` cannot use, suggesting one it can.
+fn check_name(name: &str) -> Result<(), CliError> {
+    Migration::check_name(name).map_err(|message| {
+        let suggestion: String = name
+            .to_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect();
+        let suggestion = suggestion.trim_matches('_').to_string();
+        let err = CliError::usage(message);
+        if suggestion.is_empty() {
+            err
+        } else {
+            err.with_hint(format!("lockstep new {suggestion}"))
+        }
+    })
 }
 
 /// The versions of the migration files in `dir`, with the number of digits

@@ -4,9 +4,9 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use crate::plan::{Named, Refusal, TargetError};
+use crate::plan::{Refusal, TargetError};
 pub use crate::remedy::{DirtyDetail, Remedy};
-use crate::source::SourceError;
+use crate::source::{Named, SourceError, Step};
 use crate::url::UrlError;
 
 /// Broad classes of failure; the CLI maps each to an exit code.
@@ -80,10 +80,6 @@ impl DbMessage {
     }
 }
 
-/// A serialization failure or deadlock rolls a transaction back whole;
-/// lockstep runs it again up to this many times, wherever it meets one.
-pub(crate) const RETRIES: usize = 5;
-
 impl DbMessage {
     /// A serialization failure or deadlock.
     pub(crate) fn is_retryable(&self) -> bool {
@@ -124,19 +120,6 @@ impl Direction {
             Direction::Down => "rollback",
         }
     }
-}
-
-/// A migration that ran and is recorded (or, in a dry run, would be).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Step {
-    /// The version.
-    pub version: u64,
-    /// The name.
-    pub name: String,
-    /// Wall time of the migration, including its round trip.
-    pub duration: std::time::Duration,
-    /// Whether it ran outside a transaction.
-    pub no_transaction: bool,
 }
 
 /// A migration whose SQL failed.
@@ -544,6 +527,29 @@ impl std::error::Error for Error {
 }
 
 impl std::error::Error for DbMessage {}
+
+impl crate::lock::StoreError for Error {
+    fn is_retryable(&self) -> bool {
+        Error::is_retryable(self)
+    }
+}
+
+impl From<crate::lock::Stop> for Error {
+    fn from(stop: crate::lock::Stop) -> Self {
+        use crate::lock::Stop;
+        match stop {
+            Stop::Busy(busy) => Error::LockBusy(busy),
+            Stop::Lost(lost) => Error::LockLost(lost),
+            Stop::Cancelled => Error::Cancelled {
+                completed: Vec::new(),
+            },
+            Stop::NoHeartbeat(source) => Error::System {
+                context: "starting the lock's heartbeat thread".into(),
+                source,
+            },
+        }
+    }
+}
 
 impl From<SourceError> for Error {
     fn from(e: SourceError) -> Self {

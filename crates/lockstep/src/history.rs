@@ -2,7 +2,6 @@
 
 use std::fmt;
 
-use crate::error::Error;
 use crate::lock::{Fence, LockMark};
 use crate::source::Checksum;
 
@@ -223,21 +222,25 @@ pub(crate) struct HistoryRead {
 /// What the run loop needs from the history's storage; each engine
 /// implements it with its SQL.
 pub(crate) trait HistoryStore {
+    /// How the store fails; a fenced change whose token is no longer
+    /// current fails as the lock's [`crate::lock::Stop::Lost`].
+    type Error: From<crate::lock::Stop>;
+
     /// History, or `None` when the history table does not exist. Creates
     /// nothing.
-    fn read_history(&mut self) -> Result<Option<HistoryRead>, Error>;
+    fn read_history(&mut self) -> Result<Option<HistoryRead>, Self::Error>;
 
     /// Creates lockstep's tables (history, meta, lock, lock log) when they
     /// do not exist. Safe when many processes do it at once.
-    fn create_tables(&mut self) -> Result<(), Error>;
+    fn create_tables(&mut self) -> Result<(), Self::Error>;
 
     /// Applies history changes in one transaction of their own, fenced when
-    /// a fence is given (`Error::LockLost` when it fails).
+    /// a fence is given.
     fn change_history(
         &mut self,
         changes: &[Change<'_>],
         fence: Option<&Fence>,
-    ) -> Result<(), Error>;
+    ) -> Result<(), Self::Error>;
 }
 
 #[cfg(test)]

@@ -196,7 +196,7 @@ mod url;
 
 pub use error::{
     DbClass, DbMessage, Direction, DirtyDetail, Error, ErrorKind, FailedStatement,
-    MigrationFailure, Remedy, Step,
+    MigrationFailure, Remedy,
 };
 pub use history::{HistoryRow, RowState, TableName};
 pub use lock::{LockBusy, LockEvent, LockInfo, LockLost, LockOptions, LockState, LogEntry};
@@ -204,8 +204,8 @@ pub use migrator::{
     CancelHandle, DirtyResolution, Event, Fixed, Migrator, Observer, Options, RollbackOptions,
     RunReport, UpgradeOptions,
 };
-pub use plan::{Named, Refusal, State, StatusEntry, Target, TargetError};
-pub use source::{Checksum, Migration, MigrationSet, Section, SourceError};
+pub use plan::{Refusal, State, StatusEntry, Target, TargetError};
+pub use source::{Checksum, Migration, MigrationSet, Named, Section, SourceError, Step};
 pub use url::{DatabaseUrl, UrlError};
 
 /// What the fuzz targets drive directly. Not part of the API: it may

@@ -1,10 +1,7 @@
 //! Planning: migrations on disk plus history rows in, a plan or a refusal
 //! out. Pure functions, no database.
-
-use std::fmt;
-
 use crate::history::{HistoryRow, RowState};
-use crate::source::{Migration, MigrationSet};
+use crate::source::{Migration, MigrationSet, Named};
 
 /// What a migration is, comparing its file with its history row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,21 +143,6 @@ fn entry<'a>(
         migration,
         row,
         out_of_order: state == State::Pending && newest_applied.is_some_and(|n| version < n),
-    }
-}
-
-/// A migration named in a refusal or error.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Named {
-    /// Its version.
-    pub version: u64,
-    /// Its name.
-    pub name: String,
-}
-
-impl fmt::Display for Named {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.version, self.name)
     }
 }
 

@@ -313,6 +313,34 @@ pub(crate) fn parse_version(digits: &str) -> Result<u64, String> {
     Ok(significant.parse().unwrap_or(0))
 }
 
+/// A migration named in a refusal or error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    /// Its version.
+    pub version: u64,
+    /// Its name.
+    pub name: String,
+}
+
+impl fmt::Display for Named {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.version, self.name)
+    }
+}
+
+/// A migration that ran and is recorded (or, in a dry run, would be).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Step {
+    /// The version.
+    pub version: u64,
+    /// The name.
+    pub name: String,
+    /// Wall time of the migration, including its round trip.
+    pub duration: std::time::Duration,
+    /// Whether it ran outside a transaction.
+    pub no_transaction: bool,
+}
+
 impl Migration {
     /// The largest version: 18 digits, so that every version fits a signed
     /// 64-bit column on every engine.

@@ -25,6 +25,16 @@ pub(crate) struct TxStep<'a> {
     pub change: Change<'a>,
 }
 
+/// What runs in one transaction: its steps, fenced when a fence is given.
+#[derive(Clone, Copy)]
+pub(crate) struct Transaction<'a> {
+    pub steps: &'a [TxStep<'a>],
+    pub fence: Option<&'a Fence>,
+}
+
+/// Told after each step of a transaction: its index and how long it took.
+pub(crate) type Done<'a> = dyn FnMut(usize, Duration) + 'a;
+
 /// A step of a transaction failed.
 #[derive(Debug)]
 pub(crate) struct StepFailure {
@@ -67,7 +77,7 @@ pub(crate) type Canceller = Box<dyn Fn() + Send + Sync>;
 
 /// What every engine offers: the lock's storage, the history's, and
 /// running migrations.
-pub(crate) trait Driver: LockStore + HistoryStore {
+pub(crate) trait Driver: LockStore<Error = Error> + HistoryStore<Error = Error> {
     /// The lexical rules of the engine's SQL.
     fn dialect(&self) -> Dialect;
 
@@ -81,12 +91,7 @@ pub(crate) trait Driver: LockStore + HistoryStore {
     /// With a fence, the transaction first checks (and row-locks) the lock
     /// row with the fence's token, and renews the lease before it commits.
     /// On failure the whole transaction is rolled back.
-    fn run_transaction(
-        &mut self,
-        steps: &[TxStep<'_>],
-        fence: Option<&Fence>,
-        done: &mut dyn FnMut(usize, Duration),
-    ) -> Result<(), StepFailure>;
+    fn run_steps(&mut self, tx: Transaction<'_>, done: &mut Done) -> Result<(), StepFailure>;
 
     /// Runs one statement outside any transaction.
     fn run_statement(&mut self, sql: &str) -> Result<(), DbMessage>;

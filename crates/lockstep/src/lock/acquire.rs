@@ -5,9 +5,8 @@ use std::time::{Duration, Instant};
 
 use super::{
     Actor, Fence, Held, LockBusy, LockEvent, LockInfo, LockMark, LockOptions, LockStore, LogEvent,
-    Probe, Session, Take,
+    Probe, Session, Stop, StoreError, Take, RETRIES,
 };
-use crate::error::{Error, RETRIES};
 
 /// Past this many moves of the lock in a row between a look and an
 /// attempt (each is another run's turn with it), a waiter stops comparing
@@ -56,7 +55,7 @@ pub(crate) fn acquire<S: LockStore + ?Sized>(
     report: &mut dyn FnMut(&LockEvent<'_>),
     cancelled: &dyn Fn() -> bool,
     needed: &mut dyn FnMut(&mut S) -> Work,
-) -> Result<Acquired, Error> {
+) -> Result<Acquired, S::Error> {
     let mut waiter = Waiter::new(request.since);
     let result = waiter.run(store, request, report, cancelled, needed);
     if waiter.listening {
@@ -133,12 +132,10 @@ impl Waiter {
         report: &mut dyn FnMut(&LockEvent<'_>),
         cancelled: &dyn Fn() -> bool,
         needed: &mut dyn FnMut(&mut S) -> Work,
-    ) -> Result<Option<Taken>, Error> {
+    ) -> Result<Option<Taken>, S::Error> {
         loop {
             if cancelled() {
-                return Err(Error::Cancelled {
-                    completed: Vec::new(),
-                });
+                return Err(Stop::Cancelled.into());
             }
             // Look before trying: one plain read, no transaction, no row
             // lock, no failed statement in the server's log, and on SQLite
@@ -164,7 +161,7 @@ impl Waiter {
             };
             self.recheck = true;
             if let Some(busy) = self.wait_turn(store, holder, request.options, report)? {
-                return Err(Error::LockBusy(Box::new(busy)));
+                return Err(Stop::Busy(Box::new(busy)).into());
             }
         }
     }
@@ -178,7 +175,7 @@ impl Waiter {
         request: &Request<'_>,
         seen: Option<&LockInfo>,
         needed: &mut dyn FnMut(&mut S) -> Work,
-    ) -> Result<Try, Error> {
+    ) -> Result<Try, S::Error> {
         if self.recheck || self.since.is_some_and(|mark| mark.moved(seen)) {
             match needed(store) {
                 Work::Done => return Ok(Try::NotNeeded),
@@ -223,7 +220,7 @@ impl Waiter {
         holder: LockInfo,
         options: &LockOptions,
         report: &mut dyn FnMut(&LockEvent<'_>),
-    ) -> Result<Option<LockBusy>, Error> {
+    ) -> Result<Option<LockBusy>, S::Error> {
         let waited = self.started.elapsed();
         if options.no_wait || waited >= options.timeout {
             return Ok(Some(LockBusy {
@@ -284,7 +281,7 @@ pub(super) fn attempt<S: LockStore + ?Sized>(
     request: &Request<'_>,
     session: &Session,
     since: Option<LockMark>,
-) -> Result<Attempt, Error> {
+) -> Result<Attempt, S::Error> {
     let info = match store.probe_lock(request.scope)? {
         Probe::Busy(seen) => {
             let mut info = seen.unwrap_or_else(|| LockInfo {
@@ -335,7 +332,7 @@ struct Probed<'s, S: LockStore + ?Sized> {
 }
 
 impl<S: LockStore + ?Sized> Probed<'_, S> {
-    fn take(mut self, take: &Take<'_>) -> Result<i64, Error> {
+    fn take(mut self, take: &Take<'_>) -> Result<i64, S::Error> {
         let store = self.store.take().expect("a probe is taken once");
         store.take_lock(take)
     }

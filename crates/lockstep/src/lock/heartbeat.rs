@@ -6,8 +6,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use super::{Fence, LockStore, Renewal};
-use crate::error::Error;
+use super::{Fence, LockStore, Renewal, Stop, StoreError};
 
 /// The lock held by this run: its fence and its heartbeat.
 pub(crate) struct Held {
@@ -26,7 +25,7 @@ impl Held {
         store: &S,
         fence: Fence,
         command: &str,
-    ) -> Result<Held, Error> {
+    ) -> Result<Held, S::Error> {
         let conn = store.heartbeat_store()?;
         let lost = Arc::new(AtomicBool::new(false));
         let (stop, stopped) = mpsc::channel::<()>();
@@ -38,10 +37,7 @@ impl Held {
         let handle = std::thread::Builder::new()
             .name("lockstep-heartbeat".into())
             .spawn(beat)
-            .map_err(|e| Error::System {
-                context: "starting the lock's heartbeat thread".into(),
-                source: e,
-            })?;
+            .map_err(|e| S::Error::from(Stop::NoHeartbeat(e)))?;
         Ok(Held {
             fence,
             command: command.to_string(),
@@ -76,8 +72,8 @@ impl Drop for Held {
 
 /// The heartbeat thread: renews until stopped, or until the token is no
 /// longer current, which it flags.
-fn beat(
-    mut conn: Box<dyn LockStore>,
+fn beat<E: StoreError>(
+    mut conn: Box<dyn LockStore<Error = E>>,
     fence: &Fence,
     stopped: &mpsc::Receiver<()>,
     lost: &AtomicBool,

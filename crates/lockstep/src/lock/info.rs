@@ -249,12 +249,12 @@ pub struct LockLost {
     pub token: i64,
     /// The migration that was about to run, or that ran outside a
     /// transaction but could not be recorded.
-    pub at: Option<crate::plan::Named>,
+    pub at: Option<crate::source::Named>,
     /// The migration ran (outside a transaction) but could not be recorded:
     /// it is left dirty.
     pub unrecorded: bool,
     /// The migrations this run completed before the loss.
-    pub completed: Vec<crate::error::Step>,
+    pub completed: Vec<crate::source::Step>,
 }
 
 #[cfg(test)]

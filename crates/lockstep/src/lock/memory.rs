@@ -177,7 +177,7 @@ impl MemoryStore {
     }
 
     /// Opens a migration's transaction with the fence, as an engine's
-    /// `run_transaction` does: the fence's check row-locks the lock row
+    /// `Driver::run_steps` does: the fence's check row-locks the lock row
     /// until the commit. A fence that fails is a lost lock. `false` when
     /// another transaction has the row locked: the fence would wait for
     /// it (try again later).
@@ -215,6 +215,8 @@ impl MemoryStore {
 }
 
 impl LockStore for MemoryStore {
+    type Error = Error;
+
     fn session(&mut self) -> Result<Session, Error> {
         Ok(Session {
             pid: Some(i64::from(self.conn)),
@@ -374,7 +376,7 @@ impl LockStore for MemoryStore {
         Duration::from_millis(10)
     }
 
-    fn heartbeat_store(&self) -> Result<Box<dyn LockStore>, Error> {
+    fn heartbeat_store(&self) -> Result<Box<dyn LockStore<Error = Error>>, Error> {
         Ok(Box::new(MemoryStore::connect(&self.world)))
     }
 }

@@ -24,8 +24,13 @@ pub(crate) use heartbeat::Held;
 pub use info::{LockBusy, LockEvent, LockInfo, LockLost, LockState, LogEntry};
 pub use store::Fence;
 pub(crate) use store::{
-    Actor, ForcedRelease, LockMark, LockStore, LogEvent, Probe, Renewal, Session, Take,
+    Actor, ForcedRelease, LockMark, LockStore, LogEvent, Probe, Renewal, Session, Stop, StoreError,
+    Take,
 };
+
+/// A serialization failure or deadlock rolls a transaction back whole;
+/// lockstep runs it again up to this many times, wherever it meets one.
+pub(crate) const RETRIES: usize = 5;
 
 /// The default lease: a holder that stops renewing loses the lock this long
 /// after its last heartbeat.

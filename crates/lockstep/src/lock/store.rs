@@ -5,52 +5,59 @@
 
 use std::time::Duration;
 
-use super::{LockInfo, LockLost, LogEntry};
-use crate::error::Error;
+use super::{LockBusy, LockInfo, LockLost, LogEntry};
 
 /// The lock's storage: one row per scope and an audit log, read and
 /// written by an engine's statements. Each method is one short transaction
 /// at most; none waits on a row lock unless it says so.
 pub(crate) trait LockStore: Send {
+    /// How the store fails; the protocol's own reasons to stop become one.
+    type Error: StoreError;
+
     /// The identity of this connection's session, recorded with the lock
     /// for liveness checks; empty where the engine cannot tell (behind a
     /// connection pooler).
-    fn session(&mut self) -> Result<Session, Error>;
+    fn session(&mut self) -> Result<Session, Self::Error>;
 
     /// Opens an acquisition: in a new transaction, locks the scope's row
     /// without waiting (creating the row if needed, its token above every
     /// token the scope had). `Probe::Row` leaves the transaction open for
     /// [`LockStore::take_lock`] or [`LockStore::abandon`]; the protocol
     /// calls one of them at once.
-    fn probe_lock(&mut self, scope: &str) -> Result<Probe, Error>;
+    fn probe_lock(&mut self, scope: &str) -> Result<Probe, Self::Error>;
 
     /// In the transaction `probe_lock` opened: takes the lock with the
     /// next token, logs `take.event`, prunes the log to [`super::LOG_RETENTION`]
     /// events, commits. Returns the token.
-    fn take_lock(&mut self, take: &Take<'_>) -> Result<i64, Error>;
+    fn take_lock(&mut self, take: &Take<'_>) -> Result<i64, Self::Error>;
 
     /// Rolls back the transaction `probe_lock` opened.
     fn abandon(&mut self);
 
     /// Extends the lease if the fence's token is still current.
-    fn renew_lock(&mut self, fence: &Fence) -> Result<Renewal, Error>;
+    fn renew_lock(&mut self, fence: &Fence) -> Result<Renewal, Self::Error>;
 
     /// Frees the lock if the fence's token is still current, logs
     /// `released`, and wakes waiters. `false` when the token was no longer
     /// current.
-    fn release_lock(&mut self, fence: &Fence, actor: &Actor<'_>) -> Result<bool, Error>;
+    fn release_lock(&mut self, fence: &Fence, actor: &Actor<'_>) -> Result<bool, Self::Error>;
 
     /// Logs that this run found its lock lost.
-    fn log_lost(&mut self, fence: &Fence, actor: &Actor<'_>, detail: &str) -> Result<(), Error>;
+    fn log_lost(
+        &mut self,
+        fence: &Fence,
+        actor: &Actor<'_>,
+        detail: &str,
+    ) -> Result<(), Self::Error>;
 
     /// The lock row as it stands, without waiting on any row lock; `None`
     /// when lockstep's tables or the row do not exist.
-    fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error>;
+    fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Self::Error>;
 
     /// The lock row as [`LockStore::read_lock`] reads it, and what its
     /// holder does right now: whether a migration of its runs, and what
     /// else keeps the database or the row locked. For `lock status`.
-    fn inspect_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
+    fn inspect_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Self::Error> {
         self.read_lock(scope)
     }
 
@@ -58,30 +65,51 @@ pub(crate) trait LockStore: Send {
     /// `expected`'s: bumps the token, logs `force_released`, wakes waiters.
     /// Waits up to `wait` for a running migration to commit. `false` when
     /// the token had changed.
-    fn force_release(&mut self, release: &ForcedRelease<'_>) -> Result<bool, Error>;
+    fn force_release(&mut self, release: &ForcedRelease<'_>) -> Result<bool, Self::Error>;
 
     /// The newest `limit` events of the audit log, newest first.
-    fn read_lock_log(&mut self, scope: &str, limit: usize) -> Result<Vec<LogEntry>, Error>;
+    fn read_lock_log(&mut self, scope: &str, limit: usize) -> Result<Vec<LogEntry>, Self::Error>;
 
     /// Whether waiters can be woken by a notification.
     fn can_notify(&self) -> bool;
 
     /// Subscribes to the scope's release notifications; `false` when that
     /// cannot be done here (the waiter then polls).
-    fn listen(&mut self, scope: &str) -> Result<bool, Error>;
+    fn listen(&mut self, scope: &str) -> Result<bool, Self::Error>;
 
     /// Unsubscribes from every notification.
     fn unlisten(&mut self);
 
     /// Blocks until a release notification arrives (true) or `timeout`
     /// passes (false).
-    fn wait_for_notification(&mut self, timeout: Duration) -> Result<bool, Error>;
+    fn wait_for_notification(&mut self, timeout: Duration) -> Result<bool, Self::Error>;
 
     /// The longest pause between acquisition attempts.
     fn poll_interval(&self) -> Duration;
 
     /// A new connection to the same lock, for the heartbeat.
-    fn heartbeat_store(&self) -> Result<Box<dyn LockStore>, Error>;
+    fn heartbeat_store(&self) -> Result<Box<dyn LockStore<Error = Self::Error>>, Self::Error>;
+}
+
+/// What the protocol needs to know of a store's failure.
+pub(crate) trait StoreError: From<Stop> + Send + 'static {
+    /// A serialization failure or deadlock rolled the transaction back
+    /// whole: running it again is safe (up to [`super::RETRIES`] times).
+    fn is_retryable(&self) -> bool;
+}
+
+/// Why the protocol stops a run, apart from its store's failures.
+#[derive(Debug)]
+pub(crate) enum Stop {
+    /// The lock is held by another run, and waiting was not allowed or
+    /// timed out.
+    Busy(Box<LockBusy>),
+    /// The lock's token stopped being this run's.
+    Lost(Box<LockLost>),
+    /// The run was cancelled while it waited.
+    Cancelled,
+    /// The heartbeat's thread could not be started.
+    NoHeartbeat(std::io::Error),
 }
 
 /// The identity of the holder's database session, for liveness checks.
@@ -219,13 +247,13 @@ pub struct Fence {
 impl Fence {
     /// The error of a write this fence stopped: its token is no longer
     /// current.
-    pub(crate) fn lost(&self) -> Error {
-        Error::LockLost(Box::new(LockLost {
+    pub(crate) fn lost<E: From<Stop>>(&self) -> E {
+        E::from(Stop::Lost(Box::new(LockLost {
             token: self.token,
             at: None,
             unrecorded: false,
             completed: Vec::new(),
-        }))
+        })))
     }
 }
 

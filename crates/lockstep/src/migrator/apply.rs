@@ -5,14 +5,11 @@
 use std::time::{Duration, Instant};
 
 use super::{Event, Migrator, Observer, RunReport};
-use crate::driver::{StatementAt, StepFailure, TxStep};
-use crate::error::{
-    DbMessage, Direction, DirtyDetail, Error, FailedStatement, MigrationFailure, Step, RETRIES,
-};
+use crate::driver::{StatementAt, StepFailure, Transaction, TxStep};
+use crate::error::{DbMessage, Direction, DirtyDetail, Error, FailedStatement, MigrationFailure};
 use crate::history::{Change, NewRow, RowState};
-use crate::lock::{Actor, Held, LockLost};
-use crate::plan::Named;
-use crate::source::{Migration, Section};
+use crate::lock::{Actor, Held, LockLost, RETRIES};
+use crate::source::{Migration, Named, Section, Step};
 use crate::sql::{self, Dialect};
 
 impl Migrator {
@@ -162,9 +159,13 @@ impl Migrator {
         loop {
             attempts += 1;
             self.cancel.interruptible(true);
-            let result = self
-                .driver
-                .run_transaction(&steps, fence, &mut |_, d| took = d);
+            let result = self.driver.run_steps(
+                Transaction {
+                    steps: &steps,
+                    fence,
+                },
+                &mut |_, d| took = d,
+            );
             self.cancel.interruptible(false);
             match result {
                 Ok(()) => return Ok(took),
@@ -336,7 +337,11 @@ impl Migrator {
                 total,
             });
             self.cancel.interruptible(true);
-            let result = self.driver.run_transaction(&steps, fence, &mut |i, d| {
+            let tx = Transaction {
+                steps: &steps,
+                fence,
+            };
+            let result = self.driver.run_steps(tx, &mut |i, d| {
                 durations[i] = d;
                 if i + 1 < total {
                     observer.event(&Event::Started {

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::driver::{self, Canceller, Driver};
-use crate::error::{Direction, Error, Step};
+use crate::error::{Direction, Error};
 use crate::history::{HistoryRead, HistoryRow, TableName};
 use crate::lock::{self, Actor, LockEvent, LockInfo, LockOptions, LogEntry};
 use crate::plan::{self, Target, TargetError};
 use crate::remedy::Remedy;
-use crate::source::{Migration, MigrationSet, Section, SourceError};
+use crate::source::{Migration, MigrationSet, Section, SourceError, Step};
 use crate::sql::{self, Dialect};
 use crate::url::DatabaseUrl;
 

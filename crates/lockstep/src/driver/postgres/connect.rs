@@ -64,32 +64,8 @@ impl PgDriver {
             message,
             remedy: hint.map(Remedy::Text),
         };
-        let mut config = tokio_postgres::Config::new();
-        config.user(&target.user);
-        if let Some(password) = &target.password {
-            config.password(password.expose());
-        }
-        config.dbname(&target.dbname);
-        match &target.host {
-            PgHost::Tcp(host) => config.host(host),
-            PgHost::Socket(dir) => config.host_path(dir),
-        };
         let timeout = target.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
-        config
-            .port(target.port)
-            .connect_timeout(timeout)
-            // A dead peer is noticed within about 10 + 3 * 2 seconds, also
-            // while a long statement keeps the connection silent.
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10))
-            .keepalives_interval(Duration::from_secs(2))
-            .keepalives_retries(3)
-            .application_name(
-                target
-                    .application_name
-                    .as_deref()
-                    .unwrap_or(application_name),
-            );
+        let mut config = config(target, application_name, timeout);
         let (mode, tls) = super::tls::connector(target).map_err(|m| {
             connect_error(
                 m,
@@ -133,4 +109,34 @@ impl PgDriver {
         driver.qualify();
         Ok(driver)
     }
+}
+
+/// The session as the URL describes it, with keepalives that notice a dead
+/// peer within about 10 + 3 * 2 seconds, also while a long statement keeps
+/// the connection silent.
+fn config(target: &PgTarget, application_name: &str, timeout: Duration) -> tokio_postgres::Config {
+    let mut config = tokio_postgres::Config::new();
+    config.user(&target.user);
+    if let Some(password) = &target.password {
+        config.password(password.expose());
+    }
+    config.dbname(&target.dbname);
+    match &target.host {
+        PgHost::Tcp(host) => config.host(host),
+        PgHost::Socket(dir) => config.host_path(dir),
+    };
+    config
+        .port(target.port)
+        .connect_timeout(timeout)
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(2))
+        .keepalives_retries(3)
+        .application_name(
+            target
+                .application_name
+                .as_deref()
+                .unwrap_or(application_name),
+        );
+    config
 }

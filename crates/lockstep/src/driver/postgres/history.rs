@@ -6,12 +6,12 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::SimpleQueryMessage;
 
 use crate::driver::tables::{self, Kind};
-use crate::error::{Error, RETRIES};
+use crate::error::Error;
 use crate::history::{
     Change, HistoryRead, HistoryRow, HistoryStore, RowState, FORMAT_VERSION, META_TABLE,
     TOOL_VERSION,
 };
-use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE};
+use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE, RETRIES};
 use crate::remedy::Remedy;
 use crate::source::Checksum;
 
@@ -43,6 +43,8 @@ enum Read {
 }
 
 impl HistoryStore for PgDriver {
+    type Error = Error;
+
     fn read_history(&mut self) -> Result<Option<HistoryRead>, Error> {
         // Another process may create lockstep's tables while this reads: its
         // creation is atomic, but it can commit between two of the

@@ -21,6 +21,8 @@ use super::{
 };
 
 impl LockStore for PgDriver {
+    type Error = Error;
+
     fn session(&mut self) -> Result<Session, Error> {
         if let Some(session) = &self.session {
             return Ok(session.clone());
@@ -394,7 +396,7 @@ impl LockStore for PgDriver {
         Duration::from_millis(500)
     }
 
-    fn heartbeat_store(&self) -> Result<Box<dyn LockStore>, Error> {
+    fn heartbeat_store(&self) -> Result<Box<dyn LockStore<Error = Error>>, Error> {
         let driver =
             PgDriver::connect(&self.target, &self.url, &self.table, &self.application_name)?;
         Ok(Box::new(driver))

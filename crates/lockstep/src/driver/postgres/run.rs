@@ -2,11 +2,11 @@
 //! row and the commit go to the server as one query; a no-transaction
 //! migration statement by statement.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio_postgres::error::SqlState;
 
-use crate::driver::{Canceller, Driver, StepFailure, TxStep};
+use crate::driver::{Canceller, Done, Driver, StepFailure, Transaction};
 use crate::error::{DbMessage, Error};
 use crate::lock::Fence;
 use crate::sql::Dialect;
@@ -23,12 +23,8 @@ impl Driver for PgDriver {
         Dialect::Postgres
     }
 
-    fn run_transaction(
-        &mut self,
-        steps: &[TxStep<'_>],
-        fence: Option<&Fence>,
-        done: &mut dyn FnMut(usize, Duration),
-    ) -> Result<(), StepFailure> {
+    fn run_steps(&mut self, tx: Transaction<'_>, done: &mut Done) -> Result<(), StepFailure> {
+        let Transaction { steps, fence } = tx;
         let last = steps.len().saturating_sub(1);
         for (i, step) in steps.iter().enumerate() {
             // The fence, the migration, its history row and the transaction

@@ -25,6 +25,8 @@ use super::{
 const READ_CACHE_KIB: i64 = 64;
 
 impl HistoryStore for SqliteDriver {
+    type Error = Error;
+
     fn read_history(&mut self) -> Result<Option<HistoryRead>, Error> {
         let Some(conn) = &self.conn else {
             return Ok(None);

@@ -31,6 +31,8 @@ const HEARTBEAT_BUSY: Duration = Duration::from_millis(250);
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 impl LockStore for SqliteDriver {
+    type Error = Error;
+
     fn session(&mut self) -> Result<Session, Error> {
         let pid = std::process::id();
         Ok(Session {
@@ -208,12 +210,7 @@ impl LockStore for SqliteDriver {
     }
 
     fn force_release(&mut self, release: &ForcedRelease<'_>) -> Result<bool, Error> {
-        let ForcedRelease {
-            scope,
-            expected,
-            actor: who,
-            wait,
-        } = *release;
+        let (scope, wait) = (release.scope, release.wait);
         // Held until this returns: the holder sees it between migrations
         // and waits, so that this gets the database's write lock.
         let _request = self.request_release();
@@ -227,13 +224,12 @@ impl LockStore for SqliteDriver {
                         "UPDATE {} SET token = token + 1, {FREE} WHERE scope = ?1 AND token = ?2 RETURNING token",
                         self.tables.lock
                     ),
-                    params![scope, expected.token],
+                    params![scope, release.expected.token],
                     |r| r.get(0),
                 )
                 .optional()?;
             if let Some(token) = token {
-                let event = release.event();
-                self.insert_log(conn, scope, event, token, who)?;
+                self.insert_log(conn, scope, release.event(), token, release.actor)?;
             }
             conn.execute_batch("COMMIT")?;
             Ok(token.is_some())
@@ -323,7 +319,7 @@ impl LockStore for SqliteDriver {
         POLL_INTERVAL
     }
 
-    fn heartbeat_store(&self) -> Result<Box<dyn LockStore>, Error> {
+    fn heartbeat_store(&self) -> Result<Box<dyn LockStore<Error = Error>>, Error> {
         if self.memory {
             return Err(Error::Config {
                 message:

@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 
-use crate::driver::{Canceller, Driver, StatementAt, StepFailure, TxStep};
+use crate::driver::{Canceller, Done, Driver, StatementAt, StepFailure, Transaction};
 use crate::error::{DbMessage, Error};
-use crate::lock::Fence;
 use crate::sql::Dialect;
 
 use super::release::YIELD_LIMIT;
@@ -31,16 +30,12 @@ impl Driver for SqliteDriver {
         }
     }
 
-    fn run_transaction(
-        &mut self,
-        steps: &[TxStep<'_>],
-        fence: Option<&Fence>,
-        done: &mut dyn FnMut(usize, Duration),
-    ) -> Result<(), StepFailure> {
+    fn run_steps(&mut self, tx: Transaction<'_>, done: &mut Done) -> Result<(), StepFailure> {
+        let Transaction { steps, fence } = tx;
         let conn = self
             .conn
             .as_ref()
-            .expect("run_transaction needs an open database");
+            .expect("running steps needs an open database");
         let fail_at = |index: usize, db: DbMessage, statement: Option<StatementAt>| {
             rollback(conn);
             StepFailure {
