@@ -41,7 +41,7 @@ impl RowState {
     }
 
     /// Parses the `state` column.
-    pub fn parse(s: &str) -> Option<RowState> {
+    pub(crate) fn parse(s: &str) -> Option<RowState> {
         match s {
             "applied" => Some(RowState::Applied),
             "started" => Some(RowState::Started),
@@ -133,27 +133,10 @@ impl TableName {
     /// The same table with the engine's default schema left unwritten:
     /// `public.hist` and `hist` name one table on PostgreSQL, `main.hist`
     /// and `hist` on SQLite, and must be one lock scope.
-    pub fn without_schema(&self, default: &str) -> TableName {
+    pub(crate) fn without_schema(&self, default: &str) -> TableName {
         TableName {
             schema: self.schema.clone().filter(|s| s != default),
             name: self.name.clone(),
-        }
-    }
-
-    /// A table with another name in the same schema.
-    pub fn sibling(&self, name: &str) -> TableName {
-        TableName {
-            schema: self.schema.clone(),
-            name: name.to_string(),
-        }
-    }
-
-    /// The name quoted for SQL: `"schema"."table"`. Safe because the parts
-    /// were validated.
-    pub fn quoted(&self) -> String {
-        match &self.schema {
-            Some(schema) => format!("\"{schema}\".\"{}\"", self.name),
-            None => format!("\"{}\"", self.name),
         }
     }
 }
@@ -250,9 +233,6 @@ mod tests {
     #[test]
     fn table_names() {
         let t = TableName::parse("app.schema_history").unwrap();
-        assert_eq!(t.quoted(), "\"app\".\"schema_history\"");
-        assert_eq!(t.sibling("lockstep_meta").to_string(), "app.lockstep_meta");
-        assert_eq!(TableName::default().quoted(), "\"lockstep_history\"");
         let public = TableName::parse("public.hist").unwrap();
         assert_eq!(public.without_schema("public").to_string(), "hist");
         assert_eq!(public.without_schema("main").to_string(), "public.hist");
