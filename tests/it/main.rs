@@ -12,6 +12,7 @@ mod config;
 mod engine;
 mod files;
 mod fix;
+mod galera;
 mod hostile;
 mod inspect;
 mod lock;

@@ -31,6 +31,40 @@ pub fn pg_admin_url() -> Option<String> {
     );
 }
 
+/// The three nodes of the Galera cluster from `scripts/test-servers`, by
+/// port. Missing: a loud failure in CI; locally a failure too, unless
+/// `LOCKSTEP_SKIP_MARIADB=1` opts out.
+pub fn galera_ports() -> Option<Vec<u16>> {
+    if let Ok(ports) = std::env::var("LOCKSTEP_TEST_GALERA_PORTS") {
+        return Some(
+            ports
+                .split(',')
+                .map(|p| p.parse().expect("LOCKSTEP_TEST_GALERA_PORTS holds ports"))
+                .collect(),
+        );
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    if !in_ci && std::env::var("LOCKSTEP_SKIP_MARIADB").is_ok_and(|v| v == "1") {
+        eprintln!("skipped: LOCKSTEP_SKIP_MARIADB=1 and no LOCKSTEP_TEST_GALERA_PORTS");
+        return None;
+    }
+    panic!(
+        "LOCKSTEP_TEST_GALERA_PORTS is not set: run the tests with `scripts/test`, which starts \
+         MariaDB and a Galera cluster (locally, LOCKSTEP_SKIP_MARIADB=1 skips them)"
+    );
+}
+
+/// A plain session on a MariaDB node, as root, in the `lockstep` database.
+pub fn mariadb_session(port: u16) -> mysql::Conn {
+    let opts = mysql::OptsBuilder::new()
+        .ip_or_hostname(Some("127.0.0.1"))
+        .tcp_port(port)
+        .user(Some("root"))
+        .db_name(Some("lockstep"));
+    mysql::Conn::new(opts)
+        .unwrap_or_else(|e| panic!("cannot connect to the MariaDB node on port {port}: {e}"))
+}
+
 fn unique(prefix: &str) -> String {
     static N: AtomicUsize = AtomicUsize::new(0);
     let nanos = std::time::SystemTime::now()
