@@ -125,6 +125,7 @@ pub(crate) fn canonical(url: &DatabaseUrl, table: &TableName) -> TableName {
     match url.endpoint() {
         Endpoint::Sqlite(_) => table.without_schema("main"),
         Endpoint::Postgres(_) => table.without_schema(postgres::DEFAULT_SCHEMA),
+        Endpoint::Mysql(_) => table.clone(),
     }
 }
 
@@ -155,6 +156,11 @@ pub(crate) fn open(
             };
             Ok(Box::new(driver))
         }
+        // WIP (branch issue-16-mariadb): the engine is not written yet.
+        Endpoint::Mysql(_) => Err(Error::Config {
+            message: "the MariaDB/MySQL engine is not built yet".into(),
+            remedy: None,
+        }),
         Endpoint::Postgres(target) => Ok(Box::new(postgres::PgDriver::connect(
             target,
             url,
