@@ -61,6 +61,25 @@ impl Statement {
     }
 }
 
+impl Statement {
+    /// Whether this statement commits the transaction it runs in, by
+    /// itself: on MariaDB/MySQL, DDL and account and lock statements (not
+    /// `CREATE TEMPORARY TABLE` nor `DROP TEMPORARY TABLE`); on PostgreSQL
+    /// and SQLite, whose DDL is transactional, only transaction control.
+    pub fn commits_implicitly(&self, dialect: Dialect) -> bool {
+        if dialect != Dialect::Mysql {
+            return self.is_transaction_control();
+        }
+        let [first, second] = &self.keywords;
+        match first.as_str() {
+            "CREATE" | "DROP" => second != "TEMPORARY",
+            "ALTER" | "RENAME" | "TRUNCATE" | "GRANT" | "REVOKE" | "LOCK" | "UNLOCK"
+            | "ANALYZE" | "OPTIMIZE" | "REPAIR" | "INSTALL" | "UNINSTALL" | "FLUSH" => true,
+            _ => self.is_transaction_control(),
+        }
+    }
+}
+
 /// A construct that runs to the end of the input.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LexError {

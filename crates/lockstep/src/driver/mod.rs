@@ -14,6 +14,7 @@ use crate::source::Section;
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, Endpoint, SqliteTarget};
 
+mod mariadb;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 mod tables;
@@ -125,7 +126,7 @@ pub(crate) fn canonical(url: &DatabaseUrl, table: &TableName) -> TableName {
     match url.endpoint() {
         Endpoint::Sqlite(_) => table.without_schema("main"),
         Endpoint::Postgres(_) => table.without_schema(postgres::DEFAULT_SCHEMA),
-        Endpoint::Mysql(_) => table.clone(),
+        Endpoint::Mysql(target) => table.without_schema(&target.database),
     }
 }
 
@@ -156,11 +157,7 @@ pub(crate) fn open(
             };
             Ok(Box::new(driver))
         }
-        // WIP (branch issue-16-mariadb): the engine is not written yet.
-        Endpoint::Mysql(_) => Err(Error::Config {
-            message: "the MariaDB/MySQL engine is not built yet".into(),
-            remedy: None,
-        }),
+        Endpoint::Mysql(target) => Ok(Box::new(mariadb::MysqlDriver::connect(target, url, table)?)),
         Endpoint::Postgres(target) => Ok(Box::new(postgres::PgDriver::connect(
             target,
             url,

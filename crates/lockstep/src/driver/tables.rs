@@ -134,21 +134,29 @@ pub(crate) fn create_script(names: &Names, type_of: impl Fn(Kind) -> &'static st
         (&names.lock, LOCK),
         (&names.log, LOG),
     ];
-    let mut sql = String::new();
-    for (name, columns) in tables {
-        let columns: Vec<String> = columns
-            .iter()
-            .map(|c| {
-                let text = format!("{} {} {}", c.name, type_of(c.kind), c.constraints);
-                text.trim_end().to_string()
-            })
-            .collect();
-        sql.push_str(&format!(
-            "CREATE TABLE IF NOT EXISTS {name} (\n    {}\n);\n",
-            columns.join(",\n    ")
-        ));
-    }
-    sql
+    tables
+        .into_iter()
+        .map(|(name, columns)| create_table(name, columns, &type_of) + ";\n")
+        .collect()
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for one table.
+pub(crate) fn create_table(
+    name: &str,
+    columns: &[Column],
+    type_of: impl Fn(Kind) -> &'static str,
+) -> String {
+    let columns: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            let text = format!("{} {} {}", c.name, type_of(c.kind), c.constraints);
+            text.trim_end().to_string()
+        })
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {name} (\n    {}\n)",
+        columns.join(",\n    ")
+    )
 }
 
 #[cfg(test)]
