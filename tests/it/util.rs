@@ -55,6 +55,27 @@ pub fn galera_ports() -> Option<Vec<u16>> {
     );
 }
 
+/// A project whose database lives on the Galera cluster, and the URL of
+/// that database on each of the three nodes.
+pub fn galera_project() -> Option<(Project, Vec<String>)> {
+    use mysql::prelude::Queryable;
+    let ports = galera_ports()?;
+    let name = unique("lockstep_test");
+    mariadb_session(ports[0])
+        .query_drop(format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let url = |port: u16| format!("mysql://root@127.0.0.1:{port}/{name}");
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.path().join("migrations")).unwrap();
+    let urls: Vec<String> = ports.iter().map(|&p| url(p)).collect();
+    let db = TestDb::Mariadb {
+        admin_url: urls[0].clone(),
+        name,
+        url: urls[0].clone(),
+    };
+    Some((Project { dir, db }, urls))
+}
+
 /// A plain session on a MariaDB node, as root, in the `lockstep` database.
 pub fn mariadb_session(port: u16) -> mysql::Conn {
     let opts = mysql::OptsBuilder::new()

@@ -8,7 +8,7 @@ use super::{Event, Migrator, Observer, RunReport};
 use crate::driver::{StatementAt, StepFailure, Transaction, TxStep};
 use crate::error::{DbMessage, Direction, DirtyDetail, Error, FailedStatement, MigrationFailure};
 use crate::history::{Change, NewRow, RowState};
-use crate::lock::{Actor, Held, LockLost, Renewal, RETRIES};
+use crate::lock::{Actor, Held, LockLost, RETRIES};
 use crate::source::{Migration, Named, Section, Step};
 use crate::sql::{self, Dialect};
 
@@ -294,11 +294,15 @@ impl Migrator {
     }
 
     /// Whether the lock stopped being this run's: the heartbeat saw it, or
-    /// renewing the lease now finds another token. A renewal that cannot
-    /// tell (the row busy, the connection failing) leaves the decision to
-    /// the next fenced write.
+    /// a fenced write (of no history change: it checks the token and
+    /// extends the lease) finds another token. A write that fails otherwise
+    /// leaves the decision to the next fenced write.
     fn lease_gone(&mut self, held: &Held) -> bool {
-        held.lost() || matches!(self.driver.renew_lock(&held.fence), Ok(Renewal::Lost))
+        held.lost()
+            || matches!(
+                self.driver.change_history(&[], Some(&held.fence)),
+                Err(Error::LockLost(_))
+            )
     }
 
     /// Writes one history change in a fenced transaction of its own; a lost

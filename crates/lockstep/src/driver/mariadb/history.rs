@@ -11,7 +11,7 @@ use crate::history::{
     Change, HistoryRead, HistoryRow, HistoryStore, RowState, FORMAT_VERSION, META_TABLE,
     TOOL_VERSION,
 };
-use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE};
+use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE, RETRIES};
 use crate::source::Checksum;
 use crate::sql::{self, Dialect};
 
@@ -41,6 +41,40 @@ impl HistoryStore for MysqlDriver {
     }
 
     fn create_tables(&mut self) -> Result<(), Error> {
+        // On Galera, runs making the tables on two nodes at once conflict at
+        // commit (1213): the loser's statement was rolled back whole, and the
+        // next attempt finds what the winner made.
+        retried(|| self.try_create_tables())
+    }
+
+    fn change_history(
+        &mut self,
+        changes: &[Change<'_>],
+        fence: Option<&Fence>,
+    ) -> Result<(), Error> {
+        // A fenced write that lost certification to a takeover on another
+        // node is tried again: its fence then finds the lock lost.
+        retried(|| self.try_change_history(changes, fence))
+    }
+}
+
+/// Runs `attempt` again while it fails with a deadlock or a lost
+/// certification, which rolled it back whole, up to [`RETRIES`] times.
+fn retried(mut attempt: impl FnMut() -> Result<(), Error>) -> Result<(), Error> {
+    let mut tries = 0;
+    loop {
+        match attempt() {
+            Err(e) if e.is_retryable() && tries < RETRIES => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10 * tries as u64));
+            }
+            other => return other,
+        }
+    }
+}
+
+impl MysqlDriver {
+    fn try_create_tables(&mut self) -> Result<(), Error> {
         let context = format!("creating lockstep's tables for {}", self.table);
         if self.tables_made().map_err(|e| db_error(&context, &e))? {
             return Ok(());
@@ -100,7 +134,7 @@ impl HistoryStore for MysqlDriver {
             .map_err(|e| db_error(&context, &e))
     }
 
-    fn change_history(
+    fn try_change_history(
         &mut self,
         changes: &[Change<'_>],
         fence: Option<&Fence>,
@@ -312,27 +346,9 @@ impl MysqlDriver {
         let history = &self.tables.history;
         match change {
             Change::Insert(row) => {
-                let (state, duration) = if row.started {
-                    (RowState::Started, 0)
-                } else {
-                    (RowState::Applied, duration_ms)
-                };
-                self.conn.exec_drop(
-                    format!(
-                        "INSERT INTO {history} (version, name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version)
-                         VALUES (?, ?, ?, ?, UTC_TIMESTAMP(6), ?, ?, ?, ?)"
-                    ),
-                    (
-                        row.version,
-                        row.name,
-                        row.checksum.to_string(),
-                        state.as_str(),
-                        duration,
-                        row.applied_by,
-                        row.lock_token,
-                        TOOL_VERSION,
-                    ),
-                )
+                let sql = tables::history_insert(history, "UTC_TIMESTAMP(6)", |_| "?".into());
+                let values = tables::history_values(row, duration_ms);
+                self.conn.exec_drop(sql, super::params(values))
             }
             Change::SetState {
                 version,

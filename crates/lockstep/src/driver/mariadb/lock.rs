@@ -16,16 +16,17 @@ use mysql::Row;
 
 use crate::driver::FREE;
 use crate::error::{DbMessage, Error};
-use crate::history::TOOL_VERSION;
 use crate::lock::{
     Actor, Fence, ForcedRelease, LockInfo, LockStore, LogEntry, LogEvent, Probe, Renewal, Session,
     Take, LOG_RETENTION,
 };
 
 use super::history::micros;
+use super::params;
 use super::{
     code, db_error, int, lock_refused, millis_between, rfc3339, server_code, text, MysqlDriver,
 };
+use crate::driver::tables;
 
 impl LockStore for MysqlDriver {
     type Error = Error;
@@ -68,50 +69,32 @@ impl LockStore for MysqlDriver {
             )?;
             self.conn.exec_first(&select, self.lock_params(scope))
         })();
-        match result {
-            Ok(Some(row)) => Ok(Probe::Row(self.parse_lock(scope, &row))),
-            Ok(None) => {
-                self.rollback();
-                Err(Error::Database {
-                    context,
-                    db: Box::new(DbMessage::plain("the lock row vanished")),
-                })
-            }
-            Err(e) if lock_refused(&e) => {
-                self.rollback();
-                let seen = self.read_lock(scope).ok().flatten();
-                Ok(Probe::Busy(seen))
-            }
-            Err(e) => {
-                self.rollback();
-                Err(db_error(context, &e))
-            }
-        }
+        // The transaction stays open only for a row this run locked.
+        let ended = match result {
+            Ok(Some(row)) => return Ok(Probe::Row(self.parse_lock(scope, &row))),
+            Ok(None) => Err(Error::Database {
+                context,
+                db: Box::new(DbMessage::plain("the lock row vanished")),
+            }),
+            Err(e) if lock_refused(&e) => Ok(Probe::Busy(None)),
+            Err(e) => Err(db_error(context, &e)),
+        };
+        self.rollback();
+        ended
     }
 
     fn take_lock(&mut self, take: &Take<'_>) -> Result<i64, Error> {
         let result = (|| -> Result<i64, mysql::Error> {
-            self.conn.exec_drop(
-                format!(
-                    "UPDATE {} SET token = token + 1, owner = ?, host = ?, pid = ?, command = ?,
-                            tool_version = ?, session_pid = ?, session_start = ?,
-                            acquired_at = UTC_TIMESTAMP(6), heartbeat_at = UTC_TIMESTAMP(6),
-                            expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
-                      WHERE scope = ?",
-                    self.tables.lock
-                ),
-                (
-                    take.actor.owner,
-                    take.actor.host,
-                    take.actor.pid,
-                    take.actor.command,
-                    TOOL_VERSION,
-                    take.session.pid,
-                    take.session.start.as_deref(),
-                    micros(take.ttl),
-                    take.scope,
-                ),
-            )?;
+            let expires = format!(
+                "UTC_TIMESTAMP(6) + INTERVAL {} MICROSECOND",
+                micros(take.ttl)
+            );
+            let update =
+                tables::take_update(&self.tables.lock, "UTC_TIMESTAMP(6)", &expires, |_| {
+                    "?".into()
+                });
+            self.conn
+                .exec_drop(update, params(tables::take_values(take)))?;
             let token: Option<i64> = self.conn.exec_first(
                 format!("SELECT token FROM {} WHERE scope = ?", self.tables.lock),
                 (take.scope,),
@@ -145,7 +128,8 @@ impl LockStore for MysqlDriver {
 
     fn renew_lock(&mut self, fence: &Fence) -> Result<Renewal, Error> {
         // A short wait: while the holder's own migration has the row
-        // locked, waiting would only delay the next beat.
+        // locked, waiting would only delay the next beat. (The heartbeat's
+        // connection is its own: the setting stays there.)
         let result = (|| -> Result<bool, mysql::Error> {
             self.conn
                 .query_drop("SET SESSION innodb_lock_wait_timeout = 1")?;
@@ -202,7 +186,7 @@ impl LockStore for MysqlDriver {
             .map_err(|e| db_error("logging the lost lock", &e))
     }
 
-    fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
+    fn read_lock_row(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
         let row: Result<Option<Row>, mysql::Error> = self
             .conn
             .exec_first(self.lock_select(), self.lock_params(scope));
@@ -216,26 +200,21 @@ impl LockStore for MysqlDriver {
                 ))
             }
         };
-        let Some(row) = row else { return Ok(None) };
-        let mut info = self.parse_lock(scope, &row);
-        // An expired lease with no sign of the holder may still be a long
-        // migration that blocks its own heartbeat: it has the row locked.
-        if info.is_held() && info.is_expired() && info.session_alive != Some(true) {
-            info.migrating = self.holder_busy(scope);
-        }
-        Ok(Some(info))
+        Ok(row.map(|row| self.parse_lock(scope, &row)))
     }
 
-    fn inspect_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
-        let mut info = self.read_lock(scope)?;
-        if let Some(info) = info.as_mut().filter(|i| i.is_held() && !i.migrating) {
-            info.migrating = self.holder_busy(scope);
-        }
-        Ok(info)
+    fn holder_busy(&mut self, scope: &str) -> bool {
+        self.busy_with_a_migration(scope)
     }
 
     fn force_release(&mut self, release: &ForcedRelease<'_>) -> Result<bool, Error> {
         let context = format!("releasing the migration lock for {}", release.scope);
+        // The wait for a running migration's row lock, for this statement
+        // only: the session's own setting is restored after.
+        let before: Option<u64> = self
+            .conn
+            .query_first("SELECT @@SESSION.innodb_lock_wait_timeout")
+            .map_err(|e| db_error(&context, &e))?;
         let result = (|| -> Result<bool, mysql::Error> {
             self.conn.query_drop(format!(
                 "SET SESSION innodb_lock_wait_timeout = {}",
@@ -257,6 +236,12 @@ impl LockStore for MysqlDriver {
             self.conn.query_drop("COMMIT")?;
             Ok(freed)
         })();
+        if let Some(before) = before {
+            let _ = self.conn.query_drop("ROLLBACK");
+            let _ = self
+                .conn
+                .query_drop(format!("SET SESSION innodb_lock_wait_timeout = {before}"));
+        }
         match result {
             Ok(freed) => Ok(freed),
             Err(e) if lock_refused(&e) => {
@@ -377,30 +362,14 @@ impl MysqlDriver {
     }
 
     fn parse_lock(&self, scope: &str, r: &Row) -> LockInfo {
-        LockInfo {
-            scope: scope.to_string(),
-            token: int(r, 0).unwrap_or_default(),
-            owner: text(r, 1),
-            host: text(r, 2),
-            pid: int(r, 3),
-            command: text(r, 4),
-            tool_version: text(r, 5),
-            acquired_at: text(r, 6),
-            heartbeat_at: text(r, 7),
-            expires_at: text(r, 8),
-            held_ms: int(r, 9),
-            heartbeat_age_ms: int(r, 10),
-            expires_in_ms: int(r, 11),
-            session_alive: int(r, SESSION_ALIVE).map(|v| v == 1),
-            migrating: false,
-            blocker: None,
-        }
+        let alive = int(r, SESSION_ALIVE).map(|v| v == 1);
+        crate::driver::lock_info(scope, |i| text(r, i), |i| int(r, i), alive)
     }
 
     /// Whether the holder is busy with a migration right now, looked at
     /// without waiting: a transaction of its has the lock row locked, or
     /// (on this server) its session runs a statement.
-    fn holder_busy(&mut self, scope: &str) -> bool {
+    fn busy_with_a_migration(&mut self, scope: &str) -> bool {
         let result = (|| -> Result<bool, mysql::Error> {
             self.conn.query_drop("BEGIN")?;
             let free: Option<i64> = self.conn.exec_first(
@@ -452,23 +421,8 @@ impl MysqlDriver {
         token: i64,
         who: &Actor<'_>,
     ) -> Result<(), mysql::Error> {
-        self.conn.exec_drop(
-            format!(
-                "INSERT INTO {} (scope, at, event, token, owner, host, pid, command, previous_owner, detail)
-                 VALUES (?, UTC_TIMESTAMP(6), ?, ?, ?, ?, ?, ?, ?, ?)",
-                self.tables.log
-            ),
-            (
-                scope,
-                event.name(),
-                token,
-                who.owner,
-                who.host,
-                who.pid,
-                who.command,
-                event.previous_owner(),
-                event.detail(),
-            ),
-        )
+        let sql = tables::log_insert(&self.tables.log, "UTC_TIMESTAMP(6)", |_| "?".into());
+        let values = tables::log_values(scope, event, token, who);
+        self.conn.exec_drop(sql, params(values))
     }
 }

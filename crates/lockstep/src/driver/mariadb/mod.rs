@@ -24,7 +24,7 @@ use std::sync::Arc;
 use mysql::prelude::Queryable;
 use mysql::Row;
 
-use crate::driver::tables::Names;
+use crate::driver::tables::{self, Names};
 use crate::error::{DbClass, DbMessage, Error};
 use crate::history::TableName;
 use crate::lock::Session;
@@ -142,6 +142,19 @@ fn lock_refused(e: &mysql::Error) -> bool {
         server_code(e),
         Some(code::LOCK_WAIT_TIMEOUT | code::LOCK_NOWAIT)
     )
+}
+
+/// Values bound to a statement, as the `mysql` crate binds them.
+fn params(values: impl IntoIterator<Item = tables::Value>) -> mysql::Params {
+    let values: Vec<mysql::Value> = values
+        .into_iter()
+        .map(|value| match value {
+            tables::Value::Text(Some(s)) => mysql::Value::from(s),
+            tables::Value::Int(Some(i)) => mysql::Value::Int(i),
+            tables::Value::Text(None) | tables::Value::Int(None) => mysql::Value::NULL,
+        })
+        .collect();
+    mysql::Params::Positional(values)
 }
 
 fn text(row: &Row, i: usize) -> Option<String> {
