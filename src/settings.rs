@@ -151,7 +151,7 @@ fn parse_url(url: &str, source: String, base: Option<&Path>) -> Result<Database,
     let parsed: DatabaseUrl = url.parse().map_err(|e: UrlError| {
         CliError::config(format!("{e} (from {source})"))
             .with_code("database_url")
-            .with_hint("use `sqlite://FILE` or `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`")
+            .with_hint("use `sqlite://FILE`, `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` or `mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE`")
     })?;
     Ok(Database {
         url: match base {

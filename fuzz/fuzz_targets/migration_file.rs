@@ -19,7 +19,7 @@ fuzz_target!(|data: &[u8]| {
             let text = m.checksum.to_string();
             assert!(text.starts_with("sha256:"));
             assert_eq!(lockstep::Checksum::parse(&text), m.checksum);
-            for dialect in [Dialect::Postgres, Dialect::Sqlite] {
+            for dialect in [Dialect::Postgres, Dialect::Sqlite, Dialect::Mysql] {
                 let _ = check_section(&m.up, dialect);
                 if let Some(down) = &m.down {
                     let _ = check_section(down, dialect);

@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
         return;
     };
-    for dialect in [Dialect::Postgres, Dialect::Sqlite] {
+    for dialect in [Dialect::Postgres, Dialect::Sqlite, Dialect::Mysql] {
         let checked = sql::check_terminated(text, dialect);
         match sql::split(text, dialect) {
             Ok(statements) => {

@@ -94,7 +94,7 @@ fn write_migrations(p: &Project, rng: &mut Rng) {
     );
     p.migration(
         "0000_side.sql",
-        "-- upgrade\nCREATE TABLE side (name text NOT NULL);\n",
+        "-- upgrade\nCREATE TABLE side (name varchar(20) NOT NULL);\n",
     );
     for i in 1..=MIGRATIONS {
         let insert = format!("INSERT INTO side VALUES ('m{i}');");
@@ -482,4 +482,12 @@ fn chaos_postgres() {
         return;
     }
     run_rounds(Backend::Postgres);
+}
+
+#[test]
+fn chaos_mariadb() {
+    if crate::util::mariadb_admin_url().is_none() {
+        return;
+    }
+    run_rounds(Backend::Mariadb);
 }

@@ -185,7 +185,7 @@ fn bad_urls_are_usage_errors_and_hide_the_password() {
     let p = sqlite();
     for url in [
         "postgres://me:hunter2@db:notaport/app",
-        "mysql://me:hunter2@db/app",
+        "oracle://me:hunter2@db/app",
         "postgres://me:hunter2@db/app?sslmode=maybe",
         "postgres://me:hunt/er2@db/app",
     ] {

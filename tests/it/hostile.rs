@@ -290,7 +290,7 @@ fn odd_urls() {
         ("postgres://[::1/d", "error: invalid database URL: an IPv6 address must be closed with `]` (from --database-url)\n"),
         ("postgres://u@h/d?options=-c%20x", "error: invalid database URL: unknown parameter `options`; lockstep understands host, port, user, password, dbname, sslmode, sslrootcert, connect_timeout and application_name (from --database-url)\n"),
         ("sqlite://a.db?cache=shared", "error: invalid database URL: unknown SQLite URL parameter `cache`; SQLite URLs take none (from --database-url)\n"),
-        ("http://example.com", "error: invalid database URL: unsupported scheme `http`; use `sqlite://` or `postgres://` (from --database-url)\n"),
+        ("http://example.com", "error: invalid database URL: unsupported scheme `http`; use `sqlite://`, `postgres://`, `mysql://` or `mariadb://` (from --database-url)\n"),
     ];
     for (url, want) in table {
         let run = p.run(&["status", "-d", url]);

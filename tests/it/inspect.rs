@@ -189,6 +189,10 @@ both!(history_times_are_the_recorded_times, |p| {
         crate::util::Backend::Sqlite => {
             p.db.query("SELECT applied_at FROM lockstep_history ORDER BY version")
         }
+        crate::util::Backend::Mariadb => p.db.query(
+            "SELECT CONCAT(LEFT(DATE_FORMAT(applied_at, '%Y-%m-%dT%H:%i:%s.%f'), 23), 'Z') \
+             FROM lockstep_history ORDER BY version",
+        ),
     };
     let recorded: Vec<&str> = recorded.iter().map(|r| r[0].as_str()).collect();
     assert_eq!(recorded.len(), 3);

@@ -101,10 +101,12 @@ both!(
     sigkill_in_a_migration_is_recovered_without_a_manual_step,
     |p| {
         p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+        // Migration 2 changes rows only: a transaction on every engine
+        // (DDL commits by itself on MariaDB).
         p.migration(
             "2_long.sql",
             &format!(
-                "-- upgrade\nCREATE TABLE long (id integer);\n{}\n",
+                "-- upgrade\nINSERT INTO a VALUES (1);\n{}\n",
                 p.busy_sql(60.0)
             ),
         );
@@ -119,10 +121,7 @@ both!(
         let run = holder.finish();
         assert_eq!(run.code, -1, "killed by a signal");
         // The pending file may change: it was never applied.
-        p.migration(
-            "2_long.sql",
-            "-- upgrade\nCREATE TABLE long (id integer);\n",
-        );
+        p.migration("2_long.sql", "-- upgrade\nINSERT INTO a VALUES (2);\n");
         let next = p.run(&["upgrade"]);
         next.ok();
         println!(
@@ -140,7 +139,8 @@ both!(
             p.db.history(),
             ["1 a applied", "2 long applied", "3 c applied"]
         );
-        assert!(!p.db.table_exists("long") || p.db.value("SELECT count(*) FROM long") == "0");
+        // The killed run's row was rolled back with its transaction.
+        assert_eq!(p.db.value("SELECT count(*) FROM a WHERE id = 1"), "0");
         let takeover = p.db.query(
             "SELECT previous_owner, detail FROM lockstep_lock_log WHERE event = 'taken_over'",
         );
@@ -149,6 +149,43 @@ both!(
         assert_eq!(
             p.run(&["lock", "status", "--json"]).json()["state"],
             "unlocked"
+        );
+    }
+);
+
+// A migration outside a transaction (every migration with DDL on
+// MariaDB) commits statement by statement: a forced release lands between
+// two of them, and the holder stops before the next, exit 5, the migration
+// dirty and the statements after it not run.
+both!(
+    forced_release_stops_a_migration_outside_a_transaction_between_statements,
+    |p| {
+        p.migration(
+        "1_steps.sql",
+        &format!(
+            "-- upgrade\n-- lockstep:no-transaction\nCREATE TABLE first_step (id integer);\n{}\nCREATE TABLE last_step (id integer);\n",
+            p.busy_sql(3.0)
+        ),
+    );
+        let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+        wait_until("the first statement ran", LONG, || {
+            p.db.table_exists("first_step")
+        });
+        p.run(&["lock", "release", "--force", "--yes"]).ok();
+        let run = holder.finish();
+        run.code(5);
+        assert!(
+            run.stderr.contains("lost the migration lock"),
+            "{}",
+            run.stderr
+        );
+        assert!(!p.db.table_exists("last_step"));
+        assert_eq!(p.db.history(), ["1 steps started"]);
+        let lost =
+            p.db.query("SELECT detail FROM lockstep_lock_log WHERE event = 'lost'");
+        assert_eq!(
+            lost,
+            [["the lease was gone after 2 of 3 statements outside a transaction".to_string()]]
         );
     }
 );
@@ -180,7 +217,7 @@ both!(
         );
         // Nothing was recorded after the release.
         let after = match p.backend() {
-        Backend::Postgres => p.db.value(
+        Backend::Postgres | Backend::Mariadb => p.db.value(
             "SELECT count(*) FROM lockstep_history WHERE applied_at > (SELECT at FROM lockstep_lock_log WHERE event = 'force_released')",
         ),
         Backend::Sqlite => p.db.value(
@@ -352,7 +389,7 @@ both!(sigterm_cancels_the_migration_releases_and_exits_143, |p| {
     p.migration(
         "2_long.sql",
         &format!(
-            "-- upgrade\nCREATE TABLE long (id integer);\n{}\n",
+            "-- upgrade\nINSERT INTO a VALUES (1);\n{}\n",
             p.busy_sql(60.0)
         ),
     );
@@ -374,7 +411,7 @@ both!(sigterm_cancels_the_migration_releases_and_exits_143, |p| {
         assert!(run.stderr.contains("cancelled"), "{}", run.stderr);
         // The migration was rolled back whole, and the lock released.
         assert_eq!(p.db.history(), ["1 a applied"]);
-        assert!(!p.db.table_exists("long"));
+        assert_eq!(p.db.value("SELECT count(*) FROM a"), "0");
         assert_eq!(holder_of(&p), None);
         assert_eq!(events(&p).last().map(String::as_str), Some("released"));
     }
@@ -538,7 +575,7 @@ both!(no_lock_says_what_it_gives_up, |p| {
         p.db.value("SELECT lock_token IS NULL FROM lockstep_history"),
         match p.backend() {
             Backend::Postgres => "t",
-            Backend::Sqlite => "1",
+            Backend::Sqlite | Backend::Mariadb => "1",
         }
     );
     assert!(events(&p).is_empty());
@@ -1149,9 +1186,11 @@ fn a_foreign_writer_is_named_as_such_while_waiting() {
 // One table is one lock, however its name is spelled: with and without
 // the engine's default schema (`public`, `main`).
 both!(one_history_table_is_one_lock_however_it_is_spelled, |p| {
-    let default = match p.backend() {
-        Backend::Sqlite => "main",
-        Backend::Postgres => "public",
+    let default = match &p.db {
+        crate::util::TestDb::Sqlite { .. } => "main",
+        crate::util::TestDb::Postgres { .. } => "public",
+        // The URL's database.
+        crate::util::TestDb::Mariadb { name, .. } => name,
     };
     p.file("short.toml", "history_table = \"hist\"\n");
     p.file(
@@ -1232,6 +1271,12 @@ fn under_a_holder(p: &Project, owner: &str, sql: &str) -> crate::util::Child {
             None,
             format!("BEGIN; LOCK TABLE lockstep_lock IN ACCESS EXCLUSIVE MODE; {sql}; COMMIT;"),
         ),
+        // The row lock queues behind migration 1's fence, and is granted
+        // when migration 1 commits, ahead of migration 2's fence.
+        crate::util::TestDb::Mariadb { .. } => (
+            None,
+            format!("BEGIN; SELECT token FROM lockstep_lock FOR UPDATE; {sql}; COMMIT;"),
+        ),
     };
     let holder = p.spawn(&["upgrade", "--owner", owner]);
     wait_until("the holder holds the lock", LONG, || {
@@ -1249,13 +1294,9 @@ fn under_a_holder(p: &Project, owner: &str, sql: &str) -> crate::util::Child {
 /// named `owner` (see `under_a_holder`). The holder must lose the lock
 /// before migration 2: exit 5, and 2 not applied.
 fn holder_loses_the_lock_to(p: &Project, owner: &str, sql: &str) {
-    p.migration(
-        "1_slow.sql",
-        &format!(
-            "-- upgrade\nCREATE TABLE a (id integer);\n{}\n",
-            p.busy_sql(1.5)
-        ),
-    );
+    // Migration 1 holds no DDL: a transaction on every engine (DDL commits
+    // by itself on MariaDB).
+    p.migration("1_slow.sql", &format!("-- upgrade\n{}\n", p.busy_sql(1.5)));
     p.migration("2_b.sql", "-- upgrade\nCREATE TABLE b (id integer);\n");
     let run = under_a_holder(p, owner, sql).finish();
     run.code(5);

@@ -1,5 +1,5 @@
 /// Defines a scenario once and runs it on each backend, as
-/// `<name>::sqlite` and `<name>::postgres`.
+/// `<name>::sqlite`, `<name>::postgres` and `<name>::mariadb`.
 macro_rules! both {
     ($name:ident, |$p:ident| $body:block) => {
         mod $name {
@@ -17,6 +17,14 @@ macro_rules! both {
             #[test]
             fn postgres() {
                 let Some($p) = Project::new(Backend::Postgres) else {
+                    return;
+                };
+                $body
+            }
+
+            #[test]
+            fn mariadb() {
+                let Some($p) = Project::new(Backend::Mariadb) else {
                     return;
                 };
                 $body

@@ -1,6 +1,6 @@
 use crate::util::Project;
 
-const USERS: &str = "-- upgrade\nCREATE TABLE users (id integer PRIMARY KEY, name text NOT NULL);\n-- rollback\nDROP TABLE users;\n";
+const USERS: &str = "-- upgrade\nCREATE TABLE users (id integer PRIMARY KEY, name varchar(100) NOT NULL);\n-- rollback\nDROP TABLE users;\n";
 const POSTS: &str = "-- upgrade\nCREATE TABLE posts (id integer PRIMARY KEY, title text);\nINSERT INTO posts VALUES (1, 'hello');\n-- rollback\nDROP TABLE posts;\n";
 const TAGS: &str =
     "-- upgrade\nCREATE TABLE tags (id integer PRIMARY KEY);\n-- rollback\nDROP TABLE tags;\n";
@@ -15,7 +15,7 @@ both!(applies_pending_in_order_and_records_history, |p| {
     three(&p);
     let run = p.run(&["upgrade"]);
     run.ok();
-    insta::assert_snapshot!("stdout", run.stdout);
+    insta::assert_snapshot!(p.snapshot("stdout"), run.stdout);
     assert_eq!(
         p.db.history(),
         ["1 users applied", "2 posts applied", "3 tags applied"]
@@ -71,7 +71,7 @@ both!(dry_run_changes_nothing, |p| {
     p.run(&["upgrade", "--count", "1"]).ok();
     let run = p.run(&["upgrade", "--dry-run"]);
     run.ok();
-    insta::assert_snapshot!("dry_run", run.stdout);
+    insta::assert_snapshot!(p.snapshot("dry_run"), run.stdout);
     assert_eq!(p.db.history(), ["1 users applied"]);
     assert!(!p.db.table_exists("posts"));
 });
@@ -122,6 +122,18 @@ both!(
             run.stderr
         );
         assert!(run.stderr.contains("no_such_table"), "{}", run.stderr);
+        if p.backend() == Backend::Mariadb {
+            // DDL commits by itself there: the migration ran outside a
+            // transaction, got 2 of 3 statements in, and is dirty.
+            assert!(
+                run.stderr.contains("2 of 3 statements ran"),
+                "{}",
+                run.stderr
+            );
+            assert_eq!(p.db.history(), ["1 users applied", "2 broken started"]);
+            assert!(p.db.table_exists("half"));
+            return;
+        }
         assert_eq!(p.db.history(), ["1 users applied"]);
         // The half-created table is gone with the transaction, so a fixed file
         // applies cleanly.
@@ -143,6 +155,21 @@ both!(syntax_error_names_the_file_line, |p| {
     p.migration("1_typo.sql", "-- a comment\n-- upgrade\nCREATE TABLE ok (id integer);\n\nCREATE TABLEE nope (id integer);\n");
     let run = p.run(&["upgrade"]);
     run.code(1);
+    if p.backend() == Backend::Mariadb {
+        // No column from the server, but the line, and the statement that
+        // failed after the DDL before it committed.
+        assert!(
+            run.stderr.contains(
+                "migration 1 typo failed (migrations/1_typo.sql:5, statement 2 of 2: `CREATE TABLEE nope (id integer);`)"
+            ),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(p.db.history(), ["1 typo started"]);
+        let doc = p.run(&["status", "--json"]).json();
+        assert_eq!(doc["migrations"][0]["state"], "dirty");
+        return;
+    }
     assert!(
         run.stderr
             .contains("migration 1 typo failed (migrations/1_typo.sql:5:"),
@@ -159,7 +186,10 @@ both!(syntax_error_names_the_file_line, |p| {
 both!(modified_applied_file_is_refused, |p| {
     three(&p);
     p.run(&["upgrade", "--count", "2"]).ok();
-    p.migration("1_users.sql", &USERS.replace("name text", "full_name text"));
+    p.migration(
+        "1_users.sql",
+        &USERS.replace("name varchar", "full_name varchar"),
+    );
     let run = p.run(&["upgrade"]);
     run.code(4);
     insta::assert_snapshot!("stderr", run.stderr);
@@ -225,6 +255,20 @@ both!(out_of_order_is_refused_unless_allowed, |p| {
 });
 
 both!(single_transaction_rolls_back_everything_on_failure, |p| {
+    if p.backend() == Backend::Mariadb {
+        // DDL commits by itself there: a single transaction cannot hold it.
+        p.migration("1_users.sql", USERS);
+        let run = p.run(&["upgrade", "--single-transaction"]);
+        run.code(2);
+        assert!(
+            run.stderr
+                .contains("its DDL commits by itself on MariaDB/MySQL"),
+            "{}",
+            run.stderr
+        );
+        assert!(!p.db.table_exists("users"));
+        return;
+    }
     p.migration("1_users.sql", USERS)
         .migration("2_posts.sql", POSTS);
     p.migration("3_broken.sql", "-- upgrade\nSELECT * FROM nowhere;\n");
@@ -252,7 +296,8 @@ both!(single_transaction_rolls_back_everything_on_failure, |p| {
 });
 
 both!(single_transaction_refuses_no_transaction_migrations, |p| {
-    p.migration("1_users.sql", USERS);
+    // Migration 1 without DDL, which on MariaDB would be refused first.
+    p.migration("1_users.sql", "-- upgrade\nSELECT 1;\n");
     p.migration(
         "2_nt.sql",
         "-- upgrade\n-- lockstep:no-transaction\nCREATE TABLE nt (id integer);\n",
@@ -264,7 +309,7 @@ both!(single_transaction_refuses_no_transaction_migrations, |p| {
         "{}",
         run.stderr
     );
-    assert!(!p.db.table_exists("users"));
+    assert!(!p.db.table_exists("lockstep_history") || p.db.history().is_empty());
 });
 
 both!(transaction_control_inside_a_migration_is_refused, |p| {
@@ -307,6 +352,7 @@ both!(no_transaction_migration_runs_statement_by_statement, |p| {
     let sql = match p.backend() {
         Backend::Postgres => "-- upgrade\n-- lockstep:no-transaction\nCREATE INDEX CONCURRENTLY users_name ON users (name);\nCREATE INDEX CONCURRENTLY users_id_name ON users (id, name);\n-- rollback\n-- lockstep:no-transaction\nDROP INDEX CONCURRENTLY users_id_name;\nDROP INDEX CONCURRENTLY users_name;\n",
         Backend::Sqlite => "-- upgrade\n-- lockstep:no-transaction\nCREATE INDEX users_name ON users (name);\nVACUUM;\n-- rollback\n-- lockstep:no-transaction\nDROP INDEX users_name;\nVACUUM;\n",
+        Backend::Mariadb => "-- upgrade\n-- lockstep:no-transaction\nCREATE INDEX users_name ON users (name);\nCREATE INDEX users_id_name ON users (id, name);\n-- rollback\n-- lockstep:no-transaction\nDROP INDEX users_id_name ON users;\nDROP INDEX users_name ON users;\n",
     };
     p.migration("2_index.sql", sql);
     let run = p.run(&["upgrade"]);
@@ -328,6 +374,18 @@ both!(statement_that_needs_no_transaction_gets_a_hint, |p| {
             "-- upgrade\nCREATE TABLE t (id integer);\nCREATE INDEX CONCURRENTLY t_id ON t (id);\n"
         }
         Backend::Sqlite => "-- upgrade\nCREATE TABLE t (id integer);\nVACUUM;\n",
+        // Every statement can run in a transaction here, and DDL commits by
+        // itself: a migration with DDL runs outside one without being told.
+        Backend::Mariadb => {
+            p.migration(
+                "1_t.sql",
+                "-- upgrade\nCREATE TABLE t (id integer);\nOPTIMIZE TABLE t;\n",
+            );
+            let run = p.run(&["upgrade"]);
+            run.ok();
+            assert!(run.stdout.contains("[no transaction]"), "{}", run.stdout);
+            return;
+        }
     };
     p.migration("1_t.sql", sql);
     let run = p.run(&["upgrade"]);
@@ -421,6 +479,8 @@ both!(
         // SQLite has no search path; a temporary table of the same name is
         // the nearest way to shadow lockstep's table.
         Backend::Sqlite => "-- upgrade\nCREATE TEMP TABLE lockstep_history (x integer);\n",
+        // A temporary table shadows the table of its name, qualified or not.
+        Backend::Mariadb => "-- upgrade\nCREATE TEMPORARY TABLE lockstep_history (x integer);\n",
     };
         p.migration("1_shadow.sql", sql)
             .migration("2_tags.sql", TAGS);
@@ -458,6 +518,7 @@ both!(tables_are_created_once_when_many_start_together, |p| {
     let index = match p.backend() {
         Backend::Sqlite => "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = 'lockstep_lock_log_scope'",
         Backend::Postgres => "SELECT count(*) FROM pg_indexes WHERE indexname = 'lockstep_lock_log_scope'",
+        Backend::Mariadb => "SELECT count(DISTINCT index_name) FROM information_schema.STATISTICS WHERE table_schema = DATABASE() AND index_name = 'lockstep_lock_log_scope'",
     };
     assert_eq!(p.db.value(index), "1");
 });

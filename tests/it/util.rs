@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub enum Backend {
     Sqlite,
     Postgres,
+    Mariadb,
 }
 
 /// The PostgreSQL server the tests use, from `scripts/test-servers`.
@@ -54,6 +55,27 @@ pub fn galera_ports() -> Option<Vec<u16>> {
     );
 }
 
+/// A project whose database lives on the Galera cluster, and the URL of
+/// that database on each of the three nodes.
+pub fn galera_project() -> Option<(Project, Vec<String>)> {
+    use mysql::prelude::Queryable;
+    let ports = galera_ports()?;
+    let name = unique("lockstep_test");
+    mariadb_session(ports[0])
+        .query_drop(format!("CREATE DATABASE {name}"))
+        .unwrap();
+    let url = |port: u16| format!("mysql://root@127.0.0.1:{port}/{name}");
+    let dir = TempDir::new();
+    std::fs::create_dir_all(dir.path().join("migrations")).unwrap();
+    let urls: Vec<String> = ports.iter().map(|&p| url(p)).collect();
+    let db = TestDb::Mariadb {
+        admin_url: urls[0].clone(),
+        name,
+        url: urls[0].clone(),
+    };
+    Some((Project { dir, db }, urls))
+}
+
 /// A plain session on a MariaDB node, as root, in the `lockstep` database.
 pub fn mariadb_session(port: u16) -> mysql::Conn {
     let opts = mysql::OptsBuilder::new()
@@ -88,6 +110,11 @@ pub enum TestDb {
         name: String,
         url: String,
     },
+    Mariadb {
+        admin_url: String,
+        name: String,
+        url: String,
+    },
 }
 
 /// Text of one result value; NULL is `NULL`.
@@ -97,7 +124,7 @@ impl TestDb {
     pub fn url(&self) -> String {
         match self {
             TestDb::Sqlite { path } => format!("sqlite://{}", path.display()),
-            TestDb::Postgres { url, .. } => url.clone(),
+            TestDb::Postgres { url, .. } | TestDb::Mariadb { url, .. } => url.clone(),
         }
     }
 
@@ -105,6 +132,7 @@ impl TestDb {
         match self {
             TestDb::Sqlite { .. } => Backend::Sqlite,
             TestDb::Postgres { .. } => Backend::Postgres,
+            TestDb::Mariadb { .. } => Backend::Mariadb,
         }
     }
 
@@ -133,6 +161,32 @@ impl TestDb {
                     rows.collect()
                 };
                 read().map_err(|e| e.to_string())
+            }
+            TestDb::Mariadb { url, .. } => {
+                use mysql::prelude::Queryable;
+                let mut conn = mysql::Conn::new(mysql::Opts::from_url(url).unwrap()).unwrap();
+                let mut rows: Vec<mysql::Row> = Vec::new();
+                let mut result = conn.query_iter(sql).map_err(|e| e.to_string())?;
+                while let Some(set) = result.iter() {
+                    for row in set {
+                        rows.push(row.map_err(|e| e.to_string())?);
+                    }
+                }
+                Ok(rows
+                    .into_iter()
+                    .map(|r| {
+                        r.unwrap()
+                            .into_iter()
+                            .map(|v| match v {
+                                mysql::Value::NULL => "NULL".to_string(),
+                                mysql::Value::Bytes(b) => String::from_utf8_lossy(&b).into_owned(),
+                                mysql::Value::Int(i) => i.to_string(),
+                                mysql::Value::UInt(i) => i.to_string(),
+                                other => other.as_sql(true).trim_matches('\'').to_string(),
+                            })
+                            .collect()
+                    })
+                    .collect())
             }
             TestDb::Postgres { url, .. } => {
                 let mut client = postgres::Client::connect(url, postgres::NoTls).unwrap();
@@ -165,6 +219,9 @@ impl TestDb {
                 .unwrap()
                 .execute_batch(sql)
                 .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            TestDb::Mariadb { .. } => {
+                self.try_query(sql).unwrap_or_else(|e| panic!("{sql}: {e}"));
+            }
             TestDb::Postgres { url, .. } => postgres::Client::connect(url, postgres::NoTls)
                 .unwrap()
                 .batch_execute(sql)
@@ -182,6 +239,11 @@ impl TestDb {
             }
             TestDb::Postgres { .. } => {
                 self.value(&format!("SELECT to_regclass('{name}') IS NOT NULL")) == "t"
+            }
+            TestDb::Mariadb { .. } => {
+                self.value(&format!(
+                    "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = '{name}'"
+                )) == "1"
             }
         }
     }
@@ -205,7 +267,52 @@ impl Drop for TestDb {
                 let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
             }
         }
+        if let TestDb::Mariadb {
+            admin_url, name, ..
+        } = self
+        {
+            use mysql::prelude::Queryable;
+            if let Ok(mut c) = mysql::Conn::new(mysql::Opts::from_url(admin_url).unwrap()) {
+                let _ = c.query_drop(format!("DROP DATABASE IF EXISTS {name}"));
+            }
+        }
     }
+}
+
+/// The MariaDB server the tests use, from `scripts/test-servers`.
+/// Missing: a loud failure in CI; locally a failure too, unless
+/// `LOCKSTEP_SKIP_MARIADB=1` opts out.
+pub fn mariadb_admin_url() -> Option<String> {
+    if let Ok(url) = std::env::var("LOCKSTEP_TEST_MARIADB_URL") {
+        return Some(url);
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    if !in_ci && std::env::var("LOCKSTEP_SKIP_MARIADB").is_ok_and(|v| v == "1") {
+        eprintln!("skipped: LOCKSTEP_SKIP_MARIADB=1 and no LOCKSTEP_TEST_MARIADB_URL");
+        return None;
+    }
+    panic!(
+        "LOCKSTEP_TEST_MARIADB_URL is not set: run the tests with `scripts/test`, which starts \
+         MariaDB (locally, LOCKSTEP_SKIP_MARIADB=1 skips the MariaDB tests)"
+    );
+}
+
+/// Creates a fresh MariaDB database; the URL points at it.
+pub fn mariadb_database() -> Option<TestDb> {
+    use mysql::prelude::Queryable;
+    let admin_url = mariadb_admin_url()?;
+    let name = unique("lockstep_test");
+    let mut admin =
+        mysql::Conn::new(mysql::Opts::from_url(&admin_url).unwrap()).unwrap_or_else(|e| {
+            panic!("cannot connect to the test server at LOCKSTEP_TEST_MARIADB_URL: {e}")
+        });
+    admin.query_drop(format!("CREATE DATABASE {name}")).unwrap();
+    let url = with_database(&admin_url, &name);
+    Some(TestDb::Mariadb {
+        admin_url,
+        name,
+        url,
+    })
 }
 
 /// Creates a fresh PostgreSQL database; the URL points at it.
@@ -275,12 +382,22 @@ impl Project {
                 path: dir.path().join("test.db"),
             },
             Backend::Postgres => pg_database()?,
+            Backend::Mariadb => mariadb_database()?,
         };
         Some(Project { dir, db })
     }
 
     pub fn backend(&self) -> Backend {
         self.db.backend()
+    }
+
+    /// A snapshot's name: MariaDB's output differs where its DDL runs
+    /// outside a transaction (and says so), so it has snapshots of its own.
+    pub fn snapshot(&self, name: &str) -> String {
+        match self.backend() {
+            Backend::Mariadb => format!("{name}_mariadb"),
+            _ => name.to_string(),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -443,6 +560,7 @@ impl Project {
     pub fn busy_sql(&self, secs: f64) -> String {
         match self.backend() {
             Backend::Postgres => format!("SELECT pg_sleep({secs});"),
+            Backend::Mariadb => format!("SELECT SLEEP({secs});"),
             Backend::Sqlite => format!(
                 "SELECT count(*) FROM (WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < {}) SELECT x FROM c);",
                 (secs * sqlite_rows_per_second()) as u64

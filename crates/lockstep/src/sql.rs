@@ -14,8 +14,11 @@
 //!
 //! The rules follow PostgreSQL's `psql` (nested block comments, `E''`
 //! strings, dollar quotes, the `BEGIN ATOMIC ... END` heuristic for SQL
-//! function bodies) and SQLite (`[...]` and backtick identifiers,
-//! `CREATE TRIGGER ... BEGIN ... END`).
+//! function bodies), SQLite (`[...]` and backtick identifiers,
+//! `CREATE TRIGGER ... BEGIN ... END`) and MariaDB/MySQL (backslash
+//! escapes, `#` comments, compound statements in routines, triggers and
+//! events, whose `END IF`, `END LOOP`, `END WHILE` and `END REPEAT` close
+//! no `BEGIN`).
 
 use std::ops::Range;
 
@@ -26,6 +29,10 @@ pub enum Dialect {
     Postgres,
     /// SQLite.
     Sqlite,
+    /// MariaDB and MySQL under the server's default SQL mode: backslash
+    /// escapes in strings, `"` for strings, `#` comments, and `--` a comment
+    /// only before whitespace.
+    Mysql,
 }
 
 /// One statement found by [`split`].
@@ -50,6 +57,25 @@ impl Statement {
             // `ROLLBACK TO [SAVEPOINT] x` stays inside the transaction.
             "ROLLBACK" => second != "TO",
             _ => false,
+        }
+    }
+}
+
+impl Statement {
+    /// Whether this statement commits the transaction it runs in, by
+    /// itself: on MariaDB/MySQL, DDL and account and lock statements (not
+    /// `CREATE TEMPORARY TABLE` nor `DROP TEMPORARY TABLE`); on PostgreSQL
+    /// and SQLite, whose DDL is transactional, only transaction control.
+    pub fn commits_implicitly(&self, dialect: Dialect) -> bool {
+        if dialect != Dialect::Mysql {
+            return self.is_transaction_control();
+        }
+        let [first, second] = &self.keywords;
+        match first.as_str() {
+            "CREATE" | "DROP" => second != "TEMPORARY",
+            "ALTER" | "RENAME" | "TRUNCATE" | "GRANT" | "REVOKE" | "LOCK" | "UNLOCK"
+            | "ANALYZE" | "OPTIMIZE" | "REPAIR" | "INSTALL" | "UNINSTALL" | "FLUSH" => true,
+            _ => self.is_transaction_control(),
         }
     }
 }
@@ -188,6 +214,9 @@ struct StatementState {
     block_body: Option<bool>,
     paren_depth: usize,
     begin_depth: usize,
+    /// The word before was a block's `END` (MariaDB/MySQL: the next word
+    /// may say it closed an `IF`, a loop or a `CASE` instead).
+    after_end: bool,
 }
 
 impl StatementState {
@@ -207,11 +236,26 @@ impl StatementState {
         if self.block_body != Some(true) || self.paren_depth > 0 {
             return;
         }
+        if std::mem::take(&mut self.after_end) && dialect == Dialect::Mysql {
+            match upper.as_str() {
+                // `END IF` and the loops' ends close what was never counted.
+                "IF" | "LOOP" | "WHILE" | "REPEAT" => {
+                    self.begin_depth += 1;
+                    return;
+                }
+                // `END CASE` closes the `CASE` that was counted.
+                "CASE" => return,
+                _ => {}
+            }
+        }
         match upper.as_str() {
             "BEGIN" => self.begin_depth += 1,
             // CASE ... END nests inside a block; outside one it cannot hold a `;`.
             "CASE" if self.begin_depth > 0 => self.begin_depth += 1,
-            "END" => self.begin_depth = self.begin_depth.saturating_sub(1),
+            "END" => {
+                self.begin_depth = self.begin_depth.saturating_sub(1);
+                self.after_end = true;
+            }
             _ => {}
         }
     }
@@ -231,9 +275,35 @@ impl StatementState {
             (Dialect::Postgres, "OR" | "REPLACE") => None,
             (Dialect::Sqlite, "TRIGGER") => Some(true),
             (Dialect::Sqlite, "TEMP" | "TEMPORARY") => None,
+            (Dialect::Mysql, "PROCEDURE" | "FUNCTION" | "TRIGGER" | "EVENT") => Some(true),
+            // `CREATE [OR REPLACE] [DEFINER = user] [AGGREGATE] ...`: the
+            // user's name is one to three words.
+            (Dialect::Mysql, _) if self.words_seen <= 8 && !is_object_kind(upper) => None,
             _ => Some(false),
         }
     }
+}
+
+/// What a MariaDB/MySQL `CREATE` makes that cannot hold a compound
+/// statement.
+fn is_object_kind(word: &str) -> bool {
+    matches!(
+        word,
+        "TABLE"
+            | "INDEX"
+            | "UNIQUE"
+            | "FULLTEXT"
+            | "SPATIAL"
+            | "VIEW"
+            | "DATABASE"
+            | "SCHEMA"
+            | "USER"
+            | "ROLE"
+            | "SEQUENCE"
+            | "SERVER"
+            | "TABLESPACE"
+            | "TEMPORARY"
+    )
 }
 
 enum Token {
@@ -286,13 +356,16 @@ impl Lexer<'_> {
             return Ok(None);
         };
         let token = match b {
-            b'-' if self.peek(1) == Some(b'-') => {
-                while let Some(b) = self.peek(0) {
-                    if b == b'\n' {
-                        break;
-                    }
-                    self.pos += 1;
-                }
+            // `--` starts a comment on MariaDB/MySQL only before whitespace
+            // (`1--1` is arithmetic); `#` always does there.
+            b'-' if self.peek(1) == Some(b'-')
+                && (self.dialect != Dialect::Mysql || self.peek(2).is_none_or(|c| c <= b' ')) =>
+            {
+                self.line_comment();
+                Token::Comment
+            }
+            b'#' if self.dialect == Dialect::Mysql => {
+                self.line_comment();
                 Token::Comment
             }
             b'/' if self.peek(1) == Some(b'*') => {
@@ -301,7 +374,13 @@ impl Lexer<'_> {
             }
             b'\'' => {
                 self.pos += 1;
-                self.quoted(start, b'\'', false, "string literal")?;
+                let backslash = self.dialect == Dialect::Mysql;
+                self.quoted(start, b'\'', backslash, "string literal")?;
+                Token::Other(start)
+            }
+            b'"' if self.dialect == Dialect::Mysql => {
+                self.pos += 1;
+                self.quoted(start, b'"', true, "string literal")?;
                 Token::Other(start)
             }
             b'"' => {
@@ -309,7 +388,7 @@ impl Lexer<'_> {
                 self.quoted(start, b'"', false, "quoted identifier")?;
                 Token::Other(start)
             }
-            b'`' if self.dialect == Dialect::Sqlite => {
+            b'`' if self.dialect != Dialect::Postgres => {
                 self.pos += 1;
                 self.quoted(start, b'`', false, "quoted identifier")?;
                 Token::Other(start)
@@ -361,6 +440,15 @@ impl Lexer<'_> {
             }
         };
         Ok(Some(token))
+    }
+
+    fn line_comment(&mut self) {
+        while let Some(b) = self.peek(0) {
+            if b == b'\n' {
+                break;
+            }
+            self.pos += 1;
+        }
     }
 
     fn block_comment(&mut self, start: usize) -> Result<(), LexError> {
@@ -460,6 +548,46 @@ mod tests {
             .into_iter()
             .map(|s| &sql[s.range])
             .collect()
+    }
+
+    #[test]
+    fn mysql_strings_take_backslash_escapes_and_double_quotes() {
+        let sql = "INSERT INTO t VALUES ('it\\'s; fine', \"a \\\" ; b\", `we;ird`);\nSELECT 1;";
+        assert_eq!(
+            texts(sql, Dialect::Mysql),
+            [
+                "INSERT INTO t VALUES ('it\\'s; fine', \"a \\\" ; b\", `we;ird`);",
+                "SELECT 1;"
+            ]
+        );
+        // The same text on PostgreSQL ends inside a string.
+        assert!(split("SELECT 'a\\';", Dialect::Postgres).is_ok());
+        assert!(split("SELECT 'a\\';", Dialect::Mysql).is_err());
+    }
+
+    #[test]
+    fn mysql_comments() {
+        let sql = "# a comment; still\nSELECT 1--1;\n-- real comment;\nSELECT 2; /* c; */";
+        assert_eq!(texts(sql, Dialect::Mysql), ["SELECT 1--1;", "SELECT 2;"]);
+    }
+
+    #[test]
+    fn mysql_compound_statements_stay_whole() {
+        let body = "CREATE DEFINER = `app`@`%` PROCEDURE p()\nBEGIN\n  DECLARE i INT DEFAULT 0;\n  IF i = 0 THEN SET i = 1; END IF;\n  WHILE i < 3 DO SET i = i + 1; END WHILE;\n  lbl: LOOP LEAVE lbl; END LOOP;\n  REPEAT SET i = i - 1; UNTIL i = 0 END REPEAT;\n  CASE i WHEN 0 THEN SET i = 5; ELSE BEGIN END; END CASE;\n  SELECT CASE WHEN i > 1 THEN 'a' ELSE 'b' END;\nEND;";
+        let sql = format!("{body}\nCREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW BEGIN SET NEW.x = 1; END;\nDROP TABLE IF EXISTS x;");
+        assert_eq!(
+            texts(&sql, Dialect::Mysql),
+            [
+                body,
+                "CREATE TRIGGER tr BEFORE INSERT ON t FOR EACH ROW BEGIN SET NEW.x = 1; END;",
+                "DROP TABLE IF EXISTS x;"
+            ]
+        );
+        // A table is no block: its statements split as usual.
+        assert_eq!(
+            texts("CREATE TABLE b (x INT);\nSELECT 1;", Dialect::Mysql),
+            ["CREATE TABLE b (x INT);", "SELECT 1;"]
+        );
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //!   with the parameters `host` (a Unix socket directory when it starts with `/`),
 //!   `port`, `user`, `password`, `dbname`, `sslmode`, `sslrootcert`,
 //!   `connect_timeout` (seconds) and `application_name`.
+//! - `mysql://` or `mariadb://` `[user[:password]@][host][:port]/database[?param=value&...]`
+//!   with the parameters `socket` (the server's socket file), `password`,
+//!   `ssl-mode` (the MySQL client's: disabled, preferred, required,
+//!   verify_ca, verify_identity), `ssl-ca` and `connect_timeout` (seconds).
 //!
 //! Error messages never quote the text of the URL's authority part, because a
 //! malformed URL may put a password where a host or port should be.
@@ -33,6 +37,8 @@ pub struct DatabaseUrl(Endpoint);
 /// What a database URL points at. Its `Debug` hides the password.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Endpoint {
+    /// A MariaDB or MySQL server (`mysql://` or `mariadb://`).
+    Mysql(MysqlTarget),
     /// An SQLite database.
     Sqlite(SqliteTarget),
     /// A PostgreSQL server.
@@ -179,6 +185,7 @@ fn parse(url: &str) -> Result<Endpoint, UrlError> {
     match scheme {
         "sqlite" | "sqlite3" => parse_sqlite(rest),
         "postgres" | "postgresql" => parse_postgres(rest).map(Endpoint::Postgres),
+        "mysql" | "mariadb" => parse_mysql(rest).map(Endpoint::Mysql),
         _ => {
             // The scheme precedes any secret, but a URL without `://` in
             // the expected place could be anything: show it only when it
@@ -191,7 +198,9 @@ fn parse(url: &str) -> Result<Endpoint, UrlError> {
             } else {
                 "unsupported scheme".to_string()
             };
-            err(format!("{shown}; use `sqlite://` or `postgres://`"))
+            err(format!(
+                "{shown}; use `sqlite://`, `postgres://`, `mysql://` or `mariadb://`"
+            ))
         }
     }
 }
@@ -219,7 +228,20 @@ fn parse_sqlite(rest: &str) -> Result<Endpoint, UrlError> {
     Ok(Endpoint::Sqlite(SqliteTarget::File(PathBuf::from(path))))
 }
 
-fn parse_postgres(rest: &str) -> Result<PgTarget, UrlError> {
+/// A server URL after its scheme, split as written: the user info, host
+/// and port, the path (the database), and the query's pairs with their
+/// values still percent-encoded (a password's among them).
+#[derive(Default)]
+struct Split<'a> {
+    user: Option<String>,
+    password: Option<&'a str>,
+    host: Option<String>,
+    port: Option<u16>,
+    database: Option<String>,
+    params: Vec<(String, &'a str)>,
+}
+
+fn split(rest: &str) -> Result<Split<'_>, UrlError> {
     let (before_query, query) = match rest.split_once('?') {
         Some((b, q)) => (b, q),
         None => (rest, ""),
@@ -236,24 +258,61 @@ fn parse_postgres(rest: &str) -> Result<PgTarget, UrlError> {
     if userinfo.is_none() && path.contains('@') {
         return err("a `/` in the user name or password must be percent-encoded as `%2F`");
     }
-    let mut parts = PgParts::default();
+    let mut split = Split::default();
     if let Some(info) = userinfo {
         let (u, p) = match info.split_once(':') {
             Some((u, p)) => (u, Some(p)),
             None => (info, None),
         };
-        parts.user = Some(decode(u, "user name")?);
-        if let Some(p) = p {
-            parts.set("password", p)?;
-        }
+        split.user = Some(decode(u, "user name")?);
+        split.password = p;
     }
-    (parts.host, parts.port) = split_host_port(hostport)?;
+    (split.host, split.port) = split_host_port(hostport)?;
     if !path.is_empty() {
-        parts.dbname = Some(decode(path, "database name")?);
+        split.database = Some(decode(path, "database name")?);
     }
     for pair in query.split('&').filter(|p| !p.is_empty()) {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-        parts.set(&decode(key, "parameter name")?, value)?;
+        split.params.push((decode(key, "parameter name")?, value));
+    }
+    Ok(split)
+}
+
+/// `connect_timeout`: whole seconds, at most a day; 0 is no limit of the
+/// URL's own.
+fn connect_timeout(value: &str) -> Result<Option<Duration>, UrlError> {
+    let v = decode(value, "connect_timeout")?;
+    let secs: u64 = v.parse().map_err(|_| {
+        UrlError(format!(
+            "connect_timeout `{v}` is not a whole number of seconds"
+        ))
+    })?;
+    if secs > MAX_CONNECT_TIMEOUT_SECS {
+        return err(format!(
+            "connect_timeout `{v}` is more than a day ({MAX_CONNECT_TIMEOUT_SECS} seconds)"
+        ));
+    }
+    Ok((secs > 0).then(|| Duration::from_secs(secs)))
+}
+
+fn secret(value: &str) -> Result<Secret, UrlError> {
+    percent_decode(value)
+        .map(Secret)
+        .ok_or_else(|| UrlError("bad percent-encoding in the password".into()))
+}
+
+fn parse_postgres(rest: &str) -> Result<PgTarget, UrlError> {
+    let split = split(rest)?;
+    let mut parts = PgParts {
+        user: split.user,
+        password: split.password.map(secret).transpose()?,
+        host: split.host,
+        port: split.port,
+        dbname: split.database,
+        ..PgParts::default()
+    };
+    for (key, value) in split.params {
+        parts.set(&key, value)?;
     }
     parts.target()
 }
@@ -276,12 +335,7 @@ impl PgParts {
     /// One query parameter, its value still percent-encoded.
     fn set(&mut self, key: &str, value: &str) -> Result<(), UrlError> {
         match key {
-            "password" => {
-                self.password =
-                    Some(Secret(percent_decode(value).ok_or_else(|| {
-                        UrlError("bad percent-encoding in the password".into())
-                    })?))
-            }
+            "password" => self.password = Some(secret(value)?),
             "host" => self.host = Some(decode(value, "host")?),
             "port" => self.port = Some(parse_port(value)?),
             "user" => self.user = Some(decode(value, "user name")?),
@@ -295,20 +349,7 @@ impl PgParts {
                 })?)
             }
             "sslrootcert" => self.sslrootcert = Some(PathBuf::from(decode(value, "sslrootcert")?)),
-            "connect_timeout" => {
-                let v = decode(value, "connect_timeout")?;
-                let secs: u64 = v.parse().map_err(|_| {
-                    UrlError(format!(
-                        "connect_timeout `{v}` is not a whole number of seconds"
-                    ))
-                })?;
-                if secs > MAX_CONNECT_TIMEOUT_SECS {
-                    return err(format!(
-                        "connect_timeout `{v}` is more than a day ({MAX_CONNECT_TIMEOUT_SECS} seconds)"
-                    ));
-                }
-                self.connect_timeout = (secs > 0).then(|| Duration::from_secs(secs));
-            }
+            "connect_timeout" => self.connect_timeout = connect_timeout(value)?,
             "application_name" => self.application_name = Some(decode(value, "application_name")?),
             other => {
                 return err(format!(
@@ -352,6 +393,140 @@ impl PgParts {
             application_name: self.application_name,
         })
     }
+}
+
+/// A MariaDB or MySQL connection target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MysqlTarget {
+    pub user: String,
+    pub password: Option<Secret>,
+    pub host: MysqlHost,
+    pub port: u16,
+    pub database: String,
+    pub ssl_mode: MysqlSslMode,
+    /// A file of trusted CA certificates (PEM).
+    pub ssl_ca: Option<PathBuf>,
+    pub connect_timeout: Option<Duration>,
+}
+
+/// Where the MariaDB or MySQL server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MysqlHost {
+    Tcp(String),
+    /// The server's Unix socket file.
+    Socket(PathBuf),
+}
+
+/// How TLS is used, as the MySQL client's `--ssl-mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum MysqlSslMode {
+    Disabled,
+    /// TLS when the server offers it, its certificate unverified.
+    Preferred,
+    /// TLS, its certificate unverified.
+    Required,
+    /// TLS and a certificate signed by a trusted CA.
+    VerifyCa,
+    /// TLS, a trusted certificate, and that it names the host.
+    VerifyIdentity,
+}
+
+impl MysqlSslMode {
+    /// The client's names, in any case.
+    fn parse(s: &str) -> Option<MysqlSslMode> {
+        Some(match s.to_ascii_lowercase().replace('-', "_").as_str() {
+            "disabled" => MysqlSslMode::Disabled,
+            "preferred" => MysqlSslMode::Preferred,
+            "required" => MysqlSslMode::Required,
+            "verify_ca" => MysqlSslMode::VerifyCa,
+            "verify_identity" => MysqlSslMode::VerifyIdentity,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MysqlSslMode::Disabled => "disabled",
+            MysqlSslMode::Preferred => "preferred",
+            MysqlSslMode::Required => "required",
+            MysqlSslMode::VerifyCa => "verify_ca",
+            MysqlSslMode::VerifyIdentity => "verify_identity",
+        }
+    }
+}
+
+/// `mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE` with `socket`,
+/// `ssl-mode`, `ssl-ca` and `connect_timeout` parameters. The database is
+/// required: lockstep keeps its tables in it.
+fn parse_mysql(rest: &str) -> Result<MysqlTarget, UrlError> {
+    let split = split(rest)?;
+    let mut password = split.password.map(secret).transpose()?;
+    let mut socket = None;
+    let mut ssl_mode = None;
+    let mut ssl_ca = None;
+    let mut timeout = None;
+    for (key, value) in split.params {
+        match key.as_str() {
+            "socket" => socket = Some(PathBuf::from(decode(value, "socket")?)),
+            "password" => password = Some(secret(value)?),
+            "ssl-mode" | "ssl_mode" | "sslmode" => {
+                let v = decode(value, "ssl-mode")?;
+                ssl_mode = Some(MysqlSslMode::parse(&v).ok_or_else(|| {
+                    UrlError(format!(
+                        "unknown ssl-mode `{v}`; use disabled, preferred, required, verify_ca or verify_identity"
+                    ))
+                })?);
+            }
+            "ssl-ca" | "ssl_ca" => ssl_ca = Some(PathBuf::from(decode(value, "ssl-ca")?)),
+            "connect_timeout" => timeout = connect_timeout(value)?,
+            other => {
+                return err(format!(
+                    "unknown parameter `{other}`; lockstep understands socket, password, \
+                     ssl-mode, ssl-ca and connect_timeout"
+                ))
+            }
+        }
+    }
+    let Some(database) = split.database.filter(|d| !d.is_empty()) else {
+        return err("a MariaDB/MySQL URL needs a database, as in `mysql://user@host/app`");
+    };
+    let host = match (socket, split.host.filter(|h| !h.is_empty())) {
+        (Some(path), _) => MysqlHost::Socket(path),
+        (None, Some(h)) => MysqlHost::Tcp(h),
+        (None, None) => MysqlHost::Tcp("localhost".into()),
+    };
+    let user = match split.user.filter(|u| !u.is_empty()) {
+        Some(u) => u,
+        None => default_mysql_user()?,
+    };
+    let ssl_mode = ssl_mode.unwrap_or(match host {
+        MysqlHost::Socket(_) => MysqlSslMode::Disabled,
+        MysqlHost::Tcp(_) => MysqlSslMode::Preferred,
+    });
+    if ssl_mode == MysqlSslMode::Disabled && ssl_ca.is_some() {
+        return err("ssl-ca names a CA but ssl-mode is disabled");
+    }
+    Ok(MysqlTarget {
+        user,
+        password,
+        host,
+        port: split.port.unwrap_or(3306),
+        database,
+        ssl_mode,
+        ssl_ca,
+        connect_timeout: timeout,
+    })
+}
+
+fn default_mysql_user() -> Result<String, UrlError> {
+    for var in ["USER", "LOGNAME"] {
+        if let Ok(u) = std::env::var(var) {
+            if !u.is_empty() {
+                return Ok(u);
+            }
+        }
+    }
+    err("no user name in the URL and none in USER")
 }
 
 /// `host:port`, with an IPv6 address in brackets: `[::1]:5432`.
@@ -486,6 +661,7 @@ impl DatabaseUrl {
         match &self.0 {
             Endpoint::Sqlite(_) => "sqlite",
             Endpoint::Postgres(_) => "postgres",
+            Endpoint::Mysql(_) => "mysql",
         }
     }
 
@@ -494,6 +670,7 @@ impl DatabaseUrl {
     pub fn password(&self) -> Option<&str> {
         match &self.0 {
             Endpoint::Postgres(t) => t.password.as_ref().map(Secret::expose),
+            Endpoint::Mysql(t) => t.password.as_ref().map(Secret::expose),
             Endpoint::Sqlite(_) => None,
         }
     }
@@ -508,6 +685,11 @@ pub fn with_password(url: &DatabaseUrl, password: &str) -> Option<DatabaseUrl> {
             t.password = Some(Secret::new(password));
             Some(DatabaseUrl(Endpoint::Postgres(t)))
         }
+        Endpoint::Mysql(t) if t.password.is_some() => {
+            let mut t = t.clone();
+            t.password = Some(Secret::new(password));
+            Some(DatabaseUrl(Endpoint::Mysql(t)))
+        }
         _ => None,
     }
 }
@@ -519,6 +701,29 @@ impl fmt::Display for DatabaseUrl {
             Endpoint::Sqlite(SqliteTarget::Memory) => f.write_str("sqlite::memory:"),
             Endpoint::Sqlite(SqliteTarget::File(path)) => {
                 write!(f, "sqlite://{}", path.display())
+            }
+            Endpoint::Mysql(t) => {
+                write!(f, "mysql://{}", percent_encode(&t.user))?;
+                if t.password.is_some() {
+                    f.write_str(":***")?;
+                }
+                f.write_str("@")?;
+                let mut params = Vec::new();
+                match &t.host {
+                    MysqlHost::Tcp(h) => write!(f, "{}", host_port(h, t.port))?,
+                    MysqlHost::Socket(path) => params.push(format!("socket={}", path.display())),
+                }
+                write!(f, "/{}", percent_encode(&t.database))?;
+                if t.ssl_mode != MysqlSslMode::Preferred && matches!(t.host, MysqlHost::Tcp(_)) {
+                    params.push(format!("ssl-mode={}", t.ssl_mode.as_str()));
+                }
+                if let Some(ca) = &t.ssl_ca {
+                    params.push(format!("ssl-ca={}", ca.display()));
+                }
+                if !params.is_empty() {
+                    write!(f, "?{}", params.join("&"))?;
+                }
+                Ok(())
             }
             Endpoint::Postgres(t) => {
                 write!(f, "postgres://{}", percent_encode(&t.user))?;
@@ -561,6 +766,64 @@ impl fmt::Debug for DatabaseUrl {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn mysql(url: &str) -> MysqlTarget {
+        match url.parse::<DatabaseUrl>().unwrap().0 {
+            Endpoint::Mysql(t) => t,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn mysql_urls() {
+        let t = mysql("mysql://app:s%40cret@db.internal:3307/shop?ssl-mode=VERIFY_IDENTITY&ssl-ca=/etc/ca.pem&connect_timeout=5");
+        assert_eq!(t.user, "app");
+        assert_eq!(t.password.as_ref().map(Secret::expose), Some("s@cret"));
+        assert_eq!(
+            (t.host.clone(), t.port),
+            (MysqlHost::Tcp("db.internal".into()), 3307)
+        );
+        assert_eq!(t.database, "shop");
+        assert_eq!(t.ssl_mode, MysqlSslMode::VerifyIdentity);
+        assert_eq!(t.ssl_ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(t.connect_timeout, Some(Duration::from_secs(5)));
+
+        let t = mysql("mariadb://root@/app?socket=/run/mysqld/mysqld.sock");
+        assert_eq!(
+            t.host,
+            MysqlHost::Socket(PathBuf::from("/run/mysqld/mysqld.sock"))
+        );
+        assert_eq!(t.ssl_mode, MysqlSslMode::Disabled);
+        assert_eq!(mysql("mysql://u@h/d").ssl_mode, MysqlSslMode::Preferred);
+        assert_eq!(mysql("mysql://u@h/d").port, 3306);
+
+        let url: DatabaseUrl = "mysql://app:hunter2@db/shop?ssl-mode=required"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            url.to_string(),
+            "mysql://app:***@db:3306/shop?ssl-mode=required"
+        );
+        assert_eq!(url.engine(), "mysql");
+        assert_eq!(url.password(), Some("hunter2"));
+        assert!(!format!("{url:?}").contains("hunter2"));
+
+        for (bad, why) in [
+            ("mysql://u@h", "needs a database"),
+            ("mysql://u@h/d?ssl-mode=sometimes", "unknown ssl-mode"),
+            (
+                "mysql://u@h/d?sslrootcert=x",
+                "unknown parameter `sslrootcert`",
+            ),
+            (
+                "mysql://u@h/d?ssl-mode=disabled&ssl-ca=/ca.pem",
+                "ssl-mode is disabled",
+            ),
+        ] {
+            let e = bad.parse::<DatabaseUrl>().unwrap_err().to_string();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
+    }
 
     fn pg(url: &str) -> PgTarget {
         match url.parse::<DatabaseUrl>().unwrap().0 {
@@ -628,7 +891,7 @@ mod tests {
     #[test]
     fn bad_urls_never_echo_the_authority() {
         let table = [
-            ("mysql://u:hunter2@h/d", "unsupported scheme `mysql`"),
+            ("oracle://u:hunter2@h/d", "unsupported scheme `oracle`"),
             ("postgres://u:hunter2@h:abc/d", "the port is not a number"),
             ("postgres://u:hun/ter2@h/d", "must be percent-encoded"),
             (

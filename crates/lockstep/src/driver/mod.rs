@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use crate::error::{DbMessage, Error};
 use crate::history::{Change, HistoryStore, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
-use crate::lock::{Fence, LockStore};
+use crate::lock::{Fence, LockInfo, LockStore};
 use crate::remedy::Remedy;
 use crate::source::Section;
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, Endpoint, SqliteTarget};
 
+mod mariadb;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
 mod tables;
@@ -125,6 +126,7 @@ pub(crate) fn canonical(url: &DatabaseUrl, table: &TableName) -> TableName {
     match url.endpoint() {
         Endpoint::Sqlite(_) => table.without_schema("main"),
         Endpoint::Postgres(_) => table.without_schema(postgres::DEFAULT_SCHEMA),
+        Endpoint::Mysql(target) => table.without_schema(&target.database),
     }
 }
 
@@ -155,12 +157,42 @@ pub(crate) fn open(
             };
             Ok(Box::new(driver))
         }
+        Endpoint::Mysql(target) => Ok(Box::new(mariadb::MysqlDriver::connect(target, url, table)?)),
         Endpoint::Postgres(target) => Ok(Box::new(postgres::PgDriver::connect(
             target,
             url,
             table,
             application_name,
         )?)),
+    }
+}
+
+/// The lock row as the server engines read it: the same twelve columns in
+/// order (token, owner, host, pid, command, tool version, the three times,
+/// and the three ages), and whether the holder's session is alive.
+pub(crate) fn lock_info(
+    scope: &str,
+    text: impl Fn(usize) -> Option<String>,
+    int: impl Fn(usize) -> Option<i64>,
+    session_alive: Option<bool>,
+) -> LockInfo {
+    LockInfo {
+        scope: scope.to_string(),
+        token: int(0).unwrap_or_default(),
+        owner: text(1),
+        host: text(2),
+        pid: int(3),
+        command: text(4),
+        tool_version: text(5),
+        acquired_at: text(6),
+        heartbeat_at: text(7),
+        expires_at: text(8),
+        held_ms: int(9),
+        heartbeat_age_ms: int(10),
+        expires_in_ms: int(11),
+        session_alive,
+        migrating: false,
+        blocker: None,
     }
 }
 

@@ -2,8 +2,8 @@
 //! kinds that each engine names with its own types. An engine adds its
 //! schema, index and format row around the script these make.
 
-use crate::history::META_TABLE;
-use crate::lock::{LOCK_LOG_TABLE, LOCK_TABLE};
+use crate::history::{NewRow, RowState, META_TABLE, TOOL_VERSION};
+use crate::lock::{Actor, LogEvent, Take, LOCK_LOG_TABLE, LOCK_TABLE};
 
 /// What a column holds; each engine names the type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -125,6 +125,113 @@ pub(crate) fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))
 }
 
+/// A value bound to a statement's parameter, for the engine to convert.
+pub(crate) enum Value {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+/// An INSERT of a lock log row into `log`: its time is the SQL `now`, and
+/// `param(n)` names the engine's n-th parameter (from 1) for each of
+/// [`log_values`], in order.
+pub(crate) fn log_insert(log: &str, now: &str, param: impl Fn(usize) -> String) -> String {
+    let p: Vec<String> = (1..=9).map(param).collect();
+    format!(
+        "INSERT INTO {log} (scope, at, event, token, owner, host, pid, command, previous_owner, detail)
+         VALUES ({}, {now}, {})",
+        p[0],
+        p[1..].join(", ")
+    )
+}
+
+/// The values of a lock log row, in [`log_insert`]'s order.
+pub(crate) fn log_values(
+    scope: &str,
+    event: LogEvent<'_>,
+    token: i64,
+    who: &Actor<'_>,
+) -> [Value; 9] {
+    let text = |s: Option<&str>| Value::Text(s.map(str::to_string));
+    [
+        text(Some(scope)),
+        text(Some(event.name())),
+        Value::Int(Some(token)),
+        text(Some(who.owner)),
+        text(Some(who.host)),
+        Value::Int(Some(who.pid)),
+        text(Some(who.command)),
+        text(event.previous_owner()),
+        text(event.detail()),
+    ]
+}
+
+/// The UPDATE that takes the lock row in `lock`: the next token, the
+/// holder, and its lease from `now` until `expires` (SQL); `param(n)`
+/// names the engine's n-th parameter for each of [`take_values`], in order.
+pub(crate) fn take_update(
+    lock: &str,
+    now: &str,
+    expires: &str,
+    param: impl Fn(usize) -> String,
+) -> String {
+    let p: Vec<String> = (1..=8).map(param).collect();
+    format!(
+        "UPDATE {lock} SET token = token + 1, owner = {}, host = {}, pid = {}, command = {},
+                tool_version = {}, session_pid = {}, session_start = {},
+                acquired_at = {now}, heartbeat_at = {now}, expires_at = {expires}
+          WHERE scope = {}",
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+    )
+}
+
+/// The values of [`take_update`], in order.
+pub(crate) fn take_values(take: &Take<'_>) -> [Value; 8] {
+    let text = |s: &str| Value::Text(Some(s.to_string()));
+    [
+        text(take.actor.owner),
+        text(take.actor.host),
+        Value::Int(Some(take.actor.pid)),
+        text(take.actor.command),
+        text(TOOL_VERSION),
+        Value::Int(take.session.pid),
+        Value::Text(take.session.start.clone()),
+        text(take.scope),
+    ]
+}
+
+/// An INSERT of a history row into `history`: `applied_at` is the SQL
+/// `now`, and `param(n)` names the engine's n-th parameter for each of
+/// [`history_values`], in order.
+pub(crate) fn history_insert(history: &str, now: &str, param: impl Fn(usize) -> String) -> String {
+    let p: Vec<String> = (1..=8).map(param).collect();
+    format!(
+        "INSERT INTO {history} (version, name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version)
+         VALUES ({}, {now}, {})",
+        p[..4].join(", "),
+        p[4..].join(", ")
+    )
+}
+
+/// The values of a new history row, in [`history_insert`]'s order: a
+/// started row has no duration yet.
+pub(crate) fn history_values(row: &NewRow<'_>, duration_ms: i64) -> [Value; 8] {
+    let (state, duration) = if row.started {
+        (RowState::Started, 0)
+    } else {
+        (RowState::Applied, duration_ms)
+    };
+    [
+        Value::Int(Some(row.version as i64)),
+        Value::Text(Some(row.name.to_string())),
+        Value::Text(Some(row.checksum.to_string())),
+        Value::Text(Some(state.as_str().to_string())),
+        Value::Int(Some(duration)),
+        Value::Text(Some(row.applied_by.to_string())),
+        Value::Int(row.lock_token),
+        Value::Text(Some(TOOL_VERSION.to_string())),
+    ]
+}
+
 /// `CREATE TABLE IF NOT EXISTS` for each of lockstep's tables, with the
 /// types `type_of` names (a serial column's type includes its key).
 pub(crate) fn create_script(names: &Names, type_of: impl Fn(Kind) -> &'static str) -> String {
@@ -134,21 +241,29 @@ pub(crate) fn create_script(names: &Names, type_of: impl Fn(Kind) -> &'static st
         (&names.lock, LOCK),
         (&names.log, LOG),
     ];
-    let mut sql = String::new();
-    for (name, columns) in tables {
-        let columns: Vec<String> = columns
-            .iter()
-            .map(|c| {
-                let text = format!("{} {} {}", c.name, type_of(c.kind), c.constraints);
-                text.trim_end().to_string()
-            })
-            .collect();
-        sql.push_str(&format!(
-            "CREATE TABLE IF NOT EXISTS {name} (\n    {}\n);\n",
-            columns.join(",\n    ")
-        ));
-    }
-    sql
+    tables
+        .into_iter()
+        .map(|(name, columns)| create_table(name, columns, &type_of) + ";\n")
+        .collect()
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for one table.
+pub(crate) fn create_table(
+    name: &str,
+    columns: &[Column],
+    type_of: impl Fn(Kind) -> &'static str,
+) -> String {
+    let columns: Vec<String> = columns
+        .iter()
+        .map(|c| {
+            let text = format!("{} {} {}", c.name, type_of(c.kind), c.constraints);
+            text.trim_end().to_string()
+        })
+        .collect();
+    format!(
+        "CREATE TABLE IF NOT EXISTS {name} (\n    {}\n)",
+        columns.join(",\n    ")
+    )
 }
 
 #[cfg(test)]

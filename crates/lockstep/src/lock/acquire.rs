@@ -284,6 +284,8 @@ pub(super) fn attempt<S: LockStore + ?Sized>(
 ) -> Result<Attempt, S::Error> {
     let info = match store.probe_lock(request.scope)? {
         Probe::Busy(seen) => {
+            // The row as read without waiting, where the store did not.
+            let seen = seen.or_else(|| store.read_lock(request.scope).ok().flatten());
             let mut info = seen.unwrap_or_else(|| LockInfo {
                 scope: request.scope.to_string(),
                 ..LockInfo::default()

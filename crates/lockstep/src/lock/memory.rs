@@ -314,7 +314,7 @@ impl LockStore for MemoryStore {
         Ok(())
     }
 
-    fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
+    fn read_lock_row(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
         let w = self.world();
         self.gone(&w)?;
         let mut info = w.info(scope);

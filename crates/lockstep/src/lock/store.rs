@@ -52,13 +52,39 @@ pub(crate) trait LockStore: Send {
 
     /// The lock row as it stands, without waiting on any row lock; `None`
     /// when lockstep's tables or the row do not exist.
-    fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Self::Error>;
+    fn read_lock_row(&mut self, scope: &str) -> Result<Option<LockInfo>, Self::Error>;
+
+    /// The lock as [`LockStore::read_lock_row`] reads it. An expired lease
+    /// with no sign of its holder may still be a long migration that keeps
+    /// its own heartbeat out (its transaction has the row locked): looked
+    /// at without waiting, it is `migrating`, and not taken over.
+    fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Self::Error> {
+        let mut info = self.read_lock_row(scope)?;
+        if let Some(info) = info
+            .as_mut()
+            .filter(|i| i.is_held() && i.is_expired() && i.session_alive != Some(true))
+        {
+            info.migrating = info.migrating || self.holder_busy(scope);
+        }
+        Ok(info)
+    }
 
     /// The lock row as [`LockStore::read_lock`] reads it, and what its
     /// holder does right now: whether a migration of its runs, and what
     /// else keeps the database or the row locked. For `lock status`.
     fn inspect_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Self::Error> {
-        self.read_lock(scope)
+        let mut info = self.read_lock(scope)?;
+        if let Some(info) = info.as_mut().filter(|i| i.is_held() && !i.migrating) {
+            info.migrating = self.holder_busy(scope);
+        }
+        Ok(info)
+    }
+
+    /// Whether the holder is busy with a migration right now, looked at
+    /// without waiting (its transaction has the lock row locked, or its
+    /// session runs a statement); `false` where the engine cannot tell.
+    fn holder_busy(&mut self, _scope: &str) -> bool {
+        false
     }
 
     /// Frees the lock whatever its holder, if its token is still
@@ -262,7 +288,8 @@ pub(crate) enum Probe {
     /// The row is locked for this transaction; the transaction is open.
     Row(LockInfo),
     /// A transaction of the holder has the row locked (a migration is
-    /// running): held. The row as read without locking, when it could be.
+    /// running): held. The row as read without locking, when the store
+    /// read it; `None` leaves the protocol to read it with `read_lock`.
     Busy(Option<LockInfo>),
 }
 

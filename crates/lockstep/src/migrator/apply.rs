@@ -115,7 +115,8 @@ impl Migrator {
             total,
         });
         self.driver.fresh_session()?;
-        let duration = if section.no_transaction {
+        let outside = outside_transaction(section, self.driver.dialect());
+        let duration = if outside {
             self.run_without_transaction(m, section, direction, report, held)?
         } else {
             self.run_in_transaction(m, section, direction, report, held)?
@@ -124,7 +125,7 @@ impl Migrator {
             version: m.version,
             name: m.name.clone(),
             duration,
-            no_transaction: section.no_transaction,
+            no_transaction: outside,
         };
         observer.event(&Event::Finished {
             direction,
@@ -244,6 +245,19 @@ impl Migrator {
         let started = Instant::now();
         let dialect = self.driver.dialect();
         for (i, statement) in statements.iter().enumerate() {
+            // Each statement commits by itself: before each after the
+            // first (whose fenced `started` row just proved the lock), the
+            // lease must still be this run's, and is extended. After a lost
+            // lease at most the statement in flight runs.
+            if let Some(held) = held.filter(|_| i > 0) {
+                if self.lease_gone(held) {
+                    let detail = format!(
+                        "the lease was gone after {i} of {} statements outside a transaction",
+                        statements.len()
+                    );
+                    return Err(self.lost(held, Some(m), true, report, &detail));
+                }
+            }
             let text = &section.sql[statement.range.clone()];
             if let Err(mut db) = self.driver.run_statement(text) {
                 db.position = db.position.map(|p| p + statement.range.start);
@@ -277,6 +291,18 @@ impl Migrator {
         };
         self.record(&finish, m, held, true, report)?;
         Ok(took)
+    }
+
+    /// Whether the lock stopped being this run's: the heartbeat saw it, or
+    /// a fenced write (of no history change: it checks the token and
+    /// extends the lease) finds another token. A write that fails otherwise
+    /// leaves the decision to the next fenced write.
+    fn lease_gone(&mut self, held: &Held) -> bool {
+        held.lost()
+            || matches!(
+                self.driver.change_history(&[], Some(&held.fence)),
+                Err(Error::LockLost(_))
+            )
     }
 
     /// Writes one history change in a fenced transaction of its own; a lost
@@ -477,6 +503,17 @@ fn new_row<'a>(
 }
 
 /// The section of `m` that runs in `direction`.
+/// Whether a section runs outside a transaction, statement by statement,
+/// recorded `started` first: marked `-- lockstep:no-transaction`, or on
+/// MariaDB/MySQL holding a statement that commits by itself (DDL), which
+/// would commit whatever the transaction held before it.
+pub(super) fn outside_transaction(section: &Section, dialect: Dialect) -> bool {
+    section.no_transaction
+        || dialect == Dialect::Mysql
+            && sql::split(&section.sql, dialect)
+                .is_ok_and(|statements| statements.iter().any(|s| s.commits_implicitly(dialect)))
+}
+
 pub(super) fn section(m: &Migration, direction: Direction) -> &Section {
     match direction {
         Direction::Up => &m.up,
@@ -489,7 +526,12 @@ pub(super) fn section(m: &Migration, direction: Direction) -> &Section {
 
 /// What a plan would do, as a report of its steps that ran nowhere: a dry
 /// run's, or an empty one.
-pub(super) fn planned(direction: Direction, plan: &[&Migration], dry_run: bool) -> RunReport {
+pub(super) fn planned(
+    direction: Direction,
+    plan: &[&Migration],
+    dialect: Dialect,
+    dry_run: bool,
+) -> RunReport {
     RunReport {
         direction,
         steps: plan
@@ -498,7 +540,7 @@ pub(super) fn planned(direction: Direction, plan: &[&Migration], dry_run: bool) 
                 version: m.version,
                 name: m.name.clone(),
                 duration: Duration::ZERO,
-                no_transaction: section(m, direction).no_transaction,
+                no_transaction: outside_transaction(section(m, direction), dialect),
             })
             .collect(),
         dry_run,

@@ -1,7 +1,7 @@
 //! What each command that writes under the lock plans and does, within
 //! the one outline of `outline`.
 
-use super::apply::{planned, retry, section};
+use super::apply::{outside_transaction, planned, retry, section};
 use super::outline::Locked;
 use super::{check_section, DirtyResolution, Event, Fixed, Migrator, Observer, RunReport};
 use super::{RollbackOptions, UpgradeOptions};
@@ -35,10 +35,15 @@ impl<'s> Locked for Upgrade<'s> {
         )?;
         preflight(&plan, Direction::Up, dialect)?;
         if options.single_transaction {
-            if let Some(m) = plan.iter().find(|m| m.up.no_transaction) {
+            if let Some(m) = plan.iter().find(|m| outside_transaction(&m.up, dialect)) {
+                let why = if m.up.no_transaction {
+                    "it is marked `-- lockstep:no-transaction`"
+                } else {
+                    "its DDL commits by itself on MariaDB/MySQL"
+                };
                 return Err(Error::Config {
                     message: format!(
-                        "`--single-transaction` cannot include migration {} {}: it is marked `-- lockstep:no-transaction`",
+                        "`--single-transaction` cannot include migration {} {}: {why}",
                         m.version, m.name
                     ),
                     remedy: Some(Remedy::SplitSingleTransaction),
@@ -52,10 +57,11 @@ impl<'s> Locked for Upgrade<'s> {
         plan.is_empty()
     }
 
-    fn unrun(&self, plan: Option<Self::Plan>) -> RunReport {
+    fn unrun(&self, plan: Option<Self::Plan>, dialect: Dialect) -> RunReport {
         planned(
             Direction::Up,
             &plan.unwrap_or_default(),
+            dialect,
             self.options.dry_run,
         )
     }
@@ -68,7 +74,7 @@ impl<'s> Locked for Upgrade<'s> {
         observer: &mut dyn Observer,
     ) -> Result<RunReport, Error> {
         if self.options.single_transaction {
-            let mut report = self.unrun(None);
+            let mut report = self.unrun(None, migrator.driver.dialect());
             observer.event(&Event::Planned {
                 direction: Direction::Up,
                 migrations: &plan,
@@ -102,10 +108,11 @@ impl<'s> Locked for Rollback<'s> {
         plan.is_empty()
     }
 
-    fn unrun(&self, plan: Option<Self::Plan>) -> RunReport {
+    fn unrun(&self, plan: Option<Self::Plan>, dialect: Dialect) -> RunReport {
         planned(
             Direction::Down,
             &plan.unwrap_or_default(),
+            dialect,
             self.options.dry_run,
         )
     }
@@ -144,7 +151,7 @@ where
         plan.is_empty()
     }
 
-    fn unrun(&self, plan: Option<Self::Plan>) -> Vec<Fixed> {
+    fn unrun(&self, plan: Option<Self::Plan>, _dialect: Dialect) -> Vec<Fixed> {
         plan.unwrap_or_default()
             .into_iter()
             .map(|(fixed, _)| fixed)

@@ -35,7 +35,7 @@ pub(super) trait Locked {
 
     /// What a run that changes nothing returns: what `plan` would do (a
     /// dry run, or an empty plan), or nothing (another run did the work).
-    fn unrun(&self, plan: Option<Self::Plan>) -> Self::Output;
+    fn unrun(&self, plan: Option<Self::Plan>, dialect: Dialect) -> Self::Output;
 
     /// Does the planned work; `held` is the lock (`None` without it).
     fn run(
@@ -83,7 +83,7 @@ impl Migrator {
                     // Nothing to do: no table is created, no lock taken,
                     // nothing written.
                     Ok(plan) if dry_run || C::is_empty(&plan) => {
-                        return Ok(command.unrun(Some(plan)))
+                        return Ok(command.unrun(Some(plan), dialect))
                     }
                     Ok(_) => {}
                 }
@@ -115,7 +115,7 @@ impl Migrator {
         };
         let held = match self.lock(C::COMMAND, observer, since, &mut needed)? {
             Locking::Held(held) => held,
-            Locking::NotNeeded => return Ok(command.unrun(None)),
+            Locking::NotNeeded => return Ok(command.unrun(None, dialect)),
         };
         let result = (|| {
             // Read again under the lock: another run may have done some or
@@ -130,7 +130,7 @@ impl Migrator {
             };
             let plan = command.plan(&history, dialect)?;
             if C::is_empty(&plan) {
-                return Ok(command.unrun(None));
+                return Ok(command.unrun(None, dialect));
             }
             command.run(self, plan, held.as_ref(), observer)
         })();

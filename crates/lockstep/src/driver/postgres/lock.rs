@@ -92,8 +92,7 @@ impl LockStore for PgDriver {
             },
             Err(e) if code(&e) == Some(&SqlState::LOCK_NOT_AVAILABLE) => {
                 self.rollback();
-                let seen = self.read_lock(scope).ok().flatten();
-                Ok(Probe::Busy(seen))
+                Ok(Probe::Busy(None))
             }
             Err(e) => {
                 self.rollback();
@@ -249,7 +248,7 @@ impl LockStore for PgDriver {
             .map_err(|e| db_error("logging the lost lock", &e))
     }
 
-    fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
+    fn read_lock_row(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
         let context = format!("reading the migration lock for {scope}");
         let messages = match self.client.simple_query(&self.lock_select(scope)) {
             Ok(m) => m,
@@ -260,22 +259,11 @@ impl LockStore for PgDriver {
             return Ok(None);
         };
         self.note_server_port(int(row, PORT_COLUMN).and_then(|p| u16::try_from(p).ok()));
-        let mut info = parse_lock(scope, row);
-        // An expired lease with no sign of the holder may still be a long
-        // migration that blocks its own heartbeat: it has the row locked.
-        // Look without waiting.
-        if info.is_held() && info.is_expired() && info.session_alive != Some(true) {
-            info.migrating = self.holder_busy(scope);
-        }
-        Ok(Some(info))
+        Ok(Some(parse_lock(scope, row)))
     }
 
-    fn inspect_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
-        let mut info = self.read_lock(scope)?;
-        if let Some(info) = info.as_mut().filter(|i| i.is_held() && !i.migrating) {
-            info.migrating = self.holder_busy(scope);
-        }
-        Ok(info)
+    fn holder_busy(&mut self, scope: &str) -> bool {
+        self.busy_with_a_migration(scope)
     }
 
     fn force_release(&mut self, release: &ForcedRelease<'_>) -> Result<bool, Error> {

@@ -49,7 +49,7 @@ impl PgDriver {
     /// migration in a transaction), or its session runs a statement (one
     /// outside a transaction, such as `CREATE INDEX CONCURRENTLY`; not seen
     /// behind a pooler, where the session is not the holder's).
-    pub(super) fn holder_busy(&mut self, scope: &str) -> bool {
+    pub(super) fn busy_with_a_migration(&mut self, scope: &str) -> bool {
         let s = literal(scope);
         let probe = format!(
             "BEGIN;
@@ -89,22 +89,6 @@ pub(super) fn lock_row(messages: &[SimpleQueryMessage]) -> Option<&tokio_postgre
 pub(super) const PORT_COLUMN: usize = 13;
 
 pub(super) fn parse_lock(scope: &str, r: &tokio_postgres::SimpleQueryRow) -> LockInfo {
-    LockInfo {
-        scope: scope.to_string(),
-        token: int(r, 0).unwrap_or_default(),
-        owner: text(r, 1),
-        host: text(r, 2),
-        pid: int(r, 3),
-        command: text(r, 4),
-        tool_version: text(r, 5),
-        acquired_at: text(r, 6),
-        heartbeat_at: text(r, 7),
-        expires_at: text(r, 8),
-        held_ms: int(r, 9),
-        heartbeat_age_ms: int(r, 10),
-        expires_in_ms: int(r, 11),
-        session_alive: r.get(12).map(|v| v == "t"),
-        migrating: false,
-        blocker: None,
-    }
+    let alive = r.get(12).map(|v| v == "t");
+    crate::driver::lock_info(scope, |i| text(r, i), |i| int(r, i), alive)
 }

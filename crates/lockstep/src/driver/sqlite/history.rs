@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtension};
 
 use crate::driver::tables::{self, Kind};
 use crate::error::Error;
@@ -14,8 +14,8 @@ use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE};
 use crate::source::Checksum;
 
 use super::{
-    db_error, is_busy, is_missing_table, millis, open_file, rollback, SqliteDriver, BUSY_TIMEOUT,
-    NOW,
+    db_error, is_busy, is_missing_table, millis, open_file, rollback, sql_value, SqliteDriver,
+    BUSY_TIMEOUT, NOW,
 };
 
 /// The page cache, in KiB, while history is read. The read goes once, in
@@ -211,28 +211,9 @@ impl SqliteDriver {
     ) -> rusqlite::Result<()> {
         match change {
             Change::Insert(row) => {
-                let state = if row.started {
-                    RowState::Started
-                } else {
-                    RowState::Applied
-                };
-                let duration = if row.started { 0 } else { millis(elapsed) };
-                conn.execute(
-                    &format!(
-                        "INSERT INTO {history} (version, name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version) \
-                         VALUES (?1, ?2, ?3, ?4, {NOW}, ?5, ?6, ?7, ?8)"
-                    ),
-                    params![
-                        row.version as i64,
-                        row.name,
-                        row.checksum.to_string(),
-                        state.as_str(),
-                        duration,
-                        row.applied_by,
-                        row.lock_token,
-                        TOOL_VERSION
-                    ],
-                )?;
+                let sql = tables::history_insert(history, NOW, |n| format!("?{n}"));
+                let values = tables::history_values(row, millis(elapsed));
+                conn.execute(&sql, params_from_iter(values.into_iter().map(sql_value)))?;
             }
             Change::SetState {
                 version,

@@ -4,11 +4,10 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
-use crate::driver::FREE;
+use crate::driver::{tables, FREE};
 use crate::error::{DbMessage, Error};
-use crate::history::TOOL_VERSION;
 use crate::lock::{
     Actor, Fence, ForcedRelease, LockInfo, LockStore, LogEntry, LogEvent, Probe, Renewal, Session,
     Take, LOCK_LOG_TABLE, LOG_RETENTION,
@@ -16,7 +15,9 @@ use crate::lock::{
 use crate::remedy::Remedy;
 
 use super::release::Wake;
-use super::{db_error, is_busy, is_missing_table, millis, now_ms, rollback, SqliteDriver};
+use super::{
+    db_error, is_busy, is_missing_table, millis, now_ms, rollback, sql_value, SqliteDriver,
+};
 
 /// An acquisition attempt waits this long for the database: longer means a
 /// migration is running, and the attempt reports the lock as held.
@@ -94,26 +95,16 @@ impl LockStore for SqliteDriver {
         let context = format!("acquiring the migration lock for {}", take.scope);
         let now = now_ms();
         let result = (|| -> rusqlite::Result<i64> {
+            let update = tables::take_update(
+                &self.tables.lock,
+                &now.to_string(),
+                &(now + millis(take.ttl)).to_string(),
+                |n| format!("?{n}"),
+            );
+            let values = tables::take_values(take).into_iter().map(sql_value);
             let token: i64 = conn.query_row(
-                &format!(
-                    "UPDATE {} SET token = token + 1, owner = ?2, host = ?3, pid = ?4, command = ?5,
-                         tool_version = ?6, session_pid = ?7, session_start = ?8,
-                         acquired_at = ?9, heartbeat_at = ?9, expires_at = ?10
-                     WHERE scope = ?1 RETURNING token",
-                    self.tables.lock
-                ),
-                params![
-                    take.scope,
-                    take.actor.owner,
-                    take.actor.host,
-                    take.actor.pid,
-                    take.actor.command,
-                    TOOL_VERSION,
-                    take.session.pid,
-                    take.session.start,
-                    now,
-                    now + millis(take.ttl)
-                ],
+                &format!("{update} RETURNING token"),
+                params_from_iter(values),
                 |r| r.get(0),
             )?;
             self.insert_log(conn, take.scope, take.event, token, take.actor)?;
@@ -201,7 +192,7 @@ impl LockStore for SqliteDriver {
         .map_err(|e| db_error("logging the lost lock", &e))
     }
 
-    fn read_lock(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
+    fn read_lock_row(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {
         self.look_at_lock(scope)
     }
 
@@ -371,25 +362,9 @@ impl SqliteDriver {
         token: i64,
         who: &Actor<'_>,
     ) -> rusqlite::Result<()> {
-        conn.execute(
-            &format!(
-                "INSERT INTO {} (scope, at, event, token, owner, host, pid, command, previous_owner, detail)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                self.tables.log
-            ),
-            params![
-                scope,
-                now_ms(),
-                event.name(),
-                token,
-                who.owner,
-                who.host,
-                who.pid,
-                who.command,
-                event.previous_owner(),
-                event.detail()
-            ],
-        )?;
+        let sql = tables::log_insert(&self.tables.log, &now_ms().to_string(), |n| format!("?{n}"));
+        let values = tables::log_values(scope, event, token, who);
+        conn.execute(&sql, params_from_iter(values.into_iter().map(sql_value)))?;
         Ok(())
     }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags};
 
-use crate::driver::tables::{quote_ident, Names};
+use crate::driver::tables::{self, quote_ident, Names};
 use crate::error::{DbClass, DbMessage, Error};
 use crate::history::TableName;
 use crate::remedy::Remedy;
@@ -196,6 +196,15 @@ fn is_busy(e: &rusqlite::Error) -> bool {
 
 /// Milliseconds since the epoch by the local clock: on SQLite there is no
 /// server, and this machine's clock is the clock.
+/// A value bound to a statement, as rusqlite binds it.
+fn sql_value(value: tables::Value) -> rusqlite::types::Value {
+    match value {
+        tables::Value::Text(Some(s)) => rusqlite::types::Value::Text(s),
+        tables::Value::Int(Some(i)) => rusqlite::types::Value::Integer(i),
+        tables::Value::Text(None) | tables::Value::Int(None) => rusqlite::types::Value::Null,
+    }
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

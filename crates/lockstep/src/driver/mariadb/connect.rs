@@ -1,0 +1,175 @@
+//! Connecting to MariaDB or MySQL, and saying why a connection failed.
+
+use std::time::Duration;
+
+use mysql::consts::CapabilityFlags;
+use mysql::prelude::Queryable;
+use mysql::{OptsBuilder, SslOpts};
+
+use crate::driver::tables::Names;
+use crate::error::Error;
+use crate::history::TableName;
+use crate::remedy::Remedy;
+use crate::url::{host_port, DatabaseUrl, MysqlHost, MysqlSslMode, MysqlTarget};
+
+use super::{code, server_code, MysqlDriver};
+
+/// How long to wait for a server that does not answer the connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl MysqlDriver {
+    pub(crate) fn connect(
+        target: &MysqlTarget,
+        url: &DatabaseUrl,
+        table: &TableName,
+    ) -> Result<Self, Error> {
+        let shown = url.to_string();
+        let mut opts = options(target, tls(target));
+        let conn = match mysql::Conn::new(opts.clone()) {
+            // `preferred`: TLS where the server offers it, else without.
+            Err(mysql::Error::DriverError(mysql::DriverError::TlsNotSupported))
+                if target.ssl_mode == MysqlSslMode::Preferred =>
+            {
+                opts = options(target, None);
+                mysql::Conn::new(opts.clone())
+            }
+            other => other,
+        };
+        let conn = conn.map_err(|e| Error::Connect {
+            target: shown,
+            message: super::message(&e).to_string(),
+            remedy: why_refused(&e, target).map(Remedy::Text),
+        })?;
+        let mut driver = MysqlDriver {
+            opts,
+            conn,
+            target: target.clone(),
+            url: url.clone(),
+            table: table.clone(),
+            tables: Names::default(),
+            session: None,
+            server: String::new(),
+            galera: false,
+            cancelled: Default::default(),
+            sees_all_sessions: false,
+        };
+        driver.qualify();
+        driver.identify()?;
+        Ok(driver)
+    }
+
+    /// Which server this is, and whether this user sees every session:
+    /// what judging a holder's liveness needs. On Galera the node's
+    /// membership id (new each time the node starts); elsewhere the
+    /// server's host and port. Behind a proxy (the server listens on
+    /// another port than the one connected to) sessions prove nothing, and
+    /// the server is left unnamed.
+    fn identify(&mut self) -> Result<(), Error> {
+        let row: Option<(Option<String>, String, u16, i64)> = self
+            .conn
+            .query_first(
+                "SELECT (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS
+                          WHERE VARIABLE_NAME = 'WSREP_GCOMM_UUID'),
+                        @@hostname, @@port,
+                        (SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES
+                          WHERE PRIVILEGE_TYPE = 'PROCESS')",
+            )
+            .map_err(|e| super::db_error("reading which server this is", &e))?;
+        let Some((gcomm, host, port, process)) = row else {
+            return Ok(());
+        };
+        let proxied = matches!(self.target.host, MysqlHost::Tcp(_)) && port != self.target.port;
+        let gcomm = gcomm.filter(|u| !u.is_empty());
+        self.galera = gcomm.is_some();
+        self.server = match gcomm {
+            _ if proxied => String::new(),
+            Some(uuid) => format!("galera:{uuid}"),
+            None => format!("{host}:{port}"),
+        };
+        self.sees_all_sessions = process > 0;
+        self.session_settings()
+    }
+
+    /// lockstep's settings for its session, made again after every reset:
+    /// on Galera, causal reads, so that a look at the lock or the history
+    /// on one node sees what every node committed before it.
+    pub(super) fn session_settings(&mut self) -> Result<(), Error> {
+        if self.galera {
+            self.conn
+                .query_drop("SET SESSION wsrep_sync_wait = 1")
+                .map_err(|e| super::db_error("setting up the session", &e))?;
+        }
+        Ok(())
+    }
+}
+
+/// The client's options for a target, with TLS as given.
+fn options(target: &MysqlTarget, tls: Option<SslOpts>) -> mysql::Opts {
+    let builder = OptsBuilder::new()
+        .user(Some(&target.user))
+        .pass(target.password.as_ref().map(|p| p.expose()))
+        .db_name(Some(&target.database))
+        // Affected rows count the rows a statement matched, not only those
+        // it changed: a renewal within one microsecond still says "held".
+        .additional_capabilities(CapabilityFlags::CLIENT_FOUND_ROWS)
+        .tcp_connect_timeout(Some(target.connect_timeout.unwrap_or(CONNECT_TIMEOUT)))
+        // Never switch to a socket the server names: the URL decides.
+        .prefer_socket(false)
+        .ssl_opts(tls);
+    let builder = match &target.host {
+        MysqlHost::Tcp(host) => builder.ip_or_hostname(Some(host)).tcp_port(target.port),
+        MysqlHost::Socket(path) => builder.socket(Some(path.display().to_string())),
+    };
+    builder.into()
+}
+
+/// TLS as the URL's `ssl-mode` says.
+fn tls(target: &MysqlTarget) -> Option<SslOpts> {
+    let opts = SslOpts::default();
+    let opts = match &target.ssl_ca {
+        Some(ca) => opts.with_root_cert_path(Some(ca.clone())),
+        None => opts,
+    };
+    match target.ssl_mode {
+        MysqlSslMode::Disabled => None,
+        MysqlSslMode::Preferred | MysqlSslMode::Required => {
+            Some(opts.with_danger_accept_invalid_certs(true))
+        }
+        MysqlSslMode::VerifyCa => Some(opts.with_danger_skip_domain_validation(true)),
+        MysqlSslMode::VerifyIdentity => Some(opts),
+    }
+}
+
+/// What to check when a connection failed.
+fn why_refused(e: &mysql::Error, target: &MysqlTarget) -> Option<String> {
+    match server_code(e) {
+        Some(code::ACCESS_DENIED) => {
+            Some("check the user name and password in the database URL".into())
+        }
+        Some(code::BAD_DB) => Some(format!(
+            "create the database first: CREATE DATABASE {}",
+            super::quote_ident(&target.database)
+        )),
+        Some(_) => None,
+        None => {
+            let text = e.to_string();
+            if text.contains("refused") || text.contains("No such file") {
+                Some(match &target.host {
+                    MysqlHost::Tcp(h) => format!(
+                        "is the server running and listening on {}?",
+                        host_port(h, target.port)
+                    ),
+                    MysqlHost::Socket(p) => {
+                        format!("is the server running with its socket at {}?", p.display())
+                    }
+                })
+            } else if text.contains("imed out") || text.contains("timeout") {
+                Some("the server did not answer; check the host, port and firewall (the wait is `connect_timeout` in the URL)".into())
+            } else if text.to_lowercase().contains("tls") || text.contains("certificate") {
+                Some("check `ssl-ca` (the CA that signed the server's certificate) and that the URL's host is named on the certificate; `ssl-mode=verify_ca` does not check the name".into())
+            } else {
+                None
+            }
+        }
+    }
+}

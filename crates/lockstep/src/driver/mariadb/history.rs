@@ -1,0 +1,403 @@
+//! lockstep's tables on MariaDB/MySQL, and the history's rows.
+
+use std::time::Duration;
+
+use mysql::prelude::Queryable;
+use mysql::Row;
+
+use crate::driver::tables::{self, Kind};
+use crate::error::Error;
+use crate::history::{
+    Change, HistoryRead, HistoryRow, HistoryStore, RowState, FORMAT_VERSION, META_TABLE,
+    TOOL_VERSION,
+};
+use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE, RETRIES};
+use crate::source::Checksum;
+use crate::sql::{self, Dialect};
+
+use super::{code, db_error, int, quote_ident, rfc3339, server_code, text, MysqlDriver};
+
+/// What one attempt at reading the history saw.
+enum Read {
+    Rows(Vec<HistoryRow>, Option<LockMark>),
+    /// No history table.
+    Absent,
+    /// History and meta tables, but no lock table (dropped by hand).
+    NoLockTable,
+}
+
+impl HistoryStore for MysqlDriver {
+    type Error = Error;
+
+    fn read_history(&mut self) -> Result<Option<HistoryRead>, Error> {
+        let read = match self.try_read_history(true)? {
+            Read::NoLockTable => self.try_read_history(false)?,
+            read => read,
+        };
+        Ok(match read {
+            Read::Rows(rows, lock) => Some(HistoryRead { rows, lock }),
+            Read::Absent | Read::NoLockTable => None,
+        })
+    }
+
+    fn create_tables(&mut self) -> Result<(), Error> {
+        // On Galera, runs making the tables on two nodes at once conflict at
+        // commit (1213): the loser's statement was rolled back whole, and the
+        // next attempt finds what the winner made.
+        retried(|| self.try_create_tables())
+    }
+
+    fn change_history(
+        &mut self,
+        changes: &[Change<'_>],
+        fence: Option<&Fence>,
+    ) -> Result<(), Error> {
+        // A fenced write that lost certification to a takeover on another
+        // node is tried again: its fence then finds the lock lost.
+        retried(|| self.try_change_history(changes, fence))
+    }
+}
+
+/// Runs `attempt` again while it fails with a deadlock or a lost
+/// certification, which rolled it back whole, up to [`RETRIES`] times.
+fn retried(mut attempt: impl FnMut() -> Result<(), Error>) -> Result<(), Error> {
+    let mut tries = 0;
+    loop {
+        match attempt() {
+            Err(e) if e.is_retryable() && tries < RETRIES => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10 * tries as u64));
+            }
+            other => return other,
+        }
+    }
+}
+
+impl MysqlDriver {
+    fn try_create_tables(&mut self) -> Result<(), Error> {
+        let context = format!("creating lockstep's tables for {}", self.table);
+        if self.tables_made().map_err(|e| db_error(&context, &e))? {
+            return Ok(());
+        }
+        // The format row goes in before the history table is made: a
+        // history table found without its row was made by someone else
+        // (or is being made by a run between the two, which a second look
+        // lets finish).
+        let meta_only = tables::create_table(&self.tables.meta, tables::META, type_of);
+        self.conn
+            .query_drop(&meta_only)
+            .map_err(|e| db_error(&context, &e))?;
+        let name = self.table.name().to_string();
+        if self
+            .table_exists(&name)
+            .map_err(|e| db_error(&context, &e))?
+        {
+            for _ in 0..5 {
+                if let Some(format) = self.format_row().map_err(|e| db_error(&context, &e))? {
+                    crate::driver::check_format(&self.table, Some(format))?;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if self
+                .format_row()
+                .map_err(|e| db_error(&context, &e))?
+                .is_none()
+            {
+                return crate::driver::check_format(&self.table, None);
+            }
+        } else {
+            self.conn
+                .exec_drop(
+                    format!(
+                        "INSERT IGNORE INTO {} (table_name, format_version, created_at, created_by)
+                         VALUES (?, ?, UTC_TIMESTAMP(6), ?)",
+                        self.tables.meta
+                    ),
+                    (self.table.name(), FORMAT_VERSION, TOOL_VERSION),
+                )
+                .map_err(|e| db_error(&context, &e))?;
+        }
+        let script = tables::create_script(&self.tables, type_of);
+        let statements = sql::split(&script, Dialect::Mysql).unwrap_or_default();
+        for statement in statements {
+            self.conn
+                .query_drop(&script[statement.range])
+                .map_err(|e| db_error(&context, &e))?;
+        }
+        self.conn
+            .query_drop(format!(
+                "CREATE INDEX IF NOT EXISTS {} ON {} (scope, id)",
+                quote_ident(LOCK_LOG_INDEX),
+                self.tables.log
+            ))
+            .map_err(|e| db_error(&context, &e))
+    }
+
+    fn try_change_history(
+        &mut self,
+        changes: &[Change<'_>],
+        fence: Option<&Fence>,
+    ) -> Result<(), Error> {
+        let context = format!("writing history to {}", self.table);
+        let result = (|| -> Result<Result<(), Error>, mysql::Error> {
+            self.unshadow()?;
+            self.conn.query_drop("BEGIN")?;
+            if let Some(fence) = fence {
+                if !self.fence_holds(fence)? {
+                    return Ok(Err(fence.lost()));
+                }
+            }
+            for change in changes {
+                self.apply_change(change, 0)?;
+            }
+            if let Some(fence) = fence {
+                self.extend_lease(fence)?;
+            }
+            self.conn.query_drop("COMMIT")?;
+            Ok(Ok(()))
+        })();
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(lost)) => {
+                self.rollback();
+                Err(lost)
+            }
+            Err(e) => {
+                self.rollback();
+                Err(db_error(context, &e))
+            }
+        }
+    }
+}
+
+/// The types of lockstep's columns. Text is `VARCHAR(512)`: a key's
+/// column must have a length, and 512 characters of utf8mb4 with a
+/// `BIGINT` fit InnoDB's 3,072 bytes of index key.
+fn type_of(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Text => "VARCHAR(512)",
+        Kind::Int => "INT",
+        Kind::BigInt => "BIGINT",
+        Kind::Time | Kind::Clock => "DATETIME(6)",
+        Kind::Serial => "BIGINT AUTO_INCREMENT PRIMARY KEY",
+    }
+}
+
+impl MysqlDriver {
+    /// The database that holds lockstep's tables.
+    fn database(&self) -> &str {
+        self.table.schema().unwrap_or(&self.target.database)
+    }
+
+    fn table_exists(&mut self, name: &str) -> Result<bool, mysql::Error> {
+        let found: Option<i64> = self.conn.exec_first(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+            (self.database().to_string(), name),
+        )?;
+        Ok(found.unwrap_or(0) > 0)
+    }
+
+    /// This history table's format row, when the meta table has one.
+    fn format_row(&mut self) -> Result<Option<i64>, mysql::Error> {
+        let format: Option<Option<i64>> = self.conn.exec_first(
+            format!(
+                "SELECT format_version FROM {} WHERE table_name = ?",
+                self.tables.meta
+            ),
+            (self.table.name(),),
+        )?;
+        Ok(format.flatten())
+    }
+
+    /// Whether lockstep's four tables are there with this history table's
+    /// format row: a look that costs a fleet starting together two reads.
+    fn tables_made(&mut self) -> Result<bool, mysql::Error> {
+        let found: Option<i64> = self.conn.exec_first(
+            "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME IN (?, ?, ?, ?)",
+            (
+                self.database().to_string(),
+                META_TABLE,
+                self.table.name(),
+                LOCK_TABLE,
+                LOCK_LOG_TABLE,
+            ),
+        )?;
+        if found.unwrap_or(0) < 4 {
+            return Ok(false);
+        }
+        Ok(self.format_row()?.is_some())
+    }
+
+    /// One statement (one consistent read): the format row on every row,
+    /// the history, and the lock as the same snapshot has it.
+    fn try_read_history(&mut self, with_token: bool) -> Result<Read, Error> {
+        let context = format!("reading history from {}", self.table);
+        let lock_row = if with_token {
+            format!("LEFT JOIN {} AS l ON l.scope = ?", self.tables.lock)
+        } else {
+            "LEFT JOIN (SELECT NULL AS token, NULL AS owner) AS l ON ? IS NOT NULL".to_string()
+        };
+        let sql = format!(
+            "SELECT (SELECT format_version FROM {meta} WHERE table_name = ?),
+                    h.version, h.name, h.checksum, h.state, {applied_at}, h.duration_ms,
+                    h.applied_by, h.lock_token, h.tool_version, l.token, l.owner IS NOT NULL
+               FROM (SELECT 1) AS one {lock_row} LEFT JOIN {history} AS h ON TRUE
+              ORDER BY h.version",
+            meta = self.tables.meta,
+            history = self.tables.history,
+            applied_at = rfc3339("h.applied_at"),
+        );
+        let scope = self.table.to_string();
+        let rows: Result<Vec<Row>, mysql::Error> = self.conn.exec(sql, (self.table.name(), scope));
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) if server_code(&e) == Some(code::NO_SUCH_TABLE) => {
+                return self.which_is_missing(with_token, &context);
+            }
+            Err(e) if server_code(&e) == Some(code::BAD_FIELD) => {
+                return Err(Error::ForeignTable {
+                    table: self.table.to_string(),
+                    message: "exists but does not have the columns of lockstep's history table"
+                        .into(),
+                })
+            }
+            Err(e) => return Err(db_error(context, &e)),
+        };
+        let head = rows.first();
+        let format = head.and_then(|r| int(r, 0));
+        crate::driver::check_format(&self.table, format)?;
+        let mark = with_token.then(|| LockMark {
+            token: head.and_then(|r| int(r, 10)).unwrap_or(0),
+            held: head.and_then(|r| int(r, 11)).unwrap_or(0) == 1,
+        });
+        let history = rows.iter().filter_map(decode).collect();
+        Ok(Read::Rows(history, mark))
+    }
+
+    /// A table the history read named is missing: which one.
+    fn which_is_missing(&mut self, with_token: bool, context: &str) -> Result<Read, Error> {
+        let name = self.table.name().to_string();
+        let history = self.table_exists(&name);
+        let meta = self.table_exists(META_TABLE);
+        let lock = self.table_exists(LOCK_TABLE);
+        match (history, meta, lock) {
+            (Ok(false), _, _) => Ok(Read::Absent),
+            (Ok(true), Ok(false), _) => {
+                crate::driver::check_format(&self.table, None).map(|()| Read::Absent)
+            }
+            (Ok(true), Ok(true), Ok(false)) if with_token => Ok(Read::NoLockTable),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => Err(db_error(context, &e)),
+            _ => Ok(Read::Absent),
+        }
+    }
+
+    /// Drops temporary tables of this session named as lockstep's history
+    /// and lock tables: a temporary table hides the table of its name
+    /// however it is qualified, and a migration that made one would
+    /// otherwise have lockstep's writes land in it. (Dropping a temporary
+    /// table commits nothing.)
+    pub(super) fn unshadow(&mut self) -> Result<(), mysql::Error> {
+        self.conn.query_drop(format!(
+            "DROP TEMPORARY TABLE IF EXISTS {}, {}",
+            self.tables.history, self.tables.lock
+        ))
+    }
+
+    /// In the open transaction: checks the fence's token and row-locks the
+    /// lock row until commit, so that no takeover or forced release lands
+    /// in between (on Galera, the later of the two commits fails
+    /// certification instead).
+    pub(super) fn fence_holds(&mut self, fence: &Fence) -> Result<bool, mysql::Error> {
+        let result = self.conn.exec_drop(
+            format!(
+                "UPDATE {} SET heartbeat_at = UTC_TIMESTAMP(6) WHERE scope = ? AND owner = ? AND token = ?",
+                self.tables.lock
+            ),
+            (&fence.scope, &fence.owner, fence.token),
+        );
+        match result {
+            Ok(()) => Ok(self.conn.affected_rows() == 1),
+            // The lock's table dropped by hand: the lock is gone.
+            Err(e) if server_code(&e) == Some(code::NO_SUCH_TABLE) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// In the open transaction: extends the lease from now.
+    pub(super) fn extend_lease(&mut self, fence: &Fence) -> Result<(), mysql::Error> {
+        self.conn.exec_drop(
+            format!(
+                "UPDATE {} SET heartbeat_at = UTC_TIMESTAMP(6),
+                        expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
+                  WHERE scope = ? AND token = ?",
+                self.tables.lock
+            ),
+            (micros(fence.ttl), &fence.scope, fence.token),
+        )
+    }
+
+    /// One history change; `duration_ms` for a row recorded as applied.
+    pub(super) fn apply_change(
+        &mut self,
+        change: &Change<'_>,
+        duration_ms: i64,
+    ) -> Result<(), mysql::Error> {
+        let history = &self.tables.history;
+        match change {
+            Change::Insert(row) => {
+                let sql = tables::history_insert(history, "UTC_TIMESTAMP(6)", |_| "?".into());
+                let values = tables::history_values(row, duration_ms);
+                self.conn.exec_drop(sql, super::params(values))
+            }
+            Change::SetState {
+                version,
+                state,
+                duration_ms: Some(duration_ms),
+            } => self.conn.exec_drop(
+                format!("UPDATE {history} SET state = ?, applied_at = UTC_TIMESTAMP(6), duration_ms = ? WHERE version = ?"),
+                (state.as_str(), duration_ms, version),
+            ),
+            Change::SetState {
+                version,
+                state,
+                duration_ms: None,
+            } => self.conn.exec_drop(
+                format!("UPDATE {history} SET state = ? WHERE version = ?"),
+                (state.as_str(), version),
+            ),
+            Change::Delete { version } => self
+                .conn
+                .exec_drop(format!("DELETE FROM {history} WHERE version = ?"), (version,)),
+            Change::SetChecksum {
+                version,
+                name,
+                checksum,
+            } => self.conn.exec_drop(
+                format!("UPDATE {history} SET checksum = ?, name = ? WHERE version = ?"),
+                (checksum.to_string(), name, version),
+            ),
+        }
+    }
+}
+
+/// A duration in whole microseconds, for `INTERVAL ? MICROSECOND`.
+pub(super) fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A history row; `None` for the row of NULLs an empty history reads as.
+fn decode(row: &Row) -> Option<HistoryRow> {
+    let version = int(row, 1)?;
+    Some(HistoryRow {
+        version: version as u64,
+        name: text(row, 2).unwrap_or_default(),
+        checksum: Checksum::parse(&text(row, 3).unwrap_or_default()),
+        state: RowState::parse(&text(row, 4).unwrap_or_default()).unwrap_or(RowState::Started),
+        applied_at: text(row, 5).unwrap_or_default(),
+        duration_ms: int(row, 6).unwrap_or_default(),
+        applied_by: text(row, 7).unwrap_or_default(),
+        lock_token: int(row, 8),
+        tool_version: text(row, 9).unwrap_or_default(),
+    })
+}

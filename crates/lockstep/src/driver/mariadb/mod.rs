@@ -1,0 +1,188 @@
+//! The MariaDB/MySQL driver, over the `mysql` crate's synchronous client:
+//! a connection, the names of lockstep's tables in the URL's database, and
+//! what the parts share (errors, values, the server's identity).
+//!
+//! - `connect`: connecting (TLS by rustls), and saying why it failed;
+//! - `history`: lockstep's tables and the history's rows;
+//! - `run`: running migrations, fenced, one statement at a time;
+//! - `lock`: the lock's row and log (the protocol is `crate::lock`'s).
+//!
+//! Every DDL statement commits on these servers, so a migration that holds
+//! one runs outside a transaction, recorded `started` first (see
+//! `run.rs`). Values always travel as statement parameters: the server's
+//! `sql_mode` decides how a quoted literal escapes, and a migration may
+//! change it.
+
+mod connect;
+mod history;
+mod lock;
+mod run;
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use mysql::prelude::Queryable;
+use mysql::Row;
+
+use crate::driver::tables::{self, Names};
+use crate::error::{DbClass, DbMessage, Error};
+use crate::history::TableName;
+use crate::lock::Session;
+use crate::url::{DatabaseUrl, MysqlTarget};
+
+pub(crate) struct MysqlDriver {
+    conn: mysql::Conn,
+    /// For the heartbeat's connection and cancel requests.
+    opts: mysql::Opts,
+    target: MysqlTarget,
+    url: DatabaseUrl,
+    table: TableName,
+    /// lockstep's tables, quoted and qualified with the URL's database.
+    tables: Names,
+    /// This session's identity; known once the lock asks.
+    session: Option<Session>,
+    /// Which server this connection reached, for liveness: connection ids
+    /// belong to one server, and to one run of it.
+    server: String,
+    /// A Galera cluster's node: reads are made causal.
+    galera: bool,
+    /// Set by the canceller: the server does not always fail a statement it
+    /// was asked to stop (`SLEEP` returns early, as if done), so a run
+    /// looks after each statement.
+    cancelled: Arc<AtomicBool>,
+    /// This user sees every session in the process list (the `PROCESS`
+    /// privilege): a holder missing from it is gone. Without it a missing
+    /// holder may be another user's session, and only the lease decides.
+    sees_all_sessions: bool,
+}
+
+/// An identifier in backticks, a backtick inside doubled.
+pub(crate) fn quote_ident(s: &str) -> String {
+    format!("`{}`", s.replace('`', "``"))
+}
+
+/// How a time column reads: RFC 3339 in UTC with milliseconds.
+fn rfc3339(column: &str) -> String {
+    format!("CONCAT(LEFT(DATE_FORMAT({column}, '%Y-%m-%dT%H:%i:%s.%f'), 23), 'Z')")
+}
+
+/// Milliseconds from `from` to `to`, by the server's clock.
+fn millis_between(from: &str, to: &str) -> String {
+    format!("(TIMESTAMPDIFF(MICROSECOND, {from}, {to}) DIV 1000)")
+}
+
+/// The server's error codes that lockstep tells apart.
+mod code {
+    /// A deadlock, or on Galera a transaction that lost certification at
+    /// commit: rolled back whole.
+    pub const DEADLOCK: u16 = 1213;
+    /// `innodb_lock_wait_timeout` passed, or `NOWAIT` found a row locked.
+    pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
+    /// MySQL 8's `NOWAIT` answer.
+    pub const LOCK_NOWAIT: u16 = 3572;
+    pub const NO_SUCH_TABLE: u16 = 1146;
+    /// An unknown column.
+    pub const BAD_FIELD: u16 = 1054;
+    pub const ACCESS_DENIED: u16 = 1045;
+    pub const BAD_DB: u16 = 1049;
+    /// The server is shutting down, or killed this connection.
+    pub const SERVER_SHUTDOWN: u16 = 1053;
+    pub const CONNECTION_KILLED: u16 = 1927;
+}
+
+/// The class of failure a server's error code says.
+fn class_of(error_code: u16) -> DbClass {
+    match error_code {
+        code::DEADLOCK => DbClass::Retryable,
+        code::NO_SUCH_TABLE => DbClass::UndefinedTable,
+        code::SERVER_SHUTDOWN | code::CONNECTION_KILLED => DbClass::ConnectionLost,
+        _ => DbClass::Other,
+    }
+}
+
+/// An error of the client or the server as a message.
+fn message(e: &mysql::Error) -> DbMessage {
+    match e {
+        mysql::Error::MySqlError(server) => DbMessage {
+            code: Some(server.code.to_string()),
+            class: class_of(server.code),
+            ..DbMessage::plain(server.message.clone())
+        },
+        // No error code: the connection itself failed.
+        mysql::Error::IoError(io) => DbMessage {
+            class: DbClass::ConnectionLost,
+            ..DbMessage::plain(io.to_string())
+        },
+        mysql::Error::DriverError(driver) => DbMessage {
+            class: DbClass::ConnectionLost,
+            ..DbMessage::plain(driver.to_string())
+        },
+        other => DbMessage::plain(other.to_string()),
+    }
+}
+
+fn db_error(context: impl Into<String>, e: &mysql::Error) -> Error {
+    Error::Database {
+        context: context.into(),
+        db: Box::new(message(e)),
+    }
+}
+
+/// The server's error code, when the server answered with one.
+fn server_code(e: &mysql::Error) -> Option<u16> {
+    match e {
+        mysql::Error::MySqlError(server) => Some(server.code),
+        _ => None,
+    }
+}
+
+/// A row lock that was not granted at once.
+fn lock_refused(e: &mysql::Error) -> bool {
+    matches!(
+        server_code(e),
+        Some(code::LOCK_WAIT_TIMEOUT | code::LOCK_NOWAIT)
+    )
+}
+
+/// Values bound to a statement, as the `mysql` crate binds them.
+fn params(values: impl IntoIterator<Item = tables::Value>) -> mysql::Params {
+    let values: Vec<mysql::Value> = values
+        .into_iter()
+        .map(|value| match value {
+            tables::Value::Text(Some(s)) => mysql::Value::from(s),
+            tables::Value::Int(Some(i)) => mysql::Value::Int(i),
+            tables::Value::Text(None) | tables::Value::Int(None) => mysql::Value::NULL,
+        })
+        .collect();
+    mysql::Params::Positional(values)
+}
+
+fn text(row: &Row, i: usize) -> Option<String> {
+    row.get_opt::<Option<String>, _>(i)
+        .and_then(Result::ok)
+        .flatten()
+}
+
+fn int(row: &Row, i: usize) -> Option<i64> {
+    row.get_opt::<Option<i64>, _>(i)
+        .and_then(Result::ok)
+        .flatten()
+}
+
+impl MysqlDriver {
+    /// lockstep's tables in the URL's database, next to the history table.
+    fn qualify(&mut self) {
+        let database = self
+            .table
+            .schema()
+            .unwrap_or(&self.target.database)
+            .to_string();
+        self.tables = Names::in_schema(&database, self.table.name(), quote_ident);
+    }
+
+    /// Ends the open transaction, if any; a broken connection is the next
+    /// statement's error.
+    fn rollback(&mut self) {
+        let _ = self.conn.query_drop("ROLLBACK");
+    }
+}
