@@ -134,7 +134,13 @@ fn holder_pid(p: &Project) -> Option<i64> {
         Ok(rows) => rows.first().and_then(|r| r[0].parse().ok()),
         Err(e) if e.contains("database is locked") => None,
         // No run has made the tables yet.
-        Err(e) if e.contains("no such table") || e.contains("does not exist") => None,
+        Err(e)
+            if e.contains("no such table")
+                || e.contains("does not exist")
+                || e.contains("doesn't exist") =>
+        {
+            None
+        }
         Err(e) => panic!("reading the lock's holder: {e}"),
     }
 }
