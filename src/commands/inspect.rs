@@ -18,6 +18,14 @@ pub fn status(
 ) -> Result<Exit, CliError> {
     let (set, mut migrator) = load_and_connect(settings, || connect_read_only(settings))?;
     let history = migrator.history()?;
+    // The files' upgrade sections that run outside a transaction here
+    // (MariaDB runs DDL so), by version.
+    let outside: std::collections::HashSet<u64> = set
+        .migrations()
+        .iter()
+        .filter(|m| migrator.runs_outside_transaction(&m.up))
+        .map(|m| m.version)
+        .collect();
     // Done with the database: closed before the table is made, so that
     // SQLite's schema and page cache are not held beside it.
     drop(migrator);
@@ -50,7 +58,9 @@ pub fn status(
 
     printer.document("status", exit, || json::Status {
         history_table: settings.history_table.to_string(),
-        migrations: entries().map(|e| status_json(&e)).collect(),
+        migrations: entries()
+            .map(|e| status_json(&e, outside.contains(&e.version)))
+            .collect(),
         counts,
     });
     if total == 0 {
@@ -92,7 +102,7 @@ fn summary(counts: &json::Counts) -> String {
 }
 
 /// A migration's entry in `status --json`.
-fn status_json(e: &StatusEntry<'_>) -> json::StatusJson {
+fn status_json(e: &StatusEntry<'_>, outside: bool) -> json::StatusJson {
     json::StatusJson {
         version: e.version,
         name: e.name.to_string(),
@@ -107,7 +117,7 @@ fn status_json(e: &StatusEntry<'_>) -> json::StatusJson {
         },
         out_of_order: e.out_of_order,
         has_rollback: e.migration.map(|m| m.down.is_some()),
-        no_transaction: e.migration.map(|m| m.up.no_transaction),
+        no_transaction: e.migration.map(|_| outside),
     }
 }
 

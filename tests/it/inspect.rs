@@ -209,3 +209,27 @@ both!(history_times_are_the_recorded_times, |p| {
         "{shown:?}"
     );
 });
+
+// `status --json` says which pending migrations will run outside a
+// transaction on this database: those marked so, and on MariaDB those
+// with DDL, which commits by itself there.
+both!(
+    status_says_which_migrations_run_outside_a_transaction,
+    |p| {
+        p.migration("1_t.sql", "-- upgrade\nCREATE TABLE t (id integer);\n");
+        p.migration(
+            "2_n.sql",
+            "-- upgrade\n-- lockstep:no-transaction\nSELECT 1;\n",
+        );
+        p.migration("3_d.sql", "-- upgrade\nSELECT 1;\n");
+        let doc = p.run(&["status", "--json"]).json();
+        let outside: Vec<bool> = doc["migrations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["no_transaction"].as_bool().unwrap())
+            .collect();
+        let ddl = p.backend() == crate::util::Backend::Mariadb;
+        assert_eq!(outside, [ddl, true, false]);
+    }
+);

@@ -346,6 +346,14 @@ impl Migrator {
         self.driver.read_lock_log(&scope, limit)
     }
 
+    /// Whether a section runs outside a transaction on this database:
+    /// marked `-- lockstep:no-transaction`, or on MariaDB/MySQL holding DDL,
+    /// which commits by itself. Such a migration is recorded `started`
+    /// first, and a failure half-way leaves it dirty.
+    pub fn runs_outside_transaction(&self, section: &Section) -> bool {
+        apply::outside_transaction(section, self.driver.dialect())
+    }
+
     /// The options in use.
     pub fn options(&self) -> &Options {
         &self.options
