@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use crate::error::{DbMessage, Error};
 use crate::history::{Change, HistoryStore, TableName, FORMAT_VERSION, META_TABLE, TOOL_VERSION};
-use crate::lock::{Fence, LockInfo, LockStore};
+use crate::lock::{Fence, LockInfo, LockStore, LogEntry};
 use crate::remedy::Remedy;
 use crate::source::Section;
 use crate::sql::Dialect;
@@ -193,6 +193,26 @@ pub(crate) fn lock_info(
         session_alive,
         migrating: false,
         blocker: None,
+    }
+}
+
+/// A row of the lock log as the server engines read it: id, time, event,
+/// token, owner, host, pid, command, previous owner, detail.
+pub(crate) fn log_entry(
+    text: impl Fn(usize) -> Option<String>,
+    int: impl Fn(usize) -> Option<i64>,
+) -> LogEntry {
+    LogEntry {
+        id: int(0).unwrap_or_default(),
+        at: text(1).unwrap_or_default(),
+        event: text(2).unwrap_or_default(),
+        token: int(3).unwrap_or_default(),
+        owner: text(4),
+        host: text(5),
+        pid: int(6),
+        command: text(7),
+        previous_owner: text(8),
+        detail: text(9),
     }
 }
 

@@ -208,7 +208,9 @@ impl Migrator {
     /// Runs a `-- lockstep:no-transaction` section statement by statement.
     /// The history row says `started` while it runs, so that a crash leaves
     /// it dirty rather than silently half-applied. The row's writes before
-    /// and after are fenced; the statements between cannot be.
+    /// and after are fenced; the statements between cannot be, but each
+    /// after the first waits for a fenced write that finds the lock still
+    /// this run's.
     fn run_without_transaction(
         &mut self,
         m: &Migration,

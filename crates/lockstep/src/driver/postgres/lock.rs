@@ -336,18 +336,9 @@ impl LockStore for PgDriver {
         Ok(messages
             .iter()
             .filter_map(|m| match m {
-                SimpleQueryMessage::Row(r) => Some(LogEntry {
-                    id: int(r, 0).unwrap_or_default(),
-                    at: text(r, 1).unwrap_or_default(),
-                    event: text(r, 2).unwrap_or_default(),
-                    token: int(r, 3).unwrap_or_default(),
-                    owner: text(r, 4),
-                    host: text(r, 5),
-                    pid: int(r, 6),
-                    command: text(r, 7),
-                    previous_owner: text(r, 8),
-                    detail: text(r, 9),
-                }),
+                SimpleQueryMessage::Row(r) => {
+                    Some(crate::driver::log_entry(|i| text(r, i), |i| int(r, i)))
+                }
                 _ => None,
             })
             .collect())
