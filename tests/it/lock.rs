@@ -80,13 +80,7 @@ both!(racing_processes_apply_each_migration_once, |p| {
     each_once(&p, 30);
     assert_eq!(p.db.history().len(), 31);
     // Tokens only grow, in the log and in history.
-    let tokens: Vec<i64> = p
-        .db
-        .query("SELECT token FROM lockstep_lock_log WHERE event IN ('acquired', 'taken_over') ORDER BY id")
-        .iter()
-        .map(|r| r[0].parse().unwrap())
-        .collect();
-    assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+    p.db.assert_tokens_only_grow();
     assert_eq!(
         p.db.value("SELECT count(*) FROM lockstep_history WHERE lock_token IS NULL"),
         "0"

@@ -14,45 +14,44 @@ pub enum Backend {
     Mariadb,
 }
 
-/// The PostgreSQL server the tests use, from `scripts/test-servers`.
-/// Missing: a loud failure in CI; locally a failure too, unless
-/// `LOCKSTEP_SKIP_PG=1` opts out.
-pub fn pg_admin_url() -> Option<String> {
-    if let Ok(url) = std::env::var("LOCKSTEP_TEST_PG_URL") {
-        return Some(url);
+/// A test server's address, from `scripts/test-servers` through `var`.
+/// Missing: a loud failure in CI; locally a failure too, unless `skip=1`
+/// opts out (then `None`, and the test returns early).
+fn test_server(var: &str, skip: &str, what: &str) -> Option<String> {
+    if let Ok(value) = std::env::var(var) {
+        return Some(value);
     }
     let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
-    if !in_ci && std::env::var("LOCKSTEP_SKIP_PG").is_ok_and(|v| v == "1") {
-        eprintln!("skipped: LOCKSTEP_SKIP_PG=1 and no LOCKSTEP_TEST_PG_URL");
+    if !in_ci && std::env::var(skip).is_ok_and(|v| v == "1") {
+        eprintln!("skipped: {skip}=1 and no {var}");
         return None;
     }
     panic!(
-        "LOCKSTEP_TEST_PG_URL is not set: run the tests with `scripts/test`, which starts PostgreSQL \
-         (locally, LOCKSTEP_SKIP_PG=1 skips the PostgreSQL half)"
+        "{var} is not set: run the tests with `scripts/test`, which starts {what} \
+         (locally, {skip}=1 skips the tests that need it)"
     );
+}
+
+/// The PostgreSQL server the tests use.
+pub fn pg_admin_url() -> Option<String> {
+    test_server("LOCKSTEP_TEST_PG_URL", "LOCKSTEP_SKIP_PG", "PostgreSQL")
 }
 
 /// The three nodes of the Galera cluster from `scripts/test-servers`, by
 /// port. Missing: a loud failure in CI; locally a failure too, unless
 /// `LOCKSTEP_SKIP_MARIADB=1` opts out.
 pub fn galera_ports() -> Option<Vec<u16>> {
-    if let Ok(ports) = std::env::var("LOCKSTEP_TEST_GALERA_PORTS") {
-        return Some(
-            ports
-                .split(',')
-                .map(|p| p.parse().expect("LOCKSTEP_TEST_GALERA_PORTS holds ports"))
-                .collect(),
-        );
-    }
-    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
-    if !in_ci && std::env::var("LOCKSTEP_SKIP_MARIADB").is_ok_and(|v| v == "1") {
-        eprintln!("skipped: LOCKSTEP_SKIP_MARIADB=1 and no LOCKSTEP_TEST_GALERA_PORTS");
-        return None;
-    }
-    panic!(
-        "LOCKSTEP_TEST_GALERA_PORTS is not set: run the tests with `scripts/test`, which starts \
-         MariaDB and a Galera cluster (locally, LOCKSTEP_SKIP_MARIADB=1 skips them)"
-    );
+    let ports = test_server(
+        "LOCKSTEP_TEST_GALERA_PORTS",
+        "LOCKSTEP_SKIP_MARIADB",
+        "MariaDB and a Galera cluster",
+    )?;
+    Some(
+        ports
+            .split(',')
+            .map(|p| p.parse().expect("LOCKSTEP_TEST_GALERA_PORTS holds ports"))
+            .collect(),
+    )
 }
 
 /// A project whose database lives on the Galera cluster, and the URL of
@@ -248,6 +247,18 @@ impl TestDb {
         }
     }
 
+    /// Every acquisition and takeover in the lock log has a higher token
+    /// than the one before it.
+    #[track_caller]
+    pub fn assert_tokens_only_grow(&self) {
+        let tokens: Vec<i64> = self
+            .query("SELECT token FROM lockstep_lock_log WHERE event IN ('acquired', 'taken_over') ORDER BY id")
+            .iter()
+            .map(|r| r[0].parse().unwrap())
+            .collect();
+        assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
+    }
+
     /// `version name state` of every history row, in order.
     pub fn history(&self) -> Vec<String> {
         self.query("SELECT version, name, state FROM lockstep_history ORDER BY version")
@@ -279,22 +290,13 @@ impl Drop for TestDb {
     }
 }
 
-/// The MariaDB server the tests use, from `scripts/test-servers`.
-/// Missing: a loud failure in CI; locally a failure too, unless
-/// `LOCKSTEP_SKIP_MARIADB=1` opts out.
+/// The MariaDB server the tests use.
 pub fn mariadb_admin_url() -> Option<String> {
-    if let Ok(url) = std::env::var("LOCKSTEP_TEST_MARIADB_URL") {
-        return Some(url);
-    }
-    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
-    if !in_ci && std::env::var("LOCKSTEP_SKIP_MARIADB").is_ok_and(|v| v == "1") {
-        eprintln!("skipped: LOCKSTEP_SKIP_MARIADB=1 and no LOCKSTEP_TEST_MARIADB_URL");
-        return None;
-    }
-    panic!(
-        "LOCKSTEP_TEST_MARIADB_URL is not set: run the tests with `scripts/test`, which starts \
-         MariaDB (locally, LOCKSTEP_SKIP_MARIADB=1 skips the MariaDB tests)"
-    );
+    test_server(
+        "LOCKSTEP_TEST_MARIADB_URL",
+        "LOCKSTEP_SKIP_MARIADB",
+        "MariaDB",
+    )
 }
 
 /// Creates a fresh MariaDB database; the URL points at it.

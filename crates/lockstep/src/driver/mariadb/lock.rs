@@ -203,8 +203,35 @@ impl LockStore for MysqlDriver {
         Ok(row.map(|row| self.parse_lock(scope, &row)))
     }
 
+    /// Whether the holder is busy with a migration right now, looked at
+    /// without waiting: a transaction of its has the lock row locked, or
+    /// (on this server) its session runs a statement.
     fn holder_busy(&mut self, scope: &str) -> bool {
-        self.busy_with_a_migration(scope)
+        let result = (|| -> Result<bool, mysql::Error> {
+            self.conn.query_drop("BEGIN")?;
+            let free: Option<i64> = self.conn.exec_first(
+                format!(
+                    "SELECT 1 FROM {} WHERE scope = ? FOR UPDATE SKIP LOCKED",
+                    self.tables.lock
+                ),
+                (scope,),
+            )?;
+            let running: Option<i64> = self.conn.exec_first(
+                format!(
+                    "SELECT COUNT(*) FROM {} AS l JOIN information_schema.PROCESSLIST AS p
+                        ON p.ID = l.session_pid
+                     WHERE l.scope = ? AND l.session_start = ? AND p.COMMAND = 'Query'",
+                    self.tables.lock
+                ),
+                (scope, &self.server),
+            )?;
+            self.conn.query_drop("ROLLBACK")?;
+            Ok(free.is_none() || running.unwrap_or(0) > 0)
+        })();
+        result.unwrap_or_else(|_| {
+            self.rollback();
+            false
+        })
     }
 
     fn force_release(&mut self, release: &ForcedRelease<'_>) -> Result<bool, Error> {
@@ -353,37 +380,6 @@ impl MysqlDriver {
     fn parse_lock(&self, scope: &str, r: &Row) -> LockInfo {
         let alive = int(r, SESSION_ALIVE).map(|v| v == 1);
         crate::driver::lock_info(scope, |i| text(r, i), |i| int(r, i), alive)
-    }
-
-    /// Whether the holder is busy with a migration right now, looked at
-    /// without waiting: a transaction of its has the lock row locked, or
-    /// (on this server) its session runs a statement.
-    fn busy_with_a_migration(&mut self, scope: &str) -> bool {
-        let result = (|| -> Result<bool, mysql::Error> {
-            self.conn.query_drop("BEGIN")?;
-            let free: Option<i64> = self.conn.exec_first(
-                format!(
-                    "SELECT 1 FROM {} WHERE scope = ? FOR UPDATE SKIP LOCKED",
-                    self.tables.lock
-                ),
-                (scope,),
-            )?;
-            let running: Option<i64> = self.conn.exec_first(
-                format!(
-                    "SELECT COUNT(*) FROM {} AS l JOIN information_schema.PROCESSLIST AS p
-                        ON p.ID = l.session_pid
-                     WHERE l.scope = ? AND l.session_start = ? AND p.COMMAND = 'Query'",
-                    self.tables.lock
-                ),
-                (scope, &self.server),
-            )?;
-            self.conn.query_drop("ROLLBACK")?;
-            Ok(free.is_none() || running.unwrap_or(0) > 0)
-        })();
-        result.unwrap_or_else(|_| {
-            self.rollback();
-            false
-        })
     }
 
     /// The highest token the scope ever had, for a lock row made anew: from
