@@ -4,7 +4,11 @@
 
 use mysql::prelude::Queryable;
 
-use crate::util::{galera_ports, galera_project, mariadb_session, Child};
+use std::time::Duration;
+
+use crate::util::{galera_ports, galera_project, mariadb_session, wait_until, Child};
+
+const LONG: Duration = Duration::from_secs(60);
 
 /// `GET_LOCK` is local to a node: sessions on two nodes of one cluster are
 /// both granted the same named lock at once, without a warning. Tools that
@@ -125,4 +129,116 @@ fn runs_spread_over_the_nodes_apply_each_migration_once() {
     }
     // Tokens only grew.
     p.db.assert_tokens_only_grow();
+}
+
+/// A migration in a transaction that runs longer than the lease, on node
+/// A, while a run on node B waits: B cannot see what A's transaction has
+/// locked, so only the lease that A's heartbeat renews keeps B from taking
+/// over. A finishes, nothing is taken over, nothing runs twice.
+#[test]
+fn a_waiter_on_another_node_never_takes_over_a_live_holder() {
+    let Some((p, urls)) = galera_project() else {
+        return;
+    };
+    p.file("lockstep.toml", "[lock]\nttl = \"1s\"\ntimeout = \"60s\"\n");
+    p.migration(
+        "0001_side.sql",
+        "-- upgrade\nCREATE TABLE side (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20) NOT NULL);\n",
+    );
+    p.migration(
+        "0002_long.sql",
+        "-- upgrade\nINSERT INTO side (name) VALUES ('long');\nSELECT SLEEP(4);\n",
+    );
+    p.migration(
+        "0003_after.sql",
+        "-- upgrade\nINSERT INTO side (name) VALUES ('after');\n",
+    );
+    let spawn = |url: &str, owner: &str| {
+        let mut cmd = p.command(&["upgrade", "--owner", owner]);
+        cmd.env("LOCKSTEP_DATABASE_URL", url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        Child::from(cmd.spawn().unwrap())
+    };
+    let holder = spawn(&urls[0], "holder");
+    let mut b = mariadb_session(galera_ports().unwrap()[1]);
+    b.query_drop("SET SESSION wsrep_sync_wait = 1").unwrap();
+    let name = p.db.url().rsplit('/').next().unwrap().to_string();
+    wait_until("the holder runs its long migration", LONG, || {
+        let applied: Result<Option<i64>, _> = b.query_first(format!(
+            "SELECT COUNT(*) FROM {name}.lockstep_history WHERE version = 1"
+        ));
+        matches!(applied, Ok(Some(1)))
+    });
+    let waiter = spawn(&urls[1], "waiter");
+    let (holder, waiter) = (holder.finish(), waiter.finish());
+    holder.ok();
+    waiter.ok();
+    let events: Vec<String> = b
+        .query(format!("SELECT event FROM {name}.lockstep_lock_log"))
+        .unwrap();
+    assert!(!events.contains(&"taken_over".to_string()), "{events:?}");
+    assert!(!events.contains(&"lost".to_string()), "{events:?}");
+    let side: Vec<(String, i64)> = b
+        .query(format!(
+            "SELECT name, COUNT(*) FROM {name}.side GROUP BY name ORDER BY name"
+        ))
+        .unwrap();
+    assert_eq!(side, [("after".to_string(), 1), ("long".to_string(), 1)]);
+    let by: Vec<(i64, String)> = b
+        .query(format!(
+            "SELECT version, applied_by FROM {name}.lockstep_history ORDER BY version"
+        ))
+        .unwrap();
+    assert_eq!(by.len(), 3, "{by:?}");
+    assert!(by.iter().all(|(_, who)| who == "holder"), "{by:?}");
+}
+
+/// An application's write on node B to a row that a running migration on
+/// node A changed aborts the migration's transaction (Galera's
+/// certification; the migration learns it as error 1213, even inside a
+/// `SLEEP`). The migration rolled back whole and is run again: the run
+/// exits 0, and both writes count once.
+#[test]
+fn a_migration_aborted_by_a_write_on_another_node_runs_again() {
+    let Some((p, urls)) = galera_project() else {
+        return;
+    };
+    let ports = galera_ports().unwrap();
+    let name = p.db.url().rsplit('/').next().unwrap().to_string();
+    let mut b = mariadb_session(ports[1]);
+    b.query_drop(format!(
+        "CREATE TABLE {name}.counter (id INT PRIMARY KEY, n INT NOT NULL); INSERT INTO {name}.counter VALUES (1, 0)"
+    ))
+    .unwrap();
+    p.migration(
+        "0001_count.sql",
+        "-- upgrade\nUPDATE counter SET n = n + 1 WHERE id = 1;\nSELECT SLEEP(3);\n",
+    );
+    let mut cmd = p.command(&["upgrade"]);
+    cmd.env("LOCKSTEP_DATABASE_URL", &urls[0])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let run = Child::from(cmd.spawn().unwrap());
+    let mut a = mariadb_session(ports[0]);
+    wait_until("the migration sleeps", LONG, || {
+        let sleeping: Option<i64> = a
+            .query_first("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(3)'")
+            .unwrap();
+        sleeping == Some(1)
+    });
+    b.query_drop(format!("UPDATE {name}.counter SET n = n + 10 WHERE id = 1"))
+        .unwrap();
+    run.finish().ok();
+    b.query_drop("SET SESSION wsrep_sync_wait = 1").unwrap();
+    let n: Option<i64> = b
+        .query_first(format!("SELECT n FROM {name}.counter"))
+        .unwrap();
+    assert_eq!(n, Some(11));
+    let applied: Option<i64> = b
+        .query_first(format!(
+            "SELECT COUNT(*) FROM {name}.lockstep_history WHERE state = 'applied'"
+        ))
+        .unwrap();
+    assert_eq!(applied, Some(1));
 }

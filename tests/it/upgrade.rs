@@ -183,6 +183,39 @@ both!(syntax_error_names_the_file_line, |p| {
     assert_eq!(doc["exit_code"], 1);
 });
 
+// A statement can fail after the server sent its first rows (a subquery
+// that returns two rows, at the second): the migration fails and rolls
+// back, rather than counting the rows as success.
+both!(an_error_after_the_first_rows_fails_the_migration, |p| {
+    let failing = match p.backend() {
+        Backend::Mariadb => {
+            "SELECT x, (SELECT 1 UNION SELECT x) FROM (SELECT 1 AS x UNION SELECT 2) s;"
+        }
+        Backend::Postgres => "SELECT 1 / (2 - x) FROM generate_series(1, 2) AS x;",
+        Backend::Sqlite => {
+            "SELECT CASE WHEN x = 2 THEN json('not json') END FROM (SELECT 1 AS x UNION SELECT 2);"
+        }
+    };
+    p.migration(
+        "1_side.sql",
+        "-- upgrade\nCREATE TABLE side (id integer);\n",
+    );
+    p.migration(
+        "2_rows.sql",
+        &format!("-- upgrade\nINSERT INTO side VALUES (1);\n{failing}\n"),
+    );
+    let run = p.run(&["upgrade"]);
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("migration 2 rows failed (migrations/2_rows.sql:3"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(p.db.history(), ["1 side applied"]);
+    assert_eq!(p.db.value("SELECT count(*) FROM side"), "0");
+});
+
 both!(modified_applied_file_is_refused, |p| {
     three(&p);
     p.run(&["upgrade", "--count", "2"]).ok();

@@ -151,9 +151,6 @@ impl MysqlDriver {
             for change in changes {
                 self.apply_change(change, 0)?;
             }
-            if let Some(fence) = fence {
-                self.extend_lease(fence)?;
-            }
             self.conn.query_drop("COMMIT")?;
             Ok(Ok(()))
         })();
@@ -304,17 +301,20 @@ impl MysqlDriver {
         ))
     }
 
-    /// In the open transaction: checks the fence's token and row-locks the
-    /// lock row until commit, so that no takeover or forced release lands
-    /// in between (on Galera, the later of the two commits fails
+    /// In the open transaction: checks the fence's token, extends the lease
+    /// from now (the holder just proved it lives), and row-locks the lock
+    /// row until commit, so that no takeover or forced release lands in
+    /// between (on Galera, the later of the two commits fails
     /// certification instead).
     pub(super) fn fence_holds(&mut self, fence: &Fence) -> Result<bool, mysql::Error> {
         let result = self.conn.exec_drop(
             format!(
-                "UPDATE {} SET heartbeat_at = UTC_TIMESTAMP(6) WHERE scope = ? AND owner = ? AND token = ?",
+                "UPDATE {} SET heartbeat_at = UTC_TIMESTAMP(6),
+                        expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
+                  WHERE scope = ? AND owner = ? AND token = ?",
                 self.tables.lock
             ),
-            (&fence.scope, &fence.owner, fence.token),
+            (micros(fence.ttl), &fence.scope, &fence.owner, fence.token),
         );
         match result {
             Ok(()) => Ok(self.conn.affected_rows() == 1),
@@ -324,17 +324,21 @@ impl MysqlDriver {
         }
     }
 
-    /// In the open transaction: extends the lease from now.
-    pub(super) fn extend_lease(&mut self, fence: &Fence) -> Result<(), mysql::Error> {
-        self.conn.exec_drop(
+    /// In the open transaction, without locking anything: whether the
+    /// fence's token is still current.
+    pub(super) fn fence_current(&mut self, fence: &Fence) -> Result<bool, mysql::Error> {
+        let found: Result<Option<i64>, _> = self.conn.exec_first(
             format!(
-                "UPDATE {} SET heartbeat_at = UTC_TIMESTAMP(6),
-                        expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
-                  WHERE scope = ? AND token = ?",
+                "SELECT COUNT(*) FROM {} WHERE scope = ? AND owner = ? AND token = ?",
                 self.tables.lock
             ),
-            (micros(fence.ttl), &fence.scope, fence.token),
-        )
+            (&fence.scope, &fence.owner, fence.token),
+        );
+        match found {
+            Ok(found) => Ok(found == Some(1)),
+            Err(e) if server_code(&e) == Some(code::NO_SUCH_TABLE) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
     /// One history change; `duration_ms` for a row recorded as applied.

@@ -127,9 +127,9 @@ impl LockStore for MysqlDriver {
     }
 
     fn renew_lock(&mut self, fence: &Fence) -> Result<Renewal, Error> {
-        // A short wait: while the holder's own migration has the row
-        // locked, waiting would only delay the next beat. (The heartbeat's
-        // connection is its own: the setting stays there.)
+        // A short wait: the holder's own fenced writes lock the row only
+        // for a moment, and a longer wait would only delay the next beat.
+        // (The heartbeat's connection is its own: the setting stays there.)
         let result = (|| -> Result<bool, mysql::Error> {
             self.conn
                 .query_drop("SET SESSION innodb_lock_wait_timeout = 1")?;
@@ -204,7 +204,7 @@ impl LockStore for MysqlDriver {
     }
 
     /// Whether the holder is busy with a migration right now, looked at
-    /// without waiting: a transaction of its has the lock row locked, or
+    /// without waiting: a fenced write of its has the lock row locked, or
     /// (on this server) its session runs a statement.
     fn holder_busy(&mut self, scope: &str) -> bool {
         let result = (|| -> Result<bool, mysql::Error> {
@@ -236,7 +236,8 @@ impl LockStore for MysqlDriver {
 
     fn force_release(&mut self, release: &ForcedRelease<'_>) -> Result<bool, Error> {
         let context = format!("releasing the migration lock for {}", release.scope);
-        // The wait for a running migration's row lock, for this statement
+        // The wait for the holder's fenced write (a history write, or a
+        // migration's commit) that has the row locked, for this statement
         // only: the session's own setting is restored after.
         let before: Option<u64> = self
             .conn

@@ -144,6 +144,20 @@ fn lock_refused(e: &mysql::Error) -> bool {
     )
 }
 
+/// Runs SQL of a migration's, reading every row of every result: a server
+/// may fail a statement after its first rows (a subquery that returns two
+/// rows; on Galera, a transaction aborted by a conflicting commit while it
+/// ran), and a result dropped unread would hide that failure.
+fn execute(conn: &mut mysql::Conn, sql: &str) -> Result<(), mysql::Error> {
+    let mut result = conn.query_iter(sql)?;
+    while let Some(rows) = result.iter() {
+        for row in rows {
+            row?;
+        }
+    }
+    Ok(())
+}
+
 /// Values bound to a statement, as the `mysql` crate binds them.
 fn params(values: impl IntoIterator<Item = tables::Value>) -> mysql::Params {
     let values: Vec<mysql::Value> = values

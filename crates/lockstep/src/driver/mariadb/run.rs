@@ -1,6 +1,13 @@
 //! Running migrations on MariaDB/MySQL. A section without DDL runs in one
 //! transaction with its history row and the fence, statement by statement
-//! (so that a failure names its statement). A section with DDL cannot:
+//! (so that a failure names its statement). The fence is checked when the
+//! transaction begins, by a read that locks nothing, and written when it
+//! ends: the lock row stays free while the migration runs, so that the
+//! heartbeat keeps renewing the lease (on Galera, nodes that cannot see
+//! this node's row locks know the holder lives by its lease alone), and a
+//! takeover or forced release in the meantime makes the fence's write find
+//! another token (or, from another node, fail certification at commit),
+//! and the migration roll back. A section with DDL cannot:
 //! every DDL statement commits. It runs outside a transaction, as a
 //! `-- lockstep:no-transaction` section does everywhere: recorded
 //! `started` first, then each statement, then `applied`.
@@ -15,7 +22,7 @@ use crate::driver::{Canceller, Done, Driver, StatementAt, StepFailure, Transacti
 use crate::error::{DbMessage, Error};
 use crate::sql::{self, Dialect};
 
-use super::{db_error, message, MysqlDriver};
+use super::{db_error, execute, message, MysqlDriver};
 
 impl Driver for MysqlDriver {
     fn dialect(&self) -> Dialect {
@@ -29,7 +36,7 @@ impl Driver for MysqlDriver {
             return Err(StepFailure::at(0, message(&e)));
         }
         if let Some(fence) = fence {
-            match self.fence_holds(fence) {
+            match self.fence_current(fence) {
                 Ok(true) => {}
                 Ok(false) => {
                     self.rollback();
@@ -49,7 +56,7 @@ impl Driver for MysqlDriver {
             let sql = &step.section.sql;
             let statements = sql::split(sql, Dialect::Mysql).unwrap_or_default();
             for (index, statement) in statements.iter().enumerate() {
-                let ran = self.conn.query_drop(&sql[statement.range.clone()]);
+                let ran = execute(&mut self.conn, &sql[statement.range.clone()]);
                 let ran = match ran {
                     Ok(()) if self.cancelled.load(Ordering::SeqCst) => {
                         Err(DbMessage::plain("cancelled"))
@@ -74,19 +81,28 @@ impl Driver for MysqlDriver {
                 .unshadow()
                 .and_then(|()| self.apply_change(&step.change, ms))
                 .and_then(|()| match (i == last, fence) {
-                    (true, Some(fence)) => self.extend_lease(fence),
-                    _ => Ok(()),
+                    (true, Some(fence)) => self.fence_holds(fence),
+                    _ => Ok(true),
                 });
-            let finished = finished.and_then(|()| {
-                if i == last {
-                    self.conn.query_drop("COMMIT")
-                } else {
-                    Ok(())
+            match finished {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.rollback();
+                    return Err(StepFailure {
+                        lost: true,
+                        ..StepFailure::at(i, DbMessage::plain("lock lost"))
+                    });
                 }
-            });
-            if let Err(e) = finished {
-                self.rollback();
-                return Err(StepFailure::at(i, message(&e)));
+                Err(e) => {
+                    self.rollback();
+                    return Err(StepFailure::at(i, message(&e)));
+                }
+            }
+            if i == last {
+                if let Err(e) = self.conn.query_drop("COMMIT") {
+                    self.rollback();
+                    return Err(StepFailure::at(i, message(&e)));
+                }
             }
             done(i, took);
         }
@@ -94,7 +110,7 @@ impl Driver for MysqlDriver {
     }
 
     fn run_statement(&mut self, sql: &str) -> Result<(), DbMessage> {
-        self.conn.query_drop(sql).map_err(|e| message(&e))
+        execute(&mut self.conn, sql).map_err(|e| message(&e))
     }
 
     fn fresh_session(&mut self) -> Result<(), Error> {
