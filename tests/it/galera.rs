@@ -6,7 +6,7 @@ use mysql::prelude::Queryable;
 
 use std::time::Duration;
 
-use crate::util::{galera_ports, galera_project, mariadb_session, wait_until, Child};
+use crate::util::{galera, mariadb_session, wait_until, Child};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -15,7 +15,8 @@ const LONG: Duration = Duration::from_secs(60);
 /// lock with it on MySQL (golang-migrate, Flyway, Prisma) would run twice.
 #[test]
 fn get_lock_is_granted_on_two_nodes_at_once() {
-    let Some(ports) = galera_ports() else { return };
+    let Some(cluster) = galera(false) else { return };
+    let ports = &cluster.ports;
     let name = format!("lockstep_test_{}", std::process::id());
     let get = |conn: &mut mysql::Conn| -> Option<i64> {
         conn.query_first(format!("SELECT GET_LOCK('{name}', 0)"))
@@ -38,10 +39,10 @@ fn get_lock_is_granted_on_two_nodes_at_once() {
 /// why every lock write of lockstep's is retried when it meets one.
 #[test]
 fn a_row_lock_on_one_node_does_not_block_another_node() {
-    let Some(ports) = galera_ports() else { return };
+    let Some(cluster) = galera(false) else { return };
     let table = format!("galera_row_{}", std::process::id());
-    let mut a = mariadb_session(ports[0]);
-    let mut b = mariadb_session(ports[1]);
+    let mut a = mariadb_session(cluster.ports[0]);
+    let mut b = mariadb_session(cluster.ports[1]);
     a.query_drop(format!(
         "CREATE TABLE {table} (id INT PRIMARY KEY, holder VARCHAR(10)); INSERT INTO {table} VALUES (1, NULL)"
     ))
@@ -81,9 +82,8 @@ fn a_row_lock_on_one_node_does_not_block_another_node() {
 /// row at once; the later commit loses) are retried, never reported.
 #[test]
 fn runs_spread_over_the_nodes_apply_each_migration_once() {
-    let Some((p, urls)) = galera_project() else {
-        return;
-    };
+    let Some(cluster) = galera(false) else { return };
+    let (p, urls) = cluster.project();
     p.migration(
         "0000_side.sql",
         "-- upgrade\nCREATE TABLE side (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20) NOT NULL);\n",
@@ -106,9 +106,8 @@ fn runs_spread_over_the_nodes_apply_each_migration_once() {
     for run in children.into_iter().map(Child::finish) {
         run.ok();
     }
-    for port in galera_ports().unwrap() {
-        let mut node = mariadb_session(port);
-        node.query_drop("SET SESSION wsrep_sync_wait = 1").unwrap();
+    for (i, port) in cluster.ports.iter().enumerate() {
+        let mut node = cluster.session(i);
         let name = p.db.url().rsplit('/').next().unwrap().to_string();
         let counts: Vec<(String, i64)> = node
             .query(format!(
@@ -137,9 +136,8 @@ fn runs_spread_over_the_nodes_apply_each_migration_once() {
 /// over. A finishes, nothing is taken over, nothing runs twice.
 #[test]
 fn a_waiter_on_another_node_never_takes_over_a_live_holder() {
-    let Some((p, urls)) = galera_project() else {
-        return;
-    };
+    let Some(cluster) = galera(false) else { return };
+    let (p, urls) = cluster.project();
     p.file("lockstep.toml", "[lock]\nttl = \"1s\"\ntimeout = \"60s\"\n");
     p.migration(
         "0001_side.sql",
@@ -161,8 +159,7 @@ fn a_waiter_on_another_node_never_takes_over_a_live_holder() {
         Child::from(cmd.spawn().unwrap())
     };
     let holder = spawn(&urls[0], "holder");
-    let mut b = mariadb_session(galera_ports().unwrap()[1]);
-    b.query_drop("SET SESSION wsrep_sync_wait = 1").unwrap();
+    let mut b = cluster.session(1);
     let name = p.db.url().rsplit('/').next().unwrap().to_string();
     wait_until("the holder runs its long migration", LONG, || {
         let applied: Result<Option<i64>, _> = b.query_first(format!(
@@ -201,12 +198,10 @@ fn a_waiter_on_another_node_never_takes_over_a_live_holder() {
 /// exits 0, and both writes count once.
 #[test]
 fn a_migration_aborted_by_a_write_on_another_node_runs_again() {
-    let Some((p, urls)) = galera_project() else {
-        return;
-    };
-    let ports = galera_ports().unwrap();
+    let Some(cluster) = galera(false) else { return };
+    let (p, urls) = cluster.project();
     let name = p.db.url().rsplit('/').next().unwrap().to_string();
-    let mut b = mariadb_session(ports[1]);
+    let mut b = mariadb_session(cluster.ports[1]);
     b.query_drop(format!(
         "CREATE TABLE {name}.counter (id INT PRIMARY KEY, n INT NOT NULL); INSERT INTO {name}.counter VALUES (1, 0)"
     ))
@@ -220,7 +215,7 @@ fn a_migration_aborted_by_a_write_on_another_node_runs_again() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let run = Child::from(cmd.spawn().unwrap());
-    let mut a = mariadb_session(ports[0]);
+    let mut a = mariadb_session(cluster.ports[0]);
     wait_until("the migration sleeps", LONG, || {
         let sleeping: Option<i64> = a
             .query_first("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'SELECT SLEEP(3)'")
@@ -241,4 +236,123 @@ fn a_migration_aborted_by_a_write_on_another_node_runs_again() {
         ))
         .unwrap();
     assert_eq!(applied, Some(1));
+}
+
+/// A Galera node stopped by `kill -9`; started again, rejoining the
+/// cluster, when the test ends, however it ends.
+struct KilledNode {
+    servers: String,
+    node: usize,
+}
+
+impl KilledNode {
+    fn kill(node: usize) -> KilledNode {
+        let servers = std::env::var("LOCKSTEP_TEST_SERVERS_DIR")
+            .expect("LOCKSTEP_TEST_SERVERS_DIR is set with LOCKSTEP_TEST_GALERA_PORTS");
+        let pid_file = format!("{servers}/galera{}/mariadbd.pid", node + 1);
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+        KilledNode { servers, node }
+    }
+}
+
+impl Drop for KilledNode {
+    fn drop(&mut self) {
+        let started = std::process::Command::new(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/test-servers"),
+        )
+        .args(["galera-node", &self.servers, &(self.node + 1).to_string()])
+        .status()
+        .unwrap();
+        assert!(
+            started.success(),
+            "Galera node {} did not start again",
+            self.node + 1
+        );
+    }
+}
+
+/// `kill -9` of the node that the holder is connected to, in the middle of
+/// a migration: the run on it fails, saying it lost its connection; a run
+/// waiting on another node takes the lock over once the lease has run out,
+/// and applies everything, each migration's side effect once.
+#[test]
+fn a_holders_node_killed_mid_migration_is_taken_over_from_another_node() {
+    let Some(cluster) = galera(true) else { return };
+    let (p, urls) = cluster.project();
+    p.file("lockstep.toml", "[lock]\nttl = \"2s\"\ntimeout = \"60s\"\n");
+    p.migration(
+        "0001_side.sql",
+        "-- upgrade\nCREATE TABLE side (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20) NOT NULL);\n",
+    );
+    // Long only on the node that is killed.
+    p.migration(
+        "0002_long.sql",
+        &format!(
+            "-- upgrade\nINSERT INTO side (name) VALUES ('long');\nSELECT SLEEP(IF(@@port = {}, 60, 0));\n",
+            cluster.ports[2]
+        ),
+    );
+    p.migration(
+        "0003_after.sql",
+        "-- upgrade\nINSERT INTO side (name) VALUES ('after');\n",
+    );
+    let spawn = |url: &str, owner: &str| {
+        let mut cmd = p.command(&["upgrade", "--owner", owner]);
+        cmd.env("LOCKSTEP_DATABASE_URL", url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        Child::from(cmd.spawn().unwrap())
+    };
+    let holder = spawn(&urls[2], "holder");
+    let mut third = mariadb_session(cluster.ports[2]);
+    wait_until("the holder runs its long migration", LONG, || {
+        let sleeping: Option<i64> = third
+            .query_first(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP(IF(%'",
+            )
+            .unwrap();
+        sleeping == Some(1)
+    });
+    let waiter = spawn(&urls[0], "waiter");
+    std::thread::sleep(Duration::from_millis(500));
+    let killed = KilledNode::kill(2);
+    let holder = holder.finish();
+    holder.lost_connection("");
+    let waiter = waiter.finish();
+    waiter.ok();
+    assert!(
+        waiter
+            .stderr
+            .contains("took over the migration lock from holder: the lease expired"),
+        "{}",
+        waiter.stderr
+    );
+    let mut first = cluster.session(0);
+    let name = p.db.url().rsplit('/').next().unwrap().to_string();
+    let side: Vec<(String, i64)> = first
+        .query(format!(
+            "SELECT name, COUNT(*) FROM {name}.side GROUP BY name ORDER BY name"
+        ))
+        .unwrap();
+    assert_eq!(side, [("after".to_string(), 1), ("long".to_string(), 1)]);
+    let by: Vec<(i64, String)> = first
+        .query(format!(
+            "SELECT version, applied_by FROM {name}.lockstep_history WHERE state = 'applied' ORDER BY version"
+        ))
+        .unwrap();
+    assert_eq!(
+        by,
+        [
+            (1, "holder".to_string()),
+            (2, "waiter".to_string()),
+            (3, "waiter".to_string())
+        ]
+    );
+    drop(killed);
+    p.db.assert_tokens_only_grow();
 }

@@ -37,42 +37,79 @@ pub fn pg_admin_url() -> Option<String> {
     test_server("LOCKSTEP_TEST_PG_URL", "LOCKSTEP_SKIP_PG", "PostgreSQL")
 }
 
-/// The three nodes of the Galera cluster from `scripts/test-servers`, by
-/// port. Missing: a loud failure in CI; locally a failure too, unless
-/// `LOCKSTEP_SKIP_MARIADB=1` opts out.
-pub fn galera_ports() -> Option<Vec<u16>> {
+/// The three-node Galera cluster from `scripts/test-servers`, held for one
+/// test: shared with the other Galera tests, or alone, for a test that
+/// stops a node. A lock file orders them, whether each test is a process
+/// (nextest) or a thread (`cargo test`).
+pub struct Galera {
+    /// The nodes' ports.
+    pub ports: Vec<u16>,
+    _in_use: std::fs::File,
+}
+
+/// The cluster, once no test holds it alone (or, with `alone`, once no
+/// other test holds it at all). Missing: a loud failure in CI; locally a
+/// failure too, unless `LOCKSTEP_SKIP_MARIADB=1` opts out.
+pub fn galera(alone: bool) -> Option<Galera> {
     let ports = test_server(
         "LOCKSTEP_TEST_GALERA_PORTS",
         "LOCKSTEP_SKIP_MARIADB",
         "MariaDB and a Galera cluster",
     )?;
-    Some(
-        ports
+    let lock =
+        std::env::temp_dir().join(format!("lockstep-galera-{}.lock", ports.replace(',', "-")));
+    let in_use = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock)
+        .unwrap();
+    if alone {
+        in_use.lock().unwrap();
+    } else {
+        in_use.lock_shared().unwrap();
+    }
+    Some(Galera {
+        ports: ports
             .split(',')
             .map(|p| p.parse().expect("LOCKSTEP_TEST_GALERA_PORTS holds ports"))
             .collect(),
-    )
+        _in_use: in_use,
+    })
 }
 
-/// A project whose database lives on the Galera cluster, and the URL of
-/// that database on each of the three nodes.
-pub fn galera_project() -> Option<(Project, Vec<String>)> {
-    use mysql::prelude::Queryable;
-    let ports = galera_ports()?;
-    let name = unique("lockstep_test");
-    mariadb_session(ports[0])
-        .query_drop(format!("CREATE DATABASE {name}"))
-        .unwrap();
-    let url = |port: u16| format!("mysql://root@127.0.0.1:{port}/{name}");
-    let dir = TempDir::new();
-    std::fs::create_dir_all(dir.path().join("migrations")).unwrap();
-    let urls: Vec<String> = ports.iter().map(|&p| url(p)).collect();
-    let db = TestDb::Mariadb {
-        admin_url: urls[0].clone(),
-        name,
-        url: urls[0].clone(),
-    };
-    Some((Project { dir, db }, urls))
+impl Galera {
+    /// A project whose database lives on the cluster, and the URL of that
+    /// database on each of the three nodes.
+    pub fn project(&self) -> (Project, Vec<String>) {
+        use mysql::prelude::Queryable;
+        let name = unique("lockstep_test");
+        mariadb_session(self.ports[0])
+            .query_drop(format!("CREATE DATABASE {name}"))
+            .unwrap();
+        let dir = TempDir::new();
+        std::fs::create_dir_all(dir.path().join("migrations")).unwrap();
+        let urls: Vec<String> = self
+            .ports
+            .iter()
+            .map(|port| format!("mysql://root@127.0.0.1:{port}/{name}"))
+            .collect();
+        let db = TestDb::Mariadb {
+            admin_url: urls[0].clone(),
+            name,
+            url: urls[0].clone(),
+        };
+        (Project { dir, db }, urls)
+    }
+
+    /// A session on node `node` (from 0) with causal reads: it sees what
+    /// every node committed before each of its statements.
+    pub fn session(&self, node: usize) -> mysql::Conn {
+        use mysql::prelude::Queryable;
+        let mut conn = mariadb_session(self.ports[node]);
+        conn.query_drop("SET SESSION wsrep_sync_wait = 1").unwrap();
+        conn
+    }
 }
 
 /// A plain session on a MariaDB node, as root, in the `lockstep` database.
