@@ -221,6 +221,7 @@ fn hint(remedy: &Remedy) -> String {
         }
         Remedy::SeeLockLog => "another run took the lock over (or it was released by force): run `lockstep lock log` to see who, and `lockstep status` for what is applied".into(),
         Remedy::CheckStatusThenRunAgain => "the connection to the database was lost: the migration committed with its history row, or not at all; run `lockstep status` to see which, then `lockstep upgrade` again".into(),
+        Remedy::UsePrimary => "the server takes no writes (read-only, or a replica): point the database URL at the primary, or lift `read_only` if this server is meant to be written".into(),
         Remedy::FindBusyHolderThenRunAgain => "another connection kept the database locked past the 5 s busy timeout, and the migration was rolled back: find what holds it (a long transaction, a stopped process), then run `lockstep upgrade` again".into(),
         Remedy::ChooseHistoryTable { suggestion: Some(name) } => format!(
             "lockstep keeps its tables in one schema whatever `search_path` says (`public` unless `history_table` names one): if that table is lockstep's history, set `history_table = \"{name}\"` in lockstep.toml"
@@ -294,6 +295,7 @@ mod tests {
             Remedy::CheckStatusThenRunAgain,
             Remedy::FindBusyHolderThenRunAgain,
             Remedy::UseNoTransaction,
+            Remedy::UsePrimary,
             Remedy::ChooseHistoryTable { suggestion: None },
             Remedy::ChooseHistoryTable {
                 suggestion: Some("app.lockstep_history".into()),

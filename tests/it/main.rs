@@ -16,6 +16,7 @@ mod galera;
 mod hostile;
 mod inspect;
 mod lock;
+mod mariadb;
 mod netfault;
 mod postgres;
 mod rollback;

@@ -398,3 +398,33 @@ fn no_command_ever_prints_the_password() {
     }
     println!("{runs} runs, no password printed");
 }
+
+/// A database that takes no writes (`default_transaction_read_only`, as
+/// on a hot standby): the run fails at once and says where to point.
+#[test]
+fn a_read_only_database_is_named_as_such() {
+    let Some(p) = pg() else { return };
+    p.db.exec(&format!(
+        "ALTER DATABASE {} SET default_transaction_read_only = on",
+        p.name
+    ));
+    let url = format!(
+        "postgres://postgres@127.0.0.1:{}/{}?sslmode=disable",
+        p.port, p.name
+    );
+    let run = p.run(&url, &["upgrade"]);
+    run.code(1);
+    assert!(
+        run.stderr.contains("read-only transaction"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains(
+            "hint: the server takes no writes (read-only, or a replica): point the database URL at the primary"
+        ),
+        "{}",
+        run.stderr
+    );
+    p.run(&url, &["status"]).ok();
+}

@@ -64,6 +64,8 @@ pub enum DbClass {
     ConnectionLost,
     /// The statement cannot run inside a transaction.
     NeedsNoTransaction,
+    /// The server takes no writes: it is read-only, or a replica.
+    ReadOnly,
 }
 
 impl DbMessage {
@@ -311,6 +313,7 @@ impl Error {
                     "add a `-- rollback` section to migration {m}, or roll back to a version after it"
                 )),
             }),
+            Error::Database { db, .. } if db.class == DbClass::ReadOnly => Some(Remedy::UsePrimary),
             Error::Database { .. } | Error::Cancelled { .. } | Error::System { .. } => None,
             Error::Migration(f) => migration_remedy(f),
             Error::LockBusy(b) if b.holder.owner.is_none() && b.holder.migrating => {
@@ -354,6 +357,7 @@ fn migration_remedy(f: &MigrationFailure) -> Option<Remedy> {
         DbClass::ConnectionLost => Some(Remedy::CheckStatusThenRunAgain),
         DbClass::Busy => Some(Remedy::FindBusyHolderThenRunAgain),
         DbClass::NeedsNoTransaction => Some(Remedy::UseNoTransaction),
+        DbClass::ReadOnly => Some(Remedy::UsePrimary),
         _ => None,
     }
 }

@@ -65,6 +65,9 @@ pub enum Remedy {
     /// The statement cannot run inside a transaction: mark the section
     /// `-- lockstep:no-transaction`.
     UseNoTransaction,
+    /// The server takes no writes (read-only, or a replica): connect to the
+    /// primary.
+    UsePrimary,
     /// The history table's name is taken: name another, or the one given.
     ChooseHistoryTable {
         /// The name that would work, when there is a likely one.
@@ -93,6 +96,7 @@ impl fmt::Display for Remedy {
             Remedy::CheckStatusThenRunAgain => f.write_str("the connection to the database was lost: the migration committed with its history row, or not at all; read `Migrator::history` to see which, then run again"),
             Remedy::FindBusyHolderThenRunAgain => f.write_str("another connection kept the database locked past the 5 s busy timeout, and the migration was rolled back: find what holds it (a long transaction, a stopped process), then run again"),
             Remedy::UseNoTransaction => f.write_str("this statement cannot run inside a transaction: put `-- lockstep:no-transaction` in the section"),
+            Remedy::UsePrimary => f.write_str("the server takes no writes (read-only, or a replica): connect to the primary, or lift `read_only` if this server is meant to be written"),
             Remedy::ChooseHistoryTable { suggestion: Some(name) } => write!(f, "if that table is lockstep's history, set `Options::history_table` to `{name}`"),
             Remedy::ChooseHistoryTable { suggestion: None } => f.write_str("set `Options::history_table` to a name lockstep can own"),
         }

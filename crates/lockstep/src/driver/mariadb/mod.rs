@@ -88,14 +88,23 @@ mod code {
     /// The server is shutting down, or killed this connection.
     pub const SERVER_SHUTDOWN: u16 = 1053;
     pub const CONNECTION_KILLED: u16 = 1927;
+    /// An option of the server's forbids the statement: `read_only`, when
+    /// the message says so.
+    pub const READ_ONLY: u16 = 1290;
+    /// A write in a `READ ONLY` transaction.
+    pub const READ_ONLY_TRANSACTION: u16 = 1792;
 }
 
 /// The class of failure a server's error code says.
-fn class_of(error_code: u16) -> DbClass {
+fn class_of(error_code: u16, message: &str) -> DbClass {
     match error_code {
         code::DEADLOCK => DbClass::Retryable,
         code::NO_SUCH_TABLE => DbClass::UndefinedTable,
         code::SERVER_SHUTDOWN | code::CONNECTION_KILLED => DbClass::ConnectionLost,
+        code::READ_ONLY if message.contains("read-only") || message.contains("read_only") => {
+            DbClass::ReadOnly
+        }
+        code::READ_ONLY_TRANSACTION => DbClass::ReadOnly,
         _ => DbClass::Other,
     }
 }
@@ -105,19 +114,32 @@ fn message(e: &mysql::Error) -> DbMessage {
     match e {
         mysql::Error::MySqlError(server) => DbMessage {
             code: Some(server.code.to_string()),
-            class: class_of(server.code),
+            class: class_of(server.code, &server.message),
             ..DbMessage::plain(server.message.clone())
         },
         // No error code: the connection itself failed.
-        mysql::Error::IoError(io) => DbMessage {
+        other if other.is_connectivity_error() => DbMessage {
             class: DbClass::ConnectionLost,
-            ..DbMessage::plain(io.to_string())
-        },
-        mysql::Error::DriverError(driver) => DbMessage {
-            class: DbClass::ConnectionLost,
-            ..DbMessage::plain(driver.to_string())
+            ..DbMessage::plain(connection_failure(other))
         },
         other => DbMessage::plain(other.to_string()),
+    }
+}
+
+/// What broke a connection, in the words of the system: the client's own
+/// wrapping (`CodecError { IO error: ... }`) says nothing more, and an end
+/// of stream is the server closing the connection.
+fn connection_failure(e: &mysql::Error) -> String {
+    let mut cause: &dyn std::error::Error = e;
+    while let Some(inner) = cause.source() {
+        cause = inner;
+    }
+    match cause.downcast_ref::<std::io::Error>() {
+        Some(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
+            "the server closed the connection".into()
+        }
+        Some(io) => io.to_string(),
+        None => e.to_string(),
     }
 }
 

@@ -152,6 +152,9 @@ fn class_of(code: &SqlState) -> DbClass {
         DbClass::UndefinedTable
     } else if *code == SqlState::ACTIVE_SQL_TRANSACTION {
         DbClass::NeedsNoTransaction
+    } else if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
+        // A hot standby, or `default_transaction_read_only`.
+        DbClass::ReadOnly
     } else if text.starts_with("57P") || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT {
         // Class 57 but 57014 (a cancelled statement): the server ended the
         // session (pg_terminate_backend, a shutdown), and so does 25P03,
