@@ -63,6 +63,15 @@ impl StepFailure {
             lost: false,
         }
     }
+
+    /// Step `index` found the lock no longer this run's; nothing of the
+    /// transaction was committed.
+    pub fn lost(index: usize) -> Self {
+        StepFailure {
+            lost: true,
+            ..StepFailure::at(index, DbMessage::plain("lock lost"))
+        }
+    }
 }
 
 /// A statement of a section: its place among the section's statements,

@@ -246,7 +246,8 @@ impl Migrator {
         self.record(&begin, m, held, false, report)?;
         let started = Instant::now();
         let dialect = self.driver.dialect();
-        for (i, statement) in statements.iter().enumerate() {
+        let tail = transactional_tail(section, &statements, dialect);
+        for (i, statement) in statements[..tail].iter().enumerate() {
             // Each statement commits by itself: before each after the
             // first (whose fenced `started` row just proved the lock), the
             // lease must still be this run's, and is extended. After a lost
@@ -291,8 +292,88 @@ impl Migrator {
             },
             Direction::Down => Change::Delete { version: m.version },
         };
+        if tail < statements.len() {
+            self.run_tail(m, section, direction, report, held, tail, finish)?;
+            return Ok(started.elapsed());
+        }
         self.record(&finish, m, held, true, report)?;
         Ok(took)
+    }
+
+    /// Runs the statements of a section from its `tail`-th on in one fenced
+    /// transaction with the section's final history change (again when
+    /// that transaction was rolled back by a deadlock). Their failure
+    /// leaves the migration dirty with the statements before `tail` done.
+    #[allow(clippy::too_many_arguments)]
+    fn run_tail(
+        &mut self,
+        m: &Migration,
+        section: &Section,
+        direction: Direction,
+        report: &RunReport,
+        held: Option<&Held>,
+        tail: usize,
+        finish: Change<'_>,
+    ) -> Result<(), Error> {
+        let statements =
+            sql::split(&section.sql, self.driver.dialect()).expect("checked by preflight");
+        // The statements before the tail blanked, not cut: positions and
+        // lines in the section stay as they are in the file.
+        let from = statements[tail].range.start;
+        let mut sql = section.sql.clone().into_bytes();
+        for byte in &mut sql[..from] {
+            if *byte != b'\n' {
+                *byte = b' ';
+            }
+        }
+        let tail_section = Section {
+            sql: String::from_utf8(sql).expect("whole characters blanked"),
+            ..section.clone()
+        };
+        let steps = [TxStep {
+            section: &tail_section,
+            change: finish,
+        }];
+        let fence = held.map(|h| &h.fence);
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let tx = Transaction {
+                steps: &steps,
+                fence,
+            };
+            match self.driver.run_steps(tx, &mut |_, _| {}) {
+                Ok(()) => return Ok(()),
+                Err(StepFailure { lost: true, .. }) => {
+                    let held = held.expect("only fenced transactions lose the lock");
+                    return Err(self.lost(
+                        held,
+                        Some(m),
+                        true,
+                        report,
+                        "the statements after the last DDL found the token changed",
+                    ));
+                }
+                Err(StepFailure { db, .. }) if db.is_retryable() && attempts <= RETRIES => {}
+                Err(StepFailure { db, statement, .. }) => {
+                    let context = Context {
+                        statement: statement.map(|at| StatementAt {
+                            index: at.index + tail,
+                            offset: at.offset,
+                        }),
+                        dirty: Some(DirtyDetail {
+                            statements_done: tail,
+                            statements_total: statements.len(),
+                        }),
+                        ..Context::default()
+                    };
+                    let dialect = self.driver.dialect();
+                    return Err(failure(
+                        m, section, direction, *db, report, dialect, context,
+                    ));
+                }
+            }
+        }
     }
 
     /// Whether the lock stopped being this run's: the heartbeat saw it, or
@@ -514,6 +595,21 @@ pub(super) fn outside_transaction(section: &Section, dialect: Dialect) -> bool {
         || dialect == Dialect::Mysql
             && sql::split(&section.sql, dialect)
                 .is_ok_and(|statements| statements.iter().any(|s| s.commits_implicitly(dialect)))
+}
+
+/// Where the statements of a section outside a transaction may run in one
+/// again: on MariaDB/MySQL, a section outside one only because it holds DDL
+/// runs the statements after its last DDL in one transaction with its
+/// `applied` row, as they need no commit of their own. Elsewhere, and for
+/// a section marked `-- lockstep:no-transaction`, nowhere (the length).
+fn transactional_tail(section: &Section, statements: &[sql::Statement], dialect: Dialect) -> usize {
+    if section.no_transaction {
+        return statements.len();
+    }
+    statements
+        .iter()
+        .rposition(|s| s.commits_implicitly(dialect))
+        .map_or(statements.len(), |last| last + 1)
 }
 
 pub(super) fn section(m: &Migration, direction: Direction) -> &Section {

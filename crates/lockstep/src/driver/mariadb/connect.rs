@@ -51,6 +51,7 @@ impl MysqlDriver {
             server: String::new(),
             galera: false,
             cancelled: Default::default(),
+            migration_ran: false,
             sees_all_sessions: false,
         };
         driver.qualify();

@@ -293,12 +293,18 @@ impl MysqlDriver {
     /// and lock tables: a temporary table hides the table of its name
     /// however it is qualified, and a migration that made one would
     /// otherwise have lockstep's writes land in it. (Dropping a temporary
-    /// table commits nothing.)
+    /// table commits nothing.) Only a migration's SQL makes them: nothing
+    /// to do when none ran since the last look.
     pub(super) fn unshadow(&mut self) -> Result<(), mysql::Error> {
+        if !self.migration_ran {
+            return Ok(());
+        }
         self.conn.query_drop(format!(
             "DROP TEMPORARY TABLE IF EXISTS {}, {}",
             self.tables.history, self.tables.lock
-        ))
+        ))?;
+        self.migration_ran = false;
+        Ok(())
     }
 
     /// In the open transaction: checks the fence's token, extends the lease
@@ -341,26 +347,28 @@ impl MysqlDriver {
         }
     }
 
-    /// One history change; `duration_ms` for a row recorded as applied.
+    /// One history change; `ran_ms`: how long the statements run in its
+    /// transaction took, the duration of a row inserted, added to that of a
+    /// row recorded as applied after statements outside the transaction.
     pub(super) fn apply_change(
         &mut self,
         change: &Change<'_>,
-        duration_ms: i64,
+        ran_ms: i64,
     ) -> Result<(), mysql::Error> {
         let history = &self.tables.history;
         match change {
             Change::Insert(row) => {
                 let sql = tables::history_insert(history, "UTC_TIMESTAMP(6)", |_| "?".into());
-                let values = tables::history_values(row, duration_ms);
+                let values = tables::history_values(row, ran_ms);
                 self.conn.exec_drop(sql, super::params(values))
             }
             Change::SetState {
                 version,
                 state,
-                duration_ms: Some(duration_ms),
+                duration_ms: Some(before),
             } => self.conn.exec_drop(
                 format!("UPDATE {history} SET state = ?, applied_at = UTC_TIMESTAMP(6), duration_ms = ? WHERE version = ?"),
-                (state.as_str(), duration_ms, version),
+                (state.as_str(), before.saturating_add(ran_ms), version),
             ),
             Change::SetState {
                 version,

@@ -50,6 +50,9 @@ pub(crate) struct MysqlDriver {
     /// was asked to stop (`SLEEP` returns early, as if done), so a run
     /// looks after each statement.
     cancelled: Arc<AtomicBool>,
+    /// A migration's SQL ran on this session since lockstep last dropped
+    /// temporary tables that would hide its own (`unshadow`).
+    migration_ran: bool,
     /// This user sees every session in the process list (the `PROCESS`
     /// privilege): a holder missing from it is gone. Without it a missing
     /// holder may be another user's session, and only the lease decides.
@@ -166,12 +169,20 @@ fn lock_refused(e: &mysql::Error) -> bool {
     )
 }
 
-/// Runs SQL of a migration's, reading every row of every result: a server
-/// may fail a statement after its first rows (a subquery that returns two
-/// rows; on Galera, a transaction aborted by a conflicting commit while it
-/// ran), and a result dropped unread would hide that failure.
-fn execute(conn: &mut mysql::Conn, sql: &str) -> Result<(), mysql::Error> {
-    let mut result = conn.query_iter(sql)?;
+impl MysqlDriver {
+    /// Runs SQL of a migration's, reading every row of every result: a
+    /// server may fail a statement after its first rows (a subquery that
+    /// returns two rows; on Galera, a transaction aborted by a conflicting
+    /// commit while it ran), and a result dropped unread would hide that
+    /// failure.
+    fn execute(&mut self, sql: &str) -> Result<(), mysql::Error> {
+        self.migration_ran = true;
+        drain(self.conn.query_iter(sql)?)
+    }
+}
+
+/// Reads every row of every result set.
+fn drain(mut result: mysql::QueryResult<'_, '_, '_, mysql::Text>) -> Result<(), mysql::Error> {
     while let Some(rows) = result.iter() {
         for row in rows {
             row?;

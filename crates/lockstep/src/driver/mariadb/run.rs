@@ -20,9 +20,26 @@ use mysql::prelude::Queryable;
 
 use crate::driver::{Canceller, Done, Driver, StatementAt, StepFailure, Transaction};
 use crate::error::{DbMessage, Error};
+use crate::lock::Fence;
 use crate::sql::{self, Dialect};
 
-use super::{db_error, execute, message, MysqlDriver};
+use super::{db_error, message, MysqlDriver};
+
+impl MysqlDriver {
+    /// Rolls a failed transaction back. When it was fenced and the lock is
+    /// gone meanwhile (a takeover while this run was frozen: the failure
+    /// may be a history row that the new holder wrote first), the failure
+    /// is the lost lock.
+    fn failed(&mut self, fence: Option<&Fence>, failure: StepFailure) -> StepFailure {
+        self.rollback();
+        match fence {
+            Some(fence) if !failure.lost && matches!(self.fence_current(fence), Ok(false)) => {
+                StepFailure::lost(failure.index)
+            }
+            _ => failure,
+        }
+    }
+}
 
 impl Driver for MysqlDriver {
     fn dialect(&self) -> Dialect {
@@ -32,32 +49,21 @@ impl Driver for MysqlDriver {
     fn run_steps(&mut self, tx: Transaction<'_>, done: &mut Done) -> Result<(), StepFailure> {
         let Transaction { steps, fence } = tx;
         let last = steps.len().saturating_sub(1);
-        if let Err(e) = self.conn.query_drop("BEGIN") {
-            return Err(StepFailure::at(0, message(&e)));
-        }
-        if let Some(fence) = fence {
-            match self.fence_current(fence) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.rollback();
-                    return Err(StepFailure {
-                        lost: true,
-                        ..StepFailure::at(0, DbMessage::plain("lock lost"))
-                    });
-                }
-                Err(e) => {
-                    self.rollback();
-                    return Err(StepFailure::at(0, message(&e)));
-                }
-            }
+        let began = self.conn.query_drop("BEGIN").and_then(|()| match fence {
+            Some(fence) => self.fence_current(fence),
+            None => Ok(true),
+        });
+        match began {
+            Ok(true) => {}
+            Ok(false) => return Err(self.failed(fence, StepFailure::lost(0))),
+            Err(e) => return Err(self.failed(fence, StepFailure::at(0, message(&e)))),
         }
         for (i, step) in steps.iter().enumerate() {
             let started = Instant::now();
             let sql = &step.section.sql;
             let statements = sql::split(sql, Dialect::Mysql).unwrap_or_default();
             for (index, statement) in statements.iter().enumerate() {
-                let ran = execute(&mut self.conn, &sql[statement.range.clone()]);
-                let ran = match ran {
+                let ran = match self.execute(&sql[statement.range.clone()]) {
                     Ok(()) if self.cancelled.load(Ordering::SeqCst) => {
                         Err(DbMessage::plain("cancelled"))
                     }
@@ -65,52 +71,45 @@ impl Driver for MysqlDriver {
                     Err(e) => Err(message(&e)),
                 };
                 if let Err(db) = ran {
-                    self.rollback();
-                    return Err(StepFailure {
+                    let failure = StepFailure {
                         statement: Some(StatementAt {
                             index,
                             offset: statement.range.start,
                         }),
                         ..StepFailure::at(i, db)
-                    });
+                    };
+                    return Err(self.failed(fence, failure));
                 }
             }
             let took = started.elapsed();
             let ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
-            let finished = self
-                .unshadow()
-                .and_then(|()| self.apply_change(&step.change, ms))
-                .and_then(|()| match (i == last, fence) {
-                    (true, Some(fence)) => self.fence_holds(fence),
-                    _ => Ok(true),
-                });
+            // The fence before the history: once it holds, the lock row is
+            // this transaction's until it commits.
+            let finished = match (i == last, fence) {
+                (true, Some(fence)) => self.fence_holds(fence),
+                _ => Ok(true),
+            };
+            let finished = finished.and_then(|held| {
+                if held {
+                    self.unshadow()?;
+                    self.apply_change(&step.change, ms)?;
+                    if i == last {
+                        self.conn.query_drop("COMMIT")?;
+                    }
+                }
+                Ok(held)
+            });
             match finished {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.rollback();
-                    return Err(StepFailure {
-                        lost: true,
-                        ..StepFailure::at(i, DbMessage::plain("lock lost"))
-                    });
-                }
-                Err(e) => {
-                    self.rollback();
-                    return Err(StepFailure::at(i, message(&e)));
-                }
+                Ok(true) => done(i, took),
+                Ok(false) => return Err(self.failed(fence, StepFailure::lost(i))),
+                Err(e) => return Err(self.failed(fence, StepFailure::at(i, message(&e)))),
             }
-            if i == last {
-                if let Err(e) = self.conn.query_drop("COMMIT") {
-                    self.rollback();
-                    return Err(StepFailure::at(i, message(&e)));
-                }
-            }
-            done(i, took);
         }
         Ok(())
     }
 
     fn run_statement(&mut self, sql: &str) -> Result<(), DbMessage> {
-        execute(&mut self.conn, sql).map_err(|e| message(&e))
+        self.execute(sql).map_err(|e| message(&e))
     }
 
     fn fresh_session(&mut self) -> Result<(), Error> {

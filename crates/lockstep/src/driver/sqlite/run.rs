@@ -53,10 +53,7 @@ impl Driver for SqliteDriver {
                 Ok(true) => {}
                 Ok(false) => {
                     rollback(conn);
-                    return Err(StepFailure {
-                        lost: true,
-                        ..StepFailure::at(0, DbMessage::plain("lock lost"))
-                    });
+                    return Err(StepFailure::lost(0));
                 }
                 // The lock's table dropped by hand: the lock is gone.
                 Err(e) if is_missing_table(&e) => {
