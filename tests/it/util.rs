@@ -595,6 +595,48 @@ impl Project {
         Child { child }
     }
 
+    /// Starts `n` runs of the binary that begin at one instant: each waits
+    /// on one shared pipe, which is closed once all exist.
+    pub fn spawn_together(&self, n: usize, args: &[&str]) -> Vec<Child> {
+        self.spawn_together_on(&vec![self.db.url(); n], args)
+    }
+
+    /// [`Project::spawn_together`], a run for each database URL.
+    pub fn spawn_together_on(&self, urls: &[String], args: &[&str]) -> Vec<Child> {
+        let (gate, open) = std::io::pipe().unwrap();
+        let children: Vec<Child> = urls
+            .iter()
+            .map(|url| {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg("read _; exec \"$0\" \"$@\" </dev/null")
+                    .arg(env!("CARGO_BIN_EXE_lockstep"))
+                    .args(args)
+                    .current_dir(self.dir.path())
+                    .env("LOCKSTEP_DATABASE_URL", url)
+                    .env("LOCKSTEP_STABLE_OUTPUT", "1")
+                    .env_remove("DATABASE_URL")
+                    .stdin(gate.try_clone().unwrap())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                Child::from(cmd.spawn().unwrap())
+            })
+            .collect();
+        // Once every shell is blocked reading the gate (or after a while,
+        // where the kernel names that wait otherwise).
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_secs(3)
+            && !children.iter().all(|c: &Child| {
+                std::fs::read_to_string(format!("/proc/{}/wchan", c.pid()))
+                    .is_ok_and(|w| w.contains("pipe"))
+            })
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        drop(open);
+        children
+    }
+
     /// SQL that keeps the database busy for about `secs` seconds.
     pub fn busy_sql(&self, secs: f64) -> String {
         match self.backend() {

@@ -174,18 +174,18 @@ pub(crate) fn take_update(
     expires: &str,
     param: impl Fn(usize) -> String,
 ) -> String {
-    let p: Vec<String> = (1..=8).map(param).collect();
+    let p: Vec<String> = (1..=9).map(param).collect();
     format!(
         "UPDATE {lock} SET token = token + 1, owner = {}, host = {}, pid = {}, command = {},
                 tool_version = {}, session_pid = {}, session_start = {},
                 acquired_at = {now}, heartbeat_at = {now}, expires_at = {expires}
-          WHERE scope = {}",
-        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+          WHERE scope = {} AND token = {}",
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7], p[8]
     )
 }
 
 /// The values of [`take_update`], in order.
-pub(crate) fn take_values(take: &Take<'_>) -> [Value; 8] {
+pub(crate) fn take_values(take: &Take<'_>) -> [Value; 9] {
     let text = |s: &str| Value::Text(Some(s.to_string()));
     [
         text(take.actor.owner),
@@ -196,6 +196,7 @@ pub(crate) fn take_values(take: &Take<'_>) -> [Value; 8] {
         Value::Int(take.session.pid),
         Value::Text(take.session.start.clone()),
         text(take.scope),
+        Value::Int(Some(take.seen)),
     ]
 }
 

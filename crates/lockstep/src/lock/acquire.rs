@@ -316,6 +316,7 @@ pub(super) fn attempt<S: LockStore + ?Sized>(
     };
     let token = probed.take(&Take {
         scope: request.scope,
+        seen: info.token,
         actor: request.actor,
         session,
         ttl: request.options.ttl,

@@ -254,6 +254,10 @@ impl LockStore for MemoryStore {
         assert_eq!(w.locked_by, Some(self.conn), "taken without a probe");
         let now = w.now_ms;
         let row = w.row.as_mut().expect("probed");
+        assert_eq!(
+            row.token, take.seen,
+            "the row changed under its probe's lock"
+        );
         row.token += 1;
         row.owner = Some(take.actor.owner.to_string());
         row.host = Some(take.actor.host.to_string());

@@ -227,6 +227,10 @@ impl<'a> LogEvent<'a> {
 #[derive(Debug, Clone)]
 pub(crate) struct Take<'a> {
     pub scope: &'a str,
+    /// The token the probe saw. The take lands only on that token: where a
+    /// row lock binds one node (Galera), another node's take can land
+    /// between the probe and the take, and must make this one fail.
+    pub seen: i64,
     pub actor: &'a Actor<'a>,
     pub session: &'a Session,
     pub ttl: Duration,

@@ -246,9 +246,25 @@ impl MysqlDriver {
             applied_at = rfc3339("h.applied_at"),
         );
         let scope = self.table.to_string();
-        let rows: Result<Vec<Row>, mysql::Error> = self.conn.exec(sql, (self.table.name(), scope));
-        let rows = match rows {
-            Ok(rows) => rows,
+        // Row by row: each decoded as it comes, none of the server's rows
+        // kept.
+        let mut head = None;
+        let mut history = Vec::new();
+        let read = self
+            .conn
+            .exec_iter(sql, (self.table.name(), scope))
+            .and_then(|rows| {
+                for row in rows {
+                    let row = row?;
+                    if head.is_none() {
+                        head = Some((int(&row, 0), int(&row, 10), int(&row, 11)));
+                    }
+                    history.extend(decode(&row));
+                }
+                Ok(())
+            });
+        match read {
+            Ok(()) => {}
             Err(e) if server_code(&e) == Some(code::NO_SUCH_TABLE) => {
                 return self.which_is_missing(with_token, &context);
             }
@@ -260,15 +276,13 @@ impl MysqlDriver {
                 })
             }
             Err(e) => return Err(db_error(context, &e)),
-        };
-        let head = rows.first();
-        let format = head.and_then(|r| int(r, 0));
+        }
+        let (format, token, held) = head.unwrap_or_default();
         crate::driver::check_format(&self.table, format)?;
         let mark = with_token.then(|| LockMark {
-            token: head.and_then(|r| int(r, 10)).unwrap_or(0),
-            held: head.and_then(|r| int(r, 11)).unwrap_or(0) == 1,
+            token: token.unwrap_or(0),
+            held: held.unwrap_or(0) == 1,
         });
-        let history = rows.iter().filter_map(decode).collect();
         Ok(Read::Rows(history, mark))
     }
 

@@ -15,7 +15,7 @@ use mysql::prelude::Queryable;
 use mysql::Row;
 
 use crate::driver::FREE;
-use crate::error::{DbMessage, Error};
+use crate::error::{DbClass, DbMessage, Error};
 use crate::lock::{
     Actor, Fence, ForcedRelease, LockInfo, LockStore, LogEntry, LogEvent, Probe, Renewal, Session,
     Take, LOG_RETENTION,
@@ -58,7 +58,13 @@ impl LockStore for MysqlDriver {
             if row.is_some() {
                 return Ok(row);
             }
-            // First use of this scope: create its row, then lock it.
+            // First use of this scope: create its row, then lock it. Not in
+            // the transaction that found none: its read locked the gap
+            // where the row goes, as every racer's did, and inserting there
+            // would wait for the others' gap locks while they wait for
+            // ours (a deadlock each time many runs start at once). Alone,
+            // the insert waits for nobody who waits.
+            self.conn.query_drop("ROLLBACK")?;
             let high = self.token_high_mark(scope)?;
             self.conn.exec_drop(
                 format!(
@@ -67,6 +73,7 @@ impl LockStore for MysqlDriver {
                 ),
                 (scope, high),
             )?;
+            self.conn.query_drop("BEGIN")?;
             self.conn.exec_first(&select, self.lock_params(scope))
         })();
         // The transaction stays open only for a row this run locked.
@@ -84,7 +91,8 @@ impl LockStore for MysqlDriver {
     }
 
     fn take_lock(&mut self, take: &Take<'_>) -> Result<i64, Error> {
-        let result = (|| -> Result<i64, mysql::Error> {
+        let context = format!("acquiring the migration lock for {}", take.scope);
+        let result = (|| -> Result<bool, mysql::Error> {
             let expires = format!(
                 "UTC_TIMESTAMP(6) + INTERVAL {} MICROSECOND",
                 micros(take.ttl)
@@ -95,11 +103,10 @@ impl LockStore for MysqlDriver {
                 });
             self.conn
                 .exec_drop(update, params(tables::take_values(take)))?;
-            let token: Option<i64> = self.conn.exec_first(
-                format!("SELECT token FROM {} WHERE scope = ?", self.tables.lock),
-                (take.scope,),
-            )?;
-            let token = token.unwrap_or_default();
+            if self.conn.affected_rows() != 1 {
+                return Ok(false);
+            }
+            let token = take.seen + 1;
             self.log(take.scope, take.event, token, take.actor)?;
             self.conn.exec_drop(
                 format!(
@@ -111,15 +118,30 @@ impl LockStore for MysqlDriver {
                 (take.scope, take.scope),
             )?;
             self.conn.query_drop("COMMIT")?;
-            Ok(token)
+            Ok(true)
         })();
-        result.map_err(|e| {
-            self.rollback();
-            db_error(
-                format!("acquiring the migration lock for {}", take.scope),
-                &e,
-            )
-        })
+        match result {
+            Ok(true) => Ok(take.seen + 1),
+            // On Galera another node's take landed between this probe and
+            // this take (the probe's row lock binds only this node): tried
+            // again, the next probe sees that holder.
+            Ok(false) => {
+                self.rollback();
+                Err(Error::Database {
+                    context,
+                    db: Box::new(DbMessage {
+                        class: DbClass::Retryable,
+                        ..DbMessage::plain(
+                            "another node took the lock between the look and the take",
+                        )
+                    }),
+                })
+            }
+            Err(e) => {
+                self.rollback();
+                Err(db_error(context, &e))
+            }
+        }
     }
 
     fn abandon(&mut self) {

@@ -79,6 +79,9 @@ mod code {
     /// A deadlock, or on Galera a transaction that lost certification at
     /// commit: rolled back whole.
     pub const DEADLOCK: u16 = 1213;
+    /// A transaction's snapshot is older than a table it reads (made by a
+    /// racing run meanwhile): rolled back, to be tried again.
+    pub const TABLE_DEF_CHANGED: u16 = 1412;
     /// `innodb_lock_wait_timeout` passed, or `NOWAIT` found a row locked.
     pub const LOCK_WAIT_TIMEOUT: u16 = 1205;
     /// MySQL 8's `NOWAIT` answer.
@@ -101,7 +104,7 @@ mod code {
 /// The class of failure a server's error code says.
 fn class_of(error_code: u16, message: &str) -> DbClass {
     match error_code {
-        code::DEADLOCK => DbClass::Retryable,
+        code::DEADLOCK | code::TABLE_DEF_CHANGED => DbClass::Retryable,
         code::NO_SUCH_TABLE => DbClass::UndefinedTable,
         code::SERVER_SHUTDOWN | code::CONNECTION_KILLED => DbClass::ConnectionLost,
         code::READ_ONLY if message.contains("read-only") || message.contains("read_only") => {

@@ -186,12 +186,13 @@ fn a_release_of_the_lock_wakes_a_listening_driver() {
         command: "upgrade",
     };
     let take = |driver: &mut SqliteDriver| {
-        let Probe::Row(_) = driver.probe_lock("scope").unwrap() else {
+        let Probe::Row(seen) = driver.probe_lock("scope").unwrap() else {
             panic!("the lock is free");
         };
         driver
             .take_lock(&Take {
                 scope: "scope",
+                seen: seen.token,
                 actor: &who,
                 session: &session,
                 ttl,
