@@ -6,9 +6,51 @@ use mysql::prelude::Queryable;
 
 use std::time::Duration;
 
-use crate::util::{galera, mariadb_session, wait_until, Child};
+use crate::util::{galera, mariadb_session, wait_until, Child, Project};
 
 const LONG: Duration = Duration::from_secs(60);
+
+/// The database's name: the tests read it on every node.
+fn database(p: &Project) -> String {
+    p.db.url().rsplit('/').next().unwrap().to_string()
+}
+
+/// The side effects, each name with how often it happened, as `node` sees
+/// them.
+fn side_effects(node: &mut mysql::Conn, p: &Project) -> Vec<(String, i64)> {
+    node.query(format!(
+        "SELECT name, COUNT(*) FROM {}.side GROUP BY name ORDER BY name",
+        database(p)
+    ))
+    .unwrap()
+}
+
+/// A side table, a migration that inserts `long` and then sleeps as
+/// `sleep` says (an SQL expression of seconds), and one that inserts
+/// `after`.
+fn long_migration(p: &Project, sleep: &str) {
+    p.migration(
+        "0001_side.sql",
+        "-- upgrade\nCREATE TABLE side (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20) NOT NULL);\n",
+    );
+    p.migration(
+        "0002_long.sql",
+        &format!("-- upgrade\nINSERT INTO side (name) VALUES ('long');\nSELECT SLEEP({sleep});\n"),
+    );
+    p.migration(
+        "0003_after.sql",
+        "-- upgrade\nINSERT INTO side (name) VALUES ('after');\n",
+    );
+}
+
+/// `upgrade --owner OWNER` through `url`, not waited for.
+fn upgrade_on(p: &Project, url: &str, owner: &str) -> Child {
+    let mut cmd = p.command(&["upgrade", "--owner", owner]);
+    cmd.env("LOCKSTEP_DATABASE_URL", url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    Child::from(cmd.spawn().unwrap())
+}
 
 /// `GET_LOCK` is local to a node: sessions on two nodes of one cluster are
 /// both granted the same named lock at once, without a warning. Tools that
@@ -107,12 +149,8 @@ fn runs_spread_over_the_nodes_apply_each_migration_once() {
     }
     for (i, port) in cluster.ports.iter().enumerate() {
         let mut node = cluster.session(i);
-        let name = p.db.url().rsplit('/').next().unwrap().to_string();
-        let counts: Vec<(String, i64)> = node
-            .query(format!(
-                "SELECT name, COUNT(*) FROM {name}.side GROUP BY name"
-            ))
-            .unwrap();
+        let name = database(&p);
+        let counts = side_effects(&mut node, &p);
         assert_eq!(counts.len(), 30, "node on {port}: {counts:?}");
         assert!(
             counts.iter().all(|(_, n)| *n == 1),
@@ -138,35 +176,17 @@ fn a_waiter_on_another_node_never_takes_over_a_live_holder() {
     let Some(cluster) = galera(false) else { return };
     let (p, urls) = cluster.project();
     p.file("lockstep.toml", "[lock]\nttl = \"1s\"\ntimeout = \"60s\"\n");
-    p.migration(
-        "0001_side.sql",
-        "-- upgrade\nCREATE TABLE side (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20) NOT NULL);\n",
-    );
-    p.migration(
-        "0002_long.sql",
-        "-- upgrade\nINSERT INTO side (name) VALUES ('long');\nSELECT SLEEP(4);\n",
-    );
-    p.migration(
-        "0003_after.sql",
-        "-- upgrade\nINSERT INTO side (name) VALUES ('after');\n",
-    );
-    let spawn = |url: &str, owner: &str| {
-        let mut cmd = p.command(&["upgrade", "--owner", owner]);
-        cmd.env("LOCKSTEP_DATABASE_URL", url)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        Child::from(cmd.spawn().unwrap())
-    };
-    let holder = spawn(&urls[0], "holder");
+    long_migration(&p, "4");
+    let holder = upgrade_on(&p, &urls[0], "holder");
     let mut b = cluster.session(1);
-    let name = p.db.url().rsplit('/').next().unwrap().to_string();
+    let name = database(&p);
     wait_until("the holder runs its long migration", LONG, || {
         let applied: Result<Option<i64>, _> = b.query_first(format!(
             "SELECT COUNT(*) FROM {name}.lockstep_history WHERE version = 1"
         ));
         matches!(applied, Ok(Some(1)))
     });
-    let waiter = spawn(&urls[1], "waiter");
+    let waiter = upgrade_on(&p, &urls[1], "waiter");
     let (holder, waiter) = (holder.finish(), waiter.finish());
     holder.ok();
     waiter.ok();
@@ -175,12 +195,10 @@ fn a_waiter_on_another_node_never_takes_over_a_live_holder() {
         .unwrap();
     assert!(!events.contains(&"taken_over".to_string()), "{events:?}");
     assert!(!events.contains(&"lost".to_string()), "{events:?}");
-    let side: Vec<(String, i64)> = b
-        .query(format!(
-            "SELECT name, COUNT(*) FROM {name}.side GROUP BY name ORDER BY name"
-        ))
-        .unwrap();
-    assert_eq!(side, [("after".to_string(), 1), ("long".to_string(), 1)]);
+    assert_eq!(
+        side_effects(&mut b, &p),
+        [("after".to_string(), 1), ("long".to_string(), 1)]
+    );
     let by: Vec<(i64, String)> = b
         .query(format!(
             "SELECT version, applied_by FROM {name}.lockstep_history ORDER BY version"
@@ -199,7 +217,7 @@ fn a_waiter_on_another_node_never_takes_over_a_live_holder() {
 fn a_migration_aborted_by_a_write_on_another_node_runs_again() {
     let Some(cluster) = galera(false) else { return };
     let (p, urls) = cluster.project();
-    let name = p.db.url().rsplit('/').next().unwrap().to_string();
+    let name = database(&p);
     let mut b = mariadb_session(cluster.ports[1]);
     b.query_drop(format!(
         "CREATE TABLE {name}.counter (id INT PRIMARY KEY, n INT NOT NULL); INSERT INTO {name}.counter VALUES (1, 0)"
@@ -284,30 +302,9 @@ fn a_holders_node_killed_mid_migration_is_taken_over_from_another_node() {
     let Some(cluster) = galera(true) else { return };
     let (p, urls) = cluster.project();
     p.file("lockstep.toml", "[lock]\nttl = \"2s\"\ntimeout = \"60s\"\n");
-    p.migration(
-        "0001_side.sql",
-        "-- upgrade\nCREATE TABLE side (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20) NOT NULL);\n",
-    );
     // Long only on the node that is killed.
-    p.migration(
-        "0002_long.sql",
-        &format!(
-            "-- upgrade\nINSERT INTO side (name) VALUES ('long');\nSELECT SLEEP(IF(@@port = {}, 60, 0));\n",
-            cluster.ports[2]
-        ),
-    );
-    p.migration(
-        "0003_after.sql",
-        "-- upgrade\nINSERT INTO side (name) VALUES ('after');\n",
-    );
-    let spawn = |url: &str, owner: &str| {
-        let mut cmd = p.command(&["upgrade", "--owner", owner]);
-        cmd.env("LOCKSTEP_DATABASE_URL", url)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        Child::from(cmd.spawn().unwrap())
-    };
-    let holder = spawn(&urls[2], "holder");
+    long_migration(&p, &format!("IF(@@port = {}, 60, 0)", cluster.ports[2]));
+    let holder = upgrade_on(&p, &urls[2], "holder");
     let mut third = mariadb_session(cluster.ports[2]);
     wait_until("the holder runs its long migration", LONG, || {
         let sleeping: Option<i64> = third
@@ -317,7 +314,7 @@ fn a_holders_node_killed_mid_migration_is_taken_over_from_another_node() {
             .unwrap();
         sleeping == Some(1)
     });
-    let waiter = spawn(&urls[0], "waiter");
+    let waiter = upgrade_on(&p, &urls[0], "waiter");
     std::thread::sleep(Duration::from_millis(500));
     let killed = KilledNode::kill(2);
     let holder = holder.finish();
@@ -332,13 +329,11 @@ fn a_holders_node_killed_mid_migration_is_taken_over_from_another_node() {
         waiter.stderr
     );
     let mut first = cluster.session(0);
-    let name = p.db.url().rsplit('/').next().unwrap().to_string();
-    let side: Vec<(String, i64)> = first
-        .query(format!(
-            "SELECT name, COUNT(*) FROM {name}.side GROUP BY name ORDER BY name"
-        ))
-        .unwrap();
-    assert_eq!(side, [("after".to_string(), 1), ("long".to_string(), 1)]);
+    let name = database(&p);
+    assert_eq!(
+        side_effects(&mut first, &p),
+        [("after".to_string(), 1), ("long".to_string(), 1)]
+    );
     let by: Vec<(i64, String)> = first
         .query(format!(
             "SELECT version, applied_by FROM {name}.lockstep_history WHERE state = 'applied' ORDER BY version"

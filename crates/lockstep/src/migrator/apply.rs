@@ -5,10 +5,10 @@
 use std::time::{Duration, Instant};
 
 use super::{Event, Migrator, Observer, RunReport};
-use crate::driver::{StatementAt, StepFailure, Transaction, TxStep};
+use crate::driver::{Done, StatementAt, StepFailure, Transaction, TxStep};
 use crate::error::{DbMessage, Direction, DirtyDetail, Error, FailedStatement, MigrationFailure};
 use crate::history::{Change, NewRow, RowState};
-use crate::lock::{Actor, Held, LockLost, RETRIES};
+use crate::lock::{Actor, Fence, Held, LockLost, RETRIES};
 use crate::source::{Migration, Named, Section, Step};
 use crate::sql::{self, Dialect};
 
@@ -150,57 +150,70 @@ impl Migrator {
     ) -> Result<Duration, Error> {
         let fence = held.map(|h| &h.fence);
         let token = fence.map(|f| f.token);
+        // Owned: the transaction below borrows the migrator mutably.
+        let executor = self.options.executor.clone();
         let change = match direction {
-            Direction::Up => Change::Insert(new_row(m, &self.options.executor, false, token)),
+            Direction::Up => Change::Insert(new_row(m, &executor, false, token)),
             Direction::Down => Change::Delete { version: m.version },
         };
         let steps = [TxStep { section, change }];
         let mut took = Duration::ZERO;
+        match self.run_retried(&steps, fence, true, &mut |_, d| took = d) {
+            Ok(()) => Ok(took),
+            Err(StepFailure { lost: true, .. }) => {
+                let held = held.expect("only fenced transactions lose the lock");
+                Err(self.lost(
+                    held,
+                    Some(m),
+                    false,
+                    report,
+                    "a fenced transaction found the token changed",
+                ))
+            }
+            // Asked to stop, and rolled back whole: that is the stop,
+            // whether the statement saw the interrupt or failed otherwise
+            // while it came (SQLite's busy wait does not see it, and ends
+            // in SQLITE_BUSY).
+            Err(StepFailure { .. }) if self.cancel.is_cancelled() => Err(Error::Cancelled {
+                completed: report.steps.clone(),
+            }),
+            Err(StepFailure { db, statement, .. }) => {
+                let context = Context {
+                    statement,
+                    ..Context::default()
+                };
+                let dialect = self.driver.dialect();
+                Err(failure(
+                    m, section, direction, *db, report, dialect, context,
+                ))
+            }
+        }
+    }
+
+    /// Runs one transaction; again while a serialization failure or
+    /// deadlock rolled it back whole (running it again is safe) and no
+    /// stop was asked for, up to [`RETRIES`] times. `interruptible`: a stop
+    /// cancels the running statement.
+    fn run_retried(
+        &mut self,
+        steps: &[TxStep<'_>],
+        fence: Option<&Fence>,
+        interruptible: bool,
+        done: &mut Done,
+    ) -> Result<(), StepFailure> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            self.cancel.interruptible(true);
-            let result = self.driver.run_steps(
-                Transaction {
-                    steps: &steps,
-                    fence,
-                },
-                &mut |_, d| took = d,
-            );
+            self.cancel.interruptible(interruptible);
+            let result = self.driver.run_steps(Transaction { steps, fence }, done);
             self.cancel.interruptible(false);
             match result {
-                Ok(()) => return Ok(took),
-                Err(StepFailure { lost: true, .. }) => {
-                    let held = held.expect("only fenced transactions lose the lock");
-                    return Err(self.lost(
-                        held,
-                        Some(m),
-                        false,
-                        report,
-                        "a fenced transaction found the token changed",
-                    ));
-                }
-                // Asked to stop, and rolled back whole: that is the stop,
-                // whether the statement saw the interrupt or failed
-                // otherwise while it came (SQLite's busy wait does not see
-                // it, and ends in SQLITE_BUSY).
-                Err(StepFailure { .. }) if self.cancel.is_cancelled() => {
-                    return Err(Error::Cancelled {
-                        completed: report.steps.clone(),
-                    });
-                }
-                // Rolled back whole: running it again is safe.
-                Err(StepFailure { db, .. }) if db.is_retryable() && attempts <= RETRIES => {}
-                Err(StepFailure { db, statement, .. }) => {
-                    let context = Context {
-                        statement,
-                        ..Context::default()
-                    };
-                    let dialect = self.driver.dialect();
-                    return Err(failure(
-                        m, section, direction, *db, report, dialect, context,
-                    ));
-                }
+                Err(f)
+                    if !f.lost
+                        && f.db.is_retryable()
+                        && attempts <= RETRIES
+                        && !self.cancel.is_cancelled() => {}
+                other => return other,
             }
         }
     }
@@ -335,43 +348,34 @@ impl Migrator {
             change: finish,
         }];
         let fence = held.map(|h| &h.fence);
-        let mut attempts = 0;
-        loop {
-            attempts += 1;
-            let tx = Transaction {
-                steps: &steps,
-                fence,
-            };
-            match self.driver.run_steps(tx, &mut |_, _| {}) {
-                Ok(()) => return Ok(()),
-                Err(StepFailure { lost: true, .. }) => {
-                    let held = held.expect("only fenced transactions lose the lock");
-                    return Err(self.lost(
-                        held,
-                        Some(m),
-                        true,
-                        report,
-                        "the statements after the last DDL found the token changed",
-                    ));
-                }
-                Err(StepFailure { db, .. }) if db.is_retryable() && attempts <= RETRIES => {}
-                Err(StepFailure { db, statement, .. }) => {
-                    let context = Context {
-                        statement: statement.map(|at| StatementAt {
-                            index: at.index + tail,
-                            offset: at.offset,
-                        }),
-                        dirty: Some(DirtyDetail {
-                            statements_done: tail,
-                            statements_total: statements.len(),
-                        }),
-                        ..Context::default()
-                    };
-                    let dialect = self.driver.dialect();
-                    return Err(failure(
-                        m, section, direction, *db, report, dialect, context,
-                    ));
-                }
+        match self.run_retried(&steps, fence, false, &mut |_, _| {}) {
+            Ok(()) => Ok(()),
+            Err(StepFailure { lost: true, .. }) => {
+                let held = held.expect("only fenced transactions lose the lock");
+                Err(self.lost(
+                    held,
+                    Some(m),
+                    true,
+                    report,
+                    "the statements after the last DDL found the token changed",
+                ))
+            }
+            Err(StepFailure { db, statement, .. }) => {
+                let context = Context {
+                    statement: statement.map(|at| StatementAt {
+                        index: at.index + tail,
+                        offset: at.offset,
+                    }),
+                    dirty: Some(DirtyDetail {
+                        statements_done: tail,
+                        statements_total: statements.len(),
+                    }),
+                    ..Context::default()
+                };
+                let dialect = self.driver.dialect();
+                Err(failure(
+                    m, section, direction, *db, report, dialect, context,
+                ))
             }
         }
     }
