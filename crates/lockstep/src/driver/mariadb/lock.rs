@@ -152,27 +152,18 @@ impl LockStore for MysqlDriver {
         // A short wait: the holder's own fenced writes lock the row only
         // for a moment, and a longer wait would only delay the next beat.
         // (The heartbeat's connection is its own: the setting stays there.)
-        let result = (|| -> Result<bool, mysql::Error> {
-            self.conn
-                .query_drop("SET SESSION innodb_lock_wait_timeout = 1")?;
-            self.conn.exec_drop(
-                format!(
-                    "UPDATE {} SET heartbeat_at = UTC_TIMESTAMP(6),
-                            expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
-                      WHERE scope = ? AND owner = ? AND token = ?",
-                    self.tables.lock
-                ),
-                (micros(fence.ttl), &fence.scope, &fence.owner, fence.token),
-            )?;
-            Ok(self.conn.affected_rows() == 1)
-        })();
+        // A renewal is the fenced write a history write begins with, made
+        // alone (autocommitted).
+        let result = self
+            .conn
+            .query_drop("SET SESSION innodb_lock_wait_timeout = 1")
+            .and_then(|()| self.fence_holds(fence));
         match result {
             Ok(true) => Ok(Renewal::Renewed),
             Ok(false) => Ok(Renewal::Lost),
             Err(e) if lock_refused(&e) || server_code(&e) == Some(code::DEADLOCK) => {
                 Ok(Renewal::Busy)
             }
-            Err(e) if server_code(&e) == Some(code::NO_SUCH_TABLE) => Ok(Renewal::Lost),
             Err(e) => Err(db_error("renewing the migration lock", &e)),
         }
     }
