@@ -28,7 +28,9 @@ pub(crate) trait LockStore: Send {
 
     /// In the transaction `probe_lock` opened: takes the lock with the
     /// next token, logs `take.event`, prunes the log to [`super::LOG_RETENTION`]
-    /// events, commits. Returns the token.
+    /// events, commits. Returns the token. Lands only on the token the probe
+    /// saw (`take.seen`): where the probe's row lock does not bind every
+    /// writer (Galera), a row that moved meanwhile is a retryable failure.
     fn take_lock(&mut self, take: &Take<'_>) -> Result<i64, Self::Error>;
 
     /// Rolls back the transaction `probe_lock` opened.
