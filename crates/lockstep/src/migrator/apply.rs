@@ -306,7 +306,7 @@ impl Migrator {
             Direction::Down => Change::Delete { version: m.version },
         };
         if tail < statements.len() {
-            self.run_tail(m, section, direction, report, held, tail, finish)?;
+            self.run_tail(m, direction, report, held, tail, finish)?;
             return Ok(started.elapsed());
         }
         self.record(&finish, m, held, true, report)?;
@@ -317,17 +317,16 @@ impl Migrator {
     /// transaction with the section's final history change (again when
     /// that transaction was rolled back by a deadlock). Their failure
     /// leaves the migration dirty with the statements before `tail` done.
-    #[allow(clippy::too_many_arguments)]
     fn run_tail(
         &mut self,
         m: &Migration,
-        section: &Section,
         direction: Direction,
         report: &RunReport,
         held: Option<&Held>,
         tail: usize,
         finish: Change<'_>,
     ) -> Result<(), Error> {
+        let section = section(m, direction);
         let statements =
             sql::split(&section.sql, self.driver.dialect()).expect("checked by preflight");
         // The statements before the tail blanked, not cut: positions and
