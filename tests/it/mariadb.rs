@@ -3,7 +3,7 @@
 
 use mysql::prelude::Queryable;
 
-use crate::util::{mariadb_database, wait_until, Run, TempDir, TestDb};
+use crate::util::{command_with_url, mariadb_database, tls_file, wait_until, Run, TempDir, TestDb};
 
 struct Maria {
     db: TestDb,
@@ -40,28 +40,15 @@ fn maria() -> Option<Maria> {
 
 impl Maria {
     fn run(&self, url: &str, args: &[&str]) -> Run {
-        let out = self.command(url, args).output().unwrap();
-        Run::from(out)
+        Run::from(self.command(url, args).output().unwrap())
     }
 
     fn command(&self, url: &str, args: &[&str]) -> std::process::Command {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"));
-        cmd.args(args)
-            .args(["-d", url])
-            .current_dir(self.dir.path())
-            .env_remove("LOCKSTEP_DATABASE_URL")
-            .env_remove("DATABASE_URL");
-        cmd
+        command_with_url(self.dir.path(), url, args)
     }
 
     fn url(&self, user: &str, host: &str, query: &str) -> String {
         format!("mysql://{user}@{host}:{}/{}{query}", self.port, self.name)
-    }
-
-    fn tls(&self, file: &str) -> String {
-        let dir = std::env::var("LOCKSTEP_TEST_TLS_DIR")
-            .expect("scripts/test-servers sets LOCKSTEP_TEST_TLS_DIR");
-        format!("{dir}/{file}")
     }
 
     fn admin(&self) -> mysql::Conn {
@@ -77,8 +64,8 @@ impl Maria {
 #[test]
 fn tls_modes_are_enforced() {
     let Some(m) = maria() else { return };
-    let ca = m.tls("ca.crt");
-    let other = m.tls("other-ca.crt");
+    let ca = tls_file("ca.crt");
+    let other = tls_file("other-ca.crt");
     let cases = [
         ("127.0.0.1", "?ssl-mode=disabled".to_string(), 1),
         ("127.0.0.1", String::new(), 0),

@@ -1,6 +1,6 @@
 //! PostgreSQL-only behaviour: TLS, authentication, sockets, schemas.
 
-use crate::util::{pg_database, Run, TempDir, TestDb};
+use crate::util::{command_with_url, pg_database, tls_file, Run, TempDir, TestDb};
 
 struct Pg {
     db: TestDb,
@@ -34,22 +34,11 @@ fn pg() -> Option<Pg> {
 
 impl Pg {
     fn run(&self, url: &str, args: &[&str]) -> Run {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_lockstep"))
-            .args(args)
-            .args(["-d", url])
-            .current_dir(self.dir.path())
-            .env_remove("LOCKSTEP_DATABASE_URL")
-            .env_remove("DATABASE_URL")
-            .env_remove("PGPASSWORD")
-            .output()
-            .unwrap();
-        Run::from(out)
-    }
-
-    fn tls(&self, file: &str) -> String {
-        let dir = std::env::var("LOCKSTEP_TEST_TLS_DIR")
-            .expect("scripts/test-servers sets LOCKSTEP_TEST_TLS_DIR");
-        format!("{dir}/{file}")
+        Run::from(
+            command_with_url(self.dir.path(), url, args)
+                .output()
+                .unwrap(),
+        )
     }
 }
 
@@ -59,8 +48,8 @@ fn tls_modes_are_enforced() {
     let url = |host: &str, query: &str| {
         format!("postgres://tlsonly@{host}:{}/{}?{query}", p.port, p.name)
     };
-    let ca = p.tls("ca.crt");
-    let other = p.tls("other-ca.crt");
+    let ca = tls_file("ca.crt");
+    let other = tls_file("other-ca.crt");
     // `tlsonly` is refused without TLS, so each success below went over TLS.
     let plain = p.run(&url("127.0.0.1", "sslmode=disable"), &["status"]);
     plain.code(1);

@@ -37,6 +37,27 @@ pub fn pg_admin_url() -> Option<String> {
     test_server("LOCKSTEP_TEST_PG_URL", "LOCKSTEP_SKIP_PG", "PostgreSQL")
 }
 
+/// The binary with `args` and `-d url`, run in `dir`, with no database
+/// URL or password from the environment: what the engine-only tests run.
+pub fn command_with_url(dir: &Path, url: &str, args: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_lockstep"));
+    cmd.args(args)
+        .args(["-d", url])
+        .current_dir(dir)
+        .env_remove("LOCKSTEP_DATABASE_URL")
+        .env_remove("DATABASE_URL")
+        .env_remove("PGPASSWORD");
+    cmd
+}
+
+/// A file of the throwaway CA and server certificate `scripts/test-servers`
+/// made (the same for PostgreSQL and MariaDB).
+pub fn tls_file(name: &str) -> String {
+    let dir = std::env::var("LOCKSTEP_TEST_TLS_DIR")
+        .expect("scripts/test-servers sets LOCKSTEP_TEST_TLS_DIR");
+    format!("{dir}/{name}")
+}
+
 /// The three-node Galera cluster from `scripts/test-servers`, held for one
 /// test: shared with the other Galera tests, or alone, for a test that
 /// stops a node. A lock file orders them, whether each test is a process
@@ -460,15 +481,20 @@ impl Project {
     /// test database, with stable output and no colour.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lockstep"));
-        cmd.args(args)
-            .current_dir(self.dir.path())
-            .env("LOCKSTEP_DATABASE_URL", self.db.url())
+        cmd.args(args).stdin(Stdio::null());
+        self.in_project(&mut cmd, &self.db.url());
+        cmd
+    }
+
+    /// Runs `cmd` in the project's directory against `url`, with stable
+    /// output and nothing else from the environment that changes it.
+    fn in_project(&self, cmd: &mut Command, url: &str) {
+        cmd.current_dir(self.dir.path())
+            .env("LOCKSTEP_DATABASE_URL", url)
             .env("LOCKSTEP_STABLE_OUTPUT", "1")
             .env_remove("DATABASE_URL")
             .env_remove("NO_COLOR")
-            .env_remove("CLICOLOR_FORCE")
-            .stdin(Stdio::null());
-        cmd
+            .env_remove("CLICOLOR_FORCE");
     }
 
     /// Runs the binary to completion.
@@ -612,13 +638,10 @@ impl Project {
                     .arg("read _; exec \"$0\" \"$@\" </dev/null")
                     .arg(env!("CARGO_BIN_EXE_lockstep"))
                     .args(args)
-                    .current_dir(self.dir.path())
-                    .env("LOCKSTEP_DATABASE_URL", url)
-                    .env("LOCKSTEP_STABLE_OUTPUT", "1")
-                    .env_remove("DATABASE_URL")
                     .stdin(gate.try_clone().unwrap())
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped());
+                self.in_project(&mut cmd, url);
                 Child::from(cmd.spawn().unwrap())
             })
             .collect();
