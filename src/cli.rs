@@ -77,6 +77,23 @@ pub struct LockArgs {
     pub no_lock: bool,
 }
 
+/// How a command that runs migrations bounds their statements' waits for
+/// table locks.
+#[derive(Debug, Args, Default)]
+pub struct StatementArgs {
+    /// Let each migration statement wait at most this long for a table lock, then roll back and retry; 0: no bound [config: [statements] lock_timeout] [default: 5s]
+    #[arg(long, value_name = "DURATION", value_parser = lockstep::parse_duration)]
+    pub statement_lock_timeout: Option<std::time::Duration>,
+
+    /// Let each migration statement run at most this long; 0: no bound [config: [statements] timeout] [default: 0]
+    #[arg(long, value_name = "DURATION", value_parser = lockstep::parse_duration)]
+    pub statement_timeout: Option<std::time::Duration>,
+
+    /// Try a migration that gave up waiting for a table lock again at most this many times [config: [statements] lock_retries] [default: 10]
+    #[arg(long, value_name = "N")]
+    pub lock_retries: Option<u32>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum ColorChoice {
     Auto,
@@ -218,6 +235,9 @@ pub struct UpgradeArgs {
 
     #[command(flatten)]
     pub lock: LockArgs,
+
+    #[command(flatten)]
+    pub statements: StatementArgs,
 }
 
 #[derive(Debug, Args)]
@@ -236,6 +256,9 @@ pub struct RollbackArgs {
 
     #[command(flatten)]
     pub lock: LockArgs,
+
+    #[command(flatten)]
+    pub statements: StatementArgs,
 }
 
 #[derive(Debug, Args)]
@@ -288,49 +311,9 @@ fn parse_version(s: &str) -> Result<u64, String> {
     lockstep::Migration::parse_version(s)
 }
 
-/// `500ms`, `30s`, `5m`, `1h`, `1m30s`; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    use std::time::Duration;
-    let bad = || format!("`{s}` is not a duration; write e.g. 30s, 5m, 1h or 500ms");
-    let too_long = || format!("`{s}` is too long a duration");
-    let s = s.trim();
-    if s.is_empty() {
-        return Err(bad());
-    }
-    if let Ok(secs) = s.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = s;
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| too_long())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let seconds = |per: u64| n.checked_mul(per).map(Duration::from_secs);
-        let unit = match &rest[..unit_len] {
-            "ms" => Some(Duration::from_millis(n)),
-            "s" => seconds(1),
-            "m" => seconds(60),
-            "h" => seconds(3600),
-            _ => return Err(bad()),
-        };
-        total = unit
-            .and_then(|unit| total.checked_add(unit))
-            .ok_or_else(too_long)?;
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
-
 /// A wait for the lock: a duration of at most 24h.
 fn parse_wait(s: &str) -> Result<std::time::Duration, String> {
-    let wait = parse_duration(s)?;
+    let wait = lockstep::parse_duration(s)?;
     lockstep::LockOptions::check_timeout(wait).map(|()| wait)
 }
 
@@ -360,36 +343,9 @@ impl Command {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
-    fn durations() {
-        let table = [
-            ("30", Duration::from_secs(30)),
-            ("30s", Duration::from_secs(30)),
-            ("5m", Duration::from_secs(300)),
-            ("1h", Duration::from_secs(3600)),
-            ("500ms", Duration::from_millis(500)),
-            ("1m30s", Duration::from_secs(90)),
-        ];
-        for (text, want) in table {
-            assert_eq!(parse_duration(text), Ok(want), "{text}");
-        }
-        for bad in ["", "s", "5 m", "5x", "m5", "-1s", "1.5s"] {
-            assert!(parse_duration(bad).is_err(), "{bad}");
-        }
-        // Overflow is an error, never a wrap-around.
-        for huge in [
-            "5124095576030432h",
-            "18446744073709551615s1s",
-            "99999999999999999999m",
-        ] {
-            assert_eq!(
-                parse_duration(huge),
-                Err(format!("`{huge}` is too long a duration")),
-                "{huge}"
-            );
-        }
+    fn waits() {
         assert!(parse_wait("24h").is_ok());
         assert!(parse_wait("24h1s").is_err());
     }

@@ -148,6 +148,11 @@ impl From<Error> for CliError {
                 });
                 err.detail.sqlstate = f.db.code.clone();
                 err.detail.dirty = f.dirty.is_some().then_some(true);
+                if f.db.class == lockstep::DbClass::LockTimeout {
+                    err.detail.tries = Some(f.tries);
+                    err.detail.blocked = f.blocked.as_ref().map(json::BlockedJson::from);
+                }
+                err.detail.leftover = f.leftover.clone();
                 if !f.all_rolled_back {
                     err.completed = f.completed.clone();
                 }
@@ -229,6 +234,23 @@ fn hint(remedy: &Remedy) -> String {
         Remedy::ChooseHistoryTable { suggestion: None } => {
             "set `history_table` in lockstep.toml to a name lockstep can own".into()
         }
+        Remedy::EndBlocker { terminate } => {
+            let mut hint = "another session holds a lock this migration needs, and lockstep gave up waiting (without stalling the queries queued behind it): ".to_string();
+            if terminate.is_empty() {
+                hint.push_str("find it (a long transaction, a session idle in transaction) and end its transaction");
+            } else {
+                hint.push_str(&format!(
+                    "end that session's transaction, or if you judge it safe end the session with `{}` (lockstep never does);",
+                    terminate.join("`, `")
+                ));
+            }
+            hint.push_str(" or let the migration wait longer (`-- lockstep:lock-timeout 30s` in its file, `[statements] lock_timeout`, `--statement-lock-timeout`); then run `lockstep upgrade` again");
+            hint
+        }
+        Remedy::UndoLeftover { version, statements } => format!(
+            "undo what the statement left with `{}`, then run `lockstep fix dirty {version} --forget` and `lockstep upgrade` again",
+            statements.join("; ")
+        ),
         // The rest name no command: the library's words are the CLI's.
         other => other.to_string(),
     }
@@ -296,6 +318,14 @@ mod tests {
             Remedy::FindBusyHolderThenRunAgain,
             Remedy::UseNoTransaction,
             Remedy::UsePrimary,
+            Remedy::EndBlocker { terminate: vec![] },
+            Remedy::EndBlocker {
+                terminate: vec!["SELECT pg_terminate_backend(42)".into()],
+            },
+            Remedy::UndoLeftover {
+                version: 7,
+                statements: vec!["DROP INDEX CONCURRENTLY IF EXISTS public.i".into()],
+            },
             Remedy::ChooseHistoryTable { suggestion: None },
             Remedy::ChooseHistoryTable {
                 suggestion: Some("app.lockstep_history".into()),

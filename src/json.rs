@@ -58,6 +58,58 @@ pub struct ErrorDetail {
     /// The lock token this run held, when it lost the lock.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token: Option<i64>,
+    /// `migration_lock_timeout`: how many times the migration was tried.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tries: Option<u32>,
+    /// `migration_lock_timeout`: what the statement waited for, and who
+    /// held it, when lockstep saw the wait.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blocked: Option<BlockedJson>,
+    /// What the failed statement left that lockstep could not undo, as SQL.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub leftover: Vec<String>,
+}
+
+/// What a migration's statement waits for, and who holds it.
+#[derive(Debug, Serialize)]
+pub struct BlockedJson {
+    pub waiting_for: String,
+    pub waited_ms: i64,
+    pub blockers: Vec<BlockerJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BlockerJson {
+    pub pid: i64,
+    pub user: Option<String>,
+    pub application: Option<String>,
+    pub state: Option<String>,
+    pub state_ms: Option<i64>,
+    pub query: Option<String>,
+    /// The statement that would end the session, for a human to judge.
+    pub terminate: String,
+}
+
+impl From<&lockstep::Blocked> for BlockedJson {
+    fn from(b: &lockstep::Blocked) -> Self {
+        BlockedJson {
+            waiting_for: b.waiting_for.clone(),
+            waited_ms: b.waited_ms,
+            blockers: b
+                .blockers
+                .iter()
+                .map(|b| BlockerJson {
+                    pid: b.pid,
+                    user: b.user.clone(),
+                    application: b.application.clone(),
+                    state: b.state.clone(),
+                    state_ms: b.state_ms,
+                    query: b.query.clone(),
+                    terminate: b.terminate.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -230,6 +282,16 @@ pub struct LockJson {
     pub migrating: bool,
     /// What else keeps the database or the lock's row locked.
     pub blocker: Option<String>,
+    /// What the holder's migration is doing right now, where the engine
+    /// can see it.
+    pub activity: Option<ActivityJson>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ActivityJson {
+    pub statement: Option<String>,
+    pub running_ms: Option<i64>,
+    pub blocked: Option<BlockedJson>,
 }
 
 impl From<&lockstep::LockInfo> for LockJson {
@@ -251,6 +313,11 @@ impl From<&lockstep::LockInfo> for LockJson {
             session_alive: l.session_alive,
             migrating: l.migrating,
             blocker: l.blocker.clone(),
+            activity: l.activity.as_ref().map(|a| ActivityJson {
+                statement: a.statement.clone(),
+                running_ms: a.running_ms,
+                blocked: a.blocked.as_ref().map(BlockedJson::from),
+            }),
         }
     }
 }

@@ -152,6 +152,15 @@ impl Printer {
         self.err_line(text);
     }
 
+    /// Writes a diagnostic as [`Printer::note`] does, from another thread
+    /// (the library's, while the main thread waits on the database);
+    /// `None` when notes are not shown.
+    pub fn note_from_any_thread(&self) -> Option<impl Fn(&str) + Send + Sync + 'static> {
+        self.shows_lines().then_some(|text: &str| {
+            let _ = writeln!(std::io::stderr().lock(), "{text}");
+        })
+    }
+
     /// A diagnostic shown with `-v`.
     pub fn verbose(&mut self, text: &str) {
         if self.verbose > 0 && !self.json {

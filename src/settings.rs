@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lockstep::{DatabaseUrl, LockOptions, TableName, UrlError};
+use lockstep::{DatabaseUrl, LockOptions, StatementOptions, TableName, UrlError};
 use serde::Deserialize;
 
 use crate::cli::GlobalArgs;
@@ -25,6 +25,18 @@ struct FileConfig {
     migrations: Option<PathBuf>,
     history_table: Option<String>,
     lock: Option<FileLock>,
+    statements: Option<FileStatements>,
+}
+
+/// `[statements]` in `lockstep.toml`: how migrations' statements wait for
+/// table locks.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStatements {
+    lock_timeout: Option<String>,
+    timeout: Option<String>,
+    lock_retries: Option<u32>,
+    lock_retry_for: Option<String>,
 }
 
 /// `[lock]` in `lockstep.toml`.
@@ -51,6 +63,10 @@ pub struct Settings {
     /// How long to wait for the lock (`[lock] timeout`, default 5m); the
     /// command's `--lock-timeout` overrides it.
     pub lock_timeout: Duration,
+    /// How migrations' statements wait for table locks (`[statements]`);
+    /// the command's `--statement-lock-timeout`, `--statement-timeout` and
+    /// `--lock-retries` override it.
+    pub statements: StatementOptions,
 }
 
 #[derive(Debug)]
@@ -68,6 +84,7 @@ pub struct FileSettings {
     history_table: Option<TableName>,
     lock_ttl: Option<Duration>,
     lock_timeout: Option<Duration>,
+    statements: StatementOptions,
 }
 
 impl Settings {
@@ -129,6 +146,7 @@ impl Settings {
             owner,
             lock_ttl: file.lock_ttl.unwrap_or(LockOptions::default().ttl),
             lock_timeout: file.lock_timeout.unwrap_or(LockOptions::default().timeout),
+            statements: file.statements,
         })
     }
 
@@ -201,7 +219,7 @@ pub fn parse_config(text: &str, path: &Path) -> Result<FileSettings, CliError> {
         };
         let message = e.message().replace("unknown field", "unknown key");
         CliError::config(format!("{location}: {message}"))
-            .with_hint("lockstep.toml takes database_url, migrations, history_table, and a [lock] table with timeout and ttl")
+            .with_hint("lockstep.toml takes database_url, migrations, history_table, a [lock] table with timeout and ttl, and a [statements] table with lock_timeout, timeout, lock_retries and lock_retry_for")
     })?;
     let history_table = config
         .history_table
@@ -221,7 +239,7 @@ pub fn parse_config(text: &str, path: &Path) -> Result<FileSettings, CliError> {
         value
             .as_deref()
             .map(|v| {
-                crate::cli::parse_duration(v)
+                lockstep::parse_duration(v)
                     .and_then(|d| in_range(d).map(|()| d))
                     .map_err(|m| {
                         CliError::config(format!("[lock] {key} in {}: {m}", path.display()))
@@ -231,6 +249,7 @@ pub fn parse_config(text: &str, path: &Path) -> Result<FileSettings, CliError> {
     };
     let lock_ttl = duration(&lock.ttl, "ttl", LockOptions::check_ttl)?;
     let lock_timeout = duration(&lock.timeout, "timeout", LockOptions::check_timeout)?;
+    let statements = statement_options(config.statements.unwrap_or_default(), path)?;
     if let Some(url) = &config.database_url {
         parse_url(url, format!("database_url in {}", path.display()), None)?;
     }
@@ -240,6 +259,38 @@ pub fn parse_config(text: &str, path: &Path) -> Result<FileSettings, CliError> {
         history_table,
         lock_ttl,
         lock_timeout,
+        statements,
+    })
+}
+
+/// `[statements]`, validated: durations as flags take them, `0` for no
+/// bound.
+fn statement_options(file: FileStatements, path: &Path) -> Result<StatementOptions, CliError> {
+    let defaults = StatementOptions::default();
+    let duration = |value: &Option<String>, key: &str| {
+        value
+            .as_deref()
+            .map(|v| {
+                lockstep::parse_duration(v).map_err(|m| {
+                    CliError::config(format!("[statements] {key} in {}: {m}", path.display()))
+                })
+            })
+            .transpose()
+    };
+    let bound = |d: Option<Duration>, default| match d {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => default,
+    };
+    Ok(StatementOptions {
+        lock_timeout: bound(
+            duration(&file.lock_timeout, "lock_timeout")?,
+            defaults.lock_timeout,
+        ),
+        timeout: bound(duration(&file.timeout, "timeout")?, defaults.timeout),
+        lock_retries: file.lock_retries.unwrap_or(defaults.lock_retries),
+        lock_retry_for: duration(&file.lock_retry_for, "lock_retry_for")?
+            .unwrap_or(defaults.lock_retry_for),
     })
 }
 
@@ -375,6 +426,43 @@ mod tests {
         }
         let cfg = TempConfig::new("[lock]\nttl = \"24h\"\ntimeout = \"24h\"\n");
         assert!(settings(&["-c", cfg.arg()], &[]).is_ok());
+    }
+
+    #[test]
+    fn statements_table_sets_the_bounds_and_zero_lifts_one() {
+        let defaults = StatementOptions::default();
+        let cfg = TempConfig::new("");
+        assert_eq!(
+            settings(&["-c", cfg.arg()], &[]).unwrap().statements,
+            defaults
+        );
+        let cfg = TempConfig::new(
+            "[statements]\nlock_timeout = \"0\"\ntimeout = \"10m\"\nlock_retries = 3\nlock_retry_for = \"1m\"\n",
+        );
+        let statements = settings(&["-c", cfg.arg()], &[]).unwrap().statements;
+        assert_eq!(
+            statements,
+            StatementOptions {
+                lock_timeout: None,
+                timeout: Some(Duration::from_secs(600)),
+                lock_retries: 3,
+                lock_retry_for: Duration::from_secs(60),
+            }
+        );
+        let cfg = TempConfig::new("[statements]\nlock_timout = \"1s\"\n");
+        let err = settings(&["-c", cfg.arg()], &[]).unwrap_err();
+        assert!(
+            err.message.contains(":2: unknown key `lock_timout`"),
+            "{}",
+            err.message
+        );
+        let cfg = TempConfig::new("[statements]\ntimeout = \"soon\"\n");
+        let err = settings(&["-c", cfg.arg()], &[]).unwrap_err();
+        assert!(
+            err.message.starts_with("[statements] timeout in"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

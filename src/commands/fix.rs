@@ -20,7 +20,7 @@ pub fn fix(
     let (fixed, dry_run, nothing) = match &args.command {
         FixCommand::Checksums(dry) => {
             let (set, mut migrator) =
-                load_and_connect(settings, || connect(settings, printer, &args.lock))?;
+                load_and_connect(settings, || connect(settings, printer, &args.lock, None))?;
             let fixed = migrator.fix_checksums(&set, dry.dry_run, &mut Progress::new(printer))?;
             (
                 fixed,
@@ -30,7 +30,7 @@ pub fn fix(
         }
         FixCommand::Missing(dry) => {
             let (set, mut migrator) =
-                load_and_connect(settings, || connect(settings, printer, &args.lock))?;
+                load_and_connect(settings, || connect(settings, printer, &args.lock, None))?;
             let fixed = migrator.fix_missing(&set, dry.dry_run, &mut Progress::new(printer))?;
             (
                 fixed,
@@ -44,7 +44,7 @@ pub fn fix(
             } else {
                 DirtyResolution::Forget
             };
-            let mut migrator = connect(settings, printer, &args.lock)?;
+            let mut migrator = connect(settings, printer, &args.lock, None)?;
             let fixed = migrator.fix_dirty(
                 dirty.version,
                 resolution,

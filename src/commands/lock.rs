@@ -127,6 +127,25 @@ fn holder_rows(printer: &Printer, info: &LockInfo) -> Table {
     if let Some(blocker) = &info.blocker {
         table.cell("blocked by").cell(blocker);
     }
+    if let Some(activity) = &info.activity {
+        if let Some(statement) = &activity.statement {
+            let running = activity
+                .running_ms
+                .map(|ms| {
+                    format!(
+                        " (for {})",
+                        printer.duration(std::time::Duration::from_millis(ms.max(0) as u64))
+                    )
+                })
+                .unwrap_or_default();
+            table
+                .cell("running")
+                .cell(format!("`{statement}`{running}"));
+        }
+        if let Some(blocked) = &activity.blocked {
+            table.cell("waiting for").cell(blocked.to_string());
+        }
+    }
     table
 }
 
@@ -135,6 +154,7 @@ fn prometheus(info: &LockInfo) -> String {
     let scope = info.scope.replace('\\', "\\\\").replace('"', "\\\"");
     let labels = format!("{{scope=\"{scope}\"}}");
     let held_seconds = info.held_ms.filter(|_| info.is_held()).unwrap_or(0) as f64 / 1000.0;
+    let blocked = info.activity.as_ref().and_then(|a| a.blocked.as_ref());
     let metrics = [
         (
             "lockstep_lock_held",
@@ -155,6 +175,16 @@ fn prometheus(info: &LockInfo) -> String {
             "lockstep_lock_stale",
             "Whether the migration lock is held by a holder that looks dead (1) or not (0).",
             u8::from(info.state() == LockState::Stale).to_string(),
+        ),
+        (
+            "lockstep_lock_holder_waiting",
+            "Whether the holder's migration waits for a table lock that another session holds (1) or not (0).",
+            u8::from(blocked.is_some()).to_string(),
+        ),
+        (
+            "lockstep_lock_holder_waiting_seconds",
+            "How long the holder's migration has waited for that table lock.",
+            format!("{:.3}", blocked.map_or(0, |b| b.waited_ms.max(0)) as f64 / 1000.0),
         ),
     ];
     let mut out = String::new();
@@ -220,7 +250,8 @@ pub fn release(
             wait.as_secs()
         ));
     }
-    let mut migrator = lockstep::Migrator::connect(settings.database()?, options(settings, None))?;
+    let mut migrator =
+        lockstep::Migrator::connect(settings.database()?, options(settings, None, None))?;
     let released = migrator.force_release(&info, wait)?;
     if !released {
         return Err(CliError::new(

@@ -6,7 +6,7 @@ use std::ffi::OsString;
 use clap::Parser;
 use lockstep::{LockOptions, MigrationSet, Migrator, Options};
 
-use crate::cli::{Cli, Command, LockArgs, LockCommand};
+use crate::cli::{Cli, Command, LockArgs, LockCommand, StatementArgs};
 use crate::error::{CliError, Exit};
 use crate::json;
 use crate::printer::Printer;
@@ -94,8 +94,13 @@ fn dispatch(
     }
 }
 
-/// Options for the library from the settings, and a command's lock flags.
-fn options(settings: &Settings, lock: Option<&LockArgs>) -> Options {
+/// Options for the library from the settings, and a command's lock and
+/// statement flags.
+fn options(
+    settings: &Settings,
+    lock: Option<&LockArgs>,
+    statements: Option<&StatementArgs>,
+) -> Options {
     let lock = match lock {
         Some(args) if args.no_lock => None,
         _ => Some(LockOptions {
@@ -106,10 +111,25 @@ fn options(settings: &Settings, lock: Option<&LockArgs>) -> Options {
             no_wait: lock.is_some_and(|a| a.no_wait),
         }),
     };
+    // A flag's 0 is no bound, as the config file's is.
+    let bound = |flag: Option<std::time::Duration>, setting| match flag {
+        Some(d) if d.is_zero() => None,
+        Some(d) => Some(d),
+        None => setting,
+    };
+    let mut statement_options = settings.statements;
+    if let Some(args) = statements {
+        statement_options.lock_timeout =
+            bound(args.statement_lock_timeout, statement_options.lock_timeout);
+        statement_options.timeout = bound(args.statement_timeout, statement_options.timeout);
+        statement_options.lock_retries =
+            args.lock_retries.unwrap_or(statement_options.lock_retries);
+    }
     Options {
         history_table: settings.history_table.clone(),
         executor: settings.owner.clone(),
         lock,
+        statements: statement_options,
     }
 }
 
@@ -119,6 +139,7 @@ fn connect(
     settings: &Settings,
     printer: &mut Printer,
     lock: &LockArgs,
+    statements: Option<&StatementArgs>,
 ) -> Result<Migrator, CliError> {
     if lock.no_lock {
         printer.warn(
@@ -127,8 +148,14 @@ fn connect(
              this run's writes if it stalls.",
         );
     }
-    let migrator = Migrator::connect(settings.database()?, options(settings, Some(lock)))?;
+    let options = options(settings, Some(lock), statements);
+    let mut migrator = Migrator::connect(settings.database()?, options)?;
     crate::signals::register(migrator.cancel_handle());
+    if let Some(note) = printer.note_from_any_thread() {
+        migrator.on_blocked(std::sync::Arc::new(move |blocked: &lockstep::Blocked| {
+            note(&format!("waiting for {blocked}"));
+        }));
+    }
     Ok(migrator)
 }
 
@@ -172,7 +199,7 @@ fn load_and_connect(
 fn connect_read_only(settings: &Settings) -> Result<Migrator, CliError> {
     Ok(Migrator::connect_read_only(
         settings.database()?,
-        options(settings, None),
+        options(settings, None, None),
     )?)
 }
 

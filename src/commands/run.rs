@@ -26,8 +26,9 @@ pub fn upgrade(
     };
     let started = Instant::now();
     // Every file is parsed before the database can change.
-    let (set, mut migrator) =
-        load_and_connect(settings, || connect(settings, printer, &args.lock))?;
+    let (set, mut migrator) = load_and_connect(settings, || {
+        connect(settings, printer, &args.lock, Some(&args.statements))
+    })?;
     let result = migrator.upgrade(&set, &options, &mut Progress::new(printer));
     finish(printer, "upgrade", result, started.elapsed())
 }
@@ -42,8 +43,9 @@ pub fn rollback(
         dry_run: args.dry_run,
     };
     let started = Instant::now();
-    let (set, mut migrator) =
-        load_and_connect(settings, || connect(settings, printer, &args.lock))?;
+    let (set, mut migrator) = load_and_connect(settings, || {
+        connect(settings, printer, &args.lock, Some(&args.statements))
+    })?;
     let result = migrator.rollback(&set, &options, &mut Progress::new(printer));
     finish(printer, "rollback", result, started.elapsed())
 }
@@ -197,6 +199,22 @@ impl Observer for Progress<'_> {
                     *index,
                     &format!("{verb} {} {}", migration.version, migration.name),
                 );
+            }
+            Event::LockRetry {
+                migration,
+                try_number,
+                tries,
+                wait,
+                blocked,
+            } => {
+                let what = blocked.map_or_else(|| "a lock".to_string(), |b| b.to_string());
+                self.printer.note(&format!(
+                    "migration {} {} gave up waiting for {what} and was rolled back; try {} of {tries} in {}",
+                    migration.version,
+                    migration.name,
+                    try_number + 1,
+                    self.printer.duration(*wait)
+                ));
             }
             Event::Finished {
                 direction,

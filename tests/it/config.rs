@@ -138,7 +138,7 @@ fn unknown_config_key_is_named_with_its_line() {
     );
     assert!(
         run.stderr.contains(
-            "hint: lockstep.toml takes database_url, migrations, history_table, and a [lock] table"
+            "hint: lockstep.toml takes database_url, migrations, history_table, a [lock] table with timeout and ttl, and a [statements] table"
         ),
         "{}",
         run.stderr

@@ -76,7 +76,7 @@ const CASES: &[Case] = &[
     Case {
         name: "unknown directive",
         files: &[("migrations/1_a.sql", b"-- upgrade\n-- lockstep:no_transaction\nSELECT 1;\n")],
-        stderr: "error: migrations/1_a.sql:2: unknown directive `-- lockstep:no_transaction`\nhint: the only directive is `-- lockstep:no-transaction`\n",
+        stderr: "error: migrations/1_a.sql:2: unknown directive `-- lockstep:no_transaction`\nhint: the directives are `-- lockstep:no-transaction`, `-- lockstep:lock-timeout DURATION` and `-- lockstep:statement-timeout DURATION`\n",
     },
     Case {
         name: "SQL before the upgrade marker",

@@ -21,4 +21,5 @@ mod netfault;
 mod postgres;
 mod rollback;
 mod server_faults;
+mod table_locks;
 mod upgrade;

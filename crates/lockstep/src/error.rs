@@ -66,6 +66,10 @@ pub enum DbClass {
     NeedsNoTransaction,
     /// The server takes no writes: it is read-only, or a replica.
     ReadOnly,
+    /// The statement gave up waiting for a lock (PostgreSQL's
+    /// `lock_timeout`, MariaDB/MySQL's lock wait timeouts): it, and its
+    /// transaction, were rolled back.
+    LockTimeout,
 }
 
 impl DbMessage {
@@ -149,6 +153,16 @@ pub struct MigrationFailure {
     /// In `--single-transaction` mode, everything in this run was rolled
     /// back, including `completed`.
     pub all_rolled_back: bool,
+    /// How many times it was tried: more than one when its statements gave
+    /// up waiting for a lock and it ran again.
+    pub tries: u32,
+    /// What the failed statement waited for, and who held it, when it gave
+    /// up waiting for a lock and lockstep saw the wait.
+    pub blocked: Option<crate::waits::Blocked>,
+    /// What the failed statement left that lockstep could not undo, as the
+    /// SQL that undoes it (an invalid index of a `CREATE INDEX
+    /// CONCURRENTLY`).
+    pub leftover: Vec<String>,
 }
 
 /// The statement of a migration that failed.
@@ -282,6 +296,7 @@ impl Error {
             },
             Error::Connect { .. } => "connect",
             Error::Database { .. } => "database",
+            Error::Migration(f) if f.db.class == DbClass::LockTimeout => "migration_lock_timeout",
             Error::Migration(_) => "migration_failed",
             Error::LockBusy(b) if b.no_wait => "lock_busy",
             Error::LockBusy(_) => "lock_timeout",
@@ -345,6 +360,12 @@ fn list(items: &[Named]) -> String {
 }
 
 fn migration_remedy(f: &MigrationFailure) -> Option<Remedy> {
+    if !f.leftover.is_empty() {
+        return Some(Remedy::UndoLeftover {
+            version: f.migration.version,
+            statements: f.leftover.clone(),
+        });
+    }
     if let Some(dirty) = &f.dirty {
         return Some(Remedy::ResolveDirty {
             version: f.migration.version,
@@ -358,6 +379,14 @@ fn migration_remedy(f: &MigrationFailure) -> Option<Remedy> {
         DbClass::Busy => Some(Remedy::FindBusyHolderThenRunAgain),
         DbClass::NeedsNoTransaction => Some(Remedy::UseNoTransaction),
         DbClass::ReadOnly => Some(Remedy::UsePrimary),
+        DbClass::LockTimeout => Some(Remedy::EndBlocker {
+            terminate: f
+                .blocked
+                .iter()
+                .flat_map(|b| &b.blockers)
+                .map(|b| b.terminate.clone())
+                .collect(),
+        }),
         _ => None,
     }
 }
@@ -467,7 +496,14 @@ fn migration_failed(f: &mut fmt::Formatter<'_>, m: &MigrationFailure) -> fmt::Re
         Direction::Up => "migration",
         Direction::Down => "rollback of migration",
     };
-    write!(f, "{verb} {} failed", m.migration)?;
+    if m.db.class == DbClass::LockTimeout {
+        write!(f, "{verb} {} gave up waiting for a lock", m.migration)?;
+        if m.tries > 1 {
+            write!(f, " {} times", m.tries)?;
+        }
+    } else {
+        write!(f, "{verb} {} failed", m.migration)?;
+    }
     write!(f, " ({}", m.path.display())?;
     match (m.line_col, &m.statement) {
         (Some((line, col)), _) => write!(f, ":{line}:{col}")?,
@@ -478,7 +514,11 @@ fn migration_failed(f: &mut fmt::Formatter<'_>, m: &MigrationFailure) -> fmt::Re
         )?,
         (None, None) => {}
     }
-    f.write_str(")")
+    f.write_str(")")?;
+    if let Some(blocked) = &m.blocked {
+        write!(f, ": it waited for {blocked}")?;
+    }
+    Ok(())
 }
 
 /// A lock lost during the run: where the run stopped, and what stayed.

@@ -182,6 +182,7 @@
 
 mod clock;
 mod driver;
+mod duration;
 mod error;
 mod fsread;
 mod history;
@@ -193,7 +194,9 @@ mod remedy;
 mod source;
 mod sql;
 mod url;
+mod waits;
 
+pub use duration::parse_duration;
 pub use error::{
     DbClass, DbMessage, Direction, DirtyDetail, Error, ErrorKind, FailedStatement,
     MigrationFailure, Remedy,
@@ -207,6 +210,7 @@ pub use migrator::{
 pub use plan::{Refusal, State, StatusEntry, Target, TargetError};
 pub use source::{Checksum, Migration, MigrationSet, Named, Section, SourceError, Step};
 pub use url::{DatabaseUrl, UrlError};
+pub use waits::{Activity, Blocked, BlockedReport, Blocker, StatementOptions};
 
 /// What the fuzz targets drive directly. Not part of the API: it may
 /// change in any release.

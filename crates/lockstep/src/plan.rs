@@ -381,6 +381,8 @@ mod tests {
             path: PathBuf::from(format!("{version}_m{version}.sql")),
             first_line: 2,
             no_transaction: false,
+            lock_timeout: None,
+            statement_timeout: None,
         };
         Migration {
             version,

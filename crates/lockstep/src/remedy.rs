@@ -53,6 +53,23 @@ pub enum Remedy {
     /// A transaction outside lockstep holds what the lock needs: find it and
     /// end it, then run again.
     EndForeignTransaction,
+    /// A migration's statement gave up waiting for a lock that another
+    /// session holds: end that session's transaction (the statements that
+    /// would, for a human to judge; lockstep never runs them), or let the
+    /// migration wait longer; then run again.
+    EndBlocker {
+        /// `SELECT pg_terminate_backend(4242)`, `KILL 17`: one per blocker
+        /// seen.
+        terminate: Vec<String>,
+    },
+    /// A statement that gave up left something lockstep could not undo:
+    /// run these statements, then forget the migration's `started` row.
+    UndoLeftover {
+        /// The migration's version.
+        version: u64,
+        /// The SQL that undoes what is left.
+        statements: Vec<String>,
+    },
     /// The lock was taken over or released by force: read the lock's log to
     /// see who, and the status for what is applied.
     SeeLockLog,
@@ -92,6 +109,9 @@ impl fmt::Display for Remedy {
             Remedy::SeeLockHolder { looks_dead: true, .. } => f.write_str("the holder looks dead: `Migrator::force_release` frees the lock (the next run would take it over anyway)"),
             Remedy::SeeLockHolder { .. } => f.write_str("see the holder with `Migrator::lock_info`, or wait longer"),
             Remedy::EndForeignTransaction => f.write_str("a transaction outside lockstep (another tool, a long-running session, a stopped process) holds what the lock needs: find it and end it, then run again"),
+            Remedy::EndBlocker { terminate } if terminate.is_empty() => f.write_str("another session holds a lock the migration needs: find it (a long transaction, a session idle in transaction) and end its transaction, or raise the migration's lock timeout; then run again"),
+            Remedy::EndBlocker { terminate } => write!(f, "the session that holds it must end its transaction first; if you judge it safe, end it with `{}` (lockstep never does); or raise the migration's lock timeout; then run again", terminate.join("`, `")),
+            Remedy::UndoLeftover { version, statements } => write!(f, "undo what the statement left with `{}`, then call `Migrator::fix_dirty` for {version} with `DirtyResolution::Forget`, and run again", statements.join(" ")),
             Remedy::SeeLockLog => f.write_str("another run took the lock over (or it was released by force): see who in `Migrator::lock_log`"),
             Remedy::CheckStatusThenRunAgain => f.write_str("the connection to the database was lost: the migration committed with its history row, or not at all; read `Migrator::history` to see which, then run again"),
             Remedy::FindBusyHolderThenRunAgain => f.write_str("another connection kept the database locked past the 5 s busy timeout, and the migration was rolled back: find what holds it (a long transaction, a stopped process), then run again"),

@@ -5,12 +5,15 @@
 //!   a `-- rollback` line, then SQL;
 //! - a pair `<version>_<name>.up.sql` and `<version>_<name>.down.sql`.
 //!
-//! A section may hold the directive line `-- lockstep:no-transaction`.
+//! A section may hold directive lines: `-- lockstep:no-transaction`,
+//! `-- lockstep:lock-timeout DURATION`, `-- lockstep:statement-timeout
+//! DURATION`.
 
 use std::fmt;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
@@ -47,9 +50,10 @@ pub struct Migration {
 }
 
 // A set holds a record per file, all at once: what a record holds inline
-// is held 10,000 times over at 10,000 files. Grown only on purpose.
+// is held 10,000 times over at 10,000 files. Grown only on purpose: by
+// the upgrade section's two timeouts, which each migration may set.
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Migration>() == 144);
+const _: () = assert!(std::mem::size_of::<Migration>() == 176);
 
 /// The SQL of one direction of a migration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,8 +64,17 @@ pub struct Section {
     pub path: PathBuf,
     /// The 1-based line of the file on which `sql` starts.
     pub first_line: usize,
-    /// Whether the section runs outside a transaction.
+    /// Whether the section runs outside a transaction
+    /// (`-- lockstep:no-transaction`).
     pub no_transaction: bool,
+    /// How long each of its statements may wait for a table lock
+    /// (`-- lockstep:lock-timeout 30s`; zero: without bound); `None`: as
+    /// the run's `StatementOptions` say.
+    pub lock_timeout: Option<Duration>,
+    /// How long each of its statements may run
+    /// (`-- lockstep:statement-timeout 10m`; zero: without bound); `None`:
+    /// as the run's options say.
+    pub statement_timeout: Option<Duration>,
 }
 
 impl Section {
@@ -786,33 +799,83 @@ fn classify_line(line: &str) -> Line<'_> {
     }
 }
 
-/// The directives a section carries, checked.
-fn directives(text: &str, first_line: usize, path: &Path) -> Result<bool, SourceError> {
-    let mut no_transaction = false;
+/// What a section's directive lines say.
+#[derive(Default)]
+struct Directives {
+    no_transaction: bool,
+    lock_timeout: Option<Duration>,
+    statement_timeout: Option<Duration>,
+}
+
+/// The directives a section carries, checked: each known, at most once,
+/// with a value where it takes one.
+fn directives(text: &str, first_line: usize, path: &Path) -> Result<Directives, SourceError> {
+    const KNOWN: &str = "the directives are `-- lockstep:no-transaction`, `-- lockstep:lock-timeout DURATION` and `-- lockstep:statement-timeout DURATION`";
+    let mut found = Directives::default();
+    let mut seen: Vec<&str> = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        if let Line::Directive(word) = classify_line(line) {
-            match word {
-                "no-transaction" => no_transaction = true,
-                other => {
-                    return Err(SourceError::new(
-                        path,
-                        format!("unknown directive `-- lockstep:{other}`"),
-                    )
-                    .at(first_line + i)
-                    .hint("the only directive is `-- lockstep:no-transaction`"))
-                }
+        let Line::Directive(directive) = classify_line(line) else {
+            continue;
+        };
+        let at = first_line + i;
+        let (word, value) = directive
+            .split_once(char::is_whitespace)
+            .map_or((directive, ""), |(w, v)| (w, v.trim()));
+        let timeout = |slot: &mut Option<Duration>| {
+            if value.is_empty() {
+                return Err(SourceError::new(
+                    path,
+                    format!("`-- lockstep:{word}` needs a duration"),
+                )
+                .at(at)
+                .hint(format!("write e.g. `-- lockstep:{word} 30s` (0: no limit)")));
+            }
+            let d = crate::duration::parse_duration(value)
+                .map_err(|m| SourceError::new(path, format!("`-- lockstep:{word}`: {m}")).at(at))?;
+            *slot = Some(d);
+            Ok(())
+        };
+        match word {
+            "no-transaction" if value.is_empty() => found.no_transaction = true,
+            "no-transaction" => {
+                return Err(
+                    SourceError::new(path, "`-- lockstep:no-transaction` takes no value")
+                        .at(at)
+                        .hint("write the line as `-- lockstep:no-transaction` alone"),
+                )
+            }
+            "lock-timeout" => timeout(&mut found.lock_timeout)?,
+            "statement-timeout" => timeout(&mut found.statement_timeout)?,
+            other => {
+                return Err(SourceError::new(
+                    path,
+                    format!("unknown directive `-- lockstep:{other}`"),
+                )
+                .at(at)
+                .hint(KNOWN))
             }
         }
+        if seen.contains(&word) {
+            return Err(
+                SourceError::new(path, format!("`-- lockstep:{word}` given twice"))
+                    .at(at)
+                    .hint("keep one of the two lines"),
+            );
+        }
+        seen.push(word);
     }
-    Ok(no_transaction)
+    Ok(found)
 }
 
 fn section(text: &str, first_line: usize, path: &Path) -> Result<Section, SourceError> {
+    let directives = directives(text, first_line, path)?;
     Ok(Section {
-        no_transaction: directives(text, first_line, path)?,
         sql: text.to_string(),
         path: path.to_path_buf(),
         first_line,
+        no_transaction: directives.no_transaction,
+        lock_timeout: directives.lock_timeout,
+        statement_timeout: directives.statement_timeout,
     })
 }
 
@@ -935,7 +998,7 @@ fn parse_single_text(
         None => (text.len(), text.len()),
     };
     let up_text = &text[up.end..up_end];
-    let no_transaction = directives(up_text, up.line + 2, &path)?;
+    let directives = directives(up_text, up.line + 2, &path)?;
     if !sql::has_code(up_text) {
         return Err(SourceError::new(&path, "the upgrade section is empty")
             .at(up.line + 1)
@@ -960,7 +1023,9 @@ fn parse_single_text(
             sql: text,
             path,
             first_line: up.line + 2,
-            no_transaction,
+            no_transaction: directives.no_transaction,
+            lock_timeout: directives.lock_timeout,
+            statement_timeout: directives.statement_timeout,
         },
         down: down_section,
     })
@@ -1331,6 +1396,21 @@ mod tests {
     }
 
     #[test]
+    fn timeout_directives_bound_their_own_section() {
+        let set = load(&[(
+            "1_a.sql",
+            b"-- upgrade\n-- lockstep:lock-timeout 30s\n-- LOCKSTEP:statement-timeout 1m30s\nSELECT 1;\n-- rollback\n-- lockstep:lock-timeout 0\nSELECT 2;\n",
+        )])
+        .unwrap();
+        let m = &set.migrations()[0];
+        assert_eq!(m.up.lock_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(m.up.statement_timeout, Some(Duration::from_secs(90)));
+        let down = m.down.as_deref().unwrap();
+        assert_eq!(down.lock_timeout, Some(Duration::ZERO));
+        assert_eq!(down.statement_timeout, None);
+    }
+
+    #[test]
     fn bad_files_are_named_with_their_line() {
         type Files<'a> = &'a [(&'a str, &'a [u8])];
         type Want<'a> = (&'a str, Option<usize>, &'a str);
@@ -1355,6 +1435,37 @@ mod tests {
                     "1_a.sql",
                     Some(3),
                     "unknown directive `-- lockstep:no-transactions`",
+                ),
+            ),
+            (
+                &[("1_a.sql", b"-- upgrade\n-- lockstep:lock-timeout\nSELECT 1;\n")],
+                (
+                    "1_a.sql",
+                    Some(2),
+                    "`-- lockstep:lock-timeout` needs a duration",
+                ),
+            ),
+            (
+                &[("1_a.sql", b"-- upgrade\nSELECT 1;\n-- lockstep:statement-timeout soon\n")],
+                (
+                    "1_a.sql",
+                    Some(3),
+                    "`-- lockstep:statement-timeout`: `soon` is not a duration; write e.g. 30s, 5m, 1h or 500ms",
+                ),
+            ),
+            (
+                &[(
+                    "1_a.sql",
+                    b"-- upgrade\n-- lockstep:lock-timeout 1s\n-- lockstep:lock-timeout 2s\nSELECT 1;\n",
+                )],
+                ("1_a.sql", Some(3), "`-- lockstep:lock-timeout` given twice"),
+            ),
+            (
+                &[("1_a.sql", b"-- upgrade\n-- lockstep:no-transaction yes\nSELECT 1;\n")],
+                (
+                    "1_a.sql",
+                    Some(2),
+                    "`-- lockstep:no-transaction` takes no value",
                 ),
             ),
             (

@@ -7,8 +7,11 @@ use std::path::Path;
 
 /// From the bottom up.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "fsread", "identity", "sql", "url", "remedy"],
+    &[
+        "clock", "duration", "fsread", "identity", "sql", "url", "remedy",
+    ],
     &["source"],
+    &["waits"],
     &["lock"],
     &["history"],
     &["plan"],

@@ -13,6 +13,7 @@ use crate::remedy::Remedy;
 use crate::source::Section;
 use crate::sql::Dialect;
 use crate::url::{DatabaseUrl, Endpoint, SqliteTarget};
+use crate::waits::{Finder, Limits};
 
 mod mariadb;
 pub(crate) mod postgres;
@@ -109,8 +110,36 @@ pub(crate) trait Driver: LockStore<Error = Error> + HistoryStore<Error = Error> 
     /// Before each migration: the session forgets what the migrations
     /// before it changed (settings, SQLite's pragmas), so that each starts
     /// as if it ran alone, as each file does in its own `psql` or `sqlite3`
-    /// run. Lockstep's own session settings stay.
-    fn fresh_session(&mut self) -> Result<(), Error>;
+    /// run. Lockstep's own session settings stay, and the migration's
+    /// statements get its `limits` (SQLite, whose only lock is the one
+    /// lockstep's lock already holds, has none to bound).
+    fn fresh_session(&mut self, limits: Limits) -> Result<(), Error>;
+
+    /// The invalid indexes on `table` (as a statement names it), or only the
+    /// one named `index` (as a statement names it, in the table's schema):
+    /// qualified and quoted, for a `DROP INDEX`. Only PostgreSQL leaves
+    /// invalid indexes.
+    fn invalid_indexes(
+        &mut self,
+        _table: &str,
+        _index: Option<&str>,
+    ) -> Result<Vec<String>, DbMessage> {
+        Ok(Vec::new())
+    }
+
+    /// What the lock holder's session does right now, when it runs a
+    /// statement and this connection can see it.
+    fn holder_activity(&mut self, _scope: &str) -> Option<crate::waits::Activity> {
+        None
+    }
+
+    /// What looks up who blocks this connection's statements, from another
+    /// thread on a connection of its own. `None` where the engine cannot
+    /// tell, or this session cannot be found from another (behind a
+    /// pooler).
+    fn blocked_finder(&mut self) -> Option<Finder> {
+        None
+    }
 
     /// Whether reads wait for another writer (the busy timeout) or answer
     /// at once: before this run holds the lock, waiting is the lock's
@@ -202,6 +231,7 @@ pub(crate) fn lock_info(
         session_alive,
         migrating: false,
         blocker: None,
+        activity: None,
     }
 }
 

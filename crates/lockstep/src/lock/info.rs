@@ -44,6 +44,10 @@ pub struct LockInfo {
     /// What else keeps the database or the lock's row locked, where the
     /// engine can tell: `pid 90 (sqlite3: writing)`.
     pub blocker: Option<String>,
+    /// What the holder's migration is doing right now, where the engine
+    /// can see its session (PostgreSQL and MariaDB/MySQL, not behind a
+    /// pooler or proxy): `lock status` only.
+    pub activity: Option<crate::waits::Activity>,
 }
 
 impl LockInfo {

@@ -311,10 +311,15 @@ impl LockStore for MemoryStore {
         Ok(true)
     }
 
-    fn log_lost(&mut self, fence: &Fence, actor: &Actor<'_>, detail: &str) -> Result<(), Error> {
+    fn log_event(
+        &mut self,
+        fence: &Fence,
+        actor: &Actor<'_>,
+        event: LogEvent<'_>,
+    ) -> Result<(), Error> {
         let mut w = self.world();
         self.gone(&w)?;
-        w.log(LogEvent::Lost { detail }, fence.token, actor);
+        w.log(event, fence.token, actor);
         Ok(())
     }
 

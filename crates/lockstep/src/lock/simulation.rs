@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use super::acquire::{attempt, Attempt, Taken};
 use super::memory::{MemoryStore, World};
-use super::{Actor, Fence, ForcedRelease, LockOptions, LockStore, Renewal, Request};
+use super::{Actor, Fence, ForcedRelease, LockOptions, LockStore, LogEvent, Renewal, Request};
 
 /// Seeds run by default; each is a fresh world.
 const SEEDS: u64 = 2_000;
@@ -433,7 +433,11 @@ impl Sim {
         let owner = self.runs[i].owner.clone();
         let who = format!("run{i} ({owner})");
         let actor = Sim::actor(&owner);
-        if self.runs[i].store.log_lost(fence, &actor, why).is_ok() {
+        if self.runs[i]
+            .store
+            .log_event(fence, &actor, LogEvent::Lost { detail: why })
+            .is_ok()
+        {
             self.expected.push(("lost".into(), fence.token));
         }
         self.trace

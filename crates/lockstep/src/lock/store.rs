@@ -44,12 +44,13 @@ pub(crate) trait LockStore: Send {
     /// current.
     fn release_lock(&mut self, fence: &Fence, actor: &Actor<'_>) -> Result<bool, Self::Error>;
 
-    /// Logs that this run found its lock lost.
-    fn log_lost(
+    /// Logs what befell this run while it held the lock: it found the lock
+    /// lost, or a migration gave up waiting for a table lock.
+    fn log_event(
         &mut self,
         fence: &Fence,
         actor: &Actor<'_>,
-        detail: &str,
+        event: LogEvent<'_>,
     ) -> Result<(), Self::Error>;
 
     /// The lock row as it stands, without waiting on any row lock; `None`
@@ -190,11 +191,14 @@ pub(crate) enum LogEvent<'a> {
     ForceReleased { previous: Option<&'a str> },
     /// The holder found its token no longer current.
     Lost { detail: &'a str },
+    /// A migration of the holder's gave up waiting for a table lock, and
+    /// runs again.
+    LockRetry { detail: &'a str },
 }
 
 impl<'a> LogEvent<'a> {
     /// The `event` column: `acquired`, `taken_over`, `released`,
-    /// `force_released`, `lost`.
+    /// `force_released`, `lost`, `lock_retry`.
     pub fn name(self) -> &'static str {
         match self {
             LogEvent::Acquired => "acquired",
@@ -202,6 +206,7 @@ impl<'a> LogEvent<'a> {
             LogEvent::Released => "released",
             LogEvent::ForceReleased { .. } => "force_released",
             LogEvent::Lost { .. } => "lost",
+            LogEvent::LockRetry { .. } => "lock_retry",
         }
     }
 
@@ -218,7 +223,7 @@ impl<'a> LogEvent<'a> {
     pub fn detail(self) -> Option<&'a str> {
         match self {
             LogEvent::TakenOver { why, .. } => Some(why),
-            LogEvent::Lost { detail } => Some(detail),
+            LogEvent::Lost { detail } | LogEvent::LockRetry { detail } => Some(detail),
             _ => None,
         }
     }

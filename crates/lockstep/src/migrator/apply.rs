@@ -5,12 +5,15 @@
 use std::time::{Duration, Instant};
 
 use super::{Event, Migrator, Observer, RunReport};
-use crate::driver::{Done, StatementAt, StepFailure, Transaction, TxStep};
-use crate::error::{DbMessage, Direction, DirtyDetail, Error, FailedStatement, MigrationFailure};
+use crate::driver::{Done, Driver, StatementAt, StepFailure, Transaction, TxStep};
+use crate::error::{
+    DbClass, DbMessage, Direction, DirtyDetail, Error, FailedStatement, MigrationFailure,
+};
 use crate::history::{Change, NewRow, RowState};
-use crate::lock::{Actor, Fence, Held, LockLost, RETRIES};
+use crate::lock::{Actor, Held, LockLost, LogEvent, RETRIES};
 use crate::source::{Migration, Named, Section, Step};
 use crate::sql::{self, Dialect};
+use crate::waits::{self, Blocked, Limits, Rerun, Tries, Watch};
 
 impl Migrator {
     /// Between migrations: stop if asked to, or if the heartbeat saw the
@@ -52,7 +55,9 @@ impl Migrator {
     ) -> Error {
         held.mark_lost();
         let who = Actor::this_process(&self.options.executor, &self.host, &held.command);
-        let _ = self.driver.log_lost(&held.fence, &who, detail);
+        let _ = self
+            .driver
+            .log_event(&held.fence, &who, LogEvent::Lost { detail });
         Error::LockLost(Box::new(LockLost {
             token: held.fence.token,
             at: m.map(|m| Named {
@@ -82,6 +87,7 @@ impl Migrator {
             direction,
             migrations: plan,
         });
+        self.start_watch(held);
         for (index, m) in plan.iter().enumerate() {
             let at = Place {
                 direction,
@@ -114,12 +120,13 @@ impl Migrator {
             index,
             total,
         });
-        self.driver.fresh_session()?;
+        self.driver
+            .fresh_session(Limits::of(section, &self.options.statements))?;
         let outside = outside_transaction(section, self.driver.dialect());
         let duration = if outside {
-            self.run_without_transaction(m, section, direction, report, held)?
+            self.run_without_transaction(m, section, direction, report, held, observer)?
         } else {
-            self.run_in_transaction(m, section, direction, report, held)?
+            self.run_in_transaction(m, section, direction, report, held, observer)?
         };
         let step = Step {
             version: m.version,
@@ -139,7 +146,8 @@ impl Migrator {
 
     /// Runs a section in one transaction with its history change, fenced
     /// when the lock is held; again when a serialization failure or
-    /// deadlock rolled it back whole. Returns how long it took.
+    /// deadlock rolled it back whole, or when a statement gave up waiting
+    /// for a lock. Returns how long it took.
     fn run_in_transaction(
         &mut self,
         m: &Migration,
@@ -147,9 +155,9 @@ impl Migrator {
         direction: Direction,
         report: &RunReport,
         held: Option<&Held>,
+        observer: &mut dyn Observer,
     ) -> Result<Duration, Error> {
-        let fence = held.map(|h| &h.fence);
-        let token = fence.map(|f| f.token);
+        let token = held.map(|h| h.fence.token);
         // Owned: the transaction below borrows the migrator mutably.
         let executor = self.options.executor.clone();
         let change = match direction {
@@ -158,9 +166,14 @@ impl Migrator {
         };
         let steps = [TxStep { section, change }];
         let mut took = Duration::ZERO;
-        match self.run_retried(&steps, fence, true, &mut |_, d| took = d) {
+        let run = Retried {
+            m,
+            held,
+            interruptible: true,
+        };
+        match self.run_retried(run, &steps, &mut |_, d| took = d, observer) {
             Ok(()) => Ok(took),
-            Err(StepFailure { lost: true, .. }) => {
+            Err((StepFailure { lost: true, .. }, _)) => {
                 let held = held.expect("only fenced transactions lose the lock");
                 Err(self.lost(
                     held,
@@ -174,12 +187,13 @@ impl Migrator {
             // whether the statement saw the interrupt or failed otherwise
             // while it came (SQLite's busy wait does not see it, and ends
             // in SQLITE_BUSY).
-            Err(StepFailure { .. }) if self.cancel.is_cancelled() => Err(Error::Cancelled {
+            Err(_) if self.cancel.is_cancelled() => Err(Error::Cancelled {
                 completed: report.steps.clone(),
             }),
-            Err(StepFailure { db, statement, .. }) => {
+            Err((StepFailure { db, statement, .. }, waited)) => {
                 let context = Context {
                     statement,
+                    waited,
                     ..Context::default()
                 };
                 let dialect = self.driver.dialect();
@@ -190,31 +204,121 @@ impl Migrator {
         }
     }
 
-    /// Runs one transaction; again while a serialization failure or
-    /// deadlock rolled it back whole (running it again is safe) and no
-    /// stop was asked for, up to [`RETRIES`] times. `interruptible`: a stop
-    /// cancels the running statement.
+    /// Runs one transaction of `run.m`; again while a serialization
+    /// failure or deadlock rolled it back whole (running it again is safe)
+    /// and no stop was asked for, up to [`RETRIES`] times; and again, after
+    /// a wait, while a statement gave up waiting for a lock and the
+    /// [`StatementOptions`](crate::waits::StatementOptions) allow another try.
     fn run_retried(
         &mut self,
+        run: Retried<'_>,
         steps: &[TxStep<'_>],
-        fence: Option<&Fence>,
-        interruptible: bool,
         done: &mut Done,
-    ) -> Result<(), StepFailure> {
-        let mut attempts = 0;
+        observer: &mut dyn Observer,
+    ) -> Result<(), (StepFailure, Waited)> {
+        let fence = run.held.map(|h| &h.fence);
+        let mut deadlocks = 0;
+        let mut tries = Tries::new();
         loop {
-            attempts += 1;
-            self.cancel.interruptible(interruptible);
-            let result = self.driver.run_steps(Transaction { steps, fence }, done);
+            self.cancel.interruptible(run.interruptible);
+            let (result, blocked) =
+                self.watched(|driver| driver.run_steps(Transaction { steps, fence }, done));
             self.cancel.interruptible(false);
-            match result {
-                Err(f)
-                    if !f.lost
-                        && f.db.is_retryable()
-                        && attempts <= RETRIES
-                        && !self.cancel.is_cancelled() => {}
-                other => return other,
+            let Err(failure) = result else {
+                return Ok(());
+            };
+            if !failure.lost && !self.cancel.is_cancelled() {
+                if failure.db.is_retryable() && deadlocks < RETRIES {
+                    deadlocks += 1;
+                    continue;
+                }
+                if failure.db.class == DbClass::LockTimeout
+                    && self.wait_to_retry(run, &mut tries, blocked.as_ref(), observer)
+                {
+                    continue;
+                }
             }
+            let waited = Waited {
+                tries: tries.made,
+                blocked,
+            };
+            return Err((failure, waited));
+        }
+    }
+
+    /// Runs a migration's SQL on the driver while the watch looks at what
+    /// blocks it: its result, and what blocked it when the watch saw it
+    /// waiting.
+    fn watched<T>(&mut self, f: impl FnOnce(&mut dyn Driver) -> T) -> (T, Option<Blocked>) {
+        if let Some(watch) = &self.watch {
+            watch.begin();
+        }
+        let result = f(self.driver.as_mut());
+        let blocked = self.watch.as_ref().and_then(Watch::end);
+        (result, blocked)
+    }
+
+    /// Starts the thread that looks at who blocks the migrations' SQL,
+    /// once per migrator, for a run that holds the lock (which made the
+    /// session known).
+    fn start_watch(&mut self, held: Option<&Held>) {
+        if self.watch.is_some() || held.is_none() {
+            return;
+        }
+        if let Some(finder) = self.driver.blocked_finder() {
+            self.watch = Watch::start(finder, self.on_blocked.clone());
+        }
+    }
+
+    /// After try `tries.made` of `run.m` gave up waiting for a lock: says
+    /// so, logs it, and waits before the next try, unless the retries are
+    /// spent or a stop is asked for. Whether to try again. A lock lost
+    /// meanwhile cuts the wait short: the next try's fence says so.
+    fn wait_to_retry(
+        &mut self,
+        run: Retried<'_>,
+        tries: &mut Tries,
+        blocked: Option<&Blocked>,
+        observer: &mut dyn Observer,
+    ) -> bool {
+        let options = self.options.statements;
+        let failed = tries.made;
+        let Some(wait) = tries.next_wait(&options) else {
+            return false;
+        };
+        observer.event(&Event::LockRetry {
+            migration: run.m,
+            try_number: failed,
+            tries: options.lock_retries.saturating_add(1),
+            wait,
+            blocked,
+        });
+        if let Some(held) = run.held {
+            let waited_for = blocked.map_or_else(|| "a lock".to_string(), |b| b.to_string());
+            let detail = format!(
+                "migration {} gave up waiting for {waited_for}; try {} follows in {} ms",
+                Named {
+                    version: run.m.version,
+                    name: run.m.name.clone()
+                },
+                failed + 1,
+                wait.as_millis()
+            );
+            let who = Actor::this_process(&self.options.executor, &self.host, &held.command);
+            let _ =
+                self.driver
+                    .log_event(&held.fence, &who, LogEvent::LockRetry { detail: &detail });
+        }
+        let until = Instant::now() + wait;
+        loop {
+            if self.cancel.is_cancelled() {
+                return false;
+            }
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() || run.held.is_some_and(Held::lost) {
+                return true;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
         }
     }
 
@@ -223,7 +327,8 @@ impl Migrator {
     /// it dirty rather than silently half-applied. The row's writes before
     /// and after are fenced; the statements between cannot be, but each
     /// after the first waits for a fenced write that finds the lock still
-    /// this run's.
+    /// this run's. A statement that gave up waiting for a lock runs again
+    /// where that is safe (see [`Rerun`]).
     fn run_without_transaction(
         &mut self,
         m: &Migration,
@@ -231,11 +336,11 @@ impl Migrator {
         direction: Direction,
         report: &RunReport,
         held: Option<&Held>,
+        observer: &mut dyn Observer,
     ) -> Result<Duration, Error> {
-        let statements =
-            sql::split(&section.sql, self.driver.dialect()).expect("checked by preflight");
-        let fence = held.map(|h| &h.fence);
-        let token = fence.map(|f| f.token);
+        let dialect = self.driver.dialect();
+        let statements = sql::split(&section.sql, dialect).expect("checked by preflight");
+        let token = held.map(|h| h.fence.token);
         // Owned: the history writes below borrow the migrator mutably.
         let executor = self.options.executor.clone();
         let (begin, undo_begin) = match direction {
@@ -258,43 +363,92 @@ impl Migrator {
         };
         self.record(&begin, m, held, false, report)?;
         let started = Instant::now();
-        let dialect = self.driver.dialect();
         let tail = transactional_tail(section, &statements, dialect);
+        let own_transactions = statements
+            .iter()
+            .any(sql::Statement::is_transaction_control);
         for (i, statement) in statements[..tail].iter().enumerate() {
-            // Each statement commits by itself: before each after the
-            // first (whose fenced `started` row just proved the lock), the
-            // lease must still be this run's, and is extended. After a lost
-            // lease at most the statement in flight runs.
-            if let Some(held) = held.filter(|_| i > 0) {
-                if self.lease_gone(held) {
-                    let detail = format!(
-                        "the lease was gone after {i} of {} statements outside a transaction",
-                        statements.len()
-                    );
-                    return Err(self.lost(held, Some(m), true, report, &detail));
-                }
-            }
             let text = &section.sql[statement.range.clone()];
-            if let Err(mut db) = self.driver.run_statement(text) {
-                db.position = db.position.map(|p| p + statement.range.start);
-                let mut context = Context {
-                    statement: Some(StatementAt {
-                        index: i,
-                        offset: statement.range.start,
-                    }),
-                    ..Context::default()
-                };
-                if i == 0 {
-                    // Nothing ran: the failure leaves the database as it was.
-                    self.record(&undo_begin, m, held, false, report)?;
-                } else {
-                    context.dirty = Some(DirtyDetail {
-                        statements_done: i,
-                        statements_total: statements.len(),
-                    });
+            let mut tries = Tries::new();
+            // What the last try left, undone before the next.
+            let mut undo: Vec<String> = Vec::new();
+            let failed = loop {
+                // Each statement commits by itself: before each after the
+                // first (whose fenced `started` row just proved the lock),
+                // and before each try again, the lease must still be this
+                // run's, and is extended. After a lost lease at most the
+                // statement in flight runs.
+                if let Some(held) = held.filter(|_| i > 0 || tries.made > 1) {
+                    if self.lease_gone(held) {
+                        let detail = format!(
+                            "the lease was gone after {i} of {} statements outside a transaction",
+                            statements.len()
+                        );
+                        return Err(self.lost(held, Some(m), i > 0, report, &detail));
+                    }
                 }
-                return Err(failure(m, section, direction, db, report, dialect, context));
+                let (result, blocked) = self.watched(|driver| {
+                    undo.iter()
+                        .try_for_each(|sql| driver.run_statement(sql))
+                        .and_then(|()| driver.run_statement(text))
+                });
+                let Err(db) = result else {
+                    break None;
+                };
+                let rerun = if db.class == DbClass::LockTimeout && !self.cancel.is_cancelled() {
+                    self.rerun_after_giving_up(text, own_transactions)
+                } else if undo.is_empty() {
+                    Rerun::Never {
+                        leftover: Vec::new(),
+                    }
+                } else {
+                    // Undoing what the last try left failed otherwise.
+                    Rerun::Never { leftover: undo }
+                };
+                let run = Retried {
+                    m,
+                    held,
+                    interruptible: false,
+                };
+                let leftover = match rerun {
+                    Rerun::Again { first } => {
+                        undo = first;
+                        if self.wait_to_retry(run, &mut tries, blocked.as_ref(), observer) {
+                            continue;
+                        }
+                        undo
+                    }
+                    Rerun::Never { leftover } => leftover,
+                };
+                let waited = Waited {
+                    tries: tries.made,
+                    blocked,
+                };
+                break Some((db, waited, leftover));
+            };
+            let Some((mut db, waited, leftover)) = failed else {
+                continue;
+            };
+            db.position = db.position.map(|p| p + statement.range.start);
+            let mut context = Context {
+                statement: Some(StatementAt {
+                    index: i,
+                    offset: statement.range.start,
+                }),
+                waited,
+                ..Context::default()
+            };
+            if i == 0 && leftover.is_empty() {
+                // Nothing ran: the failure leaves the database as it was.
+                self.record(&undo_begin, m, held, false, report)?;
+            } else {
+                context.dirty = Some(DirtyDetail {
+                    statements_done: i,
+                    statements_total: statements.len(),
+                });
+                context.leftover = leftover;
             }
+            return Err(failure(m, section, direction, db, report, dialect, context));
         }
         let took = started.elapsed();
         let finish = match direction {
@@ -306,17 +460,51 @@ impl Migrator {
             Direction::Down => Change::Delete { version: m.version },
         };
         if tail < statements.len() {
-            self.run_tail(m, direction, report, held, tail, finish)?;
+            self.run_tail(m, direction, report, held, tail, finish, observer)?;
             return Ok(started.elapsed());
         }
         self.record(&finish, m, held, true, report)?;
         Ok(took)
     }
 
+    /// After a statement outside a transaction gave up waiting for a lock:
+    /// whether it may run again as it is, and what to undo first (a
+    /// `CREATE INDEX CONCURRENTLY` leaves its index, invalid: dropped
+    /// before the next try, which waits for the same blocker). What cannot
+    /// be undone by lockstep is named for a human.
+    fn rerun_after_giving_up(&mut self, text: &str, own_transactions: bool) -> Rerun {
+        let never = |leftover: Vec<String>| Rerun::Never { leftover };
+        if own_transactions {
+            // The statement's transaction is the section's, not its own:
+            // running it alone again would be another migration.
+            return never(Vec::new());
+        }
+        match waits::leaves(text, self.driver.dialect()) {
+            waits::Leaves::Nothing => Rerun::Again { first: Vec::new() },
+            waits::Leaves::Unknown => never(Vec::new()),
+            waits::Leaves::InvalidIndex { table, index } => {
+                let Ok(invalid) = self.driver.invalid_indexes(&table, index.as_deref()) else {
+                    return never(vec![format!(
+                        "-- an invalid index on {table} that the statement may have left"
+                    )]);
+                };
+                let drops = invalid.iter().map(|i| waits::drop_index(i)).collect();
+                match index {
+                    Some(_) => Rerun::Again { first: drops },
+                    // Which of the table's invalid indexes is this
+                    // statement's, only a human can tell.
+                    None => never(drops),
+                }
+            }
+        }
+    }
+
     /// Runs the statements of a section from its `tail`-th on in one fenced
     /// transaction with the section's final history change (again when
-    /// that transaction was rolled back by a deadlock). Their failure
-    /// leaves the migration dirty with the statements before `tail` done.
+    /// that transaction was rolled back by a deadlock, or gave up waiting
+    /// for a lock). Their failure leaves the migration dirty with the
+    /// statements before `tail` done.
+    #[allow(clippy::too_many_arguments)]
     fn run_tail(
         &mut self,
         m: &Migration,
@@ -325,6 +513,7 @@ impl Migrator {
         held: Option<&Held>,
         tail: usize,
         finish: Change<'_>,
+        observer: &mut dyn Observer,
     ) -> Result<(), Error> {
         let section = section(m, direction);
         let statements =
@@ -346,10 +535,14 @@ impl Migrator {
             section: &tail_section,
             change: finish,
         }];
-        let fence = held.map(|h| &h.fence);
-        match self.run_retried(&steps, fence, false, &mut |_, _| {}) {
+        let run = Retried {
+            m,
+            held,
+            interruptible: false,
+        };
+        match self.run_retried(run, &steps, &mut |_, _| {}, observer) {
             Ok(()) => Ok(()),
-            Err(StepFailure { lost: true, .. }) => {
+            Err((StepFailure { lost: true, .. }, _)) => {
                 let held = held.expect("only fenced transactions lose the lock");
                 Err(self.lost(
                     held,
@@ -359,7 +552,7 @@ impl Migrator {
                     "the statements after the last DDL found the token changed",
                 ))
             }
-            Err(StepFailure { db, statement, .. }) => {
+            Err((StepFailure { db, statement, .. }, waited)) => {
                 let context = Context {
                     statement: statement.map(|at| StatementAt {
                         index: at.index + tail,
@@ -369,6 +562,7 @@ impl Migrator {
                         statements_done: tail,
                         statements_total: statements.len(),
                     }),
+                    waited,
                     ..Context::default()
                 };
                 let dialect = self.driver.dialect();
@@ -427,20 +621,28 @@ impl Migrator {
         held: Option<&Held>,
     ) -> Result<(), Error> {
         self.checkpoint(plan[0], held, report)?;
-        self.driver.fresh_session()?;
+        self.start_watch(held);
+        // One transaction has one set of bounds: the widest of its
+        // migrations'.
+        let options = self.options.statements;
+        let limits = Limits::widest(plan.iter().map(|m| Limits::of(&m.up, &options)));
+        self.driver.fresh_session(limits)?;
         let fence = held.map(|h| &h.fence);
         let token = fence.map(|f| f.token);
+        // Owned: the transaction below borrows the migrator mutably.
+        let executor = self.options.executor.clone();
         let steps: Vec<TxStep<'_>> = plan
             .iter()
             .map(|m| TxStep {
                 section: &m.up,
-                change: Change::Insert(new_row(m, &self.options.executor, false, token)),
+                change: Change::Insert(new_row(m, &executor, false, token)),
             })
             .collect();
         let total = plan.len();
         let mut durations = vec![Duration::ZERO; total];
         let mut attempts = 0;
-        let failed = loop {
+        let mut tries = Tries::new();
+        let (failed, waited) = loop {
             attempts += 1;
             observer.event(&Event::Started {
                 direction: Direction::Up,
@@ -453,26 +655,48 @@ impl Migrator {
                 steps: &steps,
                 fence,
             };
-            let result = self.driver.run_steps(tx, &mut |i, d| {
-                durations[i] = d;
-                if i + 1 < total {
-                    observer.event(&Event::Started {
-                        direction: Direction::Up,
-                        migration: plan[i + 1],
-                        index: i + 1,
-                        total,
-                    });
-                }
+            let (result, blocked) = self.watched(|driver| {
+                driver.run_steps(tx, &mut |i, d| {
+                    durations[i] = d;
+                    if i + 1 < total {
+                        observer.event(&Event::Started {
+                            direction: Direction::Up,
+                            migration: plan[i + 1],
+                            index: i + 1,
+                            total,
+                        });
+                    }
+                })
             });
             self.cancel.interruptible(false);
-            match result {
-                Ok(()) => break None,
-                Err(f) if f.db.is_retryable() && !f.lost && attempts <= RETRIES => continue,
-                Err(f) => break Some(f),
+            let Err(f) = result else {
+                break (None, Waited::default());
+            };
+            if !f.lost && !self.cancel.is_cancelled() {
+                if f.db.is_retryable() && attempts <= RETRIES {
+                    continue;
+                }
+                let run = Retried {
+                    m: plan[f.index],
+                    held,
+                    interruptible: true,
+                };
+                if f.db.class == DbClass::LockTimeout
+                    && self.wait_to_retry(run, &mut tries, blocked.as_ref(), observer)
+                {
+                    continue;
+                }
             }
+            let waited = Waited {
+                tries: tries.made,
+                blocked,
+            };
+            break (Some(f), waited);
         };
         if let Some(failed) = failed {
-            return Err(self.single_transaction_failed(plan, &durations, failed, report, held));
+            return Err(
+                self.single_transaction_failed(plan, &durations, failed, waited, report, held)
+            );
         }
         for (index, (m, duration)) in plan.iter().zip(durations).enumerate() {
             let step = Step {
@@ -499,6 +723,7 @@ impl Migrator {
         plan: &[&Migration],
         durations: &[Duration],
         failed: StepFailure,
+        waited: Waited,
         report: &RunReport,
         held: Option<&Held>,
     ) -> Error {
@@ -543,11 +768,31 @@ impl Migrator {
         let context = Context {
             statement,
             all_rolled_back: true,
+            waited,
             ..Context::default()
         };
         let dialect = self.driver.dialect();
         failure(m, &m.up, Direction::Up, *db, &completed, dialect, context)
     }
+}
+
+/// A migration's transaction (or statement) that runs again after a lock
+/// wait gave up.
+#[derive(Clone, Copy)]
+struct Retried<'a> {
+    m: &'a Migration,
+    held: Option<&'a Held>,
+    /// A stop cancels its running statement.
+    interruptible: bool,
+}
+
+/// How a migration's tries went with the locks it waited for.
+#[derive(Default)]
+struct Waited {
+    /// Tries made, from 1.
+    tries: u32,
+    /// What its statement waited for, when the watch saw it.
+    blocked: Option<Blocked>,
 }
 
 /// Where a migration stands in the plan it runs in.
@@ -655,6 +900,9 @@ struct Context {
     statement: Option<StatementAt>,
     dirty: Option<DirtyDetail>,
     all_rolled_back: bool,
+    waited: Waited,
+    /// What the failed statement left that a human must undo, as SQL.
+    leftover: Vec<String>,
 }
 
 fn failure(
@@ -697,6 +945,9 @@ fn failure(
         completed: report.steps.clone(),
         dirty: context.dirty,
         all_rolled_back: context.all_rolled_back,
+        tries: context.waited.tries.max(1),
+        blocked: context.waited.blocked,
+        leftover: context.leftover,
     }))
 }
 

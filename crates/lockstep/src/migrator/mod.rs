@@ -20,6 +20,7 @@ use crate::remedy::Remedy;
 use crate::source::{Migration, MigrationSet, Section, SourceError, Step};
 use crate::sql::{self, Dialect};
 use crate::url::DatabaseUrl;
+use crate::waits::{Blocked, BlockedReport, StatementOptions, Watch};
 
 mod apply;
 mod commands;
@@ -38,6 +39,8 @@ pub struct Options {
     /// The migration lock for commands that write; `None` runs without it,
     /// which gives up every guarantee against concurrent runs.
     pub lock: Option<LockOptions>,
+    /// How migrations' statements wait for the application's table locks.
+    pub statements: StatementOptions,
 }
 
 impl Options {
@@ -54,6 +57,7 @@ impl Default for Options {
             history_table: TableName::default(),
             executor: crate::identity::default_executor(),
             lock: Some(LockOptions::default()),
+            statements: StatementOptions::default(),
         }
     }
 }
@@ -115,6 +119,22 @@ pub enum Event<'a> {
     },
     /// Something happened to the migration lock.
     Lock(LockEvent<'a>),
+    /// A statement of a migration gave up waiting for a lock (see
+    /// [`StatementOptions`]), and everything the try did was undone: the
+    /// migration (outside a transaction, the statement) runs again after
+    /// `wait`.
+    LockRetry {
+        /// The migration.
+        migration: &'a Migration,
+        /// The try that gave up, from 1.
+        try_number: u32,
+        /// The most tries there will be.
+        tries: u32,
+        /// How long until the next.
+        wait: Duration,
+        /// What the statement waited for, when it was seen.
+        blocked: Option<&'a Blocked>,
+    },
     /// A migration was applied (or reverted) and recorded.
     Finished {
         /// Which way.
@@ -210,6 +230,11 @@ pub struct Migrator {
     /// History read ahead by [`Migrator::prefetch_history`], for the
     /// command's first read.
     prefetched: Option<Result<Option<HistoryRead>, Error>>,
+    /// Told when a migration's statement waits for a lock.
+    on_blocked: Option<BlockedReport>,
+    /// Looks at who blocks the migrations' statements, while a run under
+    /// the lock applies them.
+    watch: Option<Watch>,
 }
 
 /// The migrator's connection: the engine's driver, its lock store and
@@ -272,7 +297,18 @@ impl Migrator {
             cancel,
             host: crate::identity::hostname(),
             prefetched: None,
+            on_blocked: None,
+            watch: None,
         })
+    }
+
+    /// Has `report` told, from another thread, when a migration's statement
+    /// has waited for a lock a quarter of a second, and again whenever what it
+    /// waits for changes: the lock, and the sessions that hold it. The
+    /// same shows in [`Event::LockRetry`] and in the error of a migration
+    /// that gave up.
+    pub fn on_blocked(&mut self, report: BlockedReport) {
+        self.on_blocked = Some(report);
     }
 
     /// Reads the history now, for the next command's first read (every
@@ -311,13 +347,19 @@ impl Migrator {
         self.options.history_table.to_string()
     }
 
-    /// The lock as it stands, without waiting: for `lock status`.
+    /// The lock as it stands, without waiting: for `lock status`. With a
+    /// holder, what its migration is doing right now, where the engine can
+    /// see it.
     pub fn lock_info(&mut self) -> Result<LockInfo, Error> {
         let scope = self.scope();
-        Ok(self.driver.inspect_lock(&scope)?.unwrap_or(LockInfo {
-            scope,
+        let mut info = self.driver.inspect_lock(&scope)?.unwrap_or(LockInfo {
+            scope: scope.clone(),
             ..LockInfo::default()
-        }))
+        });
+        if info.is_held() {
+            info.activity = self.driver.holder_activity(&scope);
+        }
+        Ok(info)
     }
 
     /// Frees the lock whoever holds it, if its token is still the one in

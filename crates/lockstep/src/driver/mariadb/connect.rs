@@ -11,6 +11,7 @@ use crate::error::Error;
 use crate::history::TableName;
 use crate::remedy::Remedy;
 use crate::url::{host_port, DatabaseUrl, MysqlHost, MysqlSslMode, MysqlTarget};
+use crate::waits::Limits;
 
 use super::{code, server_code, MysqlDriver};
 
@@ -50,6 +51,7 @@ impl MysqlDriver {
             session: None,
             server: String::new(),
             galera: false,
+            mariadb: false,
             cancelled: Default::default(),
             migration_ran: false,
             sees_all_sessions: false,
@@ -66,17 +68,18 @@ impl MysqlDriver {
     /// another port than the one connected to) sessions prove nothing, and
     /// the server is left unnamed.
     fn identify(&mut self) -> Result<(), Error> {
-        let row: Option<(Option<String>, String, u16, i64)> = self
+        let row: Option<(Option<String>, String, u16, i64, String)> = self
             .conn
             .query_first(
                 "SELECT (SELECT VARIABLE_VALUE FROM information_schema.GLOBAL_STATUS
                           WHERE VARIABLE_NAME = 'WSREP_GCOMM_UUID'),
                         @@hostname, @@port,
                         (SELECT COUNT(*) FROM information_schema.USER_PRIVILEGES
-                          WHERE PRIVILEGE_TYPE = 'PROCESS')",
+                          WHERE PRIVILEGE_TYPE = 'PROCESS'),
+                        @@version",
             )
             .map_err(|e| super::db_error("reading which server this is", &e))?;
-        let Some((gcomm, host, port, process)) = row else {
+        let Some((gcomm, host, port, process, version)) = row else {
             return Ok(());
         };
         let proxied = matches!(self.target.host, MysqlHost::Tcp(_)) && port != self.target.port;
@@ -88,19 +91,38 @@ impl MysqlDriver {
             None => format!("{host}:{port}"),
         };
         self.sees_all_sessions = process > 0;
-        self.session_settings()
+        self.mariadb = version.contains("MariaDB");
+        self.session_settings(Limits::default())
     }
 
-    /// lockstep's settings for its session, made again after every reset:
-    /// on Galera, causal reads, so that a look at the lock or the history
-    /// on one node sees what every node committed before it.
-    pub(super) fn session_settings(&mut self) -> Result<(), Error> {
+    /// lockstep's settings for its session, made again after every reset,
+    /// in one statement: on Galera, causal reads, so that a look at the
+    /// lock or the history on one node sees what every node committed
+    /// before it; and a migration's bounds. The lock waits count whole
+    /// seconds (a part of one counts as one); the statement's run time is
+    /// MariaDB's alone (MySQL's `max_execution_time` bounds only `SELECT`).
+    pub(super) fn session_settings(&mut self, limits: Limits) -> Result<(), Error> {
+        let mut settings = Vec::new();
         if self.galera {
-            self.conn
-                .query_drop("SET SESSION wsrep_sync_wait = 1")
-                .map_err(|e| super::db_error("setting up the session", &e))?;
+            settings.push("wsrep_sync_wait = 1".to_string());
         }
-        Ok(())
+        if let Some(wait) = limits.lock_timeout {
+            let seconds = wait.as_millis().div_ceil(1000).max(1);
+            settings.push(format!("lock_wait_timeout = {seconds}"));
+            settings.push(format!("innodb_lock_wait_timeout = {seconds}"));
+        }
+        if let Some(run) = limits.statement_timeout.filter(|_| self.mariadb) {
+            settings.push(format!(
+                "max_statement_time = {:.3}",
+                run.as_secs_f64().max(0.001)
+            ));
+        }
+        if settings.is_empty() {
+            return Ok(());
+        }
+        self.conn
+            .query_drop(format!("SET SESSION {}", settings.join(", ")))
+            .map_err(|e| super::db_error("setting up the session", &e))
     }
 }
 

@@ -194,9 +194,14 @@ impl LockStore for MysqlDriver {
         })
     }
 
-    fn log_lost(&mut self, fence: &Fence, who: &Actor<'_>, detail: &str) -> Result<(), Error> {
-        self.log(&fence.scope, LogEvent::Lost { detail }, fence.token, who)
-            .map_err(|e| db_error("logging the lost lock", &e))
+    fn log_event(
+        &mut self,
+        fence: &Fence,
+        who: &Actor<'_>,
+        event: LogEvent<'_>,
+    ) -> Result<(), Error> {
+        self.log(&fence.scope, event, fence.token, who)
+            .map_err(|e| db_error(format!("logging `{}` in the lock log", event.name()), &e))
     }
 
     fn read_lock_row(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {

@@ -5,7 +5,8 @@
 //! - `connect`: connecting (TLS by rustls), and saying why it failed;
 //! - `history`: lockstep's tables and the history's rows;
 //! - `run`: running migrations, fenced, one statement at a time;
-//! - `lock`: the lock's row and log (the protocol is `crate::lock`'s).
+//! - `lock`: the lock's row and log (the protocol is `crate::lock`'s);
+//! - `blocked`: who blocks a session.
 //!
 //! Every DDL statement commits on these servers, so a migration that holds
 //! one runs outside a transaction, recorded `started` first (see
@@ -13,6 +14,7 @@
 //! `sql_mode` decides how a quoted literal escapes, and a migration may
 //! change it.
 
+mod blocked;
 mod connect;
 mod history;
 mod lock;
@@ -46,6 +48,8 @@ pub(crate) struct MysqlDriver {
     server: String,
     /// A Galera cluster's node: reads are made causal.
     galera: bool,
+    /// MariaDB, not MySQL: `max_statement_time` bounds a statement.
+    mariadb: bool,
     /// Set by the canceller: the server does not always fail a statement it
     /// was asked to stop (`SLEEP` returns early, as if done), so a run
     /// looks after each statement.
@@ -106,6 +110,7 @@ fn class_of(error_code: u16, message: &str) -> DbClass {
     match error_code {
         code::DEADLOCK | code::TABLE_DEF_CHANGED => DbClass::Retryable,
         code::NO_SUCH_TABLE => DbClass::UndefinedTable,
+        code::LOCK_WAIT_TIMEOUT | code::LOCK_NOWAIT => DbClass::LockTimeout,
         code::SERVER_SHUTDOWN | code::CONNECTION_KILLED => DbClass::ConnectionLost,
         code::READ_ONLY if message.contains("read-only") || message.contains("read_only") => {
             DbClass::ReadOnly

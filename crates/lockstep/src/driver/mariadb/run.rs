@@ -22,6 +22,7 @@ use crate::driver::{Canceller, Done, Driver, StatementAt, StepFailure, Transacti
 use crate::error::{DbMessage, Error};
 use crate::lock::Fence;
 use crate::sql::{self, Dialect};
+use crate::waits::{Finder, Limits};
 
 use super::{db_error, message, MysqlDriver};
 
@@ -112,11 +113,19 @@ impl Driver for MysqlDriver {
         self.execute(sql).map_err(|e| message(&e))
     }
 
-    fn fresh_session(&mut self) -> Result<(), Error> {
+    fn fresh_session(&mut self, limits: Limits) -> Result<(), Error> {
         self.conn
             .reset()
             .map_err(|e| db_error("resetting the session", &e))?;
-        self.session_settings()
+        self.session_settings(limits)
+    }
+
+    fn blocked_finder(&mut self) -> Option<Finder> {
+        self.finder()
+    }
+
+    fn holder_activity(&mut self, scope: &str) -> Option<crate::waits::Activity> {
+        self.activity(scope)
     }
 
     fn canceller(&self) -> Canceller {

@@ -9,6 +9,7 @@ use crate::error::Error;
 use crate::history::TableName;
 use crate::remedy::Remedy;
 use crate::url::{DatabaseUrl, PgHost, PgTarget};
+use crate::waits::Limits;
 
 use super::client::Client;
 use super::{chain, code, PgDriver, DEFAULT_SCHEMA};
@@ -105,6 +106,7 @@ impl PgDriver {
             pooled: None,
             check_interval: false,
             reset_pending: false,
+            limits: Limits::default(),
         };
         driver.qualify();
         Ok(driver)

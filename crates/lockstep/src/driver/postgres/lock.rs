@@ -235,17 +235,17 @@ impl LockStore for PgDriver {
         }
     }
 
-    fn log_lost(&mut self, fence: &Fence, who: &Actor<'_>, detail: &str) -> Result<(), Error> {
-        let sql = self.log_insert(
-            &fence.scope,
-            LogEvent::Lost { detail },
-            &fence.token.to_string(),
-            who,
-        );
+    fn log_event(
+        &mut self,
+        fence: &Fence,
+        who: &Actor<'_>,
+        event: LogEvent<'_>,
+    ) -> Result<(), Error> {
+        let sql = self.log_insert(&fence.scope, event, &fence.token.to_string(), who);
         self.client
             .simple_query(&sql)
             .map(drop)
-            .map_err(|e| db_error("logging the lost lock", &e))
+            .map_err(|e| db_error(format!("logging `{}` in the lock log", event.name()), &e))
     }
 
     fn read_lock_row(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {

@@ -7,9 +7,11 @@
 //! - `run`: running migrations, each with its fence, history row and
 //!   commit in one round trip;
 //! - `lock`: the lock's row and log (the protocol is `crate::lock`'s);
+//! - `blocked`: who blocks a session, and invalid indexes;
 //! - `client`, `tls`: the blocking client over `tokio-postgres`, and
 //!   rustls.
 
+mod blocked;
 mod client;
 mod connect;
 mod history;
@@ -30,6 +32,7 @@ use crate::error::{DbClass, DbMessage, Error};
 use crate::history::TableName;
 use crate::lock::Session;
 use crate::url::{DatabaseUrl, PgTarget};
+use crate::waits::Limits;
 
 use client::Client;
 use tls::MakeRustls;
@@ -66,6 +69,8 @@ pub(crate) struct PgDriver {
     /// A migration begins: the next statement sent outside a transaction
     /// first resets the session.
     reset_pending: bool,
+    /// The bounds of the migration's statements.
+    limits: Limits,
 }
 
 /// A string literal that is safe whatever `standard_conforming_strings` is.
@@ -152,6 +157,8 @@ fn class_of(code: &SqlState) -> DbClass {
         DbClass::UndefinedTable
     } else if *code == SqlState::ACTIVE_SQL_TRANSACTION {
         DbClass::NeedsNoTransaction
+    } else if *code == SqlState::LOCK_NOT_AVAILABLE {
+        DbClass::LockTimeout
     } else if *code == SqlState::READ_ONLY_SQL_TRANSACTION {
         // A hot standby, or `default_transaction_read_only`.
         DbClass::ReadOnly

@@ -10,6 +10,7 @@ use crate::driver::{Canceller, Done, Driver, StepFailure, Transaction};
 use crate::error::{DbMessage, Error};
 use crate::lock::Fence;
 use crate::sql::Dialect;
+use crate::waits::{Finder, Limits};
 
 use super::{code, interval, literal, message, message_in, PgDriver};
 
@@ -33,6 +34,9 @@ impl Driver for PgDriver {
             // what follows it is SQL.
             let mut query = String::with_capacity(step.section.sql.len() + 1024);
             if i == 0 {
+                // Named first: `pg_stat_activity` shows a query's start, and
+                // `lock status` its first line.
+                query.push_str(&format!("-- lockstep: {}\n", file_name(&step.section.path)));
                 query.push_str(&self.begin(fence, true));
             }
             let start_of_section = query.len();
@@ -72,7 +76,7 @@ impl Driver for PgDriver {
             // A round trip of its own: sent with the statement, it would
             // make one implicit transaction of both, which statements such
             // as `CREATE INDEX CONCURRENTLY` refuse.
-            let reset = self.reset_session();
+            let reset = self.reset_session() + &self.limits_sql(false);
             self.client.simple_query(&reset).map_err(|e| message(&e))?;
             self.reset_pending = false;
         }
@@ -82,9 +86,26 @@ impl Driver for PgDriver {
             .map_err(|e| message_in(&e, Some((sql, 0, sql.len()))))
     }
 
-    fn fresh_session(&mut self) -> Result<(), Error> {
+    fn fresh_session(&mut self, limits: Limits) -> Result<(), Error> {
         self.reset_pending = true;
+        self.limits = limits;
         Ok(())
+    }
+
+    fn invalid_indexes(
+        &mut self,
+        table: &str,
+        index: Option<&str>,
+    ) -> Result<Vec<String>, DbMessage> {
+        self.invalid_on(table, index)
+    }
+
+    fn blocked_finder(&mut self) -> Option<Finder> {
+        self.finder()
+    }
+
+    fn holder_activity(&mut self, scope: &str) -> Option<crate::waits::Activity> {
+        self.activity(scope)
     }
 
     fn canceller(&self) -> Canceller {
@@ -92,6 +113,13 @@ impl Driver for PgDriver {
         let tls = self.tls.clone();
         Box::new(move || super::client::cancel(&token, &tls))
     }
+}
+
+/// A migration's file name, for a comment line: nothing that would end it.
+fn file_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().replace(|c: char| c.is_control(), "?"))
+        .unwrap_or_default()
 }
 
 /// The message the fence raises when the token is no longer current.
@@ -136,24 +164,44 @@ impl PgDriver {
         sql
     }
 
+    /// The migration's bounds, for the session or (`local`) the
+    /// transaction. A bound it does not set leaves the server's.
+    fn limits_sql(&self, local: bool) -> String {
+        let scope = if local { "LOCAL " } else { "" };
+        let mut sql = String::new();
+        let settings = [
+            ("lock_timeout", self.limits.lock_timeout),
+            ("statement_timeout", self.limits.statement_timeout),
+        ];
+        for (name, bound) in settings {
+            if let Some(bound) = bound {
+                let ms = bound.as_millis().clamp(1, i32::MAX as u128);
+                sql.push_str(&format!("SET {scope}{name} = {ms};\n"));
+            }
+        }
+        sql
+    }
+
     /// Opens a transaction; with a fence, checks the token first. The fence's
     /// UPDATE row-locks the lock row until commit, so no takeover or forced
     /// release can interleave with what follows: they wait for the commit
     /// and land before the next fence, or (when that fence reaches the row
     /// first) after the next migration's commit; either way the fence after
     /// them fails.
-    /// With `reset`, the session is first returned to how it began (inside
-    /// the transaction: rolled back with it, and sent again with the next
-    /// attempt; before lockstep's own `SET LOCAL`, which `RESET ALL` would
-    /// undo).
+    /// With `reset`, for a migration, the session is first returned to how
+    /// it began (inside the transaction: rolled back with it, and sent
+    /// again with the next attempt; before lockstep's own `SET LOCAL`,
+    /// which `RESET ALL` would undo), and the migration's bounds set for
+    /// the transaction, after the fence: they bound the migration's
+    /// statements, not lockstep's.
     pub(super) fn begin(&self, fence: Option<&Fence>, reset: bool) -> String {
-        let reset = if reset {
-            self.reset_session()
+        let (reset, limits) = if reset {
+            (self.reset_session(), self.limits_sql(true))
         } else {
-            String::new()
+            (String::new(), String::new())
         };
         let Some(fence) = fence else {
-            return format!("BEGIN;\n{reset}");
+            return format!("BEGIN;\n{reset}{limits}");
         };
         format!(
             "BEGIN;
@@ -162,7 +210,8 @@ impl PgDriver {
              WITH fence AS (
                  UPDATE {lock} SET heartbeat_at = now()
                   WHERE scope = {scope} AND owner = {owner} AND token = {token} RETURNING 1)
-             SELECT CAST(CASE WHEN count(*) = 1 THEN '1' ELSE '{LOST_MARKER}' END AS integer) FROM fence;\n",
+             SELECT CAST(CASE WHEN count(*) = 1 THEN '1' ELSE '{LOST_MARKER}' END AS integer) FROM fence;
+             {limits}",
             // A holder gone silent inside this transaction (frozen host,
             // partition) must not pin the lock row forever.
             idle = fence.ttl.as_millis().max(1000),

@@ -180,16 +180,15 @@ impl LockStore for SqliteDriver {
         Ok(freed)
     }
 
-    fn log_lost(&mut self, fence: &Fence, who: &Actor<'_>, detail: &str) -> Result<(), Error> {
+    fn log_event(
+        &mut self,
+        fence: &Fence,
+        who: &Actor<'_>,
+        event: LogEvent<'_>,
+    ) -> Result<(), Error> {
         let conn = self.conn()?;
-        self.insert_log(
-            conn,
-            &fence.scope,
-            LogEvent::Lost { detail },
-            fence.token,
-            who,
-        )
-        .map_err(|e| db_error("logging the lost lock", &e))
+        self.insert_log(conn, &fence.scope, event, fence.token, who)
+            .map_err(|e| db_error(format!("logging `{}` in the lock log", event.name()), &e))
     }
 
     fn read_lock_row(&mut self, scope: &str) -> Result<Option<LockInfo>, Error> {

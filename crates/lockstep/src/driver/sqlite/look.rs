@@ -212,6 +212,7 @@ impl SqliteDriver {
                         expires_in_ms: expires.map(|t| t - now),
                         migrating: false,
                         blocker: None,
+                        activity: None,
                     })
                 },
             )

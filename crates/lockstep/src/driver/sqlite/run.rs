@@ -11,6 +11,7 @@ use rusqlite::Connection;
 use crate::driver::{Canceller, Done, Driver, StatementAt, StepFailure, Transaction};
 use crate::error::{DbMessage, Error};
 use crate::sql::Dialect;
+use crate::waits::Limits;
 
 use super::release::YIELD_LIMIT;
 use super::script;
@@ -116,7 +117,7 @@ impl Driver for SqliteDriver {
         script::run(conn, sql, &AtomicBool::new(false)).map_err(|failed| *failed.db)
     }
 
-    fn fresh_session(&mut self) -> Result<(), Error> {
+    fn fresh_session(&mut self, _limits: Limits) -> Result<(), Error> {
         // Only a statement outside a transaction can have changed it:
         // inside one, `PRAGMA foreign_keys` does nothing.
         if !std::mem::take(&mut self.session_touched) {
