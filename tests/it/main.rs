@@ -10,6 +10,7 @@ mod chaos;
 mod cli;
 mod config;
 mod engine;
+mod failover;
 mod files;
 mod fix;
 mod galera;

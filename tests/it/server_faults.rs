@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use crate::util::{wait_until, Backend, Child, Project, TestDb};
+use crate::util::{wait_until, Backend, Child, PrivateServers, Project, TestDb};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -47,51 +47,6 @@ fn spawn_holder(p: &Project) -> Child {
     p.spawn(&["upgrade", "--owner", "holder"])
 }
 
-/// A PostgreSQL server of this test's own, which it may restart.
-struct PrivateServer {
-    dir: String,
-    port: String,
-}
-
-impl PrivateServer {
-    fn start() -> PrivateServer {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-servers");
-        let out = std::process::Command::new(script)
-            .arg("private-pg")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let mut parts = text.split_whitespace();
-        PrivateServer {
-            dir: parts.next().unwrap().to_string(),
-            port: parts.next().unwrap().to_string(),
-        }
-    }
-
-    fn restart(&self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-servers");
-        let status = std::process::Command::new(script)
-            .args(["restart-pg", &self.dir])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for PrivateServer {
-    fn drop(&mut self) {
-        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-servers");
-        let _ = std::process::Command::new(script)
-            .args(["stop", &self.dir])
-            .status();
-    }
-}
-
 #[test]
 fn server_restart_during_a_run() {
     // Needs the suite's server only to be configured; the restart happens
@@ -99,10 +54,10 @@ fn server_restart_during_a_run() {
     if crate::util::pg_admin_url().is_none() {
         return;
     }
-    let server = PrivateServer::start();
+    let server = PrivateServers::start("private-pg");
     let admin = format!(
         "postgres://postgres@127.0.0.1:{}/postgres?sslmode=disable",
-        server.port
+        server.ports[0]
     );
     let mut client = postgres::Client::connect(&admin, postgres::NoTls).unwrap();
     client
@@ -127,7 +82,7 @@ fn server_restart_during_a_run() {
             "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = 'lockstep holder' AND query LIKE '%pg_sleep%'",
         ) == "1"
     });
-    server.restart();
+    server.run("restart-pg");
     let run = holder.finish();
     run.code(1);
     assert!(

@@ -713,3 +713,49 @@ fn pg_message(e: &postgres::Error) -> String {
         None => e.to_string(),
     }
 }
+
+/// PostgreSQL servers of one test's own, which it may restart, crash or
+/// promote: `scripts/test-servers MODE` (`private-pg`, one server;
+/// `pg-pair`, a primary and its streaming standby), stopped on drop.
+pub struct PrivateServers {
+    dir: String,
+    /// Each server's port, the primary's first.
+    pub ports: Vec<String>,
+}
+
+impl PrivateServers {
+    const SCRIPT: &'static str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/test-servers");
+
+    pub fn start(mode: &str) -> PrivateServers {
+        let out = Command::new(Self::SCRIPT).arg(mode).output().unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/test-servers {mode}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8(out.stdout).unwrap();
+        let mut parts = text.split_whitespace().map(str::to_string);
+        PrivateServers {
+            dir: parts.next().unwrap(),
+            ports: parts.collect(),
+        }
+    }
+
+    /// `scripts/test-servers ACTION DIR`: `restart-pg`, `stop-primary`,
+    /// `promote-standby`.
+    pub fn run(&self, action: &str) {
+        let status = Command::new(Self::SCRIPT)
+            .args([action, &self.dir])
+            .status()
+            .unwrap();
+        assert!(status.success(), "scripts/test-servers {action}");
+    }
+}
+
+impl Drop for PrivateServers {
+    fn drop(&mut self) {
+        let _ = Command::new(Self::SCRIPT)
+            .args(["stop", &self.dir])
+            .status();
+    }
+}

@@ -146,6 +146,100 @@ pub(crate) struct PgTarget {
     pub connect_timeout: Option<Duration>,
     /// `application_name` for the session, when the URL sets one.
     pub application_name: Option<String>,
+    /// The servers after the first, tried in order when it fails or does
+    /// not match `session_attrs` (libpq's multi-host URLs).
+    pub alternates: Vec<(PgHost, u16)>,
+    /// What the server must be (`target_session_attrs`).
+    pub session_attrs: SessionAttrs,
+}
+
+/// What kind of server a multi-host URL wants: libpq's
+/// `target_session_attrs`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) enum SessionAttrs {
+    /// The first that answers.
+    #[default]
+    Any,
+    /// One that takes writes (`transaction_read_only` off).
+    ReadWrite,
+    /// One that takes no writes.
+    ReadOnly,
+    /// Not in recovery.
+    Primary,
+    /// In recovery.
+    Standby,
+    /// A standby when one answers, else any.
+    PreferStandby,
+}
+
+impl SessionAttrs {
+    fn parse(s: &str) -> Option<SessionAttrs> {
+        Some(match s {
+            "any" => SessionAttrs::Any,
+            "read-write" => SessionAttrs::ReadWrite,
+            "read-only" => SessionAttrs::ReadOnly,
+            "primary" => SessionAttrs::Primary,
+            "standby" => SessionAttrs::Standby,
+            "prefer-standby" => SessionAttrs::PreferStandby,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SessionAttrs::Any => "any",
+            SessionAttrs::ReadWrite => "read-write",
+            SessionAttrs::ReadOnly => "read-only",
+            SessionAttrs::Primary => "primary",
+            SessionAttrs::Standby => "standby",
+            SessionAttrs::PreferStandby => "prefer-standby",
+        }
+    }
+
+    /// Whether a server in recovery or not, read-only or not, is one this
+    /// wants; `strict`: in `prefer-standby`'s first pass, only a standby.
+    pub fn accepts(self, in_recovery: bool, read_only: bool, strict: bool) -> bool {
+        match self {
+            SessionAttrs::Any => true,
+            SessionAttrs::ReadWrite => !read_only,
+            SessionAttrs::ReadOnly => read_only,
+            SessionAttrs::Primary => !in_recovery,
+            SessionAttrs::Standby => in_recovery,
+            SessionAttrs::PreferStandby => in_recovery || !strict,
+        }
+    }
+
+    /// Whether it asks for a server that takes no writes.
+    pub fn wants_no_writes(self) -> bool {
+        matches!(
+            self,
+            SessionAttrs::ReadOnly | SessionAttrs::Standby | SessionAttrs::PreferStandby
+        )
+    }
+}
+
+impl PgTarget {
+    /// Each server of the URL as a target of its own, in order.
+    pub fn each_server(&self) -> Vec<PgTarget> {
+        let first = (self.host.clone(), self.port);
+        std::iter::once(first)
+            .chain(self.alternates.iter().cloned())
+            .map(|(host, port)| PgTarget {
+                host,
+                port,
+                alternates: Vec::new(),
+                ..self.clone()
+            })
+            .collect()
+    }
+
+    /// The server as a person names it: `db1:5432`, or a socket directory.
+    pub fn server_name(&self) -> String {
+        match &self.host {
+            PgHost::Tcp(h) => host_port(h, self.port),
+            PgHost::Socket(dir) => format!("{} (port {})", dir.display(), self.port),
+        }
+    }
 }
 
 /// Why a URL was refused. Never holds any part of the URL's authority.
@@ -237,6 +331,8 @@ struct Split<'a> {
     password: Option<&'a str>,
     host: Option<String>,
     port: Option<u16>,
+    /// The hosts after the first, as written (PostgreSQL only).
+    more_hosts: Vec<(String, Option<u16>)>,
     database: Option<String>,
     params: Vec<(String, &'a str)>,
 }
@@ -267,7 +363,14 @@ fn split(rest: &str) -> Result<Split<'_>, UrlError> {
         split.user = Some(decode(u, "user name")?);
         split.password = p;
     }
-    (split.host, split.port) = split_host_port(hostport)?;
+    let mut hosts = hostport.split(',');
+    (split.host, split.port) = split_host_port(hosts.next().unwrap_or_default())?;
+    for more in hosts {
+        match split_host_port(more)? {
+            (Some(host), port) => split.more_hosts.push((host, port)),
+            (None, _) => return err("an empty host in the URL's list of hosts"),
+        }
+    }
     if !path.is_empty() {
         split.database = Some(decode(path, "database name")?);
     }
@@ -303,11 +406,13 @@ fn secret(value: &str) -> Result<Secret, UrlError> {
 
 fn parse_postgres(rest: &str) -> Result<PgTarget, UrlError> {
     let split = split(rest)?;
+    let mut hosts: Vec<(String, Option<u16>)> =
+        split.host.into_iter().map(|h| (h, split.port)).collect();
+    hosts.extend(split.more_hosts);
     let mut parts = PgParts {
         user: split.user,
         password: split.password.map(secret).transpose()?,
-        host: split.host,
-        port: split.port,
+        hosts,
         dbname: split.database,
         ..PgParts::default()
     };
@@ -322,13 +427,17 @@ fn parse_postgres(rest: &str) -> Result<PgTarget, UrlError> {
 struct PgParts {
     user: Option<String>,
     password: Option<Secret>,
-    host: Option<String>,
-    port: Option<u16>,
+    /// Each host as written, with its port when the URL's authority gave
+    /// one (an empty host: the default).
+    hosts: Vec<(String, Option<u16>)>,
+    /// The `port` parameter: one for every host, or one per host.
+    ports: Vec<u16>,
     dbname: Option<String>,
     sslmode: Option<SslMode>,
     sslrootcert: Option<PathBuf>,
     connect_timeout: Option<Duration>,
     application_name: Option<String>,
+    session_attrs: SessionAttrs,
 }
 
 impl PgParts {
@@ -336,8 +445,31 @@ impl PgParts {
     fn set(&mut self, key: &str, value: &str) -> Result<(), UrlError> {
         match key {
             "password" => self.password = Some(secret(value)?),
-            "host" => self.host = Some(decode(value, "host")?),
-            "port" => self.port = Some(parse_port(value)?),
+            "host" => {
+                // A port the URL's one host gave stays the port.
+                let port = match self.hosts.as_slice() {
+                    [(_, port)] => *port,
+                    _ => None,
+                };
+                self.hosts = decode(value, "host")?
+                    .split(',')
+                    .map(|h| (h.to_string(), port))
+                    .collect()
+            }
+            "port" => {
+                self.ports = decode(value, "port")?
+                    .split(',')
+                    .map(parse_port)
+                    .collect::<Result<_, _>>()?
+            }
+            "target_session_attrs" => {
+                let v = decode(value, "target_session_attrs")?;
+                self.session_attrs = SessionAttrs::parse(&v).ok_or_else(|| {
+                    UrlError(format!(
+                        "unknown target_session_attrs `{v}`; use any, read-write, read-only, primary, standby or prefer-standby"
+                    ))
+                })?
+            }
             "user" => self.user = Some(decode(value, "user name")?),
             "dbname" => self.dbname = Some(decode(value, "database name")?),
             "sslmode" => {
@@ -354,7 +486,8 @@ impl PgParts {
             other => {
                 return err(format!(
                     "unknown parameter `{other}`; lockstep understands host, port, user, password, \
-                     dbname, sslmode, sslrootcert, connect_timeout and application_name"
+                     dbname, sslmode, sslrootcert, connect_timeout, application_name and \
+                     target_session_attrs"
                 ))
             }
         }
@@ -363,11 +496,34 @@ impl PgParts {
 
     /// The target, with libpq's defaults for what the URL left out.
     fn target(self) -> Result<PgTarget, UrlError> {
-        let host = match self.host {
-            Some(h) if h.starts_with('/') => PgHost::Socket(PathBuf::from(h)),
-            Some(h) if !h.is_empty() => PgHost::Tcp(h),
-            _ => default_host(),
+        let hosts = if self.hosts.is_empty() {
+            vec![(String::new(), None)]
+        } else {
+            self.hosts
         };
+        if self.ports.len() > 1 && self.ports.len() != hosts.len() {
+            return err(format!(
+                "`port` lists {} ports for {} hosts; give one port, or one per host",
+                self.ports.len(),
+                hosts.len()
+            ));
+        }
+        if hosts.len() > 1 && hosts.iter().any(|(h, _)| h.is_empty()) {
+            return err("an empty host in the URL's list of hosts");
+        }
+        let mut servers = hosts.into_iter().enumerate().map(|(i, (h, port))| {
+            let host = match h {
+                h if h.starts_with('/') => PgHost::Socket(PathBuf::from(h)),
+                h if !h.is_empty() => PgHost::Tcp(h),
+                _ => default_host(),
+            };
+            let port = port
+                .or_else(|| self.ports.get(i).or(self.ports.first()).copied())
+                .unwrap_or(5432);
+            (host, port)
+        });
+        let (host, port) = servers.next().expect("at least one host");
+        let alternates: Vec<(PgHost, u16)> = servers.collect();
         let user = match self.user.filter(|u| !u.is_empty()) {
             Some(u) => u,
             None => default_user()?,
@@ -386,11 +542,13 @@ impl PgParts {
             user,
             password: self.password,
             host,
-            port: self.port.unwrap_or(5432),
+            port,
             sslmode,
             sslrootcert: self.sslrootcert,
             connect_timeout: self.connect_timeout,
             application_name: self.application_name,
+            alternates,
+            session_attrs: self.session_attrs,
         })
     }
 }
@@ -460,6 +618,11 @@ impl MysqlSslMode {
 /// required: lockstep keeps its tables in it.
 fn parse_mysql(rest: &str) -> Result<MysqlTarget, UrlError> {
     let split = split(rest)?;
+    if !split.more_hosts.is_empty() {
+        return err(
+            "a MariaDB/MySQL URL names one server; list a Galera cluster's nodes as separate URLs",
+        );
+    }
     let mut password = split.password.map(secret).transpose()?;
     let mut socket = None;
     let mut ssl_mode = None;
@@ -541,9 +704,6 @@ pub(crate) fn host_port(host: &str, port: u16) -> String {
 fn split_host_port(hostport: &str) -> Result<(Option<String>, Option<u16>), UrlError> {
     if hostport.is_empty() {
         return Ok((None, None));
-    }
-    if hostport.contains(',') {
-        return err("several hosts in one URL are not supported");
     }
     if let Some(rest) = hostport.strip_prefix('[') {
         let Some((addr, after)) = rest.split_once(']') else {
@@ -732,14 +892,37 @@ impl fmt::Display for DatabaseUrl {
                 }
                 f.write_str("@")?;
                 let mut params = Vec::new();
-                match &t.host {
-                    PgHost::Tcp(h) => write!(f, "{}", host_port(h, t.port))?,
-                    PgHost::Socket(dir) => {
-                        params.push(format!("host={}", dir.display()));
-                        if t.port != 5432 {
-                            params.push(format!("port={}", t.port));
-                        }
+                let servers = t.each_server();
+                let mut sockets = Vec::new();
+                let mut tcp = Vec::new();
+                for s in &servers {
+                    match &s.host {
+                        PgHost::Tcp(h) => tcp.push(host_port(h, s.port)),
+                        PgHost::Socket(dir) => sockets.push((dir.display().to_string(), s.port)),
                     }
+                }
+                if sockets.is_empty() {
+                    f.write_str(&tcp.join(","))?;
+                } else if tcp.is_empty() {
+                    let dirs: Vec<&str> = sockets.iter().map(|(d, _)| d.as_str()).collect();
+                    params.push(format!("host={}", dirs.join(",")));
+                    if sockets.iter().any(|(_, p)| *p != 5432) {
+                        let ports: Vec<String> =
+                            sockets.iter().map(|(_, p)| p.to_string()).collect();
+                        params.push(format!("port={}", ports.join(",")));
+                    }
+                } else {
+                    // Sockets and addresses mixed: every server as a parameter.
+                    let hosts: Vec<String> = servers
+                        .iter()
+                        .map(|s| match &s.host {
+                            PgHost::Tcp(h) => h.clone(),
+                            PgHost::Socket(dir) => dir.display().to_string(),
+                        })
+                        .collect();
+                    let ports: Vec<String> = servers.iter().map(|s| s.port.to_string()).collect();
+                    params.push(format!("host={}", hosts.join(",")));
+                    params.push(format!("port={}", ports.join(",")));
                 }
                 write!(f, "/{}", percent_encode(&t.dbname))?;
                 if t.sslmode != SslMode::Prefer && matches!(t.host, PgHost::Tcp(_)) {
@@ -747,6 +930,9 @@ impl fmt::Display for DatabaseUrl {
                 }
                 if let Some(root) = &t.sslrootcert {
                     params.push(format!("sslrootcert={}", root.display()));
+                }
+                if t.session_attrs != SessionAttrs::Any {
+                    params.push(format!("target_session_attrs={}", t.session_attrs.as_str()));
                 }
                 if !params.is_empty() {
                     write!(f, "?{}", params.join("&"))?;
@@ -867,6 +1053,64 @@ mod tests {
     }
 
     #[test]
+    fn postgres_several_hosts_as_libpq_takes_them() {
+        let t = pg("postgres://u@h1:5432,h2:5433,h3/db?target_session_attrs=read-write");
+        let servers: Vec<(PgHost, u16)> = t
+            .each_server()
+            .into_iter()
+            .map(|s| (s.host, s.port))
+            .collect();
+        assert_eq!(
+            servers,
+            [
+                (PgHost::Tcp("h1".into()), 5432),
+                (PgHost::Tcp("h2".into()), 5433),
+                (PgHost::Tcp("h3".into()), 5432)
+            ]
+        );
+        assert_eq!(t.session_attrs, SessionAttrs::ReadWrite);
+        // As parameters: one port for all, or one per host.
+        let t = pg("postgres://u@/db?host=h1,h2&port=6000");
+        assert_eq!(t.alternates, [(PgHost::Tcp("h2".into()), 6000)]);
+        assert_eq!(t.port, 6000);
+        let t = pg(
+            "postgres://u@/db?host=h1,/tmp/s&port=6000,6001&target_session_attrs=prefer-standby",
+        );
+        assert_eq!(t.alternates, [(PgHost::Socket("/tmp/s".into()), 6001)]);
+        // Shown as given, without the password.
+        for url in [
+            "postgres://u:***@h1:5432,h2:5433/db?target_session_attrs=primary",
+            "postgres://u@/db?host=h1,/tmp/s&port=6000,6001",
+        ] {
+            let shown = url.parse::<DatabaseUrl>().unwrap().to_string();
+            let again = shown.parse::<DatabaseUrl>().unwrap().to_string();
+            assert_eq!(shown, again, "{url}");
+        }
+        assert_eq!(
+            "postgres://u:pw@h1:5432,h2:5433/db?target_session_attrs=primary"
+                .parse::<DatabaseUrl>()
+                .unwrap()
+                .to_string(),
+            "postgres://u:***@h1:5432,h2:5433/db?target_session_attrs=primary"
+        );
+        for (bad, want) in [
+            ("postgres://u@h1,,h2/db", "an empty host"),
+            (
+                "postgres://u@/db?host=h1,h2,h3&port=1,2",
+                "`port` lists 2 ports for 3 hosts",
+            ),
+            (
+                "postgres://u@h/db?target_session_attrs=master",
+                "unknown target_session_attrs `master`",
+            ),
+            ("mysql://u@h1,h2/db", "names one server"),
+        ] {
+            let e = bad.parse::<DatabaseUrl>().unwrap_err().to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+    }
+
+    #[test]
     fn postgres_socket_and_defaults() {
         let t = pg("postgres://bob@/app?host=/tmp/pg&port=5433");
         assert_eq!(t.host, PgHost::Socket("/tmp/pg".into()));
@@ -910,7 +1154,8 @@ mod tests {
                 "postgres://u:hunter2@h/d?connect_timeout=86401",
                 "connect_timeout `86401` is more than a day",
             ),
-            ("postgres://u:hunter2@h1,h2/d", "several hosts"),
+            ("postgres://u:hunter2@h1,,h2/d", "an empty host"),
+            ("mysql://u:hunter2@h1,h2/d", "names one server"),
             ("postgres://u:hunter2@::1:5432/d", "must be in brackets"),
             ("postgres://u:hunter2@fe80::1/d", "must be in brackets"),
             (

@@ -196,6 +196,17 @@ pub(crate) fn open(
             Ok(Box::new(driver))
         }
         Endpoint::Mysql(target) => Ok(Box::new(mariadb::MysqlDriver::connect(target, url, table)?)),
+        Endpoint::Postgres(target) if create && target.session_attrs.wants_no_writes() => {
+            Err(Error::Config {
+                message: format!(
+                    "target_session_attrs={} asks for a server that takes no writes, and this command writes",
+                    target.session_attrs.as_str()
+                ),
+                remedy: Some(Remedy::Text(
+                    "use `target_session_attrs=read-write` (or `primary`) for commands that write; a standby serves `status`, `history` and `lock status`".into(),
+                )),
+            })
+        }
         Endpoint::Postgres(target) => Ok(Box::new(postgres::PgDriver::connect(
             target,
             url,

@@ -8,7 +8,7 @@ use crate::driver::tables::Names;
 use crate::error::Error;
 use crate::history::TableName;
 use crate::remedy::Remedy;
-use crate::url::{DatabaseUrl, PgHost, PgTarget};
+use crate::url::{DatabaseUrl, PgHost, PgTarget, SessionAttrs};
 use crate::waits::Limits;
 
 use super::client::Client;
@@ -53,7 +53,100 @@ fn why_refused(e: &tokio_postgres::Error, target: &PgTarget) -> (String, Option<
 }
 
 impl PgDriver {
+    /// Connects to the URL's server; of a multi-host URL, to the first in
+    /// order that answers and is what `target_session_attrs` asks for (with
+    /// `prefer-standby`, a standby first, then any), as libpq does. The
+    /// driver keeps that server alone as its target: the heartbeat's
+    /// connection, the watch's and cancel requests go where it went.
     pub(crate) fn connect(
+        target: &PgTarget,
+        url: &DatabaseUrl,
+        table: &TableName,
+        application_name: &str,
+    ) -> Result<Self, Error> {
+        let servers = target.each_server();
+        if servers.len() == 1 && target.session_attrs == SessionAttrs::Any {
+            return Self::connect_one(target, url, table, application_name);
+        }
+        let attrs = target.session_attrs;
+        let mut tried: Vec<String> = Vec::new();
+        let passes: &[bool] = if attrs == SessionAttrs::PreferStandby {
+            &[true, false]
+        } else {
+            &[true]
+        };
+        for &strict in passes {
+            for server in &servers {
+                let mut server = server.clone();
+                server.session_attrs = SessionAttrs::Any;
+                let name = server.server_name();
+                // Why each server was passed over, said once: the second
+                // pass of `prefer-standby` takes any server that answers.
+                let mut passed_over = |why: String| {
+                    if strict {
+                        tried.push(format!("{name}: {why}"));
+                    }
+                };
+                let mut driver = match Self::connect_one(&server, url, table, application_name) {
+                    Ok(driver) => driver,
+                    Err(Error::Connect { message, .. }) => {
+                        passed_over(message);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
+                match driver.server_kind() {
+                    Ok((in_recovery, read_only))
+                        if attrs.accepts(in_recovery, read_only, strict) =>
+                    {
+                        return Ok(driver)
+                    }
+                    Ok((in_recovery, read_only)) => passed_over(
+                        match (in_recovery, read_only) {
+                            (true, _) => "a standby",
+                            (false, true) => "read-only",
+                            (false, false) => "a primary that takes writes",
+                        }
+                        .into(),
+                    ),
+                    Err(e) => passed_over(e.to_string()),
+                }
+            }
+        }
+        Err(Error::Connect {
+            target: url.to_string(),
+            message: format!(
+                "no server is {} (target_session_attrs={}): {}",
+                attrs_wanted(attrs),
+                attrs.as_str(),
+                tried.join("; ")
+            ),
+            remedy: Some(Remedy::Text(match attrs {
+                SessionAttrs::ReadWrite | SessionAttrs::Primary => "no server of the URL takes writes: during a failover, wait for the new primary (or promote a standby), then run again; check that the URL lists it".into(),
+                _ => "check the hosts of the URL, and which of them runs as what".into(),
+            })),
+        })
+    }
+
+    /// Whether this server is in recovery (a standby), and whether it takes
+    /// no writes.
+    fn server_kind(&mut self) -> Result<(bool, bool), Error> {
+        let messages = self
+            .client
+            .simple_query(
+                "SELECT pg_is_in_recovery()::text, current_setting('transaction_read_only')",
+            )
+            .map_err(|e| super::db_error("asking the server whether it is a standby", &e))?;
+        let row = messages.iter().find_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((r.get(0) == Some("true"), r.get(1) == Some("on")))
+            }
+            _ => None,
+        });
+        Ok(row.unwrap_or_default())
+    }
+
+    fn connect_one(
         target: &PgTarget,
         url: &DatabaseUrl,
         table: &TableName,
@@ -110,6 +203,17 @@ impl PgDriver {
         };
         driver.qualify();
         Ok(driver)
+    }
+}
+
+/// What `target_session_attrs` asks for, in words.
+fn attrs_wanted(attrs: SessionAttrs) -> &'static str {
+    match attrs {
+        SessionAttrs::Any => "reachable",
+        SessionAttrs::ReadWrite => "one that takes writes",
+        SessionAttrs::ReadOnly => "read-only",
+        SessionAttrs::Primary => "a primary",
+        SessionAttrs::Standby | SessionAttrs::PreferStandby => "a standby",
     }
 }
 
