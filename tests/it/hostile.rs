@@ -288,7 +288,8 @@ fn odd_urls() {
         ("postgres://u@h/d?sslmode=allowed", "error: invalid database URL: unknown sslmode `allowed`; use disable, prefer, require, verify-ca or verify-full (from --database-url)\n"),
         ("postgres://u%zz@h/d", "error: invalid database URL: bad percent-encoding in the user name (from --database-url)\n"),
         ("postgres://[::1/d", "error: invalid database URL: an IPv6 address must be closed with `]` (from --database-url)\n"),
-        ("postgres://u@h/d?options=-c%20x", "error: invalid database URL: unknown parameter `options`; lockstep understands host, port, user, password, dbname, sslmode, sslrootcert, connect_timeout and application_name (from --database-url)\n"),
+        ("postgres://u@h/d?options=-c%20x", "error: invalid database URL: unknown parameter `options`; lockstep understands host, port, user, password, dbname, sslmode, sslrootcert, connect_timeout, application_name and target_session_attrs (from --database-url)\n"),
+        ("postgres://u@h1,,h2/d", "error: invalid database URL: an empty host in the URL's list of hosts (from --database-url)\n"),
         ("sqlite://a.db?cache=shared", "error: invalid database URL: unknown SQLite URL parameter `cache`; SQLite URLs take none (from --database-url)\n"),
         ("http://example.com", "error: invalid database URL: unsupported scheme `http`; use `sqlite://`, `postgres://`, `mysql://` or `mariadb://` (from --database-url)\n"),
     ];
