@@ -218,6 +218,12 @@ servers!(lock_status_shows_what_the_holder_waits_for, |backend| {
         status["activity"]["blocked"]["blockers"][0]["pid"], blocker_pid,
         "{status:#}"
     );
+    // The migration's statement, not lockstep's own before it.
+    let running = status["activity"]["statement"].as_str().unwrap_or_default();
+    assert!(
+        running.starts_with("ALTER TABLE users ADD COLUMN email"),
+        "{status:#}"
+    );
     let human = p.run(&["lock", "status"]);
     assert!(human.stdout.contains("waiting for"), "{}", human.stdout);
     assert!(

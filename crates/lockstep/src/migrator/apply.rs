@@ -384,26 +384,35 @@ impl Migrator {
                             "the lease was gone after {i} of {} statements outside a transaction",
                             statements.len()
                         );
-                        return Err(self.lost(held, Some(m), i > 0, report, &detail));
+                        return Err(self.lost(held, Some(m), true, report, &detail));
                     }
                 }
+                // `true` with a failure of the undoing, not the statement.
                 let (result, blocked) = self.watched(|driver| {
-                    undo.iter()
-                        .try_for_each(|sql| driver.run_statement(sql))
-                        .and_then(|()| driver.run_statement(text))
+                    for sql in &undo {
+                        driver
+                            .run_statement(sql)
+                            .map_err(|db| (Box::new(db), true))?;
+                    }
+                    driver
+                        .run_statement(text)
+                        .map_err(|db| (Box::new(db), false))
                 });
-                let Err(db) = result else {
+                let Err((db, undoing)) = result else {
                     break None;
                 };
+                let mut db = *db;
                 let rerun = if db.class == DbClass::LockTimeout && !self.cancel.is_cancelled() {
                     self.rerun_after_giving_up(text, own_transactions)
-                } else if undo.is_empty() {
+                } else if undoing {
+                    // Undoing what the last try left failed otherwise: its
+                    // message points into no statement of the file.
+                    db.position = None;
+                    Rerun::Never { leftover: undo }
+                } else {
                     Rerun::Never {
                         leftover: Vec::new(),
                     }
-                } else {
-                    // Undoing what the last try left failed otherwise.
-                    Rerun::Never { leftover: undo }
                 };
                 let run = Retried {
                     m,

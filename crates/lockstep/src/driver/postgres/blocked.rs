@@ -85,7 +85,7 @@ impl PgDriver {
         })?;
         let (pid, query, running_ms) = row;
         Some(Activity {
-            statement: query.map(|q| first_line(&q, 80)),
+            statement: query.map(|q| first_line(super::run::migration_sql(&q), 80)),
             running_ms,
             blocked: pid.and_then(|pid| self.blocked(pid).ok().flatten()),
         })

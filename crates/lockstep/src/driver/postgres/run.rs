@@ -34,9 +34,6 @@ impl Driver for PgDriver {
             // what follows it is SQL.
             let mut query = String::with_capacity(step.section.sql.len() + 1024);
             if i == 0 {
-                // Named first: `pg_stat_activity` shows a query's start, and
-                // `lock status` its first line.
-                query.push_str(&format!("-- lockstep: {}\n", file_name(&step.section.path)));
                 query.push_str(&self.begin(fence, true));
             }
             let start_of_section = query.len();
@@ -115,11 +112,29 @@ impl Driver for PgDriver {
     }
 }
 
-/// A migration's file name, for a comment line: nothing that would end it.
-fn file_name(path: &std::path::Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().replace(|c: char| c.is_control(), "?"))
-        .unwrap_or_default()
+/// How the fence's statement ends: what follows it in a query is the
+/// migration's (after its bounds).
+const END_OF_FENCE: &str = "FROM fence;";
+
+/// The migration's SQL in a query of lockstep's that `pg_stat_activity`
+/// shows: after the fence and the `SET LOCAL`s of its bounds. (Naming the
+/// migration in a comment would make each query's first statement a new
+/// entry of `pg_stat_statements`.)
+pub(super) fn migration_sql(query: &str) -> &str {
+    let Some(at) = query.find(END_OF_FENCE) else {
+        return query;
+    };
+    let mut rest = &query[at + END_OF_FENCE.len()..];
+    loop {
+        let trimmed = rest.trim_start();
+        let bound = ["SET LOCAL lock_timeout", "SET LOCAL statement_timeout"]
+            .iter()
+            .any(|setting| trimmed.starts_with(setting));
+        match trimmed.find('\n') {
+            Some(end) if bound => rest = &trimmed[end + 1..],
+            _ => return trimmed,
+        }
+    }
 }
 
 /// The message the fence raises when the token is no longer current.
@@ -210,7 +225,7 @@ impl PgDriver {
              WITH fence AS (
                  UPDATE {lock} SET heartbeat_at = now()
                   WHERE scope = {scope} AND owner = {owner} AND token = {token} RETURNING 1)
-             SELECT CAST(CASE WHEN count(*) = 1 THEN '1' ELSE '{LOST_MARKER}' END AS integer) FROM fence;
+             SELECT CAST(CASE WHEN count(*) = 1 THEN '1' ELSE '{LOST_MARKER}' END AS integer) {END_OF_FENCE}
              {limits}",
             // A holder gone silent inside this transaction (frozen host,
             // partition) must not pin the lock row forever.
