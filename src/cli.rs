@@ -123,12 +123,18 @@ pub enum Command {
     /// Show the applied migrations, in order
     History,
 
+    /// Show the newest applied migration
+    Current,
+
     /// Parse every migration file and compare checksums with the history
     Validate,
 
     /// Repair the history table after intended edits or interruptions
     #[command(visible_alias = "repair")]
     Fix(FixArgs),
+
+    /// Start managing a database that already has its schema: record the migrations up to VERSION as applied, without running them
+    Baseline(BaselineArgs),
 
     /// Inspect or release the migration lock
     #[command(subcommand)]
@@ -288,6 +294,20 @@ pub struct DryRun {
 }
 
 #[derive(Debug, Args)]
+pub struct BaselineArgs {
+    /// The newest migration the database already has
+    #[arg(value_parser = parse_version)]
+    pub version: u64,
+
+    /// Print what would be recorded and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+#[derive(Debug, Args)]
 #[command(group = clap::ArgGroup::new("resolution").required(true))]
 pub struct FixDirtyArgs {
     /// The dirty migration's version
@@ -327,6 +347,8 @@ impl Command {
             Command::Rollback(_) => "rollback",
             Command::Status(_) => "status",
             Command::History => "history",
+            Command::Current => "current",
+            Command::Baseline(_) => "baseline",
             Command::Validate => "validate",
             Command::Fix(f) => match f.command {
                 FixCommand::Checksums(_) => "fix checksums",

@@ -256,6 +256,13 @@ pub struct Fix {
 }
 
 #[derive(Serialize)]
+pub struct Current {
+    /// The newest applied migration's version; null when none is.
+    pub version: Option<u64>,
+    pub name: Option<String>,
+}
+
+#[derive(Serialize)]
 pub struct FixJson {
     pub version: u64,
     pub name: String,

@@ -4,7 +4,7 @@ use lockstep::{DirtyResolution, Fixed};
 
 use super::run::Progress;
 use super::{connect, load_and_connect, plural};
-use crate::cli::{FixArgs, FixCommand};
+use crate::cli::{BaselineArgs, FixArgs, FixCommand};
 use crate::error::{CliError, Exit};
 use crate::json;
 use crate::printer::Printer;
@@ -54,6 +54,41 @@ pub fn fix(
             (vec![fixed], dirty.dry_run, "")
         }
     };
+    report(printer, name, &fixed, dry_run, nothing)
+}
+
+/// `baseline VERSION`: the migrations up to VERSION recorded as applied,
+/// without running them.
+pub fn baseline(
+    settings: &Settings,
+    printer: &mut Printer,
+    args: &BaselineArgs,
+) -> Result<Exit, CliError> {
+    settings.database()?;
+    let (set, mut migrator) =
+        load_and_connect(settings, || connect(settings, printer, &args.lock, None))?;
+    let recorded = migrator.baseline(
+        &set,
+        args.version,
+        args.dry_run,
+        &mut Progress::new(printer),
+    )?;
+    let nothing = format!(
+        "nothing to record: history already holds every migration up to {}",
+        args.version
+    );
+    report(printer, "baseline", &recorded, args.dry_run, &nothing)
+}
+
+/// What a fix (or baseline) changed, or would have: a line per row, and
+/// the JSON document.
+fn report(
+    printer: &mut Printer,
+    name: &str,
+    fixed: &[Fixed],
+    dry_run: bool,
+    nothing: &str,
+) -> Result<Exit, CliError> {
     if let Some(signal) = crate::signals::received() {
         // Too late to stop the fix, which is written: the exit code is the
         // signal's, and the output says what was done.
@@ -71,7 +106,7 @@ pub fn fix(
             format!("cancelled; {done}"),
         ));
     }
-    for f in &fixed {
+    for f in fixed {
         let prefix = if dry_run { "would have " } else { "" };
         printer.line(&format!("{} {}: {prefix}{}", f.version, f.name, f.action));
     }

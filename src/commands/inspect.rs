@@ -184,6 +184,21 @@ pub fn history(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliEr
     Ok(Exit::Success)
 }
 
+/// `current`: the newest applied migration, as jetbase prints it.
+pub fn current(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError> {
+    settings.database()?;
+    let current = connect_read_only(settings)?.current()?;
+    match &current {
+        Some(row) => printer.line(&format!("{} {}", row.version, row.name)),
+        None => printer.line("no migration applied"),
+    }
+    printer.document("current", Exit::Success, || json::Current {
+        version: current.as_ref().map(|r| r.version),
+        name: current.as_ref().map(|r| r.name.clone()),
+    });
+    Ok(Exit::Success)
+}
+
 pub fn validate(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError> {
     let (set, mut migrator) = load_and_connect(settings, || connect_read_only(settings))?;
     let history = migrator.validate(&set)?;

@@ -64,7 +64,7 @@ pub fn main() -> i32 {
 fn takes_lock(command: &Command) -> bool {
     matches!(
         command,
-        Command::Upgrade(_) | Command::Rollback(_) | Command::Fix(_)
+        Command::Upgrade(_) | Command::Rollback(_) | Command::Fix(_) | Command::Baseline(_)
     )
 }
 
@@ -80,6 +80,8 @@ fn dispatch(
         Command::Rollback(args) => run::rollback(settings, printer, args),
         Command::Status(args) => inspect::status(settings, printer, args),
         Command::History => inspect::history(settings, printer),
+        Command::Current => inspect::current(settings, printer),
+        Command::Baseline(args) => fix::baseline(settings, printer, args),
         Command::Validate => inspect::validate(settings, printer),
         Command::Fix(args) => fix::fix(settings, printer, args, command.name()),
         Command::Lock(LockCommand::Status(args)) | Command::LockStatus(args) => {

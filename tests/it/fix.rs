@@ -147,3 +147,69 @@ both!(
         p.run(&["validate"]).ok();
     }
 );
+
+both!(
+    baseline_records_what_the_database_has_without_running_it,
+    |p| {
+        // A database made before lockstep: tables a and b exist already.
+        p.db.exec("CREATE TABLE a (id integer)");
+        p.db.exec("CREATE TABLE b (id integer)");
+        p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+        p.migration("2_b.sql", "-- upgrade\nCREATE TABLE b (id integer);\n");
+        p.migration("3_c.sql", "-- upgrade\nCREATE TABLE c (id integer);\n");
+        let dry = p.run(&["baseline", "2", "--dry-run"]);
+        dry.ok();
+        assert_eq!(
+            dry.stdout,
+            "1 a: would have recorded as applied without running it (baseline)\n\
+         2 b: would have recorded as applied without running it (baseline)\n\
+         dry run: 2 rows would change; nothing was changed\n"
+        );
+        assert!(!p.db.table_exists("lockstep_history"));
+        let unknown = p.run(&["baseline", "7"]);
+        unknown.code(2);
+        assert!(
+            unknown.stderr.contains("no migration has version 7"),
+            "{}",
+            unknown.stderr
+        );
+        let run = p.run(&["baseline", "2", "--json"]);
+        run.ok();
+        let doc = run.json();
+        assert_eq!(doc["command"], "baseline");
+        assert_eq!(doc["changes"].as_array().unwrap().len(), 2, "{doc:#}");
+        // Recorded under the lock, with its token; nothing ran (it would have
+        // failed: the tables exist).
+        assert_eq!(p.db.history(), ["1 a applied", "2 b applied"]);
+        let token = p.db.value("SELECT max(token) FROM lockstep_lock");
+        assert_eq!(
+            p.db.query("SELECT DISTINCT lock_token FROM lockstep_history"),
+            [[token]]
+        );
+        assert_eq!(
+            p.db.value("SELECT command FROM lockstep_lock_log WHERE event = 'acquired'"),
+            "baseline"
+        );
+        assert!(!p.db.table_exists("c"));
+        p.run(&["upgrade"]).ok();
+        assert!(p.db.table_exists("c"));
+        assert_eq!(
+            p.run(&["baseline", "2"]).stdout,
+            "nothing to record: history already holds every migration up to 2\n"
+        );
+        let current = p.run(&["current", "--json"]).json();
+        assert_eq!(
+            (current["version"].as_u64(), current["name"].as_str()),
+            (Some(3), Some("c"))
+        );
+        assert_eq!(p.run(&["current"]).stdout, "3 c\n");
+    }
+);
+
+both!(current_with_nothing_applied, |p| {
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+    let run = p.run(&["current"]);
+    run.ok();
+    assert_eq!(run.stdout, "no migration applied\n");
+    assert!(p.run(&["current", "--json"]).json()["version"].is_null());
+});

@@ -6,11 +6,11 @@ use super::outline::Locked;
 use super::{check_section, DirtyResolution, Event, Fixed, Migrator, Observer, RunReport};
 use super::{RollbackOptions, UpgradeOptions};
 use crate::error::{Direction, Error};
-use crate::history::{Change, HistoryRow, RowState};
+use crate::history::{Change, HistoryRow, NewRow, RowState};
 use crate::lock::Held;
-use crate::plan::{self, State, TargetError};
+use crate::plan::{self, Refusal, State, TargetError};
 use crate::remedy::Remedy;
-use crate::source::{Migration, MigrationSet};
+use crate::source::{Migration, MigrationSet, Named};
 use crate::sql::Dialect;
 
 /// `upgrade`: the pending migrations, each in its own transaction (or all
@@ -23,7 +23,9 @@ pub(super) struct Upgrade<'s> {
 impl<'s> Locked for Upgrade<'s> {
     type Plan = Vec<&'s Migration>;
     type Output = RunReport;
-    const COMMAND: &'static str = "upgrade";
+    fn command(&self) -> &'static str {
+        "upgrade"
+    }
 
     fn plan(&self, history: &[HistoryRow], dialect: Dialect) -> Result<Self::Plan, Error> {
         let options = self.options;
@@ -96,7 +98,9 @@ pub(super) struct Rollback<'s> {
 impl<'s> Locked for Rollback<'s> {
     type Plan = Vec<&'s Migration>;
     type Output = RunReport;
-    const COMMAND: &'static str = "rollback";
+    fn command(&self) -> &'static str {
+        "rollback"
+    }
 
     fn plan(&self, history: &[HistoryRow], dialect: Dialect) -> Result<Self::Plan, Error> {
         let plan = plan::plan_rollback(self.set.migrations(), history, self.options.target)?;
@@ -128,23 +132,44 @@ impl<'s> Locked for Rollback<'s> {
     }
 }
 
-/// A change to the history that a `fix` makes, with what it reports.
-pub(super) type FixChange = (Fixed, Change<'static>);
+/// A change to the history that a `fix` (or `baseline`) makes, with what
+/// it reports.
+pub(super) type FixChange<'a> = (Fixed, Change<'a>);
 
-/// Each `fix`: history changes worked out from history, written in one
-/// fenced transaction. Nothing is re-run.
-pub(super) struct Fix<F>(pub F);
+/// Each `fix`, and `baseline`: history changes worked out from history,
+/// written in one fenced transaction. Nothing is run.
+pub(super) struct Fix<'a, F> {
+    /// The command, as the lock's row and log name it.
+    command: &'static str,
+    plan: F,
+    changes: std::marker::PhantomData<FixChange<'a>>,
+}
 
-impl<F> Locked for Fix<F>
+impl<'a, F> Fix<'a, F>
 where
-    F: Fn(&[HistoryRow]) -> Result<Vec<FixChange>, Error>,
+    F: Fn(&[HistoryRow]) -> Result<Vec<FixChange<'a>>, Error>,
 {
-    type Plan = Vec<FixChange>;
+    pub fn new(command: &'static str, plan: F) -> Self {
+        Fix {
+            command,
+            plan,
+            changes: std::marker::PhantomData,
+        }
+    }
+}
+
+impl<'a, F> Locked for Fix<'a, F>
+where
+    F: Fn(&[HistoryRow]) -> Result<Vec<FixChange<'a>>, Error>,
+{
+    type Plan = Vec<FixChange<'a>>;
     type Output = Vec<Fixed>;
-    const COMMAND: &'static str = "fix";
+    fn command(&self) -> &'static str {
+        self.command
+    }
 
     fn plan(&self, history: &[HistoryRow], _dialect: Dialect) -> Result<Self::Plan, Error> {
-        (self.0)(history)
+        (self.plan)(history)
     }
 
     fn is_empty(plan: &Self::Plan) -> bool {
@@ -165,8 +190,14 @@ where
         held: Option<&Held>,
         _observer: &mut dyn Observer,
     ) -> Result<Vec<Fixed>, Error> {
-        let (fixed, changes): (Vec<Fixed>, Vec<Change<'_>>) = plan.into_iter().unzip();
+        let (fixed, mut changes): (Vec<Fixed>, Vec<Change<'_>>) = plan.into_iter().unzip();
         let fence = held.map(|h| &h.fence);
+        // A row recorded now carries the token it was written under.
+        for change in &mut changes {
+            if let Change::Insert(row) = change {
+                row.lock_token = fence.map(|f| f.token);
+            }
+        }
         retry(|| migrator.driver.change_history(&changes, fence)).map_err(|e| match e {
             // No migration was about to run.
             Error::LockLost(mut lost) => {
@@ -181,7 +212,10 @@ where
 
 /// `fix checksums`: the current checksum (and name) of every applied
 /// migration whose file changed.
-pub(super) fn checksum_fixes(set: &MigrationSet, history: &[HistoryRow]) -> Vec<FixChange> {
+pub(super) fn checksum_fixes(
+    set: &MigrationSet,
+    history: &[HistoryRow],
+) -> Vec<FixChange<'static>> {
     let mut fixes = Vec::new();
     for e in plan::statuses(set.migrations(), history) {
         let (Some(m), Some(row)) = (e.migration, e.row) else {
@@ -215,7 +249,7 @@ pub(super) fn checksum_fixes(set: &MigrationSet, history: &[HistoryRow]) -> Vec<
 
 /// `fix missing`: forget the rows of applied migrations whose files are
 /// gone.
-pub(super) fn missing_fixes(set: &MigrationSet, history: &[HistoryRow]) -> Vec<FixChange> {
+pub(super) fn missing_fixes(set: &MigrationSet, history: &[HistoryRow]) -> Vec<FixChange<'static>> {
     plan::statuses(set.migrations(), history)
         .filter(|e| e.state == State::Missing)
         .map(|e| {
@@ -234,7 +268,7 @@ pub(super) fn dirty_fix(
     version: u64,
     resolution: DirtyResolution,
     history: &[HistoryRow],
-) -> Result<Vec<FixChange>, Error> {
+) -> Result<Vec<FixChange<'static>>, Error> {
     let Some(row) = history
         .iter()
         .find(|r| r.version == version && r.state == RowState::Started)
@@ -261,6 +295,57 @@ pub(super) fn dirty_fix(
         action: action.into(),
     };
     Ok(vec![(fixed, change)])
+}
+
+/// `baseline`: every migration up to and including `version` that history
+/// does not hold is recorded as applied, without running: the database
+/// already has what they make. A dirty one among them is refused.
+pub(super) fn baseline_fixes<'a>(
+    set: &'a MigrationSet,
+    version: u64,
+    executor: &'a str,
+    history: &[HistoryRow],
+) -> Result<Vec<FixChange<'a>>, Error> {
+    if set.get(version).is_none() {
+        return Err(Error::Target(TargetError::UnknownVersion(version)));
+    }
+    let dirty: Vec<Named> = history
+        .iter()
+        .filter(|r| r.version <= version && r.state == RowState::Started)
+        .map(|r| Named {
+            version: r.version,
+            name: r.name.clone(),
+        })
+        .collect();
+    if !dirty.is_empty() {
+        return Err(Error::Refused(Refusal::Dirty(dirty)));
+    }
+    Ok(set
+        .migrations()
+        .iter()
+        .take_while(|m| m.version <= version)
+        .filter(|m| {
+            history
+                .binary_search_by_key(&m.version, |r| r.version)
+                .is_err()
+        })
+        .map(|m| {
+            let fixed = Fixed {
+                version: m.version,
+                name: m.name.clone(),
+                action: "recorded as applied without running it (baseline)".into(),
+            };
+            let row = NewRow {
+                version: m.version,
+                name: &m.name,
+                checksum: &m.checksum,
+                started: false,
+                applied_by: executor,
+                lock_token: None,
+            };
+            (fixed, Change::Insert(row))
+        })
+        .collect())
 }
 
 /// Refuses, before anything runs, sections that would end inside a quote

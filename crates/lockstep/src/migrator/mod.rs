@@ -464,7 +464,9 @@ impl Migrator {
         observer: &mut dyn Observer,
     ) -> Result<Vec<Fixed>, Error> {
         self.run_locked(
-            &Fix(|history: &[HistoryRow]| Ok(commands::checksum_fixes(set, history))),
+            &Fix::new("fix", |history: &[HistoryRow]| {
+                Ok(commands::checksum_fixes(set, history))
+            }),
             dry_run,
             observer,
         )
@@ -478,7 +480,9 @@ impl Migrator {
         observer: &mut dyn Observer,
     ) -> Result<Vec<Fixed>, Error> {
         self.run_locked(
-            &Fix(|history: &[HistoryRow]| Ok(commands::missing_fixes(set, history))),
+            &Fix::new("fix", |history: &[HistoryRow]| {
+                Ok(commands::missing_fixes(set, history))
+            }),
             dry_run,
             observer,
         )
@@ -493,11 +497,42 @@ impl Migrator {
         dry_run: bool,
         observer: &mut dyn Observer,
     ) -> Result<Fixed, Error> {
-        let fix = Fix(|history: &[HistoryRow]| commands::dirty_fix(version, resolution, history));
+        let fix = Fix::new("fix", |history: &[HistoryRow]| {
+            commands::dirty_fix(version, resolution, history)
+        });
         self.run_locked(&fix, dry_run, observer)?
             .into_iter()
             .next()
             .ok_or(Error::Target(TargetError::NotDirty(version)))
+    }
+}
+
+impl Migrator {
+    /// Starts managing a database that already has its schema: every
+    /// migration up to and including `version` that history does not hold
+    /// is recorded as applied, under the lock, without running. A dirty
+    /// one among them is refused; `version` must be a migration's.
+    pub fn baseline(
+        &mut self,
+        set: &MigrationSet,
+        version: u64,
+        dry_run: bool,
+        observer: &mut dyn Observer,
+    ) -> Result<Vec<Fixed>, Error> {
+        let executor = self.options.executor.clone();
+        let baseline = Fix::new("baseline", |history: &[HistoryRow]| {
+            commands::baseline_fixes(set, version, &executor, history)
+        });
+        self.run_locked(&baseline, dry_run, observer)
+    }
+
+    /// The newest applied migration (by version), if any.
+    pub fn current(&mut self) -> Result<Option<HistoryRow>, Error> {
+        Ok(self
+            .history()?
+            .into_iter()
+            .filter(|r| r.state == crate::history::RowState::Applied)
+            .max_by_key(|r| r.version))
     }
 }
 

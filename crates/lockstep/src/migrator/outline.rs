@@ -25,7 +25,7 @@ pub(super) trait Locked {
     /// What the command returns.
     type Output;
     /// The command, as the lock's row and log name it.
-    const COMMAND: &'static str;
+    fn command(&self) -> &'static str;
 
     /// Plans from history: what is pending, what to revert, what to fix.
     fn plan(&self, history: &[HistoryRow], dialect: Dialect) -> Result<Self::Plan, Error>;
@@ -113,7 +113,7 @@ impl Migrator {
             Ok(Some(read)) => lock::Work::Left(read.lock),
             _ => lock::Work::Left(None),
         };
-        let held = match self.lock(C::COMMAND, observer, since, &mut needed)? {
+        let held = match self.lock(command.command(), observer, since, &mut needed)? {
             Locking::Held(held) => held,
             Locking::NotNeeded => return Ok(command.unrun(None, dialect)),
         };
@@ -134,7 +134,7 @@ impl Migrator {
             }
             command.run(self, plan, held.as_ref(), observer)
         })();
-        self.unlock(held, C::COMMAND, observer);
+        self.unlock(held, command.command(), observer);
         result
     }
 
