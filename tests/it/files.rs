@@ -25,7 +25,7 @@ both!(malformed_files_touch_no_database, |p| {
         (
             "2_no_marker.sql",
             b"CREATE TABLE x (id integer);\n",
-            "migrations/2_no_marker.sql: no `-- upgrade` line",
+            "migrations/2_no_marker.sql: the migrations directory mixes layouts",
         ),
         (
             "2_empty.sql",
@@ -157,4 +157,49 @@ both!(a_bad_file_is_reported_before_what_the_database_holds, |p| {
         );
         assert_eq!(std::fs::read(path).unwrap(), b"not a database, just text\n");
     }
+});
+
+both!(dbmate_files_run_as_they_are, |p| {
+    p.migration(
+        "20240101000000_users.sql",
+        "-- migrate:up\nCREATE TABLE users (id integer);\n\n-- migrate:down\nDROP TABLE users;\n",
+    );
+    p.migration(
+        "20240102000000_posts.sql",
+        "-- migrate:up\nCREATE TABLE posts (id integer);\n-- migrate:down\nDROP TABLE posts;\n",
+    );
+    p.run(&["upgrade"]).ok();
+    assert!(p.db.table_exists("users") && p.db.table_exists("posts"));
+    p.run(&["rollback"]).ok();
+    assert!(p.db.table_exists("users") && !p.db.table_exists("posts"));
+    assert_eq!(p.db.history(), ["20240101000000 users applied"]);
+});
+
+both!(goose_files_run_as_they_are, |p| {
+    p.migration(
+        "00001_create_users.sql",
+        "-- +goose Up\n-- +goose StatementBegin\nCREATE TABLE users (id integer);\n-- +goose StatementEnd\n\n-- +goose Down\nDROP TABLE users;\n",
+    );
+    p.run(&["upgrade"]).ok();
+    assert!(p.db.table_exists("users"));
+    p.run(&["rollback"]).ok();
+    assert!(!p.db.table_exists("users"));
+});
+
+both!(sqlx_files_without_markers_run_whole, |p| {
+    p.migration(
+        "20240101000000_users.sql",
+        "CREATE TABLE users (id integer);\nINSERT INTO users VALUES (1);\n",
+    );
+    p.migration(
+        "20240102000000_posts.up.sql",
+        "CREATE TABLE posts (id integer);\n",
+    );
+    p.migration("20240102000000_posts.down.sql", "DROP TABLE posts;\n");
+    p.run(&["upgrade"]).ok();
+    assert_eq!(p.db.value("SELECT count(*) FROM users"), "1");
+    assert!(p.db.table_exists("posts"));
+    // An up-only migration has nothing to roll back with.
+    p.run(&["rollback"]).ok();
+    p.run(&["rollback"]).code(4);
 });

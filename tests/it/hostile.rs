@@ -54,9 +54,12 @@ const CASES: &[Case] = &[
         stderr: "error: migrations/2_a.up.sql: duplicate version 2: `migrations/2_a.sql` has it too\nhint: give one of them a new version: each version must be unique\n",
     },
     Case {
-        name: "no upgrade marker",
-        files: &[("migrations/1_a.sql", b"CREATE TABLE a (id integer);\n")],
-        stderr: "error: migrations/1_a.sql: no `-- upgrade` line\nhint: start the migration's SQL with a line `-- upgrade`; put the SQL that undoes it after a line `-- rollback`\n",
+        name: "no upgrade marker among files that have one",
+        files: &[
+            ("migrations/1_a.sql", b"-- upgrade\nCREATE TABLE a (id integer);\n"),
+            ("migrations/2_b.sql", b"CREATE TABLE b (id integer);\n"),
+        ],
+        stderr: "error: migrations/2_b.sql: the migrations directory mixes layouts: migrations/1_a.sql uses lockstep's `-- upgrade`/`-- rollback`; migrations/2_b.sql uses no section markers (sqlx's layout: the whole file is the upgrade)\nhint: a file without section markers runs whole as its upgrade: add `-- upgrade` (and `-- rollback`) to it, as in the other files\n",
     },
     Case {
         name: "empty upgrade section",

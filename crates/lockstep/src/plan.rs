@@ -390,6 +390,7 @@ mod tests {
             up: section("SELECT 1;"),
             down: down.then(|| Box::new(section("SELECT 2;"))),
             checksum: Checksum::parse(&format!("sha256:{version}")),
+            layout: crate::source::Layout::Lockstep,
         }
     }
 

@@ -47,13 +47,58 @@ pub struct Migration {
     pub down: Option<Box<Section>>,
     /// SHA-256 over the normalised file bytes (see [`Checksum`]).
     pub checksum: Checksum,
+    /// Whose layout its file follows.
+    pub layout: Layout,
+}
+
+/// Whose layout a migration's file follows. A directory holds one tool's
+/// single files (pairs go with any).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Layout {
+    /// One file, `-- upgrade` and `-- rollback`.
+    Lockstep,
+    /// `.up.sql` and `.down.sql` (lockstep's, golang-migrate's, sqlx's).
+    Pair,
+    /// One file, `-- migrate:up` and `-- migrate:down`.
+    Dbmate,
+    /// One file, `-- +goose Up` and `-- +goose Down`.
+    Goose,
+    /// One file without markers, all of it the upgrade (sqlx's up-only
+    /// migrations).
+    WholeFile,
+}
+
+impl Layout {
+    /// The layout's section markers, for messages.
+    fn markers(self) -> &'static str {
+        match self {
+            Layout::Lockstep => "lockstep's `-- upgrade`/`-- rollback`",
+            Layout::Pair => "`.up.sql`/`.down.sql` files",
+            Layout::Dbmate => "dbmate's `-- migrate:up`/`-- migrate:down`",
+            Layout::Goose => "goose's `-- +goose Up`/`-- +goose Down`",
+            Layout::WholeFile => {
+                "no section markers (sqlx's layout: the whole file is the upgrade)"
+            }
+        }
+    }
+
+    /// The line that starts the upgrade section.
+    fn up_marker(self) -> &'static str {
+        match self {
+            Layout::Dbmate => "`-- migrate:up`",
+            Layout::Goose => "`-- +goose Up`",
+            _ => "`-- upgrade`",
+        }
+    }
 }
 
 // A set holds a record per file, all at once: what a record holds inline
 // is held 10,000 times over at 10,000 files. Grown only on purpose: by
-// the upgrade section's two timeouts, which each migration may set.
+// the upgrade section's two timeouts, which each migration may set, and
+// by its file's layout.
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Migration>() == 176);
+const _: () = assert!(std::mem::size_of::<Migration>() == 184);
 
 /// The SQL of one direction of a migration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -423,9 +468,11 @@ impl MigrationSet {
         // nearly always in version order already.
         jobs.sort_unstable_by(|a, b| (a.version(), a.path()).cmp(&(b.version(), b.path())));
         join_pairs(&mut jobs)?;
+        let migrations = parse_all(jobs)?;
+        check_one_layout(&migrations)?;
         Ok(MigrationSet {
             dir: dir.to_path_buf(),
-            migrations: parse_all(jobs)?,
+            migrations,
         })
     }
 
@@ -680,6 +727,37 @@ struct Halves {
     down: Option<PathBuf>,
 }
 
+/// Refuses a directory whose single files follow more than one tool's
+/// layout (pairs go with any), naming the first file of each: a file
+/// read in the wrong tool's words would run the wrong SQL.
+fn check_one_layout(migrations: &[Migration]) -> Result<(), SourceError> {
+    let mut first: Vec<&Migration> = Vec::new();
+    for m in migrations.iter().filter(|m| m.layout != Layout::Pair) {
+        if !first.iter().any(|f| f.layout == m.layout) {
+            first.push(m);
+        }
+    }
+    if first.len() < 2 {
+        return Ok(());
+    }
+    let named: Vec<String> = first
+        .iter()
+        .map(|m| format!("{} uses {}", m.up.path.display(), m.layout.markers()))
+        .collect();
+    let err = SourceError::new(
+        &first[1].up.path,
+        format!(
+            "the migrations directory mixes layouts: {}",
+            named.join("; ")
+        ),
+    );
+    Err(if first.iter().any(|m| m.layout == Layout::WholeFile) {
+        err.hint("a file without section markers runs whole as its upgrade: add `-- upgrade` (and `-- rollback`) to it, as in the other files")
+    } else {
+        err.hint("mark every file's sections in one tool's words")
+    })
+}
+
 fn duplicate(path: &Path, other: &Path, version: u64) -> SourceError {
     SourceError::new(
         path,
@@ -773,8 +851,13 @@ fn decode(path: &Path, mut bytes: Vec<u8>) -> Result<String, SourceError> {
 
 /// What a line of a migration file is to the parser.
 enum Line<'a> {
-    Upgrade,
-    Rollback,
+    /// A section marker: up or down, in a tool's words; `false` when it
+    /// says the section runs outside a transaction (dbmate's
+    /// `transaction:false`).
+    Upgrade(Layout, bool),
+    Rollback(Layout, bool),
+    /// goose's `-- +goose NO TRANSACTION`: the whole file.
+    NoTransaction,
     Directive(&'a str),
     Other,
 }
@@ -785,10 +868,13 @@ fn classify_line(line: &str) -> Line<'_> {
         return Line::Other;
     };
     let comment = comment.trim();
+    if let Some(marker) = tool_marker(comment) {
+        return marker;
+    }
     if comment.eq_ignore_ascii_case("upgrade") {
-        Line::Upgrade
+        Line::Upgrade(Layout::Lockstep, true)
     } else if comment.eq_ignore_ascii_case("rollback") {
-        Line::Rollback
+        Line::Rollback(Layout::Lockstep, true)
     } else if comment
         .get(..9)
         .is_some_and(|prefix| prefix.eq_ignore_ascii_case("lockstep:"))
@@ -805,6 +891,34 @@ struct Directives {
     no_transaction: bool,
     lock_timeout: Option<Duration>,
     statement_timeout: Option<Duration>,
+}
+
+/// dbmate's and goose's section markers, as those tools write them:
+/// `-- migrate:up [transaction:false]`, `-- migrate:down`, `-- +goose Up`,
+/// `-- +goose Down`, `-- +goose NO TRANSACTION`. goose's other
+/// annotations (`StatementBegin`, `StatementEnd`) are comments here:
+/// lockstep's lexer finds statement boundaries by itself.
+fn tool_marker(comment: &str) -> Option<Line<'static>> {
+    if let Some(rest) = comment.strip_prefix("migrate:") {
+        let mut words = rest.split_whitespace();
+        let direction = words.next()?;
+        let transaction = !words.any(|w| w.eq_ignore_ascii_case("transaction:false"));
+        return match direction {
+            "up" => Some(Line::Upgrade(Layout::Dbmate, transaction)),
+            "down" => Some(Line::Rollback(Layout::Dbmate, transaction)),
+            _ => None,
+        };
+    }
+    let goose = comment.strip_prefix("+goose")?.trim();
+    if goose.eq_ignore_ascii_case("up") {
+        Some(Line::Upgrade(Layout::Goose, true))
+    } else if goose.eq_ignore_ascii_case("down") {
+        Some(Line::Rollback(Layout::Goose, true))
+    } else if goose.eq_ignore_ascii_case("no transaction") {
+        Some(Line::NoTransaction)
+    } else {
+        Some(Line::Other)
+    }
 }
 
 /// The directives a section carries, checked: each known, at most once,
@@ -925,11 +1039,25 @@ struct Marker {
     end: usize,
 }
 
-/// The `-- upgrade` line and the `-- rollback` line, when there is one:
-/// each at most once, no directive before them, an upgrade line there.
-fn find_markers(text: &str, path: &Path) -> Result<(Marker, Option<Marker>), SourceError> {
+/// A single file's section markers, in one tool's words.
+struct Markers {
+    layout: Layout,
+    up: Marker,
+    down: Option<Marker>,
+    /// Which sections run outside a transaction by the tool's own words
+    /// (dbmate's `transaction:false`, goose's `NO TRANSACTION`): up, down.
+    no_transaction: (bool, bool),
+}
+
+/// The upgrade marker line and the rollback marker line, when there is
+/// one, in one tool's words: each at most once, no directive before them,
+/// an upgrade line there. A file with no marker at all is sqlx's: the
+/// whole file is the upgrade (`None`).
+fn find_markers(text: &str, path: &Path) -> Result<Option<Markers>, SourceError> {
     let mut up: Option<Marker> = None;
     let mut down: Option<Marker> = None;
+    let mut layout: Option<(Layout, usize)> = None;
+    let mut no_transaction = (false, false);
     let mut offset = 0;
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let marker = Marker {
@@ -938,9 +1066,39 @@ fn find_markers(text: &str, path: &Path) -> Result<(Marker, Option<Marker>), Sou
             end: offset + line.len(),
         };
         offset = marker.end;
-        let (slot, word) = match classify_line(line) {
-            Line::Upgrade => (&mut up, "upgrade"),
-            Line::Rollback => (&mut down, "rollback"),
+        let line_kind = classify_line(line);
+        if let Line::Upgrade(this, _) | Line::Rollback(this, _) = line_kind {
+            match layout {
+                Some((first, at)) if first != this => {
+                    return Err(SourceError::new(
+                        path,
+                        format!(
+                            "{} marker in a file that uses {} (line {})",
+                            this.markers(),
+                            first.markers(),
+                            at + 1
+                        ),
+                    )
+                    .at(i + 1)
+                    .hint("mark a file's sections in one tool's words"));
+                }
+                Some(_) => {}
+                None => layout = Some((this, i)),
+            }
+        }
+        let (slot, word) = match line_kind {
+            Line::Upgrade(_, transaction) => {
+                no_transaction.0 |= !transaction;
+                (&mut up, "upgrade")
+            }
+            Line::Rollback(_, transaction) => {
+                no_transaction.1 |= !transaction;
+                (&mut down, "rollback")
+            }
+            Line::NoTransaction => {
+                no_transaction = (true, true);
+                continue;
+            }
             Line::Directive(_) if up.is_none() && down.is_none() => {
                 return Err(
                     SourceError::new(path, "directive before the `-- upgrade` line")
@@ -962,18 +1120,23 @@ fn find_markers(text: &str, path: &Path) -> Result<(Marker, Option<Marker>), Sou
         }
         *slot = Some(marker);
     }
-    let Some(up) = up else {
-        let err = SourceError::new(path, "no `-- upgrade` line");
-        let dbmate = text
-            .lines()
-            .any(|l| l.trim().eq_ignore_ascii_case("-- migrate:up"));
-        return Err(if dbmate {
-            err.hint("lockstep marks sections with `-- upgrade` and `-- rollback` (dbmate's `-- migrate:up` and `-- migrate:down`)")
-        } else {
-            err.hint("start the migration's SQL with a line `-- upgrade`; put the SQL that undoes it after a line `-- rollback`")
-        });
+    let Some((layout, _)) = layout else {
+        return Ok(None);
     };
-    Ok((up, down))
+    let Some(up) = up else {
+        return Err(
+            SourceError::new(path, format!("no {} line", layout.up_marker())).hint(format!(
+                "start the migration's SQL with a line {}",
+                layout.up_marker()
+            )),
+        );
+    };
+    Ok(Some(Markers {
+        layout,
+        up,
+        down,
+        no_transaction,
+    }))
 }
 
 /// Parses a single-file migration. Its text becomes the upgrade section's
@@ -984,12 +1147,25 @@ fn parse_single_text(
     path: PathBuf,
     mut text: String,
 ) -> Result<Migration, SourceError> {
-    let (up, down) = find_markers(&text, &path)?;
+    let Some(markers) = find_markers(&text, &path)? else {
+        return whole_file(version, name, path, text);
+    };
+    let Markers {
+        layout,
+        up,
+        down,
+        no_transaction,
+    } = markers;
     let first_marker = down.map_or(up.start, |d| d.start.min(up.start));
     if let Some(at) = sql::first_code_offset(&text[..first_marker]) {
-        return Err(SourceError::new(&path, "SQL before the `-- upgrade` line")
-            .at(sql::line_col(&text, at).0)
-            .hint("only comments may come before `-- upgrade`"));
+        return Err(
+            SourceError::new(&path, format!("SQL before the {} line", layout.up_marker()))
+                .at(sql::line_col(&text, at).0)
+                .hint(format!(
+                    "only comments may come before {}",
+                    layout.up_marker()
+                )),
+        );
     }
     // A section runs to the next marker or the end of the file.
     let (up_end, down_end) = match down {
@@ -1002,12 +1178,16 @@ fn parse_single_text(
     if !sql::has_code(up_text) {
         return Err(SourceError::new(&path, "the upgrade section is empty")
             .at(up.line + 1)
-            .hint("write the migration's SQL after the `-- upgrade` line"));
+            .hint(format!(
+                "write the migration's SQL after the {} line",
+                layout.up_marker()
+            )));
     }
     let down_section = match down {
         Some(d) => {
             let down_text = &text[d.end..down_end];
-            let s = section(down_text, d.line + 2, &path)?;
+            let mut s = section(down_text, d.line + 2, &path)?;
+            s.no_transaction |= no_transaction.1;
             sql::has_code(down_text).then(|| Box::new(s))
         }
         None => None,
@@ -1023,11 +1203,41 @@ fn parse_single_text(
             sql: text,
             path,
             first_line: up.line + 2,
-            no_transaction: directives.no_transaction,
+            no_transaction: directives.no_transaction || no_transaction.0,
             lock_timeout: directives.lock_timeout,
             statement_timeout: directives.statement_timeout,
         },
         down: down_section,
+        layout,
+    })
+}
+
+/// A file without section markers, as sqlx writes an up-only migration:
+/// the whole file is the upgrade, with sqlx's `-- no-transaction` as its
+/// first line read as lockstep's directive.
+fn whole_file(
+    version: u64,
+    name: String,
+    path: PathBuf,
+    text: String,
+) -> Result<Migration, SourceError> {
+    if !sql::has_code(&text) {
+        return Err(SourceError::new(&path, "the file is empty").hint(
+            "write the migration's SQL after a line `-- upgrade`, and what undoes it after `-- rollback`",
+        ));
+    }
+    let mut up = section(&text, 1, &path)?;
+    up.no_transaction |= text
+        .lines()
+        .next()
+        .is_some_and(|l| l.trim() == "-- no-transaction");
+    Ok(Migration {
+        version,
+        name,
+        checksum: checksum(text.as_bytes(), None),
+        up: Section { sql: text, ..up },
+        down: None,
+        layout: Layout::WholeFile,
     })
 }
 
@@ -1052,7 +1262,7 @@ fn parse_pair(version: u64, halves: Halves) -> Result<Migration, SourceError> {
 /// One file of a pair is a whole section: it may not hold section markers.
 fn check_half(path: &Path, text: String) -> Result<String, SourceError> {
     for (i, line) in text.lines().enumerate() {
-        if matches!(classify_line(line), Line::Upgrade | Line::Rollback) {
+        if matches!(classify_line(line), Line::Upgrade(..) | Line::Rollback(..)) {
             return Err(
                 SourceError::new(path, "section marker in a `.up.sql`/`.down.sql` file")
                     .at(i + 1)
@@ -1093,6 +1303,7 @@ fn pair_from_texts(
         ),
         up,
         down: down_section,
+        layout: Layout::Pair,
     })
 }
 
@@ -1396,6 +1607,73 @@ mod tests {
     }
 
     #[test]
+    fn other_tools_files_are_read_in_their_own_words() {
+        // dbmate: `-- migrate:up`, `transaction:false`.
+        let set = load(&[(
+            "20240101120000_a.sql",
+            b"-- migrate:up transaction:false\nCREATE INDEX CONCURRENTLY i ON t (c);\n\n-- migrate:down\nDROP INDEX i;\n",
+        )])
+        .unwrap();
+        let m = &set.migrations()[0];
+        assert_eq!(m.layout, Layout::Dbmate);
+        assert!(m.up.no_transaction);
+        assert_eq!(m.up.sql, "CREATE INDEX CONCURRENTLY i ON t (c);\n\n");
+        assert_eq!(m.down.as_deref().unwrap().sql, "DROP INDEX i;\n");
+        assert!(!m.down.as_deref().unwrap().no_transaction);
+        // goose: annotations, `NO TRANSACTION` for the whole file.
+        let set = load(&[(
+            "00002_b.sql",
+            b"-- +goose NO TRANSACTION\n-- +goose Up\n-- +goose StatementBegin\nCREATE FUNCTION f() RETURNS int AS $$ SELECT 1; $$ LANGUAGE sql;\n-- +goose StatementEnd\n-- +goose Down\nDROP FUNCTION f();\n",
+        )])
+        .unwrap();
+        let m = &set.migrations()[0];
+        assert_eq!((m.layout, m.version), (Layout::Goose, 2));
+        assert!(m.up.no_transaction && m.down.as_deref().unwrap().no_transaction);
+        assert!(m
+            .up
+            .sql
+            .starts_with("-- +goose StatementBegin\nCREATE FUNCTION"));
+        // sqlx: no markers, the whole file; its `-- no-transaction` line.
+        let set = load(&[
+            (
+                "1_c.sql",
+                b"-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);\n",
+            ),
+            ("2_d.sql", b"CREATE TABLE d (id int);\n"),
+        ])
+        .unwrap();
+        let [c, d] = set.migrations() else { panic!() };
+        assert_eq!((c.layout, d.layout), (Layout::WholeFile, Layout::WholeFile));
+        assert!(c.up.no_transaction && !d.up.no_transaction);
+        assert_eq!(d.up.sql, "CREATE TABLE d (id int);\n");
+    }
+
+    #[test]
+    fn a_directory_of_mixed_layouts_is_refused_naming_a_file_of_each() {
+        let (path, line, message) = load_err(&[
+            ("1_a.sql", b"-- upgrade\nCREATE TABLE a (id int);\n"),
+            ("2_b.sql", b"CREATE TABLE b (id int);\n"),
+            ("3_c.up.sql", b"CREATE TABLE c (id int);\n"),
+        ]);
+        assert_eq!((path.as_str(), line), ("2_b.sql", None));
+        assert!(
+            message.starts_with("the migrations directory mixes layouts: "),
+            "{message}"
+        );
+        assert!(message.contains("1_a.sql uses lockstep's"), "{message}");
+        assert!(
+            message.contains("2_b.sql uses no section markers"),
+            "{message}"
+        );
+        // Pairs go with any layout.
+        assert!(load(&[
+            ("1_a.sql", b"-- +goose Up\nSELECT 1;\n"),
+            ("2_b.up.sql", b"SELECT 2;\n"),
+        ])
+        .is_ok());
+    }
+
+    #[test]
     fn timeout_directives_bound_their_own_section() {
         let set = load(&[(
             "1_a.sql",
@@ -1416,8 +1694,19 @@ mod tests {
         type Want<'a> = (&'a str, Option<usize>, &'a str);
         let table: &[(Files<'_>, Want<'_>)] = &[
             (
-                &[("1_a.sql", b"CREATE TABLE t (id int);\n")],
-                ("1_a.sql", None, "no `-- upgrade` line"),
+                &[("1_a.sql", b"-- migrate:down\nDROP TABLE t;\n")],
+                ("1_a.sql", None, "no `-- migrate:up` line"),
+            ),
+            (
+                &[(
+                    "1_a.sql",
+                    b"-- upgrade\nCREATE TABLE t (id int);\n-- migrate:down\nDROP TABLE t;\n",
+                )],
+                (
+                    "1_a.sql",
+                    Some(3),
+                    "dbmate's `-- migrate:up`/`-- migrate:down` marker in a file that uses lockstep's `-- upgrade`/`-- rollback` (line 1)",
+                ),
             ),
             (
                 &[(
@@ -1582,9 +1871,9 @@ mod tests {
     }
 
     #[test]
-    fn dbmate_markers_get_a_hint() {
-        let err = load(&[("1_a.sql", b"-- migrate:up\nSELECT 1;\n")]).unwrap_err();
-        assert!(err.remedy.unwrap().to_string().contains("migrate:up"));
+    fn dbmate_markers_are_read_as_dbmate_reads_them() {
+        let set = load(&[("1_a.sql", b"-- migrate:up\nSELECT 1;\n")]).unwrap();
+        assert_eq!(set.migrations()[0].up.sql, "SELECT 1;\n");
     }
 
     #[test]
