@@ -203,3 +203,47 @@ both!(sqlx_files_without_markers_run_whole, |p| {
     p.run(&["rollback"]).ok();
     p.run(&["rollback"]).code(4);
 });
+
+both!(a_diesel_tree_runs_as_it_is, |p| {
+    p.migration(
+        "2023-01-01-120000_create_users/up.sql",
+        "CREATE TABLE users (id integer);\n",
+    );
+    p.migration(
+        "2023-01-01-120000_create_users/down.sql",
+        "DROP TABLE users;\n",
+    );
+    p.migration(
+        "2023-01-02-000000_Add-Posts/up.sql",
+        "CREATE TABLE posts (id integer);\n",
+    );
+    let dry = p.run(&["upgrade", "--dry-run"]);
+    dry.ok();
+    assert!(
+        dry.stdout
+            .contains("would apply 20230101120000 create_users"),
+        "{}",
+        dry.stdout
+    );
+    p.run(&["upgrade"]).ok();
+    assert_eq!(
+        p.db.history(),
+        [
+            "20230101120000 create_users applied",
+            "20230102000000 Add-Posts applied"
+        ]
+    );
+    p.run(&["rollback", "--to", "20230101120000"]).code(4);
+    p.run(&["validate"]).ok();
+});
+
+both!(golang_migrate_pairs_without_names_run, |p| {
+    p.migration("1.up.sql", "CREATE TABLE a (id integer);\n");
+    p.migration("1.down.sql", "DROP TABLE a;\n");
+    p.migration("2_Add-B.up.sql", "CREATE TABLE b (id integer);\n");
+    p.run(&["upgrade"]).ok();
+    assert_eq!(p.db.history(), ["1  applied", "2 Add-B applied"]);
+    let status = p.run(&["status"]);
+    status.ok();
+    p.run(&["rollback", "--count", "2"]).code(4);
+});

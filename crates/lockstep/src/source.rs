@@ -53,12 +53,13 @@ pub struct Migration {
 
 /// Whose layout a migration's file follows. A directory holds one tool's
 /// single files (pairs go with any).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Layout {
     /// One file, `-- upgrade` and `-- rollback`.
     Lockstep,
     /// `.up.sql` and `.down.sql` (lockstep's, golang-migrate's, sqlx's).
+    #[default]
     Pair,
     /// One file, `-- migrate:up` and `-- migrate:down`.
     Dbmate,
@@ -67,6 +68,12 @@ pub enum Layout {
     /// One file without markers, all of it the upgrade (sqlx's up-only
     /// migrations).
     WholeFile,
+    /// diesel's directory `<version>_<name>/` with `up.sql` and
+    /// `down.sql`.
+    Diesel {
+        /// Its `metadata.toml` says `run_in_transaction = false`.
+        no_transaction: bool,
+    },
 }
 
 impl Layout {
@@ -80,6 +87,7 @@ impl Layout {
             Layout::WholeFile => {
                 "no section markers (sqlx's layout: the whole file is the upgrade)"
             }
+            Layout::Diesel { .. } => "diesel's `<version>_<name>/up.sql` directories",
         }
     }
 
@@ -336,18 +344,19 @@ pub(crate) fn parse_file_name(file_name: &str) -> Result<Option<FileName>, Strin
     };
     let bad = || {
         "file name does not match `<version>_<name>.sql` or `<version>_<name>.up.sql`/`.down.sql` \
-         (version: digits; name: lowercase letters, digits and `_`)"
+         (version: digits; name: letters, digits, `_`, `-` and `.`)"
             .to_string()
     };
-    let (digits, name) = stem.split_once('_').ok_or_else(bad)?;
+    // golang-migrate's pairs may have no name: `<version>.up.sql`.
+    let (digits, name) = match stem.split_once('_') {
+        Some(split) => split,
+        None if half.is_some() => (stem, ""),
+        None => return Err(bad()),
+    };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(bad());
     }
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-    {
+    if (name.is_empty() && half.is_none()) || !is_tool_name(name) {
         return Err(bad());
     }
     let version = parse_version(digits)?;
@@ -356,6 +365,14 @@ pub(crate) fn parse_file_name(file_name: &str) -> Result<Option<FileName>, Strin
         None => FileName::Single { version, name },
         Some(up) => FileName::Half { version, name, up },
     }))
+}
+
+/// A migration's name as the tools that made it write names: ASCII
+/// letters, digits, `_`, `-` and `.` (lockstep's own `new` writes
+/// lowercase, digits and `_`).
+fn is_tool_name(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 /// Parses a version: digits, at most 18 of them so that it fits a signed
@@ -382,7 +399,12 @@ pub struct Named {
 
 impl fmt::Display for Named {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.version, self.name)
+        if self.name.is_empty() {
+            // golang-migrate's `<version>.up.sql` has no name.
+            write!(f, "{}", self.version)
+        } else {
+            write!(f, "{} {}", self.version, self.name)
+        }
     }
 }
 
@@ -563,6 +585,12 @@ fn jobs(dir: &Path, names: Vec<(String, fs::FileType)>) -> Result<Vec<Job>, Sour
         let mut path = PathBuf::with_capacity(dir.as_os_str().len() + 1 + file_name.len());
         path.push(dir);
         path.push(&file_name);
+        if kind.is_dir() {
+            if let Some(job) = diesel_job(&file_name, &path)? {
+                jobs.push(job);
+                continue;
+            }
+        }
         let parsed = match parse_file_name(&file_name) {
             Ok(Some(parsed)) => parsed,
             Ok(None) => continue,
@@ -594,11 +622,60 @@ fn jobs(dir: &Path, names: Vec<(String, fs::FileType)>) -> Result<Vec<Job>, Sour
                 } else {
                     (None, Some(path))
                 };
-                Job::Pair(version, Halves { name, up, down })
+                Job::Pair(
+                    version,
+                    Halves {
+                        name,
+                        up,
+                        down,
+                        layout: Layout::Pair,
+                    },
+                )
             }
         });
     }
     Ok(jobs)
+}
+
+/// A diesel migration: a directory `<version>_<name>` (the version's
+/// digits may be split by `-`: `2023-01-01-000000`) holding `up.sql` and
+/// `down.sql`, and a `metadata.toml` that may say `run_in_transaction =
+/// false`. `None` for a directory that holds no `up.sql`; a directory that
+/// does, named otherwise, is refused: it would be ignored silently.
+fn diesel_job(dir_name: &str, path: &Path) -> Result<Option<Job>, SourceError> {
+    let up = path.join("up.sql");
+    if !up.is_file() {
+        return Ok(None);
+    }
+    let parsed = dir_name.split_once('_').and_then(|(version, name)| {
+        let digits: String = version.chars().filter(|&c| c != '-').collect();
+        let dashes_between_digits = !version.starts_with('-') && !version.ends_with('-');
+        (dashes_between_digits && !name.is_empty() && is_tool_name(name))
+            .then(|| parse_version(&digits).ok().map(|v| (v, name)))
+            .flatten()
+    });
+    let Some((version, name)) = parsed else {
+        return Err(SourceError::new(
+            path,
+            "a directory with an `up.sql` whose name does not match diesel's `<version>_<name>`",
+        )
+        .hint("name it `<version>_<name>` (version: digits, which may be split by `-`), or move it out of the migrations directory"));
+    };
+    let down = path.join("down.sql");
+    let metadata = fs::read_to_string(path.join("metadata.toml")).unwrap_or_default();
+    let no_transaction = metadata.lines().any(|l| {
+        let l: String = l.chars().filter(|c| !c.is_whitespace()).collect();
+        l == "run_in_transaction=false"
+    });
+    Ok(Some(Job::Pair(
+        version,
+        Halves {
+            name: name.to_string(),
+            up: Some(up),
+            down: down.is_file().then_some(down),
+            layout: Layout::Diesel { no_transaction },
+        },
+    )))
 }
 
 /// Joins the two halves of a pair (jobs in version order), which share a
@@ -725,6 +802,8 @@ struct Halves {
     name: String,
     up: Option<PathBuf>,
     down: Option<PathBuf>,
+    /// Pairs of files, or diesel's directory.
+    layout: Layout,
 }
 
 /// Refuses a directory whose single files follow more than one tool's
@@ -733,7 +812,11 @@ struct Halves {
 fn check_one_layout(migrations: &[Migration]) -> Result<(), SourceError> {
     let mut first: Vec<&Migration> = Vec::new();
     for m in migrations.iter().filter(|m| m.layout != Layout::Pair) {
-        if !first.iter().any(|f| f.layout == m.layout) {
+        let kind = std::mem::discriminant(&m.layout);
+        if !first
+            .iter()
+            .any(|f| std::mem::discriminant(&f.layout) == kind)
+        {
             first.push(m);
         }
     }
@@ -1256,7 +1339,15 @@ fn parse_pair(version: u64, halves: Halves) -> Result<Migration, SourceError> {
         Some(path) => Some((path.as_path(), check_half(path, read_text(path)?)?)),
         None => None,
     };
-    pair_from_texts(version, halves.name, &up_path, up_text, down)
+    let mut m = pair_from_texts(version, halves.name, &up_path, up_text, down)?;
+    if let Layout::Diesel { no_transaction } = halves.layout {
+        m.layout = halves.layout;
+        m.up.no_transaction |= no_transaction;
+        if let Some(down) = m.down.as_deref_mut() {
+            down.no_transaction |= no_transaction;
+        }
+    }
+    Ok(m)
 }
 
 /// One file of a pair is a whole section: it may not hold section markers.
@@ -1325,7 +1416,9 @@ mod tests {
             let _ = fs::remove_dir_all(&dir);
             fs::create_dir_all(&dir).unwrap();
             for (name, content) in files {
-                fs::write(dir.join(name), content).unwrap();
+                let path = dir.join(name);
+                fs::create_dir_all(path.parent().unwrap()).unwrap();
+                fs::write(path, content).unwrap();
             }
             Dir(dir)
         }
@@ -1484,15 +1577,31 @@ mod tests {
         for ignored in ["README.md", "notes.txt", "1_init.sql.bak"] {
             assert_eq!(parse_file_name(ignored).unwrap(), None, "{ignored}");
         }
+        // Other tools' names: capitals, hyphens, dots; golang-migrate's
+        // name-less pairs.
+        for (file, version, name) in [
+            ("1_Init.sql", 1, "Init"),
+            ("2_add-users.v2.sql", 2, "add-users.v2"),
+            ("3.up.sql", 3, ""),
+            ("3.down.sql", 3, ""),
+        ] {
+            let parsed = parse_file_name(file).unwrap().unwrap();
+            let (v, n) = match &parsed {
+                FileName::Single { version, name } | FileName::Half { version, name, .. } => {
+                    (*version, name.as_str())
+                }
+            };
+            assert_eq!((v, n), (version, name), "{file}");
+        }
         for bad in [
             "init.sql",
-            "1_Init.sql",
+            "1.sql",
             "1-init.sql",
             "_init.sql",
             "1_.sql",
             "1_in it.sql",
+            "1_init;x.sql",
             "v1_init.sql",
-            "1_init.sideways.sql",
             "1234567890123456789_too_long.sql",
         ] {
             assert!(parse_file_name(bad).is_err(), "{bad}");
@@ -1646,6 +1755,64 @@ mod tests {
         assert_eq!((c.layout, d.layout), (Layout::WholeFile, Layout::WholeFile));
         assert!(c.up.no_transaction && !d.up.no_transaction);
         assert_eq!(d.up.sql, "CREATE TABLE d (id int);\n");
+    }
+
+    #[test]
+    fn diesel_directories_are_migrations() {
+        let set = load(&[
+            ("00000000000000_diesel_initial_setup/up.sql", b"SELECT 0;\n"),
+            (
+                "00000000000000_diesel_initial_setup/down.sql",
+                b"SELECT 1;\n",
+            ),
+            (
+                "2023-01-01-120000_create_users/up.sql",
+                b"CREATE TABLE users (id int);\n",
+            ),
+            (
+                "2023-01-01-120000_create_users/down.sql",
+                b"DROP TABLE users;\n",
+            ),
+            (
+                "2023-01-02-000000_index/up.sql",
+                b"CREATE INDEX CONCURRENTLY i ON users (id);\n",
+            ),
+            (
+                "2023-01-02-000000_index/metadata.toml",
+                b"run_in_transaction = false\n",
+            ),
+            ("notes/readme.txt", b"not a migration\n"),
+        ])
+        .unwrap();
+        let got: Vec<(u64, &str, bool, bool)> = set
+            .migrations()
+            .iter()
+            .map(|m| {
+                (
+                    m.version,
+                    m.name.as_str(),
+                    m.down.is_some(),
+                    m.up.no_transaction,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0, "diesel_initial_setup", true, false),
+                (20230101120000, "create_users", true, false),
+                (20230102000000, "index", false, true)
+            ]
+        );
+        // A directory of migrations is never skipped silently.
+        let (path, _, message) = load_err(&[("create_users/up.sql", b"SELECT 1;\n")]);
+        assert_eq!(path, "create_users");
+        assert!(message.contains("does not match diesel's"), "{message}");
+        let (_, _, message) = load_err(&[
+            ("1_a.sql", b"-- upgrade\nSELECT 1;\n"),
+            ("2023-01-01-120000_b/up.sql", b"SELECT 2;\n"),
+        ]);
+        assert!(message.contains("mixes layouts"), "{message}");
     }
 
     #[test]
