@@ -4,7 +4,7 @@ use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use lockstep::Migration;
+use lockstep::{Layout, Migration, MigrationSet};
 
 use crate::cli::NewArgs;
 use crate::error::{CliError, Exit};
@@ -74,6 +74,9 @@ pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result
         ))
         .with_hint("run `lockstep init`, or pass `--migrations DIR`"));
     }
+    // The next migration in the form of the newest: another tool's, when
+    // the directory is that tool's.
+    let layout = MigrationSet::newest_layout(dir).unwrap_or(Layout::Lockstep);
     // Another `new` may pick the same version at the same moment: create
     // the file exclusively, then make sure no other file took the version.
     for _ in 0..100 {
@@ -96,31 +99,13 @@ pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result
             .map(|(_, digits)| *digits)
             .filter(|&d| d < TIMESTAMP_DIGITS)
             .unwrap_or(0);
-        let file_name = format!("{version:0width$}_{}.sql", args.name);
-        let path = dir.join(&file_name);
-        let mut file = match fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => {
-                return Err(CliError::io(format!(
-                    "cannot create {}: {e}",
-                    path.display()
-                )))
-            }
+        let stem = format!("{version:0width$}_{}", args.name);
+        let Some(path) = write_new(dir, &stem, version, &args.name, layout)? else {
+            continue;
         };
-        let template = format!(
-            "-- {} {}\n-- upgrade\n\n\n-- rollback\n\n",
-            version, args.name
-        );
-        file.write_all(template.as_bytes())
-            .map_err(|e| CliError::io(format!("cannot write {}: {e}", path.display())))?;
         let taken_twice = versions(dir)?.iter().filter(|(v, _)| *v == version).count() > 1;
         if taken_twice {
-            let _ = fs::remove_file(&path);
+            remove_new(&path);
             continue;
         }
         printer.line(&path.display().to_string());
@@ -134,6 +119,88 @@ pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result
     Err(CliError::io(
         "could not find a free version after 100 attempts",
     ))
+}
+
+/// Creates the new migration, exclusively, in `layout`'s form: its path
+/// (a pair's up file, a diesel migration's directory), or `None` when the
+/// name was taken meanwhile.
+fn write_new(
+    dir: &Path,
+    stem: &str,
+    version: u64,
+    name: &str,
+    layout: Layout,
+) -> Result<Option<PathBuf>, CliError> {
+    let create = |path: &Path, text: &str| -> Result<bool, CliError> {
+        let io = |e: std::io::Error| CliError::io(format!("cannot create {}: {e}", path.display()));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(path)
+        {
+            Ok(mut file) => file.write_all(text.as_bytes()).map(|()| true).map_err(io),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(io(e)),
+        }
+    };
+    let single = |template: &str| -> Result<Option<PathBuf>, CliError> {
+        let path = dir.join(format!("{stem}.sql"));
+        Ok(create(&path, template)?.then_some(path))
+    };
+    match layout {
+        Layout::Dbmate => single("-- migrate:up\n\n\n-- migrate:down\n\n"),
+        Layout::Goose => single("-- +goose Up\n\n\n-- +goose Down\n\n"),
+        // sqlx's `migrate add` writes the same line.
+        Layout::WholeFile => single("-- Add migration script here\n"),
+        Layout::Pair => {
+            let up = dir.join(format!("{stem}.up.sql"));
+            if !create(&up, "")? {
+                return Ok(None);
+            }
+            create(&dir.join(format!("{stem}.down.sql")), "")?;
+            Ok(Some(up))
+        }
+        Layout::Diesel { .. } => {
+            // diesel writes its versions as `2023-01-01-120000`.
+            let digits = format!("{version:014}");
+            let dashed = format!(
+                "{}-{}-{}-{}",
+                &digits[..4],
+                &digits[4..6],
+                &digits[6..8],
+                &digits[8..]
+            );
+            let path = dir.join(format!("{dashed}_{name}"));
+            match fs::create_dir(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(None),
+                Err(e) => {
+                    return Err(CliError::io(format!(
+                        "cannot create {}: {e}",
+                        path.display()
+                    )))
+                }
+            }
+            create(&path.join("up.sql"), "")?;
+            create(&path.join("down.sql"), "")?;
+            Ok(Some(path))
+        }
+        _ => single(&format!(
+            "-- {version} {name}\n-- upgrade\n\n\n-- rollback\n\n"
+        )),
+    }
+}
+
+/// Takes back a migration `new` wrote, whose version another took.
+fn remove_new(path: &Path) {
+    if path.is_dir() {
+        let _ = fs::remove_dir_all(path);
+    } else {
+        let _ = fs::remove_file(path);
+        if let Some(up) = path.to_str().and_then(|p| p.strip_suffix(".up.sql")) {
+            let _ = fs::remove_file(format!("{up}.down.sql"));
+        }
+    }
 }
 
 /// Refuses a name `new` cannot use, suggesting one it can.
@@ -164,8 +231,21 @@ fn versions(dir: &Path) -> Result<Vec<(u64, usize)>, CliError> {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
-        if let Some(version) = Migration::version_of(name) {
-            let digits = name.split('_').next().map_or(0, str::len);
+        // A pair's version is counted once, at its up file.
+        if name.ends_with(".down.sql") {
+            continue;
+        }
+        let is_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        let version = if is_dir {
+            Migration::version_of_dir(name)
+        } else {
+            Migration::version_of(name)
+        };
+        if let Some(version) = version {
+            let digits = name
+                .split(['_', '.'])
+                .next()
+                .map_or(0, |v| v.chars().filter(char::is_ascii_digit).count());
             out.push((version, digits));
         }
     }

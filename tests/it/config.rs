@@ -245,3 +245,81 @@ fn new_refuses_bad_names_with_a_suggestion() {
         "error: invalid migration name `Add Users`: use lowercase letters, digits and `_`\nhint: lockstep new add_users\n"
     );
 }
+
+/// `new` writes the next migration in the form of the newest one: another
+/// tool's, when the directory is that tool's.
+/// The existing migration and its text; the path `new` prints; the files
+/// it writes, with their text.
+type NewCase<'a> = (&'a str, &'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+#[test]
+fn new_writes_in_the_form_of_the_directory() {
+    let cases: &[NewCase<'_>] = &[
+        (
+            "0001_a.sql",
+            "-- migrate:up\nSELECT 1;\n-- migrate:down\nSELECT 2;\n",
+            "migrations/0002_c.sql",
+            &[(
+                "migrations/0002_c.sql",
+                "-- migrate:up\n\n\n-- migrate:down\n\n",
+            )],
+        ),
+        (
+            "0001_a.sql",
+            "-- +goose Up\nSELECT 1;\n",
+            "migrations/0002_c.sql",
+            &[(
+                "migrations/0002_c.sql",
+                "-- +goose Up\n\n\n-- +goose Down\n\n",
+            )],
+        ),
+        (
+            "0001_a.sql",
+            "SELECT 1;\n",
+            "migrations/0002_c.sql",
+            &[("migrations/0002_c.sql", "-- Add migration script here\n")],
+        ),
+        (
+            "1.up.sql",
+            "SELECT 1;\n",
+            "migrations/2_c.up.sql",
+            &[
+                ("migrations/2_c.up.sql", ""),
+                ("migrations/2_c.down.sql", ""),
+            ],
+        ),
+        ("2023-01-01-120000_a/up.sql", "SELECT 1;\n", "", &[]),
+    ];
+    for (existing, content, want_path, want_files) in cases {
+        let p = sqlite();
+        p.migration(existing, content);
+        let run = p.run(&["new", "c"]);
+        run.ok();
+        let path = run.stdout.trim_end();
+        if want_path.is_empty() {
+            // diesel: a directory named by the time, with both files.
+            assert!(
+                path.starts_with("migrations/20") && path.ends_with("_c"),
+                "{path}"
+            );
+            assert!(
+                !path[11..].starts_with('-') && path.matches('-').count() == 3,
+                "{path}"
+            );
+            assert_eq!(
+                std::fs::read_to_string(p.path(&format!("{path}/up.sql"))).unwrap(),
+                ""
+            );
+            assert!(p.path(&format!("{path}/down.sql")).is_file());
+            continue;
+        }
+        assert_eq!(path, *want_path, "{existing}");
+        for (file, text) in *want_files {
+            assert_eq!(
+                std::fs::read_to_string(p.path(file)).unwrap(),
+                *text,
+                "{file}"
+            );
+        }
+    }
+}

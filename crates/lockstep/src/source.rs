@@ -462,6 +462,12 @@ impl Migration {
         }
     }
 
+    /// The version of a directory named as a diesel migration
+    /// (`2023-01-01-120000_create_users`); `None` for any other name.
+    pub fn version_of_dir(dir_name: &str) -> Option<u64> {
+        parse_diesel_name(dir_name).map(|(version, _)| version)
+    }
+
     /// The version that a directory numbered by timestamps gives a
     /// migration written at `time`: `YYYYMMDDHHMMSS` in UTC.
     pub fn version_at(time: std::time::SystemTime) -> u64 {
@@ -521,6 +527,51 @@ impl MigrationSet {
     /// The directory the migrations were read from.
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// The layout of the newest migration in `dir` (by version), read
+    /// without parsing the others: the form `new` writes the next one in.
+    /// `None` for a directory without migrations; a file that does not
+    /// parse counts as lockstep's own.
+    pub fn newest_layout(dir: impl AsRef<Path>) -> Option<Layout> {
+        let dir = dir.as_ref();
+        let mut newest: Option<(u64, Layout, PathBuf)> = None;
+        for (name, kind) in list(dir).ok()? {
+            let found = if kind.is_dir() {
+                parse_diesel_name(&name)
+                    .filter(|_| dir.join(&name).join("up.sql").is_file())
+                    .map(|(v, _)| {
+                        (
+                            v,
+                            Layout::Diesel {
+                                no_transaction: false,
+                            },
+                        )
+                    })
+            } else {
+                match parse_file_name(&name) {
+                    Ok(Some(FileName::Half { version, .. })) => Some((version, Layout::Pair)),
+                    Ok(Some(FileName::Single { version, .. })) => Some((version, Layout::Lockstep)),
+                    _ => None,
+                }
+            };
+            if let Some((version, layout)) = found {
+                if newest.as_ref().is_none_or(|(v, ..)| version > *v) {
+                    newest = Some((version, layout, dir.join(&name)));
+                }
+            }
+        }
+        let (_, layout, path) = newest?;
+        if layout != Layout::Lockstep {
+            return Some(layout);
+        }
+        // A single file: its markers say whose it is.
+        let text = read_text(&path).ok()?;
+        Some(match find_markers(&text, &path) {
+            Ok(Some(markers)) => markers.layout,
+            Ok(None) => Layout::WholeFile,
+            Err(_) => Layout::Lockstep,
+        })
     }
 
     /// The migrations, ordered by version.
@@ -647,14 +698,7 @@ fn diesel_job(dir_name: &str, path: &Path) -> Result<Option<Job>, SourceError> {
     if !up.is_file() {
         return Ok(None);
     }
-    let parsed = dir_name.split_once('_').and_then(|(version, name)| {
-        let digits: String = version.chars().filter(|&c| c != '-').collect();
-        let dashes_between_digits = !version.starts_with('-') && !version.ends_with('-');
-        (dashes_between_digits && !name.is_empty() && is_tool_name(name))
-            .then(|| parse_version(&digits).ok().map(|v| (v, name)))
-            .flatten()
-    });
-    let Some((version, name)) = parsed else {
+    let Some((version, name)) = parse_diesel_name(dir_name) else {
         return Err(SourceError::new(
             path,
             "a directory with an `up.sql` whose name does not match diesel's `<version>_<name>`",
@@ -676,6 +720,16 @@ fn diesel_job(dir_name: &str, path: &Path) -> Result<Option<Job>, SourceError> {
             layout: Layout::Diesel { no_transaction },
         },
     )))
+}
+
+/// A diesel directory's version and name: `2023-01-01-120000_create_users`.
+fn parse_diesel_name(dir_name: &str) -> Option<(u64, &str)> {
+    let (version, name) = dir_name.split_once('_')?;
+    let digits: String = version.chars().filter(|&c| c != '-').collect();
+    let dashes_between_digits = !version.starts_with('-') && !version.ends_with('-');
+    (dashes_between_digits && !name.is_empty() && is_tool_name(name))
+        .then(|| parse_version(&digits).ok().map(|v| (v, name)))
+        .flatten()
 }
 
 /// Joins the two halves of a pair (jobs in version order), which share a
