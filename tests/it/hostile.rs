@@ -15,17 +15,17 @@ const CASES: &[Case] = &[
     Case {
         name: "name with a dash",
         files: &[("migrations/1-init.sql", b"-- upgrade\nSELECT 1;\n")],
-        stderr: "error: migrations/1-init.sql: file name does not match `<version>_<name>.sql` or `<version>_<name>.up.sql`/`.down.sql` (version: digits; name: letters, digits, `_`, `-` and `.`)\nhint: rename it, or move it out of the migrations directory\n",
+        stderr: "error: migrations/1-init.sql: file name does not match `<version>_<name>.sql` or `<version>_<name>.up.sql`/`.down.sql` (version: digits; name: letters, digits, `_`, `-` and `.`) (`-` at character 2)\nhint: rename it, or move it out of the migrations directory\n",
     },
     Case {
         name: "name without a version",
         files: &[("migrations/init.sql", b"-- upgrade\nSELECT 1;\n")],
-        stderr: "error: migrations/init.sql: file name does not match `<version>_<name>.sql` or `<version>_<name>.up.sql`/`.down.sql` (version: digits; name: letters, digits, `_`, `-` and `.`)\nhint: rename it, or move it out of the migrations directory\n",
+        stderr: "error: migrations/init.sql: file name does not match `<version>_<name>.sql` or `<version>_<name>.up.sql`/`.down.sql` (version: digits; name: letters, digits, `_`, `-` and `.`) (`i` at character 1)\nhint: rename it, or move it out of the migrations directory\n",
     },
     Case {
         name: "a space in the name",
         files: &[("migrations/1_In it.sql", b"-- upgrade\nSELECT 1;\n")],
-        stderr: "error: migrations/1_In it.sql: file name does not match `<version>_<name>.sql` or `<version>_<name>.up.sql`/`.down.sql` (version: digits; name: letters, digits, `_`, `-` and `.`)\nhint: rename it, or move it out of the migrations directory\n",
+        stderr: "error: migrations/1_In it.sql: file name does not match `<version>_<name>.sql` or `<version>_<name>.up.sql`/`.down.sql` (version: digits; name: letters, digits, `_`, `-` and `.`) (` ` at character 5)\nhint: rename it, or move it out of the migrations directory\n",
     },
     Case {
         name: "upper-case extension",

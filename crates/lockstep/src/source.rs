@@ -495,6 +495,7 @@ impl MigrationSet {
         // version, in the listing's (name) order. In place: the listing is
         // nearly always in version order already.
         jobs.sort_unstable_by(|a, b| (a.version(), a.path()).cmp(&(b.version(), b.path())));
+        check_versions_once(&jobs)?;
         join_pairs(&mut jobs)?;
         let migrations = parse_all(jobs)?;
         check_one_layout(&migrations)?;
@@ -630,6 +631,9 @@ fn list(dir: &Path) -> Result<Vec<(String, fs::FileType)>, SourceError> {
 fn jobs(dir: &Path, names: Vec<(String, fs::FileType)>) -> Result<Vec<Job>, SourceError> {
     let canonical_dir = fs::canonicalize(dir).map_err(|e| SourceError::new(dir, io_reason(&e)))?;
     let mut jobs: Vec<Job> = Vec::with_capacity(names.len());
+    // Every badly named file, named in one run: a directory taken over
+    // from another tool may have many.
+    let mut bad_names: Vec<(PathBuf, String, String)> = Vec::new();
     for (file_name, kind) in names {
         // Sized exactly (`join` doubles the buffer as it grows): each
         // migration keeps its path.
@@ -646,11 +650,13 @@ fn jobs(dir: &Path, names: Vec<(String, fs::FileType)>) -> Result<Vec<Job>, Sour
             Ok(Some(parsed)) => parsed,
             Ok(None) => continue,
             Err(message) => {
-                if !path.is_file() {
-                    continue;
+                if path.is_file() {
+                    let at = offending_char(&file_name)
+                        .map(|(i, c)| format!(" (`{c}` at character {})", i + 1))
+                        .unwrap_or_default();
+                    bad_names.push((path, message, at));
                 }
-                return Err(SourceError::new(&path, message)
-                    .hint("rename it, or move it out of the migrations directory"));
+                continue;
             }
         };
         let is_file = if kind.is_symlink() {
@@ -685,7 +691,49 @@ fn jobs(dir: &Path, names: Vec<(String, fs::FileType)>) -> Result<Vec<Job>, Sour
             }
         });
     }
+    if let Some((first, message, at)) = bad_names.first() {
+        let message = match bad_names.len() {
+            1 => format!("{message}{at}"),
+            n => {
+                let all: Vec<String> = bad_names
+                    .iter()
+                    .map(|(path, _, at)| format!("{}{at}", path.display()))
+                    .collect();
+                format!(
+                    "{n} files are named neither way: {}; {message}",
+                    all.join(", ")
+                )
+            }
+        };
+        let hint = if bad_names.len() == 1 {
+            "rename it, or move it out of the migrations directory"
+        } else {
+            "rename them, or move them out of the migrations directory"
+        };
+        return Err(SourceError::new(first, message).hint(hint));
+    }
     Ok(jobs)
+}
+
+/// The first character of a file name where it stops being a migration's
+/// `<version>_<name>[.up|.down].sql`, as a 0-based character index.
+fn offending_char(file_name: &str) -> Option<(usize, char)> {
+    let stem = file_name.strip_suffix(".sql")?;
+    let stem = stem
+        .strip_suffix(".up")
+        .or_else(|| stem.strip_suffix(".down"))
+        .unwrap_or(stem);
+    let mut chars = stem.chars().enumerate().peekable();
+    let mut digits = 0;
+    while chars.next_if(|(_, c)| c.is_ascii_digit()).is_some() {
+        digits += 1;
+    }
+    match chars.next() {
+        Some((i, c)) if digits == 0 || c != '_' => return Some((i, c)),
+        None if digits == 0 => return stem.chars().next().map(|c| (0, c)),
+        _ => {}
+    }
+    chars.find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
 }
 
 /// A diesel migration: a directory `<version>_<name>` (the version's
@@ -893,6 +941,43 @@ fn check_one_layout(migrations: &[Migration]) -> Result<(), SourceError> {
     } else {
         err.hint("mark every file's sections in one tool's words")
     })
+}
+
+/// Refuses a version that three or more migrations share, naming every
+/// file (two are a duplicate that `join_pairs` names).
+fn check_versions_once(jobs: &[Job]) -> Result<(), SourceError> {
+    for group in jobs.chunk_by(|a, b| a.version() == b.version()) {
+        // A pair's two files are one migration.
+        let halves = |up: bool| {
+            group
+                .iter()
+                .filter(|j| matches!(j, Job::Pair(_, h) if h.up.is_some() == up))
+                .count()
+        };
+        let singles = group
+            .iter()
+            .filter(|j| matches!(j, Job::Single(..)))
+            .count();
+        if singles + halves(true).max(halves(false)) < 3 {
+            continue;
+        }
+        if let [first, rest @ ..] = group {
+            let others: Vec<String> = rest
+                .iter()
+                .map(|j| format!("`{}`", j.path().display()))
+                .collect();
+            return Err(SourceError::new(
+                first.path(),
+                format!(
+                    "duplicate version {}: {} have it too",
+                    first.version(),
+                    others.join(" and ")
+                ),
+            )
+            .hint("give all but one of them new versions: each version must be unique"));
+        }
+    }
+    Ok(())
 }
 
 fn duplicate(path: &Path, other: &Path, version: u64) -> SourceError {
@@ -1809,6 +1894,33 @@ mod tests {
         assert_eq!((c.layout, d.layout), (Layout::WholeFile, Layout::WholeFile));
         assert!(c.up.no_transaction && !d.up.no_transaction);
         assert_eq!(d.up.sql, "CREATE TABLE d (id int);\n");
+    }
+
+    #[test]
+    fn every_bad_name_and_every_file_of_a_version_is_named_in_one_run() {
+        let (path, _, message) = load_err(&[
+            ("1_a.sql", b"-- upgrade\nSELECT 1;\n"),
+            ("2-b.sql", b"-- upgrade\nSELECT 1;\n"),
+            ("3_c d.sql", b"-- upgrade\nSELECT 1;\n"),
+            ("V4__e.sql", b"-- upgrade\nSELECT 1;\n"),
+        ]);
+        assert_eq!(path, "2-b.sql");
+        assert!(
+            message.starts_with(
+                "3 files are named neither way: 2-b.sql (`-` at character 2), 3_c d.sql (` ` at character 4), V4__e.sql (`V` at character 1); file name does not match"
+            ),
+            "{message}"
+        );
+        let (path, _, message) = load_err(&[
+            ("5_a.sql", b"-- upgrade\nSELECT 1;\n"),
+            ("5_b.sql", b"-- upgrade\nSELECT 1;\n"),
+            ("5_c.up.sql", b"SELECT 1;\n"),
+        ]);
+        assert_eq!(path, "5_a.sql");
+        assert_eq!(
+            message,
+            "duplicate version 5: `5_b.sql` and `5_c.up.sql` have it too"
+        );
     }
 
     #[test]
