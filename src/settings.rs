@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use lockstep::{DatabaseUrl, LockOptions, StatementOptions, TableName, UrlError};
+use lockstep::{DatabaseUrl, Format, LockOptions, StatementOptions, TableName, UrlError};
 use serde::Deserialize;
 
 use crate::cli::GlobalArgs;
@@ -24,6 +24,7 @@ struct FileConfig {
     database_url: Option<String>,
     migrations: Option<PathBuf>,
     history_table: Option<String>,
+    format: Option<String>,
     lock: Option<FileLock>,
     statements: Option<FileStatements>,
 }
@@ -63,6 +64,9 @@ pub struct Settings {
     /// How long to wait for the lock (`[lock] timeout`, default 5m); the
     /// command's `--lock-timeout` overrides it.
     pub lock_timeout: Duration,
+    /// Whose files the migrations directory holds (`format`, default
+    /// `auto`).
+    pub format: Format,
     /// How migrations' statements wait for table locks (`[statements]`);
     /// the command's `--statement-lock-timeout`, `--statement-timeout` and
     /// `--lock-retries` override it.
@@ -84,6 +88,7 @@ pub struct FileSettings {
     history_table: Option<TableName>,
     lock_ttl: Option<Duration>,
     lock_timeout: Option<Duration>,
+    format: Format,
     statements: StatementOptions,
 }
 
@@ -146,6 +151,7 @@ impl Settings {
             owner,
             lock_ttl: file.lock_ttl.unwrap_or(LockOptions::default().ttl),
             lock_timeout: file.lock_timeout.unwrap_or(LockOptions::default().timeout),
+            format: file.format,
             statements: file.statements,
         })
     }
@@ -219,7 +225,7 @@ pub fn parse_config(text: &str, path: &Path) -> Result<FileSettings, CliError> {
         };
         let message = e.message().replace("unknown field", "unknown key");
         CliError::config(format!("{location}: {message}"))
-            .with_hint("lockstep.toml takes database_url, migrations, history_table, a [lock] table with timeout and ttl, and a [statements] table with lock_timeout, timeout, lock_retries and lock_retry_for")
+            .with_hint("lockstep.toml takes database_url, migrations, history_table, format, a [lock] table with timeout and ttl, and a [statements] table with lock_timeout, timeout, lock_retries and lock_retry_for")
     })?;
     let history_table = config
         .history_table
@@ -250,6 +256,16 @@ pub fn parse_config(text: &str, path: &Path) -> Result<FileSettings, CliError> {
     let lock_ttl = duration(&lock.ttl, "ttl", LockOptions::check_ttl)?;
     let lock_timeout = duration(&lock.timeout, "timeout", LockOptions::check_timeout)?;
     let statements = statement_options(config.statements.unwrap_or_default(), path)?;
+    let format = match config.format.as_deref() {
+        None => Format::Auto,
+        Some(name) => Format::parse(name).ok_or_else(|| {
+            CliError::config(format!(
+                "format in {}: unknown format `{name}`",
+                path.display()
+            ))
+            .with_hint(format!("use one of {}", Format::NAMES.join(", ")))
+        })?,
+    };
     if let Some(url) = &config.database_url {
         parse_url(url, format!("database_url in {}", path.display()), None)?;
     }
@@ -259,6 +275,7 @@ pub fn parse_config(text: &str, path: &Path) -> Result<FileSettings, CliError> {
         history_table,
         lock_ttl,
         lock_timeout,
+        format,
         statements,
     })
 }

@@ -181,11 +181,11 @@ fn load_and_connect(
             migrator.prefetch_history();
             migrator
         });
-        let set = MigrationSet::load(dir)?;
+        let set = MigrationSet::load_as(dir, settings.format)?;
         return Ok((set, migrator?));
     }
     std::thread::scope(|scope| {
-        let loading = scope.spawn(|| MigrationSet::load(dir));
+        let loading = scope.spawn(|| MigrationSet::load_as(dir, settings.format));
         let migrator = connect().map(|mut migrator| {
             migrator.prefetch_history();
             migrator

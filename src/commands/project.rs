@@ -74,9 +74,13 @@ pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result
         ))
         .with_hint("run `lockstep init`, or pass `--migrations DIR`"));
     }
-    // The next migration in the form of the newest: another tool's, when
-    // the directory is that tool's.
-    let layout = MigrationSet::newest_layout(dir).unwrap_or(Layout::Lockstep);
+    // The next migration in the configured format's form, else in the
+    // form of the newest: another tool's, when the directory is that tool's.
+    let layout = settings
+        .format
+        .new_layout()
+        .or_else(|| MigrationSet::newest_layout(dir))
+        .unwrap_or(Layout::Lockstep);
     // Another `new` may pick the same version at the same moment: create
     // the file exclusively, then make sure no other file took the version.
     for _ in 0..100 {

@@ -138,7 +138,7 @@ fn unknown_config_key_is_named_with_its_line() {
     );
     assert!(
         run.stderr.contains(
-            "hint: lockstep.toml takes database_url, migrations, history_table, a [lock] table with timeout and ttl, and a [statements] table"
+            "hint: lockstep.toml takes database_url, migrations, history_table, format, a [lock] table with timeout and ttl, and a [statements] table"
         ),
         "{}",
         run.stderr
@@ -322,4 +322,53 @@ fn new_writes_in_the_form_of_the_directory() {
             );
         }
     }
+}
+
+/// `format` names whose files the directory holds: a file in another
+/// layout is refused, naming it, and `new` writes that tool's form.
+#[test]
+fn format_refuses_other_layouts_and_shapes_new() {
+    let p = sqlite();
+    p.file(
+        "lockstep.toml",
+        "database_url = \"sqlite://test.db\"\nformat = \"dbmate\"\n",
+    );
+    p.migration("1_a.sql", "-- migrate:up\nCREATE TABLE a (id integer);\n");
+    p.run(&["upgrade"]).ok();
+    let run = p.run(&["new", "b"]);
+    run.ok();
+    let path = run.stdout.trim_end().to_string();
+    assert_eq!(
+        std::fs::read_to_string(p.path(&path)).unwrap(),
+        "-- migrate:up\n\n\n-- migrate:down\n\n"
+    );
+    std::fs::remove_file(p.path(&path)).unwrap();
+    p.migration("3_c.sql", "-- upgrade\nCREATE TABLE c (id integer);\n");
+    let refused = p.run(&["status"]);
+    refused.code(2);
+    assert!(
+        refused.stderr.starts_with(
+            "error: migrations/3_c.sql: not in the layout `format` names: it uses lockstep's"
+        ),
+        "{}",
+        refused.stderr
+    );
+    p.file(
+        "lockstep.toml",
+        "database_url = \"sqlite://test.db\"\nformat = \"flyway-ish\"\n",
+    );
+    let bad = p.run(&["status"]);
+    bad.code(2);
+    assert!(
+        bad.stderr.contains("unknown format `flyway-ish`"),
+        "{}",
+        bad.stderr
+    );
+    assert!(
+        bad.stderr.contains(
+            "hint: use one of auto, lockstep, golang-migrate, sqlx, dbmate, goose, diesel"
+        ),
+        "{}",
+        bad.stderr
+    );
 }

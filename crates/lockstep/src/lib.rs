@@ -208,7 +208,9 @@ pub use migrator::{
     RunReport, UpgradeOptions,
 };
 pub use plan::{Refusal, State, StatusEntry, Target, TargetError};
-pub use source::{Checksum, Layout, Migration, MigrationSet, Named, Section, SourceError, Step};
+pub use source::{
+    Checksum, Format, Layout, Migration, MigrationSet, Named, Section, SourceError, Step,
+};
 pub use url::{DatabaseUrl, UrlError};
 pub use waits::{Activity, Blocked, BlockedReport, Blocker, StatementOptions};
 

@@ -76,6 +76,85 @@ pub enum Layout {
     },
 }
 
+/// Whose files a migrations directory holds: the config file's `format`.
+/// `Auto` takes each file as it comes, one layout per directory; a tool's
+/// name refuses any file that is not in that tool's layout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Format {
+    /// Whatever the files are, one layout per directory.
+    #[default]
+    Auto,
+    /// lockstep's single files and pairs.
+    Lockstep,
+    /// golang-migrate's pairs.
+    GolangMigrate,
+    /// sqlx's marker-less files and pairs.
+    Sqlx,
+    /// dbmate's single files.
+    Dbmate,
+    /// goose's single files.
+    Goose,
+    /// diesel's directories.
+    Diesel,
+}
+
+impl Format {
+    /// The names the config file takes.
+    pub const NAMES: &'static [&'static str] = &[
+        "auto",
+        "lockstep",
+        "golang-migrate",
+        "sqlx",
+        "dbmate",
+        "goose",
+        "diesel",
+    ];
+
+    /// A format by its name in [`Format::NAMES`].
+    pub fn parse(name: &str) -> Option<Format> {
+        Some(match name {
+            "auto" => Format::Auto,
+            "lockstep" => Format::Lockstep,
+            "golang-migrate" => Format::GolangMigrate,
+            "sqlx" => Format::Sqlx,
+            "dbmate" => Format::Dbmate,
+            "goose" => Format::Goose,
+            "diesel" => Format::Diesel,
+            _ => return None,
+        })
+    }
+
+    /// The layout a new migration of this format is written in; `None`
+    /// for `Auto` (the directory's newest says).
+    pub fn new_layout(self) -> Option<Layout> {
+        Some(match self {
+            Format::Auto => return None,
+            Format::Lockstep => Layout::Lockstep,
+            Format::GolangMigrate => Layout::Pair,
+            Format::Sqlx => Layout::WholeFile,
+            Format::Dbmate => Layout::Dbmate,
+            Format::Goose => Layout::Goose,
+            Format::Diesel => Layout::Diesel {
+                no_transaction: false,
+            },
+        })
+    }
+
+    /// Whether a file of `layout` is one of this format's.
+    fn admits(self, layout: Layout) -> bool {
+        match self {
+            Format::Auto => true,
+            Format::Lockstep => matches!(layout, Layout::Lockstep | Layout::Pair),
+            Format::GolangMigrate => layout == Layout::Pair,
+            Format::Sqlx => matches!(layout, Layout::WholeFile | Layout::Pair),
+            Format::Dbmate => layout == Layout::Dbmate,
+            Format::Goose => layout == Layout::Goose,
+            Format::Diesel => matches!(layout, Layout::Diesel { .. }),
+        }
+    }
+}
+
 impl Layout {
     /// The layout's section markers, for messages.
     fn markers(self) -> &'static str {
@@ -487,6 +566,11 @@ impl MigrationSet {
     /// Reads and parses every migration in `dir`. Fails on the first bad
     /// file, in file-name order, without touching any database.
     pub fn load(dir: impl AsRef<Path>) -> Result<MigrationSet, SourceError> {
+        Self::load_as(dir, Format::Auto)
+    }
+
+    /// [`MigrationSet::load`], refusing any file not in `format`'s layout.
+    pub fn load_as(dir: impl AsRef<Path>, format: Format) -> Result<MigrationSet, SourceError> {
         let dir = dir.as_ref();
         let names = list(dir)?;
         let mut jobs = jobs(dir, names)?;
@@ -498,6 +582,18 @@ impl MigrationSet {
         check_versions_once(&jobs)?;
         join_pairs(&mut jobs)?;
         let migrations = parse_all(jobs)?;
+        if let Some(m) = migrations.iter().find(|m| !format.admits(m.layout)) {
+            return Err(SourceError::new(
+                &m.up.path,
+                format!(
+                    "not in the layout `format` names: it uses {}",
+                    m.layout.markers()
+                ),
+            )
+            .hint(
+                "rewrite it in the directory's layout, or set `format = \"auto\"` in lockstep.toml",
+            ));
+        }
         check_one_layout(&migrations)?;
         Ok(MigrationSet {
             dir: dir.to_path_buf(),
