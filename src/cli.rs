@@ -136,6 +136,9 @@ pub enum Command {
     /// Start managing a database that already has its schema: record the migrations up to VERSION as applied, without running them
     Baseline(BaselineArgs),
 
+    /// Take over another tool's history: record what it applied as applied, leaving its table as it is
+    Import(ImportArgs),
+
     /// Inspect or release the migration lock
     #[command(subcommand)]
     Lock(LockCommand),
@@ -294,6 +297,29 @@ pub struct DryRun {
 }
 
 #[derive(Debug, Args)]
+pub struct ImportArgs {
+    /// The tool whose history table to read: golang-migrate, dbmate, goose, sqlx, diesel
+    #[arg(value_parser = parse_tool)]
+    pub tool: lockstep::Tool,
+
+    /// Print what would be recorded and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
+fn parse_tool(name: &str) -> Result<lockstep::Tool, String> {
+    lockstep::Tool::parse(name).ok_or_else(|| {
+        format!(
+            "unknown tool `{name}`; use one of {}",
+            lockstep::Tool::NAMES.join(", ")
+        )
+    })
+}
+
+#[derive(Debug, Args)]
 pub struct BaselineArgs {
     /// The newest migration the database already has
     #[arg(value_parser = parse_version)]
@@ -349,6 +375,7 @@ impl Command {
             Command::History => "history",
             Command::Current => "current",
             Command::Baseline(_) => "baseline",
+            Command::Import(_) => "import",
             Command::Validate => "validate",
             Command::Fix(f) => match f.command {
                 FixCommand::Checksums(_) => "fix checksums",

@@ -253,6 +253,9 @@ pub struct Validate {
 pub struct Fix {
     pub dry_run: bool,
     pub changes: Vec<FixJson>,
+    /// `import`: what a human should look at.
+    #[serde(skip_serializing_if = "<[String]>::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Serialize)]

@@ -4,7 +4,7 @@ use lockstep::{DirtyResolution, Fixed};
 
 use super::run::Progress;
 use super::{connect, load_and_connect, plural};
-use crate::cli::{BaselineArgs, FixArgs, FixCommand};
+use crate::cli::{BaselineArgs, FixArgs, FixCommand, ImportArgs};
 use crate::error::{CliError, Exit};
 use crate::json;
 use crate::printer::Printer;
@@ -54,7 +54,7 @@ pub fn fix(
             (vec![fixed], dirty.dry_run, "")
         }
     };
-    report(printer, name, &fixed, dry_run, nothing)
+    report(printer, name, &fixed, dry_run, nothing, &[])
 }
 
 /// `baseline VERSION`: the migrations up to VERSION recorded as applied,
@@ -77,7 +77,35 @@ pub fn baseline(
         "nothing to record: history already holds every migration up to {}",
         args.version
     );
-    report(printer, "baseline", &recorded, args.dry_run, &nothing)
+    report(printer, "baseline", &recorded, args.dry_run, &nothing, &[])
+}
+
+/// `import TOOL`: what another tool applied, recorded as applied; its
+/// table left as it is.
+pub fn import(
+    settings: &Settings,
+    printer: &mut Printer,
+    args: &ImportArgs,
+) -> Result<Exit, CliError> {
+    settings.database()?;
+    let (set, mut migrator) =
+        load_and_connect(settings, || connect(settings, printer, &args.lock, None))?;
+    let imported = migrator.import(&set, args.tool, args.dry_run, &mut Progress::new(printer))?;
+    for warning in &imported.warnings {
+        printer.warn(warning);
+    }
+    let nothing = format!(
+        "nothing to record: history already holds every migration {} applied",
+        args.tool.name()
+    );
+    report(
+        printer,
+        "import",
+        &imported.recorded,
+        args.dry_run,
+        &nothing,
+        &imported.warnings,
+    )
 }
 
 /// What a fix (or baseline) changed, or would have: a line per row, and
@@ -88,6 +116,7 @@ fn report(
     fixed: &[Fixed],
     dry_run: bool,
     nothing: &str,
+    warnings: &[String],
 ) -> Result<Exit, CliError> {
     if let Some(signal) = crate::signals::received() {
         // Too late to stop the fix, which is written: the exit code is the
@@ -121,6 +150,7 @@ fn report(
     printer.document(name, Exit::Success, || json::Fix {
         dry_run,
         changes: fixed.iter().map(fix_json).collect(),
+        warnings: warnings.to_vec(),
     });
     Ok(Exit::Success)
 }

@@ -64,7 +64,11 @@ pub fn main() -> i32 {
 fn takes_lock(command: &Command) -> bool {
     matches!(
         command,
-        Command::Upgrade(_) | Command::Rollback(_) | Command::Fix(_) | Command::Baseline(_)
+        Command::Upgrade(_)
+            | Command::Rollback(_)
+            | Command::Fix(_)
+            | Command::Baseline(_)
+            | Command::Import(_)
     )
 }
 
@@ -82,6 +86,7 @@ fn dispatch(
         Command::History => inspect::history(settings, printer),
         Command::Current => inspect::current(settings, printer),
         Command::Baseline(args) => fix::baseline(settings, printer, args),
+        Command::Import(args) => fix::import(settings, printer, args),
         Command::Validate => inspect::validate(settings, printer),
         Command::Fix(args) => fix::fix(settings, printer, args, command.name()),
         Command::Lock(LockCommand::Status(args)) | Command::LockStatus(args) => {

@@ -1,3 +1,5 @@
+use sha2::Digest;
+
 use crate::util::Project;
 
 fn setup(p: &Project) {
@@ -213,3 +215,133 @@ both!(current_with_nothing_applied, |p| {
     assert_eq!(run.stdout, "no migration applied\n");
     assert!(p.run(&["current", "--json"]).json()["version"].is_null());
 });
+
+both!(import_takes_over_golang_migrate_and_leaves_its_table, |p| {
+    // As golang-migrate leaves a database: its table says version 2, clean.
+    p.db.exec("CREATE TABLE a (id integer)");
+    p.db.exec("CREATE TABLE b (id integer)");
+    p.db.exec("CREATE TABLE schema_migrations (version bigint NOT NULL PRIMARY KEY, dirty boolean NOT NULL)");
+    p.db.exec("INSERT INTO schema_migrations (version, dirty) VALUES (2, true)");
+    p.migration("1.up.sql", "CREATE TABLE a (id integer);\n");
+    p.migration("1.down.sql", "DROP TABLE a;\n");
+    p.migration("2_b.up.sql", "CREATE TABLE b (id integer);\n");
+    p.migration("3_c.up.sql", "CREATE TABLE c (id integer);\n");
+    // Dirty: refused, naming the version; nothing written.
+    let dirty = p.run(&["import", "golang-migrate"]);
+    dirty.code(2);
+    assert!(
+        dirty.stderr.contains("says version 2 is dirty"),
+        "{}",
+        dirty.stderr
+    );
+    assert!(!p.db.table_exists("lockstep_history"));
+    p.db.exec("UPDATE schema_migrations SET dirty = false");
+    let run = p.run(&["import", "golang-migrate", "--json"]);
+    run.ok();
+    assert_eq!(run.json()["changes"].as_array().unwrap().len(), 2);
+    assert_eq!(p.db.history(), ["1  applied", "2 b applied"]);
+    assert_eq!(p.db.query("SELECT version FROM schema_migrations"), [["2"]]);
+    p.run(&["upgrade"]).ok();
+    assert!(p.db.table_exists("c"));
+    let again = p.run(&["import", "golang-migrate"]);
+    again.ok();
+    assert!(
+        again.stdout.starts_with("nothing to record"),
+        "{}",
+        again.stdout
+    );
+    let unknown = p.run(&["import", "flyway-ish"]);
+    unknown.code(2);
+});
+
+both!(
+    import_replays_goose_and_warns_of_what_it_cannot_record,
+    |p| {
+        p.db.exec(
+        "CREATE TABLE goose_db_version (id integer PRIMARY KEY, version_id bigint NOT NULL, is_applied boolean NOT NULL, tstamp timestamp NULL)",
+    );
+        // goose's first row is version 0; 2 was applied, then rolled back; 9
+        // has no file here.
+        p.db.exec(
+        "INSERT INTO goose_db_version (id, version_id, is_applied) VALUES (1, 0, true), (2, 1, true), (3, 2, true), (4, 2, false), (5, 9, true)",
+    );
+        p.migration(
+            "00001_a.sql",
+            "-- +goose Up\nCREATE TABLE a (id integer);\n",
+        );
+        p.migration(
+            "00002_b.sql",
+            "-- +goose Up\nCREATE TABLE b (id integer);\n",
+        );
+        let run = p.run(&["import", "goose", "--json"]);
+        run.ok();
+        let doc = run.json();
+        assert_eq!(doc["changes"][0]["version"], 1, "{doc:#}");
+        assert_eq!(doc["changes"].as_array().unwrap().len(), 1, "{doc:#}");
+        assert!(
+            doc["warnings"][0]
+                .as_str()
+                .unwrap()
+                .contains("version 9 is applied by goose but no migration file here has it"),
+            "{doc:#}"
+        );
+        assert!(run.stderr.contains("warning: version 9"), "{}", run.stderr);
+        assert_eq!(p.db.history(), ["1 a applied"]);
+    }
+);
+
+both!(
+    import_sqlx_warns_of_a_changed_file_and_refuses_a_failed_one,
+    |p| {
+        p.db.exec(
+        "CREATE TABLE _sqlx_migrations (version bigint PRIMARY KEY, description text NOT NULL, success boolean NOT NULL, checksum blob_or_bytea NOT NULL, execution_time bigint NOT NULL)"
+            .replace("blob_or_bytea", if p.backend() == Backend::Postgres { "bytea" } else { "blob" })
+            .as_str(),
+    );
+        // sqlx's checksum: SHA-384 of the file. Version 1's as sqlx wrote it,
+        // version 2's not (its file changed since).
+        let bytes = |hex: &str| match p.backend() {
+            Backend::Postgres => format!("decode('{hex}', 'hex')"),
+            Backend::Mariadb => format!("UNHEX('{hex}')"),
+            Backend::Sqlite => format!("X'{hex}'"),
+        };
+        let a = "CREATE TABLE a (id integer);\n";
+        let sum: String = sha2::Sha384::digest(a.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        p.db.exec(&format!(
+            "INSERT INTO _sqlx_migrations VALUES (1, 'a', true, {}, 1), (2, 'b', true, {}, 1)",
+            bytes(&sum),
+            bytes("00")
+        ));
+        p.migration("1_a.sql", a);
+        p.migration("2_b.sql", "CREATE TABLE b (id integer);\n");
+        let run = p.run(&["import", "sqlx"]);
+        run.ok();
+        assert!(!run.stderr.contains("version 1:"), "{}", run.stderr);
+        assert!(
+            run.stderr
+                .contains("version 2: the file changed since sqlx applied it"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(p.db.history(), ["1 a applied", "2 b applied"]);
+        p.db.exec("UPDATE _sqlx_migrations SET success = false");
+        p.run(&["fix", "missing"]).ok();
+        let failed = p.run(&["import", "sqlx"]);
+        failed.code(2);
+        assert!(
+            failed.stderr.contains("says version 1 failed"),
+            "{}",
+            failed.stderr
+        );
+        let none = p.run(&["import", "dbmate"]);
+        none.code(2);
+        assert!(
+            none.stderr.contains("no table schema_migrations here"),
+            "{}",
+            none.stderr
+        );
+    }
+);

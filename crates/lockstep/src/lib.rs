@@ -204,8 +204,8 @@ pub use error::{
 pub use history::{HistoryRow, RowState, TableName};
 pub use lock::{LockBusy, LockEvent, LockInfo, LockLost, LockOptions, LockState, LogEntry};
 pub use migrator::{
-    CancelHandle, DirtyResolution, Event, Fixed, Migrator, Observer, Options, RollbackOptions,
-    RunReport, UpgradeOptions,
+    CancelHandle, DirtyResolution, Event, Fixed, Imported, Migrator, Observer, Options,
+    RollbackOptions, RunReport, Tool, UpgradeOptions,
 };
 pub use plan::{Refusal, State, StatusEntry, Target, TargetError};
 pub use source::{

@@ -115,6 +115,11 @@ pub(crate) trait Driver: LockStore<Error = Error> + HistoryStore<Error = Error> 
     /// lockstep's lock already holds, has none to bound).
     fn fresh_session(&mut self, limits: Limits) -> Result<(), Error>;
 
+    /// The rows of a query of another tool's table, each value as text
+    /// (NULL as `None`); `None` when the table does not exist. For
+    /// `import`, which reads another tool's history.
+    fn read_table(&mut self, sql: &str) -> Result<Option<Vec<Vec<Option<String>>>>, Error>;
+
     /// The invalid indexes on `table` (as a statement names it), or only the
     /// one named `index` (as a statement names it, in the table's schema):
     /// qualified and quoted, for a `DROP INDEX`. Only PostgreSQL leaves

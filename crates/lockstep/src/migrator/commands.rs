@@ -309,9 +309,34 @@ pub(super) fn baseline_fixes<'a>(
     if set.get(version).is_none() {
         return Err(Error::Target(TargetError::UnknownVersion(version)));
     }
+    let versions: Vec<u64> = set
+        .migrations()
+        .iter()
+        .map(|m| m.version)
+        .take_while(|&v| v <= version)
+        .collect();
+    record_applied(
+        set,
+        &versions,
+        executor,
+        "recorded as applied without running it (baseline)",
+        history,
+    )
+}
+
+/// The migrations of `versions` (each a file of `set`) that history does
+/// not hold, recorded as applied without running; a dirty one among them
+/// is refused.
+pub(super) fn record_applied<'a>(
+    set: &'a MigrationSet,
+    versions: &[u64],
+    executor: &'a str,
+    action: &str,
+    history: &[HistoryRow],
+) -> Result<Vec<FixChange<'a>>, Error> {
     let dirty: Vec<Named> = history
         .iter()
-        .filter(|r| r.version <= version && r.state == RowState::Started)
+        .filter(|r| versions.contains(&r.version) && r.state == RowState::Started)
         .map(|r| Named {
             version: r.version,
             name: r.name.clone(),
@@ -320,10 +345,9 @@ pub(super) fn baseline_fixes<'a>(
     if !dirty.is_empty() {
         return Err(Error::Refused(Refusal::Dirty(dirty)));
     }
-    Ok(set
-        .migrations()
+    Ok(versions
         .iter()
-        .take_while(|m| m.version <= version)
+        .filter_map(|&v| set.get(v))
         .filter(|m| {
             history
                 .binary_search_by_key(&m.version, |r| r.version)
@@ -333,7 +357,7 @@ pub(super) fn baseline_fixes<'a>(
             let fixed = Fixed {
                 version: m.version,
                 name: m.name.clone(),
-                action: "recorded as applied without running it (baseline)".into(),
+                action: action.to_string(),
             };
             let row = NewRow {
                 version: m.version,

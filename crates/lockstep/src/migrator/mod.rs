@@ -24,7 +24,10 @@ use crate::waits::{Blocked, BlockedReport, StatementOptions, Watch};
 
 mod apply;
 mod commands;
+mod import;
 mod outline;
+
+pub use import::{Imported, Tool};
 
 use commands::{Fix, Rollback, Upgrade};
 

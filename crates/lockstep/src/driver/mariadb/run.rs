@@ -120,6 +120,35 @@ impl Driver for MysqlDriver {
         self.session_settings(limits)
     }
 
+    fn read_table(&mut self, sql: &str) -> Result<Option<Vec<Vec<Option<String>>>>, Error> {
+        let rows: Result<Vec<mysql::Row>, mysql::Error> = self.conn.query(sql);
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) if super::server_code(&e) == Some(super::code::NO_SUCH_TABLE) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(db_error("reading another tool's history", &e)),
+        };
+        Ok(Some(
+            rows.into_iter()
+                .map(|row| {
+                    row.unwrap()
+                        .into_iter()
+                        .map(|value| match value {
+                            mysql::Value::NULL => None,
+                            mysql::Value::Bytes(b) => {
+                                Some(String::from_utf8_lossy(&b).into_owned())
+                            }
+                            mysql::Value::Int(i) => Some(i.to_string()),
+                            mysql::Value::UInt(u) => Some(u.to_string()),
+                            other => Some(other.as_sql(true).trim_matches('\'').to_string()),
+                        })
+                        .collect()
+                })
+                .collect(),
+        ))
+    }
+
     fn blocked_finder(&mut self) -> Option<Finder> {
         self.finder()
     }

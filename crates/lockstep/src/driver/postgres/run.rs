@@ -89,6 +89,24 @@ impl Driver for PgDriver {
         Ok(())
     }
 
+    fn read_table(&mut self, sql: &str) -> Result<Option<Vec<Vec<Option<String>>>>, Error> {
+        match self.client.simple_query(sql) {
+            Ok(messages) => Ok(Some(
+                messages
+                    .iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            )),
+            Err(e) if super::code(&e) == Some(&SqlState::UNDEFINED_TABLE) => Ok(None),
+            Err(e) => Err(super::db_error("reading another tool's history", &e)),
+        }
+    }
+
     fn invalid_indexes(
         &mut self,
         table: &str,

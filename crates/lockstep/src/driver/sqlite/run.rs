@@ -117,6 +117,37 @@ impl Driver for SqliteDriver {
         script::run(conn, sql, &AtomicBool::new(false)).map_err(|failed| *failed.db)
     }
 
+    fn read_table(&mut self, sql: &str) -> Result<Option<Vec<Vec<Option<String>>>>, Error> {
+        use rusqlite::types::ValueRef;
+        let Some(conn) = &self.conn else {
+            return Ok(None);
+        };
+        let read = || -> rusqlite::Result<Vec<Vec<Option<String>>>> {
+            let mut statement = conn.prepare(sql)?;
+            let columns = statement.column_count();
+            let rows = statement.query_map([], |row| {
+                (0..columns)
+                    .map(|i| {
+                        Ok(match row.get_ref(i)? {
+                            ValueRef::Null => None,
+                            ValueRef::Integer(v) => Some(v.to_string()),
+                            ValueRef::Real(v) => Some(v.to_string()),
+                            ValueRef::Text(t) | ValueRef::Blob(t) => {
+                                Some(String::from_utf8_lossy(t).into_owned())
+                            }
+                        })
+                    })
+                    .collect()
+            })?;
+            rows.collect()
+        };
+        match read() {
+            Ok(rows) => Ok(Some(rows)),
+            Err(e) if is_missing_table(&e) => Ok(None),
+            Err(e) => Err(db_error("reading another tool's history", &e)),
+        }
+    }
+
     fn fresh_session(&mut self, _limits: Limits) -> Result<(), Error> {
         // Only a statement outside a transaction can have changed it:
         // inside one, `PRAGMA foreign_keys` does nothing.

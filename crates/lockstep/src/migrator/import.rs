@@ -1,0 +1,250 @@
+//! `import`: another tool's history taken over. Its table is read as the
+//! tool wrote it (and left untouched); each migration it applied that has
+//! a file here is recorded in lockstep's history as applied, under the
+//! lock, as `baseline` records.
+
+use sha2::{Digest, Sha384};
+
+use super::{commands, Fixed, Migrator, Observer};
+use crate::error::Error;
+use crate::history::HistoryRow;
+use crate::remedy::Remedy;
+use crate::source::MigrationSet;
+use crate::sql::Dialect;
+
+/// Another migration tool whose history [`Migrator::import`] takes over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Tool {
+    /// `schema_migrations (version, dirty)`: the newest version applied.
+    GolangMigrate,
+    /// `schema_migrations (version)`: each version applied.
+    Dbmate,
+    /// `goose_db_version (id, version_id, is_applied, tstamp)`: each
+    /// apply and roll back, in order.
+    Goose,
+    /// `_sqlx_migrations (version, success, checksum, …)`.
+    Sqlx,
+    /// `__diesel_schema_migrations (version, run_on)`.
+    Diesel,
+}
+
+impl Tool {
+    /// The names `import` takes.
+    pub const NAMES: &'static [&'static str] =
+        &["golang-migrate", "dbmate", "goose", "sqlx", "diesel"];
+
+    /// A tool by its name in [`Tool::NAMES`].
+    pub fn parse(name: &str) -> Option<Tool> {
+        Some(match name {
+            "golang-migrate" => Tool::GolangMigrate,
+            "dbmate" => Tool::Dbmate,
+            "goose" => Tool::Goose,
+            "sqlx" => Tool::Sqlx,
+            "diesel" => Tool::Diesel,
+            _ => return None,
+        })
+    }
+
+    /// The tool's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tool::GolangMigrate => "golang-migrate",
+            Tool::Dbmate => "dbmate",
+            Tool::Goose => "goose",
+            Tool::Sqlx => "sqlx",
+            Tool::Diesel => "diesel",
+        }
+    }
+
+    /// The table the tool keeps its history in.
+    pub fn table(self) -> &'static str {
+        match self {
+            Tool::GolangMigrate | Tool::Dbmate => "schema_migrations",
+            Tool::Goose => "goose_db_version",
+            Tool::Sqlx => "_sqlx_migrations",
+            Tool::Diesel => "__diesel_schema_migrations",
+        }
+    }
+
+    /// What to read of its table.
+    fn query(self, dialect: Dialect) -> String {
+        let table = self.table();
+        match self {
+            Tool::GolangMigrate => format!("SELECT version, dirty FROM {table}"),
+            Tool::Dbmate | Tool::Diesel => format!("SELECT version FROM {table}"),
+            Tool::Goose => format!("SELECT version_id, is_applied FROM {table} ORDER BY id"),
+            Tool::Sqlx => {
+                let hex = match dialect {
+                    Dialect::Postgres => "encode(checksum, 'hex')",
+                    _ => "lower(hex(checksum))",
+                };
+                format!("SELECT version, success, {hex} FROM {table}")
+            }
+        }
+    }
+}
+
+/// What `import` did (or, in a dry run, would do), and what it noticed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Imported {
+    /// The migrations recorded as applied.
+    pub recorded: Vec<Fixed>,
+    /// What a human should look at: a version applied by the tool that has
+    /// no file here, a file that changed since the tool applied it.
+    pub warnings: Vec<String>,
+}
+
+/// A boolean as the engines write one as text.
+fn truthy(value: Option<&str>) -> bool {
+    matches!(value, Some("t" | "true" | "1" | "TRUE"))
+}
+
+/// A version as the tool wrote it: digits, diesel's with `-`.
+fn version(value: Option<&str>) -> Option<u64> {
+    let digits: String = value?.chars().filter(|c| *c != '-').collect();
+    crate::source::parse_version(&digits).ok()
+}
+
+impl Migrator {
+    /// Takes over another tool's history: each migration its table says
+    /// is applied, and that has a file here, is recorded as applied in
+    /// lockstep's history (under the lock, without running), and the
+    /// tool's table is left as it is. A dirty or failed migration in it is
+    /// refused, naming its version.
+    pub fn import(
+        &mut self,
+        set: &MigrationSet,
+        tool: Tool,
+        dry_run: bool,
+        observer: &mut dyn Observer,
+    ) -> Result<Imported, Error> {
+        let rows = self
+            .driver
+            .read_table(&tool.query(self.driver.dialect()))?
+            .ok_or_else(|| Error::Config {
+                message: format!(
+                    "no table {} here: nothing of {}'s to import",
+                    tool.table(),
+                    tool.name()
+                ),
+                remedy: Some(Remedy::Text(
+                    "point the database URL at the database that tool migrated, or name the tool that did".into(),
+                )),
+            })?;
+        let (applied, mut warnings) = applied_by(tool, &rows, set)?;
+        let executor = self.options.executor.clone();
+        let mut missing = Vec::new();
+        let mut versions = Vec::new();
+        for v in applied {
+            if set.get(v).is_some() {
+                versions.push(v);
+            } else {
+                missing.push(v);
+            }
+        }
+        for v in missing {
+            warnings.push(format!(
+                "version {v} is applied by {} but no migration file here has it: not recorded",
+                tool.name()
+            ));
+        }
+        let label = format!(
+            "recorded as applied (from {}'s {})",
+            tool.name(),
+            tool.table()
+        );
+        let import = commands::Fix::new("import", |history: &[HistoryRow]| {
+            commands::record_applied(set, &versions, &executor, &label, history)
+        });
+        let recorded = self.run_locked(&import, dry_run, observer)?;
+        Ok(Imported { recorded, warnings })
+    }
+}
+
+/// The versions the tool's rows say are applied, in order, and the
+/// warnings on the way; a dirty or failed state refused.
+fn applied_by(
+    tool: Tool,
+    rows: &[Vec<Option<String>>],
+    set: &MigrationSet,
+) -> Result<(Vec<u64>, Vec<String>), Error> {
+    let refuse = |message: String, hint: &str| Error::Config {
+        message,
+        remedy: Some(Remedy::Text(hint.into())),
+    };
+    let cell = |row: &Vec<Option<String>>, i: usize| row.get(i).cloned().flatten();
+    let mut warnings = Vec::new();
+    let mut applied: Vec<u64> = Vec::new();
+    match tool {
+        Tool::GolangMigrate => {
+            let Some(row) = rows.first() else {
+                return Ok((applied, warnings));
+            };
+            let newest = version(cell(row, 0).as_deref()).unwrap_or(0);
+            if truthy(cell(row, 1).as_deref()) {
+                return Err(refuse(
+                    format!("golang-migrate's schema_migrations says version {newest} is dirty: it failed half-way"),
+                    "repair the database, and mark it with `migrate force VERSION` as golang-migrate wants, before importing",
+                ));
+            }
+            if set.get(newest).is_none() {
+                warnings.push(format!(
+                    "version {newest}, golang-migrate's newest, has no migration file here"
+                ));
+            }
+            applied = set
+                .migrations()
+                .iter()
+                .map(|m| m.version)
+                .take_while(|&v| v <= newest)
+                .collect();
+        }
+        Tool::Dbmate | Tool::Diesel => {
+            applied = rows
+                .iter()
+                .filter_map(|r| version(cell(r, 0).as_deref()))
+                .collect();
+        }
+        Tool::Goose => {
+            for row in rows {
+                let Some(v) = version(cell(row, 0).as_deref()).filter(|&v| v > 0) else {
+                    continue;
+                };
+                applied.retain(|&a| a != v);
+                if truthy(cell(row, 1).as_deref()) {
+                    applied.push(v);
+                }
+            }
+        }
+        Tool::Sqlx => {
+            for row in rows {
+                let Some(v) = version(cell(row, 0).as_deref()) else {
+                    continue;
+                };
+                if !truthy(cell(row, 1).as_deref()) {
+                    return Err(refuse(
+                        format!("sqlx's _sqlx_migrations says version {v} failed"),
+                        "repair the database and that row as sqlx wants before importing",
+                    ));
+                }
+                if let (Some(m), Some(recorded)) = (set.get(v), cell(row, 2)) {
+                    let now = hex(&Sha384::digest(m.up.sql.as_bytes()));
+                    if now != recorded {
+                        warnings.push(format!(
+                            "version {v}: the file changed since sqlx applied it (its checksum differs)"
+                        ));
+                    }
+                }
+                applied.push(v);
+            }
+        }
+    }
+    applied.sort_unstable();
+    applied.dedup();
+    Ok((applied, warnings))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
