@@ -345,3 +345,45 @@ both!(
         );
     }
 );
+
+both!(flyway_files_and_history_are_taken_over, |p| {
+    // Flyway's documented table, as it leaves a database: V1 and V2
+    // applied, V2 undone, a repeatable, then V3 applied.
+    p.db.exec(
+        "CREATE TABLE flyway_schema_history (installed_rank integer PRIMARY KEY, version varchar(50), description varchar(200) NOT NULL, type varchar(20) NOT NULL, script varchar(1000) NOT NULL, checksum integer, installed_by varchar(100) NOT NULL, execution_time integer NOT NULL, success boolean NOT NULL)",
+    );
+    p.db.exec(
+        "INSERT INTO flyway_schema_history VALUES \
+         (1, '1', 'a', 'SQL', 'V1__a.sql', 1, 'me', 1, true), \
+         (2, '2', 'b', 'SQL', 'V2__b.sql', 2, 'me', 1, true), \
+         (3, '2', 'b', 'UNDO_SQL', 'U2__b.sql', 3, 'me', 1, true), \
+         (4, NULL, 'views', 'SQL', 'R__views.sql', 4, 'me', 1, true), \
+         (5, '3', 'c', 'SQL', 'V3__c.sql', 5, 'me', 1, true)",
+    );
+    p.db.exec("CREATE TABLE a (id integer)");
+    p.db.exec("CREATE TABLE c (id integer)");
+    // Flyway's files, the whole file the migration.
+    p.migration("V1__a.sql", "CREATE TABLE a (id integer);\n");
+    p.migration("V2__b.sql", "CREATE TABLE b (id integer);\n");
+    p.migration("V3__c.sql", "CREATE TABLE c (id integer);\n");
+    let run = p.run(&["import", "flyway"]);
+    run.ok();
+    assert!(
+        run.stderr
+            .contains("repeatable migration R__views.sql is not imported"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(p.db.history(), ["1 a applied", "3 c applied"]);
+    // V2 was undone: upgrade runs it (out of order, as Flyway's undo left it).
+    p.run(&["upgrade", "--allow-out-of-order"]).ok();
+    assert!(p.db.table_exists("b"));
+    p.db.exec("UPDATE flyway_schema_history SET version = '3.1' WHERE installed_rank = 5");
+    let dotted = p.run(&["import", "flyway"]);
+    dotted.code(2);
+    assert!(
+        dotted.stderr.contains("version 3.1 (V3__c.sql) is dotted"),
+        "{}",
+        dotted.stderr
+    );
+});

@@ -426,9 +426,30 @@ pub(crate) fn parse_file_name(file_name: &str) -> Result<Option<FileName>, Strin
          (version: digits; name: letters, digits, `_`, `-` and `.`)"
             .to_string()
     };
-    // golang-migrate's pairs may have no name: `<version>.up.sql`.
+    // Flyway's and jetbase's `V<version>__<description>.sql`, and MSR's
+    // `V<version>_<name>.up.sql`: the `V` is not part of the version.
+    let stem = match stem.strip_prefix('V') {
+        Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
+            let digits_end = rest
+                .find(|c: char| !c.is_ascii_digit())
+                .unwrap_or(rest.len());
+            if rest[digits_end..].starts_with(['.', '_'])
+                && !rest[digits_end..].starts_with("__")
+                && !(half.is_some() && rest[digits_end..].starts_with('_'))
+            {
+                return Err(format!(
+                    "Flyway's dotted or underscored versions (`V1.2__…`, `V1_2__…`) are not read yet: \
+                     `{file_name}` needs a version of digits alone, as `V12__name.sql`"
+                ));
+            }
+            rest
+        }
+        _ => stem,
+    };
+    // golang-migrate's pairs may have no name: `<version>.up.sql`; Flyway
+    // and jetbase put two `_` before the description.
     let (digits, name) = match stem.split_once('_') {
-        Some(split) => split,
+        Some((digits, name)) => (digits, name.strip_prefix('_').unwrap_or(name)),
         None if half.is_some() => (stem, ""),
         None => return Err(bad()),
     };
@@ -1819,6 +1840,9 @@ mod tests {
             ("2_add-users.v2.sql", 2, "add-users.v2"),
             ("3.up.sql", 3, ""),
             ("3.down.sql", 3, ""),
+            // Flyway's and jetbase's versioned files, MSR's pairs.
+            ("V4__create_users.sql", 4, "create_users"),
+            ("V202301011200_add.up.sql", 202301011200, "add"),
         ] {
             let parsed = parse_file_name(file).unwrap().unwrap();
             let (v, n) = match &parsed {
@@ -1838,9 +1862,15 @@ mod tests {
             "1_init;x.sql",
             "v1_init.sql",
             "1234567890123456789_too_long.sql",
+            "V1.2__dotted.sql",
+            "V1_2__underscored.sql",
+            "V__no_version.sql",
         ] {
             assert!(parse_file_name(bad).is_err(), "{bad}");
         }
+        assert!(parse_file_name("V1.2__x.sql")
+            .unwrap_err()
+            .starts_with("Flyway's dotted or underscored versions"));
     }
 
     #[test]
@@ -1998,12 +2028,12 @@ mod tests {
             ("1_a.sql", b"-- upgrade\nSELECT 1;\n"),
             ("2-b.sql", b"-- upgrade\nSELECT 1;\n"),
             ("3_c d.sql", b"-- upgrade\nSELECT 1;\n"),
-            ("V4__e.sql", b"-- upgrade\nSELECT 1;\n"),
+            ("v4__e.sql", b"-- upgrade\nSELECT 1;\n"),
         ]);
         assert_eq!(path, "2-b.sql");
         assert!(
             message.starts_with(
-                "3 files are named neither way: 2-b.sql (`-` at character 2), 3_c d.sql (` ` at character 4), V4__e.sql (`V` at character 1); file name does not match"
+                "3 files are named neither way: 2-b.sql (`-` at character 2), 3_c d.sql (` ` at character 4), v4__e.sql (`v` at character 1); file name does not match"
             ),
             "{message}"
         );

@@ -27,12 +27,21 @@ pub enum Tool {
     Sqlx,
     /// `__diesel_schema_migrations (version, run_on)`.
     Diesel,
+    /// `flyway_schema_history (installed_rank, version, type, success,
+    /// script, …)`: each migration, baseline and undo, in order.
+    Flyway,
 }
 
 impl Tool {
     /// The names `import` takes.
-    pub const NAMES: &'static [&'static str] =
-        &["golang-migrate", "dbmate", "goose", "sqlx", "diesel"];
+    pub const NAMES: &'static [&'static str] = &[
+        "golang-migrate",
+        "dbmate",
+        "goose",
+        "sqlx",
+        "diesel",
+        "flyway",
+    ];
 
     /// A tool by its name in [`Tool::NAMES`].
     pub fn parse(name: &str) -> Option<Tool> {
@@ -42,6 +51,7 @@ impl Tool {
             "goose" => Tool::Goose,
             "sqlx" => Tool::Sqlx,
             "diesel" => Tool::Diesel,
+            "flyway" => Tool::Flyway,
             _ => return None,
         })
     }
@@ -54,6 +64,7 @@ impl Tool {
             Tool::Goose => "goose",
             Tool::Sqlx => "sqlx",
             Tool::Diesel => "diesel",
+            Tool::Flyway => "flyway",
         }
     }
 
@@ -64,6 +75,7 @@ impl Tool {
             Tool::Goose => "goose_db_version",
             Tool::Sqlx => "_sqlx_migrations",
             Tool::Diesel => "__diesel_schema_migrations",
+            Tool::Flyway => "flyway_schema_history",
         }
     }
 
@@ -74,6 +86,9 @@ impl Tool {
             Tool::GolangMigrate => format!("SELECT version, dirty FROM {table}"),
             Tool::Dbmate | Tool::Diesel => format!("SELECT version FROM {table}"),
             Tool::Goose => format!("SELECT version_id, is_applied FROM {table} ORDER BY id"),
+            Tool::Flyway => format!(
+                "SELECT version, type, success, script FROM {table} ORDER BY installed_rank"
+            ),
             Tool::Sqlx => {
                 let hex = match dialect {
                     Dialect::Postgres => "encode(checksum, 'hex')",
@@ -213,6 +228,35 @@ fn applied_by(
                 };
                 applied.retain(|&a| a != v);
                 if truthy(cell(row, 1).as_deref()) {
+                    applied.push(v);
+                }
+            }
+        }
+        Tool::Flyway => {
+            for row in rows {
+                let script = cell(row, 3).unwrap_or_default();
+                let Some(text) = cell(row, 0) else {
+                    // A repeatable migration: no version.
+                    warnings.push(format!(
+                        "repeatable migration {script} is not imported: lockstep has none yet"
+                    ));
+                    continue;
+                };
+                let whole = text.bytes().all(|b| b.is_ascii_digit());
+                let Some(v) = version(Some(&text)).filter(|_| whole) else {
+                    return Err(refuse(
+                        format!("Flyway's version {text} ({script}) is dotted: lockstep does not read such versions yet"),
+                        "import a history whose versions are whole numbers",
+                    ));
+                };
+                if !truthy(cell(row, 2).as_deref()) {
+                    return Err(refuse(
+                        format!("flyway_schema_history says version {v} ({script}) failed"),
+                        "repair it as Flyway wants (`flyway repair`) before importing",
+                    ));
+                }
+                applied.retain(|&a| a != v);
+                if cell(row, 1).as_deref() != Some("UNDO_SQL") {
                     applied.push(v);
                 }
             }
