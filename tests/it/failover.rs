@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use crate::util::{wait_until, Backend, Child, PrivateServers, Project, TestDb};
+use crate::util::{wait_until, Backend, Child, PrivateServers, Project, Run, TestDb};
 
 const LONG: Duration = Duration::from_secs(60);
 
@@ -44,11 +44,8 @@ fn a_failover_mid_run_fails_clearly_and_a_run_again_through_both_hosts_completes
     );
     // A project directory; its own database is not used.
     let p = Project::new(Backend::Sqlite).unwrap();
-    let run = |args: &[&str]| {
-        let mut cmd = p.command(args);
-        cmd.env("LOCKSTEP_DATABASE_URL", &both);
-        crate::util::Run::from(cmd.output().unwrap())
-    };
+    let run_on = |url: &str, args: &[&str]| Run::from(p.command_on(url, args).output().unwrap());
+    let run = |args: &[&str]| run_on(&both, args);
     p.migration(
         "1_side.sql",
         "-- upgrade\nCREATE TABLE side (name text NOT NULL);\n",
@@ -58,9 +55,8 @@ fn a_failover_mid_run_fails_clearly_and_a_run_again_through_both_hosts_completes
 
     // A command that writes is refused a standby up front; one that reads
     // is served by it.
-    let mut cmd = p.command(&["upgrade"]);
-    cmd.env("LOCKSTEP_DATABASE_URL", url(&pair.ports, "standby"));
-    let refused = crate::util::Run::from(cmd.output().unwrap());
+    let standby_only = url(&pair.ports, "standby");
+    let refused = run_on(&standby_only, &["upgrade"]);
     refused.code(2);
     assert!(
         refused.stderr.contains("target_session_attrs=standby"),
@@ -72,9 +68,7 @@ fn a_failover_mid_run_fails_clearly_and_a_run_again_through_both_hosts_completes
             .try_query("SELECT 1 FROM lockstep_history")
             .is_ok_and(|r| r.len() == 1)
     });
-    let mut cmd = p.command(&["status", "--json"]);
-    cmd.env("LOCKSTEP_DATABASE_URL", url(&pair.ports, "standby"));
-    crate::util::Run::from(cmd.output().unwrap()).ok();
+    run_on(&standby_only, &["status", "--json"]).ok();
 
     p.migration(
         "2_slow.sql",
@@ -84,9 +78,8 @@ fn a_failover_mid_run_fails_clearly_and_a_run_again_through_both_hosts_completes
         "3_more.sql",
         "-- upgrade\nINSERT INTO side VALUES ('m3');\n",
     );
-    let mut cmd = p.command(&["upgrade", "--owner", "holder"]);
-    cmd.env("LOCKSTEP_DATABASE_URL", &both)
-        .stdout(std::process::Stdio::piped())
+    let mut cmd = p.command_on(&both, &["upgrade", "--owner", "holder"]);
+    cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let holder = Child::from(cmd.spawn().unwrap());
     wait_until("the holder runs migration 2", LONG, || {

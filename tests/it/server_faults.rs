@@ -72,9 +72,8 @@ fn server_restart_during_a_run() {
         url: url.clone(),
     };
     setup(&p, "SELECT pg_sleep(10);");
-    let mut cmd = p.command(&["upgrade", "--owner", "holder"]);
-    cmd.env("LOCKSTEP_DATABASE_URL", &url)
-        .stdout(std::process::Stdio::piped())
+    let mut cmd = p.command_on(&url, &["upgrade", "--owner", "holder"]);
+    cmd.stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let holder = Child::from(cmd.spawn().unwrap());
     wait_until("the holder runs migration 1", LONG, || {

@@ -305,3 +305,29 @@ fn an_unnamed_index_that_gave_up_is_left_for_a_human_with_the_statement_to_drop_
     );
     assert_eq!(retries_logged(&p), 0);
 }
+
+servers!(
+    a_statement_timeout_directive_bounds_its_migration,
+    |backend| {
+        let Some(p) = project(backend) else {
+            return;
+        };
+        let sleep = match backend {
+            Backend::Postgres => "SELECT pg_sleep(5);",
+            _ => "SELECT SLEEP(5);",
+        };
+        p.migration(
+        "1_add_email.sql",
+        &format!("-- upgrade\n-- lockstep:statement-timeout 1s\n{sleep}\nINSERT INTO audit VALUES (1);\n"),
+    );
+        let run = p.run(&["upgrade", "--json"]);
+        run.code(1);
+        let doc = run.json();
+        assert_eq!(doc["error"]["code"], "migration_failed", "{doc:#}");
+        let sqlstate = doc["error"]["sqlstate"].as_str().unwrap_or_default();
+        // PostgreSQL's 57014, MariaDB's max_statement_time 1969.
+        assert!(["57014", "1969"].contains(&sqlstate), "{doc:#}");
+        assert_eq!(p.db.value("SELECT count(*) FROM audit"), "0");
+        assert!(p.db.history().is_empty());
+    }
+);

@@ -480,9 +480,15 @@ impl Project {
     /// A command for the binary in the project directory, pointed at the
     /// test database, with stable output and no colour.
     pub fn command(&self, args: &[&str]) -> Command {
+        self.command_on(&self.db.url(), args)
+    }
+
+    /// [`Project::command`] against another database URL: a server of the
+    /// test's own.
+    pub fn command_on(&self, url: &str, args: &[&str]) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_lockstep"));
         cmd.args(args).stdin(Stdio::null());
-        self.in_project(&mut cmd, &self.db.url());
+        self.in_project(&mut cmd, url);
         cmd
     }
 

@@ -1111,6 +1111,28 @@ mod tests {
     }
 
     #[test]
+    fn session_attrs_accept_as_libpq_does() {
+        // (in recovery, read-only) of each server kind.
+        let (primary, read_only, standby) = ((false, false), (false, true), (true, true));
+        let table = [
+            (SessionAttrs::Any, [true, true, true]),
+            (SessionAttrs::ReadWrite, [true, false, false]),
+            (SessionAttrs::ReadOnly, [false, true, true]),
+            (SessionAttrs::Primary, [true, true, false]),
+            (SessionAttrs::Standby, [false, false, true]),
+        ];
+        for (attrs, want) in table {
+            let got = [primary, read_only, standby].map(|(r, ro)| attrs.accepts(r, ro, true));
+            assert_eq!(got, want, "{attrs:?}");
+        }
+        // prefer-standby: only a standby in its first pass, any in its second.
+        let prefer = SessionAttrs::PreferStandby;
+        assert!(!prefer.accepts(false, false, true) && prefer.accepts(true, true, true));
+        assert!(prefer.accepts(false, false, false));
+        assert!(prefer.wants_no_writes() && !SessionAttrs::ReadWrite.wants_no_writes());
+    }
+
+    #[test]
     fn postgres_socket_and_defaults() {
         let t = pg("postgres://bob@/app?host=/tmp/pg&port=5433");
         assert_eq!(t.host, PgHost::Socket("/tmp/pg".into()));
