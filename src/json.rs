@@ -120,23 +120,50 @@ pub struct StatementJson {
 
 #[derive(Debug, Serialize)]
 pub struct MigrationRef {
-    pub version: u64,
+    /// Null for a repeatable migration or a callback.
+    pub version: Option<u64>,
     pub name: String,
+    pub kind: &'static str,
 }
 
 impl From<&lockstep::Named> for MigrationRef {
     fn from(n: &lockstep::Named) -> Self {
         MigrationRef {
-            version: n.version,
-            name: n.name.clone(),
+            version: versioned(n.kind, n.version),
+            name: named(n.kind, &n.name),
+            kind: kind_name(n.kind),
         }
+    }
+}
+
+/// `versioned`, `repeatable` or `callback`.
+pub fn kind_name(kind: lockstep::Kind) -> &'static str {
+    match kind {
+        lockstep::Kind::Versioned => "versioned",
+        lockstep::Kind::Repeatable(_) => "repeatable",
+        lockstep::Kind::Callback(_) => "callback",
+    }
+}
+
+/// A migration's version, none for a repeatable one or a callback.
+fn versioned(kind: lockstep::Kind, version: u64) -> Option<u64> {
+    (kind == lockstep::Kind::Versioned).then_some(version)
+}
+
+/// A migration's name; a callback's is its file's.
+fn named(kind: lockstep::Kind, name: &str) -> String {
+    match kind {
+        lockstep::Kind::Callback(hook) => hook.file_name().to_string(),
+        _ => name.to_string(),
     }
 }
 
 #[derive(Debug, Serialize)]
 pub struct StepJson {
-    pub version: u64,
+    /// Null for a repeatable migration or a callback.
+    pub version: Option<u64>,
     pub name: String,
+    pub kind: &'static str,
     pub duration_ms: u64,
     pub no_transaction: bool,
 }
@@ -144,8 +171,9 @@ pub struct StepJson {
 impl From<&lockstep::Step> for StepJson {
     fn from(s: &lockstep::Step) -> Self {
         StepJson {
-            version: s.version,
-            name: s.name.clone(),
+            version: versioned(s.kind, s.version),
+            name: named(s.kind, &s.name),
+            kind: kind_name(s.kind),
             duration_ms: u64::try_from(s.duration.as_millis()).unwrap_or(u64::MAX),
             no_transaction: s.no_transaction,
         }
@@ -179,6 +207,48 @@ pub struct Status {
     pub history_table: String,
     pub migrations: Vec<StatusJson>,
     pub counts: Counts,
+    pub repeatables: Vec<RepeatStatusJson>,
+}
+
+/// A repeatable migration in `status --json`.
+#[derive(Serialize)]
+pub struct RepeatStatusJson {
+    pub name: String,
+    /// `always` or `on_change`; null when the file is gone.
+    pub repeat: Option<&'static str>,
+    /// `pending`, `applied`, `changed` or `missing`.
+    pub state: &'static str,
+    pub runs_next: bool,
+    pub file: Option<String>,
+    pub checksum: Option<String>,
+    /// The checksum of its last run, when it differs from the file's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_checksum: Option<String>,
+    pub applied_at: Option<String>,
+    pub runs: i64,
+}
+
+impl From<&lockstep::RepeatStatus<'_>> for RepeatStatusJson {
+    fn from(e: &lockstep::RepeatStatus<'_>) -> Self {
+        let repeat = e.migration.and_then(|m| match m.kind() {
+            lockstep::Kind::Repeatable(repeat) => Some(repeat.as_str()),
+            _ => None,
+        });
+        RepeatStatusJson {
+            name: e.name.to_string(),
+            repeat,
+            state: e.state.as_str(),
+            runs_next: e.runs_next,
+            file: e.migration.map(|m| m.up.path.display().to_string()),
+            checksum: e.migration.map(|m| m.checksum.to_string()),
+            recorded_checksum: match (e.migration, e.row) {
+                (Some(m), Some(r)) if m.checksum == r.checksum => None,
+                (_, r) => r.map(|r| r.checksum.to_string()),
+            },
+            applied_at: e.row.map(|r| r.applied_at.clone()),
+            runs: e.row.map_or(0, |r| r.runs),
+        }
+    }
 }
 
 #[derive(Serialize, Default, Clone, Copy)]
@@ -211,6 +281,35 @@ pub struct StatusJson {
 pub struct History {
     pub history_table: String,
     pub migrations: Vec<HistoryJson>,
+    pub repeatables: Vec<RepeatHistoryJson>,
+}
+
+/// The last run of a repeatable migration in `history --json`.
+#[derive(Serialize)]
+pub struct RepeatHistoryJson {
+    pub name: String,
+    pub checksum: String,
+    pub applied_at: String,
+    pub duration_ms: i64,
+    pub applied_by: String,
+    pub lock_token: Option<i64>,
+    pub tool_version: String,
+    pub runs: i64,
+}
+
+impl From<&lockstep::RepeatRow> for RepeatHistoryJson {
+    fn from(r: &lockstep::RepeatRow) -> Self {
+        RepeatHistoryJson {
+            name: r.name.clone(),
+            checksum: r.checksum.to_string(),
+            applied_at: r.applied_at.clone(),
+            duration_ms: r.duration_ms,
+            applied_by: r.applied_by.clone(),
+            lock_token: r.lock_token,
+            tool_version: r.tool_version.clone(),
+            runs: r.runs,
+        }
+    }
 }
 
 #[derive(Serialize)]

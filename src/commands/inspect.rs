@@ -1,7 +1,7 @@
 //! Read-only commands: `status`, `history`, `validate`. They create no
 //! table and, on SQLite, no database file.
 
-use lockstep::{State, StatusEntry};
+use lockstep::{Kind, Repeat, RepeatState, RepeatStatus, State, StatusEntry};
 
 use super::table::{Cell, Streamed, Table};
 use super::{connect_read_only, load_and_connect, plural};
@@ -18,6 +18,13 @@ pub fn status(
 ) -> Result<Exit, CliError> {
     let (set, mut migrator) = load_and_connect(settings, || connect_read_only(settings))?;
     let history = migrator.history()?;
+    // Read only for a directory that has repeatable migrations: nothing
+    // else shows them.
+    let repeats = if set.repeatables().is_empty() {
+        Vec::new()
+    } else {
+        migrator.repeatables()?
+    };
     // The files' upgrade sections that run outside a transaction here
     // (MariaDB runs DDL so), by version.
     let outside: std::collections::HashSet<u64> = set
@@ -50,7 +57,13 @@ pub fn status(
         }
     }
     let total = counts.applied + counts.pending + counts.modified + counts.missing + counts.dirty;
-    let exit = if args.check && counts.applied < total {
+    let repeat_status = set.repeat_status(&repeats);
+    // A runs-always one is never done; one that runs on change is, once
+    // it ran as its file is.
+    let repeats_due = repeat_status
+        .iter()
+        .any(|e| matches!(e.state, RepeatState::Pending | RepeatState::Changed));
+    let exit = if args.check && (counts.applied < total || repeats_due) {
         Exit::Refused
     } else {
         Exit::Success
@@ -62,8 +75,12 @@ pub fn status(
             .map(|e| status_json(&e, outside.contains(&e.version)))
             .collect(),
         counts,
+        repeatables: repeat_status
+            .iter()
+            .map(json::RepeatStatusJson::from)
+            .collect(),
     });
-    if total == 0 {
+    if total == 0 && repeat_status.is_empty() {
         printer.line(&format!(
             "no migrations in {}",
             settings.migrations.display()
@@ -71,6 +88,9 @@ pub fn status(
     } else {
         if let Some(table) = table {
             table.write(printer, entries(), status_row, |p, lines| p.block(lines));
+        }
+        if !repeat_status.is_empty() && printer.shows_lines() {
+            printer.block(&repeat_table(printer, &repeat_status));
         }
         printer.line(&summary(&counts));
         if counts.modified + counts.missing + counts.dirty > 0 {
@@ -81,6 +101,37 @@ pub fn status(
         }
     }
     Ok(exit)
+}
+
+/// The repeatable migrations' table of `status`.
+fn repeat_table(printer: &Printer, entries: &[RepeatStatus<'_>]) -> String {
+    let mut table = Table::new(&["REPEATABLE", "RUNS", "STATE", "LAST RUN"]);
+    for e in entries {
+        let runs = match e.migration.map(|m| m.kind()) {
+            Some(Kind::Repeatable(Repeat::Always)) => "always",
+            Some(_) => "on change",
+            None => "-",
+        };
+        let state = match (e.state, e.runs_next) {
+            (RepeatState::Applied, true) => "applied (runs again)".to_string(),
+            (state, _) => state.as_str().to_string(),
+        };
+        let style = match e.state {
+            RepeatState::Applied => Style::Good,
+            RepeatState::Missing => Style::Bad,
+            RepeatState::Pending | RepeatState::Changed => Style::Warn,
+        };
+        table
+            .cell(e.name)
+            .cell(runs)
+            .cell(printer.paint(&state, style, false))
+            .cell(
+                e.row
+                    .map(|r| printer.timestamp(r.applied_at.as_str()))
+                    .unwrap_or_default(),
+            );
+    }
+    table.render()
 }
 
 /// `3 applied, 1 pending`, and what else there is.
@@ -147,7 +198,9 @@ fn status_row<'a>(printer: &Printer, e: &StatusEntry<'a>) -> [Cell<'a>; 4] {
 
 pub fn history(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError> {
     settings.database()?;
-    let history = connect_read_only(settings)?.history()?;
+    let mut migrator = connect_read_only(settings)?;
+    let history = migrator.history()?;
+    let repeats = migrator.repeatables()?;
     if history.is_empty() {
         printer.line("no migrations applied");
     } else if printer.shows_lines() {
@@ -177,9 +230,35 @@ pub fn history(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliEr
         }
         printer.block(&table.render());
     }
+    if !repeats.is_empty() && printer.shows_lines() {
+        let mut table = Table::new(&[
+            "REPEATABLE",
+            "RUNS",
+            "LAST RUN",
+            "DURATION",
+            "APPLIED BY",
+            "LOCK TOKEN",
+        ]);
+        for r in &repeats {
+            let duration =
+                std::time::Duration::from_millis(u64::try_from(r.duration_ms).unwrap_or(0));
+            let token = r
+                .lock_token
+                .map_or_else(|| "-".to_string(), |t| t.to_string());
+            table
+                .cell(&r.name)
+                .cell(r.runs)
+                .cell(printer.timestamp(r.applied_at.as_str()))
+                .cell(printer.duration(duration))
+                .cell(&r.applied_by)
+                .cell(token);
+        }
+        printer.block(&table.render());
+    }
     printer.document("history", Exit::Success, || json::History {
         history_table: settings.history_table.to_string(),
         migrations: history.iter().map(json::HistoryJson::from).collect(),
+        repeatables: repeats.iter().map(json::RepeatHistoryJson::from).collect(),
     });
     Ok(Exit::Success)
 }

@@ -3,7 +3,8 @@
 use std::time::{Duration, Instant};
 
 use lockstep::{
-    Direction, Event, LockEvent, Observer, RollbackOptions, RunReport, Target, UpgradeOptions,
+    Direction, Event, Kind, LockEvent, Named, Observer, RollbackOptions, RunReport, Target,
+    UpgradeOptions,
 };
 
 use super::{connect, load_and_connect, plural, step_json};
@@ -80,10 +81,20 @@ fn finish(
         Direction::Up => ("apply", "applied"),
         Direction::Down => ("roll back", "rolled back"),
     };
-    let n = report.steps.len();
+    // Callbacks run, but are no migrations.
+    let n = report
+        .steps
+        .iter()
+        .filter(|s| !matches!(s.kind, Kind::Callback(_)))
+        .count();
     if report.dry_run {
         for step in &report.steps {
-            let mut line = format!("would {verb} {} {}", step.version, step.name);
+            let verb = if matches!(step.kind, Kind::Callback(_)) {
+                "run"
+            } else {
+                verb
+            };
+            let mut line = format!("would {verb} {}", step.named());
             if step.no_transaction {
                 line.push_str(" (no transaction)");
             }
@@ -191,14 +202,13 @@ impl Observer for Progress<'_> {
                 index,
                 ..
             } => {
-                let verb = match direction {
-                    Direction::Up => "applying",
-                    Direction::Down => "rolling back",
+                let verb = match (direction, migration.kind()) {
+                    (_, Kind::Callback(_)) => "running",
+                    (Direction::Up, _) => "applying",
+                    (Direction::Down, _) => "rolling back",
                 };
-                self.printer.progress(
-                    *index,
-                    &format!("{verb} {} {}", migration.version, migration.name),
-                );
+                self.printer
+                    .progress(*index, &format!("{verb} {}", Named::of(migration)));
             }
             Event::LockRetry {
                 migration,
@@ -209,9 +219,8 @@ impl Observer for Progress<'_> {
             } => {
                 let what = blocked.map_or_else(|| "a lock".to_string(), |b| b.to_string());
                 self.printer.note(&format!(
-                    "migration {} {} gave up waiting for {what} and was rolled back; try {} of {tries} in {}",
-                    migration.version,
-                    migration.name,
+                    "migration {} gave up waiting for {what} and was rolled back; try {} of {tries} in {}",
+                    Named::of(migration),
                     try_number + 1,
                     self.printer.duration(*wait)
                 ));
@@ -222,15 +231,15 @@ impl Observer for Progress<'_> {
                 index,
                 ..
             } => {
-                let verb = match direction {
-                    Direction::Up => "applied",
-                    Direction::Down => "rolled back",
+                let verb = match (direction, step.kind) {
+                    (_, Kind::Callback(_)) => "ran",
+                    (Direction::Up, _) => "applied",
+                    (Direction::Down, _) => "rolled back",
                 };
                 let mut line = format!(
-                    "{} {} {} ({})",
+                    "{} {} ({})",
                     self.printer.paint(verb, Style::Good, false),
-                    step.version,
-                    step.name,
+                    step.named(),
                     self.printer.duration(step.duration)
                 );
                 if step.no_transaction {

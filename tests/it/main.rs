@@ -20,6 +20,7 @@ mod lock;
 mod mariadb;
 mod netfault;
 mod postgres;
+mod repeatable;
 mod rollback;
 mod server_faults;
 mod table_locks;

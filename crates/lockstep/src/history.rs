@@ -75,6 +75,31 @@ pub struct HistoryRow {
     pub tool_version: String,
 }
 
+/// The last run of a repeatable migration, from the repeatables table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RepeatRow {
+    /// The repeatable migration's name.
+    pub name: String,
+    /// Its checksum when it last ran.
+    pub checksum: Checksum,
+    /// When it last ran, as [`HistoryRow::applied_at`].
+    pub applied_at: String,
+    /// How long its last run took, in milliseconds.
+    pub duration_ms: i64,
+    /// The executor that last ran it.
+    pub applied_by: String,
+    /// The lock token of its last run.
+    pub lock_token: Option<i64>,
+    /// The lockstep version that last ran it.
+    pub tool_version: String,
+    /// How many times it ran.
+    pub runs: i64,
+}
+
+/// The name of the table of repeatable migrations' last runs, next to
+/// the history table (one row per history table and name).
+pub const REPEATABLE_TABLE: &str = "lockstep_repeatable";
+
 /// A validated table name, with an optional schema.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TableName {
@@ -109,9 +134,9 @@ impl TableName {
             check(schema)?;
         }
         check(name)?;
-        if name == META_TABLE {
+        if name == META_TABLE || name == REPEATABLE_TABLE {
             return Err(format!(
-                "`{META_TABLE}` is lockstep's own table; choose another name"
+                "`{name}` is lockstep's own table; choose another name"
             ));
         }
         Ok(TableName {
@@ -190,6 +215,16 @@ pub(crate) enum Change<'a> {
         name: String,
         checksum: Checksum,
     },
+    /// Record a run of a repeatable migration in the repeatables table
+    /// (one row per name, replaced). Without a duration, the driver's
+    /// own measure of the statements in the same transaction.
+    Repeated {
+        name: &'a str,
+        checksum: &'a Checksum,
+        applied_by: &'a str,
+        lock_token: Option<i64>,
+        duration_ms: Option<i64>,
+    },
 }
 
 /// History as one read found it.
@@ -216,6 +251,14 @@ pub(crate) trait HistoryStore {
     /// Creates lockstep's tables (history, meta, lock, lock log) when they
     /// do not exist. Safe when many processes do it at once.
     fn create_tables(&mut self) -> Result<(), Self::Error>;
+
+    /// The last runs of this history's repeatable migrations, by name;
+    /// none when the repeatables table does not exist. Creates nothing.
+    fn read_repeatables(&mut self) -> Result<Vec<RepeatRow>, Self::Error>;
+
+    /// Creates the repeatables table when it does not exist: before the
+    /// first repeatable migration runs, under the lock.
+    fn create_repeatable_table(&mut self) -> Result<(), Self::Error>;
 
     /// Applies history changes in one transaction of their own, fenced when
     /// a fence is given.
@@ -246,6 +289,7 @@ mod tests {
             "a.",
             ".a",
             "lockstep_meta",
+            "lockstep_repeatable",
             &"x".repeat(64),
         ] {
             assert!(TableName::parse(bad).is_err(), "{bad}");

@@ -201,15 +201,16 @@ pub use error::{
     DbClass, DbMessage, Direction, DirtyDetail, Error, ErrorKind, FailedStatement,
     MigrationFailure, Remedy,
 };
-pub use history::{HistoryRow, RowState, TableName};
+pub use history::{HistoryRow, RepeatRow, RowState, TableName};
 pub use lock::{LockBusy, LockEvent, LockInfo, LockLost, LockOptions, LockState, LogEntry};
 pub use migrator::{
     CancelHandle, DirtyResolution, Event, Fixed, Imported, Migrator, Observer, Options,
     RollbackOptions, RunReport, Tool, UpgradeOptions,
 };
-pub use plan::{Refusal, State, StatusEntry, Target, TargetError};
+pub use plan::{Refusal, RepeatState, RepeatStatus, State, StatusEntry, Target, TargetError};
 pub use source::{
-    Checksum, Format, Layout, Migration, MigrationSet, Named, Section, SourceError, Step,
+    Checksum, Format, Hook, Kind, Layout, Migration, MigrationSet, Named, Repeat, Section,
+    SourceError, Step,
 };
 pub use url::{DatabaseUrl, UrlError};
 pub use waits::{Activity, Blocked, BlockedReport, Blocker, StatementOptions};

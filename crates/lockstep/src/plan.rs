@@ -1,7 +1,7 @@
 //! Planning: migrations on disk plus history rows in, a plan or a refusal
 //! out. Pure functions, no database.
-use crate::history::{HistoryRow, RowState};
-use crate::source::{Migration, MigrationSet, Named};
+use crate::history::{HistoryRow, RepeatRow, RowState};
+use crate::source::{Kind, Migration, MigrationSet, Named, Repeat};
 
 /// What a migration is, comparing its file with its history row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +58,104 @@ impl MigrationSet {
     ) -> impl Iterator<Item = StatusEntry<'a>> {
         statuses(self.migrations(), history)
     }
+}
+
+/// What a repeatable migration is, comparing its file with its last run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RepeatState {
+    /// Never ran.
+    Pending,
+    /// Ran with the file as it is.
+    Applied,
+    /// Ran, and the file changed since.
+    Changed,
+    /// Ran, and the file is gone: nothing runs it again.
+    Missing,
+}
+
+impl RepeatState {
+    /// The lowercase name used in output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepeatState::Pending => "pending",
+            RepeatState::Applied => "applied",
+            RepeatState::Changed => "changed",
+            RepeatState::Missing => "missing",
+        }
+    }
+}
+
+/// One repeatable migration in `status`.
+#[derive(Debug, Clone)]
+pub struct RepeatStatus<'a> {
+    /// Its name.
+    pub name: &'a str,
+    /// The state.
+    pub state: RepeatState,
+    /// The file, when there is one.
+    pub migration: Option<&'a Migration>,
+    /// Its last run, when it ran.
+    pub row: Option<&'a RepeatRow>,
+    /// The next `upgrade` runs it.
+    pub runs_next: bool,
+}
+
+impl MigrationSet {
+    /// Each repeatable migration, file or last run, by name: what `status`
+    /// shows of them.
+    pub fn repeat_status<'a>(&'a self, ran: &'a [RepeatRow]) -> Vec<RepeatStatus<'a>> {
+        let mut all: Vec<RepeatStatus<'a>> = self
+            .repeatables()
+            .iter()
+            .map(|m| {
+                let row = ran.iter().find(|r| r.name == m.name);
+                let state = match row {
+                    None => RepeatState::Pending,
+                    Some(r) if r.checksum != m.checksum => RepeatState::Changed,
+                    Some(_) => RepeatState::Applied,
+                };
+                RepeatStatus {
+                    name: &m.name,
+                    state,
+                    migration: Some(m),
+                    row,
+                    runs_next: runs_next(m, row),
+                }
+            })
+            .collect();
+        for r in ran {
+            if !self.repeatables().iter().any(|m| m.name == r.name) {
+                all.push(RepeatStatus {
+                    name: &r.name,
+                    state: RepeatState::Missing,
+                    migration: None,
+                    row: Some(r),
+                    runs_next: false,
+                });
+            }
+        }
+        all.sort_by(|a, b| a.name.cmp(b.name));
+        all
+    }
+}
+
+/// Whether the next upgrade runs the repeatable migration `m`, which
+/// last ran as `row`.
+fn runs_next(m: &Migration, row: Option<&RepeatRow>) -> bool {
+    match m.kind() {
+        Kind::Repeatable(Repeat::Always) => true,
+        _ => row.is_none_or(|r| r.checksum != m.checksum),
+    }
+}
+
+/// The repeatable migrations an upgrade runs after the versioned ones, by
+/// name: the runs-always ones, and the others that never ran or changed
+/// since they last ran.
+pub fn plan_repeatables<'a>(repeatables: &'a [Migration], ran: &[RepeatRow]) -> Vec<&'a Migration> {
+    repeatables
+        .iter()
+        .filter(|m| runs_next(m, ran.iter().find(|r| r.name == m.name)))
+        .collect()
 }
 
 /// Every migration compared with its history row, one entry at a time in
@@ -203,10 +301,7 @@ pub struct Target {
 }
 
 fn named(version: u64, name: &str) -> Named {
-    Named {
-        version,
-        name: name.to_string(),
-    }
+    Named::versioned(version, name)
 }
 
 /// The migrations that are dirty, modified or missing, noted one entry at
@@ -420,6 +515,68 @@ mod tests {
         to: None,
         count: None,
     };
+
+    /// A repeatable migration `name` whose file's checksum is `sum`.
+    fn repeatable(name: &str, repeat: Repeat, sum: &str) -> Migration {
+        Migration {
+            version: 0,
+            name: name.to_string(),
+            checksum: Checksum::parse(&format!("sha256:{sum}")),
+            layout: crate::source::Layout::Repeatable(repeat),
+            ..m(0, false)
+        }
+    }
+
+    /// The last run of `name`, with checksum `sum`.
+    fn ran(name: &str, sum: &str) -> RepeatRow {
+        RepeatRow {
+            name: name.to_string(),
+            checksum: Checksum::parse(&format!("sha256:{sum}")),
+            applied_at: "2026-11-24T10:00:00.000Z".into(),
+            duration_ms: 1,
+            applied_by: "test".into(),
+            lock_token: None,
+            tool_version: "0.1.0".into(),
+            runs: 1,
+        }
+    }
+
+    #[test]
+    fn repeatables_run_when_never_run_changed_or_always() {
+        let files = [
+            repeatable("a", Repeat::Always, "1"),
+            repeatable("b", Repeat::OnChange, "1"),
+            repeatable("c", Repeat::OnChange, "2"),
+            repeatable("d", Repeat::OnChange, "1"),
+        ];
+        let rows = [
+            ran("a", "1"),
+            ran("b", "1"),
+            ran("c", "1"),
+            ran("gone", "1"),
+        ];
+        let plan: Vec<&str> = plan_repeatables(&files, &rows)
+            .iter()
+            .map(|m| m.name.as_str())
+            .collect();
+        assert_eq!(plan, ["a", "c", "d"]);
+        let set = MigrationSet::from_migrations("m", files.to_vec()).unwrap();
+        let status: Vec<(&str, RepeatState, bool)> = set
+            .repeat_status(&rows)
+            .iter()
+            .map(|e| (e.name, e.state, e.runs_next))
+            .collect();
+        assert_eq!(
+            status,
+            [
+                ("a", RepeatState::Applied, true),
+                ("b", RepeatState::Applied, false),
+                ("c", RepeatState::Changed, true),
+                ("d", RepeatState::Pending, true),
+                ("gone", RepeatState::Missing, false),
+            ]
+        );
+    }
 
     #[test]
     fn upgrade_plans() {

@@ -25,11 +25,14 @@ use crate::sql;
 /// and the whole file is held in memory and sent in one message.
 pub const MAX_FILE_BYTES: u64 = 256 * 1024 * 1024;
 
-/// All migrations of a directory, ordered by version.
+/// All migrations of a directory: the versioned ones, ordered by version,
+/// the repeatable ones, by name, and the upgrade callbacks.
 #[derive(Debug, Clone)]
 pub struct MigrationSet {
     dir: PathBuf,
     migrations: Vec<Migration>,
+    repeatables: Vec<Migration>,
+    callbacks: Vec<Migration>,
 }
 
 /// One migration: its up section and, when it has one, its down section.
@@ -74,6 +77,54 @@ pub enum Layout {
         /// Its `metadata.toml` says `run_in_transaction = false`.
         no_transaction: bool,
     },
+    /// A repeatable migration, `R__<name>.sql` (Flyway's), `ROC__` or
+    /// `RA__` (jetbase's): no version, its whole file (or its `-- upgrade`
+    /// section) run after the versioned migrations. Its `version` is 0.
+    Repeatable(Repeat),
+    /// An upgrade callback, `before-upgrade.sql` or `after-upgrade.sql`
+    /// (Flyway's `beforeMigrate.sql`, `afterMigrate.sql`): run under the
+    /// lock on every upgrade that applies something, never recorded. Its
+    /// `version` is 0.
+    Callback(Hook),
+}
+
+/// When a repeatable migration runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repeat {
+    /// On every upgrade (`RA__`).
+    Always,
+    /// When it never ran, or its checksum changed since it last ran (`R__`,
+    /// `ROC__`).
+    OnChange,
+}
+
+impl Repeat {
+    /// Its name in JSON: `always`, `on_change`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Repeat::Always => "always",
+            Repeat::OnChange => "on_change",
+        }
+    }
+}
+
+/// Which upgrade callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    /// Before the first migration an upgrade applies.
+    BeforeUpgrade,
+    /// After the last.
+    AfterUpgrade,
+}
+
+impl Hook {
+    /// Its file name, as lockstep writes it.
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Hook::BeforeUpgrade => "before-upgrade.sql",
+            Hook::AfterUpgrade => "after-upgrade.sql",
+        }
+    }
 }
 
 /// Whose files a migrations directory holds: the config file's `format`.
@@ -156,6 +207,15 @@ impl Format {
 }
 
 impl Layout {
+    /// Whether `other` is a layout of the same kind: both repeatable, or
+    /// both the same callback.
+    fn same_kind(self, other: Layout) -> bool {
+        match (self, other) {
+            (Layout::Repeatable(_), Layout::Repeatable(_)) => true,
+            (a, b) => a == b,
+        }
+    }
+
     /// The layout's section markers, for messages.
     fn markers(self) -> &'static str {
         match self {
@@ -167,6 +227,8 @@ impl Layout {
                 "no section markers (sqlx's layout: the whole file is the upgrade)"
             }
             Layout::Diesel { .. } => "diesel's `<version>_<name>/up.sql` directories",
+            Layout::Repeatable(_) => "a repeatable migration's file",
+            Layout::Callback(_) => "an upgrade callback's file",
         }
     }
 
@@ -401,6 +463,16 @@ pub(crate) enum FileName {
         /// `.up.sql` rather than `.down.sql`.
         up: bool,
     },
+    /// `R__<name>.sql`, `ROC__<name>.sql`, `RA__<name>.sql`
+    Repeatable {
+        /// The name.
+        name: String,
+        /// When it runs.
+        repeat: Repeat,
+    },
+    /// `before-upgrade.sql`, `after-upgrade.sql` (or Flyway's
+    /// `beforeMigrate.sql`, `afterMigrate.sql`)
+    Callback(Hook),
 }
 
 /// Parses a migration file name. `Ok(None)` for files that are not SQL
@@ -421,6 +493,11 @@ pub(crate) fn parse_file_name(file_name: &str) -> Result<Option<FileName>, Strin
     } else {
         (stem, None)
     };
+    if half.is_none() {
+        if let Some(parsed) = parse_unversioned(stem)? {
+            return Ok(Some(parsed));
+        }
+    }
     let bad = || {
         "file name does not match `<version>_<name>.sql` or `<version>_<name>.up.sql`/`.down.sql` \
          (version: digits; name: letters, digits, `_`, `-` and `.`)"
@@ -467,6 +544,42 @@ pub(crate) fn parse_file_name(file_name: &str) -> Result<Option<FileName>, Strin
     }))
 }
 
+/// A repeatable migration's or a callback's file name (without `.sql`);
+/// `None` for any other.
+fn parse_unversioned(stem: &str) -> Result<Option<FileName>, String> {
+    let hook = match stem {
+        "before-upgrade" | "beforeMigrate" => Some(Hook::BeforeUpgrade),
+        "after-upgrade" | "afterMigrate" => Some(Hook::AfterUpgrade),
+        _ => None,
+    };
+    if let Some(hook) = hook {
+        return Ok(Some(FileName::Callback(hook)));
+    }
+    // `RA__` and `ROC__` are jetbase's; `R__` Flyway's.
+    let prefixes = [
+        ("RA__", Repeat::Always),
+        ("ROC__", Repeat::OnChange),
+        ("R__", Repeat::OnChange),
+    ];
+    let Some((name, repeat)) = prefixes
+        .iter()
+        .find_map(|(prefix, repeat)| stem.strip_prefix(prefix).map(|name| (name, *repeat)))
+    else {
+        return Ok(None);
+    };
+    if name.is_empty() || !is_tool_name(name) {
+        return Err(
+            "a repeatable migration's file name is `R__<name>.sql`, `ROC__<name>.sql` or `RA__<name>.sql` \
+             (name: letters, digits, `_`, `-` and `.`)"
+                .to_string(),
+        );
+    }
+    Ok(Some(FileName::Repeatable {
+        name: name.to_string(),
+        repeat,
+    }))
+}
+
 /// A migration's name as the tools that made it write names: ASCII
 /// letters, digits, `_`, `-` and `.` (lockstep's own `new` writes
 /// lowercase, digits and `_`).
@@ -491,14 +604,53 @@ pub(crate) fn parse_version(digits: &str) -> Result<u64, String> {
 /// A migration named in a refusal or error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Named {
-    /// Its version.
+    /// Its version (0 for a repeatable migration or a callback).
     pub version: u64,
     /// Its name.
     pub name: String,
+    /// Versioned, repeatable or a callback.
+    pub kind: Kind,
+}
+
+/// What kind of file a migration is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Kind {
+    /// Versioned: applied once, in version order.
+    #[default]
+    Versioned,
+    /// Repeatable: no version, runs after the versioned ones.
+    Repeatable(Repeat),
+    /// An upgrade callback, never recorded.
+    Callback(Hook),
+}
+
+impl Named {
+    /// The migration `m`, named.
+    pub fn of(m: &Migration) -> Named {
+        Named {
+            version: m.version,
+            name: m.name.clone(),
+            kind: m.kind(),
+        }
+    }
+
+    /// A versioned migration, named.
+    pub fn versioned(version: u64, name: &str) -> Named {
+        Named {
+            version,
+            name: name.to_string(),
+            kind: Kind::Versioned,
+        }
+    }
 }
 
 impl fmt::Display for Named {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.kind {
+            Kind::Repeatable(_) => return write!(f, "repeatable {}", self.name),
+            Kind::Callback(hook) => return write!(f, "callback {}", hook.file_name()),
+            Kind::Versioned => {}
+        }
         if self.name.is_empty() {
             // golang-migrate's `<version>.up.sql` has no name.
             write!(f, "{}", self.version)
@@ -519,9 +671,31 @@ pub struct Step {
     pub duration: std::time::Duration,
     /// Whether it ran outside a transaction.
     pub no_transaction: bool,
+    /// Versioned, repeatable or a callback.
+    pub kind: Kind,
+}
+
+impl Step {
+    /// The migration that ran, named.
+    pub fn named(&self) -> Named {
+        Named {
+            version: self.version,
+            name: self.name.clone(),
+            kind: self.kind,
+        }
+    }
 }
 
 impl Migration {
+    /// Versioned, repeatable or a callback: what its layout says.
+    pub fn kind(&self) -> Kind {
+        match self.layout {
+            Layout::Repeatable(repeat) => Kind::Repeatable(repeat),
+            Layout::Callback(hook) => Kind::Callback(hook),
+            _ => Kind::Versioned,
+        }
+    }
+
     /// The largest version: 18 digits, so that every version fits a signed
     /// 64-bit column on every engine.
     pub const MAX_VERSION: u64 = 999_999_999_999_999_999;
@@ -594,7 +768,7 @@ impl MigrationSet {
     pub fn load_as(dir: impl AsRef<Path>, format: Format) -> Result<MigrationSet, SourceError> {
         let dir = dir.as_ref();
         let names = list(dir)?;
-        let mut jobs = jobs(dir, names)?;
+        let (mut jobs, unversioned) = jobs(dir, names)?;
         // In version order before parsing: the result needs no sort, and
         // the first error reported is the first in version order. Within a
         // version, in the listing's (name) order. In place: the listing is
@@ -616,19 +790,31 @@ impl MigrationSet {
             ));
         }
         check_one_layout(&migrations)?;
+        let (repeatables, callbacks) = parse_unversioned_files(unversioned)?;
         Ok(MigrationSet {
             dir: dir.to_path_buf(),
             migrations,
+            repeatables,
+            callbacks,
         })
     }
 
     /// Builds a set from migrations parsed elsewhere (embedders that ship
-    /// their migrations inside the binary). Versions must be unique.
+    /// their migrations inside the binary). Versions must be unique;
+    /// repeatable migrations and callbacks (by their layout) go apart.
     pub fn from_migrations(
         dir: impl Into<PathBuf>,
-        mut migrations: Vec<Migration>,
+        migrations: Vec<Migration>,
     ) -> Result<MigrationSet, SourceError> {
         let dir = dir.into();
+        let (unversioned, mut migrations): (Vec<Migration>, Vec<Migration>) = migrations
+            .into_iter()
+            .partition(|m| matches!(m.layout, Layout::Repeatable(_) | Layout::Callback(_)));
+        let (mut repeatables, mut callbacks): (Vec<Migration>, Vec<Migration>) = unversioned
+            .into_iter()
+            .partition(|m| matches!(m.layout, Layout::Repeatable(_)));
+        repeatables.sort_by(|a, b| a.name.cmp(&b.name));
+        callbacks.sort_by_key(|c| matches!(c.layout, Layout::Callback(Hook::AfterUpgrade)));
         migrations.sort_by_key(|m| m.version);
         for pair in migrations.windows(2) {
             if pair[0].version == pair[1].version {
@@ -639,7 +825,12 @@ impl MigrationSet {
                 ));
             }
         }
-        Ok(MigrationSet { dir, migrations })
+        Ok(MigrationSet {
+            dir,
+            migrations,
+            repeatables,
+            callbacks,
+        })
     }
 
     /// The directory the migrations were read from.
@@ -697,6 +888,18 @@ impl MigrationSet {
         &self.migrations
     }
 
+    /// The repeatable migrations, by name.
+    pub fn repeatables(&self) -> &[Migration] {
+        &self.repeatables
+    }
+
+    /// The upgrade callback for `hook`, when the directory has one.
+    pub fn callback(&self, hook: Hook) -> Option<&Migration> {
+        self.callbacks
+            .iter()
+            .find(|c| c.layout == Layout::Callback(hook))
+    }
+
     /// The migration with this version.
     pub fn get(&self, version: u64) -> Option<&Migration> {
         self.migrations
@@ -745,9 +948,11 @@ fn list(dir: &Path) -> Result<Vec<(String, fs::FileType)>, SourceError> {
 /// A job for each file named like a migration; a file named almost like
 /// one, or an entry named like one that is not a regular file inside the
 /// directory, is an error.
-fn jobs(dir: &Path, names: Vec<(String, fs::FileType)>) -> Result<Vec<Job>, SourceError> {
+/// Repeatable migrations and callbacks come apart, as the files they are.
+fn jobs(dir: &Path, names: Vec<(String, fs::FileType)>) -> Result<Listed, SourceError> {
     let canonical_dir = fs::canonicalize(dir).map_err(|e| SourceError::new(dir, io_reason(&e)))?;
     let mut jobs: Vec<Job> = Vec::with_capacity(names.len());
+    let mut unversioned: Vec<(FileName, PathBuf)> = Vec::new();
     // Every badly named file, named in one run: a directory taken over
     // from another tool may have many.
     let mut bad_names: Vec<(PathBuf, String, String)> = Vec::new();
@@ -789,6 +994,10 @@ fn jobs(dir: &Path, names: Vec<(String, fs::FileType)>) -> Result<Vec<Job>, Sour
                 .hint("migrations are plain `.sql` files; rename or remove this entry"));
         }
         jobs.push(match parsed {
+            FileName::Repeatable { .. } | FileName::Callback(_) => {
+                unversioned.push((parsed, path));
+                continue;
+            }
             FileName::Single { version, name } => Job::Single(version, name, path),
             FileName::Half { version, name, up } => {
                 let (up, down) = if up {
@@ -829,7 +1038,76 @@ fn jobs(dir: &Path, names: Vec<(String, fs::FileType)>) -> Result<Vec<Job>, Sour
         };
         return Err(SourceError::new(first, message).hint(hint));
     }
-    Ok(jobs)
+    Ok((jobs, unversioned))
+}
+
+/// A repeatable migration or a callback from its file's text: the whole
+/// file, or its `-- upgrade` section; a rollback section is refused.
+fn parse_unversioned_text(
+    parsed: FileName,
+    path: PathBuf,
+    text: String,
+) -> Result<Migration, SourceError> {
+    let (name, layout) = match parsed {
+        FileName::Repeatable { name, repeat } => (name, Layout::Repeatable(repeat)),
+        FileName::Callback(hook) => (String::new(), Layout::Callback(hook)),
+        FileName::Single { .. } | FileName::Half { .. } => unreachable!("versioned"),
+    };
+    let mut m = parse_single_text(0, name, path, text)?;
+    if let Some(down) = &m.down {
+        let what = if matches!(layout, Layout::Repeatable(_)) {
+            "a repeatable migration has no rollback section: `rollback` leaves it as it is"
+        } else {
+            "an upgrade callback has no rollback section"
+        };
+        return Err(SourceError::new(&m.up.path, what)
+            .at(down.first_line.saturating_sub(1))
+            .hint("remove the rollback section"));
+    }
+    m.layout = layout;
+    Ok(m)
+}
+
+/// A directory's versioned migrations to parse, and its repeatable
+/// migrations' and callbacks' files.
+type Listed = (Vec<Job>, Vec<(FileName, PathBuf)>);
+
+/// The repeatable migrations (by name) and the callbacks (before, then
+/// after) of a directory, parsed: each file whole, or its `-- upgrade`
+/// section, never a rollback; no two of one name or hook.
+fn parse_unversioned_files(
+    files: Vec<(FileName, PathBuf)>,
+) -> Result<(Vec<Migration>, Vec<Migration>), SourceError> {
+    let mut repeatables: Vec<Migration> = Vec::new();
+    let mut callbacks: Vec<Migration> = Vec::new();
+    for (parsed, path) in files {
+        let text = read_text(&path)?;
+        let m = parse_unversioned_text(parsed, path, text)?;
+        let layout = m.layout;
+        let others = if matches!(layout, Layout::Repeatable(_)) {
+            &mut repeatables
+        } else {
+            &mut callbacks
+        };
+        if let Some(other) = others
+            .iter()
+            .find(|o| o.name == m.name && o.layout.same_kind(layout))
+        {
+            let what = match layout {
+                Layout::Callback(hook) => format!("a second `{}` callback", hook.file_name()),
+                _ => format!("a second repeatable migration named `{}`", m.name),
+            };
+            return Err(SourceError::new(
+                &m.up.path,
+                format!("{what}: `{}` is one too", other.up.path.display()),
+            )
+            .hint("keep one of the two files"));
+        }
+        others.push(m);
+    }
+    repeatables.sort_by(|a, b| a.name.cmp(&b.name));
+    callbacks.sort_by_key(|c| matches!(c.layout, Layout::Callback(Hook::AfterUpgrade)));
+    Ok((repeatables, callbacks))
 }
 
 /// The first character of a file name where it stops being a migration's
@@ -840,6 +1118,16 @@ fn offending_char(file_name: &str) -> Option<(usize, char)> {
         .strip_suffix(".up")
         .or_else(|| stem.strip_suffix(".down"))
         .unwrap_or(stem);
+    if let Some(prefix) = ["RA__", "ROC__", "R__"]
+        .into_iter()
+        .find(|p| stem.starts_with(p))
+    {
+        return stem
+            .chars()
+            .enumerate()
+            .skip(prefix.len())
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')));
+    }
     let mut chars = stem.chars().enumerate().peekable();
     let mut digits = 0;
     while chars.next_if(|(_, c)| c.is_ascii_digit()).is_some() {
@@ -1355,6 +1643,9 @@ pub fn parse_migration(file_name: &str, bytes: &[u8]) -> Result<Migration, Sourc
             let up = check_half(path, text)?;
             pair_from_texts(version, name, path, up, None)
         }
+        unversioned @ (FileName::Repeatable { .. } | FileName::Callback(_)) => {
+            parse_unversioned_text(unversioned, path.to_path_buf(), text)
+        }
         FileName::Half { up: false, .. } => Err(SourceError::new(
             path,
             "a `.down.sql` file is read with its `.up.sql` file",
@@ -1721,6 +2012,76 @@ mod tests {
     }
 
     #[test]
+    fn repeatables_and_callbacks_load_apart_from_the_versioned() {
+        let set = load(&[
+            ("1_a.sql", b"-- upgrade\nSELECT 1;\n"),
+            ("R__b.sql", b"SELECT 2;\n"),
+            ("RA__a.sql", b"-- upgrade\nSELECT 3;\n"),
+            ("afterMigrate.sql", b"SELECT 4;\n"),
+            ("before-upgrade.sql", b"SELECT 5;\n"),
+        ])
+        .unwrap();
+        assert_eq!(set.migrations().len(), 1);
+        let repeatables: Vec<(&str, Kind)> = set
+            .repeatables()
+            .iter()
+            .map(|m| (m.name.as_str(), m.kind()))
+            .collect();
+        assert_eq!(
+            repeatables,
+            [
+                ("a", Kind::Repeatable(Repeat::Always)),
+                ("b", Kind::Repeatable(Repeat::OnChange))
+            ]
+        );
+        assert_eq!(set.repeatables()[0].up.sql, "SELECT 3;\n");
+        assert_eq!(set.repeatables()[0].up.first_line, 2);
+        let before = set.callback(Hook::BeforeUpgrade).unwrap();
+        assert_eq!(before.up.sql, "SELECT 5;\n");
+        assert_eq!(
+            set.callback(Hook::AfterUpgrade).unwrap().kind(),
+            Kind::Callback(Hook::AfterUpgrade)
+        );
+        // A repeatable file mixes with any layout of the versioned ones.
+        load(&[
+            ("1_a.sql", b"-- migrate:up\nSELECT 1;\n"),
+            ("R__b.sql", b"SELECT 2;\n"),
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn bad_repeatables_and_callbacks_are_named() {
+        let (file, _, message) =
+            load_err(&[("R__b.sql", b"SELECT 1;\n"), ("RA__b.sql", b"SELECT 2;\n")]);
+        assert_eq!(file, "R__b.sql");
+        assert_eq!(
+            message,
+            "a second repeatable migration named `b`: `RA__b.sql` is one too"
+        );
+        let (file, _, message) = load_err(&[
+            ("before-upgrade.sql", b"SELECT 1;\n"),
+            ("beforeMigrate.sql", b"SELECT 2;\n"),
+        ]);
+        assert_eq!(file, "beforeMigrate.sql");
+        assert_eq!(
+            message,
+            "a second `before-upgrade.sql` callback: `before-upgrade.sql` is one too"
+        );
+        let (file, line, message) = load_err(&[(
+            "R__v.sql",
+            b"-- upgrade\nSELECT 1;\n-- rollback\nSELECT 2;\n",
+        )]);
+        assert_eq!((file.as_str(), line), ("R__v.sql", Some(3)));
+        assert!(message.starts_with("a repeatable migration has no rollback section"));
+        let (file, _, message) = load_err(&[("R__in it.sql", b"SELECT 1;\n")]);
+        assert_eq!(file, "R__in it.sql");
+        assert!(message.ends_with("(` ` at character 6)"), "{message}");
+        let (_, _, message) = load_err(&[("R__v.sql", b"")]);
+        assert!(message.contains("empty"), "{message}");
+    }
+
+    #[test]
     fn many_files_load_in_version_order() {
         let files = many(&[]);
         let set = load(&as_refs(&files)).unwrap();
@@ -1849,9 +2210,48 @@ mod tests {
                 FileName::Single { version, name } | FileName::Half { version, name, .. } => {
                     (*version, name.as_str())
                 }
+                other => panic!("{file}: {other:?}"),
             };
             assert_eq!((v, n), (version, name), "{file}");
         }
+        // Repeatable migrations and callbacks.
+        for (file, want) in [
+            (
+                "R__views.sql",
+                FileName::Repeatable {
+                    name: "views".into(),
+                    repeat: Repeat::OnChange,
+                },
+            ),
+            (
+                "ROC__Refresh-Views.sql",
+                FileName::Repeatable {
+                    name: "Refresh-Views".into(),
+                    repeat: Repeat::OnChange,
+                },
+            ),
+            (
+                "RA__grants.sql",
+                FileName::Repeatable {
+                    name: "grants".into(),
+                    repeat: Repeat::Always,
+                },
+            ),
+            (
+                "before-upgrade.sql",
+                FileName::Callback(Hook::BeforeUpgrade),
+            ),
+            ("beforeMigrate.sql", FileName::Callback(Hook::BeforeUpgrade)),
+            ("after-upgrade.sql", FileName::Callback(Hook::AfterUpgrade)),
+            ("afterMigrate.sql", FileName::Callback(Hook::AfterUpgrade)),
+        ] {
+            assert_eq!(parse_file_name(file), Ok(Some(want)), "{file}");
+        }
+        for bad in ["R__.sql", "R__in it.sql", "RA__x;y.sql"] {
+            assert!(parse_file_name(bad).is_err(), "{bad}");
+        }
+        // A pair's half is never a repeatable one.
+        assert!(parse_file_name("R__views.up.sql").is_err());
         for bad in [
             "init.sql",
             "1.sql",

@@ -21,10 +21,10 @@ pub(crate) mod sqlite;
 mod tables;
 
 /// One migration inside a transaction: its SQL and the history change that
-/// commits with it.
+/// commits with it (none for a callback, which is not recorded).
 pub(crate) struct TxStep<'a> {
     pub section: &'a Section,
-    pub change: Change<'a>,
+    pub change: Option<Change<'a>>,
 }
 
 /// What runs in one transaction: its steps, fenced when a fence is given.

@@ -2,13 +2,17 @@
 //! kinds that each engine names with its own types. An engine adds its
 //! schema, index and format row around the script these make.
 
-use crate::history::{NewRow, RowState, META_TABLE, TOOL_VERSION};
+use crate::history::{NewRow, RepeatRow, RowState, META_TABLE, REPEATABLE_TABLE, TOOL_VERSION};
 use crate::lock::{Actor, LogEvent, Take, LOCK_LOG_TABLE, LOCK_TABLE};
+use crate::source::Checksum;
 
 /// What a column holds; each engine names the type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
     Text,
+    /// Text that is one of two columns of a key (short enough for both to
+    /// fit an index on every engine).
+    Key,
     /// A small number (the table format).
     Int,
     /// A 64-bit number: versions, tokens, pids, durations.
@@ -63,6 +67,23 @@ pub(crate) const HISTORY: &[Column] = &[
     column("tool_version", Kind::Text, "NOT NULL"),
 ];
 
+/// `lockstep_repeatable`: the last run of each repeatable migration, per
+/// history table; keyed by both (see [`REPEATABLE_KEY`]).
+pub(crate) const REPEATABLE: &[Column] = &[
+    column("table_name", Kind::Key, "NOT NULL"),
+    column("name", Kind::Key, "NOT NULL"),
+    column("checksum", Kind::Text, "NOT NULL"),
+    column("applied_at", Kind::Time, "NOT NULL"),
+    column("duration_ms", Kind::BigInt, "NOT NULL"),
+    column("applied_by", Kind::Text, "NOT NULL"),
+    column("lock_token", Kind::BigInt, ""),
+    column("tool_version", Kind::Text, "NOT NULL"),
+    column("runs", Kind::BigInt, "NOT NULL"),
+];
+
+/// The repeatables table's key.
+pub(crate) const REPEATABLE_KEY: &str = "PRIMARY KEY (table_name, name)";
+
 /// `lockstep_lock`: one row per scope.
 pub(crate) const LOCK: &[Column] = &[
     column("scope", Kind::Text, "PRIMARY KEY"),
@@ -103,6 +124,7 @@ pub(crate) struct Names {
     pub history: String,
     pub lock: String,
     pub log: String,
+    pub repeatable: String,
 }
 
 impl Names {
@@ -115,6 +137,7 @@ impl Names {
             history: name(history),
             lock: name(LOCK_TABLE),
             log: name(LOCK_LOG_TABLE),
+            repeatable: name(REPEATABLE_TABLE),
         }
     }
 }
@@ -254,17 +277,119 @@ pub(crate) fn create_table(
     columns: &[Column],
     type_of: impl Fn(Kind) -> &'static str,
 ) -> String {
+    create_keyed_table(name, columns, None, type_of)
+}
+
+/// `CREATE TABLE IF NOT EXISTS` for one table, with a key of several
+/// columns.
+pub(crate) fn create_keyed_table(
+    name: &str,
+    columns: &[Column],
+    key: Option<&str>,
+    type_of: impl Fn(Kind) -> &'static str,
+) -> String {
     let columns: Vec<String> = columns
         .iter()
         .map(|c| {
             let text = format!("{} {} {}", c.name, type_of(c.kind), c.constraints);
             text.trim_end().to_string()
         })
+        .chain(key.map(str::to_string))
         .collect();
     format!(
         "CREATE TABLE IF NOT EXISTS {name} (\n    {}\n)",
         columns.join(",\n    ")
     )
+}
+
+/// The repeatables table.
+pub(crate) fn create_repeatable(names: &Names, type_of: impl Fn(Kind) -> &'static str) -> String {
+    create_keyed_table(&names.repeatable, REPEATABLE, Some(REPEATABLE_KEY), type_of)
+}
+
+/// The read of one history table's repeatable rows, by name, its time
+/// as `applied_at` (SQL) gives it.
+pub(crate) fn repeatable_select(names: &Names, table_name: &str, applied_at: &str) -> String {
+    format!(
+        "SELECT name, checksum, {applied_at}, duration_ms, applied_by, lock_token, tool_version, runs
+           FROM {} WHERE table_name = '{}' ORDER BY name",
+        names.repeatable,
+        table_name.replace('\'', "''"),
+    )
+}
+
+/// The rows [`repeatable_select`] read, as text.
+pub(crate) fn repeatable_rows(rows: Vec<Vec<Option<String>>>) -> Vec<RepeatRow> {
+    rows.into_iter()
+        .map(|row| {
+            let text = |i: usize| row.get(i).cloned().flatten().unwrap_or_default();
+            let int = |i: usize| row.get(i).cloned().flatten().and_then(|v| v.parse().ok());
+            RepeatRow {
+                name: text(0),
+                checksum: Checksum::parse(&text(1)),
+                applied_at: text(2),
+                duration_ms: int(3).unwrap_or_default(),
+                applied_by: text(4),
+                lock_token: int(5),
+                tool_version: text(6),
+                runs: int(7).unwrap_or_default(),
+            }
+        })
+        .collect()
+}
+
+/// The INSERT of a repeatable's run into `repeatable`, replacing its
+/// last: `applied_at` is the SQL `now`, `duration` the SQL of its
+/// duration, `param(n)` the engine's n-th parameter for each of
+/// [`repeated_values`], and `update` the engine's words for "on a second
+/// row of this key, set" (`ON CONFLICT (…) DO UPDATE SET`, `ON DUPLICATE
+/// KEY UPDATE`) with `new(column)` the value the insert gave a column.
+pub(crate) fn repeated_upsert(
+    repeatable: &str,
+    now: &str,
+    duration: &str,
+    param: impl Fn(usize) -> String,
+    update: &str,
+    new: impl Fn(&str) -> String,
+) -> String {
+    let p: Vec<String> = (1..=6).map(param).collect();
+    let set: Vec<String> = [
+        "checksum",
+        "applied_at",
+        "duration_ms",
+        "applied_by",
+        "lock_token",
+        "tool_version",
+    ]
+    .iter()
+    .map(|c| format!("{c} = {}", new(c)))
+    .collect();
+    format!(
+        "INSERT INTO {repeatable} (table_name, name, checksum, applied_at, duration_ms, applied_by, lock_token, tool_version, runs)
+         VALUES ({}, {}, {}, {now}, {duration}, {}, {}, {}, 1)
+         {update} {}, runs = {repeatable}.runs + 1",
+        p[0], p[1], p[2], p[3], p[4], p[5],
+        set.join(", "),
+    )
+}
+
+/// The values of [`repeated_upsert`], in order.
+pub(crate) fn repeated_values(
+    table_name: &str,
+    name: &str,
+    checksum: &Checksum,
+    applied_by: &str,
+    lock_token: Option<i64>,
+) -> [Value; 6] {
+    let text = |s: &str| Value::Text(Some(s.to_string()));
+    [
+        text(table_name),
+        text(name),
+        text(&checksum.to_string()),
+        text(applied_by),
+        Value::Int(lock_token),
+        text(TOOL_VERSION),
+    ]
 }
 
 #[cfg(test)]
@@ -278,6 +403,7 @@ mod tests {
             history: "h".into(),
             lock: "l".into(),
             log: "g".into(),
+            repeatable: "r".into(),
         };
         let sql = create_script(&names, |kind| match kind {
             Kind::Serial => "SERIAL PRIMARY KEY",

@@ -11,7 +11,7 @@ use crate::error::{
 };
 use crate::history::{Change, NewRow, RowState};
 use crate::lock::{Actor, Held, LockLost, LogEvent, RETRIES};
-use crate::source::{Migration, Named, Section, Step};
+use crate::source::{Kind, Migration, Named, Section, Step};
 use crate::sql::{self, Dialect};
 use crate::waits::{self, Blocked, Limits, Rerun, Tries, Watch};
 
@@ -60,10 +60,7 @@ impl Migrator {
             .log_event(&held.fence, &who, LogEvent::Lost { detail });
         Error::LockLost(Box::new(LockLost {
             token: held.fence.token,
-            at: m.map(|m| Named {
-                version: m.version,
-                name: m.name.clone(),
-            }),
+            at: m.map(Named::of),
             unrecorded,
             completed: report.steps.clone(),
         }))
@@ -133,6 +130,7 @@ impl Migrator {
             name: m.name.clone(),
             duration,
             no_transaction: outside,
+            kind: m.kind(),
         };
         observer.event(&Event::Finished {
             direction,
@@ -160,10 +158,7 @@ impl Migrator {
         let token = held.map(|h| h.fence.token);
         // Owned: the transaction below borrows the migrator mutably.
         let executor = self.options.executor.clone();
-        let change = match direction {
-            Direction::Up => Change::Insert(new_row(m, &executor, false, token)),
-            Direction::Down => Change::Delete { version: m.version },
-        };
+        let change = recorded_with(m, direction, &executor, token, None);
         let steps = [TxStep { section, change }];
         let mut took = Duration::ZERO;
         let run = Retried {
@@ -297,10 +292,7 @@ impl Migrator {
             let waited_for = blocked.map_or_else(|| "a lock".to_string(), |b| b.to_string());
             let detail = format!(
                 "migration {} gave up waiting for {waited_for}; try {} follows in {} ms",
-                Named {
-                    version: run.m.version,
-                    name: run.m.name.clone()
-                },
+                Named::of(run.m),
                 failed + 1,
                 wait.as_millis()
             );
@@ -343,6 +335,10 @@ impl Migrator {
         let token = held.map(|h| h.fence.token);
         // Owned: the history writes below borrow the migrator mutably.
         let executor = self.options.executor.clone();
+        // A versioned migration is recorded `started` first, and dirty
+        // should it fail part-way; a repeatable one, written to run again,
+        // runs again at the next upgrade; a callback is never recorded.
+        let versioned = m.kind() == Kind::Versioned;
         let (begin, undo_begin) = match direction {
             Direction::Up => (
                 Change::Insert(new_row(m, &executor, true, token)),
@@ -361,7 +357,9 @@ impl Migrator {
                 },
             ),
         };
-        self.record(&begin, m, held, false, report)?;
+        if versioned {
+            self.record(&begin, m, held, false, report)?;
+        }
         let started = Instant::now();
         let tail = transactional_tail(section, &statements, dialect);
         let own_transactions = statements
@@ -447,7 +445,9 @@ impl Migrator {
                 waited,
                 ..Context::default()
             };
-            if i == 0 && leftover.is_empty() {
+            if !versioned {
+                context.leftover = leftover;
+            } else if i == 0 && leftover.is_empty() {
                 // Nothing ran: the failure leaves the database as it was.
                 self.record(&undo_begin, m, held, false, report)?;
             } else {
@@ -460,19 +460,23 @@ impl Migrator {
             return Err(failure(m, section, direction, db, report, dialect, context));
         }
         let took = started.elapsed();
-        let finish = match direction {
-            Direction::Up => Change::SetState {
+        let took_ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
+        let finish = match (direction, versioned) {
+            (Direction::Up, true) => Some(Change::SetState {
                 version: m.version,
                 state: RowState::Applied,
-                duration_ms: Some(i64::try_from(took.as_millis()).unwrap_or(i64::MAX)),
-            },
-            Direction::Down => Change::Delete { version: m.version },
+                duration_ms: Some(took_ms),
+            }),
+            (Direction::Down, true) => Some(Change::Delete { version: m.version }),
+            (_, false) => recorded_with(m, direction, &executor, token, Some(took_ms)),
         };
         if tail < statements.len() {
             self.run_tail(m, direction, report, held, tail, finish, observer)?;
             return Ok(started.elapsed());
         }
-        self.record(&finish, m, held, true, report)?;
+        if let Some(finish) = &finish {
+            self.record(finish, m, held, true, report)?;
+        }
         Ok(took)
     }
 
@@ -521,7 +525,7 @@ impl Migrator {
         report: &RunReport,
         held: Option<&Held>,
         tail: usize,
-        finish: Change<'_>,
+        finish: Option<Change<'_>>,
         observer: &mut dyn Observer,
     ) -> Result<(), Error> {
         let section = section(m, direction);
@@ -567,7 +571,7 @@ impl Migrator {
                         index: at.index + tail,
                         offset: at.offset,
                     }),
-                    dirty: Some(DirtyDetail {
+                    dirty: (m.kind() == Kind::Versioned).then_some(DirtyDetail {
                         statements_done: tail,
                         statements_total: statements.len(),
                     }),
@@ -644,7 +648,7 @@ impl Migrator {
             .iter()
             .map(|m| TxStep {
                 section: &m.up,
-                change: Change::Insert(new_row(m, &executor, false, token)),
+                change: recorded_with(m, Direction::Up, &executor, token, None),
             })
             .collect();
         let total = plan.len();
@@ -713,6 +717,7 @@ impl Migrator {
                 name: m.name.clone(),
                 duration,
                 no_transaction: false,
+                kind: m.kind(),
             };
             observer.event(&Event::Finished {
                 direction: Direction::Up,
@@ -769,6 +774,7 @@ impl Migrator {
                     name: m.name.clone(),
                     duration: *d,
                     no_transaction: false,
+                    kind: m.kind(),
                 })
                 .collect(),
             dry_run: false,
@@ -824,6 +830,30 @@ pub(super) fn retry<T>(mut f: impl FnMut() -> Result<T, Error>) -> Result<T, Err
             other => return other,
         }
     }
+}
+
+/// The history change that records a run of `m` in `direction`: in the
+/// transaction that runs it (`duration_ms` `None`: the driver measures),
+/// or after its statements ran outside one. A callback records nothing.
+fn recorded_with<'a>(
+    m: &'a Migration,
+    direction: Direction,
+    executor: &'a str,
+    lock_token: Option<i64>,
+    duration_ms: Option<i64>,
+) -> Option<Change<'a>> {
+    Some(match (m.kind(), direction) {
+        (Kind::Callback(_), _) => return None,
+        (Kind::Repeatable(_), _) => Change::Repeated {
+            name: &m.name,
+            checksum: &m.checksum,
+            applied_by: executor,
+            lock_token,
+            duration_ms,
+        },
+        (Kind::Versioned, Direction::Up) => Change::Insert(new_row(m, executor, false, lock_token)),
+        (Kind::Versioned, Direction::Down) => Change::Delete { version: m.version },
+    })
 }
 
 fn new_row<'a>(
@@ -896,6 +926,7 @@ pub(super) fn planned(
                 name: m.name.clone(),
                 duration: Duration::ZERO,
                 no_transaction: outside_transaction(section(m, direction), dialect),
+                kind: m.kind(),
             })
             .collect(),
         dry_run,
@@ -943,10 +974,7 @@ fn failure(
         });
     Error::Migration(Box::new(MigrationFailure {
         direction,
-        migration: Named {
-            version: m.version,
-            name: m.name.clone(),
-        },
+        migration: Named::of(m),
         path: section.path.clone(),
         line_col: db.position.map(|p| section.position(p)),
         statement,

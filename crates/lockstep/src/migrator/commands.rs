@@ -6,11 +6,11 @@ use super::outline::Locked;
 use super::{check_section, DirtyResolution, Event, Fixed, Migrator, Observer, RunReport};
 use super::{RollbackOptions, UpgradeOptions};
 use crate::error::{Direction, Error};
-use crate::history::{Change, HistoryRow, NewRow, RowState};
+use crate::history::{Change, HistoryRow, NewRow, RepeatRow, RowState};
 use crate::lock::Held;
-use crate::plan::{self, Refusal, State, TargetError};
+use crate::plan::{self, Refusal, State, Target, TargetError};
 use crate::remedy::Remedy;
-use crate::source::{Migration, MigrationSet, Named};
+use crate::source::{Hook, Kind, Migration, MigrationSet, Named};
 use crate::sql::Dialect;
 
 /// `upgrade`: the pending migrations, each in its own transaction (or all
@@ -27,14 +27,31 @@ impl<'s> Locked for Upgrade<'s> {
         "upgrade"
     }
 
-    fn plan(&self, history: &[HistoryRow], dialect: Dialect) -> Result<Self::Plan, Error> {
+    fn plan(
+        &self,
+        history: &[HistoryRow],
+        repeats: &[RepeatRow],
+        dialect: Dialect,
+    ) -> Result<Self::Plan, Error> {
         let options = self.options;
-        let plan = plan::plan_upgrade(
+        let mut plan = plan::plan_upgrade(
             self.set.migrations(),
             history,
             options.target,
             options.allow_out_of_order,
         )?;
+        // An upgrade to a version short of the newest leaves the
+        // repeatable ones for the upgrade that reaches the newest: they
+        // are written against the schema the newest makes.
+        if options.target == Target::default() {
+            plan.extend(plan::plan_repeatables(self.set.repeatables(), repeats));
+        }
+        if !plan.is_empty() {
+            let before = self.set.callback(Hook::BeforeUpgrade);
+            let after = self.set.callback(Hook::AfterUpgrade);
+            plan.splice(0..0, before);
+            plan.extend(after);
+        }
         preflight(&plan, Direction::Up, dialect)?;
         if options.single_transaction {
             if let Some(m) = plan.iter().find(|m| outside_transaction(&m.up, dialect)) {
@@ -45,14 +62,18 @@ impl<'s> Locked for Upgrade<'s> {
                 };
                 return Err(Error::Config {
                     message: format!(
-                        "`--single-transaction` cannot include migration {} {}: {why}",
-                        m.version, m.name
+                        "`--single-transaction` cannot include migration {}: {why}",
+                        Named::of(m)
                     ),
                     remedy: Some(Remedy::SplitSingleTransaction),
                 });
             }
         }
         Ok(plan)
+    }
+
+    fn reads_repeatables(&self) -> bool {
+        !self.set.repeatables().is_empty()
     }
 
     fn is_empty(plan: &Self::Plan) -> bool {
@@ -75,6 +96,9 @@ impl<'s> Locked for Upgrade<'s> {
         held: Option<&Held>,
         observer: &mut dyn Observer,
     ) -> Result<RunReport, Error> {
+        if plan.iter().any(|m| matches!(m.kind(), Kind::Repeatable(_))) {
+            retry(|| migrator.driver.create_repeatable_table())?;
+        }
         if self.options.single_transaction {
             let mut report = self.unrun(None, migrator.driver.dialect());
             observer.event(&Event::Planned {
@@ -102,7 +126,12 @@ impl<'s> Locked for Rollback<'s> {
         "rollback"
     }
 
-    fn plan(&self, history: &[HistoryRow], dialect: Dialect) -> Result<Self::Plan, Error> {
+    fn plan(
+        &self,
+        history: &[HistoryRow],
+        _repeats: &[RepeatRow],
+        dialect: Dialect,
+    ) -> Result<Self::Plan, Error> {
         let plan = plan::plan_rollback(self.set.migrations(), history, self.options.target)?;
         preflight(&plan, Direction::Down, dialect)?;
         Ok(plan)
@@ -168,7 +197,12 @@ where
         self.command
     }
 
-    fn plan(&self, history: &[HistoryRow], _dialect: Dialect) -> Result<Self::Plan, Error> {
+    fn plan(
+        &self,
+        history: &[HistoryRow],
+        _repeats: &[RepeatRow],
+        _dialect: Dialect,
+    ) -> Result<Self::Plan, Error> {
         (self.plan)(history)
     }
 
@@ -337,10 +371,7 @@ pub(super) fn record_applied<'a>(
     let dirty: Vec<Named> = history
         .iter()
         .filter(|r| versions.contains(&r.version) && r.state == RowState::Started)
-        .map(|r| Named {
-            version: r.version,
-            name: r.name.clone(),
-        })
+        .map(|r| Named::versioned(r.version, &r.name))
         .collect();
     if !dirty.is_empty() {
         return Err(Error::Refused(Refusal::Dirty(dirty)));

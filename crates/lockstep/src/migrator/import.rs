@@ -236,10 +236,16 @@ fn applied_by(
             for row in rows {
                 let script = cell(row, 3).unwrap_or_default();
                 let Some(text) = cell(row, 0) else {
-                    // A repeatable migration: no version.
-                    warnings.push(format!(
-                        "repeatable migration {script} is not imported: lockstep has none yet"
-                    ));
+                    // A repeatable migration: no version. Flyway's
+                    // checksum is not lockstep's, so whether the file
+                    // changed since cannot be told: it runs again, once,
+                    // as repeatable migrations are written to.
+                    let warning = format!(
+                        "repeatable migration {script} is not imported: lockstep's next upgrade runs it once"
+                    );
+                    if !warnings.contains(&warning) {
+                        warnings.push(warning);
+                    }
                     continue;
                 };
                 let whole = text.bytes().all(|b| b.is_ascii_digit());

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::driver::{self, Canceller, Driver};
 use crate::error::{Direction, Error};
-use crate::history::{HistoryRead, HistoryRow, TableName};
+use crate::history::{HistoryRead, HistoryRow, RepeatRow, TableName};
 use crate::lock::{self, Actor, LockEvent, LockInfo, LockOptions, LogEntry};
 use crate::plan::{self, Target, TargetError};
 use crate::remedy::Remedy;
@@ -411,6 +411,12 @@ impl Migrator {
             .read_history()?
             .map(|read| read.rows)
             .unwrap_or_default())
+    }
+
+    /// The last runs of the repeatable migrations, by name; empty when
+    /// none ever ran. Creates nothing.
+    pub fn repeatables(&mut self) -> Result<Vec<RepeatRow>, Error> {
+        self.driver.read_repeatables()
     }
 
     /// Checks every section for this engine (as `upgrade` and `rollback`

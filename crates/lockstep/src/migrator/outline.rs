@@ -13,7 +13,7 @@
 use super::apply::retry;
 use super::{Connection, Event, Migrator, Needed, Observer};
 use crate::error::Error;
-use crate::history::HistoryRow;
+use crate::history::{HistoryRow, RepeatRow};
 use crate::lock::{self, Actor, Held, LockEvent, LockMark};
 use crate::plan::Refusal;
 use crate::sql::Dialect;
@@ -27,8 +27,21 @@ pub(super) trait Locked {
     /// The command, as the lock's row and log name it.
     fn command(&self) -> &'static str;
 
-    /// Plans from history: what is pending, what to revert, what to fix.
-    fn plan(&self, history: &[HistoryRow], dialect: Dialect) -> Result<Self::Plan, Error>;
+    /// Plans from history (and, when it asks for them, the repeatable
+    /// migrations' last runs): what is pending, what to revert, what to
+    /// fix.
+    fn plan(
+        &self,
+        history: &[HistoryRow],
+        repeats: &[RepeatRow],
+        dialect: Dialect,
+    ) -> Result<Self::Plan, Error>;
+
+    /// Whether `plan` needs the repeatable migrations' last runs: one
+    /// read more, only then.
+    fn reads_repeatables(&self) -> bool {
+        false
+    }
 
     /// Nothing to do.
     fn is_empty(plan: &Self::Plan) -> bool;
@@ -73,7 +86,11 @@ impl Migrator {
             read => {
                 let read = read?;
                 let rows = read.as_ref().map_or(&[][..], |read| &read.rows);
-                match command.plan(rows, dialect) {
+                let repeats = match &read {
+                    Some(_) => self.repeats_for(command)?,
+                    None => Vec::new(),
+                };
+                match command.plan(rows, &repeats, dialect) {
                     // A `started` row may be a no-transaction migration that
                     // another run is applying right now, not a dirty one.
                     // Under the lock, with nobody else running, it is dirty
@@ -102,16 +119,25 @@ impl Migrator {
                 }
             }
         };
-        let mut needed = |driver: &mut Connection| match driver.read_history() {
-            Ok(Some(read))
-                if command
-                    .plan(&read.rows, dialect)
-                    .is_ok_and(|plan| C::is_empty(&plan)) =>
-            {
+        let reads_repeatables = command.reads_repeatables();
+        let mut needed = |driver: &mut Connection| {
+            let Ok(Some(read)) = driver.read_history() else {
+                return lock::Work::Left(None);
+            };
+            let repeats = match reads_repeatables {
+                true => driver.read_repeatables(),
+                false => Ok(Vec::new()),
+            };
+            let done = repeats.is_ok_and(|repeats| {
+                command
+                    .plan(&read.rows, &repeats, dialect)
+                    .is_ok_and(|plan| C::is_empty(&plan))
+            });
+            if done {
                 lock::Work::Done
+            } else {
+                lock::Work::Left(read.lock)
             }
-            Ok(Some(read)) => lock::Work::Left(read.lock),
-            _ => lock::Work::Left(None),
         };
         let held = match self.lock(command.command(), observer, since, &mut needed)? {
             Locking::Held(held) => held,
@@ -128,7 +154,8 @@ impl Migrator {
                     Vec::new()
                 }
             };
-            let plan = command.plan(&history, dialect)?;
+            let repeats = self.repeats_for(command)?;
+            let plan = command.plan(&history, &repeats, dialect)?;
             if C::is_empty(&plan) {
                 return Ok(command.unrun(None, dialect));
             }
@@ -136,6 +163,16 @@ impl Migrator {
         })();
         self.unlock(held, command.command(), observer);
         result
+    }
+
+    /// The repeatable migrations' last runs, when `command` plans with
+    /// them.
+    fn repeats_for<C: Locked>(&mut self, command: &C) -> Result<Vec<RepeatRow>, Error> {
+        if command.reads_repeatables() {
+            self.driver.read_repeatables()
+        } else {
+            Ok(Vec::new())
+        }
     }
 
     /// Takes the lock, waiting as the options say (`Locking::Held(None)`

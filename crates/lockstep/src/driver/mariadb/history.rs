@@ -8,7 +8,7 @@ use mysql::Row;
 use crate::driver::tables::{self, Kind};
 use crate::error::Error;
 use crate::history::{
-    Change, HistoryRead, HistoryRow, HistoryStore, RowState, FORMAT_VERSION, META_TABLE,
+    Change, HistoryRead, HistoryRow, HistoryStore, RepeatRow, RowState, FORMAT_VERSION, META_TABLE,
     TOOL_VERSION,
 };
 use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE, RETRIES};
@@ -45,6 +45,23 @@ impl HistoryStore for MysqlDriver {
         // commit (1213): the loser's statement was rolled back whole, and the
         // next attempt finds what the winner made.
         retried(|| self.try_create_tables())
+    }
+
+    fn read_repeatables(&mut self) -> Result<Vec<RepeatRow>, Error> {
+        let sql =
+            tables::repeatable_select(&self.tables, self.table.name(), &rfc3339("applied_at"));
+        let context = format!("reading the repeatable migrations of {}", self.table);
+        let rows = self.text_rows(&sql, &context)?;
+        Ok(tables::repeatable_rows(rows.unwrap_or_default()))
+    }
+
+    fn create_repeatable_table(&mut self) -> Result<(), Error> {
+        let sql = tables::create_repeatable(&self.tables, type_of);
+        retried(|| {
+            self.conn
+                .query_drop(&sql)
+                .map_err(|e| db_error(format!("creating the table {}", self.tables.repeatable), &e))
+        })
     }
 
     fn change_history(
@@ -174,6 +191,8 @@ impl MysqlDriver {
 fn type_of(kind: Kind) -> &'static str {
     match kind {
         Kind::Text => "VARCHAR(512)",
+        // Two of them, a key: 2 × 255 × 4 bytes.
+        Kind::Key => "VARCHAR(255)",
         Kind::Int => "INT",
         Kind::BigInt => "BIGINT",
         Kind::Time | Kind::Clock => "DATETIME(6)",
@@ -403,6 +422,30 @@ impl MysqlDriver {
                 format!("UPDATE {history} SET checksum = ?, name = ? WHERE version = ?"),
                 (checksum.to_string(), name, version),
             ),
+            Change::Repeated {
+                name,
+                checksum,
+                applied_by,
+                lock_token,
+                duration_ms,
+            } => {
+                let values = tables::repeated_values(
+                    self.table.name(),
+                    name,
+                    checksum,
+                    applied_by,
+                    *lock_token,
+                );
+                let sql = tables::repeated_upsert(
+                    &self.tables.repeatable,
+                    "UTC_TIMESTAMP(6)",
+                    &duration_ms.unwrap_or(ran_ms).to_string(),
+                    |_| "?".into(),
+                    "ON DUPLICATE KEY UPDATE",
+                    |column| format!("VALUES({column})"),
+                );
+                self.conn.exec_drop(sql, super::params(values))
+            }
         }
     }
 }

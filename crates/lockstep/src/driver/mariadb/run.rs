@@ -93,7 +93,9 @@ impl Driver for MysqlDriver {
             let finished = finished.and_then(|held| {
                 if held {
                     self.unshadow()?;
-                    self.apply_change(&step.change, ms)?;
+                    if let Some(change) = &step.change {
+                        self.apply_change(change, ms)?;
+                    }
                     if i == last {
                         self.conn.query_drop("COMMIT")?;
                     }
@@ -121,32 +123,7 @@ impl Driver for MysqlDriver {
     }
 
     fn read_table(&mut self, sql: &str) -> Result<Option<Vec<Vec<Option<String>>>>, Error> {
-        let rows: Result<Vec<mysql::Row>, mysql::Error> = self.conn.query(sql);
-        let rows = match rows {
-            Ok(rows) => rows,
-            Err(e) if super::server_code(&e) == Some(super::code::NO_SUCH_TABLE) => {
-                return Ok(None)
-            }
-            Err(e) => return Err(db_error("reading another tool's history", &e)),
-        };
-        Ok(Some(
-            rows.into_iter()
-                .map(|row| {
-                    row.unwrap()
-                        .into_iter()
-                        .map(|value| match value {
-                            mysql::Value::NULL => None,
-                            mysql::Value::Bytes(b) => {
-                                Some(String::from_utf8_lossy(&b).into_owned())
-                            }
-                            mysql::Value::Int(i) => Some(i.to_string()),
-                            mysql::Value::UInt(u) => Some(u.to_string()),
-                            other => Some(other.as_sql(true).trim_matches('\'').to_string()),
-                        })
-                        .collect()
-                })
-                .collect(),
-        ))
+        self.text_rows(sql, "reading another tool's history")
     }
 
     fn blocked_finder(&mut self) -> Option<Finder> {
@@ -167,5 +144,42 @@ impl Driver for MysqlDriver {
                 let _ = conn.query_drop(format!("KILL QUERY {id}"));
             }
         })
+    }
+}
+
+impl MysqlDriver {
+    /// The rows of a query, each value as text (NULL as `None`); `None`
+    /// when its table does not exist. `context` says what failed.
+    pub(super) fn text_rows(
+        &mut self,
+        sql: &str,
+        context: &str,
+    ) -> Result<Option<Vec<Vec<Option<String>>>>, Error> {
+        let rows: Result<Vec<mysql::Row>, mysql::Error> = self.conn.query(sql);
+        let rows = match rows {
+            Ok(rows) => rows,
+            Err(e) if super::server_code(&e) == Some(super::code::NO_SUCH_TABLE) => {
+                return Ok(None)
+            }
+            Err(e) => return Err(db_error(context, &e)),
+        };
+        Ok(Some(
+            rows.into_iter()
+                .map(|row| {
+                    row.unwrap()
+                        .into_iter()
+                        .map(|value| match value {
+                            mysql::Value::NULL => None,
+                            mysql::Value::Bytes(b) => {
+                                Some(String::from_utf8_lossy(&b).into_owned())
+                            }
+                            mysql::Value::Int(i) => Some(i.to_string()),
+                            mysql::Value::UInt(u) => Some(u.to_string()),
+                            other => Some(other.as_sql(true).trim_matches('\'').to_string()),
+                        })
+                        .collect()
+                })
+                .collect(),
+        ))
     }
 }

@@ -8,7 +8,7 @@ use tokio_postgres::SimpleQueryMessage;
 use crate::driver::tables::{self, Kind};
 use crate::error::Error;
 use crate::history::{
-    Change, HistoryRead, HistoryRow, HistoryStore, RowState, FORMAT_VERSION, META_TABLE,
+    Change, HistoryRead, HistoryRow, HistoryStore, RepeatRow, RowState, FORMAT_VERSION, META_TABLE,
     TOOL_VERSION,
 };
 use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE, RETRIES};
@@ -16,7 +16,7 @@ use crate::remedy::Remedy;
 use crate::source::Checksum;
 
 use super::run::{fence_failed, statements_in};
-use super::{code, db_error, literal, quote_ident, says_true, PgDriver};
+use super::{code, db_error, literal, quote_ident, says_true, PgDriver, TIME_FORMAT};
 
 /// The first key of lockstep's advisory locks ("lkst"), so that they do
 /// not meet an application's one-key locks; the second is the hash of the
@@ -97,6 +97,47 @@ impl HistoryStore for PgDriver {
             .map_err(|e| db_error(format!("creating the history table {}", self.table), &e))
     }
 
+    fn read_repeatables(&mut self) -> Result<Vec<RepeatRow>, Error> {
+        let applied_at = format!("to_char(applied_at AT TIME ZONE 'UTC', {TIME_FORMAT})");
+        let sql = tables::repeatable_select(&self.tables, self.table.name(), &applied_at);
+        let context = format!("reading the repeatable migrations of {}", self.table);
+        // A look first: a read of a table that is not there would leave an
+        // error in the server's log on every `status`.
+        let look = format!(
+            "SELECT (to_regclass({}) IS NOT NULL)::text",
+            literal(&self.tables.repeatable)
+        );
+        let there = self
+            .client
+            .simple_query(&look)
+            .map_err(|e| db_error(&context, &e))?;
+        if !says_true(&there) {
+            return Ok(Vec::new());
+        }
+        let rows = self.text_rows(&sql, &context)?;
+        Ok(tables::repeatable_rows(rows.unwrap_or_default()))
+    }
+
+    fn create_repeatable_table(&mut self) -> Result<(), Error> {
+        let sql = tables::create_repeatable(&self.tables, type_of);
+        let mut attempt = 0;
+        loop {
+            match self.client.simple_query(&sql) {
+                Err(e) if attempt < RETRIES && collided(&e) => {
+                    attempt += 1;
+                    std::thread::sleep(Duration::from_millis(10 * attempt as u64));
+                }
+                Err(e) => {
+                    return Err(db_error(
+                        format!("creating the table {}", self.tables.repeatable),
+                        &e,
+                    ))
+                }
+                Ok(_) => return Ok(()),
+            }
+        }
+    }
+
     fn change_history(
         &mut self,
         changes: &[Change<'_>],
@@ -152,13 +193,7 @@ impl PgDriver {
             Some(s) => format!("CREATE SCHEMA IF NOT EXISTS {};\n", quote_ident(s)),
             None => String::new(),
         };
-        let tables = tables::create_script(&self.tables, |kind| match kind {
-            Kind::Text => "text",
-            Kind::Int => "integer",
-            Kind::BigInt => "bigint",
-            Kind::Time | Kind::Clock => "timestamptz",
-            Kind::Serial => "bigserial PRIMARY KEY",
-        });
+        let tables = tables::create_script(&self.tables, type_of);
         format!(
             "{create_schema}{tables}CREATE INDEX IF NOT EXISTS {index} ON {log} (scope, id);\n",
             index = quote_ident(LOCK_LOG_INDEX),
@@ -251,6 +286,18 @@ impl PgDriver {
                 literal(&checksum.to_string()),
                 literal(name)
             ),
+            Change::Repeated { name, checksum, applied_by, lock_token, duration_ms } => {
+                let values = tables::repeated_values(self.table.name(), name, checksum, applied_by, *lock_token);
+                let duration = duration_ms.map_or(SERVER_DURATION_MS.to_string(), |d| d.to_string());
+                tables::repeated_upsert(
+                    &self.tables.repeatable,
+                    "clock_timestamp()",
+                    &duration,
+                    |n| value_literal(&values[n - 1]),
+                    "ON CONFLICT (table_name, name) DO UPDATE SET",
+                    |column| format!("excluded.{column}"),
+                )
+            }
         }
     }
 
@@ -395,6 +442,17 @@ impl PgDriver {
     }
 }
 
+/// The types of lockstep's columns.
+fn type_of(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Text | Kind::Key => "text",
+        Kind::Int => "integer",
+        Kind::BigInt => "bigint",
+        Kind::Time | Kind::Clock => "timestamptz",
+        Kind::Serial => "bigserial PRIMARY KEY",
+    }
+}
+
 /// Whether creating lockstep's tables failed because another session
 /// created them at the same moment.
 fn collided(e: &tokio_postgres::Error) -> bool {
@@ -403,6 +461,15 @@ fn collided(e: &tokio_postgres::Error) -> bool {
         || *c == SqlState::DUPLICATE_OBJECT
         || *c == SqlState::DUPLICATE_SCHEMA
         || *c == SqlState::T_R_SERIALIZATION_FAILURE)
+}
+
+/// A value as a literal in SQL text.
+fn value_literal(value: &tables::Value) -> String {
+    match value {
+        tables::Value::Text(Some(text)) => literal(text),
+        tables::Value::Int(Some(int)) => int.to_string(),
+        tables::Value::Text(None) | tables::Value::Int(None) => "NULL".to_string(),
+    }
 }
 
 /// A history row of the read's answer; `None` for the row of NULLs an

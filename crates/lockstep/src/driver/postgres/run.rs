@@ -39,8 +39,10 @@ impl Driver for PgDriver {
             let start_of_section = query.len();
             query.push_str(&step.section.sql);
             query.push_str("\n;\n");
-            query.push_str(&self.change_sql(&step.change));
-            query.push_str(";\n");
+            if let Some(change) = &step.change {
+                query.push_str(&self.change_sql(change));
+                query.push_str(";\n");
+            }
             if i == last {
                 query.push_str(&self.commit(fence));
             }
@@ -90,21 +92,7 @@ impl Driver for PgDriver {
     }
 
     fn read_table(&mut self, sql: &str) -> Result<Option<Vec<Vec<Option<String>>>>, Error> {
-        match self.client.simple_query(sql) {
-            Ok(messages) => Ok(Some(
-                messages
-                    .iter()
-                    .filter_map(|m| match m {
-                        tokio_postgres::SimpleQueryMessage::Row(r) => {
-                            Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
-                        }
-                        _ => None,
-                    })
-                    .collect(),
-            )),
-            Err(e) if super::code(&e) == Some(&SqlState::UNDEFINED_TABLE) => Ok(None),
-            Err(e) => Err(super::db_error("reading another tool's history", &e)),
-        }
+        self.text_rows(sql, "reading another tool's history")
     }
 
     fn invalid_indexes(
@@ -269,6 +257,32 @@ impl PgDriver {
                 literal(&fence.scope),
                 fence.token
             ),
+        }
+    }
+}
+
+impl PgDriver {
+    /// The rows of a query, each value as text (NULL as `None`); `None`
+    /// when its table does not exist. `context` says what failed.
+    pub(super) fn text_rows(
+        &mut self,
+        sql: &str,
+        context: &str,
+    ) -> Result<Option<Vec<Vec<Option<String>>>>, Error> {
+        match self.client.simple_query(sql) {
+            Ok(messages) => Ok(Some(
+                messages
+                    .iter()
+                    .filter_map(|m| match m {
+                        tokio_postgres::SimpleQueryMessage::Row(r) => {
+                            Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+                        }
+                        _ => None,
+                    })
+                    .collect(),
+            )),
+            Err(e) if super::code(&e) == Some(&SqlState::UNDEFINED_TABLE) => Ok(None),
+            Err(e) => Err(super::db_error(context, &e)),
         }
     }
 }

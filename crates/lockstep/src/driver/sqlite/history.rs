@@ -7,7 +7,7 @@ use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtensio
 use crate::driver::tables::{self, Kind};
 use crate::error::Error;
 use crate::history::{
-    Change, HistoryRead, HistoryRow, HistoryStore, RowState, FORMAT_VERSION, META_TABLE,
+    Change, HistoryRead, HistoryRow, HistoryStore, RepeatRow, RowState, FORMAT_VERSION, META_TABLE,
     TOOL_VERSION,
 };
 use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE};
@@ -68,6 +68,19 @@ impl HistoryStore for SqliteDriver {
         self.waiting(conn, BUSY_TIMEOUT, || self.make_tables(conn, &context))
     }
 
+    fn read_repeatables(&mut self) -> Result<Vec<RepeatRow>, Error> {
+        let sql = tables::repeatable_select(&self.tables, self.table.name(), "applied_at");
+        let context = format!("reading the repeatable migrations of {}", self.table);
+        let rows = self.text_rows(&sql, &context)?;
+        Ok(tables::repeatable_rows(rows.unwrap_or_default()))
+    }
+
+    fn create_repeatable_table(&mut self) -> Result<(), Error> {
+        let conn = self.conn()?;
+        conn.execute_batch(&tables::create_repeatable(&self.tables, type_of))
+            .map_err(|e| db_error(format!("creating the table {}", self.tables.repeatable), &e))
+    }
+
     fn change_history(
         &mut self,
         changes: &[Change<'_>],
@@ -95,7 +108,13 @@ impl HistoryStore for SqliteDriver {
             }
         }
         for change in changes {
-            if let Err(e) = Self::apply_change(conn, &self.tables.history, change, Duration::ZERO) {
+            if let Err(e) = Self::apply_change(
+                conn,
+                &self.tables,
+                self.table.name(),
+                change,
+                Duration::ZERO,
+            ) {
                 rollback(conn);
                 return Err(db_error(&context, &e));
             }
@@ -203,12 +222,17 @@ impl SqliteDriver {
         Ok(rows)
     }
 
+    /// One history change to the tables `tables` of the history table
+    /// named `table`; `elapsed`: how long the statements run in its
+    /// transaction took.
     pub(super) fn apply_change(
         conn: &Connection,
-        history: &str,
+        tables: &tables::Names,
+        table: &str,
         change: &Change<'_>,
         elapsed: Duration,
     ) -> rusqlite::Result<()> {
+        let history = &tables.history;
         match change {
             Change::Insert(row) => {
                 let sql = tables::history_insert(history, NOW, |n| format!("?{n}"));
@@ -251,6 +275,25 @@ impl SqliteDriver {
                     params![*version as i64, checksum.to_string(), name],
                 )?;
             }
+            Change::Repeated {
+                name,
+                checksum,
+                applied_by,
+                lock_token,
+                duration_ms,
+            } => {
+                let values =
+                    tables::repeated_values(table, name, checksum, applied_by, *lock_token);
+                let sql = tables::repeated_upsert(
+                    &tables.repeatable,
+                    NOW,
+                    &duration_ms.unwrap_or(millis(elapsed)).to_string(),
+                    |n| format!("?{n}"),
+                    "ON CONFLICT (table_name, name) DO UPDATE SET",
+                    |column| format!("excluded.{column}"),
+                );
+                conn.execute(&sql, params_from_iter(values.into_iter().map(sql_value)))?;
+            }
         }
         Ok(())
     }
@@ -265,11 +308,7 @@ impl SqliteDriver {
         if self.tables_made(conn).map_err(|e| db_error(context, &e))? {
             return Ok(());
         }
-        let tables = tables::create_script(&self.tables, |kind| match kind {
-            Kind::Text | Kind::Time => "TEXT",
-            Kind::Int | Kind::BigInt | Kind::Clock => "INTEGER",
-            Kind::Serial => "INTEGER PRIMARY KEY AUTOINCREMENT",
-        });
+        let tables = tables::create_script(&self.tables, type_of);
         let sql = format!(
             "BEGIN IMMEDIATE;
              {tables}
@@ -323,5 +362,14 @@ impl SqliteDriver {
         )
         .optional()
         .map(|r| r.is_some())
+    }
+}
+
+/// The types of lockstep's columns.
+fn type_of(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Text | Kind::Key | Kind::Time => "TEXT",
+        Kind::Int | Kind::BigInt | Kind::Clock => "INTEGER",
+        Kind::Serial => "INTEGER PRIMARY KEY AUTOINCREMENT",
     }
 }

@@ -89,8 +89,11 @@ impl Driver for SqliteDriver {
                 }
             }
             let elapsed = start.elapsed();
-            if let Err(e) = Self::apply_change(conn, &self.tables.history, &step.change, elapsed) {
-                return Err(fail(i, message(&e)));
+            if let Some(change) = &step.change {
+                let table = self.table.name();
+                if let Err(e) = Self::apply_change(conn, &self.tables, table, change, elapsed) {
+                    return Err(fail(i, message(&e)));
+                }
             }
             done(i, elapsed);
         }
@@ -118,34 +121,7 @@ impl Driver for SqliteDriver {
     }
 
     fn read_table(&mut self, sql: &str) -> Result<Option<Vec<Vec<Option<String>>>>, Error> {
-        use rusqlite::types::ValueRef;
-        let Some(conn) = &self.conn else {
-            return Ok(None);
-        };
-        let read = || -> rusqlite::Result<Vec<Vec<Option<String>>>> {
-            let mut statement = conn.prepare(sql)?;
-            let columns = statement.column_count();
-            let rows = statement.query_map([], |row| {
-                (0..columns)
-                    .map(|i| {
-                        Ok(match row.get_ref(i)? {
-                            ValueRef::Null => None,
-                            ValueRef::Integer(v) => Some(v.to_string()),
-                            ValueRef::Real(v) => Some(v.to_string()),
-                            ValueRef::Text(t) | ValueRef::Blob(t) => {
-                                Some(String::from_utf8_lossy(t).into_owned())
-                            }
-                        })
-                    })
-                    .collect()
-            })?;
-            rows.collect()
-        };
-        match read() {
-            Ok(rows) => Ok(Some(rows)),
-            Err(e) if is_missing_table(&e) => Ok(None),
-            Err(e) => Err(db_error("reading another tool's history", &e)),
-        }
+        self.text_rows(sql, "reading another tool's history")
     }
 
     fn fresh_session(&mut self, _limits: Limits) -> Result<(), Error> {
@@ -260,5 +236,44 @@ impl SqliteDriver {
         )?;
         self.foreign_keys.set(Some(any));
         Ok(any)
+    }
+}
+
+impl SqliteDriver {
+    /// The rows of a query, each value as text (NULL as `None`); `None`
+    /// when its table does not exist. `context` says what failed.
+    pub(super) fn text_rows(
+        &mut self,
+        sql: &str,
+        context: &str,
+    ) -> Result<Option<Vec<Vec<Option<String>>>>, Error> {
+        use rusqlite::types::ValueRef;
+        let Some(conn) = &self.conn else {
+            return Ok(None);
+        };
+        let read = || -> rusqlite::Result<Vec<Vec<Option<String>>>> {
+            let mut statement = conn.prepare(sql)?;
+            let columns = statement.column_count();
+            let rows = statement.query_map([], |row| {
+                (0..columns)
+                    .map(|i| {
+                        Ok(match row.get_ref(i)? {
+                            ValueRef::Null => None,
+                            ValueRef::Integer(v) => Some(v.to_string()),
+                            ValueRef::Real(v) => Some(v.to_string()),
+                            ValueRef::Text(t) | ValueRef::Blob(t) => {
+                                Some(String::from_utf8_lossy(t).into_owned())
+                            }
+                        })
+                    })
+                    .collect()
+            })?;
+            rows.collect()
+        };
+        match read() {
+            Ok(rows) => Ok(Some(rows)),
+            Err(e) if is_missing_table(&e) => Ok(None),
+            Err(e) => Err(db_error(context, &e)),
+        }
     }
 }
