@@ -132,3 +132,22 @@ both!(nothing_to_roll_back, |p| {
     assert_eq!(run.stdout, "nothing to roll back\n");
     assert!(!p.db.table_exists("lockstep_history"));
 });
+
+both!(flyway_undo_files_roll_back_their_migrations, |p| {
+    p.migration("V1__users.sql", "CREATE TABLE users (id integer);\n");
+    p.migration("U1__users.sql", "DROP TABLE users;\n");
+    p.migration("V2__posts.sql", "CREATE TABLE posts (id integer);\n");
+    p.run(&["upgrade"]).ok();
+    assert!(p.db.table_exists("users") && p.db.table_exists("posts"));
+    // V2 has no undo file: refused, nothing reverted.
+    let refused = p.run(&["rollback"]);
+    refused.code(4);
+    assert!(p.db.table_exists("posts"));
+    p.migration("U2__posts.sql", "DROP TABLE posts;\n");
+    // The undo file is part of the migration's checksum, as a pair's
+    // second file: `fix checksums` records it.
+    p.run(&["fix", "checksums"]).ok();
+    p.run(&["rollback", "--count", "2"]).ok();
+    assert!(!p.db.table_exists("users") && !p.db.table_exists("posts"));
+    assert!(p.db.history().is_empty());
+});

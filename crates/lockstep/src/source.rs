@@ -505,14 +505,21 @@ pub(crate) fn parse_file_name(file_name: &str) -> Result<Option<FileName>, Strin
     };
     // Flyway's and jetbase's `V<version>__<description>.sql`, and MSR's
     // `V<version>_<name>.up.sql`: the `V` is not part of the version.
-    let stem = match stem.strip_prefix('V') {
+    // Flyway's `U<version>__<description>.sql` undoes its `V` file: the
+    // rollback half of a pair.
+    let undo = stem.starts_with('U') && half.is_none();
+    let half = if undo { Some(false) } else { half };
+    let prefixed = stem
+        .strip_prefix('V')
+        .or_else(|| stem.strip_prefix('U').filter(|_| undo));
+    let stem = match prefixed {
         Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
             let digits_end = rest
                 .find(|c: char| !c.is_ascii_digit())
                 .unwrap_or(rest.len());
             if rest[digits_end..].starts_with(['.', '_'])
                 && !rest[digits_end..].starts_with("__")
-                && !(half.is_some() && rest[digits_end..].starts_with('_'))
+                && !(half.is_some() && !undo && rest[digits_end..].starts_with('_'))
             {
                 return Err(format!(
                     "Flyway's dotted or underscored versions (`V1.2__…`, `V1_2__…`) are not read yet: \
@@ -527,7 +534,7 @@ pub(crate) fn parse_file_name(file_name: &str) -> Result<Option<FileName>, Strin
     // and jetbase put two `_` before the description.
     let (digits, name) = match stem.split_once('_') {
         Some((digits, name)) => (digits, name.strip_prefix('_').unwrap_or(name)),
-        None if half.is_some() => (stem, ""),
+        None if half.is_some() && !undo => (stem, ""),
         None => return Err(bad()),
     };
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
@@ -1209,6 +1216,25 @@ fn join_pairs(jobs: &mut Vec<Job>) -> Result<(), SourceError> {
                 e.down = e.down.take().or(l.down.take());
                 true
             }
+            // Flyway's `U` file (listed first) and the `V` file it undoes.
+            (Job::Single(_, name, path), Job::Pair(_, e))
+                if e.up.is_none() && is_undo(e.down.as_deref()) && is_flyway(path) =>
+            {
+                if *name != e.name {
+                    duplicated = Some(halves_disagree(
+                        e,
+                        &Halves {
+                            name: name.clone(),
+                            up: Some(path.clone()),
+                            ..Halves::default()
+                        },
+                        version,
+                    ));
+                    return false;
+                }
+                e.up = Some(std::mem::take(path));
+                true
+            }
             (later, earlier) => {
                 duplicated = Some(duplicate(later.path(), earlier.path(), earlier.version()));
                 false
@@ -1216,6 +1242,22 @@ fn join_pairs(jobs: &mut Vec<Job>) -> Result<(), SourceError> {
         }
     });
     duplicated.map_or(Ok(()), Err)
+}
+
+/// Whether `path` names a Flyway undo file, `U<version>__….sql`.
+fn is_undo(path: Option<&Path>) -> bool {
+    file_name_starts(path, 'U')
+}
+
+/// Whether `path` names a Flyway versioned file, `V<version>__….sql`.
+fn is_flyway(path: &Path) -> bool {
+    file_name_starts(Some(path), 'V')
+}
+
+fn file_name_starts(path: Option<&Path>, letter: char) -> bool {
+    path.and_then(Path::file_name)
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(letter))
 }
 
 /// One migration to read and parse.
@@ -1874,6 +1916,16 @@ fn whole_file(
 fn parse_pair(version: u64, halves: Halves) -> Result<Migration, SourceError> {
     let Some(up_path) = halves.up else {
         let down = halves.down.expect("a half exists");
+        if is_undo(Some(&down)) {
+            return Err(SourceError::new(
+                &down,
+                "an undo file without the versioned file it undoes",
+            )
+            .hint(format!(
+                "add `V{version}__{}.sql`, or remove this file",
+                halves.name
+            )));
+        }
         return Err(
             SourceError::new(&down, "a `.down.sql` file without its `.up.sql` file").hint(format!(
                 "add `{version}_{}.up.sql`, or remove this file",
@@ -2048,6 +2100,36 @@ mod tests {
             ("R__b.sql", b"SELECT 2;\n"),
         ])
         .unwrap();
+    }
+
+    #[test]
+    fn flyway_undo_files_are_the_rollback_of_their_versioned_file() {
+        let set = load(&[
+            ("V1__users.sql", b"CREATE TABLE users (id int);\n"),
+            ("U1__users.sql", b"DROP TABLE users;\n"),
+            ("V2__posts.sql", b"CREATE TABLE posts (id int);\n"),
+        ])
+        .unwrap();
+        let [one, two] = set.migrations() else {
+            panic!("two migrations")
+        };
+        assert_eq!(one.up.sql, "CREATE TABLE users (id int);\n");
+        assert_eq!(one.down.as_ref().unwrap().sql, "DROP TABLE users;\n");
+        assert!(one.down.as_ref().unwrap().path.ends_with("U1__users.sql"));
+        assert!(two.down.is_none());
+        // The undo file counts in the checksum, as a pair's second half.
+        assert_ne!(
+            one.checksum,
+            checksum(b"CREATE TABLE users (id int);\n", None)
+        );
+
+        let (file, _, message) = load_err(&[("U3__x.sql", b"DROP TABLE x;\n")]);
+        assert_eq!(file, "U3__x.sql");
+        assert_eq!(message, "an undo file without the versioned file it undoes");
+        let (_, _, message) =
+            load_err(&[("V3__x.sql", b"SELECT 1;\n"), ("U3__y.sql", b"SELECT 2;\n")]);
+        assert!(message.contains("different names"), "{message}");
+        assert!(parse_file_name("U1.2__dotted.sql").is_err());
     }
 
     #[test]
