@@ -298,7 +298,7 @@ pub struct DryRun {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The tool whose history table to read: golang-migrate, dbmate, goose, sqlx, diesel, flyway
+    /// The tool whose history table to read: golang-migrate, dbmate, goose, sqlx, diesel, flyway, jetbase
     #[arg(value_parser = parse_tool)]
     pub tool: lockstep::Tool,
 

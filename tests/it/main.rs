@@ -24,4 +24,5 @@ mod repeatable;
 mod rollback;
 mod server_faults;
 mod table_locks;
+mod tools;
 mod upgrade;

@@ -3,7 +3,7 @@
 //! a file here is recorded in lockstep's history as applied, under the
 //! lock, as `baseline` records.
 
-use sha2::{Digest, Sha384};
+use sha2::{Digest, Sha256, Sha384};
 
 use super::{commands, Fixed, Migrator, Observer};
 use crate::error::Error;
@@ -30,6 +30,10 @@ pub enum Tool {
     /// `flyway_schema_history (installed_rank, version, type, success,
     /// script, …)`: each migration, baseline and undo, in order.
     Flyway,
+    /// `jetbase_migrations (order_executed, version, filename,
+    /// migration_type, checksum, …)`: each versioned migration applied (a
+    /// rollback deletes its row), and each repeatable one's last run.
+    Jetbase,
 }
 
 impl Tool {
@@ -41,6 +45,7 @@ impl Tool {
         "sqlx",
         "diesel",
         "flyway",
+        "jetbase",
     ];
 
     /// A tool by its name in [`Tool::NAMES`].
@@ -52,6 +57,7 @@ impl Tool {
             "sqlx" => Tool::Sqlx,
             "diesel" => Tool::Diesel,
             "flyway" => Tool::Flyway,
+            "jetbase" => Tool::Jetbase,
             _ => return None,
         })
     }
@@ -65,6 +71,7 @@ impl Tool {
             Tool::Sqlx => "sqlx",
             Tool::Diesel => "diesel",
             Tool::Flyway => "flyway",
+            Tool::Jetbase => "jetbase",
         }
     }
 
@@ -76,6 +83,7 @@ impl Tool {
             Tool::Sqlx => "_sqlx_migrations",
             Tool::Diesel => "__diesel_schema_migrations",
             Tool::Flyway => "flyway_schema_history",
+            Tool::Jetbase => "jetbase_migrations",
         }
     }
 
@@ -88,6 +96,9 @@ impl Tool {
             Tool::Goose => format!("SELECT version_id, is_applied FROM {table} ORDER BY id"),
             Tool::Flyway => format!(
                 "SELECT version, type, success, script FROM {table} ORDER BY installed_rank"
+            ),
+            Tool::Jetbase => format!(
+                "SELECT version, migration_type, checksum, filename FROM {table} ORDER BY order_executed"
             ),
             Tool::Sqlx => {
                 let hex = match dialect {
@@ -267,6 +278,37 @@ fn applied_by(
                 }
             }
         }
+        Tool::Jetbase => {
+            for row in rows {
+                let filename = cell(row, 3).unwrap_or_default();
+                if cell(row, 1).as_deref() != Some("VERSIONED") {
+                    warnings.push(format!(
+                        "repeatable migration {filename} is not imported: lockstep's next upgrade runs it once"
+                    ));
+                    continue;
+                }
+                let text = cell(row, 0).unwrap_or_default();
+                let whole = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+                let Some(v) = version(Some(&text)).filter(|_| whole) else {
+                    return Err(refuse(
+                        format!("jetbase's version {text} ({filename}) is dotted: lockstep does not read such versions yet"),
+                        "import a history whose versions are whole numbers",
+                    ));
+                };
+                if let (Some(m), Some(recorded)) = (set.get(v), cell(row, 2)) {
+                    let now =
+                        crate::fsread::read_regular(&m.up.path, crate::source::MAX_FILE_BYTES)
+                            .ok()
+                            .map(|bytes| jetbase_checksum(&String::from_utf8_lossy(&bytes)));
+                    if now.is_some_and(|now| now != recorded) {
+                        warnings.push(format!(
+                            "version {v}: the file changed since jetbase applied it (its checksum differs)"
+                        ));
+                    }
+                }
+                applied.push(v);
+            }
+        }
         Tool::Sqlx => {
             for row in rows {
                 let Some(v) = version(cell(row, 0).as_deref()) else {
@@ -295,6 +337,93 @@ fn applied_by(
     Ok((applied, warnings))
 }
 
+/// jetbase's checksum of a migration file: SHA-256 of its upgrade
+/// statements as jetbase reads them (each line trimmed, comment and empty
+/// lines left out, the lines of a statement joined by a space, up to a line
+/// ending in the delimiter, which is cut), joined by newlines. The
+/// delimiter is `;`, or what a leading `-- jetbase: delimiter=X` says.
+fn jetbase_checksum(text: &str) -> String {
+    let mut delimiter = ";".to_string();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let Some(comment) = line.strip_prefix("--") else {
+            break;
+        };
+        let comment = comment.trim_start();
+        if let Some(rest) = comment
+            .get(..8)
+            .filter(|p| p.eq_ignore_ascii_case("jetbase:"))
+            .map(|_| comment[8..].trim_start())
+        {
+            if let Some(value) = rest
+                .get(..10)
+                .filter(|p| p.eq_ignore_ascii_case("delimiter="))
+                .map(|_| rest[10..].trim())
+            {
+                delimiter = value.to_string();
+                break;
+            }
+        }
+    }
+    let mut statements: Vec<String> = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    for line in text.lines().map(str::trim) {
+        if let Some(comment) = line.strip_prefix("--") {
+            if comment.trim().eq_ignore_ascii_case("rollback") {
+                break;
+            }
+            continue;
+        }
+        if line.is_empty() {
+            continue;
+        }
+        current.push(line);
+        if line.ends_with(delimiter.as_str()) {
+            let joined = current.join(" ");
+            let statement = joined.trim_end_matches(|c| delimiter.contains(c)).trim();
+            if !statement.is_empty() {
+                statements.push(statement.to_string());
+            }
+            current.clear();
+        }
+    }
+    hex(&Sha256::digest(statements.join("\n").as_bytes()))
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jetbase_checksums_are_jetbase_s() {
+        // As jetbase 0.18.1 recorded these files.
+        let table = [
+            (
+                "-- upgrade\nCREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT);\nINSERT INTO users (name) VALUES ('a');\n\n-- rollback\nDROP TABLE users;\n",
+                "28a327502fda4f85167a5ac017c7842140ef54e543d274455b4853dd81c51062",
+            ),
+            (
+                "-- upgrade\nDROP VIEW IF EXISTS names;\nCREATE VIEW names AS SELECT name FROM users;\n",
+                "b3b8887a8e4103ff93ea50659596780ea958dc58267447fc0867f7cfc969b69e",
+            ),
+        ];
+        for (text, want) in table {
+            assert_eq!(jetbase_checksum(text), want, "{text}");
+        }
+        // Lines of one statement joined, the delimiter cut, whatever the
+        // file's spacing.
+        assert_eq!(
+            jetbase_checksum("-- upgrade\n  SELECT 1,\n   2;;  \n"),
+            jetbase_checksum("SELECT 1, 2;")
+        );
+        assert_ne!(jetbase_checksum("SELECT 1;"), jetbase_checksum("SELECT 2;"));
+        // A custom delimiter.
+        assert_eq!(
+            jetbase_checksum("-- jetbase: delimiter=$$\nSELECT 1$$\n"),
+            jetbase_checksum("SELECT 1;")
+        );
+    }
 }

@@ -1,0 +1,215 @@
+//! `lockstep import` against history tables that the other tools wrote
+//! themselves: real dbmate and jetbase, installed by
+//! `scripts/install-tools`, run on every engine; the result checked with
+//! plain SQL.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::util::{Project, TestDb};
+
+/// An installed tool's program, under `LOCKSTEP_TEST_TOOLS`. Missing: a
+/// loud failure in CI; locally a failure too, unless
+/// `LOCKSTEP_SKIP_TOOLS=1` opts out.
+fn tool(program: &str) -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("LOCKSTEP_TEST_TOOLS") {
+        let path = PathBuf::from(dir).join(program);
+        assert!(
+            path.is_file(),
+            "{} is missing: run `scripts/install-tools`",
+            path.display()
+        );
+        return Some(path);
+    }
+    let in_ci = std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false");
+    if !in_ci && std::env::var("LOCKSTEP_SKIP_TOOLS").is_ok_and(|v| v == "1") {
+        eprintln!("skipped: LOCKSTEP_SKIP_TOOLS=1 and no LOCKSTEP_TEST_TOOLS");
+        return None;
+    }
+    panic!(
+        "LOCKSTEP_TEST_TOOLS is not set: run the tests with `scripts/test`, which installs \
+         dbmate and jetbase (locally, LOCKSTEP_SKIP_TOOLS=1 skips the tests that need them)"
+    );
+}
+
+/// Runs a tool in `dir`; its output on failure.
+fn run_tool(mut command: Command, what: &str) {
+    let out = command.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what}: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The test database's URL for a Go tool (dbmate).
+fn go_url(db: &TestDb) -> String {
+    match db {
+        TestDb::Sqlite { path } => format!("sqlite:{}", path.display()),
+        TestDb::Postgres { url, .. } | TestDb::Mariadb { url, .. } => url.clone(),
+    }
+}
+
+/// The test database's URL for SQLAlchemy (jetbase), with the drivers
+/// `scripts/install-tools` installs.
+fn sqlalchemy_url(db: &TestDb) -> String {
+    let rest = |url: &str| {
+        let without_scheme = url.split_once("://").unwrap().1;
+        without_scheme.split('?').next().unwrap().to_string()
+    };
+    match db {
+        TestDb::Sqlite { path } => format!("sqlite:///{}", path.display()),
+        TestDb::Postgres { url, .. } => format!("postgresql+psycopg2://{}", rest(url)),
+        TestDb::Mariadb { url, .. } => format!("mysql+pymysql://{}", rest(url)),
+    }
+}
+
+fn versions(p: &Project, sql: &str) -> Vec<String> {
+    p.db.query(sql).into_iter().map(|r| r[0].clone()).collect()
+}
+
+both!(dbmate_s_own_history_is_taken_over, |p| {
+    let Some(dbmate) = tool("node_modules/.bin/dbmate") else {
+        return;
+    };
+    p.migration(
+        "20240101000000_users.sql",
+        "-- migrate:up\nCREATE TABLE users (id integer);\n\n-- migrate:down\nDROP TABLE users;\n",
+    );
+    p.migration(
+        "20240102000000_posts.sql",
+        "-- migrate:up\nCREATE TABLE posts (id integer);\n\n-- migrate:down\nDROP TABLE posts;\n",
+    );
+    let mut up = Command::new(&dbmate);
+    up.current_dir(p.dir.path()).args([
+        "--url",
+        &go_url(&p.db),
+        "--migrations-dir",
+        "migrations",
+        "--no-dump-schema",
+        "up",
+    ]);
+    run_tool(up, "dbmate up");
+    assert!(p.db.table_exists("users") && p.db.table_exists("posts"));
+
+    let dry = p.run(&["import", "dbmate", "--dry-run"]);
+    dry.ok();
+    assert!(!p.db.table_exists("lockstep_history"));
+    let run = p.run(&["import", "dbmate", "--json"]);
+    run.ok();
+    let doc = run.json();
+    assert_eq!(doc["changes"].as_array().unwrap().len(), 2, "{doc}");
+    // Only present when there are any.
+    assert!(doc["warnings"].is_null(), "{}", doc["warnings"]);
+    assert_eq!(
+        p.db.history(),
+        [
+            "20240101000000 users applied",
+            "20240102000000 posts applied"
+        ]
+    );
+    // dbmate's table as dbmate left it.
+    assert_eq!(
+        versions(&p, "SELECT version FROM schema_migrations ORDER BY version"),
+        ["20240101000000", "20240102000000"]
+    );
+
+    // From here on lockstep migrates: nothing twice, the next one once.
+    p.run(&["upgrade"]).ok();
+    p.migration(
+        "20240103000000_tags.sql",
+        "-- migrate:up\nCREATE TABLE tags (id integer);\n\n-- migrate:down\nDROP TABLE tags;\n",
+    );
+    let run = p.run(&["upgrade", "--json"]);
+    run.ok();
+    let applied = run.json()["migrations"].clone();
+    assert_eq!(applied.as_array().unwrap().len(), 1);
+    assert_eq!(applied[0]["version"], 20240103000000u64);
+    assert!(p.db.table_exists("tags"));
+    p.run(&["rollback"]).ok();
+    assert!(!p.db.table_exists("tags") && p.db.table_exists("posts"));
+});
+
+both!(jetbase_s_own_history_is_taken_over, |p| {
+    let Some(jetbase) = tool("venv/bin/jetbase") else {
+        return;
+    };
+    let dir = "jetbase/migrations";
+    p.file(
+        "jetbase/env.py",
+        &format!("sqlalchemy_url = \"{}\"\n", sqlalchemy_url(&p.db)),
+    );
+    p.file(
+        &format!("{dir}/V1__create_users.sql"),
+        "-- upgrade\nCREATE TABLE users (id integer PRIMARY KEY, name varchar(40));\nINSERT INTO users (id, name) VALUES (1, 'a');\n\n-- rollback\nDROP TABLE users;\n",
+    );
+    p.file(
+        &format!("{dir}/V2__add_posts.sql"),
+        "-- upgrade\nCREATE TABLE posts (id integer);\n-- rollback\nDROP TABLE posts;\n",
+    );
+    p.file(
+        &format!("{dir}/ROC__names.sql"),
+        "-- upgrade\nDROP VIEW IF EXISTS names;\nCREATE VIEW names AS SELECT name FROM users;\n",
+    );
+    let mut up = Command::new(&jetbase);
+    up.current_dir(p.path("jetbase")).arg("upgrade");
+    run_tool(up, "jetbase upgrade");
+    assert_eq!(
+        versions(
+            &p,
+            "SELECT version FROM jetbase_migrations WHERE migration_type = 'VERSIONED' ORDER BY order_executed"
+        ),
+        ["1", "2"]
+    );
+    // After jetbase ran them: a comment (not in jetbase's checksum) in one,
+    // a statement more in the other.
+    p.file(
+        &format!("{dir}/V1__create_users.sql"),
+        "-- upgrade\n-- the users\nCREATE TABLE users (id integer PRIMARY KEY, name varchar(40));\nINSERT INTO users (id, name) VALUES (1, 'a');\n\n-- rollback\nDROP TABLE users;\n",
+    );
+    p.file(
+        &format!("{dir}/V2__add_posts.sql"),
+        "-- upgrade\nCREATE TABLE posts (id integer);\nCREATE TABLE more (id integer);\n-- rollback\nDROP TABLE posts;\n",
+    );
+
+    let run = p.run(&["-m", dir, "import", "jetbase", "--json"]);
+    run.ok();
+    let doc = run.json();
+    assert_eq!(doc["changes"].as_array().unwrap().len(), 2, "{doc}");
+    let warnings: Vec<&str> = doc["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "version 2: the file changed since jetbase applied it (its checksum differs)",
+            "repeatable migration ROC__names.sql is not imported: lockstep's next upgrade runs it once",
+        ]
+    );
+    assert_eq!(
+        p.db.history(),
+        ["1 create_users applied", "2 add_posts applied"]
+    );
+
+    // The repeatable one runs once, under lockstep; jetbase's table stays
+    // as jetbase left it.
+    let run = p.run(&["-m", dir, "upgrade"]);
+    run.ok();
+    assert!(
+        run.stdout.contains("applied repeatable names"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(p.db.value("SELECT name FROM names"), "a");
+    assert_eq!(
+        p.db.value("SELECT runs FROM lockstep_repeatable WHERE name = 'names'"),
+        "1"
+    );
+    assert_eq!(p.db.value("SELECT count(*) FROM jetbase_migrations"), "3");
+    assert!(!p.db.table_exists("more"));
+});
