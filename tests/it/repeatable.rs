@@ -280,3 +280,36 @@ both!(racing_runs_apply_a_repeatable_once, |p| {
     assert_eq!(ran(&p), ["r", "after"]);
     assert_eq!(repeat_rows(&p), pairs(&[("r", 1)]));
 });
+
+both!(
+    a_forced_release_stops_a_repeatable_between_statements,
+    |p| {
+        p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+        p.migration(
+        "R__steps.sql",
+        &format!(
+            "-- lockstep:no-transaction\nCREATE TABLE first_step (id integer);\n{}\nCREATE TABLE last_step (id integer);\n",
+            p.busy_sql(3.0)
+        ),
+    );
+        let holder = p.spawn(&["upgrade", "--owner", "holder"]);
+        crate::util::wait_until(
+            "the first statement ran",
+            std::time::Duration::from_secs(30),
+            || p.db.table_exists("first_step"),
+        );
+        p.run(&["lock", "release", "--force", "--yes"]).ok();
+        let run = holder.finish();
+        run.code(5);
+        assert!(!p.db.table_exists("last_step"));
+        // Not recorded: it runs again, whole, at the next upgrade.
+        assert_eq!(p.db.value("SELECT count(*) FROM lockstep_repeatable"), "0");
+        p.migration(
+        "R__steps.sql",
+        "-- lockstep:no-transaction\nDROP TABLE IF EXISTS first_step;\nCREATE TABLE last_step (id integer);\n",
+    );
+        p.run(&["upgrade"]).ok();
+        assert!(p.db.table_exists("last_step") && !p.db.table_exists("first_step"));
+        assert_eq!(repeat_rows(&p), pairs(&[("steps", 1)]));
+    }
+);

@@ -1730,6 +1730,7 @@ fn find_markers(text: &str, path: &Path) -> Result<Option<Markers>, SourceError>
     let mut down: Option<Marker> = None;
     let mut layout: Option<(Layout, usize)> = None;
     let mut no_transaction = (false, false);
+    let mut early_directive: Option<usize> = None;
     let mut offset = 0;
     for (i, line) in text.split_inclusive('\n').enumerate() {
         let marker = Marker {
@@ -1771,12 +1772,11 @@ fn find_markers(text: &str, path: &Path) -> Result<Option<Markers>, SourceError>
                 no_transaction = (true, true);
                 continue;
             }
+            // Fine in a file without markers (all of it the upgrade);
+            // refused below when a marker follows.
             Line::Directive(_) if up.is_none() && down.is_none() => {
-                return Err(
-                    SourceError::new(path, "directive before the `-- upgrade` line")
-                        .at(i + 1)
-                        .hint("put directives inside the section they apply to"),
-                );
+                early_directive.get_or_insert(i);
+                continue;
             }
             Line::Directive(_) | Line::Other => continue,
         };
@@ -1795,6 +1795,13 @@ fn find_markers(text: &str, path: &Path) -> Result<Option<Markers>, SourceError>
     let Some((layout, _)) = layout else {
         return Ok(None);
     };
+    if let Some(at) = early_directive {
+        return Err(
+            SourceError::new(path, "directive before the `-- upgrade` line")
+                .at(at + 1)
+                .hint("put directives inside the section they apply to"),
+        );
+    }
     let Some(up) = up else {
         return Err(
             SourceError::new(path, format!("no {} line", layout.up_marker())).hint(format!(
@@ -2087,6 +2094,29 @@ mod tests {
             ]
         );
         assert_eq!(set.repeatables()[0].up.sql, "SELECT 3;\n");
+        // A file without markers takes directives anywhere.
+        let set = load(&[(
+            "R__c.sql",
+            b"-- lockstep:no-transaction\n-- lockstep:lock-timeout 1s\nSELECT 1;\n",
+        )])
+        .unwrap();
+        let c = &set.repeatables()[0].up;
+        assert!(c.no_transaction);
+        assert_eq!(c.lock_timeout, Some(Duration::from_secs(1)));
+        let (_, line, message) = load_err(&[(
+            "R__d.sql",
+            b"-- lockstep:no-transaction\n-- upgrade\nSELECT 1;\n",
+        )]);
+        assert_eq!(line, Some(1));
+        assert_eq!(message, "directive before the `-- upgrade` line");
+        let set = load(&[
+            ("1_a.sql", b"-- upgrade\nSELECT 1;\n"),
+            ("R__b.sql", b"SELECT 2;\n"),
+            ("RA__a.sql", b"-- upgrade\nSELECT 3;\n"),
+            ("afterMigrate.sql", b"SELECT 4;\n"),
+            ("before-upgrade.sql", b"SELECT 5;\n"),
+        ])
+        .unwrap();
         assert_eq!(set.repeatables()[0].up.first_line, 2);
         let before = set.callback(Hook::BeforeUpgrade).unwrap();
         assert_eq!(before.up.sql, "SELECT 5;\n");

@@ -372,11 +372,12 @@ impl Migrator {
             let mut undo: Vec<String> = Vec::new();
             let failed = loop {
                 // Each statement commits by itself: before each after the
-                // first (whose fenced `started` row just proved the lock),
-                // and before each try again, the lease must still be this
-                // run's, and is extended. After a lost lease at most the
-                // statement in flight runs.
-                if let Some(held) = held.filter(|_| i > 0 || tries.made > 1) {
+                // first (whose fenced `started` row just proved the lock;
+                // an unrecorded migration has none, and proves it before
+                // its first too), and before each try again, the lease
+                // must still be this run's, and is extended. After a lost
+                // lease at most the statement in flight runs.
+                if let Some(held) = held.filter(|_| i > 0 || tries.made > 1 || !versioned) {
                     if self.lease_gone(held) {
                         let detail = format!(
                             "the lease was gone after {i} of {} statements outside a transaction",
