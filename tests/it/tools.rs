@@ -213,3 +213,64 @@ both!(jetbase_s_own_history_is_taken_over, |p| {
     assert_eq!(p.db.value("SELECT count(*) FROM jetbase_migrations"), "3");
     assert!(!p.db.table_exists("more"));
 });
+
+both!(sqlx_s_own_history_is_taken_over, |p| {
+    let Some(sqlx) = tool("cargo/bin/sqlx") else {
+        return;
+    };
+    p.migration(
+        "20240101000000_users.sql",
+        "CREATE TABLE users (id integer);\n",
+    );
+    p.migration(
+        "20240102000000_posts.sql",
+        "-- Add migration script here\nCREATE TABLE posts (id integer);\n",
+    );
+    let url = match &p.db {
+        TestDb::Sqlite { path } => format!("sqlite://{}?mode=rwc", path.display()),
+        other => other.url(),
+    };
+    let mut run = Command::new(&sqlx);
+    run.current_dir(p.dir.path()).args([
+        "migrate",
+        "run",
+        "--database-url",
+        &url,
+        "--source",
+        "migrations",
+    ]);
+    run_tool(run, "sqlx migrate run");
+    assert!(p.db.table_exists("users") && p.db.table_exists("posts"));
+    // Changed after sqlx applied it: its checksum in sqlx's table differs.
+    p.migration(
+        "20240102000000_posts.sql",
+        "-- Add migration script here\nCREATE TABLE posts (id integer);\nCREATE TABLE more (id integer);\n",
+    );
+
+    let run = p.run(&["import", "sqlx", "--json"]);
+    run.ok();
+    let doc = run.json();
+    assert_eq!(doc["changes"].as_array().unwrap().len(), 2, "{doc}");
+    assert_eq!(
+        doc["warnings"],
+        serde_json::json!([
+            "version 20240102000000: the file changed since sqlx applied it (its checksum differs)"
+        ])
+    );
+    assert_eq!(
+        p.db.history(),
+        [
+            "20240101000000 users applied",
+            "20240102000000 posts applied"
+        ]
+    );
+    assert_eq!(p.db.value("SELECT count(*) FROM _sqlx_migrations"), "2");
+    p.migration(
+        "20240103000000_tags.sql",
+        "CREATE TABLE tags (id integer);\n",
+    );
+    let run = p.run(&["upgrade", "--json"]);
+    run.ok();
+    assert_eq!(run.json()["migrations"].as_array().unwrap().len(), 1);
+    assert!(p.db.table_exists("tags") && !p.db.table_exists("more"));
+});
