@@ -214,17 +214,13 @@ pub fn history(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliEr
             "LOCK TOKEN",
         ]);
         for r in &history {
-            let duration =
-                std::time::Duration::from_millis(u64::try_from(r.duration_ms).unwrap_or(0));
-            let token = r
-                .lock_token
-                .map_or_else(|| "-".to_string(), |t| t.to_string());
+            let (duration, token) = run_cells(printer, r.duration_ms, r.lock_token);
             table
                 .cell(r.version)
                 .cell(&r.name)
                 .cell(r.state.as_str())
                 .cell(printer.timestamp(r.applied_at.as_str()))
-                .cell(printer.duration(duration))
+                .cell(duration)
                 .cell(&r.applied_by)
                 .cell(token);
         }
@@ -240,16 +236,12 @@ pub fn history(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliEr
             "LOCK TOKEN",
         ]);
         for r in &repeats {
-            let duration =
-                std::time::Duration::from_millis(u64::try_from(r.duration_ms).unwrap_or(0));
-            let token = r
-                .lock_token
-                .map_or_else(|| "-".to_string(), |t| t.to_string());
+            let (duration, token) = run_cells(printer, r.duration_ms, r.lock_token);
             table
                 .cell(&r.name)
                 .cell(r.runs)
                 .cell(printer.timestamp(r.applied_at.as_str()))
-                .cell(printer.duration(duration))
+                .cell(duration)
                 .cell(&r.applied_by)
                 .cell(token);
         }
@@ -261,6 +253,13 @@ pub fn history(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliEr
         repeatables: repeats.iter().map(json::RepeatHistoryJson::from).collect(),
     });
     Ok(Exit::Success)
+}
+
+/// A recorded run's duration and lock token, as `history` shows them.
+fn run_cells(printer: &Printer, duration_ms: i64, lock_token: Option<i64>) -> (String, String) {
+    let duration = std::time::Duration::from_millis(u64::try_from(duration_ms).unwrap_or(0));
+    let token = lock_token.map_or_else(|| "-".to_string(), |t| t.to_string());
+    (printer.duration(duration), token)
 }
 
 /// `current`: the newest applied migration, as jetbase prints it.
