@@ -274,3 +274,55 @@ both!(sqlx_s_own_history_is_taken_over, |p| {
     assert_eq!(run.json()["migrations"].as_array().unwrap().len(), 1);
     assert!(p.db.table_exists("tags") && !p.db.table_exists("more"));
 });
+
+both!(diesel_s_own_history_is_taken_over, |p| {
+    let Some(diesel) = tool("cargo/bin/diesel") else {
+        return;
+    };
+    for (dir, table) in [
+        ("2024-01-01-000000_users", "users"),
+        ("2024-01-02-000000_posts", "posts"),
+    ] {
+        p.file(
+            &format!("migrations/{dir}/up.sql"),
+            &format!("CREATE TABLE {table} (id integer);\n"),
+        );
+        p.file(
+            &format!("migrations/{dir}/down.sql"),
+            &format!("DROP TABLE {table};\n"),
+        );
+    }
+    let url = match &p.db {
+        TestDb::Sqlite { path } => path.display().to_string(),
+        other => other.url(),
+    };
+    let mut run = Command::new(&diesel);
+    run.current_dir(p.dir.path()).args([
+        "migration",
+        "run",
+        "--database-url",
+        &url,
+        "--migration-dir",
+        "migrations",
+    ]);
+    run_tool(run, "diesel migration run");
+    assert!(p.db.table_exists("users") && p.db.table_exists("posts"));
+
+    let run = p.run(&["import", "diesel", "--json"]);
+    run.ok();
+    assert_eq!(run.json()["changes"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        p.db.history(),
+        [
+            "20240101000000 users applied",
+            "20240102000000 posts applied"
+        ]
+    );
+    assert_eq!(
+        p.db.value("SELECT count(*) FROM __diesel_schema_migrations"),
+        "2"
+    );
+    p.run(&["upgrade"]).ok();
+    p.run(&["rollback"]).ok();
+    assert!(!p.db.table_exists("posts") && p.db.table_exists("users"));
+});
