@@ -130,8 +130,10 @@ pub enum Command {
     Validate,
 
     /// Repair the history table after intended edits or interruptions
-    #[command(visible_alias = "repair")]
     Fix(FixArgs),
+
+    /// Record the current checksums of applied migrations whose files were edited: `fix checksums`, in Flyway's and jetbase's word
+    Repair(RepairArgs),
 
     /// Start managing a database that already has its schema: record the migrations up to VERSION as applied, without running them
     Baseline(BaselineArgs),
@@ -142,6 +144,19 @@ pub enum Command {
     /// Inspect or release the migration lock
     #[command(subcommand)]
     Lock(LockCommand),
+
+    /// Create or drop the database the URL names
+    #[command(subcommand)]
+    Database(DatabaseCommand),
+
+    /// Wait until the database server accepts connections: the first step of a container's start
+    Wait(WaitArgs),
+
+    /// Print a shell completion script, e.g. `lockstep completions bash > /etc/bash_completion.d/lockstep`
+    Completions(CompletionsArgs),
+
+    /// Print the manual page (`lockstep man | man -l -`), or a command's (`lockstep man upgrade`); `--dir DIR` writes them all
+    Man(ManArgs),
 
     #[command(name = "lock-status", alias = "lock:status", hide = true)]
     LockStatus(LockStatusArgs),
@@ -158,8 +173,8 @@ pub enum LockCommand {
     /// Show who holds the lock: UNLOCKED, LOCKED or STALE (aliases: lock-status, lock:status)
     Status(LockStatusArgs),
 
-    /// Free the lock; a live holder stops at its next migration with exit 5 (aliases: unlock, lock-release, lock:release)
-    #[command(visible_alias = "unlock")]
+    /// Free the lock; a live holder stops at its next migration with exit 5 (also `lockstep unlock`, lock-release, lock:release)
+    #[command(alias = "unlock")]
     Release(LockReleaseArgs),
 
     /// Show the lock's audit log, newest first
@@ -214,6 +229,56 @@ pub struct FixArgs {
     pub command: FixCommand,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum DatabaseCommand {
+    /// Create the database (nothing when it exists); on SQLite, the file
+    Create,
+
+    /// Drop the database and everything in it (asks first on a terminal); on SQLite, the file
+    Drop(DropArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DropArgs {
+    /// Do not ask for confirmation
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Give up after this long, e.g. 30s, 2m
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = lockstep::parse_duration)]
+    pub timeout: std::time::Duration,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// A command, e.g. `upgrade` or `lock status`
+    pub command: Vec<String>,
+
+    /// Write `lockstep.1` and one page per command into this directory
+    #[arg(long, value_name = "DIR", conflicts_with = "command")]
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RepairArgs {
+    /// Print what would change and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    #[command(flatten)]
+    pub lock: LockArgs,
+}
+
 #[derive(Debug, Args)]
 pub struct NewArgs {
     /// The migration's name: lowercase letters, digits and `_`
@@ -258,6 +323,14 @@ pub struct RollbackArgs {
     /// Revert this many migrations [default: 1]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub count: Option<u64>,
+
+    /// Revert every applied migration (asks first on a terminal)
+    #[arg(long, conflicts_with_all = ["to", "count"])]
+    pub all: bool,
+
+    /// With --all: do not ask for confirmation
+    #[arg(long, short = 'y', requires = "all")]
+    pub yes: bool,
 
     /// Print the plan and change nothing
     #[arg(long)]
@@ -382,6 +455,12 @@ impl Command {
                 FixCommand::Missing(_) => "fix missing",
                 FixCommand::Dirty(_) => "fix dirty",
             },
+            Command::Repair(_) => "repair",
+            Command::Database(DatabaseCommand::Create) => "database create",
+            Command::Database(DatabaseCommand::Drop(_)) => "database drop",
+            Command::Wait(_) => "wait",
+            Command::Completions(_) => "completions",
+            Command::Man(_) => "man",
             Command::Lock(LockCommand::Status(_)) | Command::LockStatus(_) => "lock status",
             Command::Lock(LockCommand::Release(_)) | Command::LockRelease(_) => "lock release",
             Command::Lock(LockCommand::Log(_)) | Command::LockLog(_) => "lock log",

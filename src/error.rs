@@ -125,7 +125,16 @@ impl From<Error> for CliError {
             }
             Error::Refused(r) => {
                 err.detail.migrations = match r {
-                    Refusal::Modified(items) | Refusal::Missing(items) | Refusal::Dirty(items) => {
+                    Refusal::Modified(items) => items
+                        .iter()
+                        .map(|c| json::MigrationRef {
+                            file: Some(c.file.display().to_string()),
+                            checksum: Some(c.checksum.to_string()),
+                            recorded_checksum: Some(c.recorded.to_string()),
+                            ..json::MigrationRef::from(&c.migration)
+                        })
+                        .collect(),
+                    Refusal::Missing(items) | Refusal::Dirty(items) => {
                         items.iter().map(json::MigrationRef::from).collect()
                     }
                     Refusal::OutOfOrder { pending, .. } => {

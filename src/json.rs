@@ -124,6 +124,13 @@ pub struct MigrationRef {
     pub version: Option<u64>,
     pub name: String,
     pub kind: &'static str,
+    /// `modified`: the file, its checksum now, and the one history holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub recorded_checksum: Option<String>,
 }
 
 impl From<&lockstep::Named> for MigrationRef {
@@ -132,6 +139,9 @@ impl From<&lockstep::Named> for MigrationRef {
             version: versioned(n.kind, n.version),
             name: named(n.kind, &n.name),
             kind: kind_name(n.kind),
+            file: None,
+            checksum: None,
+            recorded_checksum: None,
         }
     }
 }
@@ -184,6 +194,22 @@ impl From<&lockstep::Step> for StepJson {
 pub struct Init {
     pub config: String,
     pub migrations: String,
+}
+
+/// `database create`, `database drop`.
+#[derive(Serialize)]
+pub struct DatabaseDoc {
+    /// The database, as its URL shows it (no password).
+    pub database: String,
+    /// `created`, `already_there`, `dropped` or `not_there`.
+    pub result: &'static str,
+}
+
+/// `wait`.
+#[derive(Serialize)]
+pub struct Wait {
+    pub database: String,
+    pub waited_ms: u64,
 }
 
 #[derive(Serialize)]

@@ -39,6 +39,18 @@ impl Style {
     }
 }
 
+/// A duration for humans: milliseconds with one decimal below a second,
+/// seconds with one decimal from there.
+fn human_duration(d: Duration) -> String {
+    let ms = d.as_secs_f64() * 1000.0;
+    // As printed: 999.96 ms rounds to a second.
+    if format!("{ms:.1}") == "1000.0" || ms >= 1000.0 {
+        format!("{:.1} s", ms / 1000.0)
+    } else {
+        format!("{ms:.1} ms")
+    }
+}
+
 pub struct Printer {
     json: bool,
     quiet: bool,
@@ -270,19 +282,13 @@ impl Printer {
         self.err_line(&text);
     }
 
-    /// A duration for humans: `12 ms`, `3.4 s`; hidden in stable output.
+    /// A duration for humans: `0.4 ms`, `12.0 ms`, `6.2 s`; hidden in
+    /// stable output.
     pub fn duration(&self, d: Duration) -> String {
         if self.stable {
             return "# ms".into();
         }
-        let ms = d.as_secs_f64() * 1000.0;
-        if ms < 10.0 {
-            format!("{ms:.1} ms")
-        } else if ms < 10_000.0 {
-            format!("{ms:.0} ms")
-        } else {
-            format!("{:.1} s", ms / 1000.0)
-        }
+        human_duration(d)
     }
 
     /// A stored RFC 3339 timestamp for humans; hidden in stable output.
@@ -346,5 +352,25 @@ impl Printer {
         let _ = write!(err, "[{bar}] {}/{} {}", p.done, p.total, p.label);
         let _ = err.flush();
         p.drawn = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_in_one_unit_each() {
+        let table = [
+            (Duration::from_micros(400), "0.4 ms"),
+            (Duration::from_micros(9_540), "9.5 ms"),
+            (Duration::from_micros(123_456), "123.5 ms"),
+            (Duration::from_micros(999_960), "1.0 s"),
+            (Duration::from_millis(6_167), "6.2 s"),
+            (Duration::from_secs(75), "75.0 s"),
+        ];
+        for (d, want) in table {
+            assert_eq!(human_duration(d), want, "{d:?}");
+        }
     }
 }

@@ -173,9 +173,14 @@ fn display(path: &Option<PathBuf>) -> String {
 
 fn parse_url(url: &str, source: String, base: Option<&Path>) -> Result<Database, CliError> {
     let parsed: DatabaseUrl = url.parse().map_err(|e: UrlError| {
-        CliError::config(format!("{e} (from {source})"))
-            .with_code("database_url")
-            .with_hint("use `sqlite://FILE`, `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` or `mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE`")
+        let err = CliError::config(format!("{e} (from {source})")).with_code("database_url");
+        // A parameter's error names the values it takes; a hint on the
+        // URL's form would not fit it.
+        if e.is_in_parameter() {
+            err
+        } else {
+            err.with_hint(lockstep::Remedy::FixUrl.to_string())
+        }
     })?;
     Ok(Database {
         url: match base {
@@ -198,10 +203,15 @@ fn read_config(explicit: Option<&Path>) -> Result<(FileSettings, Option<PathBuf>
         }
     };
     let text = std::fs::read_to_string(&path).map_err(|e| {
+        // In the words the other file errors use.
+        let reason = match e.kind() {
+            std::io::ErrorKind::NotFound => "no such file or directory".to_string(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_string(),
+            _ => e.to_string(),
+        };
         let err = CliError::config(format!(
-            "cannot read config file {}: {}",
-            path.display(),
-            e.kind()
+            "cannot read config file {}: {reason}",
+            path.display()
         ));
         if e.kind() == std::io::ErrorKind::NotFound {
             err.with_hint("check the path given to --config, or run `lockstep init`")
@@ -503,10 +513,9 @@ mod tests {
         );
         assert!(!err.message.contains("hunter2"));
         let err = settings(&["-c", "/nonexistent/lockstep.toml"], &[]).unwrap_err();
-        assert!(
-            err.message.contains("cannot read config file"),
-            "{}",
-            err.message
+        assert_eq!(
+            err.message,
+            "cannot read config file /nonexistent/lockstep.toml: no such file or directory"
         );
     }
 }

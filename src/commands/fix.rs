@@ -4,7 +4,7 @@ use lockstep::{DirtyResolution, Fixed};
 
 use super::run::Progress;
 use super::{connect, load_and_connect, plural};
-use crate::cli::{BaselineArgs, FixArgs, FixCommand, ImportArgs};
+use crate::cli::{BaselineArgs, FixArgs, FixCommand, ImportArgs, LockArgs};
 use crate::error::{CliError, Exit};
 use crate::json;
 use crate::printer::Printer;
@@ -18,16 +18,7 @@ pub fn fix(
 ) -> Result<Exit, CliError> {
     settings.database()?;
     let (fixed, dry_run, nothing) = match &args.command {
-        FixCommand::Checksums(dry) => {
-            let (set, mut migrator) =
-                load_and_connect(settings, || connect(settings, printer, &args.lock, None))?;
-            let fixed = migrator.fix_checksums(&set, dry.dry_run, &mut Progress::new(printer))?;
-            (
-                fixed,
-                dry.dry_run,
-                "nothing to fix: every applied migration's file matches its checksum",
-            )
-        }
+        FixCommand::Checksums(dry) => checksums(settings, printer, &args.lock, dry.dry_run)?,
         FixCommand::Missing(dry) => {
             let (set, mut migrator) =
                 load_and_connect(settings, || connect(settings, printer, &args.lock, None))?;
@@ -55,6 +46,24 @@ pub fn fix(
         }
     };
     report(printer, name, &fixed, dry_run, nothing, &[])
+}
+
+/// `fix checksums` (and `repair`): what it recorded, whether it was a dry
+/// run, and what to say when there was nothing to fix.
+pub fn checksums(
+    settings: &Settings,
+    printer: &mut Printer,
+    lock: &LockArgs,
+    dry_run: bool,
+) -> Result<(Vec<Fixed>, bool, &'static str), CliError> {
+    let (set, mut migrator) =
+        load_and_connect(settings, || connect(settings, printer, lock, None))?;
+    let fixed = migrator.fix_checksums(&set, dry_run, &mut Progress::new(printer))?;
+    Ok((
+        fixed,
+        dry_run,
+        "nothing to fix: every applied migration's file matches its checksum",
+    ))
 }
 
 /// `baseline VERSION`: the migrations up to VERSION recorded as applied,
@@ -110,7 +119,7 @@ pub fn import(
 
 /// What a fix (or baseline) changed, or would have: a line per row, and
 /// the JSON document.
-fn report(
+pub fn report(
     printer: &mut Printer,
     name: &str,
     fixed: &[Fixed],

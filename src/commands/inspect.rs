@@ -4,7 +4,7 @@
 use lockstep::{Kind, Repeat, RepeatState, RepeatStatus, State, StatusEntry};
 
 use super::table::{Cell, Streamed, Table};
-use super::{connect_read_only, load_and_connect, plural};
+use super::{connect_read_only, load_and_connect, note_missing_file, plural};
 use crate::cli::StatusArgs;
 use crate::error::{CliError, Exit};
 use crate::json;
@@ -17,6 +17,7 @@ pub fn status(
     args: &StatusArgs,
 ) -> Result<Exit, CliError> {
     let (set, mut migrator) = load_and_connect(settings, || connect_read_only(settings))?;
+    note_missing_file(settings, printer);
     let history = migrator.history()?;
     // Read only for a directory that has repeatable migrations: nothing
     // else shows them.
@@ -199,6 +200,7 @@ fn status_row<'a>(printer: &Printer, e: &StatusEntry<'a>) -> [Cell<'a>; 4] {
 pub fn history(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError> {
     settings.database()?;
     let mut migrator = connect_read_only(settings)?;
+    note_missing_file(settings, printer);
     let history = migrator.history()?;
     let repeats = migrator.repeatables()?;
     if history.is_empty() {
@@ -266,6 +268,7 @@ fn run_cells(printer: &Printer, duration_ms: i64, lock_token: Option<i64>) -> (S
 pub fn current(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError> {
     settings.database()?;
     let current = connect_read_only(settings)?.current()?;
+    note_missing_file(settings, printer);
     match &current {
         Some(row) => printer.line(&format!("{} {}", row.version, row.name)),
         None => printer.line("no migration applied"),
@@ -279,6 +282,7 @@ pub fn current(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliEr
 
 pub fn validate(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError> {
     let (set, mut migrator) = load_and_connect(settings, || connect_read_only(settings))?;
+    note_missing_file(settings, printer);
     let history = migrator.validate(&set)?;
     let files = set.migrations().len();
     let applied = history.len();

@@ -6,12 +6,13 @@ use std::ffi::OsString;
 use clap::Parser;
 use lockstep::{LockOptions, MigrationSet, Migrator, Options};
 
-use crate::cli::{Cli, Command, LockArgs, LockCommand, StatementArgs};
+use crate::cli::{Cli, Command, DatabaseCommand, LockArgs, LockCommand, StatementArgs};
 use crate::error::{CliError, Exit};
 use crate::json;
 use crate::printer::Printer;
 use crate::settings::Settings;
 
+mod docs;
 mod fix;
 mod inspect;
 mod lock;
@@ -31,6 +32,23 @@ pub fn main() -> i32 {
     }
     let env = |name: &str| std::env::var(name).ok();
     let mut printer = Printer::new(&cli.global, &env);
+    // Generated from the definitions alone: no settings to load.
+    match &cli.command {
+        Command::Completions(args) => {
+            docs::completions(args.shell);
+            return 0;
+        }
+        Command::Man(args) => {
+            return match docs::man(args) {
+                Ok(()) => 0,
+                Err(err) => {
+                    printer.error("man", &err);
+                    err.exit.code()
+                }
+            };
+        }
+        _ => {}
+    }
     let command = cli.command.name();
     let mut secret = None;
     let result = Settings::load(&cli.global, &env).and_then(|settings| {
@@ -67,6 +85,7 @@ fn takes_lock(command: &Command) -> bool {
         Command::Upgrade(_)
             | Command::Rollback(_)
             | Command::Fix(_)
+            | Command::Repair(_)
             | Command::Baseline(_)
             | Command::Import(_)
     )
@@ -78,6 +97,12 @@ fn dispatch(
     printer: &mut Printer,
 ) -> Result<Exit, CliError> {
     match command {
+        Command::Completions(_) | Command::Man(_) => unreachable!("handled before settings"),
+        Command::Database(DatabaseCommand::Create) => project::create_database(settings, printer),
+        Command::Database(DatabaseCommand::Drop(args)) => {
+            project::drop_database(settings, printer, args)
+        }
+        Command::Wait(args) => project::wait(settings, printer, args),
         Command::Init => project::init(settings, printer),
         Command::New(args) => project::new(settings, printer, args),
         Command::Upgrade(args) => run::upgrade(settings, printer, args),
@@ -89,6 +114,12 @@ fn dispatch(
         Command::Import(args) => fix::import(settings, printer, args),
         Command::Validate => inspect::validate(settings, printer),
         Command::Fix(args) => fix::fix(settings, printer, args, command.name()),
+        Command::Repair(args) => {
+            settings.database()?;
+            let (fixed, dry_run, nothing) =
+                fix::checksums(settings, printer, &args.lock, args.dry_run)?;
+            fix::report(printer, command.name(), &fixed, dry_run, nothing, &[])
+        }
         Command::Lock(LockCommand::Status(args)) | Command::LockStatus(args) => {
             lock::status(settings, printer, args)
         }
@@ -200,6 +231,23 @@ fn load_and_connect(
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         Ok((set, migrator?))
     })
+}
+
+/// Says so when the database is a SQLite file that does not exist yet: a
+/// command that only reads takes it for an empty database, as a mistyped
+/// path would look otherwise.
+fn note_missing_file(settings: &Settings, printer: &mut Printer) {
+    if let Some(path) = settings
+        .database()
+        .ok()
+        .and_then(|url| url.sqlite_file())
+        .filter(|path| !path.exists())
+    {
+        printer.note(&format!(
+            "note: the database file {} does not exist yet: it reads as empty (`lockstep upgrade` creates it)",
+            path.display()
+        ));
+    }
 }
 
 /// Connects for a command that only reads: creates no file and no table.

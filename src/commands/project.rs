@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use lockstep::{Layout, Migration, MigrationSet};
 
-use crate::cli::NewArgs;
+use crate::cli::{DropArgs, NewArgs, WaitArgs};
 use crate::error::{CliError, Exit};
 use crate::json;
 use crate::printer::Printer;
@@ -15,9 +15,10 @@ use crate::settings::{Settings, DEFAULT_CONFIG};
 const CONFIG_TEMPLATE: &str = r#"# lockstep configuration. Flags and environment variables override it:
 # --database-url, then LOCKSTEP_DATABASE_URL, then DATABASE_URL.
 
-# The database: sqlite://FILE (relative to this file), or
-# postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE. Keep passwords out of
-# this file: set LOCKSTEP_DATABASE_URL in the environment instead.
+# The database: sqlite://FILE (relative to this file),
+# postgres://USER@HOST:PORT/DATABASE or mysql://USER@HOST:PORT/DATABASE.
+# Keep passwords out of this file: set LOCKSTEP_DATABASE_URL in the
+# environment instead.
 database_url = "sqlite://lockstep.db"
 
 # The directory of migration files, relative to this file.
@@ -25,6 +26,31 @@ migrations = "migrations"
 
 # The table that records applied migrations (optionally `schema.table`).
 # history_table = "lockstep_history"
+
+# Whose files the directory holds: auto (each file as it comes, one layout
+# per directory), lockstep, golang-migrate, sqlx, dbmate, goose or diesel.
+# format = "auto"
+
+# The migration lock (the values shown are the defaults).
+# [lock]
+# How long a run waits for another run's lock before giving up (exit 3).
+# timeout = "5m"
+# The lease: a holder that stops renewing it (a crash, a lost network)
+# is taken over this long after its last renewal; a holder whose
+# session is seen dead, at once.
+# ttl = "30s"
+
+# How a migration's statements wait for table locks that the
+# application holds (the values shown are the defaults).
+# [statements]
+# A statement waits at most this long for a lock, then its migration is
+# rolled back and tried again (0: no bound).
+# lock_timeout = "5s"
+# At most this long for a statement to run (0: no bound).
+# timeout = "0"
+# How many times, and for how long in all, a migration is tried again.
+# lock_retries = 10
+# lock_retry_for = "10m"
 "#;
 
 pub fn init(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError> {
@@ -48,10 +74,18 @@ pub fn init(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError
         })?;
     file.write_all(CONFIG_TEMPLATE.as_bytes())
         .map_err(|e| CliError::io(format!("cannot write {}: {e}", config.display())))?;
+    let existed = migrations.is_dir();
     fs::create_dir_all(&migrations)
         .map_err(|e| CliError::io(format!("cannot create {}: {e}", migrations.display())))?;
     printer.line(&format!("created {}", config.display()));
-    printer.line(&format!("created {}/", migrations.display()));
+    if existed {
+        printer.line(&format!(
+            "{}/ exists already: kept as it is",
+            migrations.display()
+        ));
+    } else {
+        printer.line(&format!("created {}/", migrations.display()));
+    }
     printer.note("next: `lockstep new create_first_table`, write its SQL, then `lockstep upgrade`");
     printer.document("init", Exit::Success, || json::Init {
         config: config.display().to_string(),
@@ -267,6 +301,79 @@ fn next_version(existing: &[(u64, usize)], now: u64) -> Option<u64> {
         None => now,
     };
     (next <= Migration::MAX_VERSION).then_some(next)
+}
+
+/// `database create`: the database the URL names, unless it is there.
+pub fn create_database(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliError> {
+    let url = settings.database()?;
+    let result = lockstep::create_database(url)?;
+    printer.line(&match result {
+        lockstep::DatabaseChange::AlreadyThere => {
+            format!("{url} exists already: nothing to create")
+        }
+        _ => format!("created {url}"),
+    });
+    printer.document("database create", Exit::Success, || json::DatabaseDoc {
+        database: url.to_string(),
+        result: result.as_str(),
+    });
+    Ok(Exit::Success)
+}
+
+/// `database drop`: the database the URL names, after asking on a
+/// terminal.
+pub fn drop_database(
+    settings: &Settings,
+    printer: &mut Printer,
+    args: &DropArgs,
+) -> Result<Exit, CliError> {
+    let url = settings.database()?;
+    if !args.yes {
+        if !printer.can_ask() {
+            return Err(CliError::usage(
+                "`database drop` needs confirmation and there is no terminal to ask on",
+            )
+            .with_hint("pass --yes to drop it without asking"));
+        }
+        if !printer.confirm(&format!("drop {url} and everything in it?")) {
+            printer.line("nothing was dropped");
+            return Ok(Exit::Success);
+        }
+    }
+    let result = lockstep::drop_database(url)?;
+    printer.line(&match result {
+        lockstep::DatabaseChange::NotThere => format!("{url} does not exist: nothing to drop"),
+        _ => format!("dropped {url}"),
+    });
+    printer.document("database drop", Exit::Success, || json::DatabaseDoc {
+        database: url.to_string(),
+        result: result.as_str(),
+    });
+    Ok(Exit::Success)
+}
+
+/// How often `wait` says what it is waiting for.
+const WAIT_NOTE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `wait`: until the database's server accepts connections.
+pub fn wait(settings: &Settings, printer: &mut Printer, args: &WaitArgs) -> Result<Exit, CliError> {
+    let url = settings.database()?;
+    let mut said: Option<std::time::Instant> = None;
+    let waited = lockstep::wait_for_database(url, args.timeout, &mut |e| {
+        if said.is_none_or(|at| at.elapsed() >= WAIT_NOTE_EVERY) {
+            printer.note(&format!("waiting: {e}"));
+            said = Some(std::time::Instant::now());
+        }
+    })?;
+    printer.line(&format!(
+        "{url} accepts connections (waited {})",
+        printer.duration(waited)
+    ));
+    printer.document("wait", Exit::Success, || json::Wait {
+        database: url.to_string(),
+        waited_ms: u64::try_from(waited.as_millis()).unwrap_or(u64::MAX),
+    });
+    Ok(Exit::Success)
 }
 
 #[cfg(test)]

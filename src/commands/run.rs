@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use lockstep::{
-    Direction, Event, Kind, LockEvent, Named, Observer, RollbackOptions, RunReport, Target,
+    Direction, Event, Kind, LockEvent, Named, Observer, RollbackOptions, RunReport, State, Target,
     UpgradeOptions,
 };
 
@@ -31,7 +31,26 @@ pub fn upgrade(
         connect(settings, printer, &args.lock, Some(&args.statements))
     })?;
     let result = migrator.upgrade(&set, &options, &mut Progress::new(printer));
-    finish(printer, "upgrade", result, started.elapsed())
+    // Up to date up to a target: say so, and what lies beyond it.
+    let reached = match (&result, args.to) {
+        (Ok(report), Some(to)) if report.steps.is_empty() => {
+            let history = migrator.history().unwrap_or_default();
+            let beyond = set
+                .status(&history)
+                .filter(|e| e.state == State::Pending && e.version > to)
+                .count();
+            Some(if beyond == 0 {
+                format!("version {to} is reached already: nothing to apply")
+            } else {
+                format!(
+                    "version {to} is reached already: nothing to apply up to it ({} after it)",
+                    plural(beyond, "migration pending", "migrations pending")
+                )
+            })
+        }
+        _ => None,
+    };
+    finish(printer, "upgrade", result, started.elapsed(), reached)
 }
 
 pub fn rollback(
@@ -39,16 +58,35 @@ pub fn rollback(
     printer: &mut Printer,
     args: &RollbackArgs,
 ) -> Result<Exit, CliError> {
+    let count = if args.all { Some(u64::MAX) } else { args.count };
     let options = RollbackOptions {
-        target: target(args.to, args.count),
+        target: target(args.to, count),
         dry_run: args.dry_run,
     };
     let started = Instant::now();
     let (set, mut migrator) = load_and_connect(settings, || {
         connect(settings, printer, &args.lock, Some(&args.statements))
     })?;
+    if args.all && !args.yes && !args.dry_run {
+        if !printer.can_ask() {
+            return Err(CliError::usage(
+                "`rollback --all` needs confirmation and there is no terminal to ask on",
+            )
+            .with_hint("pass --yes to roll back every applied migration without asking"));
+        }
+        let applied = migrator.history()?.len();
+        let question = format!(
+            "roll back all {} on {}?",
+            plural(applied, "applied migration", "applied migrations"),
+            settings.database()?
+        );
+        if !printer.confirm(&question) {
+            printer.line("nothing was rolled back");
+            return Ok(Exit::Success);
+        }
+    }
     let result = migrator.rollback(&set, &options, &mut Progress::new(printer));
-    finish(printer, "rollback", result, started.elapsed())
+    finish(printer, "rollback", result, started.elapsed(), None)
 }
 
 fn target(to: Option<u64>, count: Option<u64>) -> Target {
@@ -63,6 +101,7 @@ fn finish(
     command: &str,
     result: Result<RunReport, lockstep::Error>,
     elapsed: Duration,
+    nothing_done: Option<String>,
 ) -> Result<Exit, CliError> {
     printer.end_progress();
     let report = result?;
@@ -101,7 +140,7 @@ fn finish(
             printer.line(&line);
         }
         if n == 0 {
-            printer.line(&nothing(report.direction));
+            printer.line(&nothing_done.unwrap_or_else(|| nothing(report.direction)));
         } else {
             printer.line(&format!(
                 "dry run: {} would be {done}; nothing was changed",
@@ -109,7 +148,7 @@ fn finish(
             ));
         }
     } else if n == 0 {
-        printer.line(&nothing(report.direction));
+        printer.line(&nothing_done.unwrap_or_else(|| nothing(report.direction)));
     } else {
         let summary = format!(
             "{done} {} in {}",

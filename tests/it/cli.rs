@@ -63,6 +63,18 @@ fn help_for_every_command() {
 }
 
 #[test]
+fn help_names_each_alias_once() {
+    let p = sqlite();
+    let run = p.run(&["lock", "release", "--help"]);
+    run.ok();
+    assert_eq!(run.stdout.matches("unlock").count(), 1, "{}", run.stdout);
+    // `repair` is a command of its own, not `fix` without its subcommand.
+    let run = p.run(&["repair", "--help"]);
+    run.ok();
+    assert!(run.stdout.contains("fix checksums"), "{}", run.stdout);
+}
+
+#[test]
 fn usage_errors_exit_2_also_in_json() {
     let p = sqlite();
     p.run(&["frobnicate"]).code(2);
@@ -216,4 +228,59 @@ fn quickstart_example_applies_and_rolls_back() {
     assert!(!p.db.table_exists("users"));
     run(&["upgrade"]).ok();
     assert_eq!(p.db.history().len(), 4);
+}
+
+#[test]
+fn completions_for_every_shell() {
+    let p = sqlite();
+    for (shell, marker) in [
+        ("bash", "_lockstep()"),
+        ("zsh", "#compdef lockstep"),
+        ("fish", "complete -c lockstep"),
+        ("powershell", "Register-ArgumentCompleter"),
+        ("elvish", "edit:completion:arg-completer[lockstep]"),
+    ] {
+        let run = p.run(&["completions", shell]);
+        run.ok();
+        assert!(run.stdout.contains(marker), "{shell}: {}", run.stdout);
+        for word in ["upgrade", "rollback", "single-transaction", "lock"] {
+            assert!(run.stdout.contains(word), "{shell} lacks {word}");
+        }
+    }
+    p.run(&["completions", "tcsh"]).code(2);
+}
+
+#[test]
+fn manual_pages_for_lockstep_and_each_command() {
+    let p = sqlite();
+    let top = p.run(&["man"]);
+    top.ok();
+    assert!(top.stdout.contains(".TH lockstep 1"), "{}", top.stdout);
+    assert!(top.stdout.contains("upgrade"), "{}", top.stdout);
+    let upgrade = p.run(&["man", "upgrade"]);
+    upgrade.ok();
+    assert!(
+        upgrade.stdout.contains(".TH lockstep-upgrade 1"),
+        "{}",
+        upgrade.stdout
+    );
+    assert!(
+        upgrade.stdout.contains("single\\-transaction"),
+        "{}",
+        upgrade.stdout
+    );
+    let nested = p.run(&["man", "lock", "status"]);
+    nested.ok();
+    assert!(
+        nested.stdout.contains(".TH lockstep-lock-status 1"),
+        "{}",
+        nested.stdout
+    );
+    let unknown = p.run(&["man", "frobnicate"]);
+    unknown.code(2);
+    assert!(unknown.stderr.contains("no command `lockstep frobnicate`"));
+    p.run(&["man", "--dir", "pages"]).ok();
+    for page in ["lockstep.1", "lockstep-upgrade.1", "lockstep-lock-status.1"] {
+        assert!(p.path(&format!("pages/{page}")).is_file(), "{page}");
+    }
 }

@@ -5,6 +5,48 @@ fn sqlite() -> Project {
 }
 
 #[test]
+fn init_says_when_the_migrations_directory_was_there() {
+    let p = sqlite();
+    p.migration("1_a.sql", "-- upgrade\nSELECT 1;\n");
+    let init = p.run(&["init"]);
+    init.ok();
+    assert_eq!(
+        init.stdout,
+        "created lockstep.toml\nmigrations/ exists already: kept as it is\n"
+    );
+    assert!(p.path("migrations/1_a.sql").is_file());
+}
+
+#[test]
+fn the_config_init_writes_shows_every_setting_with_its_default() {
+    let p = sqlite();
+    p.run(&["init"]).ok();
+    let written = std::fs::read_to_string(p.path("lockstep.toml")).unwrap();
+    for section in ["# [lock]", "# [statements]"] {
+        assert!(written.contains(section), "{written}");
+    }
+    // Every commented setting, switched on, is one the file takes.
+    let on: String = written
+        .lines()
+        .map(|line| match line.strip_prefix("# ") {
+            Some(rest) if rest.starts_with('[') || rest.contains(" = ") => rest,
+            _ => line,
+        })
+        .map(|line| format!("{line}\n"))
+        .collect();
+    for setting in [
+        "\n[lock]\n",
+        "\ntimeout = \"5m\"\n",
+        "\nlock_retries = 10\n",
+    ] {
+        assert!(on.contains(setting), "{on}");
+    }
+    std::fs::write(p.path("lockstep.toml"), on).unwrap();
+    let run = p.run(&["status"]);
+    run.ok();
+}
+
+#[test]
 fn init_then_new_then_upgrade_uses_the_config_file() {
     let p = sqlite();
     std::fs::remove_dir(p.path("migrations")).unwrap();

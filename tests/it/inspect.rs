@@ -141,11 +141,21 @@ both!(validate_reports_drift, |p| {
         "1_a.sql",
         "-- upgrade\nCREATE TABLE a (id bigint);\n-- rollback\nDROP TABLE a;\n",
     );
+    let recorded =
+        p.db.value("SELECT checksum FROM lockstep_history WHERE version = 1");
     let run = p.run(&["validate"]);
     run.code(4);
+    // The file, and both checksums, as `status --json` shows them in full.
+    let now = p.run(&["status", "--json"]).json()["migrations"][0]["checksum"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(
-        run.stderr
-            .contains("applied migration changed since it was applied: 1 a"),
+        run.stderr.contains(&format!(
+            "applied migration changed since it was applied: 1 a (migrations/1_a.sql is {}, history recorded {})",
+            &now[..19],
+            &recorded[..19]
+        )),
         "{}",
         run.stderr
     );
@@ -157,6 +167,10 @@ both!(validate_reports_drift, |p| {
     );
     let doc = p.run(&["validate", "--json"]).json();
     assert_eq!(doc["error"]["code"], "modified");
+    let m = &doc["error"]["migrations"][0];
+    assert_eq!(m["file"], "migrations/1_a.sql");
+    assert_eq!(m["checksum"], now.as_str());
+    assert_eq!(m["recorded_checksum"], recorded.as_str());
     assert_eq!(doc["exit_code"], 4);
 });
 
@@ -233,3 +247,40 @@ both!(
         assert_eq!(outside, [ddl, true, false]);
     }
 );
+
+#[test]
+fn a_sqlite_file_that_does_not_exist_is_said_to() {
+    let p = Project::new(crate::util::Backend::Sqlite).unwrap();
+    p.migration("1_a.sql", "-- upgrade\nCREATE TABLE a (id integer);\n");
+    // A directory that does not exist: a mistyped path, for every command.
+    for args in [&["status"][..], &["history"], &["upgrade"]] {
+        let mut args = args.to_vec();
+        args.extend(["-d", "sqlite://nonexistent_dir/x.db"]);
+        let run = p.run(&args);
+        run.code(1);
+        assert!(
+            run.stderr
+                .contains("hint: the directory `nonexistent_dir` does not exist"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
+    // A file that does not exist yet reads as empty, and is said to.
+    let run = p.run(&["status", "-d", "sqlite://new.db"]);
+    run.ok();
+    assert!(
+        run.stderr
+            .contains("note: the database file new.db does not exist yet"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stdout.contains("0 applied, 1 pending"),
+        "{}",
+        run.stdout
+    );
+    assert!(!p.path("new.db").exists());
+    p.run(&["upgrade", "-d", "sqlite://new.db"]).ok();
+    let run = p.run(&["status", "-d", "sqlite://new.db"]);
+    assert_eq!(run.stderr, "");
+}

@@ -821,28 +821,7 @@ fn lock_release_asks_on_a_terminal() {
     });
     holder.signal(libc::SIGKILL);
     holder.finish();
-    let ask = |answer: &str| {
-        let command = format!("{} lock release", env!("CARGO_BIN_EXE_lockstep"));
-        let mut cmd = std::process::Command::new("script");
-        cmd.args(["-qec", &command, "/dev/null"])
-            .current_dir(p.dir.path())
-            .env("LOCKSTEP_DATABASE_URL", p.db.url())
-            .env("LOCKSTEP_STABLE_OUTPUT", "1")
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped());
-        let mut child = cmd
-            .spawn()
-            .expect("`script` (util-linux) gives the command a terminal");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(answer.as_bytes())
-            .unwrap();
-        crate::util::Run::from(child.wait_with_output().unwrap())
-    };
+    let ask = |answer: &str| p.run_on_terminal("lock release", answer);
     let no = ask("n\n");
     no.ok();
     assert!(

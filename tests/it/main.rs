@@ -9,6 +9,7 @@ mod util;
 mod chaos;
 mod cli;
 mod config;
+mod database;
 mod engine;
 mod failover;
 mod files;

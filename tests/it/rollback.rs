@@ -60,6 +60,16 @@ both!(
         let doc = p.run(&["rollback", "--count", "3", "--json"]).json();
         assert_eq!(doc["error"]["code"], "no_rollback_section");
         assert_eq!(doc["error"]["migrations"][0]["version"], 5);
+        // As the hint says: the section added, its checksum recorded.
+        assert!(run.stderr.contains("then run `lockstep fix checksums`"));
+        p.migration(
+            "5_e.sql",
+            "-- upgrade\nCREATE TABLE e (id integer);\n-- rollback\nDROP TABLE e;\n",
+        );
+        p.run(&["rollback", "--count", "3"]).code(4);
+        p.run(&["fix", "checksums"]).ok();
+        p.run(&["rollback", "--count", "3"]).ok();
+        assert_eq!(p.db.history().len(), 3);
     }
 );
 
@@ -150,4 +160,40 @@ both!(flyway_undo_files_roll_back_their_migrations, |p| {
     p.run(&["rollback", "--count", "2"]).ok();
     assert!(!p.db.table_exists("users") && !p.db.table_exists("posts"));
     assert!(p.db.history().is_empty());
+});
+
+both!(rollback_all_reverts_everything_after_confirmation, |p| {
+    four(&p);
+    p.run(&["upgrade"]).ok();
+    // No terminal to ask on: refused, nothing reverted.
+    let run = p.run(&["rollback", "--all"]);
+    run.code(2);
+    assert!(run.stderr.contains("pass --yes"), "{}", run.stderr);
+    assert_eq!(p.db.history().len(), 4);
+    let dry = p.run(&["rollback", "--all", "--dry-run"]);
+    dry.ok();
+    assert!(
+        dry.stdout
+            .contains("dry run: 4 migrations would be rolled back"),
+        "{}",
+        dry.stdout
+    );
+    // On a terminal it asks first.
+    let no = p.run_on_terminal("rollback --all", "n\n");
+    no.ok();
+    assert!(
+        no.stdout.contains("roll back all 4 applied migrations on ")
+            && no.stdout.contains("[y/N]")
+            && no.stdout.contains("nothing was rolled back"),
+        "{}",
+        no.stdout
+    );
+    assert_eq!(p.db.history().len(), 4);
+    let yes = p.run_on_terminal("rollback --all", "y\n");
+    yes.ok();
+    assert!(p.db.history().is_empty());
+    p.run(&["upgrade"]).ok();
+    p.run(&["rollback", "--all", "--yes"]).ok();
+    assert!(p.db.history().is_empty());
+    p.run(&["rollback", "--all", "--to", "1"]).code(2);
 });

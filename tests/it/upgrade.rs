@@ -683,3 +683,28 @@ both!(a_lock_table_dropped_by_hand_is_made_again, |p| {
     assert_eq!(p.db.value("SELECT count(*) FROM posts"), "1");
     assert_eq!(p.db.value("SELECT count(*) FROM lockstep_lock"), "1");
 });
+
+both!(a_target_already_reached_says_so_and_what_lies_beyond, |p| {
+    for v in 1..=4 {
+        p.migration(
+            &format!("{v}_m{v}.sql"),
+            &format!("-- upgrade\nCREATE TABLE t{v} (id integer);\n"),
+        );
+    }
+    p.run(&["upgrade", "--to", "2"]).ok();
+    let run = p.run(&["upgrade", "--to", "2"]);
+    run.ok();
+    assert_eq!(
+        run.stdout,
+        "version 2 is reached already: nothing to apply up to it (2 migrations pending after it)\n"
+    );
+    p.run(&["upgrade"]).ok();
+    let run = p.run(&["upgrade", "--to", "3"]);
+    run.ok();
+    assert_eq!(
+        run.stdout,
+        "version 3 is reached already: nothing to apply\n"
+    );
+    let plain = p.run(&["upgrade"]);
+    assert_eq!(plain.stdout, "database is up to date: nothing to apply\n");
+});

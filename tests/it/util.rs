@@ -504,6 +504,30 @@ impl Project {
     }
 
     /// Runs the binary to completion.
+    /// Runs `lockstep {args}` (one string, as a shell reads it) on a
+    /// terminal of its own, typing `answer` at it: for what asks first.
+    pub fn run_on_terminal(&self, args: &str, answer: &str) -> Run {
+        use std::io::Write;
+        let command = format!("{} {args}", env!("CARGO_BIN_EXE_lockstep"));
+        let mut child = Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .current_dir(self.dir.path())
+            .env("LOCKSTEP_DATABASE_URL", self.db.url())
+            .env("LOCKSTEP_STABLE_OUTPUT", "1")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("`script` (util-linux) gives the command a terminal");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        Run::from(child.wait_with_output().unwrap())
+    }
+
     pub fn run(&self, args: &[&str]) -> Run {
         Run::from(self.command(args).output().unwrap())
     }

@@ -252,6 +252,19 @@ impl Error {
         matches!(self, Error::Database { db, .. } if db.is_retryable())
     }
 
+    /// A connection failed in a way that waiting may mend: the server is
+    /// not up yet (refused, no socket, no answer, starting up), not a
+    /// wrong password or certificate.
+    pub(crate) fn is_retryable_connect(&self) -> bool {
+        let Error::Connect { message, .. } = self else {
+            return false;
+        };
+        let message = message.to_lowercase();
+        !["password", "authentication", "access denied", "certificate"]
+            .iter()
+            .any(|word| message.contains(word))
+    }
+
     /// Another connection kept the database locked (SQLite's busy timeout).
     pub(crate) fn is_busy(&self) -> bool {
         matches!(self, Error::Database { db, .. } if db.class == DbClass::Busy)
@@ -311,6 +324,8 @@ impl Error {
     pub fn remedy(&self) -> Option<Remedy> {
         match self {
             Error::Source(e) => e.remedy.clone(),
+            // A parameter's error names the values it takes.
+            Error::Url(e) if e.is_in_parameter() => None,
             Error::Url(_) => Some(Remedy::FixUrl),
             Error::Config { remedy, .. } | Error::Connect { remedy, .. } => remedy.clone(),
             Error::Target(TargetError::UnknownVersion(_)) => Some(Remedy::ListVersions),
@@ -325,7 +340,7 @@ impl Error {
                 },
                 Refusal::OutOfOrder { .. } => Remedy::RenumberOrAllowOutOfOrder,
                 Refusal::NoDown(m) => Remedy::Text(format!(
-                    "add a `-- rollback` section to migration {m}, or roll back to a version after it"
+                    "add a `-- rollback` section (or a `.down.sql` file) to migration {m}, then run `lockstep fix checksums`: the rollback is part of the migration's checksum; or roll back to a version after it"
                 )),
             }),
             Error::Database { db, .. } if db.class == DbClass::ReadOnly => Some(Remedy::UsePrimary),
@@ -348,6 +363,23 @@ impl Error {
             Error::ForeignTable { .. } => Some(Remedy::ChooseHistoryTable { suggestion: None }),
         }
     }
+}
+
+/// An applied migration that changed: its file and both checksums, and
+/// its old name when the file was renamed.
+fn changed(c: &crate::plan::Changed) -> String {
+    let renamed = c
+        .recorded_name
+        .as_ref()
+        .map(|old| format!(", renamed from `{old}`"))
+        .unwrap_or_default();
+    format!(
+        "{} ({} is {}, history recorded {}{renamed})",
+        c.migration,
+        c.file.display(),
+        c.checksum.short(),
+        c.recorded.short()
+    )
 }
 
 fn list(items: &[Named]) -> String {
@@ -452,17 +484,24 @@ impl fmt::Display for Error {
 /// Why a plan was refused.
 fn refused(f: &mut fmt::Formatter<'_>, r: &Refusal) -> fmt::Result {
     match r {
-        Refusal::Modified(items) => write!(
-            f,
-            "applied migration{} changed since {} applied: {}",
-            plural(items.len()),
-            if items.len() == 1 {
-                "it was"
-            } else {
-                "they were"
-            },
-            list(items)
-        ),
+        Refusal::Modified(items) => {
+            let shown: Vec<String> = items.iter().take(10).map(changed).collect();
+            write!(
+                f,
+                "applied migration{} changed since {} applied: {}",
+                plural(items.len()),
+                if items.len() == 1 {
+                    "it was"
+                } else {
+                    "they were"
+                },
+                shown.join("; ")
+            )?;
+            if items.len() > 10 {
+                write!(f, "; and {} more", items.len() - 10)?;
+            }
+            Ok(())
+        }
         Refusal::Missing(items) => write!(
             f,
             "applied migration{} missing from the migrations directory: {}",

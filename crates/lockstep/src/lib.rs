@@ -204,10 +204,13 @@ pub use error::{
 pub use history::{HistoryRow, RepeatRow, RowState, TableName};
 pub use lock::{LockBusy, LockEvent, LockInfo, LockLost, LockOptions, LockState, LogEntry};
 pub use migrator::{
-    CancelHandle, DirtyResolution, Event, Fixed, Imported, Migrator, Observer, Options,
-    RollbackOptions, RunReport, Tool, UpgradeOptions,
+    create_database, drop_database, wait_for_database, CancelHandle, DatabaseChange,
+    DirtyResolution, Event, Fixed, Imported, Migrator, Observer, Options, RollbackOptions,
+    RunReport, Tool, UpgradeOptions,
 };
-pub use plan::{Refusal, RepeatState, RepeatStatus, State, StatusEntry, Target, TargetError};
+pub use plan::{
+    Changed, Refusal, RepeatState, RepeatStatus, State, StatusEntry, Target, TargetError,
+};
 pub use source::{
     Checksum, Format, Hook, Kind, Layout, Migration, MigrationSet, Named, Repeat, Section,
     SourceError, Step,

@@ -1,7 +1,7 @@
 //! Planning: migrations on disk plus history rows in, a plan or a refusal
 //! out. Pure functions, no database.
 use crate::history::{HistoryRow, RepeatRow, RowState};
-use crate::source::{Kind, Migration, MigrationSet, Named, Repeat};
+use crate::source::{Checksum, Kind, Migration, MigrationSet, Named, Repeat};
 
 /// What a migration is, comparing its file with its history row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,11 +244,39 @@ fn entry<'a>(
     }
 }
 
+/// An applied migration whose file changed since: what it is now, and
+/// what history recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// The migration, as its file names it.
+    pub migration: Named,
+    /// Its file (the `.up.sql` of a pair).
+    pub file: std::path::PathBuf,
+    /// The file's checksum now.
+    pub checksum: Checksum,
+    /// The checksum history recorded.
+    pub recorded: Checksum,
+    /// The name history recorded, when the file was renamed.
+    pub recorded_name: Option<String>,
+}
+
+impl Changed {
+    fn of(m: &Migration, r: &HistoryRow) -> Changed {
+        Changed {
+            migration: Named::of(m),
+            file: m.up.path.clone(),
+            checksum: m.checksum.clone(),
+            recorded: r.checksum.clone(),
+            recorded_name: (r.name != m.name).then(|| r.name.clone()),
+        }
+    }
+}
+
 /// Why a plan was refused. Each is exit code 4 in the CLI.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
     /// Applied migrations whose files changed since.
-    Modified(Vec<Named>),
+    Modified(Vec<Changed>),
     /// Applied migrations whose files are gone.
     Missing(Vec<Named>),
     /// No-transaction migrations that started and never finished.
@@ -309,17 +337,20 @@ fn named(version: u64, name: &str) -> Named {
 #[derive(Default)]
 struct Drift {
     dirty: Vec<Named>,
-    modified: Vec<Named>,
+    modified: Vec<Changed>,
     missing: Vec<Named>,
 }
 
 impl Drift {
     fn note(&mut self, e: &StatusEntry<'_>) {
-        let list = match e.state {
-            State::Dirty => &mut self.dirty,
-            State::Modified => &mut self.modified,
-            State::Missing => &mut self.missing,
-            State::Applied | State::Pending => return,
+        let list = match (e.state, e.migration, e.row) {
+            (State::Modified, Some(m), Some(r)) => {
+                self.modified.push(Changed::of(m, r));
+                return;
+            }
+            (State::Dirty, ..) => &mut self.dirty,
+            (State::Missing, ..) => &mut self.missing,
+            _ => return,
         };
         list.push(named(e.version, e.name));
     }
@@ -435,7 +466,13 @@ pub fn plan_rollback<'a>(
     if !missing.is_empty() {
         return Err(Refusal::Missing(missing).into());
     }
-    let modified = with(State::Modified);
+    let modified: Vec<Changed> = selected
+        .iter()
+        .filter_map(|(m, e)| match (m, e.row) {
+            (Some(m), Some(r)) if e.state == State::Modified => Some(Changed::of(m, r)),
+            _ => None,
+        })
+        .collect();
     if !modified.is_empty() {
         return Err(Refusal::Modified(modified).into());
     }
@@ -467,7 +504,7 @@ mod tests {
     fn status<'a>(migrations: &'a [Migration], history: &'a [HistoryRow]) -> Vec<StatusEntry<'a>> {
         statuses(migrations, history).collect()
     }
-    use crate::source::{Checksum, Section};
+    use crate::source::Section;
     use std::path::PathBuf;
 
     fn m(version: u64, down: bool) -> Migration {
@@ -509,6 +546,21 @@ mod tests {
 
     fn n(version: u64) -> Named {
         named(version, &format!("m{version}"))
+    }
+
+    /// Migration `version` of `m`, changed since history recorded it with
+    /// the checksum `sha256:other` (and `name`, when renamed).
+    fn changed(version: u64, name: Option<&str>) -> Changed {
+        Changed {
+            migration: n(version),
+            file: PathBuf::from(format!("{version}_m{version}.sql")),
+            checksum: Checksum::parse(&format!("sha256:{version}")),
+            recorded: match name {
+                Some(_) => Checksum::parse(&format!("sha256:{version}")),
+                None => Checksum::parse("sha256:other"),
+            },
+            recorded_name: name.map(str::to_string),
+        }
     }
 
     const ALL: Target = Target {
@@ -633,7 +685,10 @@ mod tests {
         let mut started = row(2);
         started.state = RowState::Started;
         let table: Vec<(Vec<HistoryRow>, PlanError)> = vec![
-            (vec![changed.clone()], Refusal::Modified(vec![n(1)]).into()),
+            (
+                vec![changed.clone()],
+                Refusal::Modified(vec![self::changed(1, None)]).into(),
+            ),
             (vec![row(1), row(9)], Refusal::Missing(vec![n(9)]).into()),
             // Dirty comes first: it is the most urgent.
             (vec![changed, started], Refusal::Dirty(vec![n(2)]).into()),
@@ -657,7 +712,7 @@ mod tests {
         renamed.name = "old_name".into();
         assert_eq!(
             plan_upgrade(&files, &[renamed], ALL, false).unwrap_err(),
-            Refusal::Modified(vec![n(1)]).into()
+            Refusal::Modified(vec![self::changed(1, Some("old_name"))]).into()
         );
         assert_eq!(
             plan_upgrade(
@@ -701,10 +756,13 @@ mod tests {
         let mut changed = row(3);
         changed.checksum = Checksum::parse("sha256:other");
         let history = vec![changed, row(9), row(1)];
-        assert_eq!(check(&files, &history), Err(Refusal::Modified(vec![n(3)])));
+        assert_eq!(
+            check(&files, &history),
+            Err(Refusal::Modified(vec![self::changed(3, None)]))
+        );
         assert_eq!(
             plan_upgrade(&files, &history, ALL, true).unwrap_err(),
-            Refusal::Modified(vec![n(3)]).into()
+            Refusal::Modified(vec![self::changed(3, None)]).into()
         );
         let history = vec![row(2), row(1), row(3)];
         let to_one = Target {

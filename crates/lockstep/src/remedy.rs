@@ -97,7 +97,9 @@ impl fmt::Display for Remedy {
         match self {
             Remedy::Text(text) => f.write_str(text),
             Remedy::CreateMigrations => f.write_str("create the migrations directory, or load another"),
-            Remedy::FixUrl => f.write_str("use `sqlite://FILE`, `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE` or `mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE`"),
+            // No `USER:PASSWORD@` in it: the redaction of every error
+            // would hide its middle.
+            Remedy::FixUrl => f.write_str("use `sqlite://FILE`, `postgres://USER@HOST:PORT/DATABASE` or `mysql://USER@HOST:PORT/DATABASE` (a password follows the user, after a colon)"),
             Remedy::ListVersions => f.write_str("list the versions with `Migrator::validate`"),
             Remedy::ListApplied => f.write_str("list the applied versions with `Migrator::history`"),
             Remedy::ListDirty => f.write_str("list the dirty migrations with `Migrator::history`"),

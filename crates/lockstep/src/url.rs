@@ -244,18 +244,45 @@ impl PgTarget {
 
 /// Why a URL was refused. Never holds any part of the URL's authority.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UrlError(String);
+pub struct UrlError {
+    message: String,
+    /// A query parameter's value is wrong (the message names the values
+    /// it takes); the URL's form is right.
+    in_parameter: bool,
+}
+
+impl UrlError {
+    fn new(message: impl Into<String>) -> UrlError {
+        UrlError {
+            message: message.into(),
+            in_parameter: false,
+        }
+    }
+
+    /// The same error, in a query parameter.
+    fn in_parameter(self) -> UrlError {
+        UrlError {
+            in_parameter: true,
+            ..self
+        }
+    }
+
+    /// Whether a query parameter was wrong, rather than the URL's form.
+    pub fn is_in_parameter(&self) -> bool {
+        self.in_parameter
+    }
+}
 
 impl fmt::Display for UrlError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "invalid database URL: {}", self.0)
+        write!(f, "invalid database URL: {}", self.message)
     }
 }
 
 impl std::error::Error for UrlError {}
 
 fn err<T>(msg: impl Into<String>) -> Result<T, UrlError> {
-    Err(UrlError(msg.into()))
+    Err(UrlError::new(msg))
 }
 
 impl FromStr for DatabaseUrl {
@@ -306,10 +333,11 @@ fn parse_sqlite(rest: &str) -> Result<Endpoint, UrlError> {
     };
     if let Some(query) = query.filter(|q| !q.is_empty()) {
         let key = query.split(['=', '&']).next().unwrap_or_default();
-        return err(format!(
+        return Err(UrlError::new(format!(
             "unknown SQLite URL parameter `{}`; SQLite URLs take none",
             percent_decode(key).unwrap_or_default()
-        ));
+        ))
+        .in_parameter());
     }
     if path.is_empty() {
         return err("an SQLite URL needs a file path, as in `sqlite://app.db`");
@@ -318,7 +346,7 @@ fn parse_sqlite(rest: &str) -> Result<Endpoint, UrlError> {
         return Ok(Endpoint::Sqlite(SqliteTarget::Memory));
     }
     let path = percent_decode(path)
-        .ok_or_else(|| UrlError("bad percent-encoding in the SQLite path".into()))?;
+        .ok_or_else(|| UrlError::new("bad percent-encoding in the SQLite path"))?;
     Ok(Endpoint::Sqlite(SqliteTarget::File(PathBuf::from(path))))
 }
 
@@ -386,7 +414,7 @@ fn split(rest: &str) -> Result<Split<'_>, UrlError> {
 fn connect_timeout(value: &str) -> Result<Option<Duration>, UrlError> {
     let v = decode(value, "connect_timeout")?;
     let secs: u64 = v.parse().map_err(|_| {
-        UrlError(format!(
+        UrlError::new(format!(
             "connect_timeout `{v}` is not a whole number of seconds"
         ))
     })?;
@@ -401,7 +429,7 @@ fn connect_timeout(value: &str) -> Result<Option<Duration>, UrlError> {
 fn secret(value: &str) -> Result<Secret, UrlError> {
     percent_decode(value)
         .map(Secret)
-        .ok_or_else(|| UrlError("bad percent-encoding in the password".into()))
+        .ok_or_else(|| UrlError::new("bad percent-encoding in the password"))
 }
 
 fn parse_postgres(rest: &str) -> Result<PgTarget, UrlError> {
@@ -417,7 +445,7 @@ fn parse_postgres(rest: &str) -> Result<PgTarget, UrlError> {
         ..PgParts::default()
     };
     for (key, value) in split.params {
-        parts.set(&key, value)?;
+        parts.set(&key, value).map_err(UrlError::in_parameter)?;
     }
     parts.target()
 }
@@ -465,7 +493,7 @@ impl PgParts {
             "target_session_attrs" => {
                 let v = decode(value, "target_session_attrs")?;
                 self.session_attrs = SessionAttrs::parse(&v).ok_or_else(|| {
-                    UrlError(format!(
+                    UrlError::new(format!(
                         "unknown target_session_attrs `{v}`; use any, read-write, read-only, primary, standby or prefer-standby"
                     ))
                 })?
@@ -475,7 +503,7 @@ impl PgParts {
             "sslmode" => {
                 let v = decode(value, "sslmode")?;
                 self.sslmode = Some(SslMode::parse(&v).ok_or_else(|| {
-                    UrlError(format!(
+                    UrlError::new(format!(
                         "unknown sslmode `{v}`; use disable, prefer, require, verify-ca or verify-full"
                     ))
                 })?)
@@ -629,26 +657,30 @@ fn parse_mysql(rest: &str) -> Result<MysqlTarget, UrlError> {
     let mut ssl_ca = None;
     let mut timeout = None;
     for (key, value) in split.params {
-        match key.as_str() {
-            "socket" => socket = Some(PathBuf::from(decode(value, "socket")?)),
-            "password" => password = Some(secret(value)?),
-            "ssl-mode" | "ssl_mode" | "sslmode" => {
-                let v = decode(value, "ssl-mode")?;
-                ssl_mode = Some(MysqlSslMode::parse(&v).ok_or_else(|| {
-                    UrlError(format!(
+        let mut set = || -> Result<(), UrlError> {
+            match key.as_str() {
+                "socket" => socket = Some(PathBuf::from(decode(value, "socket")?)),
+                "password" => password = Some(secret(value)?),
+                "ssl-mode" | "ssl_mode" | "sslmode" => {
+                    let v = decode(value, "ssl-mode")?;
+                    ssl_mode = Some(MysqlSslMode::parse(&v).ok_or_else(|| {
+                    UrlError::new(format!(
                         "unknown ssl-mode `{v}`; use disabled, preferred, required, verify_ca or verify_identity"
                     ))
                 })?);
-            }
-            "ssl-ca" | "ssl_ca" => ssl_ca = Some(PathBuf::from(decode(value, "ssl-ca")?)),
-            "connect_timeout" => timeout = connect_timeout(value)?,
-            other => {
-                return err(format!(
-                    "unknown parameter `{other}`; lockstep understands socket, password, \
+                }
+                "ssl-ca" | "ssl_ca" => ssl_ca = Some(PathBuf::from(decode(value, "ssl-ca")?)),
+                "connect_timeout" => timeout = connect_timeout(value)?,
+                other => {
+                    return err(format!(
+                        "unknown parameter `{other}`; lockstep understands socket, password, \
                      ssl-mode, ssl-ca and connect_timeout"
-                ))
+                    ))
+                }
             }
-        }
+            Ok(())
+        };
+        set().map_err(UrlError::in_parameter)?;
     }
     let Some(database) = split.database.filter(|d| !d.is_empty()) else {
         return err("a MariaDB/MySQL URL needs a database, as in `mysql://user@host/app`");
@@ -735,7 +767,7 @@ fn parse_port(p: &str) -> Result<u16, UrlError> {
 }
 
 fn decode(s: &str, what: &str) -> Result<String, UrlError> {
-    percent_decode(s).ok_or_else(|| UrlError(format!("bad percent-encoding in the {what}")))
+    percent_decode(s).ok_or_else(|| UrlError::new(format!("bad percent-encoding in the {what}")))
 }
 
 /// Decodes `%XX` escapes; `None` when an escape is malformed or the result is
@@ -814,6 +846,33 @@ impl DatabaseUrl {
             }
         }
         self
+    }
+
+    /// The database a server URL names, and the same URL naming the
+    /// server's database `other` instead: what creating or dropping the
+    /// first connects to. `None` for SQLite.
+    pub(crate) fn on_server(&self, other: &str) -> Option<(String, DatabaseUrl)> {
+        match &self.0 {
+            Endpoint::Postgres(t) => {
+                let mut on = t.clone();
+                on.dbname = other.to_string();
+                Some((t.dbname.clone(), DatabaseUrl(Endpoint::Postgres(on))))
+            }
+            Endpoint::Mysql(t) => {
+                let mut on = t.clone();
+                on.database = other.to_string();
+                Some((t.database.clone(), DatabaseUrl(Endpoint::Mysql(on))))
+            }
+            Endpoint::Sqlite(_) => None,
+        }
+    }
+
+    /// The SQLite database file this URL names; `None` for any other URL.
+    pub fn sqlite_file(&self) -> Option<&std::path::Path> {
+        match &self.0 {
+            Endpoint::Sqlite(SqliteTarget::File(path)) => Some(path),
+            _ => None,
+        }
     }
 
     /// The engine's name: `sqlite` or `postgres`.

@@ -24,9 +24,11 @@ use crate::waits::{Blocked, BlockedReport, StatementOptions, Watch};
 
 mod apply;
 mod commands;
+mod database;
 mod import;
 mod outline;
 
+pub use database::{create_database, drop_database, wait_for_database, DatabaseChange};
 pub use import::{Imported, Tool};
 
 use commands::{Fix, Rollback, Upgrade};

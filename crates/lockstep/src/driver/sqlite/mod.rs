@@ -229,6 +229,21 @@ impl SqliteDriver {
     /// when lockstep first writes (its tables, before the first migration),
     /// so that the migration files can be read and checked meanwhile.
     pub(crate) fn open(path: &Path, table: &TableName, writable: bool) -> Result<Self, Error> {
+        // Nothing can ever be made there: a mistyped path, not an empty
+        // database.
+        if let Some(dir) = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty() && !p.is_dir())
+        {
+            return Err(Error::Connect {
+                target: format!("sqlite://{}", path.display()),
+                message: "the database file's directory does not exist".into(),
+                remedy: Some(Remedy::Text(format!(
+                    "the directory `{}` does not exist: check the path",
+                    dir.display()
+                ))),
+            });
+        }
         let conn = if path.exists() {
             let flags = if writable {
                 OpenFlags::SQLITE_OPEN_READ_WRITE

@@ -243,8 +243,11 @@ fn a_release_of_the_lock_wakes_a_listening_driver() {
     // Where no watch can be made, the waiter says so, and polls.
     let memory = SqliteDriver::memory(&table).unwrap();
     assert!(!memory.can_notify());
-    let nowhere = Path::new("/proc/lockstep-no-such-dir/app.db");
-    let mut elsewhere = SqliteDriver::open(nowhere, &table, true).unwrap();
+    // (A directory gone since the driver opened: nothing to watch.)
+    let gone = dir.join("gone");
+    std::fs::create_dir(&gone).unwrap();
+    let mut elsewhere = SqliteDriver::open(&gone.join("app.db"), &table, true).unwrap();
+    std::fs::remove_dir(&gone).unwrap();
     assert!(!elsewhere.listen("scope").unwrap());
     assert!(!elsewhere.can_notify(), "not tried again at every poll");
     std::fs::remove_dir_all(&dir).unwrap();
