@@ -301,6 +301,8 @@ pub struct StatusJson {
     pub out_of_order: bool,
     pub has_rollback: Option<bool>,
     pub no_transaction: Option<bool>,
+    /// Its upgrade section holds no SQL yet; null when `missing`.
+    pub upgrade_empty: Option<bool>,
 }
 
 #[derive(Serialize)]

@@ -4,7 +4,9 @@
 use lockstep::{Kind, Repeat, RepeatState, RepeatStatus, State, StatusEntry};
 
 use super::table::{Cell, Streamed, Table};
-use super::{connect_read_only, load_and_connect, note_missing_file, plural};
+use super::{
+    connect_read_only, load_and_connect, load_drafts_and_connect, note_missing_file, plural,
+};
 use crate::cli::StatusArgs;
 use crate::error::{CliError, Exit};
 use crate::json;
@@ -16,7 +18,8 @@ pub fn status(
     printer: &mut Printer,
     args: &StatusArgs,
 ) -> Result<Exit, CliError> {
-    let (set, mut migrator) = load_and_connect(settings, || connect_read_only(settings))?;
+    // A file just made by `lockstep new` is shown, marked, not refused.
+    let (set, mut migrator) = load_drafts_and_connect(settings, || connect_read_only(settings))?;
     note_missing_file(settings, printer);
     let history = migrator.history()?;
     // Read only for a directory that has repeatable migrations: nothing
@@ -94,6 +97,22 @@ pub fn status(
             printer.block(&repeat_table(printer, &repeat_status));
         }
         printer.line(&summary(&counts));
+        let drafts: Vec<&lockstep::Migration> = set
+            .migrations()
+            .iter()
+            .chain(set.repeatables())
+            .filter(|m| m.is_unwritten())
+            .collect();
+        if let Some(first) = drafts.first() {
+            let which = match drafts.len() {
+                1 => format!("{} has", first.up.path.display()),
+                n => format!("{} and {} more have", first.up.path.display(), n - 1),
+            };
+            printer.note(&format!(
+                "{} {which} an empty upgrade section: write the SQL before `lockstep upgrade`",
+                printer.paint("hint:", Style::Hint, true)
+            ));
+        }
         if counts.modified + counts.missing + counts.dirty > 0 {
             printer.note(&format!(
                 "{} run `lockstep validate` for what to do",
@@ -170,6 +189,7 @@ fn status_json(e: &StatusEntry<'_>, outside: bool) -> json::StatusJson {
         out_of_order: e.out_of_order,
         has_rollback: e.migration.map(|m| m.down.is_some()),
         no_transaction: e.migration.map(|_| outside),
+        upgrade_empty: e.migration.map(lockstep::Migration::is_unwritten),
     }
 }
 
@@ -178,6 +198,9 @@ fn status_row<'a>(printer: &Printer, e: &StatusEntry<'a>) -> [Cell<'a>; 4] {
     let mut state = e.state.as_str().to_string();
     if e.out_of_order {
         state.push_str(" (out of order)");
+    }
+    if e.migration.is_some_and(lockstep::Migration::is_unwritten) {
+        state.push_str(" (empty)");
     }
     let style = match e.state {
         State::Applied => Style::Good,

@@ -211,17 +211,44 @@ fn load_and_connect(
     settings: &Settings,
     connect: impl FnOnce() -> Result<Migrator, CliError>,
 ) -> Result<(MigrationSet, Migrator), CliError> {
-    let dir = &settings.migrations;
+    load_with(
+        settings,
+        |dir, format| MigrationSet::load_as(dir, format),
+        connect,
+    )
+}
+
+/// [`load_and_connect`], with files still to write (an empty upgrade
+/// section) taken in: for `status`, which shows them.
+fn load_drafts_and_connect(
+    settings: &Settings,
+    connect: impl FnOnce() -> Result<Migrator, CliError>,
+) -> Result<(MigrationSet, Migrator), CliError> {
+    load_with(
+        settings,
+        |dir, format| MigrationSet::load_drafts_as(dir, format),
+        connect,
+    )
+}
+
+type Load = fn(&std::path::Path, lockstep::Format) -> Result<MigrationSet, lockstep::SourceError>;
+
+fn load_with(
+    settings: &Settings,
+    load: Load,
+    connect: impl FnOnce() -> Result<Migrator, CliError>,
+) -> Result<(MigrationSet, Migrator), CliError> {
+    let dir = settings.migrations.as_path();
     if settings.database()?.engine() != "postgres" {
         let migrator = connect().map(|mut migrator| {
             migrator.prefetch_history();
             migrator
         });
-        let set = MigrationSet::load_as(dir, settings.format)?;
+        let set = load(dir, settings.format)?;
         return Ok((set, migrator?));
     }
     std::thread::scope(|scope| {
-        let loading = scope.spawn(|| MigrationSet::load_as(dir, settings.format));
+        let loading = scope.spawn(|| load(dir, settings.format));
         let migrator = connect().map(|mut migrator| {
             migrator.prefetch_history();
             migrator

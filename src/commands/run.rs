@@ -7,7 +7,7 @@ use lockstep::{
     UpgradeOptions,
 };
 
-use super::{connect, load_and_connect, plural, step_json};
+use super::{connect, load_and_connect, load_drafts_and_connect, plural, step_json};
 use crate::cli::{RollbackArgs, UpgradeArgs};
 use crate::error::{CliError, Exit};
 use crate::json;
@@ -64,7 +64,8 @@ pub fn rollback(
         dry_run: args.dry_run,
     };
     let started = Instant::now();
-    let (set, mut migrator) = load_and_connect(settings, || {
+    // A file still to write is pending, and never rolled back.
+    let (set, mut migrator) = load_drafts_and_connect(settings, || {
         connect(settings, printer, &args.lock, Some(&args.statements))
     })?;
     if args.all && !args.yes && !args.dry_run {

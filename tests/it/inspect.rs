@@ -284,3 +284,58 @@ fn a_sqlite_file_that_does_not_exist_is_said_to() {
     let run = p.run(&["status", "-d", "sqlite://new.db"]);
     assert_eq!(run.stderr, "");
 }
+
+both!(
+    a_file_just_made_is_shown_by_status_and_refused_by_upgrade,
+    |p| {
+        p.migration(
+            "1_a.sql",
+            "-- upgrade\nCREATE TABLE a (id integer);\n-- rollback\nDROP TABLE a;\n",
+        );
+        p.run(&["upgrade"]).ok();
+        let new = p.run(&["new", "add_b"]);
+        new.ok();
+        let file = new.stdout.trim().to_string();
+
+        let status = p.run(&["status"]);
+        status.ok();
+        assert!(
+            status.stdout.contains("pending (empty)"),
+            "{}",
+            status.stdout
+        );
+        assert!(
+            status.stderr.contains(&format!(
+            "hint: {file} has an empty upgrade section: write the SQL before `lockstep upgrade`"
+        )),
+            "{}",
+            status.stderr
+        );
+        let doc = p.run(&["status", "--json"]).json();
+        assert_eq!(doc["migrations"][0]["upgrade_empty"], false);
+        assert_eq!(doc["migrations"][1]["upgrade_empty"], true);
+        assert_eq!(doc["counts"]["pending"], 1);
+
+        for command in ["upgrade", "validate"] {
+            let run = p.run(&[command]);
+            run.code(2);
+            // Named with the line of its `-- upgrade` marker.
+            let marker = std::fs::read_to_string(p.path(&file))
+                .unwrap()
+                .lines()
+                .position(|l| l == "-- upgrade")
+                .unwrap()
+                + 1;
+            assert!(
+                run.stderr
+                    .contains(&format!("{file}:{marker}: the upgrade section is empty")),
+                "{command}: {}",
+                run.stderr
+            );
+        }
+        assert_eq!(p.db.history(), ["1 a applied"]);
+        // Rolling back does not need it written.
+        p.run(&["rollback"]).ok();
+        assert!(p.db.history().is_empty());
+    }
+);

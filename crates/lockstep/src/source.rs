@@ -693,7 +693,36 @@ impl Step {
     }
 }
 
+/// The error for a file whose upgrade section is empty, in the words of
+/// its layout.
+fn unwritten(m: &Migration) -> SourceError {
+    let path = &m.up.path;
+    match m.layout {
+        Layout::Pair | Layout::Diesel { .. } => SourceError::new(path, "the upgrade file is empty")
+            .hint("write the migration's SQL in this file"),
+        // The section starts on the line after its marker.
+        _ if m.up.first_line > 1 => {
+            let marker = match m.layout {
+                Layout::Dbmate | Layout::Goose => m.layout.up_marker(),
+                _ => Layout::Lockstep.up_marker(),
+            };
+            SourceError::new(path, "the upgrade section is empty")
+                .at(m.up.first_line - 1)
+                .hint(format!("write the migration's SQL after the {marker} line"))
+        }
+        _ => SourceError::new(path, "the file is empty").hint(
+            "write the migration's SQL after a line `-- upgrade`, and what undoes it after `-- rollback`",
+        ),
+    }
+}
+
 impl Migration {
+    /// Whether its upgrade section holds no SQL yet (comments at most):
+    /// nothing to apply.
+    pub fn is_unwritten(&self) -> bool {
+        !sql::has_code(&self.up.sql)
+    }
+
     /// Versioned, repeatable or a callback: what its layout says.
     pub fn kind(&self) -> Kind {
         match self.layout {
@@ -773,6 +802,18 @@ impl MigrationSet {
 
     /// [`MigrationSet::load`], refusing any file not in `format`'s layout.
     pub fn load_as(dir: impl AsRef<Path>, format: Format) -> Result<MigrationSet, SourceError> {
+        let set = Self::load_drafts_as(dir, format)?;
+        set.check_written()?;
+        Ok(set)
+    }
+
+    /// [`MigrationSet::load_as`], taking in files whose upgrade section is
+    /// still empty (the state right after `lockstep new`), for `status` to
+    /// show them; [`Migration::is_unwritten`] tells them.
+    pub fn load_drafts_as(
+        dir: impl AsRef<Path>,
+        format: Format,
+    ) -> Result<MigrationSet, SourceError> {
         let dir = dir.as_ref();
         let names = list(dir)?;
         let (mut jobs, unversioned) = jobs(dir, names)?;
@@ -893,6 +934,20 @@ impl MigrationSet {
     /// The migrations, ordered by version.
     pub fn migrations(&self) -> &[Migration] {
         &self.migrations
+    }
+
+    /// Refuses the first file, in version order, whose upgrade section is
+    /// empty: nothing to apply yet.
+    pub fn check_written(&self) -> Result<(), SourceError> {
+        let all = self
+            .migrations
+            .iter()
+            .chain(&self.repeatables)
+            .chain(&self.callbacks);
+        match all.filter(|m| m.is_unwritten()).map(unwritten).next() {
+            Some(err) => Err(err),
+            None => Ok(()),
+        }
     }
 
     /// The repeatable migrations, by name.
@@ -1673,7 +1728,7 @@ pub fn parse_migration(file_name: &str, bytes: &[u8]) -> Result<Migration, Sourc
         Err(message) => return Err(SourceError::new(path, message)),
     };
     let text = decode(path, bytes.to_vec())?;
-    match parsed {
+    let m = match parsed {
         FileName::Single { version, name } => {
             parse_single_text(version, name, path.to_path_buf(), text)
         }
@@ -1692,6 +1747,10 @@ pub fn parse_migration(file_name: &str, bytes: &[u8]) -> Result<Migration, Sourc
             path,
             "a `.down.sql` file is read with its `.up.sql` file",
         )),
+    }?;
+    match m.is_unwritten() {
+        true => Err(unwritten(&m)),
+        false => Ok(m),
     }
 }
 
@@ -1854,14 +1913,6 @@ fn parse_single_text(
     };
     let up_text = &text[up.end..up_end];
     let directives = directives(up_text, up.line + 2, &path)?;
-    if !sql::has_code(up_text) {
-        return Err(SourceError::new(&path, "the upgrade section is empty")
-            .at(up.line + 1)
-            .hint(format!(
-                "write the migration's SQL after the {} line",
-                layout.up_marker()
-            )));
-    }
     let down_section = match down {
         Some(d) => {
             let down_text = &text[d.end..down_end];
@@ -1900,11 +1951,6 @@ fn whole_file(
     path: PathBuf,
     text: String,
 ) -> Result<Migration, SourceError> {
-    if !sql::has_code(&text) {
-        return Err(SourceError::new(&path, "the file is empty").hint(
-            "write the migration's SQL after a line `-- upgrade`, and what undoes it after `-- rollback`",
-        ));
-    }
     let mut up = section(&text, 1, &path)?;
     up.no_transaction |= text
         .lines()
@@ -1979,10 +2025,6 @@ fn pair_from_texts(
     up_text: String,
     down: Option<(&Path, String)>,
 ) -> Result<Migration, SourceError> {
-    if !sql::has_code(&up_text) {
-        return Err(SourceError::new(up_path, "the upgrade file is empty")
-            .hint("write the migration's SQL in this file"));
-    }
     let up = section(&up_text, 1, up_path)?;
     let down_section = match &down {
         Some((path, text)) => {
