@@ -180,6 +180,7 @@
 
 #![deny(missing_docs)]
 
+pub mod build;
 mod clock;
 mod driver;
 mod duration;

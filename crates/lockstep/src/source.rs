@@ -293,7 +293,7 @@ pub struct SourceError {
 }
 
 impl SourceError {
-    fn new(path: &Path, message: impl Into<String>) -> Self {
+    pub(crate) fn new(path: &Path, message: impl Into<String>) -> Self {
         SourceError {
             path: path.to_path_buf(),
             line: None,
@@ -948,6 +948,11 @@ impl MigrationSet {
             Some(err) => Err(err),
             None => Ok(()),
         }
+    }
+
+    /// The upgrade callbacks: the one before the upgrade first.
+    pub fn callbacks(&self) -> &[Migration] {
+        &self.callbacks
     }
 
     /// The repeatable migrations, by name.

@@ -18,6 +18,7 @@ const LAYERS: &[&[&str]] = &[
     &["error"],
     &["driver"],
     &["migrator"],
+    &["build"],
 ];
 
 fn layer(module: &str) -> usize {
@@ -73,6 +74,11 @@ fn modules_use_only_the_layers_below_their_own() {
     let mut wrong = Vec::new();
     for (file, module, code) in &files {
         for (at, _) in code.match_indices("crate::") {
+            // An exported macro's `$crate::X` names the public API, which
+            // the crate's root re-exports; not a module.
+            if code[..at].ends_with('$') {
+                continue;
+            }
             let used: String = code[at + 7..]
                 .chars()
                 .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
