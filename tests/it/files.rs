@@ -62,6 +62,11 @@ both!(malformed_files_touch_no_database, |p| {
             &["rollback"],
             &["fix", "checksums"],
         ] {
+            // A file still to write: `status` shows it, and `rollback`
+            // never runs it (see inspect.rs).
+            if *name == "2_empty.sql" && matches!(command, ["status"] | ["rollback"]) {
+                continue;
+            }
             let stderr = untouched(&p, command);
             assert!(stderr.contains(want), "{command:?} {name}: {stderr}");
             assert!(

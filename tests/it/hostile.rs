@@ -129,6 +129,18 @@ both!(bad_files_get_exact_errors_and_touch_nothing, |p| {
         }
         for command in [&["status"][..], &["upgrade"], &["validate"]] {
             let run = p.run(command);
+            // A file still to write (as `lockstep new` leaves it) is shown
+            // by `status`, marked; the others refuse it.
+            if case.stderr.contains(" is empty") && command == ["status"] {
+                assert_eq!(run.code, 0, "{}: {}", case.name, run.stderr);
+                assert!(
+                    run.stderr.contains("has an empty upgrade section"),
+                    "{}: {}",
+                    case.name,
+                    run.stderr
+                );
+                continue;
+            }
             assert_eq!(run.code, 2, "{}: {command:?}\n{}", case.name, run.stderr);
             assert_eq!(run.stderr, case.stderr, "{}: {command:?}", case.name);
         }
