@@ -98,3 +98,40 @@ fn wait_waits_for_what_is_not_there_yet() {
         run.stdout
     );
 }
+
+#[test]
+fn database_drop_asks_first_on_a_terminal() {
+    let p = Project::new(crate::util::Backend::Sqlite).unwrap();
+    p.run(&["database", "create"]).ok();
+    let TestDb::Sqlite { path } = &p.db else {
+        unreachable!()
+    };
+    let no = p.run_on_terminal("database drop", "n\n");
+    no.ok();
+    assert!(
+        no.stdout.contains("and everything in it? [y/N]")
+            && no.stdout.contains("nothing was dropped"),
+        "{}",
+        no.stdout
+    );
+    assert!(path.exists());
+    p.run_on_terminal("database drop", "y\n").ok();
+    assert!(!path.exists());
+}
+
+#[test]
+fn wait_gives_up_at_once_on_a_wrong_password() {
+    let Some(db) = crate::util::mariadb_database() else {
+        return;
+    };
+    let TestDb::Mariadb { url, .. } = &db else {
+        unreachable!()
+    };
+    let wrong = url.replacen("://root@", "://root:wrong@", 1);
+    let p = Project::new(crate::util::Backend::Sqlite).unwrap();
+    let run = p.run(&["wait", "--timeout", "60s", "-d", &wrong]);
+    run.code(1);
+    // No try again: a password does not mend by waiting.
+    assert!(!run.stderr.contains("waiting:"), "{}", run.stderr);
+    assert!(run.stderr.contains("Access denied"), "{}", run.stderr);
+}

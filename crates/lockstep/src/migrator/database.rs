@@ -45,38 +45,53 @@ const APPLICATION: &str = "lockstep";
 /// Makes the database `url` names, unless it is there. SQLite: an empty
 /// file (an empty file is an empty database).
 pub fn create_database(url: &DatabaseUrl) -> Result<DatabaseChange, Error> {
-    if let Some(path) = url.sqlite_file() {
-        return create_file(path);
-    }
-    let (name, mut server, dialect) = on_server(url)?;
-    if exists(server.as_mut(), &name, dialect)? {
-        return Ok(DatabaseChange::AlreadyThere);
-    }
-    let sql = format!("CREATE DATABASE {}", quote(&name, dialect));
-    match server.run_statement(&sql) {
-        Ok(()) => Ok(DatabaseChange::Created),
-        // Made by another session since the look.
-        Err(db) if is_code(&db, &["42P04", "1007"]) => Ok(DatabaseChange::AlreadyThere),
-        Err(db) => Err(failed(format!("creating the database {name}"), db)),
+    match url.sqlite_file() {
+        Some(path) => create_file(path),
+        None => on_server_database(url, true),
     }
 }
 
 /// Removes the database `url` names, when it is there. SQLite: the file
 /// and its `-wal`, `-shm` and `-journal` companions.
 pub fn drop_database(url: &DatabaseUrl) -> Result<DatabaseChange, Error> {
-    if let Some(path) = url.sqlite_file() {
-        return drop_file(path);
+    match url.sqlite_file() {
+        Some(path) => drop_file(path),
+        None => on_server_database(url, false),
     }
+}
+
+/// Creates (`make`) or drops the database a server URL names, unless it
+/// is already so.
+fn on_server_database(url: &DatabaseUrl, make: bool) -> Result<DatabaseChange, Error> {
     let (name, mut server, dialect) = on_server(url)?;
-    if !exists(server.as_mut(), &name, dialect)? {
-        return Ok(DatabaseChange::NotThere);
+    // What is done, what was so already, and the codes that say another
+    // session did it since the look.
+    let (verb, doing, done, so_already, raced) = if make {
+        (
+            "CREATE",
+            "creating",
+            DatabaseChange::Created,
+            DatabaseChange::AlreadyThere,
+            ["42P04", "1007"],
+        )
+    } else {
+        (
+            "DROP",
+            "dropping",
+            DatabaseChange::Dropped,
+            DatabaseChange::NotThere,
+            ["3D000", "1008"],
+        )
+    };
+    if exists(server.as_mut(), &name, dialect)? != make {
+        let sql = format!("{verb} DATABASE {}", quote(&name, dialect));
+        return match server.run_statement(&sql) {
+            Ok(()) => Ok(done),
+            Err(db) if is_code(&db, &raced) => Ok(so_already),
+            Err(db) => Err(failed(format!("{doing} the database {name}"), db)),
+        };
     }
-    let sql = format!("DROP DATABASE {}", quote(&name, dialect));
-    match server.run_statement(&sql) {
-        Ok(()) => Ok(DatabaseChange::Dropped),
-        Err(db) if is_code(&db, &["3D000", "1008"]) => Ok(DatabaseChange::NotThere),
-        Err(db) => Err(failed(format!("dropping the database {name}"), db)),
-    }
+    Ok(so_already)
 }
 
 /// Waits until the server of `url` accepts connections (on SQLite, until

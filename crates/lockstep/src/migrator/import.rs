@@ -398,6 +398,42 @@ mod tests {
     use super::*;
 
     #[test]
+    fn jetbase_rows_as_jetbase_writes_them() {
+        let row = |version: Option<&str>, kind: &str, file: &str| -> Vec<Option<String>> {
+            vec![
+                version.map(str::to_string),
+                Some(kind.to_string()),
+                Some("0".repeat(64)),
+                Some(file.to_string()),
+            ]
+        };
+        let set = MigrationSet::from_migrations("m", Vec::new()).unwrap();
+        let rows = [
+            row(Some("1"), "VERSIONED", "V1__a.sql"),
+            row(None, "RUNS_ON_CHANGE", "ROC__v.sql"),
+            row(Some("2"), "VERSIONED", "V2__b.sql"),
+        ];
+        let (applied, warnings) = applied_by(Tool::Jetbase, &rows, &set).unwrap();
+        assert_eq!(applied, [1, 2]);
+        assert_eq!(
+            warnings,
+            ["repeatable migration ROC__v.sql is not imported: lockstep's next upgrade runs it once"]
+        );
+        // jetbase's default versions are dotted: refused, naming it.
+        let dotted = [row(
+            Some("20251225.120000"),
+            "VERSIONED",
+            "V20251225.120000__a.sql",
+        )];
+        let err = applied_by(Tool::Jetbase, &dotted, &set).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("jetbase's version 20251225.120000 (V20251225.120000__a.sql) is dotted"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn jetbase_checksums_are_jetbase_s() {
         // As jetbase 0.18.1 recorded these files.
         let table = [
