@@ -339,3 +339,76 @@ both!(
         assert!(p.db.history().is_empty());
     }
 );
+
+both!(history_records_the_durations_the_run_printed, |p| {
+    let busy = p.busy_sql(0.05);
+    p.migration(
+        "1_a.sql",
+        &format!("-- upgrade\nCREATE TABLE a (id integer);\n{busy}\n"),
+    );
+    p.migration(
+        "2_b.sql",
+        &format!("-- upgrade\n-- lockstep:no-transaction\nCREATE TABLE b (id integer);\n{busy}\n"),
+    );
+    p.migration("3_c.sql", "-- upgrade\nCREATE TABLE c (id integer);\n");
+    p.migration("R__r.sql", &format!("{busy}\n"));
+    let run = p.run(&["upgrade", "--json"]);
+    run.ok();
+    let printed: Vec<(String, u64)> = run.json()["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["name"].as_str().unwrap().to_string(),
+                s["duration_ms"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let mut recorded: Vec<(String, u64)> =
+        p.db.query("SELECT name, duration_ms FROM lockstep_history ORDER BY version")
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].parse().unwrap()))
+            .collect();
+    recorded.extend(
+        p.db.query("SELECT name, duration_ms FROM lockstep_repeatable")
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].parse().unwrap())),
+    );
+    assert_eq!(printed, recorded);
+    // Not a match of zeros: the busy ones took time.
+    assert!(printed.iter().any(|(_, ms)| *ms > 0), "{printed:?}");
+
+    // And as people read them: the line `upgrade` printed, the cell
+    // `history` shows.
+    p.migration(
+        "4_d.sql",
+        &format!("-- upgrade\nCREATE TABLE d (id integer);\n{busy}\n"),
+    );
+    // With the durations shown, as a person sees them.
+    let shown_run = |args: &[&str]| {
+        crate::util::Run::from(
+            p.command(args)
+                .env_remove("LOCKSTEP_STABLE_OUTPUT")
+                .output()
+                .unwrap(),
+        )
+    };
+    let run = shown_run(&["upgrade"]);
+    run.ok();
+    let line = run.stdout.lines().next().unwrap();
+    let shown = line
+        .strip_prefix("applied 4 d (")
+        .and_then(|rest| rest.split(')').next())
+        .unwrap_or_else(|| panic!("{line}"));
+    let history = shown_run(&["history"]);
+    let row = history
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("4 "))
+        .unwrap();
+    assert!(
+        row.contains(&format!("  {shown}  ")),
+        "{shown} not in {row}"
+    );
+});

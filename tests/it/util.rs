@@ -503,7 +503,6 @@ impl Project {
             .env_remove("CLICOLOR_FORCE");
     }
 
-    /// Runs the binary to completion.
     /// Runs `lockstep {args}` (one string, as a shell reads it) on a
     /// terminal of its own, typing `answer` at it: for what asks first.
     pub fn run_on_terminal(&self, args: &str, answer: &str) -> Run {
@@ -528,6 +527,7 @@ impl Project {
         Run::from(child.wait_with_output().unwrap())
     }
 
+    /// Runs the binary to completion.
     pub fn run(&self, args: &[&str]) -> Run {
         Run::from(self.command(args).output().unwrap())
     }

@@ -34,8 +34,31 @@ pub(crate) struct Transaction<'a> {
     pub fence: Option<&'a Fence>,
 }
 
-/// Told after each step of a transaction: its index and how long it took.
+/// Told after each step of a transaction: its index and how long it took,
+/// as its history change records it (whole milliseconds) when it records
+/// one: the run prints what history keeps.
 pub(crate) type Done<'a> = dyn FnMut(usize, Duration) + 'a;
+
+/// A duration as history records it: whole milliseconds.
+pub(crate) fn as_recorded(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Change<'_> {
+    /// Whether the change records a duration the driver measures: an
+    /// applied history row, or a repeatable migration's run, in the
+    /// transaction that runs it.
+    pub(crate) fn records_duration(&self) -> bool {
+        matches!(
+            self,
+            Change::Insert(crate::history::NewRow { started: false, .. })
+                | Change::Repeated {
+                    duration_ms: None,
+                    ..
+                }
+        )
+    }
+}
 
 /// A step of a transaction failed.
 #[derive(Debug)]

@@ -460,7 +460,8 @@ impl Migrator {
             }
             return Err(failure(m, section, direction, db, report, dialect, context));
         }
-        let took = started.elapsed();
+        // What the row records, and so what the run prints.
+        let took = crate::driver::as_recorded(started.elapsed());
         let took_ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
         let finish = match (direction, versioned) {
             (Direction::Up, true) => Some(Change::SetState {
@@ -472,8 +473,9 @@ impl Migrator {
             (_, false) => recorded_with(m, direction, &executor, token, Some(took_ms)),
         };
         if tail < statements.len() {
-            self.run_tail(m, direction, report, held, tail, finish, observer)?;
-            return Ok(started.elapsed());
+            // The tail's transaction adds its own time to the row's.
+            let tail_took = self.run_tail(m, direction, report, held, tail, finish, observer)?;
+            return Ok(took + tail_took);
         }
         if let Some(finish) = &finish {
             self.record(finish, m, held, true, report)?;
@@ -528,7 +530,7 @@ impl Migrator {
         tail: usize,
         finish: Option<Change<'_>>,
         observer: &mut dyn Observer,
-    ) -> Result<(), Error> {
+    ) -> Result<Duration, Error> {
         let section = section(m, direction);
         let statements =
             sql::split(&section.sql, self.driver.dialect()).expect("checked by preflight");
@@ -554,8 +556,9 @@ impl Migrator {
             held,
             interruptible: false,
         };
-        match self.run_retried(run, &steps, &mut |_, _| {}, observer) {
-            Ok(()) => Ok(()),
+        let mut took = Duration::ZERO;
+        match self.run_retried(run, &steps, &mut |_, d| took = d, observer) {
+            Ok(()) => Ok(took),
             Err((StepFailure { lost: true, .. }, _)) => {
                 let held = held.expect("only fenced transactions lose the lock");
                 Err(self.lost(

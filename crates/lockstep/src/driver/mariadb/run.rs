@@ -103,7 +103,7 @@ impl Driver for MysqlDriver {
                 Ok(held)
             });
             match finished {
-                Ok(true) => done(i, took),
+                Ok(true) => done(i, crate::driver::as_recorded(took)),
                 Ok(false) => return Err(self.failed(fence, StepFailure::lost(i))),
                 Err(e) => return Err(self.failed(fence, StepFailure::at(i, message(&e)))),
             }

@@ -2,12 +2,14 @@
 //! row and the commit go to the server as one query; a no-transaction
 //! migration statement by statement.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio_postgres::error::SqlState;
+use tokio_postgres::SimpleQueryMessage;
 
 use crate::driver::{Canceller, Done, Driver, StepFailure, Transaction};
 use crate::error::{DbMessage, Error};
+use crate::history::Change;
 use crate::lock::Fence;
 use crate::sql::Dialect;
 use crate::waits::{Finder, Limits};
@@ -39,32 +41,52 @@ impl Driver for PgDriver {
             let start_of_section = query.len();
             query.push_str(&step.section.sql);
             query.push_str("\n;\n");
+            // The server's measure, which the row records, comes back.
+            let records = step.change.as_ref().is_some_and(Change::records_duration);
             if let Some(change) = &step.change {
                 query.push_str(&self.change_sql(change));
+                if records {
+                    query.push_str(" RETURNING duration_ms");
+                }
                 query.push_str(";\n");
             }
             if i == last {
                 query.push_str(&self.commit(fence));
             }
             let started = Instant::now();
-            if let Err(failed) = self.client.simple_query_counted(&query) {
-                let e = &failed.error;
-                let db = message_in(e, Some((&query, start_of_section, step.section.sql.len())));
-                self.rollback();
-                let before = statements_in(&query[..start_of_section]);
-                let Some(ran) = failed.completed.checked_sub(before) else {
-                    // The beginning failed: with a fence, that is the lock.
+            let messages = match self.client.simple_query_counted(&query) {
+                Ok(messages) => messages,
+                Err(failed) => {
+                    let e = &failed.error;
+                    let db =
+                        message_in(e, Some((&query, start_of_section, step.section.sql.len())));
+                    self.rollback();
+                    let before = statements_in(&query[..start_of_section]);
+                    let Some(ran) = failed.completed.checked_sub(before) else {
+                        // The beginning failed: with a fence, that is the lock.
+                        return Err(StepFailure {
+                            lost: fence.is_some() && fence_failed(e),
+                            ..StepFailure::at(i, db)
+                        });
+                    };
                     return Err(StepFailure {
-                        lost: fence.is_some() && fence_failed(e),
+                        statement: statement_at(&step.section.sql, ran),
                         ..StepFailure::at(i, db)
                     });
-                };
-                return Err(StepFailure {
-                    statement: statement_at(&step.section.sql, ran),
-                    ..StepFailure::at(i, db)
+                }
+            };
+            // The last row of the query is the RETURNING's: COMMIT and the
+            // fence's UPDATE return none.
+            let recorded = messages
+                .iter()
+                .rev()
+                .filter(|_| records)
+                .find_map(|m| match m {
+                    SimpleQueryMessage::Row(row) => row.get(0)?.parse::<u64>().ok(),
+                    _ => None,
                 });
-            }
-            done(i, started.elapsed());
+            let took = recorded.map_or_else(|| started.elapsed(), Duration::from_millis);
+            done(i, took);
         }
         self.reset_pending = false;
         Ok(())

@@ -95,7 +95,7 @@ impl Driver for SqliteDriver {
                     return Err(fail(i, message(&e)));
                 }
             }
-            done(i, elapsed);
+            done(i, crate::driver::as_recorded(elapsed));
         }
         let last = steps.len().saturating_sub(1);
         if let Some(fence) = fence {
