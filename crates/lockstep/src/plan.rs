@@ -328,10 +328,6 @@ pub struct Target {
     pub count: Option<usize>,
 }
 
-fn named(version: u64, name: &str) -> Named {
-    Named::versioned(version, name)
-}
-
 /// The migrations that are dirty, modified or missing, noted one entry at
 /// a time.
 #[derive(Default)]
@@ -352,7 +348,7 @@ impl Drift {
             (State::Missing, ..) => &mut self.missing,
             _ => return,
         };
-        list.push(named(e.version, e.name));
+        list.push(Named::versioned(e.version, e.name));
     }
 
     /// Refuses when any migration is dirty, modified or missing, in that
@@ -405,7 +401,7 @@ pub fn plan_upgrade<'a>(
             let late: Vec<Named> = pending
                 .iter()
                 .filter(|m| m.version < newest_applied)
-                .map(|m| named(m.version, &m.name))
+                .map(|m| Named::of(m))
                 .collect();
             if !late.is_empty() {
                 return Err(Refusal::OutOfOrder {
@@ -449,7 +445,7 @@ pub fn plan_rollback<'a>(
         .iter()
         .map(|(_, e)| e)
         .filter(|e| e.state == State::Dirty)
-        .map(|e| named(e.version, e.name))
+        .map(|e| Named::versioned(e.version, e.name))
         .collect();
     if !dirty.is_empty() {
         return Err(Refusal::Dirty(dirty).into());
@@ -459,7 +455,7 @@ pub fn plan_rollback<'a>(
             .iter()
             .map(|(_, e)| e)
             .filter(|e| e.state == state)
-            .map(|e| named(e.version, e.name))
+            .map(|e| Named::versioned(e.version, e.name))
             .collect()
     };
     let missing = with(State::Missing);
@@ -480,7 +476,7 @@ pub fn plan_rollback<'a>(
     for (m, _) in selected {
         let m = m.expect("not missing");
         if m.down.is_none() {
-            return Err(Refusal::NoDown(named(m.version, &m.name)).into());
+            return Err(Refusal::NoDown(Named::of(m)).into());
         }
         plan.push(m);
     }
@@ -545,7 +541,7 @@ mod tests {
     }
 
     fn n(version: u64) -> Named {
-        named(version, &format!("m{version}"))
+        Named::versioned(version, &format!("m{version}"))
     }
 
     /// Migration `version` of `m`, changed since history recorded it with

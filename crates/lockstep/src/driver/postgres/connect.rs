@@ -200,6 +200,7 @@ impl PgDriver {
             check_interval: false,
             reset_pending: false,
             limits: Limits::default(),
+            repeatable_table_seen: false,
         };
         driver.qualify();
         Ok(driver)

@@ -101,18 +101,22 @@ impl HistoryStore for PgDriver {
         let applied_at = format!("to_char(applied_at AT TIME ZONE 'UTC', {TIME_FORMAT})");
         let sql = tables::repeatable_select(&self.tables, self.table.name(), &applied_at);
         let context = format!("reading the repeatable migrations of {}", self.table);
-        // A look first: a read of a table that is not there would leave an
-        // error in the server's log on every `status`.
-        let look = format!(
-            "SELECT (to_regclass({}) IS NOT NULL)::text",
-            literal(&self.tables.repeatable)
-        );
-        let there = self
-            .client
-            .simple_query(&look)
-            .map_err(|e| db_error(&context, &e))?;
-        if !says_true(&there) {
-            return Ok(Vec::new());
+        // A look first, until the table is seen: a read of a table that is
+        // not there would leave an error in the server's log on every
+        // `status`. An upgrade reads it again under the lock.
+        if !self.repeatable_table_seen {
+            let look = format!(
+                "SELECT (to_regclass({}) IS NOT NULL)::text",
+                literal(&self.tables.repeatable)
+            );
+            let there = self
+                .client
+                .simple_query(&look)
+                .map_err(|e| db_error(&context, &e))?;
+            if !says_true(&there) {
+                return Ok(Vec::new());
+            }
+            self.repeatable_table_seen = true;
         }
         let rows = self.text_rows(&sql, &context)?;
         Ok(tables::repeatable_rows(rows.unwrap_or_default()))
@@ -133,7 +137,10 @@ impl HistoryStore for PgDriver {
                         &e,
                     ))
                 }
-                Ok(_) => return Ok(()),
+                Ok(_) => {
+                    self.repeatable_table_seen = true;
+                    return Ok(());
+                }
             }
         }
     }

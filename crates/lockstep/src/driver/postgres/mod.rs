@@ -71,6 +71,9 @@ pub(crate) struct PgDriver {
     reset_pending: bool,
     /// The bounds of the migration's statements.
     limits: Limits,
+    /// The repeatables table was seen (or made) on this connection: later
+    /// reads need no look for it first.
+    repeatable_table_seen: bool,
 }
 
 /// A string literal that is safe whatever `standard_conforming_strings` is.
