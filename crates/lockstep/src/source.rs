@@ -497,6 +497,9 @@ pub(crate) fn parse_file_name(file_name: &str) -> Result<Option<FileName>, Strin
         if let Some(parsed) = parse_unversioned(stem)? {
             return Ok(Some(parsed));
         }
+        if let Some(parsed) = parse_dbwarden(stem) {
+            return Ok(Some(parsed));
+        }
     }
     let bad = || {
         "file name does not match `<version>_<name>.sql` or `<version>_<name>.up.sql`/`.down.sql` \
@@ -585,6 +588,47 @@ fn parse_unversioned(stem: &str) -> Result<Option<FileName>, String> {
         name: name.to_string(),
         repeat,
     }))
+}
+
+/// DBWarden's file names (without `.sql`): `<database>__<NNNN>_<name>`,
+/// a four-digit version after the database's name, and
+/// `<database>__RA__<name>`, `<database>__ROC__<name>`; `None` for any
+/// other. As DBWarden's pattern reads them, the database's name is the
+/// longest that leaves such a rest; it starts with a letter, so that
+/// lockstep's own `<version>_<name>` never reads as DBWarden's.
+fn parse_dbwarden(stem: &str) -> Option<FileName> {
+    let flyway =
+        stem.starts_with(['V', 'U']) && stem[1..].starts_with(|c: char| c.is_ascii_digit());
+    if flyway || !stem.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        return None;
+    }
+    let ends: Vec<usize> = stem.match_indices("__").map(|(i, _)| i).collect();
+    ends.into_iter().rev().find_map(|at| {
+        let (database, rest) = (&stem[..at], &stem[at + 2..]);
+        let database_ok = database
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        if !database_ok {
+            return None;
+        }
+        for (prefix, repeat) in [("RA__", Repeat::Always), ("ROC__", Repeat::OnChange)] {
+            if let Some(name) = rest.strip_prefix(prefix).filter(|n| !n.is_empty()) {
+                return is_tool_name(name).then(|| FileName::Repeatable {
+                    name: name.to_string(),
+                    repeat,
+                });
+            }
+        }
+        let (digits, name) = rest.split_at_checked(4)?;
+        let name = name.strip_prefix('_').filter(|n| !n.is_empty())?;
+        if !digits.bytes().all(|b| b.is_ascii_digit()) || !is_tool_name(name) {
+            return None;
+        }
+        Some(FileName::Single {
+            version: parse_version(digits).ok()?,
+            name: name.to_string(),
+        })
+    })
 }
 
 /// A migration's name as the tools that made it write names: ASCII
@@ -1587,6 +1631,9 @@ enum Line<'a> {
     Rollback(Layout, bool),
     /// goose's `-- +goose NO TRANSACTION`: the whole file.
     NoTransaction,
+    /// DBWarden's `-- @dbwarden:autocommit` before a statement that must
+    /// run outside a transaction: the section it is in.
+    Autocommit,
     Directive(&'a str),
     Other,
 }
@@ -1600,7 +1647,9 @@ fn classify_line(line: &str) -> Line<'_> {
     if let Some(marker) = tool_marker(comment) {
         return marker;
     }
-    if comment.eq_ignore_ascii_case("upgrade") {
+    if comment == "@dbwarden:autocommit" {
+        Line::Autocommit
+    } else if comment.eq_ignore_ascii_case("upgrade") {
         Line::Upgrade(Layout::Lockstep, true)
     } else if comment.eq_ignore_ascii_case("rollback") {
         Line::Rollback(Layout::Lockstep, true)
@@ -1657,8 +1706,13 @@ fn directives(text: &str, first_line: usize, path: &Path) -> Result<Directives, 
     let mut found = Directives::default();
     let mut seen: Vec<&str> = Vec::new();
     for (i, line) in text.lines().enumerate() {
-        let Line::Directive(directive) = classify_line(line) else {
-            continue;
+        let directive = match classify_line(line) {
+            Line::Directive(directive) => directive,
+            Line::Autocommit => {
+                found.no_transaction = true;
+                continue;
+            }
+            _ => continue,
         };
         let at = first_line + i;
         let (word, value) = directive
@@ -1842,7 +1896,7 @@ fn find_markers(text: &str, path: &Path) -> Result<Option<Markers>, SourceError>
                 early_directive.get_or_insert(i);
                 continue;
             }
-            Line::Directive(_) | Line::Other => continue,
+            Line::Directive(_) | Line::Autocommit | Line::Other => continue,
         };
         if let Some(prev) = slot {
             return Err(SourceError::new(
@@ -2359,6 +2413,9 @@ mod tests {
             // Flyway's and jetbase's versioned files, MSR's pairs.
             ("V4__create_users.sql", 4, "create_users"),
             ("V202301011200_add.up.sql", 202301011200, "add"),
+            // DBWarden's: the database's name, then four digits.
+            ("primary__0001_create_users.sql", 1, "create_users"),
+            ("app_db__0012_add__index.sql", 12, "add__index"),
         ] {
             let parsed = parse_file_name(file).unwrap().unwrap();
             let (v, n) = match &parsed {
@@ -2399,6 +2456,20 @@ mod tests {
             ("beforeMigrate.sql", FileName::Callback(Hook::BeforeUpgrade)),
             ("after-upgrade.sql", FileName::Callback(Hook::AfterUpgrade)),
             ("afterMigrate.sql", FileName::Callback(Hook::AfterUpgrade)),
+            (
+                "primary__RA__seed_data.sql",
+                FileName::Repeatable {
+                    name: "seed_data".into(),
+                    repeat: Repeat::Always,
+                },
+            ),
+            (
+                "primary__ROC__views.sql",
+                FileName::Repeatable {
+                    name: "views".into(),
+                    repeat: Repeat::OnChange,
+                },
+            ),
         ] {
             assert_eq!(parse_file_name(file), Ok(Some(want)), "{file}");
         }
@@ -2420,6 +2491,11 @@ mod tests {
             "V1.2__dotted.sql",
             "V1_2__underscored.sql",
             "V__no_version.sql",
+            "primary__001_three_digits.sql",
+            "primary__0001_.sql",
+            "primary__0001x.sql",
+            "pri-mary__0001_x.sql",
+            "primary__RA__.sql",
         ] {
             assert!(parse_file_name(bad).is_err(), "{bad}");
         }
@@ -2575,6 +2651,31 @@ mod tests {
         assert_eq!((c.layout, d.layout), (Layout::WholeFile, Layout::WholeFile));
         assert!(c.up.no_transaction && !d.up.no_transaction);
         assert_eq!(d.up.sql, "CREATE TABLE d (id int);\n");
+        // DBWarden: jetbase's markers, its header lines comments, its
+        // `-- @dbwarden:autocommit` (as often as it comes) the section's.
+        let set = load(&[
+            (
+                "primary__0001_users.sql",
+                b"-- depends_on: []\n-- upgrade\nCREATE TABLE users (id int);\n\n-- rollback\nDROP TABLE users;\n",
+            ),
+            (
+                "primary__0002_index.sql",
+                b"-- upgrade\n-- @dbwarden:autocommit\nCREATE INDEX CONCURRENTLY i ON users (id);\n-- @dbwarden:autocommit\nCREATE INDEX CONCURRENTLY j ON users (id);\n-- rollback\nDROP INDEX i;\n",
+            ),
+            ("primary__RA__grants.sql", b"-- upgrade\nSELECT 1;\n"),
+        ])
+        .unwrap();
+        let [users, index] = set.migrations() else {
+            panic!()
+        };
+        assert_eq!((users.version, users.name.as_str()), (1, "users"));
+        assert_eq!(
+            (users.layout, index.layout),
+            (Layout::Lockstep, Layout::Lockstep)
+        );
+        assert!(!users.up.no_transaction && index.up.no_transaction);
+        assert!(!index.down.as_deref().unwrap().no_transaction);
+        assert_eq!(set.repeatables()[0].name, "grants");
     }
 
     #[test]
