@@ -326,3 +326,122 @@ both!(diesel_s_own_history_is_taken_over, |p| {
     p.run(&["rollback"]).ok();
     assert!(!p.db.table_exists("posts") && p.db.table_exists("users"));
 });
+
+both!(dbwarden_s_own_history_is_taken_over, |p| {
+    let Some(dbwarden) = tool("dbwarden-venv/bin/dbwarden") else {
+        return;
+    };
+    let database_type = match &p.db {
+        TestDb::Sqlite { .. } => "sqlite",
+        TestDb::Postgres { .. } => "postgresql",
+        TestDb::Mariadb { .. } => "mariadb",
+    };
+    p.file(
+        "dbwarden/dbwarden.py",
+        &format!(
+            "from dbwarden import DbwardenDatabase\n\n\
+             class Primary(DbwardenDatabase):\n    \
+             database_name = \"primary\"\n    default = True\n    \
+             database_type = \"{database_type}\"\n    \
+             database_url_sync = \"{}\"\n    \
+             migrations_dir = \"migrations/primary\"\n",
+            sqlalchemy_url(&p.db)
+        ),
+    );
+    let dir = "dbwarden/migrations/primary";
+    p.file(
+        &format!("{dir}/primary__0001_create_users.sql"),
+        "-- upgrade\nCREATE TABLE users (id integer PRIMARY KEY, name varchar(40));\nINSERT INTO users (id, name) VALUES (1, 'a; b');\n\n-- rollback\nDROP TABLE users;\n",
+    );
+    p.file(
+        &format!("{dir}/primary__0002_add_posts.sql"),
+        "-- upgrade\nCREATE TABLE posts (id integer);\n-- rollback\nDROP TABLE posts;\n",
+    );
+    p.file(
+        &format!("{dir}/primary__ROC__names.sql"),
+        "-- upgrade\nDROP VIEW IF EXISTS names;\nCREATE VIEW names AS SELECT name FROM users;\n",
+    );
+    let mut migrate = Command::new(&dbwarden);
+    migrate
+        .current_dir(p.path("dbwarden"))
+        .env("NO_COLOR", "1")
+        .arg("migrate");
+    run_tool(migrate, "dbwarden migrate");
+    assert_eq!(
+        versions(
+            &p,
+            "SELECT version FROM _dbwarden_migrations WHERE migration_type = 'versioned' ORDER BY version"
+        ),
+        ["0001", "0002"]
+    );
+    // After DBWarden ran them: a comment (not in its checksum) in one, a
+    // statement more in the other.
+    p.file(
+        &format!("{dir}/primary__0001_create_users.sql"),
+        "-- upgrade\n-- the users\nCREATE TABLE users (id integer PRIMARY KEY, name varchar(40));\nINSERT INTO users (id, name) VALUES (1, 'a; b');\n\n-- rollback\nDROP TABLE users;\n",
+    );
+    p.file(
+        &format!("{dir}/primary__0002_add_posts.sql"),
+        "-- upgrade\nCREATE TABLE posts (id integer);\nCREATE TABLE more (id integer);\n-- rollback\nDROP TABLE posts;\n",
+    );
+    let rows_before = p.db.value("SELECT count(*) FROM _dbwarden_migrations");
+
+    let run = p.run(&["-m", dir, "import", "dbwarden", "--json"]);
+    run.ok();
+    let doc = run.json();
+    assert_eq!(doc["changes"].as_array().unwrap().len(), 2, "{doc}");
+    let warnings: Vec<&str> = doc["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        warnings[0],
+        "version 2: the file changed since dbwarden applied it (its checksum differs)"
+    );
+    // DBWarden records its repeatable migration's run on some engines.
+    for w in &warnings[1..] {
+        assert_eq!(
+            *w,
+            "repeatable migration primary__ROC__names.sql is not imported: lockstep's next upgrade runs it once"
+        );
+    }
+    assert_eq!(
+        p.db.history(),
+        ["1 create_users applied", "2 add_posts applied"]
+    );
+
+    // `new` spells the next one as DBWarden does; lockstep applies it and
+    // the repeatable one, and leaves DBWarden's table as it was.
+    let run = p.run(&["-m", dir, "new", "tags", "--json"]);
+    run.ok();
+    let path = run.json()["path"].as_str().unwrap().to_string();
+    assert!(path.ends_with("primary__0003_tags.sql"), "{path}");
+    std::fs::write(
+        p.dir.path().join(&path),
+        "-- upgrade\nCREATE TABLE tags (id integer);\n-- rollback\nDROP TABLE tags;\n",
+    )
+    .unwrap();
+    let run = p.run(&["-m", dir, "upgrade"]);
+    run.ok();
+    assert!(
+        run.stdout.contains("applied repeatable names"),
+        "{}",
+        run.stdout
+    );
+    assert_eq!(p.db.value("SELECT name FROM names"), "a; b");
+    assert!(p.db.table_exists("tags") && !p.db.table_exists("more"));
+    assert_eq!(
+        p.db.history(),
+        [
+            "1 create_users applied",
+            "2 add_posts applied",
+            "3 tags applied"
+        ]
+    );
+    assert_eq!(
+        p.db.value("SELECT count(*) FROM _dbwarden_migrations"),
+        rows_before
+    );
+});

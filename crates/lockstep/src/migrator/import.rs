@@ -34,6 +34,10 @@ pub enum Tool {
     /// migration_type, checksum, …)`: each versioned migration applied (a
     /// rollback deletes its row), and each repeatable one's last run.
     Jetbase,
+    /// `_dbwarden_migrations (version, description, filename,
+    /// migration_type, applied_at, checksum)`: as jetbase's, versions
+    /// written with four digits.
+    Dbwarden,
 }
 
 impl Tool {
@@ -46,6 +50,7 @@ impl Tool {
         "diesel",
         "flyway",
         "jetbase",
+        "dbwarden",
     ];
 
     /// A tool by its name in [`Tool::NAMES`].
@@ -58,6 +63,7 @@ impl Tool {
             "diesel" => Tool::Diesel,
             "flyway" => Tool::Flyway,
             "jetbase" => Tool::Jetbase,
+            "dbwarden" => Tool::Dbwarden,
             _ => return None,
         })
     }
@@ -72,6 +78,7 @@ impl Tool {
             Tool::Diesel => "diesel",
             Tool::Flyway => "flyway",
             Tool::Jetbase => "jetbase",
+            Tool::Dbwarden => "dbwarden",
         }
     }
 
@@ -84,6 +91,7 @@ impl Tool {
             Tool::Diesel => "__diesel_schema_migrations",
             Tool::Flyway => "flyway_schema_history",
             Tool::Jetbase => "jetbase_migrations",
+            Tool::Dbwarden => "_dbwarden_migrations",
         }
     }
 
@@ -99,6 +107,9 @@ impl Tool {
             ),
             Tool::Jetbase => format!(
                 "SELECT version, migration_type, checksum, filename FROM {table} ORDER BY order_executed"
+            ),
+            Tool::Dbwarden => format!(
+                "SELECT version, migration_type, checksum, filename FROM {table} ORDER BY applied_at"
             ),
             Tool::Sqlx => {
                 let hex = match dialect {
@@ -278,20 +289,28 @@ fn applied_by(
                 }
             }
         }
-        Tool::Jetbase => {
+        Tool::Jetbase | Tool::Dbwarden => {
+            let checksum = match tool {
+                Tool::Jetbase => jetbase_checksum,
+                _ => dbwarden_checksum,
+            };
             for row in rows {
                 let filename = cell(row, 3).unwrap_or_default();
-                if cell(row, 1).as_deref() != Some("VERSIONED") {
+                let kind = cell(row, 1).unwrap_or_default();
+                let text = cell(row, 0).unwrap_or_default();
+                if text.is_empty() || kind.to_ascii_lowercase().starts_with("runs_") {
                     warnings.push(format!(
                         "repeatable migration {filename} is not imported: lockstep's next upgrade runs it once"
                     ));
                     continue;
                 }
-                let text = cell(row, 0).unwrap_or_default();
-                let whole = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+                let whole = text.bytes().all(|b| b.is_ascii_digit());
                 let Some(v) = version(Some(&text)).filter(|_| whole) else {
                     return Err(refuse(
-                        format!("jetbase's version {text} ({filename}) is dotted: lockstep does not read such versions yet"),
+                        format!(
+                            "{}'s version {text} ({filename}) is dotted: lockstep does not read such versions yet",
+                            tool.name()
+                        ),
                         "import a history whose versions are whole numbers",
                     ));
                 };
@@ -299,10 +318,11 @@ fn applied_by(
                     let now =
                         crate::fsread::read_regular(&m.up.path, crate::source::MAX_FILE_BYTES)
                             .ok()
-                            .map(|bytes| jetbase_checksum(&String::from_utf8_lossy(&bytes)));
+                            .map(|bytes| checksum(&String::from_utf8_lossy(&bytes)));
                     if now.is_some_and(|now| now != recorded) {
                         warnings.push(format!(
-                            "version {v}: the file changed since jetbase applied it (its checksum differs)"
+                            "version {v}: the file changed since {} applied it (its checksum differs)",
+                            tool.name()
                         ));
                     }
                 }
@@ -389,6 +409,119 @@ fn jetbase_checksum(text: &str) -> String {
     hex(&Sha256::digest(statements.join("\n").as_bytes()))
 }
 
+/// DBWarden's checksum of a migration file: SHA-256 of its upgrade
+/// statements joined by `;`, as DBWarden reads them: the lines after a
+/// `-- upgrade` line up to `-- rollback`, comment lines left out, a blank
+/// line or `-- @dbwarden:autocommit` ending a run of lines (the marker
+/// then kept at the head of the next), each run split at the `;`s outside
+/// quotes and comments, each piece trimmed.
+fn dbwarden_checksum(text: &str) -> String {
+    const AUTOCOMMIT: &str = "-- @dbwarden:autocommit";
+    let mut runs: Vec<String> = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    let mut marker = false;
+    let mut in_section = false;
+    let mut flush = |current: &mut Vec<&str>, marker: &mut bool| {
+        let statement = current.join("\n");
+        let statement = statement.trim();
+        if !statement.is_empty() {
+            runs.push(if *marker {
+                format!("{AUTOCOMMIT}\n{statement}")
+            } else {
+                statement.to_string()
+            });
+        }
+        current.clear();
+        *marker = false;
+    };
+    for line in text.split('\n') {
+        let stripped = line.trim();
+        if stripped == "-- upgrade" {
+            in_section = true;
+        } else if !in_section {
+        } else if stripped == "-- rollback" {
+            if !current.is_empty() {
+                flush(&mut current, &mut marker);
+            }
+            in_section = false;
+        } else if stripped == AUTOCOMMIT {
+            if !current.is_empty() {
+                flush(&mut current, &mut marker);
+            }
+            marker = true;
+        } else if !stripped.is_empty() && !stripped.starts_with("--") {
+            current.push(line);
+        } else if !current.is_empty() && stripped.is_empty() {
+            flush(&mut current, &mut marker);
+        }
+    }
+    flush(&mut current, &mut marker);
+    let statements: Vec<String> = runs
+        .iter()
+        .flat_map(|run| split_like_dbwarden(run))
+        .collect();
+    hex(&Sha256::digest(statements.join(";").as_bytes()))
+}
+
+/// DBWarden's split of SQL at `;`: outside `'`, `"` and `` ` `` quotes (a
+/// doubled quote or a backslash escaping the next character), `--` and
+/// `/* */` comments; each piece trimmed, empty ones left out.
+fn split_like_dbwarden(sql: &str) -> Vec<String> {
+    let chars: Vec<char> = sql.chars().collect();
+    let mut statements = Vec::new();
+    let mut current = String::new();
+    let mut push = |current: &mut String| {
+        let piece = current.trim();
+        if !piece.is_empty() {
+            statements.push(piece.to_string());
+        }
+        current.clear();
+    };
+    let (mut quote, mut line_comment, mut block_comment) = (None, false, false);
+    let mut i = 0;
+    while i < chars.len() {
+        let (c, next) = (chars[i], chars.get(i + 1).copied());
+        i += 1;
+        if line_comment {
+            current.push(c);
+            line_comment = c != '\n';
+            continue;
+        }
+        if block_comment {
+            current.push(c);
+            if c == '*' && next == Some('/') {
+                current.push('/');
+                block_comment = false;
+                i += 1;
+            }
+            continue;
+        }
+        if let Some(q) = quote {
+            current.push(c);
+            if c == q && next == Some(q) || c == '\\' && next.is_some() {
+                current.extend(next);
+                i += 1;
+            } else if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match (c, next) {
+            ('\'' | '"' | '`', _) => quote = Some(c),
+            ('-', Some('-')) => line_comment = true,
+            ('/', Some('*')) => block_comment = true,
+            (';', _) => {
+                push(&mut current);
+                continue;
+            }
+            _ => {}
+        }
+        current.push(c);
+    }
+    push(&mut current);
+    statements
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -461,5 +594,29 @@ mod tests {
             jetbase_checksum("-- jetbase: delimiter=$$\nSELECT 1$$\n"),
             jetbase_checksum("SELECT 1;")
         );
+    }
+
+    #[test]
+    fn dbwarden_checksums_are_dbwarden_s() {
+        // As DBWarden 0.20.11 computes them (the first as it recorded the
+        // file; the second covers its quotes, comments, blank lines,
+        // autocommit markers and a second `-- upgrade`).
+        let table = [
+            (
+                "-- upgrade\nCREATE TABLE users (id integer PRIMARY KEY, name varchar(40));\nINSERT INTO users (id, name) VALUES (1, 'a; b');\n\n-- rollback\nDROP TABLE users;\n",
+                "a8bcc80f79cc8efe4b784f9fcc0b7541a7e00c7dd4f7ffada0ba8f38639f6658",
+            ),
+            (
+                "-- depends_on: [\"0001\"]\n-- upgrade\n-- a comment\n  SELECT 1;  -- trailing; comment\nSELECT 'it''s;' , \"x;y\", `z`; /* c; */ SELECT 2\n\n\n-- @dbwarden:autocommit\nCREATE INDEX CONCURRENTLY i ON t (c);\n-- @dbwarden:autocommit\n\nSELECT 'a\\';';\n-- rollback\nDROP INDEX i;\n-- upgrade\nSELECT 3;\n",
+                "367eb522e4cc29af89cf6b4e61786be8b8e53941f78236ff2f73152d86658757",
+            ),
+            (
+                "SELECT 1;\n",
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855",
+            ),
+        ];
+        for (text, want) in table {
+            assert_eq!(dbwarden_checksum(text), want, "{text}");
+        }
     }
 }
