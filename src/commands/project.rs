@@ -119,8 +119,14 @@ pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result
     // the file exclusively, then make sure no other file took the version.
     for _ in 0..100 {
         let existing = versions(dir)?;
+        let newest = existing
+            .iter()
+            .max_by_key(|(v, _)| *v)
+            .map(|(_, file)| Spelling::of(file))
+            .unwrap_or_default();
         let Some(version) = next_version(
-            &existing,
+            existing.iter().map(|(v, _)| *v).max(),
+            newest.digits,
             Migration::version_at(std::time::SystemTime::now()),
         ) else {
             return Err(CliError::usage(format!(
@@ -131,13 +137,7 @@ pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result
                 "renumber the migrations that are not applied yet, or start a new directory",
             ));
         };
-        let width = existing
-            .iter()
-            .max_by_key(|(v, _)| *v)
-            .map(|(_, digits)| *digits)
-            .filter(|&d| d < TIMESTAMP_DIGITS)
-            .unwrap_or(0);
-        let stem = format!("{version:0width$}_{}", args.name);
+        let stem = newest.stem(version, &args.name);
         let Some(path) = write_new(dir, &stem, version, &args.name, layout)? else {
             continue;
         };
@@ -259,10 +259,83 @@ fn check_name(name: &str) -> Result<(), CliError> {
     })
 }
 
-/// The versions of the migration files in `dir`, with the number of digits
-/// each was written with. Files that are not migrations are skipped: `new`
-/// must work even while another file is malformed.
-fn versions(dir: &Path) -> Result<Vec<(u64, usize)>, CliError> {
+/// How a directory's newest file spells its name, for `new` to spell the
+/// next alike: lockstep's `<version>_<name>`, Flyway's and jetbase's
+/// `V<version>__<name>` (MSR's `V<version>_<name>`), DBWarden's
+/// `<database>__<NNNN>_<name>`; with as many digits, when the versions are
+/// a sequence rather than times.
+#[derive(Debug, PartialEq, Eq)]
+struct Spelling {
+    /// What comes before the version: ``, `V`, `<database>__`.
+    prefix: String,
+    /// The version's digits in the newest file's name.
+    digits: usize,
+    /// What comes between the version and the name: `_` or `__`.
+    separator: &'static str,
+}
+
+/// lockstep's own, for a directory without migrations.
+impl Default for Spelling {
+    fn default() -> Spelling {
+        Spelling {
+            prefix: String::new(),
+            digits: 0,
+            separator: "_",
+        }
+    }
+}
+
+impl Spelling {
+    fn of(file_name: &str) -> Spelling {
+        let flyway =
+            file_name.starts_with('V') && file_name[1..].starts_with(|c: char| c.is_ascii_digit());
+        let prefix = if flyway {
+            "V".to_string()
+        } else if file_name.starts_with(|c: char| c.is_ascii_alphabetic()) {
+            // DBWarden's: the database's name and `__` before the digits.
+            file_name
+                .rmatch_indices("__")
+                .map(|(at, _)| &file_name[..at + 2])
+                .find(|prefix| file_name[prefix.len()..].starts_with(|c: char| c.is_ascii_digit()))
+                .unwrap_or_default()
+                .to_string()
+        } else {
+            String::new()
+        };
+        let rest = &file_name[prefix.len()..];
+        // diesel's `2023-01-01-120000` counts its fourteen digits.
+        let version = rest.split(['_', '.']).next().unwrap_or_default();
+        let digits = version.chars().filter(char::is_ascii_digit).count();
+        let separator = if flyway && rest[version.len()..].starts_with("__") {
+            "__"
+        } else {
+            "_"
+        };
+        Spelling {
+            prefix,
+            digits,
+            separator,
+        }
+    }
+
+    /// The name of `version`'s file (without its extension).
+    fn stem(&self, version: u64, name: &str) -> String {
+        let width = if self.digits < TIMESTAMP_DIGITS {
+            self.digits
+        } else {
+            0
+        };
+        let Spelling {
+            prefix, separator, ..
+        } = self;
+        format!("{prefix}{version:0width$}{separator}{name}")
+    }
+}
+
+/// The versions of the migration files in `dir`, with the name of each
+/// one's file. Files that are not migrations are skipped: `new` must work
+/// even while another file is malformed.
+fn versions(dir: &Path) -> Result<Vec<(u64, String)>, CliError> {
     let entries = fs::read_dir(dir)
         .map_err(|e| CliError::io(format!("cannot read {}: {e}", dir.display())))?;
     let mut out = Vec::new();
@@ -280,24 +353,21 @@ fn versions(dir: &Path) -> Result<Vec<(u64, usize)>, CliError> {
             Migration::version_of(name)
         };
         if let Some(version) = version {
-            let digits = name
-                .split(['_', '.'])
-                .next()
-                .map_or(0, |v| v.chars().filter(char::is_ascii_digit).count());
-            out.push((version, digits));
+            out.push((version, name.to_string()));
         }
     }
     Ok(out)
 }
 
-/// The next version: one past the newest in a sequence-numbered directory,
-/// otherwise the current UTC time as `YYYYMMDDHHMMSS`, or one past the
-/// newest when that is later (two calls in one second).
-/// `None` when the newest is the largest version there is.
-fn next_version(existing: &[(u64, usize)], now: u64) -> Option<u64> {
-    let next = match existing.iter().max_by_key(|(v, _)| *v) {
-        Some(&(newest, digits)) if digits < TIMESTAMP_DIGITS => newest + 1,
-        Some(&(newest, _)) => now.max(newest + 1),
+/// The next version: one past the newest in a sequence-numbered directory
+/// (its newest written with fewer `digits` than a time), otherwise the
+/// current UTC time as `YYYYMMDDHHMMSS`, or one past the newest when that
+/// is later (two calls in one second). `None` when the newest is the
+/// largest version there is.
+fn next_version(newest: Option<u64>, digits: usize, now: u64) -> Option<u64> {
+    let next = match newest {
+        Some(newest) if digits < TIMESTAMP_DIGITS => newest + 1,
+        Some(newest) => now.max(newest + 1),
         None => now,
     };
     (next <= Migration::MAX_VERSION).then_some(next)
@@ -383,12 +453,47 @@ mod tests {
     #[test]
     fn next_versions() {
         let now = 20261124111045;
-        assert_eq!(next_version(&[], now), Some(now));
-        assert_eq!(next_version(&[(1, 4), (2, 4)], now), Some(3));
-        assert_eq!(next_version(&[(20261124111045, 14)], now), Some(now + 1));
-        assert_eq!(next_version(&[(20200101000000, 14)], now), Some(now));
+        assert_eq!(next_version(None, 0, now), Some(now));
+        assert_eq!(next_version(Some(2), 4, now), Some(3));
+        assert_eq!(next_version(Some(20261124111045), 14, now), Some(now + 1));
+        assert_eq!(next_version(Some(20200101000000), 14, now), Some(now));
         let max = Migration::MAX_VERSION;
-        assert_eq!(next_version(&[(max - 1, 18)], now), Some(max));
-        assert_eq!(next_version(&[(max, 18)], now), None);
+        assert_eq!(next_version(Some(max - 1), 18, now), Some(max));
+        assert_eq!(next_version(Some(max), 18, now), None);
+    }
+
+    #[test]
+    fn new_names_are_spelled_as_the_newest() {
+        assert_eq!(
+            Spelling::default().stem(20261124111045, "posts"),
+            "20261124111045_posts"
+        );
+        for (newest, version, want) in [
+            ("0002_users.sql", 3, "0003_posts"),
+            (
+                "20261124111045_users.up.sql",
+                20261124111046,
+                "20261124111046_posts",
+            ),
+            ("V2__users.sql", 3, "V3__posts"),
+            (
+                "V202301011200_users.up.sql",
+                202301011201,
+                "V202301011201_posts",
+            ),
+            ("primary__0002_users.sql", 3, "primary__0003_posts"),
+            ("app__db__0009_users.sql", 10, "app__db__0010_posts"),
+            (
+                "2024-01-01-000000_users",
+                20240102000000,
+                "20240102000000_posts",
+            ),
+        ] {
+            assert_eq!(
+                Spelling::of(newest).stem(version, "posts"),
+                want,
+                "{newest}"
+            );
+        }
     }
 }
