@@ -289,7 +289,7 @@ pub struct NewArgs {
 pub struct UpgradeArgs {
     /// Apply up to and including this version
     #[arg(long, value_name = "VERSION", value_parser = parse_version)]
-    pub to: Option<u64>,
+    pub to: Option<lockstep::Version>,
 
     /// Apply at most this many migrations
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -318,7 +318,7 @@ pub struct UpgradeArgs {
 pub struct RollbackArgs {
     /// Revert every migration newer than this version (it stays applied)
     #[arg(long, value_name = "VERSION", value_parser = parse_version)]
-    pub to: Option<u64>,
+    pub to: Option<lockstep::Version>,
 
     /// Revert this many migrations [default: 1]
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
@@ -396,7 +396,7 @@ fn parse_tool(name: &str) -> Result<lockstep::Tool, String> {
 pub struct BaselineArgs {
     /// The newest migration the database already has
     #[arg(value_parser = parse_version)]
-    pub version: u64,
+    pub version: lockstep::Version,
 
     /// Print what would be recorded and change nothing
     #[arg(long)]
@@ -411,7 +411,7 @@ pub struct BaselineArgs {
 pub struct FixDirtyArgs {
     /// The dirty migration's version
     #[arg(value_parser = parse_version)]
-    pub version: u64,
+    pub version: lockstep::Version,
 
     /// Its effects are complete: record it as applied
     #[arg(long, group = "resolution")]
@@ -426,7 +426,7 @@ pub struct FixDirtyArgs {
     pub dry_run: bool,
 }
 
-fn parse_version(s: &str) -> Result<u64, String> {
+fn parse_version(s: &str) -> Result<lockstep::Version, String> {
     lockstep::Migration::parse_version(s)
 }
 

@@ -304,11 +304,11 @@ mod tests {
             Remedy::RestoreOrAcceptChecksums,
             Remedy::RestoreOrForget,
             Remedy::ResolveDirty {
-                version: 7,
+                version: 7.into(),
                 progress: None,
             },
             Remedy::ResolveDirty {
-                version: 7,
+                version: 7.into(),
                 progress: dirty,
             },
             Remedy::RenumberOrAllowOutOfOrder,
@@ -332,7 +332,7 @@ mod tests {
                 terminate: vec!["SELECT pg_terminate_backend(42)".into()],
             },
             Remedy::UndoLeftover {
-                version: 7,
+                version: 7.into(),
                 statements: vec!["DROP INDEX CONCURRENTLY IF EXISTS public.i".into()],
             },
             Remedy::ChooseHistoryTable { suggestion: None },

@@ -6,6 +6,26 @@ use serde::Serialize;
 /// Raised when a document changes incompatibly.
 pub const SCHEMA: u32 = 1;
 
+/// A migration's version: a number when it is whole (as every version was
+/// before Flyway's dotted ones were read), else its dotted text, `"1.2.3"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonVersion(pub lockstep::Version);
+
+impl Serialize for JsonVersion {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_whole() {
+            Some(whole) => serializer.serialize_u64(whole),
+            None => serializer.collect_str(&self.0),
+        }
+    }
+}
+
+impl From<lockstep::Version> for JsonVersion {
+    fn from(v: lockstep::Version) -> Self {
+        JsonVersion(v)
+    }
+}
+
 /// The envelope every document shares.
 #[derive(Serialize)]
 pub struct Document<'a, T: Serialize> {
@@ -121,7 +141,7 @@ pub struct StatementJson {
 #[derive(Debug, Serialize)]
 pub struct MigrationRef {
     /// Null for a repeatable migration or a callback.
-    pub version: Option<u64>,
+    pub version: Option<JsonVersion>,
     pub name: String,
     pub kind: &'static str,
     /// `modified`: the file, its checksum now, and the one history holds.
@@ -156,8 +176,8 @@ pub fn kind_name(kind: lockstep::Kind) -> &'static str {
 }
 
 /// A migration's version, none for a repeatable one or a callback.
-fn versioned(kind: lockstep::Kind, version: u64) -> Option<u64> {
-    (kind == lockstep::Kind::Versioned).then_some(version)
+fn versioned(kind: lockstep::Kind, version: lockstep::Version) -> Option<JsonVersion> {
+    (kind == lockstep::Kind::Versioned).then_some(JsonVersion(version))
 }
 
 /// A migration's name; a callback's is its file's.
@@ -171,7 +191,7 @@ fn named(kind: lockstep::Kind, name: &str) -> String {
 #[derive(Debug, Serialize)]
 pub struct StepJson {
     /// Null for a repeatable migration or a callback.
-    pub version: Option<u64>,
+    pub version: Option<JsonVersion>,
     pub name: String,
     pub kind: &'static str,
     pub duration_ms: u64,
@@ -215,7 +235,7 @@ pub struct Wait {
 #[derive(Serialize)]
 pub struct New {
     pub path: String,
-    pub version: u64,
+    pub version: JsonVersion,
     pub name: String,
 }
 
@@ -288,7 +308,7 @@ pub struct Counts {
 
 #[derive(Serialize)]
 pub struct StatusJson {
-    pub version: u64,
+    pub version: JsonVersion,
     pub name: String,
     pub state: &'static str,
     /// The file (the up file for a pair); null when missing.
@@ -342,7 +362,7 @@ impl From<&lockstep::RepeatRow> for RepeatHistoryJson {
 
 #[derive(Serialize)]
 pub struct HistoryJson {
-    pub version: u64,
+    pub version: JsonVersion,
     pub name: String,
     pub state: &'static str,
     pub checksum: String,
@@ -356,7 +376,7 @@ pub struct HistoryJson {
 impl From<&lockstep::HistoryRow> for HistoryJson {
     fn from(r: &lockstep::HistoryRow) -> Self {
         HistoryJson {
-            version: r.version,
+            version: r.version.into(),
             name: r.name.clone(),
             state: r.state.as_str(),
             checksum: r.checksum.to_string(),
@@ -388,13 +408,13 @@ pub struct Fix {
 #[derive(Serialize)]
 pub struct Current {
     /// The newest applied migration's version; null when none is.
-    pub version: Option<u64>,
+    pub version: Option<JsonVersion>,
     pub name: Option<String>,
 }
 
 #[derive(Serialize)]
 pub struct FixJson {
-    pub version: u64,
+    pub version: JsonVersion,
     pub name: String,
     pub action: String,
 }

@@ -166,7 +166,7 @@ pub fn report(
 
 fn fix_json(f: &Fixed) -> json::FixJson {
     json::FixJson {
-        version: f.version,
+        version: f.version.into(),
         name: f.name.clone(),
         action: f.action.clone(),
     }

@@ -31,7 +31,7 @@ pub fn status(
     };
     // The files' upgrade sections that run outside a transaction here
     // (MariaDB runs DDL so), by version.
-    let outside: std::collections::HashSet<u64> = set
+    let outside: std::collections::HashSet<lockstep::Version> = set
         .migrations()
         .iter()
         .filter(|m| migrator.runs_outside_transaction(&m.up))
@@ -175,7 +175,7 @@ fn summary(counts: &json::Counts) -> String {
 /// A migration's entry in `status --json`.
 fn status_json(e: &StatusEntry<'_>, outside: bool) -> json::StatusJson {
     json::StatusJson {
-        version: e.version,
+        version: e.version.into(),
         name: e.name.to_string(),
         state: e.state.as_str(),
         file: e.migration.map(|m| m.up.path.display().to_string()),
@@ -297,7 +297,7 @@ pub fn current(settings: &Settings, printer: &mut Printer) -> Result<Exit, CliEr
         None => printer.line("no migration applied"),
     }
     printer.document("current", Exit::Success, || json::Current {
-        version: current.as_ref().map(|r| r.version),
+        version: current.as_ref().map(|r| r.version.into()),
         name: current.as_ref().map(|r| r.name.clone()),
     });
     Ok(Exit::Success)

@@ -124,8 +124,9 @@ pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result
             .max_by_key(|(v, _)| *v)
             .map(|(_, file)| Spelling::of(file))
             .unwrap_or_default();
+        // After a dotted newest, `1.2.3`, the next whole version: 2.
         let Some(version) = next_version(
-            existing.iter().map(|(v, _)| *v).max(),
+            existing.iter().map(|(v, _)| v.first()).max(),
             newest.digits,
             Migration::version_at(std::time::SystemTime::now()),
         ) else {
@@ -141,7 +142,11 @@ pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result
         let Some(path) = write_new(dir, &stem, version, &args.name, layout)? else {
             continue;
         };
-        let taken_twice = versions(dir)?.iter().filter(|(v, _)| *v == version).count() > 1;
+        let taken_twice = versions(dir)?
+            .iter()
+            .filter(|(v, _)| *v == lockstep::Version::whole(version))
+            .count()
+            > 1;
         if taken_twice {
             remove_new(&path);
             continue;
@@ -149,7 +154,7 @@ pub fn new(settings: &Settings, printer: &mut Printer, args: &NewArgs) -> Result
         printer.line(&path.display().to_string());
         printer.document("new", Exit::Success, || json::New {
             path: path.display().to_string(),
-            version,
+            version: lockstep::Version::whole(version).into(),
             name: args.name.clone(),
         });
         return Ok(Exit::Success);
@@ -335,7 +340,7 @@ impl Spelling {
 /// The versions of the migration files in `dir`, with the name of each
 /// one's file. Files that are not migrations are skipped: `new` must work
 /// even while another file is malformed.
-fn versions(dir: &Path) -> Result<Vec<(u64, String)>, CliError> {
+fn versions(dir: &Path) -> Result<Vec<(lockstep::Version, String)>, CliError> {
     let entries = fs::read_dir(dir)
         .map_err(|e| CliError::io(format!("cannot read {}: {e}", dir.display())))?;
     let mut out = Vec::new();

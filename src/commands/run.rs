@@ -90,7 +90,7 @@ pub fn rollback(
     finish(printer, "rollback", result, started.elapsed(), None)
 }
 
-fn target(to: Option<u64>, count: Option<u64>) -> Target {
+fn target(to: Option<lockstep::Version>, count: Option<u64>) -> Target {
     Target {
         to,
         count: count.map(|c| usize::try_from(c).unwrap_or(usize::MAX)),

@@ -379,12 +379,26 @@ both!(flyway_files_and_history_are_taken_over, |p| {
     // V2 was undone: upgrade runs it (out of order, as Flyway's undo left it).
     p.run(&["upgrade", "--allow-out-of-order"]).ok();
     assert!(p.db.table_exists("b"));
-    p.db.exec("UPDATE flyway_schema_history SET version = '3.1' WHERE installed_rank = 5");
-    let dotted = p.run(&["import", "flyway"]);
-    dotted.code(2);
+    // A dotted version Flyway applied since: imported, the history table
+    // widened to text versions for it.
+    p.db.exec("INSERT INTO flyway_schema_history VALUES (6, '3.1', 'd', 'SQL', 'V3.1__d.sql', 6, 'me', 1, true)");
+    p.db.exec("CREATE TABLE d (id integer)");
+    p.migration("V3.1__d.sql", "CREATE TABLE d (id integer);\n");
+    p.run(&["import", "flyway"]).ok();
+    assert_eq!(
+        p.db.history(),
+        ["1 a applied", "2 b applied", "3 c applied", "3.1 d applied"]
+    );
+    assert_eq!(p.db.value("SELECT format_version FROM lockstep_meta"), "2");
+    p.run(&["status", "--check"]).ok();
+    p.db.exec("UPDATE flyway_schema_history SET version = '3.x' WHERE installed_rank = 6");
+    let bad = p.run(&["import", "flyway"]);
+    bad.code(2);
     assert!(
-        dotted.stderr.contains("version 3.1 (V3__c.sql) is dotted"),
+        bad.stderr.contains(
+            "flyway_schema_history's version of V3.1__d.sql: version `3.x` is not a number"
+        ),
         "{}",
-        dotted.stderr
+        bad.stderr
     );
 });

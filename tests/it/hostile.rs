@@ -287,7 +287,7 @@ both!(a_newer_format_is_refused, |p| {
     run.code(2);
     assert!(
         run.stderr.starts_with(&format!(
-            "error: table lockstep_history was written by a newer lockstep (table format 99; this lockstep {} knows format 1)",
+            "error: table lockstep_history was written by a newer lockstep (table format 99; this lockstep {} knows format 2)",
             env!("CARGO_PKG_VERSION")
         )),
         "{}",

@@ -27,3 +27,4 @@ mod server_faults;
 mod table_locks;
 mod tools;
 mod upgrade;
+mod versions;

@@ -153,6 +153,11 @@ both!(jetbase_s_own_history_is_taken_over, |p| {
         &format!("{dir}/ROC__names.sql"),
         "-- upgrade\nDROP VIEW IF EXISTS names;\nCREATE VIEW names AS SELECT name FROM users;\n",
     );
+    // jetbase's own default: a dotted version.
+    p.file(
+        &format!("{dir}/V20251225.120000__tags.sql"),
+        "-- upgrade\nCREATE TABLE tags (id integer);\n-- rollback\nDROP TABLE tags;\n",
+    );
     let mut up = Command::new(&jetbase);
     up.current_dir(p.path("jetbase")).arg("upgrade");
     run_tool(up, "jetbase upgrade");
@@ -161,7 +166,7 @@ both!(jetbase_s_own_history_is_taken_over, |p| {
             &p,
             "SELECT version FROM jetbase_migrations WHERE migration_type = 'VERSIONED' ORDER BY order_executed"
         ),
-        ["1", "2"]
+        ["1", "2", "20251225.120000"]
     );
     // After jetbase ran them: a comment (not in jetbase's checksum) in one,
     // a statement more in the other.
@@ -177,7 +182,8 @@ both!(jetbase_s_own_history_is_taken_over, |p| {
     let run = p.run(&["-m", dir, "import", "jetbase", "--json"]);
     run.ok();
     let doc = run.json();
-    assert_eq!(doc["changes"].as_array().unwrap().len(), 2, "{doc}");
+    assert_eq!(doc["changes"].as_array().unwrap().len(), 3, "{doc}");
+    assert_eq!(doc["changes"][2]["version"], "20251225.120000", "{doc}");
     let warnings: Vec<&str> = doc["warnings"]
         .as_array()
         .unwrap()
@@ -193,7 +199,11 @@ both!(jetbase_s_own_history_is_taken_over, |p| {
     );
     assert_eq!(
         p.db.history(),
-        ["1 create_users applied", "2 add_posts applied"]
+        [
+            "1 create_users applied",
+            "2 add_posts applied",
+            "20251225.120000 tags applied"
+        ]
     );
 
     // The repeatable one runs once, under lockstep; jetbase's table stays
@@ -210,7 +220,7 @@ both!(jetbase_s_own_history_is_taken_over, |p| {
         p.db.value("SELECT runs FROM lockstep_repeatable WHERE name = 'names'"),
         "1"
     );
-    assert_eq!(p.db.value("SELECT count(*) FROM jetbase_migrations"), "3");
+    assert_eq!(p.db.value("SELECT count(*) FROM jetbase_migrations"), "4");
     assert!(!p.db.table_exists("more"));
 });
 

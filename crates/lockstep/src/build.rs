@@ -79,14 +79,21 @@ fn code_for(set: &MigrationSet) -> String {
 }
 
 fn migration(m: &Migration) -> String {
+    // Read from its file at build time: a version that parses.
+    let version = match m.version.as_whole() {
+        Some(whole) => format!("::lockstep::Version::whole({whole})"),
+        None => format!(
+            "::lockstep::Version::parse(\"{}\").expect(\"a version read at build time\")",
+            m.version
+        ),
+    };
     let down = match &m.down {
         Some(down) => format!("Some(Box::new({}))", section(down)),
         None => "None".to_string(),
     };
     format!(
-        "::lockstep::Migration {{ version: {}, name: {:?}.to_string(), up: {}, down: {down}, \
+        "::lockstep::Migration {{ version: {version}, name: {:?}.to_string(), up: {}, down: {down}, \
          checksum: ::lockstep::Checksum::parse({:?}), layout: {} }}",
-        m.version,
         m.name,
         section(&m.up),
         m.checksum.to_string(),

@@ -1,14 +1,28 @@
 //! The history table: its rows and the names of lockstep's tables.
 
+use crate::version::Version;
 use std::fmt;
 
 use crate::lock::{Fence, LockMark};
 use crate::source::Checksum;
 
-/// The format of lockstep's own tables, recorded in `lockstep_meta`. A
-/// release that changes the tables raises it and migrates older formats; a
-/// release that finds a newer format than it knows refuses to touch it.
-pub const FORMAT_VERSION: i64 = 1;
+/// The newest format of lockstep's own tables this release knows, recorded
+/// in `lockstep_meta`. A release that changes the tables raises it and
+/// migrates older formats; a release that finds a newer format than it
+/// knows refuses to touch it.
+///
+/// - 1: versions are whole numbers, in a 64-bit column.
+/// - 2: versions are text, for Flyway's dotted ones (`1.2.3`). A history
+///   table is raised to it, under the lock, just before its first dotted
+///   version is recorded; one with whole versions only stays at 1, so that
+///   older releases in a rolling fleet keep reading it.
+pub const FORMAT_VERSION: i64 = 2;
+
+/// The format new tables are created in.
+pub(crate) const CREATED_FORMAT: i64 = 1;
+
+/// The format whose history table holds versions as text.
+pub(crate) const TEXT_VERSIONS: i64 = 2;
 
 /// The version of lockstep recorded with every history row.
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -54,7 +68,7 @@ impl RowState {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryRow {
     /// The migration's version.
-    pub version: u64,
+    pub version: Version,
     /// Its name, as the file was named when it was applied.
     pub name: String,
     /// Its checksum when it was applied.
@@ -185,7 +199,7 @@ impl fmt::Display for TableName {
 /// `applied_at` and `duration_ms` from the clock it trusts.
 #[derive(Debug, Clone)]
 pub(crate) struct NewRow<'a> {
-    pub version: u64,
+    pub version: Version,
     pub name: &'a str,
     pub checksum: &'a Checksum,
     pub started: bool,
@@ -203,15 +217,15 @@ pub(crate) enum Change<'a> {
     /// `applied_at` with the current time: a no-transaction migration that
     /// finished.
     SetState {
-        version: u64,
+        version: Version,
         state: RowState,
         duration_ms: Option<i64>,
     },
     /// Forget a row: a rollback, `fix missing`, `fix dirty --forget`.
-    Delete { version: u64 },
+    Delete { version: Version },
     /// Record the file's current checksum and name: `fix checksums`.
     SetChecksum {
-        version: u64,
+        version: Version,
         name: String,
         checksum: Checksum,
     },
@@ -259,6 +273,10 @@ pub(crate) trait HistoryStore {
     /// Creates the repeatables table when it does not exist: before the
     /// first repeatable migration runs, under the lock.
     fn create_repeatable_table(&mut self) -> Result<(), Self::Error>;
+
+    /// Raises the history table to format [`TEXT_VERSIONS`] unless it is
+    /// there: before the first dotted version is recorded, under the lock.
+    fn widen_versions(&mut self) -> Result<(), Self::Error>;
 
     /// Applies history changes in one transaction of their own, fenced when
     /// a fence is given.

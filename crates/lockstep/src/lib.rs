@@ -195,6 +195,7 @@ mod remedy;
 mod source;
 mod sql;
 mod url;
+mod version;
 mod waits;
 
 pub use duration::parse_duration;
@@ -217,6 +218,7 @@ pub use source::{
     SourceError, Step,
 };
 pub use url::{DatabaseUrl, UrlError};
+pub use version::Version;
 pub use waits::{Activity, Blocked, BlockedReport, Blocker, StatementOptions};
 
 /// What the fuzz targets drive directly. Not part of the API: it may

@@ -2,6 +2,7 @@
 //! out. Pure functions, no database.
 use crate::history::{HistoryRow, RepeatRow, RowState};
 use crate::source::{Checksum, Kind, Migration, MigrationSet, Named, Repeat};
+use crate::version::Version;
 
 /// What a migration is, comparing its file with its history row.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,7 +36,7 @@ impl State {
 #[derive(Debug, Clone)]
 pub struct StatusEntry<'a> {
     /// The version.
-    pub version: u64,
+    pub version: Version,
     /// The file's name for it, or the recorded one when the file is gone.
     pub name: &'a str,
     /// The state.
@@ -191,7 +192,7 @@ fn pairs<'a, 'h>(
 
 /// A slice's items by version. Callers may pass slices in any order: those
 /// get sorted references (unstable, as versions are unique).
-fn in_order<T>(items: &[T], version: fn(&T) -> u64) -> InOrder<'_, T> {
+fn in_order<T>(items: &[T], version: fn(&T) -> Version) -> InOrder<'_, T> {
     if items.is_sorted_by_key(version) {
         InOrder::Slice(items.iter())
     } else {
@@ -223,7 +224,7 @@ impl<'a, T> Iterator for InOrder<'a, T> {
 fn entry<'a>(
     migration: Option<&'a Migration>,
     row: Option<&'a HistoryRow>,
-    newest_applied: Option<u64>,
+    newest_applied: Option<Version>,
 ) -> StatusEntry<'a> {
     let state = match (migration, row) {
         (_, Some(r)) if r.state == RowState::Started => State::Dirty,
@@ -233,7 +234,10 @@ fn entry<'a>(
         (Some(_), None) => State::Pending,
         (None, None) => unreachable!("every entry has a file or a row"),
     };
-    let version = migration.map_or_else(|| row.map_or(0, |r| r.version), |m| m.version);
+    let version = migration.map_or_else(
+        || row.map_or_else(Version::default, |r| r.version),
+        |m| m.version,
+    );
     StatusEntry {
         version,
         name: migration.map_or_else(|| row.map_or("", |r| r.name.as_str()), |m| m.name.as_str()),
@@ -286,7 +290,7 @@ pub enum Refusal {
         /// The pending ones.
         pending: Vec<Named>,
         /// The newest applied version.
-        newest_applied: u64,
+        newest_applied: Version,
     },
     /// A migration to roll back has no down section.
     NoDown(Named),
@@ -296,11 +300,11 @@ pub enum Refusal {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetError {
     /// `--to` names a version that no file and no history row has.
-    UnknownVersion(u64),
+    UnknownVersion(Version),
     /// `rollback --to` names a version that is not applied.
-    NotApplied(u64),
+    NotApplied(Version),
     /// `fix dirty` names a version that is not dirty.
-    NotDirty(u64),
+    NotDirty(Version),
 }
 
 /// Why no plan could be made.
@@ -323,7 +327,7 @@ impl From<Refusal> for PlanError {
 pub struct Target {
     /// Up to and including this version (upgrade), or down to and keeping
     /// this version (rollback).
-    pub to: Option<u64>,
+    pub to: Option<Version>,
     /// At most this many migrations.
     pub count: Option<usize>,
 }
@@ -513,7 +517,7 @@ mod tests {
             statement_timeout: None,
         };
         Migration {
-            version,
+            version: version.into(),
             name: format!("m{version}"),
             up: section("SELECT 1;"),
             down: down.then(|| Box::new(section("SELECT 2;"))),
@@ -524,7 +528,7 @@ mod tests {
 
     fn row(version: u64) -> HistoryRow {
         HistoryRow {
-            version,
+            version: version.into(),
             name: format!("m{version}"),
             checksum: Checksum::parse(&format!("sha256:{version}")),
             state: RowState::Applied,
@@ -537,11 +541,11 @@ mod tests {
     }
 
     fn versions(plan: &[&Migration]) -> Vec<u64> {
-        plan.iter().map(|m| m.version).collect()
+        plan.iter().map(|m| m.version.first()).collect()
     }
 
     fn n(version: u64) -> Named {
-        Named::versioned(version, &format!("m{version}"))
+        Named::versioned(version.into(), &format!("m{version}"))
     }
 
     /// Migration `version` of `m`, changed since history recorded it with
@@ -567,7 +571,7 @@ mod tests {
     /// A repeatable migration `name` whose file's checksum is `sum`.
     fn repeatable(name: &str, repeat: Repeat, sum: &str) -> Migration {
         Migration {
-            version: 0,
+            version: Version::default(),
             name: name.to_string(),
             checksum: Checksum::parse(&format!("sha256:{sum}")),
             layout: crate::source::Layout::Repeatable(repeat),
@@ -636,7 +640,7 @@ mod tests {
             (
                 &[1],
                 Target {
-                    to: Some(3),
+                    to: Some(3.into()),
                     count: None,
                 },
                 &[2, 3],
@@ -652,7 +656,7 @@ mod tests {
             (
                 &[1],
                 Target {
-                    to: Some(4),
+                    to: Some(4.into()),
                     count: Some(1),
                 },
                 &[2],
@@ -660,7 +664,7 @@ mod tests {
             (
                 &[1, 2, 3],
                 Target {
-                    to: Some(2),
+                    to: Some(2.into()),
                     count: None,
                 },
                 &[],
@@ -692,7 +696,7 @@ mod tests {
                 vec![row(1), row(3)],
                 Refusal::OutOfOrder {
                     pending: vec![n(2)],
-                    newest_applied: 3,
+                    newest_applied: 3.into(),
                 }
                 .into(),
             ),
@@ -715,13 +719,13 @@ mod tests {
                 &files,
                 &[],
                 Target {
-                    to: Some(7),
+                    to: Some(7.into()),
                     count: None
                 },
                 false
             )
             .unwrap_err(),
-            PlanError::Target(TargetError::UnknownVersion(7))
+            PlanError::Target(TargetError::UnknownVersion(7.into()))
         );
         let plan = plan_upgrade(&files, &[row(1), row(3)], ALL, true).unwrap();
         assert_eq!(versions(&plan), [2]);
@@ -732,7 +736,7 @@ mod tests {
                 &files,
                 &[row(1), row(9)],
                 Target {
-                    to: Some(9),
+                    to: Some(9.into()),
                     count: None
                 },
                 false
@@ -762,7 +766,7 @@ mod tests {
         );
         let history = vec![row(2), row(1), row(3)];
         let to_one = Target {
-            to: Some(1),
+            to: Some(1.into()),
             count: None,
         };
         let plan = plan_rollback(&files, &history, to_one).unwrap();
@@ -791,21 +795,21 @@ mod tests {
             ),
             (
                 Target {
-                    to: Some(1),
+                    to: Some(1.into()),
                     count: None,
                 },
                 &[3, 2],
             ),
             (
                 Target {
-                    to: Some(3),
+                    to: Some(3.into()),
                     count: None,
                 },
                 &[],
             ),
             (
                 Target {
-                    to: Some(1),
+                    to: Some(1.into()),
                     count: Some(1),
                 },
                 &[3],
@@ -823,12 +827,12 @@ mod tests {
                 &files,
                 &history,
                 Target {
-                    to: Some(4),
+                    to: Some(4.into()),
                     count: None
                 }
             )
             .unwrap_err(),
-            PlanError::Target(TargetError::NotApplied(4))
+            PlanError::Target(TargetError::NotApplied(4.into()))
         );
         assert!(plan_rollback(&files, &[], ALL).unwrap().is_empty());
     }
@@ -871,7 +875,7 @@ mod tests {
     fn states(files: &[Migration], history: &[HistoryRow]) -> Vec<(u64, State, bool)> {
         status(files, history)
             .iter()
-            .map(|e| (e.version, e.state, e.out_of_order))
+            .map(|e| (e.version.first(), e.state, e.out_of_order))
             .collect()
     }
 

@@ -1,6 +1,7 @@
 //! What a human can do about an error, as data that each front end words
 //! with its own commands.
 
+use crate::version::Version;
 use std::fmt;
 
 /// What a human can do about an error, as data. The library names the
@@ -32,7 +33,7 @@ pub enum Remedy {
     /// applied or forget it.
     ResolveDirty {
         /// The migration's version.
-        version: u64,
+        version: Version,
         /// How far it got, when the run saw it fail.
         progress: Option<DirtyDetail>,
     },
@@ -66,7 +67,7 @@ pub enum Remedy {
     /// run these statements, then forget the migration's `started` row.
     UndoLeftover {
         /// The migration's version.
-        version: u64,
+        version: Version,
         /// The SQL that undoes what is left.
         statements: Vec<String>,
     },

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 use crate::fsread::io_reason;
 use crate::remedy::Remedy;
 use crate::sql;
+use crate::version::Version;
 
 /// Files larger than this are refused: a migration is code, not a data dump,
 /// and the whole file is held in memory and sent in one message.
@@ -39,7 +40,7 @@ pub struct MigrationSet {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Migration {
     /// The numeric version from the file name.
-    pub version: u64,
+    pub version: Version,
     /// The name from the file name, `[a-z0-9_]+`.
     pub name: String,
     /// The `-- upgrade` section (or the `.up.sql` file).
@@ -244,10 +245,10 @@ impl Layout {
 
 // A set holds a record per file, all at once: what a record holds inline
 // is held 10,000 times over at 10,000 files. Grown only on purpose: by
-// the upgrade section's two timeouts, which each migration may set, and
-// by its file's layout.
+// the upgrade section's two timeouts, which each migration may set, by
+// its file's layout, and by the parts of a dotted version.
 #[cfg(target_pointer_width = "64")]
-const _: () = assert!(std::mem::size_of::<Migration>() == 184);
+const _: () = assert!(std::mem::size_of::<Migration>() == 200);
 
 /// The SQL of one direction of a migration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -450,14 +451,14 @@ pub(crate) enum FileName {
     /// `<version>_<name>.sql`
     Single {
         /// The version.
-        version: u64,
+        version: Version,
         /// The name.
         name: String,
     },
     /// `<version>_<name>.up.sql` or `.down.sql`
     Half {
         /// The version.
-        version: u64,
+        version: Version,
         /// The name.
         name: String,
         /// `.up.sql` rather than `.down.sql`.
@@ -517,17 +518,23 @@ pub(crate) fn parse_file_name(file_name: &str) -> Result<Option<FileName>, Strin
         .or_else(|| stem.strip_prefix('U').filter(|_| undo));
     let stem = match prefixed {
         Some(rest) if rest.starts_with(|c: char| c.is_ascii_digit()) => {
-            let digits_end = rest
-                .find(|c: char| !c.is_ascii_digit())
-                .unwrap_or(rest.len());
-            if rest[digits_end..].starts_with(['.', '_'])
-                && !rest[digits_end..].starts_with("__")
-                && !(half.is_some() && !undo && rest[digits_end..].starts_with('_'))
-            {
-                return Err(format!(
-                    "Flyway's dotted or underscored versions (`V1.2__…`, `V1_2__…`) are not read yet: \
-                     `{file_name}` needs a version of digits alone, as `V12__name.sql`"
-                ));
+            // Flyway's own files: the version up to `__`, dotted or
+            // underscored (`V1.2.3__…`, `V1_2_3__…`).
+            if half.is_none() || undo {
+                let (text, name) = rest.split_once("__").ok_or_else(|| {
+                    "a Flyway file name is `V<version>__<description>.sql` (version: digits, \
+                     or digits separated by `.` or `_`)"
+                        .to_string()
+                })?;
+                if name.is_empty() || !is_tool_name(name) {
+                    return Err(bad());
+                }
+                let version = Version::parse(text)?;
+                let name = name.to_string();
+                return Ok(Some(match half {
+                    None => FileName::Single { version, name },
+                    Some(up) => FileName::Half { version, name, up },
+                }));
             }
             rest
         }
@@ -639,24 +646,20 @@ fn is_tool_name(name: &str) -> bool {
         .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
-/// Parses a version: digits, at most 18 of them so that it fits a signed
-/// 64-bit column on every engine.
-pub(crate) fn parse_version(digits: &str) -> Result<u64, String> {
+/// Parses a whole version: digits, at most 18 of them so that it fits a
+/// signed 64-bit column on every engine.
+pub(crate) fn parse_version(digits: &str) -> Result<Version, String> {
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!("version `{digits}` is not a number"));
     }
-    let significant = digits.trim_start_matches('0');
-    if significant.len() > 18 {
-        return Err(format!("version `{digits}` has more than 18 digits"));
-    }
-    Ok(significant.parse().unwrap_or(0))
+    Version::parse(digits)
 }
 
 /// A migration named in a refusal or error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Named {
     /// Its version (0 for a repeatable migration or a callback).
-    pub version: u64,
+    pub version: Version,
     /// Its name.
     pub name: String,
     /// Versioned, repeatable or a callback.
@@ -686,7 +689,7 @@ impl Named {
     }
 
     /// A versioned migration, named.
-    pub fn versioned(version: u64, name: &str) -> Named {
+    pub fn versioned(version: Version, name: &str) -> Named {
         Named {
             version,
             name: name.to_string(),
@@ -715,7 +718,7 @@ impl fmt::Display for Named {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Step {
     /// The version.
-    pub version: u64,
+    pub version: Version,
     /// The name.
     pub name: String,
     /// Wall time of the migration, including its round trip.
@@ -783,10 +786,10 @@ impl Migration {
     /// The largest migration file lockstep reads.
     pub const MAX_FILE_BYTES: u64 = MAX_FILE_BYTES;
 
-    /// Parses a version as a file name writes it: digits, at most 18 of
-    /// them.
-    pub fn parse_version(digits: &str) -> Result<u64, String> {
-        parse_version(digits)
+    /// Parses a version as a file name writes it: digits (at most 18), or
+    /// Flyway's dotted or underscored parts (see [`Version`]).
+    pub fn parse_version(text: &str) -> Result<Version, String> {
+        Version::parse(text)
     }
 
     /// Checks a name for a new migration: lowercase letters, digits and
@@ -807,7 +810,7 @@ impl Migration {
 
     /// The version of a file named as a migration (`<version>_<name>.sql`,
     /// or either file of a pair); `None` for any other name.
-    pub fn version_of(file_name: &str) -> Option<u64> {
+    pub fn version_of(file_name: &str) -> Option<Version> {
         match parse_file_name(file_name) {
             Ok(Some(FileName::Single { version, .. } | FileName::Half { version, .. })) => {
                 Some(version)
@@ -818,7 +821,7 @@ impl Migration {
 
     /// The version of a directory named as a diesel migration
     /// (`2023-01-01-120000_create_users`); `None` for any other name.
-    pub fn version_of_dir(dir_name: &str) -> Option<u64> {
+    pub fn version_of_dir(dir_name: &str) -> Option<Version> {
         parse_diesel_name(dir_name).map(|(version, _)| version)
     }
 
@@ -936,7 +939,7 @@ impl MigrationSet {
     /// parse counts as lockstep's own.
     pub fn newest_layout(dir: impl AsRef<Path>) -> Option<Layout> {
         let dir = dir.as_ref();
-        let mut newest: Option<(u64, Layout, PathBuf)> = None;
+        let mut newest: Option<(Version, Layout, PathBuf)> = None;
         for (name, kind) in list(dir).ok()? {
             let found = if kind.is_dir() {
                 parse_diesel_name(&name)
@@ -1012,7 +1015,7 @@ impl MigrationSet {
     }
 
     /// The migration with this version.
-    pub fn get(&self, version: u64) -> Option<&Migration> {
+    pub fn get(&self, version: Version) -> Option<&Migration> {
         self.migrations
             .binary_search_by_key(&version, |m| m.version)
             .ok()
@@ -1164,7 +1167,7 @@ fn parse_unversioned_text(
         FileName::Callback(hook) => (String::new(), Layout::Callback(hook)),
         FileName::Single { .. } | FileName::Half { .. } => unreachable!("versioned"),
     };
-    let mut m = parse_single_text(0, name, path, text)?;
+    let mut m = parse_single_text(Version::default(), name, path, text)?;
     if let Some(down) = &m.down {
         let what = if matches!(layout, Layout::Repeatable(_)) {
             "a repeatable migration has no rollback section: `rollback` leaves it as it is"
@@ -1287,7 +1290,7 @@ fn diesel_job(dir_name: &str, path: &Path) -> Result<Option<Job>, SourceError> {
 }
 
 /// A diesel directory's version and name: `2023-01-01-120000_create_users`.
-fn parse_diesel_name(dir_name: &str) -> Option<(u64, &str)> {
+fn parse_diesel_name(dir_name: &str) -> Option<(Version, &str)> {
     let (version, name) = dir_name.split_once('_')?;
     let digits: String = version.chars().filter(|&c| c != '-').collect();
     let dashes_between_digits = !version.starts_with('-') && !version.ends_with('-');
@@ -1366,12 +1369,12 @@ fn file_name_starts(path: Option<&Path>, letter: char) -> bool {
 
 /// One migration to read and parse.
 enum Job {
-    Single(u64, String, PathBuf),
-    Pair(u64, Halves),
+    Single(Version, String, PathBuf),
+    Pair(Version, Halves),
 }
 
 impl Job {
-    fn version(&self) -> u64 {
+    fn version(&self) -> Version {
         match self {
             Job::Single(version, ..) | Job::Pair(version, _) => *version,
         }
@@ -1531,7 +1534,7 @@ fn check_versions_once(jobs: &[Job]) -> Result<(), SourceError> {
     Ok(())
 }
 
-fn duplicate(path: &Path, other: &Path, version: u64) -> SourceError {
+fn duplicate(path: &Path, other: &Path, version: Version) -> SourceError {
     SourceError::new(
         path,
         format!(
@@ -1543,7 +1546,7 @@ fn duplicate(path: &Path, other: &Path, version: u64) -> SourceError {
 }
 
 /// The `.up.sql` and `.down.sql` of one version under two names.
-fn halves_disagree(a: &Halves, b: &Halves, version: u64) -> SourceError {
+fn halves_disagree(a: &Halves, b: &Halves, version: Version) -> SourceError {
     let (up, down) = if a.up.is_some() { (a, b) } else { (b, a) };
     let path = |h: &Halves| {
         h.up.as_deref()
@@ -1813,7 +1816,7 @@ pub fn parse_migration(file_name: &str, bytes: &[u8]) -> Result<Migration, Sourc
     }
 }
 
-fn parse_single(version: u64, name: String, path: PathBuf) -> Result<Migration, SourceError> {
+fn parse_single(version: Version, name: String, path: PathBuf) -> Result<Migration, SourceError> {
     let text = read_text(&path)?;
     parse_single_text(version, name, path, text)
 }
@@ -1939,7 +1942,7 @@ fn find_markers(text: &str, path: &Path) -> Result<Option<Markers>, SourceError>
 /// Parses a single-file migration. Its text becomes the upgrade section's
 /// SQL in place, so a file costs no copy of itself.
 fn parse_single_text(
-    version: u64,
+    version: Version,
     name: String,
     path: PathBuf,
     mut text: String,
@@ -2005,7 +2008,7 @@ fn parse_single_text(
 /// the whole file is the upgrade, with sqlx's `-- no-transaction` as its
 /// first line read as lockstep's directive.
 fn whole_file(
-    version: u64,
+    version: Version,
     name: String,
     path: PathBuf,
     text: String,
@@ -2025,7 +2028,7 @@ fn whole_file(
     })
 }
 
-fn parse_pair(version: u64, halves: Halves) -> Result<Migration, SourceError> {
+fn parse_pair(version: Version, halves: Halves) -> Result<Migration, SourceError> {
     let Some(up_path) = halves.up else {
         let down = halves.down.expect("a half exists");
         if is_undo(Some(&down)) {
@@ -2078,7 +2081,7 @@ fn check_half(path: &Path, text: String) -> Result<String, SourceError> {
 }
 
 fn pair_from_texts(
-    version: u64,
+    version: Version,
     name: String,
     up_path: &Path,
     up_text: String,
@@ -2256,7 +2259,14 @@ mod tests {
         let (_, _, message) =
             load_err(&[("V3__x.sql", b"SELECT 1;\n"), ("U3__y.sql", b"SELECT 2;\n")]);
         assert!(message.contains("different names"), "{message}");
-        assert!(parse_file_name("U1.2__dotted.sql").is_err());
+        assert_eq!(
+            parse_file_name("U1.2__dotted.sql"),
+            Ok(Some(FileName::Half {
+                version: Version::parse("1.2").unwrap(),
+                name: "dotted".into(),
+                up: false
+            }))
+        );
     }
 
     #[test]
@@ -2294,7 +2304,7 @@ mod tests {
     fn many_files_load_in_version_order() {
         let files = many(&[]);
         let set = load(&as_refs(&files)).unwrap();
-        let versions: Vec<u64> = set.migrations().iter().map(|m| m.version).collect();
+        let versions: Vec<u64> = set.migrations().iter().map(|m| m.version.first()).collect();
         let expected: Vec<u64> = (1..=3 * PARALLEL_FROM as u64).collect();
         assert_eq!(versions, expected);
         assert!(set
@@ -2313,13 +2323,13 @@ mod tests {
                 .enumerate()
                 .map(|(i, (file, _))| {
                     let name = format!("m{}", i + 1);
-                    Job::Single(i as u64 + 1, name, dir.0.join(file))
+                    Job::Single((i as u64 + 1).into(), name, dir.0.join(file))
                 })
                 .collect();
             let migrations = parse_all(jobs).unwrap();
             assert_eq!(migrations.len(), count);
             for (i, m) in migrations.iter().enumerate() {
-                assert_eq!(m.version, i as u64 + 1, "{count} jobs");
+                assert_eq!(m.version, (i as u64 + 1).into(), "{count} jobs");
                 assert_eq!(m.up.sql, format!("SELECT {};\n", i + 1));
             }
         }
@@ -2363,21 +2373,21 @@ mod tests {
             (
                 "1_init.sql",
                 FileName::Single {
-                    version: 1,
+                    version: 1.into(),
                     name: "init".into(),
                 },
             ),
             (
                 "20261124101500_add_users.sql",
                 FileName::Single {
-                    version: 20261124101500,
+                    version: 20261124101500.into(),
                     name: "add_users".into(),
                 },
             ),
             (
                 "0002_x2.up.sql",
                 FileName::Half {
-                    version: 2,
+                    version: 2.into(),
                     name: "x2".into(),
                     up: true,
                 },
@@ -2385,7 +2395,7 @@ mod tests {
             (
                 "0002_x2.down.sql",
                 FileName::Half {
-                    version: 2,
+                    version: 2.into(),
                     name: "x2".into(),
                     up: false,
                 },
@@ -2424,7 +2434,23 @@ mod tests {
                 }
                 other => panic!("{file}: {other:?}"),
             };
-            assert_eq!((v, n), (version, name), "{file}");
+            assert_eq!((v, n), (version.into(), name), "{file}");
+        }
+        // Flyway's dotted and underscored versions, jetbase's default.
+        for (file, version, name) in [
+            ("V1.2.3__add_users.sql", "1.2.3", "add_users"),
+            ("V1_12_15__more.sql", "1.12.15", "more"),
+            ("V20251225.120000__seed.sql", "20251225.120000", "seed"),
+            ("V2.0__whole.sql", "2", "whole"),
+        ] {
+            assert_eq!(
+                parse_file_name(file),
+                Ok(Some(FileName::Single {
+                    version: Version::parse(version).unwrap(),
+                    name: name.into()
+                })),
+                "{file}"
+            );
         }
         // Repeatable migrations and callbacks.
         for (file, want) in [
@@ -2488,9 +2514,11 @@ mod tests {
             "1_init;x.sql",
             "v1_init.sql",
             "1234567890123456789_too_long.sql",
-            "V1.2__dotted.sql",
-            "V1_2__underscored.sql",
             "V__no_version.sql",
+            "V1.2.3.4.5__five_parts.sql",
+            "V1..2__empty_part.sql",
+            "V1.2_3__both_separators.sql",
+            "V1.2_x.sql",
             "primary__001_three_digits.sql",
             "primary__0001_.sql",
             "primary__0001x.sql",
@@ -2499,9 +2527,13 @@ mod tests {
         ] {
             assert!(parse_file_name(bad).is_err(), "{bad}");
         }
-        assert!(parse_file_name("V1.2__x.sql")
+        assert_eq!(
+            parse_file_name("V1.2.3.4.5__x.sql").unwrap_err(),
+            "version `1.2.3.4.5` has more than 4 parts"
+        );
+        assert!(parse_file_name("V1.2_x.sql")
             .unwrap_err()
-            .starts_with("Flyway's dotted or underscored versions"));
+            .starts_with("a Flyway file name is `V<version>__<description>.sql`"));
     }
 
     #[test]
@@ -2512,7 +2544,7 @@ mod tests {
         )])
         .unwrap();
         let m = &set.migrations()[0];
-        assert_eq!((m.version, m.name.as_str()), (1, "init"));
+        assert_eq!((m.version, m.name.as_str()), (1.into(), "init"));
         assert_eq!(m.up.sql, "CREATE TABLE t (id int);\n\n");
         assert_eq!(m.up.first_line, 3);
         assert!(!m.up.no_transaction);
@@ -2545,12 +2577,12 @@ mod tests {
             ("1_a.up.sql", b"SELECT 1;\n"),
         ])
         .unwrap();
-        let versions: Vec<u64> = set.migrations().iter().map(|m| m.version).collect();
+        let versions: Vec<u64> = set.migrations().iter().map(|m| m.version.first()).collect();
         assert_eq!(versions, [1, 2]);
-        let b = set.get(2).unwrap();
+        let b = set.get(2.into()).unwrap();
         assert!(b.up.no_transaction);
         assert!(!b.down.as_ref().unwrap().no_transaction);
-        assert!(set.get(1).unwrap().down.is_none());
+        assert!(set.get(1.into()).unwrap().down.is_none());
         assert_eq!(
             b.checksum,
             checksum(
@@ -2632,7 +2664,7 @@ mod tests {
         )])
         .unwrap();
         let m = &set.migrations()[0];
-        assert_eq!((m.layout, m.version), (Layout::Goose, 2));
+        assert_eq!((m.layout, m.version), (Layout::Goose, 2.into()));
         assert!(m.up.no_transaction && m.down.as_deref().unwrap().no_transaction);
         assert!(m
             .up
@@ -2668,7 +2700,7 @@ mod tests {
         let [users, index] = set.migrations() else {
             panic!()
         };
-        assert_eq!((users.version, users.name.as_str()), (1, "users"));
+        assert_eq!((users.version, users.name.as_str()), (1.into(), "users"));
         assert_eq!(
             (users.layout, index.layout),
             (Layout::Lockstep, Layout::Lockstep)
@@ -2737,7 +2769,7 @@ mod tests {
             .iter()
             .map(|m| {
                 (
-                    m.version,
+                    m.version.first(),
                     m.name.as_str(),
                     m.down.is_some(),
                     m.up.no_transaction,
@@ -3027,10 +3059,10 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(parse_version("0001"), Ok(1));
+        assert_eq!(parse_version("0001"), Ok(1.into()));
         assert_eq!(
             parse_version("999999999999999999"),
-            Ok(999_999_999_999_999_999)
+            Ok(999_999_999_999_999_999.into())
         );
         assert!(parse_version("1999999999999999999").is_err());
         assert!(parse_version("1a").is_err());

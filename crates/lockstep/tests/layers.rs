@@ -7,6 +7,7 @@ use std::path::Path;
 
 /// From the bottom up.
 const LAYERS: &[&[&str]] = &[
+    &["version"],
     &[
         "clock", "duration", "fsread", "identity", "sql", "url", "remedy",
     ],

@@ -67,7 +67,7 @@ fn copies_started_at_once_migrate_once_without_the_files() {
     let expected: Vec<(u64, String)> = files
         .migrations()
         .iter()
-        .map(|m| (m.version, m.checksum.to_string()))
+        .map(|m| (m.version.as_whole().unwrap(), m.checksum.to_string()))
         .collect();
     assert_eq!(rows, expected);
     let repeatable: String = conn

@@ -298,6 +298,19 @@ pub(crate) fn log_entry(
 pub(crate) const FREE: &str = "owner = NULL, host = NULL, pid = NULL, command = NULL, tool_version = NULL, \
     session_pid = NULL, session_start = NULL, acquired_at = NULL, heartbeat_at = NULL, expires_at = NULL";
 
+/// A history row whose version lockstep cannot read: a hand edit.
+pub(crate) fn unreadable_version(table: &TableName, version: &str) -> Error {
+    Error::Config {
+        message: format!(
+            "table {table} holds version `{version}`, which is not a version lockstep reads"
+        ),
+        remedy: Some(Remedy::Text(
+            "versions are whole numbers or dotted ones such as `1.2.3`: correct the row by hand"
+                .into(),
+        )),
+    }
+}
+
 /// Refuses tables that lockstep did not make, or that a newer lockstep made.
 pub(crate) fn check_format(table: &TableName, format: Option<i64>) -> Result<(), Error> {
     match format {

@@ -28,6 +28,7 @@ pub(crate) enum Kind {
 }
 
 /// One column: its name, kind, and constraints in SQL every engine reads.
+#[derive(Clone, Copy)]
 pub(crate) struct Column {
     pub name: &'static str,
     pub kind: Kind,
@@ -66,6 +67,25 @@ pub(crate) const HISTORY: &[Column] = &[
     column("lock_token", Kind::BigInt, ""),
     column("tool_version", Kind::Text, "NOT NULL"),
 ];
+
+/// The history table's version column at table format 2 (text, for
+/// dotted versions); at format 1 it is [`HISTORY`]'s first.
+const TEXT_VERSION: Column = column("version", Kind::Key, "PRIMARY KEY");
+
+/// `CREATE TABLE IF NOT EXISTS` for the history table at table format 2,
+/// as `name`.
+pub(crate) fn create_widened_history(name: &str, type_of: impl Fn(Kind) -> &'static str) -> String {
+    let columns: Vec<Column> = std::iter::once(TEXT_VERSION)
+        .chain(HISTORY[1..].iter().copied())
+        .collect();
+    create_table(name, &columns, type_of)
+}
+
+/// The history table's columns after its version, in order, for SQL.
+pub(crate) fn history_columns_after_version() -> String {
+    let names: Vec<&str> = HISTORY[1..].iter().map(|c| c.name).collect();
+    names.join(", ")
+}
 
 /// `lockstep_repeatable`: the last run of each repeatable migration, per
 /// history table; keyed by both (see [`REPEATABLE_KEY`]).
@@ -245,7 +265,8 @@ pub(crate) fn history_values(row: &NewRow<'_>, duration_ms: i64) -> [Value; 8] {
         (RowState::Applied, duration_ms)
     };
     [
-        Value::Int(Some(row.version as i64)),
+        // Text, which a format 1 table's whole-number column takes too.
+        Value::Text(Some(row.version.to_string())),
         Value::Text(Some(row.name.to_string())),
         Value::Text(Some(row.checksum.to_string())),
         Value::Text(Some(state.as_str().to_string())),

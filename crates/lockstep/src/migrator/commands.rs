@@ -12,6 +12,7 @@ use crate::plan::{self, Refusal, State, Target, TargetError};
 use crate::remedy::Remedy;
 use crate::source::{Hook, Kind, Migration, MigrationSet, Named};
 use crate::sql::Dialect;
+use crate::version::Version;
 
 /// `upgrade`: the pending migrations, each in its own transaction (or all
 /// in one).
@@ -99,6 +100,7 @@ impl<'s> Locked for Upgrade<'s> {
         if plan.iter().any(|m| matches!(m.kind(), Kind::Repeatable(_))) {
             retry(|| migrator.driver.create_repeatable_table())?;
         }
+        make_room(migrator, plan.iter().map(|m| m.version))?;
         if self.options.single_transaction {
             let mut report = self.unrun(None, migrator.driver.dialect());
             observer.event(&Event::Planned {
@@ -232,6 +234,11 @@ where
                 row.lock_token = fence.map(|f| f.token);
             }
         }
+        let inserted = changes.iter().filter_map(|c| match c {
+            Change::Insert(row) => Some(row.version),
+            _ => None,
+        });
+        make_room(migrator, inserted)?;
         retry(|| migrator.driver.change_history(&changes, fence)).map_err(|e| match e {
             // No migration was about to run.
             Error::LockLost(mut lost) => {
@@ -242,6 +249,20 @@ where
         })?;
         Ok(fixed)
     }
+}
+
+/// Before the first dotted version is recorded in a history table whose
+/// versions are whole numbers: the table widened to text versions (table
+/// format 2), under the lock. A table that never meets one stays as older
+/// releases read it.
+fn make_room(
+    migrator: &mut Migrator,
+    mut recorded: impl Iterator<Item = Version>,
+) -> Result<(), Error> {
+    if recorded.any(|v| !v.is_whole()) {
+        retry(|| migrator.driver.widen_versions())?;
+    }
+    Ok(())
 }
 
 /// `fix checksums`: the current checksum (and name) of every applied
@@ -299,7 +320,7 @@ pub(super) fn missing_fixes(set: &MigrationSet, history: &[HistoryRow]) -> Vec<F
 
 /// `fix dirty`: record a dirty migration as applied, or forget it.
 pub(super) fn dirty_fix(
-    version: u64,
+    version: Version,
     resolution: DirtyResolution,
     history: &[HistoryRow],
 ) -> Result<Vec<FixChange<'static>>, Error> {
@@ -336,14 +357,14 @@ pub(super) fn dirty_fix(
 /// already has what they make. A dirty one among them is refused.
 pub(super) fn baseline_fixes<'a>(
     set: &'a MigrationSet,
-    version: u64,
+    version: Version,
     executor: &'a str,
     history: &[HistoryRow],
 ) -> Result<Vec<FixChange<'a>>, Error> {
     if set.get(version).is_none() {
         return Err(Error::Target(TargetError::UnknownVersion(version)));
     }
-    let versions: Vec<u64> = set
+    let versions: Vec<Version> = set
         .migrations()
         .iter()
         .map(|m| m.version)
@@ -363,7 +384,7 @@ pub(super) fn baseline_fixes<'a>(
 /// is refused.
 pub(super) fn record_applied<'a>(
     set: &'a MigrationSet,
-    versions: &[u64],
+    versions: &[Version],
     executor: &'a str,
     action: &str,
     history: &[HistoryRow],

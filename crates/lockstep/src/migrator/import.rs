@@ -3,6 +3,7 @@
 //! a file here is recorded in lockstep's history as applied, under the
 //! lock, as `baseline` records.
 
+use crate::version::Version;
 use sha2::{Digest, Sha256, Sha384};
 
 use super::{commands, Fixed, Migrator, Observer};
@@ -138,9 +139,15 @@ fn truthy(value: Option<&str>) -> bool {
 }
 
 /// A version as the tool wrote it: digits, diesel's with `-`.
-fn version(value: Option<&str>) -> Option<u64> {
+fn version(value: Option<&str>) -> Option<Version> {
     let digits: String = value?.chars().filter(|c| *c != '-').collect();
     crate::source::parse_version(&digits).ok()
+}
+
+/// A version as Flyway, jetbase and DBWarden write theirs: digits, or
+/// digits separated by `.` or `_`.
+fn dotted(text: &str, refuse: impl Fn(String) -> Error) -> Result<Version, Error> {
+    Version::parse(text).map_err(refuse)
 }
 
 impl Migrator {
@@ -205,20 +212,20 @@ fn applied_by(
     tool: Tool,
     rows: &[Vec<Option<String>>],
     set: &MigrationSet,
-) -> Result<(Vec<u64>, Vec<String>), Error> {
+) -> Result<(Vec<Version>, Vec<String>), Error> {
     let refuse = |message: String, hint: &str| Error::Config {
         message,
         remedy: Some(Remedy::Text(hint.into())),
     };
     let cell = |row: &Vec<Option<String>>, i: usize| row.get(i).cloned().flatten();
     let mut warnings = Vec::new();
-    let mut applied: Vec<u64> = Vec::new();
+    let mut applied: Vec<Version> = Vec::new();
     match tool {
         Tool::GolangMigrate => {
             let Some(row) = rows.first() else {
                 return Ok((applied, warnings));
             };
-            let newest = version(cell(row, 0).as_deref()).unwrap_or(0);
+            let newest = version(cell(row, 0).as_deref()).unwrap_or_default();
             if truthy(cell(row, 1).as_deref()) {
                 return Err(refuse(
                     format!("golang-migrate's schema_migrations says version {newest} is dirty: it failed half-way"),
@@ -245,7 +252,8 @@ fn applied_by(
         }
         Tool::Goose => {
             for row in rows {
-                let Some(v) = version(cell(row, 0).as_deref()).filter(|&v| v > 0) else {
+                let Some(v) = version(cell(row, 0).as_deref()).filter(|&v| v > Version::default())
+                else {
                     continue;
                 };
                 applied.retain(|&a| a != v);
@@ -270,13 +278,12 @@ fn applied_by(
                     }
                     continue;
                 };
-                let whole = text.bytes().all(|b| b.is_ascii_digit());
-                let Some(v) = version(Some(&text)).filter(|_| whole) else {
-                    return Err(refuse(
-                        format!("Flyway's version {text} ({script}) is dotted: lockstep does not read such versions yet"),
-                        "import a history whose versions are whole numbers",
-                    ));
-                };
+                let v = dotted(&text, |why| {
+                    refuse(
+                        format!("flyway_schema_history's version of {script}: {why}"),
+                        "correct the row as Flyway wants (`flyway repair`) before importing",
+                    )
+                })?;
                 if !truthy(cell(row, 2).as_deref()) {
                     return Err(refuse(
                         format!("flyway_schema_history says version {v} ({script}) failed"),
@@ -304,16 +311,12 @@ fn applied_by(
                     ));
                     continue;
                 }
-                let whole = text.bytes().all(|b| b.is_ascii_digit());
-                let Some(v) = version(Some(&text)).filter(|_| whole) else {
-                    return Err(refuse(
-                        format!(
-                            "{}'s version {text} ({filename}) is dotted: lockstep does not read such versions yet",
-                            tool.name()
-                        ),
-                        "import a history whose versions are whole numbers",
-                    ));
-                };
+                let v = dotted(&text, |why| {
+                    refuse(
+                        format!("{}'s version of {filename}: {why}", tool.table()),
+                        "correct the row as that tool wants before importing",
+                    )
+                })?;
                 if let (Some(m), Some(recorded)) = (set.get(v), cell(row, 2)) {
                     let now =
                         crate::fsread::read_regular(&m.up.path, crate::source::MAX_FILE_BYTES)
@@ -547,21 +550,35 @@ mod tests {
             row(Some("2"), "VERSIONED", "V2__b.sql"),
         ];
         let (applied, warnings) = applied_by(Tool::Jetbase, &rows, &set).unwrap();
-        assert_eq!(applied, [1, 2]);
+        assert_eq!(applied, [Version::whole(1), Version::whole(2)]);
         assert_eq!(
             warnings,
             ["repeatable migration ROC__v.sql is not imported: lockstep's next upgrade runs it once"]
         );
-        // jetbase's default versions are dotted: refused, naming it.
-        let dotted = [row(
-            Some("20251225.120000"),
-            "VERSIONED",
-            "V20251225.120000__a.sql",
-        )];
-        let err = applied_by(Tool::Jetbase, &dotted, &set).unwrap_err();
+        // jetbase's default versions are dotted; a version that is none is
+        // refused, naming the file.
+        let dotted = [
+            row(
+                Some("20251225.120000"),
+                "VERSIONED",
+                "V20251225.120000__a.sql",
+            ),
+            row(Some("3"), "VERSIONED", "V3__c.sql"),
+        ];
+        let (applied, _) = applied_by(Tool::Jetbase, &dotted, &set).unwrap();
+        assert_eq!(
+            applied,
+            [
+                Version::whole(3),
+                Version::parse("20251225.120000").unwrap()
+            ]
+        );
+        let bad = [row(Some("1.x"), "VERSIONED", "V1.x__a.sql")];
+        let err = applied_by(Tool::Jetbase, &bad, &set).unwrap_err();
         assert!(
-            err.to_string()
-                .contains("jetbase's version 20251225.120000 (V20251225.120000__a.sql) is dotted"),
+            err.to_string().contains(
+                "jetbase_migrations's version of V1.x__a.sql: version `1.x` is not a number"
+            ),
             "{err}"
         );
     }

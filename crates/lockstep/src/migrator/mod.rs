@@ -7,6 +7,7 @@
 //! - `apply`: running a migration, in a transaction or outside one, and
 //!   recording it.
 
+use crate::version::Version;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -167,7 +168,7 @@ impl Observer for () {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fixed {
     /// The migration.
-    pub version: u64,
+    pub version: Version,
     /// Its name (the file's name, when it has a file).
     pub name: String,
     /// What was done, as a lowercase phrase.
@@ -503,7 +504,7 @@ impl Migrator {
     /// and never finished.
     pub fn fix_dirty(
         &mut self,
-        version: u64,
+        version: Version,
         resolution: DirtyResolution,
         dry_run: bool,
         observer: &mut dyn Observer,
@@ -526,7 +527,7 @@ impl Migrator {
     pub fn baseline(
         &mut self,
         set: &MigrationSet,
-        version: u64,
+        version: Version,
         dry_run: bool,
         observer: &mut dyn Observer,
     ) -> Result<Vec<Fixed>, Error> {

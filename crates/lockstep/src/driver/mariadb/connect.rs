@@ -55,6 +55,7 @@ impl MysqlDriver {
             cancelled: Default::default(),
             migration_ran: false,
             sees_all_sessions: false,
+            text_versions: false,
         };
         driver.qualify();
         driver.identify()?;

@@ -8,12 +8,13 @@ use mysql::Row;
 use crate::driver::tables::{self, Kind};
 use crate::error::Error;
 use crate::history::{
-    Change, HistoryRead, HistoryRow, HistoryStore, RepeatRow, RowState, FORMAT_VERSION, META_TABLE,
-    TOOL_VERSION,
+    Change, HistoryRead, HistoryRow, HistoryStore, RepeatRow, RowState, CREATED_FORMAT, META_TABLE,
+    TEXT_VERSIONS, TOOL_VERSION,
 };
 use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE, RETRIES};
 use crate::source::Checksum;
 use crate::sql::{self, Dialect};
+use crate::version::Version;
 
 use super::{code, db_error, int, quote_ident, rfc3339, server_code, text, MysqlDriver};
 
@@ -38,6 +39,34 @@ impl HistoryStore for MysqlDriver {
             Read::Rows(rows, lock) => Some(HistoryRead { rows, lock }),
             Read::Absent | Read::NoLockTable => None,
         })
+    }
+
+    fn widen_versions(&mut self) -> Result<(), Error> {
+        let context = format!("raising {} to table format {TEXT_VERSIONS}", self.table);
+        let format = self.format_row().map_err(|e| db_error(&context, &e))?;
+        if format.is_none_or(|f| f < TEXT_VERSIONS) {
+            // Each statement commits by itself: the column first, so that
+            // a crash between the two leaves a format 1 table, which the
+            // next dotted version widens again.
+            let widen = format!(
+                "ALTER TABLE {} MODIFY version {} NOT NULL",
+                self.tables.history,
+                type_of(Kind::Key)
+            );
+            let raise = format!(
+                "UPDATE {} SET format_version = ? WHERE table_name = ?",
+                self.tables.meta
+            );
+            self.conn
+                .query_drop(widen)
+                .and_then(|()| {
+                    self.conn
+                        .exec_drop(raise, (TEXT_VERSIONS, self.table.name()))
+                })
+                .map_err(|e| db_error(&context, &e))?;
+        }
+        self.text_versions = true;
+        Ok(())
     }
 
     fn create_tables(&mut self) -> Result<(), Error> {
@@ -131,7 +160,7 @@ impl MysqlDriver {
                          VALUES (?, ?, UTC_TIMESTAMP(6), ?)",
                         self.tables.meta
                     ),
-                    (self.table.name(), FORMAT_VERSION, TOOL_VERSION),
+                    (self.table.name(), CREATED_FORMAT, TOOL_VERSION),
                 )
                 .map_err(|e| db_error(&context, &e))?;
         }
@@ -256,7 +285,7 @@ impl MysqlDriver {
         };
         let sql = format!(
             "SELECT (SELECT format_version FROM {meta} WHERE table_name = ?),
-                    h.version, h.name, h.checksum, h.state, {applied_at}, h.duration_ms,
+                    CAST(h.version AS CHAR), h.name, h.checksum, h.state, {applied_at}, h.duration_ms,
                     h.applied_by, h.lock_token, h.tool_version, l.token, l.owner IS NOT NULL
                FROM (SELECT 1) AS one {lock_row} LEFT JOIN {history} AS h ON TRUE
               ORDER BY h.version",
@@ -269,6 +298,7 @@ impl MysqlDriver {
         // kept.
         let mut head = None;
         let mut history = Vec::new();
+        let mut unreadable = None;
         let read = self
             .conn
             .exec_iter(sql, (self.table.name(), scope))
@@ -278,7 +308,13 @@ impl MysqlDriver {
                     if head.is_none() {
                         head = Some((int(&row, 0), int(&row, 10), int(&row, 11)));
                     }
-                    history.extend(decode(&row));
+                    match decode(&row) {
+                        Some(Ok(history_row)) => history.push(history_row),
+                        Some(Err(version)) => {
+                            unreadable.get_or_insert(version);
+                        }
+                        None => {}
+                    }
                 }
                 Ok(())
             });
@@ -298,6 +334,12 @@ impl MysqlDriver {
         }
         let (format, token, held) = head.unwrap_or_default();
         crate::driver::check_format(&self.table, format)?;
+        if let Some(version) = unreadable {
+            return Err(crate::driver::unreadable_version(&self.table, &version));
+        }
+        self.text_versions = format.is_some_and(|f| f >= TEXT_VERSIONS);
+        // Text versions come in the order of their text.
+        history.sort_unstable_by_key(|r| r.version);
         let mark = with_token.then(|| LockMark {
             token: token.unwrap_or(0),
             held: held.unwrap_or(0) == 1,
@@ -389,6 +431,10 @@ impl MysqlDriver {
         ran_ms: i64,
     ) -> Result<(), mysql::Error> {
         let history = &self.tables.history;
+        let version = |v: &Version| match v.as_whole() {
+            Some(whole) if !self.text_versions => mysql::Value::from(whole),
+            _ => mysql::Value::from(v.to_string()),
+        };
         match change {
             Change::Insert(row) => {
                 let sql = tables::history_insert(history, "UTC_TIMESTAMP(6)", |_| "?".into());
@@ -396,31 +442,31 @@ impl MysqlDriver {
                 self.conn.exec_drop(sql, super::params(values))
             }
             Change::SetState {
-                version,
+                version: v,
                 state,
                 duration_ms: Some(before),
             } => self.conn.exec_drop(
                 format!("UPDATE {history} SET state = ?, applied_at = UTC_TIMESTAMP(6), duration_ms = ? WHERE version = ?"),
-                (state.as_str(), before.saturating_add(ran_ms), version),
+                (state.as_str(), before.saturating_add(ran_ms), version(v)),
             ),
             Change::SetState {
-                version,
+                version: v,
                 state,
                 duration_ms: None,
             } => self.conn.exec_drop(
                 format!("UPDATE {history} SET state = ? WHERE version = ?"),
-                (state.as_str(), version),
+                (state.as_str(), version(v)),
             ),
-            Change::Delete { version } => self
+            Change::Delete { version: v } => self
                 .conn
-                .exec_drop(format!("DELETE FROM {history} WHERE version = ?"), (version,)),
+                .exec_drop(format!("DELETE FROM {history} WHERE version = ?"), (version(v),)),
             Change::SetChecksum {
-                version,
+                version: v,
                 name,
                 checksum,
             } => self.conn.exec_drop(
                 format!("UPDATE {history} SET checksum = ?, name = ? WHERE version = ?"),
-                (checksum.to_string(), name, version),
+                (checksum.to_string(), name, version(v)),
             ),
             Change::Repeated {
                 name,
@@ -455,11 +501,15 @@ pub(super) fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
 }
 
-/// A history row; `None` for the row of NULLs an empty history reads as.
-fn decode(row: &Row) -> Option<HistoryRow> {
-    let version = int(row, 1)?;
-    Some(HistoryRow {
-        version: version as u64,
+/// A history row; `None` for the row of NULLs an empty history reads as,
+/// the version's text when it is none lockstep reads.
+fn decode(row: &Row) -> Option<Result<HistoryRow, String>> {
+    let text_version = text(row, 1)?;
+    let Ok(version) = Version::parse(&text_version) else {
+        return Some(Err(text_version));
+    };
+    Some(Ok(HistoryRow {
+        version,
         name: text(row, 2).unwrap_or_default(),
         checksum: Checksum::parse(&text(row, 3).unwrap_or_default()),
         state: RowState::parse(&text(row, 4).unwrap_or_default()).unwrap_or(RowState::Started),
@@ -468,5 +518,5 @@ fn decode(row: &Row) -> Option<HistoryRow> {
         applied_by: text(row, 7).unwrap_or_default(),
         lock_token: int(row, 8),
         tool_version: text(row, 9).unwrap_or_default(),
-    })
+    }))
 }

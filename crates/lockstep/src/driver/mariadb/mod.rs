@@ -61,6 +61,11 @@ pub(crate) struct MysqlDriver {
     /// privilege): a holder missing from it is gone. Without it a missing
     /// holder may be another user's session, and only the lease decides.
     sees_all_sessions: bool,
+    /// The history table's versions are text (table format 2), as its
+    /// last read or widening found: a version is bound as text, else as a
+    /// number (a number compared with a text column, or a text with a
+    /// number column, is compared as a double).
+    text_versions: bool,
 }
 
 /// An identifier in backticks, a backtick inside doubled.

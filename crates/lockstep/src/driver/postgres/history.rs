@@ -8,12 +8,13 @@ use tokio_postgres::SimpleQueryMessage;
 use crate::driver::tables::{self, Kind};
 use crate::error::Error;
 use crate::history::{
-    Change, HistoryRead, HistoryRow, HistoryStore, RepeatRow, RowState, FORMAT_VERSION, META_TABLE,
-    TOOL_VERSION,
+    Change, HistoryRead, HistoryRow, HistoryStore, RepeatRow, RowState, CREATED_FORMAT, META_TABLE,
+    TEXT_VERSIONS, TOOL_VERSION,
 };
 use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE, RETRIES};
 use crate::remedy::Remedy;
 use crate::source::Checksum;
+use crate::version::Version;
 
 use super::run::{fence_failed, statements_in};
 use super::{code, db_error, literal, quote_ident, says_true, PgDriver, TIME_FORMAT};
@@ -85,7 +86,7 @@ impl HistoryStore for PgDriver {
         );
         let register = format!(
             "INSERT INTO {meta} (table_name, format_version, created_at, created_by)
-                 VALUES ({name}, {FORMAT_VERSION}, now(), {version})
+                 VALUES ({name}, {CREATED_FORMAT}, now(), {version})
                  ON CONFLICT (table_name) DO NOTHING;
              COMMIT;",
             meta = self.tables.meta,
@@ -143,6 +144,35 @@ impl HistoryStore for PgDriver {
                 }
             }
         }
+    }
+
+    fn widen_versions(&mut self) -> Result<(), Error> {
+        let context = format!("raising {} to table format {TEXT_VERSIONS}", self.table);
+        let format = format!(
+            "SELECT (format_version >= {TEXT_VERSIONS})::text FROM {meta} WHERE table_name = {name}",
+            meta = self.tables.meta,
+            name = literal(self.table.name()),
+        );
+        let there = self
+            .client
+            .simple_query(&format)
+            .map_err(|e| db_error(&context, &e))?;
+        if says_true(&there) {
+            return Ok(());
+        }
+        let widen = format!(
+            "BEGIN;
+             ALTER TABLE {history} ALTER COLUMN version TYPE text USING version::text;
+             UPDATE {meta} SET format_version = {TEXT_VERSIONS} WHERE table_name = {name};
+             COMMIT;",
+            history = self.tables.history,
+            meta = self.tables.meta,
+            name = literal(self.table.name()),
+        );
+        self.client.simple_query(&widen).map(drop).map_err(|e| {
+            self.rollback();
+            db_error(&context, &e)
+        })
     }
 
     fn change_history(
@@ -269,7 +299,7 @@ impl PgDriver {
                 };
                 format!(
                     "INSERT INTO {history} (version, name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version) \
-                     VALUES ({}, {}, {}, '{}', clock_timestamp(), {duration}, {}, {}, {})",
+                     VALUES ('{}', {}, {}, '{}', clock_timestamp(), {duration}, {}, {}, {})",
                     row.version,
                     literal(row.name),
                     literal(&row.checksum.to_string()),
@@ -280,16 +310,16 @@ impl PgDriver {
                 )
             }
             Change::SetState { version, state, duration_ms: Some(duration_ms) } => format!(
-                "UPDATE {history} SET state = '{}', applied_at = clock_timestamp(), duration_ms = {duration_ms} WHERE version = {version}",
+                "UPDATE {history} SET state = '{}', applied_at = clock_timestamp(), duration_ms = {duration_ms} WHERE version = '{version}'",
                 state.as_str()
             ),
             Change::SetState { version, state, duration_ms: None } => format!(
-                "UPDATE {history} SET state = '{}' WHERE version = {version}",
+                "UPDATE {history} SET state = '{}' WHERE version = '{version}'",
                 state.as_str()
             ),
-            Change::Delete { version } => format!("DELETE FROM {history} WHERE version = {version}"),
+            Change::Delete { version } => format!("DELETE FROM {history} WHERE version = '{version}'"),
             Change::SetChecksum { version, name, checksum } => format!(
-                "UPDATE {history} SET checksum = {}, name = {} WHERE version = {version}",
+                "UPDATE {history} SET checksum = {}, name = {} WHERE version = '{version}'",
                 literal(&checksum.to_string()),
                 literal(name)
             ),
@@ -314,6 +344,7 @@ impl PgDriver {
         // Rows are decoded as they arrive, not gathered first.
         let mut head = None;
         let mut rows: Vec<HistoryRow> = Vec::new();
+        let mut unreadable = None;
         let read = self.client.for_each_row(&sql, |row| {
             if head.is_none() {
                 head = Some((
@@ -322,8 +353,12 @@ impl PgDriver {
                     row.try_get::<_, Option<bool>>(11)?,
                 ));
             }
-            if let Some(history_row) = decode(&row)? {
-                rows.push(history_row);
+            match decode(&row)? {
+                Some(Ok(history_row)) => rows.push(history_row),
+                Some(Err(version)) => {
+                    unreadable.get_or_insert(version);
+                }
+                None => {}
             }
             Ok(())
         });
@@ -334,6 +369,9 @@ impl PgDriver {
                     return Ok(Read::Unsure);
                 }
                 crate::driver::check_format(&self.table, format)?;
+                if let Some(version) = unreadable {
+                    return Err(crate::driver::unreadable_version(&self.table, &version));
+                }
                 // Nearly always in order already: linear. Unstable (the
                 // version is the key), so no scratch copy of the rows.
                 rows.sort_unstable_by_key(|r| r.version);
@@ -374,7 +412,7 @@ impl PgDriver {
         };
         format!(
             "SELECT (SELECT format_version FROM {meta} WHERE table_name = {name})::bigint,
-                    h.version::bigint, h.name::text, h.checksum::text, h.state::text,
+                    h.version::text, h.name::text, h.checksum::text, h.state::text,
                     h.applied_at::timestamptz,
                     h.duration_ms::bigint, h.applied_by::text, h.lock_token::bigint, h.tool_version::text,
                     l.token::bigint, (l.owner IS NOT NULL)::bool
@@ -480,17 +518,22 @@ fn value_literal(value: &tables::Value) -> String {
 }
 
 /// A history row of the read's answer; `None` for the row of NULLs an
-/// empty history gives.
-fn decode(row: &tokio_postgres::Row) -> Result<Option<HistoryRow>, tokio_postgres::Error> {
-    let Some(version) = row.try_get::<_, Option<i64>>(1)? else {
+/// empty history gives, the version's text when it is none lockstep reads.
+fn decode(
+    row: &tokio_postgres::Row,
+) -> Result<Option<Result<HistoryRow, String>>, tokio_postgres::Error> {
+    let Some(version) = row.try_get::<_, Option<&str>>(1)? else {
         return Ok(None);
+    };
+    let Ok(version) = Version::parse(version) else {
+        return Ok(Some(Err(version.to_string())));
     };
     let text = |i| {
         row.try_get::<_, Option<&str>>(i)
             .map(Option::unwrap_or_default)
     };
-    Ok(Some(HistoryRow {
-        version: version as u64,
+    Ok(Some(Ok(HistoryRow {
+        version,
         name: text(2)?.to_string(),
         checksum: Checksum::parse(text(3)?),
         state: RowState::parse(text(4)?).unwrap_or(RowState::Started),
@@ -501,5 +544,5 @@ fn decode(row: &tokio_postgres::Row) -> Result<Option<HistoryRow>, tokio_postgre
         applied_by: text(7)?.to_string(),
         lock_token: row.try_get(8)?,
         tool_version: text(9)?.to_string(),
-    }))
+    })))
 }

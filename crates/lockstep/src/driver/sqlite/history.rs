@@ -7,11 +7,12 @@ use rusqlite::{params, params_from_iter, Connection, OpenFlags, OptionalExtensio
 use crate::driver::tables::{self, Kind};
 use crate::error::Error;
 use crate::history::{
-    Change, HistoryRead, HistoryRow, HistoryStore, RepeatRow, RowState, FORMAT_VERSION, META_TABLE,
-    TOOL_VERSION,
+    Change, HistoryRead, HistoryRow, HistoryStore, RepeatRow, RowState, CREATED_FORMAT, META_TABLE,
+    TEXT_VERSIONS, TOOL_VERSION,
 };
 use crate::lock::{Fence, LockMark, LOCK_LOG_INDEX, LOCK_LOG_TABLE, LOCK_TABLE};
 use crate::source::Checksum;
+use crate::version::Version;
 
 use super::{
     db_error, is_busy, is_missing_table, millis, open_file, rollback, sql_value, SqliteDriver,
@@ -79,6 +80,47 @@ impl HistoryStore for SqliteDriver {
         let conn = self.conn()?;
         conn.execute_batch(&tables::create_repeatable(&self.tables, type_of))
             .map_err(|e| db_error(format!("creating the table {}", self.tables.repeatable), &e))
+    }
+
+    fn widen_versions(&mut self) -> Result<(), Error> {
+        let conn = self.conn()?;
+        let context = format!("raising {} to table format {TEXT_VERSIONS}", self.table);
+        // SQLite changes no column's type: the table is made again, with
+        // its rows, in one transaction. A text in the old column, whose
+        // type is INTEGER, would be read as a number where it looks like
+        // one (`1.10` as 1.1).
+        let (schema, name) = (self.table.schema().unwrap_or("main"), self.table.name());
+        let widened = format!("\"{schema}\".\"{name}_widened\"");
+        let sql = format!(
+            "BEGIN IMMEDIATE;
+             {create};
+             INSERT INTO {widened} SELECT CAST(version AS TEXT), {rest} FROM {history};
+             DROP TABLE {history};
+             ALTER TABLE {widened} RENAME TO \"{name}\";
+             UPDATE {meta} SET format_version = {TEXT_VERSIONS} WHERE table_name = '{name}';
+             COMMIT;",
+            create = tables::create_widened_history(&widened, type_of),
+            rest = tables::history_columns_after_version(),
+            history = self.tables.history,
+            meta = self.tables.meta,
+        );
+        let format: i64 = conn
+            .query_row(
+                &format!(
+                    "SELECT format_version FROM {} WHERE table_name = ?1",
+                    self.tables.meta
+                ),
+                [name],
+                |r| r.get(0),
+            )
+            .map_err(|e| db_error(&context, &e))?;
+        if format >= TEXT_VERSIONS {
+            return Ok(());
+        }
+        conn.execute_batch(&sql).map_err(|e| {
+            rollback(conn);
+            db_error(&context, &e)
+        })
     }
 
     fn change_history(
@@ -188,7 +230,7 @@ impl SqliteDriver {
     fn read_rows(&self, conn: &Connection, context: &str) -> Result<Vec<HistoryRow>, Error> {
         let mut stmt = conn
             .prepare(&format!(
-                "SELECT version, name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version \
+                "SELECT CAST(version AS TEXT), name, checksum, state, applied_at, duration_ms, applied_by, lock_token, tool_version \
                  FROM {} ORDER BY version",
                 self.tables.history
             ))
@@ -203,9 +245,12 @@ impl SqliteDriver {
         let mut read = stmt.query([]).map_err(|e| db_error(context, &e))?;
         while let Some(r) = read.next().map_err(|e| db_error(context, &e))? {
             let text = |i| r.get_ref(i).and_then(|v| Ok(v.as_str()?));
+            let version = text(0).map_err(|e| db_error(context, &e))?;
+            let version = Version::parse(version)
+                .map_err(|_| crate::driver::unreadable_version(&self.table, version))?;
             let row = (|| {
                 Ok::<_, rusqlite::Error>(HistoryRow {
-                    version: r.get::<_, i64>(0)? as u64,
+                    version,
                     name: r.get(1)?,
                     checksum: Checksum::parse(text(2)?),
                     state: RowState::parse(text(3)?).unwrap_or(RowState::Started),
@@ -219,6 +264,8 @@ impl SqliteDriver {
             .map_err(|e| db_error(context, &e))?;
             rows.push(row);
         }
+        // Text versions (table format 2) come in the order of their text.
+        rows.sort_unstable_by_key(|r| r.version);
         Ok(rows)
     }
 
@@ -246,7 +293,7 @@ impl SqliteDriver {
             } => {
                 conn.execute(
                     &format!("UPDATE {history} SET state = ?2, applied_at = {NOW}, duration_ms = ?3 WHERE version = ?1"),
-                    params![*version as i64, state.as_str(), duration_ms],
+                    params![version.to_string(), state.as_str(), duration_ms],
                 )?;
             }
             Change::SetState {
@@ -256,13 +303,13 @@ impl SqliteDriver {
             } => {
                 conn.execute(
                     &format!("UPDATE {history} SET state = ?2 WHERE version = ?1"),
-                    params![*version as i64, state.as_str()],
+                    params![version.to_string(), state.as_str()],
                 )?;
             }
             Change::Delete { version } => {
                 conn.execute(
                     &format!("DELETE FROM {history} WHERE version = ?1"),
-                    params![*version as i64],
+                    params![version.to_string()],
                 )?;
             }
             Change::SetChecksum {
@@ -272,7 +319,7 @@ impl SqliteDriver {
             } => {
                 conn.execute(
                     &format!("UPDATE {history} SET checksum = ?2, name = ?3 WHERE version = ?1"),
-                    params![*version as i64, checksum.to_string(), name],
+                    params![version.to_string(), checksum.to_string(), name],
                 )?;
             }
             Change::Repeated {
@@ -314,7 +361,7 @@ impl SqliteDriver {
              {tables}
              CREATE INDEX IF NOT EXISTS \"{schema}\".\"{LOCK_LOG_INDEX}\" ON \"{LOCK_LOG_TABLE}\" (scope, id);
              INSERT OR IGNORE INTO {meta} (table_name, format_version, created_at, created_by)
-                 VALUES ('{name}', {FORMAT_VERSION}, {NOW}, '{TOOL_VERSION}');
+                 VALUES ('{name}', {CREATED_FORMAT}, {NOW}, '{TOOL_VERSION}');
              COMMIT;",
             meta = self.tables.meta,
             schema = self.table.schema().unwrap_or("main"),
