@@ -349,13 +349,15 @@ both!(
 
 both!(flyway_files_and_history_are_taken_over, |p| {
     // Flyway's documented table, as it leaves a database: V1 and V2
-    // applied, V2 undone, a repeatable, then V3 applied.
+    // applied, V2 undone, a repeatable, then V3 applied. V1's checksum is
+    // the one Flyway computes of its file (CRC-32 of its lines); V3's file
+    // changed since.
     p.db.exec(
         "CREATE TABLE flyway_schema_history (installed_rank integer PRIMARY KEY, version varchar(50), description varchar(200) NOT NULL, type varchar(20) NOT NULL, script varchar(1000) NOT NULL, checksum integer, installed_by varchar(100) NOT NULL, execution_time integer NOT NULL, success boolean NOT NULL)",
     );
     p.db.exec(
         "INSERT INTO flyway_schema_history VALUES \
-         (1, '1', 'a', 'SQL', 'V1__a.sql', 1, 'me', 1, true), \
+         (1, '1', 'a', 'SQL', 'V1__a.sql', 373690480, 'me', 1, true), \
          (2, '2', 'b', 'SQL', 'V2__b.sql', 2, 'me', 1, true), \
          (3, '2', 'b', 'UNDO_SQL', 'U2__b.sql', 3, 'me', 1, true), \
          (4, NULL, 'views', 'SQL', 'R__views.sql', 4, 'me', 1, true), \
@@ -367,13 +369,14 @@ both!(flyway_files_and_history_are_taken_over, |p| {
     p.migration("V1__a.sql", "CREATE TABLE a (id integer);\n");
     p.migration("V2__b.sql", "CREATE TABLE b (id integer);\n");
     p.migration("V3__c.sql", "CREATE TABLE c (id integer);\n");
-    let run = p.run(&["import", "flyway"]);
+    let run = p.run(&["import", "flyway", "--json"]);
     run.ok();
-    assert!(
-        run.stderr
-            .contains("repeatable migration R__views.sql is not imported"),
-        "{}",
-        run.stderr
+    assert_eq!(
+        run.json()["warnings"],
+        serde_json::json!([
+            "repeatable migration R__views.sql is not imported: lockstep's next upgrade runs it once",
+            "version 3: the file changed since flyway applied it (its checksum differs)"
+        ])
     );
     assert_eq!(p.db.history(), ["1 a applied", "3 c applied"]);
     // V2 was undone: upgrade runs it (out of order, as Flyway's undo left it).
@@ -381,10 +384,16 @@ both!(flyway_files_and_history_are_taken_over, |p| {
     assert!(p.db.table_exists("b"));
     // A dotted version Flyway applied since: imported, the history table
     // widened to text versions for it.
-    p.db.exec("INSERT INTO flyway_schema_history VALUES (6, '3.1', 'd', 'SQL', 'V3.1__d.sql', 6, 'me', 1, true)");
+    p.db.exec("INSERT INTO flyway_schema_history VALUES (6, '3.1', 'd', 'SQL', 'V3.1__d.sql', 633450235, 'me', 1, true)");
     p.db.exec("CREATE TABLE d (id integer)");
     p.migration("V3.1__d.sql", "CREATE TABLE d (id integer);\n");
-    p.run(&["import", "flyway"]).ok();
+    let run = p.run(&["import", "flyway"]);
+    run.ok();
+    assert!(
+        !run.stderr.contains("3.1: the file changed"),
+        "{}",
+        run.stderr
+    );
     assert_eq!(
         p.db.history(),
         ["1 a applied", "2 b applied", "3 c applied", "3.1 d applied"]

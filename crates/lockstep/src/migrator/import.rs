@@ -104,7 +104,7 @@ impl Tool {
             Tool::Dbmate | Tool::Diesel => format!("SELECT version FROM {table}"),
             Tool::Goose => format!("SELECT version_id, is_applied FROM {table} ORDER BY id"),
             Tool::Flyway => format!(
-                "SELECT version, type, success, script FROM {table} ORDER BY installed_rank"
+                "SELECT version, type, success, script, checksum FROM {table} ORDER BY installed_rank"
             ),
             Tool::Jetbase => format!(
                 "SELECT version, migration_type, checksum, filename FROM {table} ORDER BY order_executed"
@@ -263,6 +263,8 @@ fn applied_by(
             }
         }
         Tool::Flyway => {
+            // The checksum each applied version was last applied with.
+            let mut checksums: Vec<(Version, Option<String>)> = Vec::new();
             for row in rows {
                 let script = cell(row, 3).unwrap_or_default();
                 let Some(text) = cell(row, 0) else {
@@ -291,9 +293,15 @@ fn applied_by(
                     ));
                 }
                 applied.retain(|&a| a != v);
+                checksums.retain(|(a, _)| *a != v);
                 if cell(row, 1).as_deref() != Some("UNDO_SQL") {
                     applied.push(v);
+                    checksums.push((v, cell(row, 4)));
                 }
+            }
+            for (v, recorded) in checksums {
+                let now = |text: &str| flyway_checksum(text).to_string();
+                warnings.extend(changed_since(tool, set, v, recorded, now));
             }
         }
         Tool::Jetbase | Tool::Dbwarden => {
@@ -317,18 +325,7 @@ fn applied_by(
                         "correct the row as that tool wants before importing",
                     )
                 })?;
-                if let (Some(m), Some(recorded)) = (set.get(v), cell(row, 2)) {
-                    let now =
-                        crate::fsread::read_regular(&m.up.path, crate::source::MAX_FILE_BYTES)
-                            .ok()
-                            .map(|bytes| checksum(&String::from_utf8_lossy(&bytes)));
-                    if now.is_some_and(|now| now != recorded) {
-                        warnings.push(format!(
-                            "version {v}: the file changed since {} applied it (its checksum differs)",
-                            tool.name()
-                        ));
-                    }
-                }
+                warnings.extend(changed_since(tool, set, v, cell(row, 2), checksum));
                 applied.push(v);
             }
         }
@@ -410,6 +407,40 @@ fn jetbase_checksum(text: &str) -> String {
         }
     }
     hex(&Sha256::digest(statements.join("\n").as_bytes()))
+}
+
+/// A warning when the file of version `v` changed since `tool` applied it:
+/// the checksum `checksum` computes of it is not the one `recorded`.
+fn changed_since(
+    tool: Tool,
+    set: &MigrationSet,
+    v: Version,
+    recorded: Option<String>,
+    checksum: impl Fn(&str) -> String,
+) -> Option<String> {
+    let (m, recorded) = (set.get(v)?, recorded?);
+    let bytes = crate::fsread::read_regular(&m.up.path, crate::source::MAX_FILE_BYTES).ok()?;
+    (checksum(&String::from_utf8_lossy(&bytes)) != recorded).then(|| {
+        format!(
+            "version {v}: the file changed since {} applied it (its checksum differs)",
+            tool.name()
+        )
+    })
+}
+
+/// Flyway's checksum of a migration file: CRC-32 (IEEE) of its lines, each
+/// without its line ending (`\n`, `\r\n` or a lone `\r`), a leading BOM
+/// left out, as a signed 32-bit number.
+fn flyway_checksum(text: &str) -> i32 {
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let mut crc = !0u32;
+    for byte in text.bytes().filter(|b| !matches!(b, b'\n' | b'\r')) {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xEDB8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc as i32
 }
 
 /// DBWarden's checksum of a migration file: SHA-256 of its upgrade
@@ -635,5 +666,27 @@ mod tests {
         for (text, want) in table {
             assert_eq!(dbwarden_checksum(text), want, "{text}");
         }
+    }
+
+    #[test]
+    fn flyway_checksums_are_flyway_s() {
+        // CRC-32 of the lines without their endings, as Flyway's
+        // ChecksumCalculator feeds them (values from zlib's crc32).
+        for (text, want) in [
+            ("CREATE TABLE a (id integer);\n", 373690480),
+            ("CREATE TABLE c (id integer);\n", -1094671903),
+            (
+                "\u{feff}SELECT 1;\r\n\r\nSELECT 2;\rSELECT 'é';\n",
+                1960275288,
+            ),
+            ("", 0),
+        ] {
+            assert_eq!(flyway_checksum(text), want, "{text:?}");
+        }
+        // Line endings and empty lines are no part of it.
+        assert_eq!(
+            flyway_checksum("SELECT 1;\r\n\nSELECT 2;"),
+            flyway_checksum("SELECT 1;\nSELECT 2;\n")
+        );
     }
 }
