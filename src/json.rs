@@ -414,9 +414,22 @@ pub struct Current {
 
 #[derive(Serialize)]
 pub struct FixJson {
-    pub version: JsonVersion,
+    /// Null for a repeatable migration (`import`).
+    pub version: Option<JsonVersion>,
     pub name: String,
+    pub kind: &'static str,
     pub action: String,
+}
+
+impl From<&lockstep::Fixed> for FixJson {
+    fn from(f: &lockstep::Fixed) -> Self {
+        FixJson {
+            version: versioned(f.kind, f.version),
+            name: f.name.clone(),
+            kind: kind_name(f.kind),
+            action: f.action.clone(),
+        }
+    }
 }
 
 /// The lock row, for `lock status` and lock errors.

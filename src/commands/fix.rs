@@ -146,7 +146,11 @@ pub fn report(
     }
     for f in fixed {
         let prefix = if dry_run { "would have " } else { "" };
-        printer.line(&format!("{} {}: {prefix}{}", f.version, f.name, f.action));
+        let migration = match f.kind {
+            lockstep::Kind::Versioned => format!("{} {}", f.version, f.name),
+            _ => format!("repeatable {}", f.name),
+        };
+        printer.line(&format!("{migration}: {prefix}{}", f.action));
     }
     if fixed.is_empty() {
         printer.line(nothing);
@@ -158,16 +162,8 @@ pub fn report(
     }
     printer.document(name, Exit::Success, || json::Fix {
         dry_run,
-        changes: fixed.iter().map(fix_json).collect(),
+        changes: fixed.iter().map(json::FixJson::from).collect(),
         warnings: warnings.to_vec(),
     });
     Ok(Exit::Success)
-}
-
-fn fix_json(f: &Fixed) -> json::FixJson {
-    json::FixJson {
-        version: f.version.into(),
-        name: f.name.clone(),
-        action: f.action.clone(),
-    }
 }

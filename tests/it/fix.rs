@@ -349,9 +349,9 @@ both!(
 
 both!(flyway_files_and_history_are_taken_over, |p| {
     // Flyway's documented table, as it leaves a database: V1 and V2
-    // applied, V2 undone, a repeatable, then V3 applied. V1's checksum is
-    // the one Flyway computes of its file (CRC-32 of its lines); V3's file
-    // changed since.
+    // applied, V2 undone, two repeatables, then V3 applied. V1's and
+    // R__views' checksums are the ones Flyway computes of their files
+    // (CRC-32 of the lines); V3's and R__other's files changed since.
     p.db.exec(
         "CREATE TABLE flyway_schema_history (installed_rank integer PRIMARY KEY, version varchar(50), description varchar(200) NOT NULL, type varchar(20) NOT NULL, script varchar(1000) NOT NULL, checksum integer, installed_by varchar(100) NOT NULL, execution_time integer NOT NULL, success boolean NOT NULL)",
     );
@@ -360,8 +360,9 @@ both!(flyway_files_and_history_are_taken_over, |p| {
          (1, '1', 'a', 'SQL', 'V1__a.sql', 373690480, 'me', 1, true), \
          (2, '2', 'b', 'SQL', 'V2__b.sql', 2, 'me', 1, true), \
          (3, '2', 'b', 'UNDO_SQL', 'U2__b.sql', 3, 'me', 1, true), \
-         (4, NULL, 'views', 'SQL', 'R__views.sql', 4, 'me', 1, true), \
-         (5, '3', 'c', 'SQL', 'V3__c.sql', 5, 'me', 1, true)",
+         (4, NULL, 'views', 'SQL', 'R__views.sql', 78787420, 'me', 1, true), \
+         (5, '3', 'c', 'SQL', 'V3__c.sql', 5, 'me', 1, true), \
+         (7, NULL, 'other', 'SQL', 'R__other.sql', 7, 'me', 1, true)",
     );
     p.db.exec("CREATE TABLE a (id integer)");
     p.db.exec("CREATE TABLE c (id integer)");
@@ -369,19 +370,38 @@ both!(flyway_files_and_history_are_taken_over, |p| {
     p.migration("V1__a.sql", "CREATE TABLE a (id integer);\n");
     p.migration("V2__b.sql", "CREATE TABLE b (id integer);\n");
     p.migration("V3__c.sql", "CREATE TABLE c (id integer);\n");
+    p.migration("R__views.sql", "SELECT 1;\n");
+    p.migration("R__other.sql", "SELECT 2;\n");
     let run = p.run(&["import", "flyway", "--json"]);
     run.ok();
+    let doc = run.json();
     assert_eq!(
-        run.json()["warnings"],
+        doc["warnings"],
         serde_json::json!([
-            "repeatable migration R__views.sql is not imported: lockstep's next upgrade runs it once",
-            "version 3: the file changed since flyway applied it (its checksum differs)"
+            "version 3: the file changed since flyway applied it (its checksum differs)",
+            "repeatable migration R__other.sql changed since flyway ran it: lockstep's next upgrade runs it"
         ])
     );
+    assert_eq!(
+        doc["changes"][2],
+        serde_json::json!({
+            "version": null, "name": "views", "kind": "repeatable",
+            "action": "recorded as run (from flyway's flyway_schema_history)"
+        })
+    );
     assert_eq!(p.db.history(), ["1 a applied", "3 c applied"]);
-    // V2 was undone: upgrade runs it (out of order, as Flyway's undo left it).
-    p.run(&["upgrade", "--allow-out-of-order"]).ok();
+    let runs = "SELECT name, runs FROM lockstep_repeatable ORDER BY name";
+    assert_eq!(p.db.query(runs), [["views", "1"]]);
+    // Again: nothing more to record.
+    let again = p.run(&["import", "flyway", "--json"]);
+    assert_eq!(again.json()["changes"], serde_json::json!([]));
+    // V2 was undone: upgrade runs it (out of order, as Flyway's undo left
+    // it), and the changed repeatable; not the one Flyway ran as it is.
+    let run = p.run(&["upgrade", "--allow-out-of-order"]);
+    run.ok();
     assert!(p.db.table_exists("b"));
+    assert!(!run.stdout.contains("repeatable views"), "{}", run.stdout);
+    assert_eq!(p.db.query(runs), [["other", "1"], ["views", "1"]]);
     // A dotted version Flyway applied since: imported, the history table
     // widened to text versions for it.
     p.db.exec("INSERT INTO flyway_schema_history VALUES (6, '3.1', 'd', 'SQL', 'V3.1__d.sql', 633450235, 'me', 1, true)");

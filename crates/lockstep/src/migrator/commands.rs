@@ -173,25 +173,37 @@ pub(super) struct Fix<'a, F> {
     /// The command, as the lock's row and log name it.
     command: &'static str,
     plan: F,
+    /// Whether `plan` needs the repeatable migrations' last runs.
+    reads_repeatables: bool,
     changes: std::marker::PhantomData<FixChange<'a>>,
 }
 
 impl<'a, F> Fix<'a, F>
 where
-    F: Fn(&[HistoryRow]) -> Result<Vec<FixChange<'a>>, Error>,
+    F: Fn(&[HistoryRow], &[RepeatRow]) -> Result<Vec<FixChange<'a>>, Error>,
 {
+    /// A fix planned from history alone.
     pub fn new(command: &'static str, plan: F) -> Self {
         Fix {
             command,
             plan,
+            reads_repeatables: false,
             changes: std::marker::PhantomData,
+        }
+    }
+
+    /// A fix planned from history and the repeatable migrations' last runs.
+    pub fn with_repeatables(command: &'static str, plan: F) -> Self {
+        Fix {
+            reads_repeatables: true,
+            ..Fix::new(command, plan)
         }
     }
 }
 
 impl<'a, F> Locked for Fix<'a, F>
 where
-    F: Fn(&[HistoryRow]) -> Result<Vec<FixChange<'a>>, Error>,
+    F: Fn(&[HistoryRow], &[RepeatRow]) -> Result<Vec<FixChange<'a>>, Error>,
 {
     type Plan = Vec<FixChange<'a>>;
     type Output = Vec<Fixed>;
@@ -202,10 +214,14 @@ where
     fn plan(
         &self,
         history: &[HistoryRow],
-        _repeats: &[RepeatRow],
+        repeats: &[RepeatRow],
         _dialect: Dialect,
     ) -> Result<Self::Plan, Error> {
-        (self.plan)(history)
+        (self.plan)(history, repeats)
+    }
+
+    fn reads_repeatables(&self) -> bool {
+        self.reads_repeatables
     }
 
     fn is_empty(plan: &Self::Plan) -> bool {
@@ -230,9 +246,14 @@ where
         let fence = held.map(|h| &h.fence);
         // A row recorded now carries the token it was written under.
         for change in &mut changes {
-            if let Change::Insert(row) = change {
-                row.lock_token = fence.map(|f| f.token);
+            match change {
+                Change::Insert(row) => row.lock_token = fence.map(|f| f.token),
+                Change::Repeated { lock_token, .. } => *lock_token = fence.map(|f| f.token),
+                _ => {}
             }
+        }
+        if changes.iter().any(|c| matches!(c, Change::Repeated { .. })) {
+            retry(|| migrator.driver.create_repeatable_table())?;
         }
         let inserted = changes.iter().filter_map(|c| match c {
             Change::Insert(row) => Some(row.version),
@@ -289,6 +310,7 @@ pub(super) fn checksum_fixes(
         }
         let fixed = Fixed {
             version: m.version,
+            kind: Kind::Versioned,
             name: m.name.clone(),
             action,
         };
@@ -310,6 +332,7 @@ pub(super) fn missing_fixes(set: &MigrationSet, history: &[HistoryRow]) -> Vec<F
         .map(|e| {
             let fixed = Fixed {
                 version: e.version,
+                kind: Kind::Versioned,
                 name: e.name.to_string(),
                 action: "forgot its history row (the file is gone)".into(),
             };
@@ -346,6 +369,7 @@ pub(super) fn dirty_fix(
     };
     let fixed = Fixed {
         version,
+        kind: Kind::Versioned,
         name: row.name.clone(),
         action: action.into(),
     };
@@ -408,6 +432,7 @@ pub(super) fn record_applied<'a>(
         .map(|m| {
             let fixed = Fixed {
                 version: m.version,
+                kind: Kind::Versioned,
                 name: m.name.clone(),
                 action: action.to_string(),
             };

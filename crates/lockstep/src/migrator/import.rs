@@ -6,11 +6,12 @@
 use crate::version::Version;
 use sha2::{Digest, Sha256, Sha384};
 
-use super::{commands, Fixed, Migrator, Observer};
+use super::commands::{self, FixChange};
+use super::{Fixed, Migrator, Observer};
 use crate::error::Error;
-use crate::history::HistoryRow;
+use crate::history::{Change, HistoryRow, RepeatRow};
 use crate::remedy::Remedy;
-use crate::source::MigrationSet;
+use crate::source::{Kind, Migration, MigrationSet, Repeat};
 use crate::sql::Dialect;
 
 /// Another migration tool whose history [`Migrator::import`] takes over.
@@ -176,7 +177,11 @@ impl Migrator {
                     "point the database URL at the database that tool migrated, or name the tool that did".into(),
                 )),
             })?;
-        let (applied, mut warnings) = applied_by(tool, &rows, set)?;
+        let Found {
+            applied,
+            ran,
+            mut warnings,
+        } = applied_by(tool, &rows, set)?;
         let executor = self.options.executor.clone();
         let mut missing = Vec::new();
         let mut versions = Vec::new();
@@ -198,21 +203,110 @@ impl Migrator {
             tool.name(),
             tool.table()
         );
-        let import = commands::Fix::new("import", |history: &[HistoryRow]| {
-            commands::record_applied(set, &versions, &executor, &label, history)
-        });
+        let ran_label = format!("recorded as run (from {}'s {})", tool.name(), tool.table());
+        let import = |history: &[HistoryRow], repeats: &[RepeatRow]| {
+            let mut changes = commands::record_applied(set, &versions, &executor, &label, history)?;
+            changes.extend(record_ran(&ran, repeats, &executor, &ran_label));
+            Ok(changes)
+        };
+        let import = match ran.is_empty() {
+            true => commands::Fix::new("import", import),
+            false => commands::Fix::with_repeatables("import", import),
+        };
         let recorded = self.run_locked(&import, dry_run, observer)?;
         Ok(Imported { recorded, warnings })
     }
 }
 
-/// The versions the tool's rows say are applied, in order, and the
-/// warnings on the way; a dirty or failed state refused.
-fn applied_by(
+/// What the tool's rows say.
+struct Found<'s> {
+    /// The versions applied, in order.
+    applied: Vec<Version>,
+    /// The repeatable migrations that run on change, which the tool ran as
+    /// their files are now.
+    ran: Vec<&'s Migration>,
+    /// What a human should look at.
+    warnings: Vec<String>,
+}
+
+/// The changes that record the repeatable migrations in `ran` as run,
+/// unless lockstep's last run of one already has its checksum.
+fn record_ran<'a>(
+    ran: &[&'a Migration],
+    repeats: &[RepeatRow],
+    executor: &'a str,
+    label: &str,
+) -> Vec<FixChange<'a>> {
+    ran.iter()
+        .filter(|m| {
+            !repeats
+                .iter()
+                .any(|r| r.name == m.name && r.checksum == m.checksum)
+        })
+        .map(|m| {
+            let fixed = Fixed {
+                version: m.version,
+                kind: m.kind(),
+                name: m.name.clone(),
+                action: label.to_string(),
+            };
+            let change = Change::Repeated {
+                name: &m.name,
+                checksum: &m.checksum,
+                applied_by: executor,
+                lock_token: None,
+                duration_ms: Some(0),
+            };
+            (fixed, change)
+        })
+        .collect()
+}
+
+/// A repeatable migration the tool ran, from its file name there and the
+/// checksum it recorded: its file here when it runs on change and is as
+/// the tool ran it (`Ok`); else what to tell (`Err`), nothing for one that
+/// runs on every upgrade anyway.
+fn repeat_ran<'s>(
+    tool: Tool,
+    set: &'s MigrationSet,
+    file: &str,
+    recorded: Option<String>,
+    checksum: impl Fn(&str) -> String,
+) -> Result<&'s Migration, Option<String>> {
+    let wanted = std::path::Path::new(file).file_name();
+    let Some(m) = set
+        .repeatables()
+        .iter()
+        .find(|m| m.up.path.file_name() == wanted)
+    else {
+        return Err(Some(format!(
+            "repeatable migration {file} ran under {} but has no file here: not recorded",
+            tool.name()
+        )));
+    };
+    if m.kind() == Kind::Repeatable(Repeat::Always) {
+        return Err(None);
+    }
+    let now = crate::fsread::read_regular(&m.up.path, crate::source::MAX_FILE_BYTES)
+        .ok()
+        .map(|bytes| checksum(&String::from_utf8_lossy(&bytes)));
+    match (now, recorded) {
+        (Some(now), Some(recorded)) if now == recorded => Ok(m),
+        _ => Err(Some(format!(
+            "repeatable migration {file} changed since {} ran it: lockstep's next upgrade runs it",
+            tool.name()
+        ))),
+    }
+}
+
+/// The versions the tool's rows say are applied, in order, the repeatable
+/// migrations it ran, and the warnings on the way; a dirty or failed state
+/// refused.
+fn applied_by<'s>(
     tool: Tool,
     rows: &[Vec<Option<String>>],
-    set: &MigrationSet,
-) -> Result<(Vec<Version>, Vec<String>), Error> {
+    set: &'s MigrationSet,
+) -> Result<Found<'s>, Error> {
     let refuse = |message: String, hint: &str| Error::Config {
         message,
         remedy: Some(Remedy::Text(hint.into())),
@@ -220,10 +314,15 @@ fn applied_by(
     let cell = |row: &Vec<Option<String>>, i: usize| row.get(i).cloned().flatten();
     let mut warnings = Vec::new();
     let mut applied: Vec<Version> = Vec::new();
+    let mut ran: Vec<&Migration> = Vec::new();
     match tool {
         Tool::GolangMigrate => {
             let Some(row) = rows.first() else {
-                return Ok((applied, warnings));
+                return Ok(Found {
+                    applied,
+                    ran,
+                    warnings,
+                });
             };
             let newest = version(cell(row, 0).as_deref()).unwrap_or_default();
             if truthy(cell(row, 1).as_deref()) {
@@ -263,20 +362,16 @@ fn applied_by(
             }
         }
         Tool::Flyway => {
-            // The checksum each applied version was last applied with.
+            // The checksum each applied version was last applied with, and
+            // each repeatable migration last ran with.
             let mut checksums: Vec<(Version, Option<String>)> = Vec::new();
+            let mut repeats: Vec<(String, Option<String>)> = Vec::new();
             for row in rows {
                 let script = cell(row, 3).unwrap_or_default();
                 let Some(text) = cell(row, 0) else {
-                    // A repeatable migration: no version. Flyway's
-                    // checksum is not lockstep's, so whether the file
-                    // changed since cannot be told: it runs again, once,
-                    // as repeatable migrations are written to.
-                    let warning = format!(
-                        "repeatable migration {script} is not imported: lockstep's next upgrade runs it once"
-                    );
-                    if !warnings.contains(&warning) {
-                        warnings.push(warning);
+                    if truthy(cell(row, 2).as_deref()) {
+                        repeats.retain(|(s, _)| *s != script);
+                        repeats.push((script, cell(row, 4)));
                     }
                     continue;
                 };
@@ -299,9 +394,15 @@ fn applied_by(
                     checksums.push((v, cell(row, 4)));
                 }
             }
+            let now = |text: &str| flyway_checksum(text).to_string();
             for (v, recorded) in checksums {
-                let now = |text: &str| flyway_checksum(text).to_string();
                 warnings.extend(changed_since(tool, set, v, recorded, now));
+            }
+            for (script, recorded) in repeats {
+                match repeat_ran(tool, set, &script, recorded, now) {
+                    Ok(m) => ran.push(m),
+                    Err(warning) => warnings.extend(warning),
+                }
             }
         }
         Tool::Jetbase | Tool::Dbwarden => {
@@ -314,9 +415,10 @@ fn applied_by(
                 let kind = cell(row, 1).unwrap_or_default();
                 let text = cell(row, 0).unwrap_or_default();
                 if text.is_empty() || kind.to_ascii_lowercase().starts_with("runs_") {
-                    warnings.push(format!(
-                        "repeatable migration {filename} is not imported: lockstep's next upgrade runs it once"
-                    ));
+                    match repeat_ran(tool, set, &filename, cell(row, 2), checksum) {
+                        Ok(m) => ran.push(m),
+                        Err(warning) => warnings.extend(warning),
+                    }
                     continue;
                 }
                 let v = dotted(&text, |why| {
@@ -354,7 +456,11 @@ fn applied_by(
     }
     applied.sort_unstable();
     applied.dedup();
-    Ok((applied, warnings))
+    Ok(Found {
+        applied,
+        ran,
+        warnings,
+    })
 }
 
 /// jetbase's checksum of a migration file: SHA-256 of its upgrade
@@ -580,11 +686,12 @@ mod tests {
             row(None, "RUNS_ON_CHANGE", "ROC__v.sql"),
             row(Some("2"), "VERSIONED", "V2__b.sql"),
         ];
-        let (applied, warnings) = applied_by(Tool::Jetbase, &rows, &set).unwrap();
-        assert_eq!(applied, [Version::whole(1), Version::whole(2)]);
+        let found = applied_by(Tool::Jetbase, &rows, &set).unwrap();
+        assert_eq!(found.applied, [Version::whole(1), Version::whole(2)]);
+        assert!(found.ran.is_empty());
         assert_eq!(
-            warnings,
-            ["repeatable migration ROC__v.sql is not imported: lockstep's next upgrade runs it once"]
+            found.warnings,
+            ["repeatable migration ROC__v.sql ran under jetbase but has no file here: not recorded"]
         );
         // jetbase's default versions are dotted; a version that is none is
         // refused, naming the file.
@@ -596,16 +703,18 @@ mod tests {
             ),
             row(Some("3"), "VERSIONED", "V3__c.sql"),
         ];
-        let (applied, _) = applied_by(Tool::Jetbase, &dotted, &set).unwrap();
+        let found = applied_by(Tool::Jetbase, &dotted, &set).unwrap();
         assert_eq!(
-            applied,
+            found.applied,
             [
                 Version::whole(3),
                 Version::parse("20251225.120000").unwrap()
             ]
         );
         let bad = [row(Some("1.x"), "VERSIONED", "V1.x__a.sql")];
-        let err = applied_by(Tool::Jetbase, &bad, &set).unwrap_err();
+        let Err(err) = applied_by(Tool::Jetbase, &bad, &set) else {
+            panic!("a version that is none, read")
+        };
         assert!(
             err.to_string().contains(
                 "jetbase_migrations's version of V1.x__a.sql: version `1.x` is not a number"

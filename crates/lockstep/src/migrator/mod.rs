@@ -167,8 +167,11 @@ impl Observer for () {
 /// A change made (or, in a dry run, planned) by a `fix` command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Fixed {
-    /// The migration.
+    /// The migration (0 for a repeatable one).
     pub version: Version,
+    /// Versioned, or repeatable (`import` records a repeatable migration's
+    /// run).
+    pub kind: crate::source::Kind,
     /// Its name (the file's name, when it has a file).
     pub name: String,
     /// What was done, as a lowercase phrase.
@@ -476,7 +479,7 @@ impl Migrator {
         observer: &mut dyn Observer,
     ) -> Result<Vec<Fixed>, Error> {
         self.run_locked(
-            &Fix::new("fix", |history: &[HistoryRow]| {
+            &Fix::new("fix", |history: &[HistoryRow], _: &[RepeatRow]| {
                 Ok(commands::checksum_fixes(set, history))
             }),
             dry_run,
@@ -492,7 +495,7 @@ impl Migrator {
         observer: &mut dyn Observer,
     ) -> Result<Vec<Fixed>, Error> {
         self.run_locked(
-            &Fix::new("fix", |history: &[HistoryRow]| {
+            &Fix::new("fix", |history: &[HistoryRow], _: &[RepeatRow]| {
                 Ok(commands::missing_fixes(set, history))
             }),
             dry_run,
@@ -509,7 +512,7 @@ impl Migrator {
         dry_run: bool,
         observer: &mut dyn Observer,
     ) -> Result<Fixed, Error> {
-        let fix = Fix::new("fix", |history: &[HistoryRow]| {
+        let fix = Fix::new("fix", |history: &[HistoryRow], _: &[RepeatRow]| {
             commands::dirty_fix(version, resolution, history)
         });
         self.run_locked(&fix, dry_run, observer)?
@@ -532,7 +535,7 @@ impl Migrator {
         observer: &mut dyn Observer,
     ) -> Result<Vec<Fixed>, Error> {
         let executor = self.options.executor.clone();
-        let baseline = Fix::new("baseline", |history: &[HistoryRow]| {
+        let baseline = Fix::new("baseline", |history: &[HistoryRow], _: &[RepeatRow]| {
             commands::baseline_fixes(set, version, &executor, history)
         });
         self.run_locked(&baseline, dry_run, observer)
