@@ -66,6 +66,16 @@ fn sqlalchemy_url(db: &TestDb) -> String {
     }
 }
 
+/// An import's warnings, from its JSON document.
+fn warnings(doc: &serde_json::Value) -> Vec<&str> {
+    doc["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w.as_str().unwrap())
+        .collect()
+}
+
 fn versions(p: &Project, sql: &str) -> Vec<String> {
     p.db.query(sql).into_iter().map(|r| r[0].clone()).collect()
 }
@@ -187,12 +197,7 @@ both!(jetbase_s_own_history_is_taken_over, |p| {
     // The repeatable one jetbase ran, as its file is now (by jetbase's
     // checksum): recorded as run.
     assert_eq!(doc["changes"][3]["name"], "names", "{doc}");
-    let warnings: Vec<&str> = doc["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w.as_str().unwrap())
-        .collect();
+    let warnings = warnings(&doc);
     assert_eq!(
         warnings,
         ["version 2: the file changed since jetbase applied it (its checksum differs)"]
@@ -414,12 +419,7 @@ both!(dbwarden_s_own_history_is_taken_over, |p| {
     let doc = run.json();
     let changes = 2 + usize::from(dbwarden_ran);
     assert_eq!(doc["changes"].as_array().unwrap().len(), changes, "{doc}");
-    let warnings: Vec<&str> = doc["warnings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w.as_str().unwrap())
-        .collect();
+    let warnings = warnings(&doc);
     assert_eq!(
         warnings[0],
         "version 2: the file changed since dbwarden applied it (its checksum differs)"

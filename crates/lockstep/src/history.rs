@@ -1,10 +1,10 @@
 //! The history table: its rows and the names of lockstep's tables.
 
-use crate::version::Version;
 use std::fmt;
 
 use crate::lock::{Fence, LockMark};
 use crate::source::Checksum;
+use crate::version::Version;
 
 /// The newest format of lockstep's own tables this release knows, recorded
 /// in `lockstep_meta`. A release that changes the tables raises it and

@@ -1,8 +1,9 @@
 //! What a human can do about an error, as data that each front end words
 //! with its own commands.
 
-use crate::version::Version;
 use std::fmt;
+
+use crate::version::Version;
 
 /// What a human can do about an error, as data. The library names the
 /// remedy; whoever shows it to a human words it with the commands that

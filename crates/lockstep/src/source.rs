@@ -39,7 +39,7 @@ pub struct MigrationSet {
 /// One migration: its up section and, when it has one, its down section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Migration {
-    /// The numeric version from the file name.
+    /// The version from the file name: whole, or Flyway's dotted one.
     pub version: Version,
     /// The name from the file name, `[a-z0-9_]+`.
     pub name: String,

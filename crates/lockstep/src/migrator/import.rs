@@ -1,9 +1,9 @@
 //! `import`: another tool's history taken over. Its table is read as the
 //! tool wrote it (and left untouched); each migration it applied that has
 //! a file here is recorded in lockstep's history as applied, under the
-//! lock, as `baseline` records.
+//! lock, as `baseline` records; each runs-on-change repeatable migration it
+//! ran, as its file is now, is recorded as run.
 
-use crate::version::Version;
 use sha2::{Digest, Sha256, Sha384};
 
 use super::commands::{self, FixChange};
@@ -13,6 +13,7 @@ use crate::history::{Change, HistoryRow, RepeatRow};
 use crate::remedy::Remedy;
 use crate::source::{Kind, Migration, MigrationSet, Repeat};
 use crate::sql::Dialect;
+use crate::version::Version;
 
 /// Another migration tool whose history [`Migrator::import`] takes over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,12 +144,6 @@ fn truthy(value: Option<&str>) -> bool {
 fn version(value: Option<&str>) -> Option<Version> {
     let digits: String = value?.chars().filter(|c| *c != '-').collect();
     crate::source::parse_version(&digits).ok()
-}
-
-/// A version as Flyway, jetbase and DBWarden write theirs: digits, or
-/// digits separated by `.` or `_`.
-fn dotted(text: &str, refuse: impl Fn(String) -> Error) -> Result<Version, Error> {
-    Version::parse(text).map_err(refuse)
 }
 
 impl Migrator {
@@ -375,7 +370,7 @@ fn applied_by<'s>(
                     }
                     continue;
                 };
-                let v = dotted(&text, |why| {
+                let v = Version::parse(&text).map_err(|why| {
                     refuse(
                         format!("flyway_schema_history's version of {script}: {why}"),
                         "correct the row as Flyway wants (`flyway repair`) before importing",
@@ -421,7 +416,7 @@ fn applied_by<'s>(
                     }
                     continue;
                 }
-                let v = dotted(&text, |why| {
+                let v = Version::parse(&text).map_err(|why| {
                     refuse(
                         format!("{}'s version of {filename}: {why}", tool.table()),
                         "correct the row as that tool wants before importing",

@@ -7,7 +7,6 @@
 //! - `apply`: running a migration, in a transaction or outside one, and
 //!   recording it.
 
-use crate::version::Version;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +20,7 @@ use crate::remedy::Remedy;
 use crate::source::{Migration, MigrationSet, Section, SourceError, Step};
 use crate::sql::{self, Dialect};
 use crate::url::DatabaseUrl;
+use crate::version::Version;
 use crate::waits::{Blocked, BlockedReport, StatementOptions, Watch};
 
 mod apply;
