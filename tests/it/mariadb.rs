@@ -97,6 +97,17 @@ fn tls_modes_are_enforced() {
                 run.stderr
             );
             assert!(run.stderr.contains("hint: "), "{query}: {}", run.stderr);
+            // Refused by the server or by TLS: `wait` does not wait.
+            let wait = m.run(
+                &m.url("tlsonly", host, &query),
+                &["wait", "--timeout", "3s"],
+            );
+            wait.code(1);
+            assert!(
+                !wait.stderr.contains("waiting:"),
+                "{query}: {}",
+                wait.stderr
+            );
         }
     }
     let run = m.run(

@@ -105,7 +105,19 @@ fn tls_modes_are_enforced() {
             run.stderr
         );
         assert!(run.stderr.contains(why), "{u}: {}", run.stderr);
+        // Refused by TLS, or a file that cannot be read: `wait` does not
+        // wait.
+        let wait = p.run(u, &["wait", "--timeout", "3s"]);
+        wait.code(1);
+        assert!(!wait.stderr.contains("waiting:"), "{u}: {}", wait.stderr);
     }
+    // Refused by the server (no TLS for `tlsonly`: class 28): likewise.
+    let wait = p.run(
+        &url("127.0.0.1", "sslmode=disable"),
+        &["wait", "--timeout", "3s"],
+    );
+    wait.code(1);
+    assert!(!wait.stderr.contains("waiting:"), "{}", wait.stderr);
     // And the whole job works over verified TLS.
     p.run(
         &url(

@@ -9,6 +9,25 @@ pub use crate::remedy::{DirtyDetail, Remedy};
 use crate::source::{Named, SourceError, Step};
 use crate::url::UrlError;
 
+/// Why a connection failed, as the driver tells from the server's error
+/// code or from what the socket and TLS said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ConnectFailure {
+    /// Nothing answered, the connection was cut, or the server is not
+    /// ready (starting up, out of connections); on SQLite the file's
+    /// directory is not there: it may pass by itself.
+    Unreachable,
+    /// The server refused these credentials, or TLS did (a certificate):
+    /// a person must act.
+    Rejected,
+    /// The server has no database of the URL's name.
+    NoDatabase,
+    /// Not a server's: a SQLite file that cannot be opened, a TLS file
+    /// that cannot be read.
+    Local,
+}
+
 /// Broad classes of failure; the CLI maps each to an exit code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ErrorKind {
@@ -205,6 +224,8 @@ pub enum Error {
         message: String,
         /// What to check.
         remedy: Option<Remedy>,
+        /// What kind of failure, as the server's code or the socket tells.
+        failure: ConnectFailure,
     },
     /// A database operation of lockstep's own failed.
     Database {
@@ -253,16 +274,16 @@ impl Error {
     }
 
     /// A connection failed in a way that waiting may mend: the server is
-    /// not up yet (refused, no socket, no answer, starting up), not a
-    /// wrong password or certificate.
+    /// not up yet (refused, no socket, no answer, starting up), or has not
+    /// made the database yet; not a wrong password or certificate.
     pub(crate) fn is_retryable_connect(&self) -> bool {
-        let Error::Connect { message, .. } = self else {
-            return false;
-        };
-        let message = message.to_lowercase();
-        !["password", "authentication", "access denied", "certificate"]
-            .iter()
-            .any(|word| message.contains(word))
+        matches!(
+            self,
+            Error::Connect {
+                failure: ConnectFailure::Unreachable | ConnectFailure::NoDatabase,
+                ..
+            }
+        )
     }
 
     /// Another connection kept the database locked (SQLite's busy timeout).

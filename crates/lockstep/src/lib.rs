@@ -200,7 +200,7 @@ mod waits;
 
 pub use duration::parse_duration;
 pub use error::{
-    DbClass, DbMessage, Direction, DirtyDetail, Error, ErrorKind, FailedStatement,
+    ConnectFailure, DbClass, DbMessage, Direction, DirtyDetail, Error, ErrorKind, FailedStatement,
     MigrationFailure, Remedy,
 };
 pub use history::{HistoryRow, RepeatRow, RowState, TableName};

@@ -298,6 +298,24 @@ pub(crate) fn log_entry(
 pub(crate) const FREE: &str = "owner = NULL, host = NULL, pid = NULL, command = NULL, tool_version = NULL, \
     session_pid = NULL, session_start = NULL, acquired_at = NULL, heartbeat_at = NULL, expires_at = NULL";
 
+/// Whether TLS refused the connection (rustls's error, directly or inside
+/// the I/O error a TLS stream reports it as): a certificate, a protocol
+/// the server will not speak.
+pub(crate) fn tls_refused(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(e) = next {
+        let inner = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|inner| inner as &(dyn std::error::Error + 'static));
+        if e.is::<rustls::Error>() || inner.is_some_and(|i| i.is::<rustls::Error>()) {
+            return true;
+        }
+        next = inner.or_else(|| e.source());
+    }
+    false
+}
+
 /// A history row whose version lockstep cannot read: a hand edit.
 pub(crate) fn unreadable_version(table: &TableName, version: &str) -> Error {
     Error::Config {

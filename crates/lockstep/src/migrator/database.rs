@@ -7,7 +7,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::driver::{self, Driver};
-use crate::error::{DbMessage, Error};
+use crate::error::{ConnectFailure, DbMessage, Error};
 use crate::history::TableName;
 use crate::remedy::Remedy;
 use crate::sql::Dialect;
@@ -106,7 +106,7 @@ pub fn wait_for_database(
     let started = Instant::now();
     loop {
         let tried = match url.sqlite_file() {
-            Some(path) => directory_of(path),
+            Some(path) => driver::sqlite::missing_directory(path),
             None => on_server(url).map(drop),
         };
         match tried {
@@ -137,17 +137,25 @@ fn on_server(url: &DatabaseUrl) -> Result<(String, Box<dyn Driver>, Dialect), Er
                 return Ok((name, driver, dialect));
             }
             // The server has no such database: try the next.
-            Err(Error::Connect { message, .. }) if message.contains("does not exist") => {
+            Err(Error::Connect {
+                message,
+                failure: ConnectFailure::NoDatabase,
+                ..
+            }) => {
                 last = Some(message);
             }
             // The server itself: named as the user named it.
             Err(Error::Connect {
-                message, remedy, ..
+                message,
+                remedy,
+                failure,
+                ..
             }) => {
                 return Err(Error::Connect {
                     target: url.to_string(),
                     message,
                     remedy,
+                    failure,
                 })
             }
             Err(e) => return Err(e),
@@ -159,6 +167,7 @@ fn on_server(url: &DatabaseUrl) -> Result<(String, Box<dyn Driver>, Dialect), Er
         remedy: Some(Remedy::Text(
             "the server has none of the databases lockstep connects to for this (`postgres`, `template1`)".into(),
         )),
+        failure: ConnectFailure::NoDatabase,
     })
 }
 
@@ -194,7 +203,7 @@ fn failed(context: String, db: DbMessage) -> Error {
 }
 
 fn create_file(path: &Path) -> Result<DatabaseChange, Error> {
-    directory_of(path)?;
+    driver::sqlite::missing_directory(path)?;
     match std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
@@ -219,21 +228,6 @@ fn drop_file(path: &Path) -> Result<DatabaseChange, Error> {
         }
     }
     Ok(dropped)
-}
-
-/// The file's directory exists (or the file is in the working one).
-fn directory_of(path: &Path) -> Result<(), Error> {
-    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(dir) if !dir.is_dir() => Err(Error::Connect {
-            target: format!("sqlite://{}", path.display()),
-            message: "the database file's directory does not exist".into(),
-            remedy: Some(Remedy::Text(format!(
-                "the directory `{}` does not exist: check the path",
-                dir.display()
-            ))),
-        }),
-        _ => Ok(()),
-    }
 }
 
 fn file_error(path: &Path, doing: &str, e: &std::io::Error) -> Error {

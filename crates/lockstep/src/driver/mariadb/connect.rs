@@ -7,7 +7,7 @@ use mysql::prelude::Queryable;
 use mysql::{OptsBuilder, SslOpts};
 
 use crate::driver::tables::Names;
-use crate::error::Error;
+use crate::error::{ConnectFailure, Error};
 use crate::history::TableName;
 use crate::remedy::Remedy;
 use crate::url::{host_port, DatabaseUrl, MysqlHost, MysqlSslMode, MysqlTarget};
@@ -40,6 +40,7 @@ impl MysqlDriver {
             target: shown,
             message: super::message(&e).to_string(),
             remedy: why_refused(&e, target).map(Remedy::Text),
+            failure: failure(&e),
         })?;
         let mut driver = MysqlDriver {
             opts,
@@ -165,6 +166,28 @@ fn tls(target: &MysqlTarget) -> Option<SslOpts> {
 }
 
 /// What to check when a connection failed.
+/// What kind of connection failure: from the server's code, else from
+/// TLS.
+fn failure(e: &mysql::Error) -> ConnectFailure {
+    match (server_code(e), e) {
+        (Some(code::ACCESS_DENIED | code::DB_ACCESS_DENIED | code::HOST_NOT_ALLOWED), _) => {
+            ConnectFailure::Rejected
+        }
+        (Some(code::BAD_DB), _) => ConnectFailure::NoDatabase,
+        (Some(_), _) => ConnectFailure::Unreachable,
+        (None, mysql::Error::TlsError(_)) => ConnectFailure::Rejected,
+        // rustls's error under the I/O error of the socket, or of the
+        // packet codec (whose error the crate's does not give as a source).
+        (None, mysql::Error::IoError(io)) if crate::driver::tls_refused(io) => {
+            ConnectFailure::Rejected
+        }
+        (None, mysql::Error::CodecError(codec)) if crate::driver::tls_refused(codec) => {
+            ConnectFailure::Rejected
+        }
+        (None, _) => ConnectFailure::Unreachable,
+    }
+}
+
 fn why_refused(e: &mysql::Error, target: &MysqlTarget) -> Option<String> {
     match server_code(e) {
         Some(code::ACCESS_DENIED) => {

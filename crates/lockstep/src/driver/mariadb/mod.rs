@@ -99,6 +99,10 @@ mod code {
     /// An unknown column.
     pub const BAD_FIELD: u16 = 1054;
     pub const ACCESS_DENIED: u16 = 1045;
+    /// The user may not use the URL's database.
+    pub const DB_ACCESS_DENIED: u16 = 1044;
+    /// The server takes no connection from this host.
+    pub const HOST_NOT_ALLOWED: u16 = 1130;
     pub const BAD_DB: u16 = 1049;
     /// The server is shutting down, or killed this connection.
     pub const SERVER_SHUTDOWN: u16 = 1053;

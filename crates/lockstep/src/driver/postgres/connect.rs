@@ -5,7 +5,7 @@ use std::time::Duration;
 use tokio_postgres::error::SqlState;
 
 use crate::driver::tables::Names;
-use crate::error::Error;
+use crate::error::{ConnectFailure, Error};
 use crate::history::TableName;
 use crate::remedy::Remedy;
 use crate::url::{DatabaseUrl, PgHost, PgTarget, SessionAttrs};
@@ -17,11 +17,23 @@ use super::{chain, code, PgDriver, DEFAULT_SCHEMA};
 /// How long to wait for a server that does not answer the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a connection failed, and what to check: the message, and a hint.
-fn why_refused(e: &tokio_postgres::Error, target: &PgTarget) -> (String, Option<String>) {
+/// Why a connection failed, and what to check: the message, a hint, and
+/// the kind of failure (from the server's code, else from TLS).
+fn why_refused(
+    e: &tokio_postgres::Error,
+    target: &PgTarget,
+) -> (String, Option<String>, ConnectFailure) {
     let message = match e.as_db_error() {
         Some(db) => db.message().to_string(),
         None => chain(e),
+    };
+    let failure = match code(e) {
+        // Class 28: invalid authorization.
+        Some(c) if c.code().starts_with("28") => ConnectFailure::Rejected,
+        Some(c) if *c == SqlState::INVALID_CATALOG_NAME => ConnectFailure::NoDatabase,
+        Some(_) => ConnectFailure::Unreachable,
+        None if crate::driver::tls_refused(e) => ConnectFailure::Rejected,
+        None => ConnectFailure::Unreachable,
     };
     let hint = match code(e) {
         Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION => {
@@ -49,7 +61,7 @@ fn why_refused(e: &tokio_postgres::Error, target: &PgTarget) -> (String, Option<
         ),
         None => None,
     };
-    (message, hint)
+    (message, hint, failure)
 }
 
 impl PgDriver {
@@ -125,6 +137,8 @@ impl PgDriver {
                 SessionAttrs::ReadWrite | SessionAttrs::Primary => "no server of the URL takes writes: during a failover, wait for the new primary (or promote a standby), then run again; check that the URL lists it".into(),
                 _ => "check the hosts of the URL, and which of them runs as what".into(),
             })),
+            // A failover may yet bring the server asked for.
+            failure: ConnectFailure::Unreachable,
         })
     }
 
@@ -153,17 +167,20 @@ impl PgDriver {
         application_name: &str,
     ) -> Result<Self, Error> {
         let shown = url.to_string();
-        let connect_error = |message: String, hint: Option<String>| Error::Connect {
-            target: shown.clone(),
-            message,
-            remedy: hint.map(Remedy::Text),
-        };
+        let connect_error =
+            |message: String, hint: Option<String>, failure: ConnectFailure| Error::Connect {
+                target: shown.clone(),
+                message,
+                remedy: hint.map(Remedy::Text),
+                failure,
+            };
         let timeout = target.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
         let mut config = config(target, application_name, timeout);
         let (mode, tls) = super::tls::connector(target).map_err(|m| {
             connect_error(
                 m,
                 Some("see `sslmode` and `sslrootcert` in the README".into()),
+                ConnectFailure::Local,
             )
         })?;
         config.ssl_mode(mode);
@@ -179,11 +196,12 @@ impl PgDriver {
                         "check that the host and port are PostgreSQL's (or a pooler's in front of it), and whether the server is overloaded; the wait is `connect_timeout` in the URL"
                             .into(),
                     ),
+                    ConnectFailure::Unreachable,
                 ))
             }
             Err(e) => {
-                let (message, hint) = why_refused(&e, target);
-                return Err(connect_error(message, hint));
+                let (message, hint, failure) = why_refused(&e, target);
+                return Err(connect_error(message, hint, failure));
             }
         };
         let mut driver = PgDriver {

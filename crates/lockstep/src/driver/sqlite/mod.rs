@@ -28,7 +28,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags};
 
 use crate::driver::tables::{self, quote_ident, Names};
-use crate::error::{DbClass, DbMessage, Error};
+use crate::error::{ConnectFailure, DbClass, DbMessage, Error};
 use crate::history::TableName;
 use crate::remedy::Remedy;
 
@@ -80,6 +80,24 @@ pub(crate) struct SqliteDriver {
     session_touched: bool,
 }
 
+/// Refuses a database file whose directory does not exist (the file may
+/// not exist yet; the working directory always does).
+pub(crate) fn missing_directory(path: &Path) -> Result<(), Error> {
+    match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(dir) if !dir.is_dir() => Err(Error::Connect {
+            target: format!("sqlite://{}", path.display()),
+            message: "the database file's directory does not exist".into(),
+            remedy: Some(Remedy::Text(format!(
+                "the directory `{}` does not exist: check the path",
+                dir.display()
+            ))),
+            // As a server not up yet: a volume may not be mounted yet.
+            failure: ConnectFailure::Unreachable,
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// Opens the file; a failure names it, and a missing directory.
 fn open_file(path: &Path, flags: OpenFlags) -> Result<Connection, Error> {
     Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX).map_err(|e| {
@@ -90,6 +108,7 @@ fn open_file(path: &Path, flags: OpenFlags) -> Result<Connection, Error> {
                 .parent()
                 .filter(|p| !p.as_os_str().is_empty() && !p.exists())
                 .map(|p| Remedy::Text(format!("the directory `{}` does not exist", p.display()))),
+            failure: ConnectFailure::Local,
         }
     })
 }
@@ -231,19 +250,7 @@ impl SqliteDriver {
     pub(crate) fn open(path: &Path, table: &TableName, writable: bool) -> Result<Self, Error> {
         // Nothing can ever be made there: a mistyped path, not an empty
         // database.
-        if let Some(dir) = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty() && !p.is_dir())
-        {
-            return Err(Error::Connect {
-                target: format!("sqlite://{}", path.display()),
-                message: "the database file's directory does not exist".into(),
-                remedy: Some(Remedy::Text(format!(
-                    "the directory `{}` does not exist: check the path",
-                    dir.display()
-                ))),
-            });
-        }
+        missing_directory(path)?;
         let conn = if path.exists() {
             let flags = if writable {
                 OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -262,6 +269,7 @@ impl SqliteDriver {
             target: "sqlite::memory:".into(),
             message: message(&e).message,
             remedy: None,
+            failure: ConnectFailure::Local,
         })?;
         Self::with(Some(conn), Path::new(":memory:"), table, true, true)
     }
