@@ -371,7 +371,7 @@ pub struct DryRun {
 
 #[derive(Debug, Args)]
 pub struct ImportArgs {
-    /// The tool whose history table to read: golang-migrate, dbmate, goose, sqlx, diesel, flyway, jetbase, dbwarden
+    /// The tool whose history table to read: golang-migrate, dbmate, goose, sqlx, diesel, flyway, jetbase, dbwarden, yoyo
     #[arg(value_parser = parse_tool)]
     pub tool: lockstep::Tool,
 

@@ -468,3 +468,69 @@ both!(dbwarden_s_own_history_is_taken_over, |p| {
         rows_before
     );
 });
+
+both!(yoyo_s_own_history_is_taken_over, |p| {
+    let Some(yoyo) = tool("yoyo-venv/bin/yoyo") else {
+        return;
+    };
+    // yoyo's URLs: the driver's scheme, no query.
+    let url = match &p.db {
+        TestDb::Sqlite { path } => format!("sqlite:///{}", path.display()),
+        TestDb::Postgres { url, .. } => url.replacen("postgres://", "postgresql://", 1),
+        TestDb::Mariadb { url, .. } => url.clone(),
+    };
+    let url = url.split('?').next().unwrap().to_string();
+    // As `yoyo new` names them: date, number, a random id, a slug; a
+    // rollback beside its migration.
+    p.migration(
+        "20240101_01_AbCdE-create-users.sql",
+        "CREATE TABLE users (id integer PRIMARY KEY, name varchar(40));\nINSERT INTO users VALUES (1, 'a');\n",
+    );
+    p.migration(
+        "20240101_01_AbCdE-create-users.rollback.sql",
+        "DROP TABLE users;\n",
+    );
+    p.migration(
+        "20240101_02_XyZ12-posts.sql",
+        "-- depends: 20240101_01_AbCdE-create-users\nCREATE TABLE posts (id integer);\n",
+    );
+    let mut apply = Command::new(&yoyo);
+    apply
+        .current_dir(p.dir.path())
+        .args(["apply", "--batch", "--database", &url, "migrations"]);
+    run_tool(apply, "yoyo apply");
+    assert_eq!(
+        versions(
+            &p,
+            "SELECT migration_id FROM _yoyo_migration ORDER BY migration_id"
+        ),
+        ["20240101_01_AbCdE-create-users", "20240101_02_XyZ12-posts"]
+    );
+
+    let run = p.run(&["import", "yoyo", "--json"]);
+    run.ok();
+    let doc = run.json();
+    assert_eq!(doc["changes"].as_array().unwrap().len(), 2, "{doc}");
+    assert!(doc["warnings"].is_null(), "{doc}");
+    assert_eq!(
+        p.db.history(),
+        [
+            "20240101.1 AbCdE-create-users applied",
+            "20240101.2 XyZ12-posts applied"
+        ]
+    );
+
+    // From here on lockstep migrates: the next one once, and back.
+    p.migration(
+        "20240102_01_Qwert-tags.sql",
+        "CREATE TABLE tags (id integer);\n",
+    );
+    p.migration("20240102_01_Qwert-tags.rollback.sql", "DROP TABLE tags;\n");
+    let run = p.run(&["upgrade", "--json"]);
+    run.ok();
+    assert_eq!(run.json()["migrations"][0]["version"], "20240102.1");
+    assert!(p.db.table_exists("tags"));
+    p.run(&["rollback"]).ok();
+    assert!(!p.db.table_exists("tags") && p.db.table_exists("posts"));
+    assert_eq!(p.db.value("SELECT count(*) FROM _yoyo_migration"), "2");
+});

@@ -501,6 +501,9 @@ pub(crate) fn parse_file_name(file_name: &str) -> Result<Option<FileName>, Strin
         if let Some(parsed) = parse_dbwarden(stem) {
             return Ok(Some(parsed));
         }
+        if let Some(parsed) = parse_yoyo(stem) {
+            return Ok(Some(parsed));
+        }
     }
     let bad = || {
         "file name does not match `<version>_<name>.sql` or `<version>_<name>.up.sql`/`.down.sql` \
@@ -635,6 +638,42 @@ fn parse_dbwarden(stem: &str) -> Option<FileName> {
             version: parse_version(digits).ok()?,
             name: name.to_string(),
         })
+    })
+}
+
+/// yoyo's file names (without `.sql`), as `yoyo new` writes them:
+/// `<YYYYMMDD>_<NN>_<five letters or digits>[-<slug>]`, and the same with
+/// `.rollback` for its rollback; `None` for any other. yoyo orders its
+/// migrations by that id: the version is the date and the number,
+/// `<YYYYMMDD>.<NN>`, in the same order; the name is the rest.
+fn parse_yoyo(stem: &str) -> Option<FileName> {
+    let (stem, rollback) = match stem.strip_suffix(".rollback") {
+        Some(stem) => (stem, true),
+        None => (stem, false),
+    };
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let (date, rest) = stem.split_once('_')?;
+    let (number, name) = rest.split_once('_')?;
+    let (id, slug) = name.split_at_checked(5)?;
+    let shaped = date.len() == 8
+        && digits(date)
+        && number.len() >= 2
+        && digits(number)
+        && id.bytes().all(|b| b.is_ascii_alphanumeric())
+        && (slug.is_empty() || slug.starts_with('-'))
+        && is_tool_name(name);
+    if !shaped {
+        return None;
+    }
+    let version = Version::parse(&format!("{date}.{number}")).ok()?;
+    let name = name.to_string();
+    Some(match rollback {
+        false => FileName::Single { version, name },
+        true => FileName::Half {
+            version,
+            name,
+            up: false,
+        },
     })
 }
 
@@ -1323,9 +1362,12 @@ fn join_pairs(jobs: &mut Vec<Job>) -> Result<(), SourceError> {
                 e.down = e.down.take().or(l.down.take());
                 true
             }
-            // Flyway's `U` file (listed first) and the `V` file it undoes.
+            // Flyway's `U` file (listed first) and the `V` file it undoes;
+            // yoyo's `<id>.rollback.sql` (listed first) and its `<id>.sql`.
             (Job::Single(_, name, path), Job::Pair(_, e))
-                if e.up.is_none() && is_undo(e.down.as_deref()) && is_flyway(path) =>
+                if e.up.is_none()
+                    && (is_undo(e.down.as_deref()) && is_flyway(path)
+                        || is_rollback_of(e.down.as_deref(), path)) =>
             {
                 if *name != e.name {
                     duplicated = Some(halves_disagree(
@@ -1349,6 +1391,13 @@ fn join_pairs(jobs: &mut Vec<Job>) -> Result<(), SourceError> {
         }
     });
     duplicated.map_or(Ok(()), Err)
+}
+
+/// Whether `down` is yoyo's rollback of `up`: `<id>.rollback.sql` beside
+/// `<id>.sql`.
+fn is_rollback_of(down: Option<&Path>, up: &Path) -> bool {
+    let rollback = up.to_str().and_then(|u| u.strip_suffix(".sql"));
+    rollback.is_some_and(|r| down == Some(Path::new(&format!("{r}.rollback.sql"))))
 }
 
 /// Whether `path` names a Flyway undo file, `U<version>__….sql`.
@@ -2014,10 +2063,7 @@ fn whole_file(
     text: String,
 ) -> Result<Migration, SourceError> {
     let mut up = section(&text, 1, &path)?;
-    up.no_transaction |= text
-        .lines()
-        .next()
-        .is_some_and(|l| l.trim() == "-- no-transaction");
+    up.no_transaction |= says_no_transaction(&text);
     Ok(Migration {
         version,
         name,
@@ -2026,6 +2072,26 @@ fn whole_file(
         down: None,
         layout: Layout::WholeFile,
     })
+}
+
+/// Whether a file without section markers says, in another tool's words,
+/// that it runs outside a transaction: sqlx's `-- no-transaction` as its
+/// first line, yoyo's `-- transactional: false` among its leading comments.
+fn says_no_transaction(text: &str) -> bool {
+    let yoyo = |line: &str| {
+        let directive = line.trim().strip_prefix("--").unwrap_or_default();
+        directive.split_once(':').is_some_and(|(word, value)| {
+            word.trim() == "transactional" && value.trim().eq_ignore_ascii_case("false")
+        })
+    };
+    let sqlx = text
+        .lines()
+        .next()
+        .is_some_and(|l| l.trim() == "-- no-transaction");
+    sqlx || text
+        .lines()
+        .take_while(|l| l.trim().is_empty() || l.trim_start().starts_with("--"))
+        .any(yoyo)
 }
 
 fn parse_pair(version: Version, halves: Halves) -> Result<Migration, SourceError> {
@@ -2087,10 +2153,12 @@ fn pair_from_texts(
     up_text: String,
     down: Option<(&Path, String)>,
 ) -> Result<Migration, SourceError> {
-    let up = section(&up_text, 1, up_path)?;
+    let mut up = section(&up_text, 1, up_path)?;
+    up.no_transaction |= says_no_transaction(&up_text);
     let down_section = match &down {
         Some((path, text)) => {
-            let s = section(text, 1, path)?;
+            let mut s = section(text, 1, path)?;
+            s.no_transaction |= says_no_transaction(text);
             sql::has_code(text).then(|| Box::new(s))
         }
         None => None,
@@ -2683,6 +2751,55 @@ mod tests {
         assert_eq!((c.layout, d.layout), (Layout::WholeFile, Layout::WholeFile));
         assert!(c.up.no_transaction && !d.up.no_transaction);
         assert_eq!(d.up.sql, "CREATE TABLE d (id int);\n");
+        // yoyo: `<date>_<nn>_<id>[-<slug>].sql`, its rollback beside it,
+        // `-- transactional: false` among the leading comments; sqlx's
+        // `-- no-transaction` heads a pair's file too.
+        let set = load(&[
+            (
+                "20240101_01_AbCdE-create-users.sql",
+                b"CREATE TABLE users (id int);\n",
+            ),
+            (
+                "20240101_01_AbCdE-create-users.rollback.sql",
+                b"DROP TABLE users;\n",
+            ),
+            (
+                "20240101_02_xY9z0.sql",
+                b"-- depends: 20240101_01_AbCdE-create-users\n-- transactional: false\nCREATE INDEX CONCURRENTLY i ON users (id);\n",
+            ),
+            ("20240101_10_qqqqq-late.sql", b"SELECT 1;\n"),
+        ])
+        .unwrap();
+        let got: Vec<(String, &str, bool, bool)> = set
+            .migrations()
+            .iter()
+            .map(|m| {
+                (
+                    m.version.to_string(),
+                    m.name.as_str(),
+                    m.down.is_some(),
+                    m.up.no_transaction,
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("20240101.1".to_string(), "AbCdE-create-users", true, false),
+                ("20240101.2".to_string(), "xY9z0", false, true),
+                ("20240101.10".to_string(), "qqqqq-late", false, false),
+            ]
+        );
+        let set = load(&[
+            (
+                "1_a.up.sql",
+                b"-- no-transaction\nCREATE INDEX CONCURRENTLY i ON t (c);\n",
+            ),
+            ("1_a.down.sql", b"DROP INDEX i;\n"),
+        ])
+        .unwrap();
+        assert!(set.migrations()[0].up.no_transaction);
+        assert!(!set.migrations()[0].down.as_deref().unwrap().no_transaction);
         // DBWarden: jetbase's markers, its header lines comments, its
         // `-- @dbwarden:autocommit` (as often as it comes) the section's.
         let set = load(&[

@@ -41,6 +41,9 @@ pub enum Tool {
     /// migration_type, applied_at, checksum)`: as jetbase's, versions
     /// written with four digits.
     Dbwarden,
+    /// `_yoyo_migration (migration_hash, migration_id, applied_at_utc)`:
+    /// each migration applied, by its id (its file's name).
+    Yoyo,
 }
 
 impl Tool {
@@ -54,6 +57,7 @@ impl Tool {
         "flyway",
         "jetbase",
         "dbwarden",
+        "yoyo",
     ];
 
     /// A tool by its name in [`Tool::NAMES`].
@@ -67,6 +71,7 @@ impl Tool {
             "flyway" => Tool::Flyway,
             "jetbase" => Tool::Jetbase,
             "dbwarden" => Tool::Dbwarden,
+            "yoyo" => Tool::Yoyo,
             _ => return None,
         })
     }
@@ -82,6 +87,7 @@ impl Tool {
             Tool::Flyway => "flyway",
             Tool::Jetbase => "jetbase",
             Tool::Dbwarden => "dbwarden",
+            Tool::Yoyo => "yoyo",
         }
     }
 
@@ -95,6 +101,7 @@ impl Tool {
             Tool::Flyway => "flyway_schema_history",
             Tool::Jetbase => "jetbase_migrations",
             Tool::Dbwarden => "_dbwarden_migrations",
+            Tool::Yoyo => "_yoyo_migration",
         }
     }
 
@@ -104,6 +111,7 @@ impl Tool {
         match self {
             Tool::GolangMigrate => format!("SELECT version, dirty FROM {table}"),
             Tool::Dbmate | Tool::Diesel => format!("SELECT version FROM {table}"),
+            Tool::Yoyo => format!("SELECT migration_id FROM {table}"),
             Tool::Goose => format!("SELECT version_id, is_applied FROM {table} ORDER BY id"),
             Tool::Flyway => format!(
                 "SELECT version, type, success, script, checksum FROM {table} ORDER BY installed_rank"
@@ -424,6 +432,23 @@ fn applied_by<'s>(
                 })?;
                 warnings.extend(changed_since(tool, set, v, cell(row, 2), checksum));
                 applied.push(v);
+            }
+        }
+        Tool::Yoyo => {
+            // yoyo knows its migrations by their files' names: the file of
+            // that name here says the version.
+            for id in rows.iter().filter_map(|r| cell(r, 0)) {
+                let file = format!("{id}.sql");
+                let here = set
+                    .migrations()
+                    .iter()
+                    .find(|m| m.up.path.file_name() == Some(file.as_ref()));
+                match here {
+                    Some(m) => applied.push(m.version),
+                    None => warnings.push(format!(
+                        "{id} is applied by yoyo but no migration file here is {file}: not recorded"
+                    )),
+                }
             }
         }
         Tool::Sqlx => {
