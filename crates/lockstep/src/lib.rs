@@ -69,7 +69,7 @@
 //!
 //! ```
 //! # use lockstep::{DatabaseUrl, MigrationSet, Migrator, Options, UpgradeOptions};
-//! use lockstep::{RollbackOptions, Target};
+//! use lockstep::{RollbackOptions, Target, Version};
 //!
 //! # fn main() -> Result<(), lockstep::Error> {
 //! # let dir = std::env::temp_dir().join(format!("lockstep-doc-down-{}", std::process::id()));
@@ -81,7 +81,9 @@
 //! # let mut migrator = Migrator::connect(&url, Options::default())?;
 //! # migrator.upgrade(&migrations, &UpgradeOptions::default(), &mut ())?;
 //! let options = RollbackOptions {
-//!     target: Target { to: Some(1), count: None },
+//!     // Down to and keeping version 1 (`Version::parse("1.2")` for a
+//!     // dotted one).
+//!     target: Target { to: Some(Version::whole(1)), count: None },
 //!     ..RollbackOptions::default()
 //! };
 //! let report = migrator.rollback(&migrations, &options, &mut ())?;
