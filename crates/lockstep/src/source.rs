@@ -2208,6 +2208,23 @@ mod tests {
         }
     }
 
+    /// Each migration's version, name, whether it has a rollback, and
+    /// whether its upgrade runs outside a transaction.
+    fn summary(set: &MigrationSet) -> Vec<(String, &str, bool, bool)> {
+        set.migrations()
+            .iter()
+            .map(|m| {
+                let down = m.down.is_some();
+                (
+                    m.version.to_string(),
+                    m.name.as_str(),
+                    down,
+                    m.up.no_transaction,
+                )
+            })
+            .collect()
+    }
+
     fn load(files: &[(&str, &[u8])]) -> Result<MigrationSet, SourceError> {
         let dir = Dir::new(files);
         MigrationSet::load(&dir.0)
@@ -2770,20 +2787,8 @@ mod tests {
             ("20240101_10_qqqqq-late.sql", b"SELECT 1;\n"),
         ])
         .unwrap();
-        let got: Vec<(String, &str, bool, bool)> = set
-            .migrations()
-            .iter()
-            .map(|m| {
-                (
-                    m.version.to_string(),
-                    m.name.as_str(),
-                    m.down.is_some(),
-                    m.up.no_transaction,
-                )
-            })
-            .collect();
         assert_eq!(
-            got,
+            summary(&set),
             [
                 ("20240101.1".to_string(), "AbCdE-create-users", true, false),
                 ("20240101.2".to_string(), "xY9z0", false, true),
@@ -2881,24 +2886,12 @@ mod tests {
             ("notes/readme.txt", b"not a migration\n"),
         ])
         .unwrap();
-        let got: Vec<(u64, &str, bool, bool)> = set
-            .migrations()
-            .iter()
-            .map(|m| {
-                (
-                    m.version.first(),
-                    m.name.as_str(),
-                    m.down.is_some(),
-                    m.up.no_transaction,
-                )
-            })
-            .collect();
         assert_eq!(
-            got,
+            summary(&set),
             [
-                (0, "diesel_initial_setup", true, false),
-                (20230101120000, "create_users", true, false),
-                (20230102000000, "index", false, true)
+                ("0".to_string(), "diesel_initial_setup", true, false),
+                ("20230101120000".to_string(), "create_users", true, false),
+                ("20230102000000".to_string(), "index", false, true)
             ]
         );
         // A directory of migrations is never skipped silently.
