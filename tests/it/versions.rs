@@ -46,6 +46,16 @@ fn recorded(p: &Project) -> (Vec<String>, String) {
     (versions, format)
 }
 
+/// The versions of a document's `migrations`, in order.
+fn json_versions(doc: &serde_json::Value) -> Vec<serde_json::Value> {
+    doc["migrations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["version"].clone())
+        .collect()
+}
+
 /// The order the migrations ran in, as they numbered their rows.
 fn ran(p: &Project) -> Vec<String> {
     p.db.query("SELECT label FROM steps ORDER BY n")
@@ -80,21 +90,15 @@ both!(dotted_versions_run_in_flyway_s_order, |p| {
     }
     let status = p.run(&["status", "--json"]);
     let doc = status.json();
-    let versions: Vec<&serde_json::Value> = doc["migrations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| &m["version"])
-        .collect();
     // Whole versions stay numbers in JSON; dotted ones are text.
     assert_eq!(
-        versions,
+        json_versions(&doc),
         [
-            &serde_json::json!(1),
-            &serde_json::json!("1.1"),
-            &serde_json::json!("1.2"),
-            &serde_json::json!("1.10"),
-            &serde_json::json!(2)
+            serde_json::json!(1),
+            serde_json::json!("1.1"),
+            serde_json::json!("1.2"),
+            serde_json::json!("1.10"),
+            serde_json::json!(2)
         ],
         "{doc}"
     );
@@ -124,14 +128,8 @@ both!(dotted_versions_run_in_flyway_s_order, |p| {
     // Rolled back newest first, down to and keeping 1.1.
     let run = p.run(&["rollback", "--to", "1_1", "--json"]);
     run.ok();
-    let reverted: Vec<serde_json::Value> = run.json()["migrations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["version"].clone())
-        .collect();
     assert_eq!(
-        reverted,
+        json_versions(&run.json()),
         [
             serde_json::json!(2),
             serde_json::json!("1.10"),
@@ -145,14 +143,8 @@ both!(dotted_versions_run_in_flyway_s_order, |p| {
     p.run(&["upgrade"]).ok();
     assert_eq!(ran(&p), ["1.1", "1.2", "1.10", "2"]);
     let history = p.run(&["history", "--json"]);
-    let order: Vec<serde_json::Value> = history.json()["migrations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["version"].clone())
-        .collect();
     assert_eq!(
-        order,
+        json_versions(&history.json()),
         [
             serde_json::json!(1),
             serde_json::json!("1.1"),

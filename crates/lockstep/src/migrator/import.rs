@@ -437,14 +437,15 @@ fn applied_by<'s>(
         Tool::Yoyo => {
             // yoyo knows its migrations by their files' names: the file of
             // that name here says the version.
+            let by_file: std::collections::HashMap<&std::ffi::OsStr, Version> = set
+                .migrations()
+                .iter()
+                .filter_map(|m| Some((m.up.path.file_name()?, m.version)))
+                .collect();
             for id in rows.iter().filter_map(|r| cell(r, 0)) {
                 let file = format!("{id}.sql");
-                let here = set
-                    .migrations()
-                    .iter()
-                    .find(|m| m.up.path.file_name() == Some(file.as_ref()));
-                match here {
-                    Some(m) => applied.push(m.version),
+                match by_file.get(std::ffi::OsStr::new(&file)) {
+                    Some(&v) => applied.push(v),
                     None => warnings.push(format!(
                         "{id} is applied by yoyo but no migration file here is {file}: not recorded"
                     )),

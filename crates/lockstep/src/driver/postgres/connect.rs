@@ -219,6 +219,7 @@ impl PgDriver {
             reset_pending: false,
             limits: Limits::default(),
             repeatable_table_seen: false,
+            text_versions: false,
         };
         driver.qualify();
         Ok(driver)

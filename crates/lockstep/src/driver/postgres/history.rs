@@ -147,6 +147,10 @@ impl HistoryStore for PgDriver {
     }
 
     fn widen_versions(&mut self) -> Result<(), Error> {
+        // The read under the lock just before said so.
+        if self.text_versions {
+            return Ok(());
+        }
         let context = format!("raising {} to table format {TEXT_VERSIONS}", self.table);
         let format = format!(
             "SELECT (format_version >= {TEXT_VERSIONS})::text FROM {meta} WHERE table_name = {name}",
@@ -158,6 +162,7 @@ impl HistoryStore for PgDriver {
             .simple_query(&format)
             .map_err(|e| db_error(&context, &e))?;
         if says_true(&there) {
+            self.text_versions = true;
             return Ok(());
         }
         let widen = format!(
@@ -169,10 +174,12 @@ impl HistoryStore for PgDriver {
             meta = self.tables.meta,
             name = literal(self.table.name()),
         );
-        self.client.simple_query(&widen).map(drop).map_err(|e| {
+        self.client.simple_query(&widen).map_err(|e| {
             self.rollback();
             db_error(&context, &e)
-        })
+        })?;
+        self.text_versions = true;
+        Ok(())
     }
 
     fn change_history(
@@ -369,6 +376,7 @@ impl PgDriver {
                     return Ok(Read::Unsure);
                 }
                 crate::driver::check_format(&self.table, format)?;
+                self.text_versions = format.is_some_and(|f| f >= TEXT_VERSIONS);
                 if let Some(version) = unreadable {
                     return Err(crate::driver::unreadable_version(&self.table, &version));
                 }

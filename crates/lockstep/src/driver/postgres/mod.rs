@@ -74,6 +74,9 @@ pub(crate) struct PgDriver {
     /// The repeatables table was seen (or made) on this connection: later
     /// reads need no look for it first.
     repeatable_table_seen: bool,
+    /// The history table holds text versions (table format 2), as its last
+    /// read or widening found: widening again is nothing to do.
+    text_versions: bool,
 }
 
 /// A string literal that is safe whatever `standard_conforming_strings` is.
