@@ -448,6 +448,37 @@ both!(
     }
 );
 
+// A signal during a migration outside a transaction, before another one
+// outside a transaction: the first is left to finish, and its last write
+// recorded the second `started` (a commit fewer); stopping before the
+// second's first statement takes that row back, so nothing is dirty.
+both!(
+    a_signal_between_migrations_outside_a_transaction_leaves_nothing_started,
+    |p| {
+        p.migration(
+            "1_long.sql",
+            &format!(
+                "-- upgrade\n-- lockstep:no-transaction\n{}\n",
+                p.busy_sql(1.5)
+            ),
+        );
+        p.migration(
+            "2_next.sql",
+            "-- upgrade\n-- lockstep:no-transaction\nCREATE TABLE next (id integer);\n",
+        );
+        let run = p.spawn(&["upgrade"]);
+        wait_until("the first migration started", LONG, || applied(&p) == 1);
+        run.signal(libc::SIGTERM);
+        let run = run.finish();
+        run.code(143);
+        assert!(run.stderr.contains("cancelled"), "{}", run.stderr);
+        assert_eq!(p.db.history(), ["1 long applied"]);
+        assert_eq!(holder_of(&p), None);
+        p.run(&["upgrade"]).ok();
+        assert_eq!(p.db.history(), ["1 long applied", "2 next applied"]);
+    }
+);
+
 both!(
     a_second_signal_exits_at_once_and_the_lock_is_recovered,
     |p| {

@@ -25,6 +25,10 @@ mod tables;
 pub(crate) struct TxStep<'a> {
     pub section: &'a Section,
     pub change: Option<Change<'a>>,
+    /// The next migration's `started` row, when it runs outside a
+    /// transaction: written with this one's change, it needs no commit of
+    /// its own before that migration's first statement.
+    pub ahead: Option<Change<'a>>,
 }
 
 /// What runs in one transaction: its steps, fenced when a fence is given.

@@ -85,50 +85,65 @@ impl Migrator {
             migrations: plan,
         });
         self.start_watch(held);
+        let dialect = self.driver.dialect();
+        let mut began = false;
         for (index, m) in plan.iter().enumerate() {
+            let next = plan
+                .get(index + 1)
+                .copied()
+                .filter(|next| begins_ahead(next, direction, dialect));
             let at = Place {
                 direction,
                 index,
                 total: plan.len(),
+                began,
+                next,
             };
-            self.run_one(m, at, observer, &mut report, held)?;
+            began = self.run_one(m, at, observer, &mut report, held)?;
         }
         Ok(report)
     }
 
+    /// Runs one migration; whether its last write recorded the next one
+    /// `started` too.
     fn run_one(
         &mut self,
         m: &Migration,
-        at: Place,
+        at: Place<'_>,
         observer: &mut dyn Observer,
         report: &mut RunReport,
         held: Option<&Held>,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let Place {
             direction,
             index,
             total,
+            ..
         } = at;
-        self.checkpoint(m, held, report)?;
         let section = section(m, direction);
+        let limits = Limits::of(section, &self.options.statements);
+        let ready = self
+            .checkpoint(m, held, report)
+            .and_then(|()| self.driver.fresh_session(limits));
+        if let Err(e) = ready {
+            return Err(self.unbegin(m, at, held, report, e));
+        }
         observer.event(&Event::Started {
             direction,
             migration: m,
             index,
             total,
         });
-        self.driver
-            .fresh_session(Limits::of(section, &self.options.statements))?;
         let outside = outside_transaction(section, self.driver.dialect());
-        let duration = if outside {
-            self.run_without_transaction(m, section, direction, report, held, observer)?
+        let ran = if outside {
+            self.run_without_transaction(m, section, at, report, held, observer)?
         } else {
-            self.run_in_transaction(m, section, direction, report, held, observer)?
+            self.run_in_transaction(m, section, at, report, held, observer)?
         };
         let step = Step {
             version: m.version,
             name: m.name.clone(),
-            duration,
+            duration: ran.took,
             no_transaction: outside,
             kind: m.kind(),
         };
@@ -139,7 +154,28 @@ impl Migrator {
             total,
         });
         report.steps.push(step);
-        Ok(())
+        Ok(ran.began_next)
+    }
+
+    /// A run that stops before a migration that the one before recorded
+    /// `started` (asked to stop, or its session lost) takes that row back
+    /// where it can: none of the migration ran. A lost lock cannot: the
+    /// migration stays dirty, for `fix dirty`. Returns the error.
+    fn unbegin(
+        &mut self,
+        m: &Migration,
+        at: Place<'_>,
+        held: Option<&Held>,
+        report: &RunReport,
+        error: Error,
+    ) -> Error {
+        if at.began && !matches!(error, Error::LockLost(_)) {
+            let executor = self.options.executor.clone();
+            let token = held.map(|h| h.fence.token);
+            let (_, undo) = begin_changes(m, at.direction, &executor, token);
+            let _ = self.record(&[undo], m, held, false, report);
+        }
+        error
     }
 
     /// Runs a section in one transaction with its history change, fenced
@@ -150,16 +186,25 @@ impl Migrator {
         &mut self,
         m: &Migration,
         section: &Section,
-        direction: Direction,
+        at: Place<'_>,
         report: &RunReport,
         held: Option<&Held>,
         observer: &mut dyn Observer,
-    ) -> Result<Duration, Error> {
+    ) -> Result<Ran, Error> {
+        let direction = at.direction;
         let token = held.map(|h| h.fence.token);
         // Owned: the transaction below borrows the migrator mutably.
         let executor = self.options.executor.clone();
         let change = recorded_with(m, direction, &executor, token, None);
-        let steps = [TxStep { section, change }];
+        let ahead = at
+            .next
+            .map(|next| begin_changes(next, direction, &executor, token).0);
+        let began_next = ahead.is_some();
+        let steps = [TxStep {
+            section,
+            change,
+            ahead,
+        }];
         let mut took = Duration::ZERO;
         let run = Retried {
             m,
@@ -167,7 +212,7 @@ impl Migrator {
             interruptible: true,
         };
         match self.run_retried(run, &steps, &mut |_, d| took = d, observer) {
-            Ok(()) => Ok(took),
+            Ok(()) => Ok(Ran { took, began_next }),
             Err((StepFailure { lost: true, .. }, _)) => {
                 let held = held.expect("only fenced transactions lose the lock");
                 Err(self.lost(
@@ -325,40 +370,25 @@ impl Migrator {
         &mut self,
         m: &Migration,
         section: &Section,
-        direction: Direction,
+        at: Place<'_>,
         report: &RunReport,
         held: Option<&Held>,
         observer: &mut dyn Observer,
-    ) -> Result<Duration, Error> {
+    ) -> Result<Ran, Error> {
+        let direction = at.direction;
         let dialect = self.driver.dialect();
         let statements = sql::split(&section.sql, dialect).expect("checked by preflight");
         let token = held.map(|h| h.fence.token);
         // Owned: the history writes below borrow the migrator mutably.
         let executor = self.options.executor.clone();
-        // A versioned migration is recorded `started` first, and dirty
-        // should it fail part-way; a repeatable one, written to run again,
-        // runs again at the next upgrade; a callback is never recorded.
+        // A versioned migration is recorded `started` first (unless the
+        // migration before did it), and dirty should it fail part-way; a
+        // repeatable one, written to run again, runs again at the next
+        // upgrade; a callback is never recorded.
         let versioned = m.kind() == Kind::Versioned;
-        let (begin, undo_begin) = match direction {
-            Direction::Up => (
-                Change::Insert(new_row(m, &executor, true, token)),
-                Change::Delete { version: m.version },
-            ),
-            Direction::Down => (
-                Change::SetState {
-                    version: m.version,
-                    state: RowState::Started,
-                    duration_ms: None,
-                },
-                Change::SetState {
-                    version: m.version,
-                    state: RowState::Applied,
-                    duration_ms: None,
-                },
-            ),
-        };
-        if versioned {
-            self.record(&begin, m, held, false, report)?;
+        let (begin, undo_begin) = begin_changes(m, direction, &executor, token);
+        if versioned && !at.began {
+            self.record(&[begin], m, held, false, report)?;
         }
         let started = Instant::now();
         let tail = transactional_tail(section, &statements, dialect);
@@ -372,7 +402,8 @@ impl Migrator {
             let mut undo: Vec<String> = Vec::new();
             let failed = loop {
                 // Each statement commits by itself: before each after the
-                // first (whose fenced `started` row just proved the lock;
+                // first (whose fenced `started` row just proved the lock,
+                // written here or with the migration before's last change;
                 // an unrecorded migration has none, and proves it before
                 // its first too), and before each try again, the lease
                 // must still be this run's, and is extended. After a lost
@@ -450,7 +481,7 @@ impl Migrator {
                 context.leftover = leftover;
             } else if i == 0 && leftover.is_empty() {
                 // Nothing ran: the failure leaves the database as it was.
-                self.record(&undo_begin, m, held, false, report)?;
+                self.record(&[undo_begin], m, held, false, report)?;
             } else {
                 context.dirty = Some(DirtyDetail {
                     statements_done: i,
@@ -472,15 +503,30 @@ impl Migrator {
             (Direction::Down, true) => Some(Change::Delete { version: m.version }),
             (_, false) => recorded_with(m, direction, &executor, token, Some(took_ms)),
         };
+        // The next migration's `started` row goes with this one's last
+        // write, when there is one.
+        let ahead = at
+            .next
+            .filter(|_| finish.is_some())
+            .map(|next| begin_changes(next, direction, &executor, token).0);
+        let began_next = ahead.is_some();
         if tail < statements.len() {
             // The tail's transaction adds its own time to the row's.
+            let finish = Finish {
+                change: finish,
+                ahead,
+            };
             let tail_took = self.run_tail(m, direction, report, held, tail, finish, observer)?;
-            return Ok(took + tail_took);
+            return Ok(Ran {
+                took: took + tail_took,
+                began_next,
+            });
         }
-        if let Some(finish) = &finish {
-            self.record(finish, m, held, true, report)?;
+        if let Some(finish) = finish {
+            let changes: Vec<Change<'_>> = std::iter::once(finish).chain(ahead).collect();
+            self.record(&changes, m, held, true, report)?;
         }
-        Ok(took)
+        Ok(Ran { took, began_next })
     }
 
     /// After a statement outside a transaction gave up waiting for a lock:
@@ -528,7 +574,7 @@ impl Migrator {
         report: &RunReport,
         held: Option<&Held>,
         tail: usize,
-        finish: Option<Change<'_>>,
+        finish: Finish<'_>,
         observer: &mut dyn Observer,
     ) -> Result<Duration, Error> {
         let section = section(m, direction);
@@ -549,7 +595,8 @@ impl Migrator {
         };
         let steps = [TxStep {
             section: &tail_section,
-            change: finish,
+            change: finish.change,
+            ahead: finish.ahead,
         }];
         let run = Retried {
             m,
@@ -602,21 +649,18 @@ impl Migrator {
             )
     }
 
-    /// Writes one history change in a fenced transaction of its own; a lost
+    /// Writes history changes in a fenced transaction of their own; a lost
     /// lock becomes the run's error. `unrecorded`: the migration already ran.
     fn record(
         &mut self,
-        change: &Change<'_>,
+        changes: &[Change<'_>],
         m: &Migration,
         held: Option<&Held>,
         unrecorded: bool,
         report: &RunReport,
     ) -> Result<(), Error> {
         let fence = held.map(|h| &h.fence);
-        match retry(|| {
-            self.driver
-                .change_history(std::slice::from_ref(change), fence)
-        }) {
+        match retry(|| self.driver.change_history(changes, fence)) {
             Err(Error::LockLost(_)) => {
                 let held = held.expect("only fenced writes lose the lock");
                 let detail = if unrecorded {
@@ -653,6 +697,7 @@ impl Migrator {
             .map(|m| TxStep {
                 section: &m.up,
                 change: recorded_with(m, Direction::Up, &executor, token, None),
+                ahead: None,
             })
             .collect();
         let total = plan.len();
@@ -816,12 +861,31 @@ struct Waited {
 
 /// Where a migration stands in the plan it runs in.
 #[derive(Clone, Copy)]
-struct Place {
+struct Place<'a> {
     direction: Direction,
     /// From 0.
     index: usize,
     /// The plan's length.
     total: usize,
+    /// The migration before recorded this one `started`.
+    began: bool,
+    /// The next migration, when it runs outside a transaction and is
+    /// recorded `started` first: this one's last write records it so.
+    next: Option<&'a Migration>,
+}
+
+/// How a migration ran.
+struct Ran {
+    took: Duration,
+    /// Its last write recorded the next migration `started`.
+    began_next: bool,
+}
+
+/// The history changes that commit with the statements after a section's
+/// last DDL.
+struct Finish<'a> {
+    change: Option<Change<'a>>,
+    ahead: Option<Change<'a>>,
 }
 
 /// Runs `f` again when a serialization failure or deadlock rolled it back.
@@ -858,6 +922,42 @@ fn recorded_with<'a>(
         (Kind::Versioned, Direction::Up) => Change::Insert(new_row(m, executor, false, lock_token)),
         (Kind::Versioned, Direction::Down) => Change::Delete { version: m.version },
     })
+}
+
+/// Whether `m` runs outside a transaction, recorded `started` before its
+/// first statement: the migration before it can write that row with its
+/// own last change, a commit fewer.
+fn begins_ahead(m: &Migration, direction: Direction, dialect: Dialect) -> bool {
+    m.kind() == Kind::Versioned && outside_transaction(section(m, direction), dialect)
+}
+
+/// The history change that records a migration outside a transaction
+/// `started` before its first statement, and the one that takes it back
+/// when none of it ran.
+fn begin_changes<'a>(
+    m: &'a Migration,
+    direction: Direction,
+    executor: &'a str,
+    lock_token: Option<i64>,
+) -> (Change<'a>, Change<'a>) {
+    match direction {
+        Direction::Up => (
+            Change::Insert(new_row(m, executor, true, lock_token)),
+            Change::Delete { version: m.version },
+        ),
+        Direction::Down => (
+            Change::SetState {
+                version: m.version,
+                state: RowState::Started,
+                duration_ms: None,
+            },
+            Change::SetState {
+                version: m.version,
+                state: RowState::Applied,
+                duration_ms: None,
+            },
+        ),
+    }
 }
 
 fn new_row<'a>(

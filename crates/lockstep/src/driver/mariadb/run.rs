@@ -96,6 +96,9 @@ impl Driver for MysqlDriver {
                     if let Some(change) = &step.change {
                         self.apply_change(change, ms)?;
                     }
+                    if let Some(ahead) = &step.ahead {
+                        self.apply_change(ahead, 0)?;
+                    }
                     if i == last {
                         self.conn.query_drop("COMMIT")?;
                     }

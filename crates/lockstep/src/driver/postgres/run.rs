@@ -50,6 +50,11 @@ impl Driver for PgDriver {
                 }
                 query.push_str(";\n");
             }
+            // After the RETURNING: it stays the query's last row.
+            if let Some(ahead) = &step.ahead {
+                query.push_str(&self.change_sql(ahead));
+                query.push_str(";\n");
+            }
             if i == last {
                 query.push_str(&self.commit(fence));
             }

@@ -89,10 +89,12 @@ impl Driver for SqliteDriver {
                 }
             }
             let elapsed = start.elapsed();
-            if let Some(change) = &step.change {
-                let table = self.table.name();
-                if let Err(e) = Self::apply_change(conn, &self.tables, table, change, elapsed) {
-                    return Err(fail(i, message(&e)));
+            let table = self.table.name();
+            for (change, ran) in [(&step.change, elapsed), (&step.ahead, Duration::ZERO)] {
+                if let Some(change) = change {
+                    if let Err(e) = Self::apply_change(conn, &self.tables, table, change, ran) {
+                        return Err(fail(i, message(&e)));
+                    }
                 }
             }
             done(i, crate::driver::as_recorded(elapsed));
