@@ -54,7 +54,11 @@ impl MysqlDriver {
             galera: false,
             mariadb: false,
             cancelled: Default::default(),
-            migration_ran: false,
+            may_shadow: false,
+            session_changed: false,
+            tracks_session: false,
+            can_track: false,
+            limits: None,
             sees_all_sessions: false,
             text_versions: false,
         };
@@ -94,7 +98,10 @@ impl MysqlDriver {
         };
         self.sees_all_sessions = process > 0;
         self.mariadb = version.contains("MariaDB");
-        self.session_settings(Limits::default())
+        // Reported from MariaDB 10.2 and MySQL 5.7 on.
+        let release = release_of(&version);
+        self.can_track = release >= if self.mariadb { (10, 2) } else { (5, 7) };
+        self.session_settings(Limits::default(), false)
     }
 
     /// lockstep's settings for its session, made again after every reset,
@@ -103,8 +110,13 @@ impl MysqlDriver {
     /// before it; and a migration's bounds. The lock waits count whole
     /// seconds (a part of one counts as one); the statement's run time is
     /// MariaDB's alone (MySQL's `max_execution_time` bounds only `SELECT`).
-    pub(super) fn session_settings(&mut self, limits: Limits) -> Result<(), Error> {
+    pub(super) fn session_settings(&mut self, limits: Limits, track: bool) -> Result<(), Error> {
         let mut settings = Vec::new();
+        // The answer to this statement shows whether it took.
+        let track = track && self.can_track;
+        if track {
+            settings.push("session_track_state_change = ON".to_string());
+        }
         if self.galera {
             settings.push("wsrep_sync_wait = 1".to_string());
         }
@@ -119,13 +131,31 @@ impl MysqlDriver {
                 run.as_secs_f64().max(0.001)
             ));
         }
+        self.limits = Some(limits);
+        self.tracks_session = false;
         if settings.is_empty() {
             return Ok(());
         }
         self.conn
             .query_drop(format!("SET SESSION {}", settings.join(", ")))
-            .map_err(|e| super::db_error("setting up the session", &e))
+            .map_err(|e| super::db_error("setting up the session", &e))?;
+        self.tracks_session = track
+            && self.conn.session_state_changes().is_ok_and(|changes| {
+                changes.iter().any(|c| {
+                    c.data_type() == mysql::consts::SessionStateType::SESSION_TRACK_STATE_CHANGE
+                })
+            });
+        Ok(())
     }
+}
+
+/// A server's major and minor release, from `@@version`
+/// (`10.11.19-MariaDB-0+deb12u1`, `8.0.36`); zeros when unreadable.
+fn release_of(version: &str) -> (u32, u32) {
+    let mut parts = version
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse().unwrap_or(0));
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
 
 /// The client's options for a target, with TLS as given.
@@ -136,7 +166,9 @@ fn options(target: &MysqlTarget, tls: Option<SslOpts>) -> mysql::Opts {
         .db_name(Some(&target.database))
         // Affected rows count the rows a statement matched, not only those
         // it changed: a renewal within one microsecond still says "held".
-        .additional_capabilities(CapabilityFlags::CLIENT_FOUND_ROWS)
+        .additional_capabilities(
+            CapabilityFlags::CLIENT_FOUND_ROWS | CapabilityFlags::CLIENT_SESSION_TRACK,
+        )
         .tcp_connect_timeout(Some(target.connect_timeout.unwrap_or(CONNECT_TIMEOUT)))
         // Never switch to a socket the server names: the URL decides.
         .prefer_socket(false)
@@ -218,5 +250,17 @@ fn why_refused(e: &mysql::Error, target: &MysqlTarget) -> Option<String> {
                 None
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::release_of;
+
+    #[test]
+    fn a_release_is_read_from_the_version() {
+        assert_eq!(release_of("10.11.19-MariaDB-0+deb12u1"), (10, 11));
+        assert_eq!(release_of("8.0.36"), (8, 0));
+        assert_eq!(release_of("unknown"), (0, 0));
     }
 }

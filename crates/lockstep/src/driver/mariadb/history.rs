@@ -371,14 +371,14 @@ impl MysqlDriver {
     /// table commits nothing.) Only a migration's SQL makes them: nothing
     /// to do when none ran since the last look.
     pub(super) fn unshadow(&mut self) -> Result<(), mysql::Error> {
-        if !self.migration_ran {
+        if !self.may_shadow {
             return Ok(());
         }
         self.conn.query_drop(format!(
             "DROP TEMPORARY TABLE IF EXISTS {}, {}",
             self.tables.history, self.tables.lock
         ))?;
-        self.migration_ran = false;
+        self.may_shadow = false;
         Ok(())
     }
 

@@ -31,6 +31,7 @@ use crate::error::{DbClass, DbMessage, Error};
 use crate::history::TableName;
 use crate::lock::Session;
 use crate::url::{DatabaseUrl, MysqlTarget};
+use crate::waits::Limits;
 
 pub(crate) struct MysqlDriver {
     conn: mysql::Conn,
@@ -54,9 +55,19 @@ pub(crate) struct MysqlDriver {
     /// was asked to stop (`SLEEP` returns early, as if done), so a run
     /// looks after each statement.
     cancelled: Arc<AtomicBool>,
-    /// A migration's SQL ran on this session since lockstep last dropped
-    /// temporary tables that would hide its own (`unshadow`).
-    migration_ran: bool,
+    /// A migration's SQL may have made temporary tables since lockstep
+    /// last dropped those that would hide its own (`unshadow`).
+    may_shadow: bool,
+    /// The session may differ from what lockstep set up (see `execute`):
+    /// the next migration starts from a reset.
+    session_changed: bool,
+    /// The server reports the changes a statement made to the session
+    /// (`session_track_state_change`, on since the last reset).
+    tracks_session: bool,
+    /// The server's release can report them.
+    can_track: bool,
+    /// The bounds the session's statements have, as lockstep last set them.
+    limits: Option<Limits>,
     /// This user sees every session in the process list (the `PROCESS`
     /// privilege): a holder missing from it is gone. Without it a missing
     /// holder may be another user's session, and only the lease decides.
@@ -187,25 +198,68 @@ fn lock_refused(e: &mysql::Error) -> bool {
 }
 
 impl MysqlDriver {
-    /// Runs SQL of a migration's, reading every row of every result: a
-    /// server may fail a statement after its first rows (a subquery that
-    /// returns two rows; on Galera, a transaction aborted by a conflicting
-    /// commit while it ran), and a result dropped unread would hide that
-    /// failure.
+    /// Runs one statement of a migration's, reading every row of every
+    /// result: a server may fail a statement after its first rows (a
+    /// subquery that returns two rows; on Galera, a transaction aborted by
+    /// a conflicting commit while it ran), and a result dropped unread
+    /// would hide that failure.
+    ///
+    /// Notes whether the statement may have changed the session: the
+    /// server says so for settings, temporary tables, prepared statements
+    /// and the current database; what it does not report (user variables
+    /// set by a query, named locks, the next transaction's
+    /// characteristics, whatever a statement returning rows did) is
+    /// assumed of every statement but plain DDL and DML without `@` or
+    /// `GET_LOCK`. A failed statement may have changed anything.
     fn execute(&mut self, sql: &str) -> Result<(), mysql::Error> {
-        self.migration_ran = true;
-        drain(self.conn.query_iter(sql)?)
+        let before = (self.may_shadow, self.session_changed);
+        (self.may_shadow, self.session_changed) = (true, true);
+        let returned_rows = drain(self.conn.query_iter(sql)?)?;
+        let reported = self
+            .conn
+            .session_state_changes()
+            .map_or(true, |changes| !changes.is_empty());
+        if self.tracks_session && !reported && !returned_rows && !untracked_change(sql) {
+            (self.may_shadow, self.session_changed) = before;
+        }
+        Ok(())
     }
 }
 
-/// Reads every row of every result set.
-fn drain(mut result: mysql::QueryResult<'_, '_, '_, mysql::Text>) -> Result<(), mysql::Error> {
+/// Reads every row of every result set; whether there were any columns.
+fn drain(mut result: mysql::QueryResult<'_, '_, '_, mysql::Text>) -> Result<bool, mysql::Error> {
+    let mut columns = false;
     while let Some(rows) = result.iter() {
+        columns |= !rows.columns().as_ref().is_empty();
         for row in rows {
             row?;
         }
     }
-    Ok(())
+    Ok(columns)
+}
+
+/// Whether a statement may change the session in a way the server does
+/// not report: all but DDL and DML, and those with a user variable or a
+/// named lock.
+fn untracked_change(sql: &str) -> bool {
+    let first = sql
+        .split(|c: char| !c.is_ascii_alphabetic())
+        .next()
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    let plain = matches!(
+        first.as_str(),
+        "CREATE"
+            | "ALTER"
+            | "DROP"
+            | "RENAME"
+            | "TRUNCATE"
+            | "INSERT"
+            | "UPDATE"
+            | "DELETE"
+            | "REPLACE"
+    );
+    !plain || sql.contains('@') || sql.to_ascii_uppercase().contains("GET_LOCK")
 }
 
 /// Values bound to a statement, as the `mysql` crate binds them.
@@ -248,5 +302,35 @@ impl MysqlDriver {
     /// statement's error.
     fn rollback(&mut self) {
         let _ = self.conn.query_drop("ROLLBACK");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::untracked_change;
+
+    #[test]
+    fn only_plain_ddl_and_dml_leave_no_unreported_change() {
+        for plain in [
+            "CREATE TABLE t (id int)",
+            "alter table t add column v int",
+            "INSERT INTO t VALUES (1)",
+            "UPDATE t SET v = 2",
+            "DROP TABLE t",
+        ] {
+            assert!(!untracked_change(plain), "{plain}");
+        }
+        for untracked in [
+            "SELECT 5 INTO @v",
+            "INSERT INTO t SELECT @n := @n + 1",
+            "DO GET_LOCK('x', 0)",
+            "INSERT INTO t SELECT get_lock('x', 0)",
+            "SET TRANSACTION READ ONLY",
+            "HANDLER t OPEN",
+            "CALL p()",
+            "USE other",
+        ] {
+            assert!(untracked_change(untracked), "{untracked}");
+        }
     }
 }
