@@ -181,6 +181,33 @@ fn mariadb_each_migration_starts_from_a_fresh_session() {
     assert!(p.db.table_exists("e"));
 }
 
+// A `mysqldump` file runs as the `mariadb` client runs it: the server
+// takes the text of executable comments (`/*!50001 ... */`) as SQL, and
+// `mysqldump` writes views and settings inside them. They were dropped as
+// comments, silently.
+#[test]
+fn mariadb_runs_executable_comments_as_the_client_does() {
+    let Some(p) = Project::new(Backend::Mariadb) else {
+        return;
+    };
+    p.migration(
+        "1_dump.sql",
+        "-- upgrade\n/*!40101 SET @saved_cs_client = @@character_set_client */;\n\
+         /*!40101 SET character_set_client = utf8mb4 */;\n\
+         CREATE TABLE t (id int PRIMARY KEY);\n\
+         /*!40101 SET character_set_client = @saved_cs_client */;\n\
+         /*!50001 CREATE ALGORITHM=UNDEFINED */\n\
+         /*!50013 DEFINER=CURRENT_USER SQL SECURITY DEFINER */\n\
+         /*!50001 VIEW `v` AS select `t`.`id` AS `id` from `t` */;\n\
+         INSERT INTO t VALUES (7);\n",
+    );
+    let run = p.run(&["upgrade"]);
+    run.ok();
+    // The view is DDL: the migration ran outside a transaction.
+    assert!(run.stdout.contains("[no transaction]"), "{}", run.stdout);
+    assert_eq!(p.db.value("SELECT id FROM v"), "7");
+}
+
 // A migration's SQL runs as each file would in its own `psql` run: session
 // state set by one migration (a `pg_dump` file starts by emptying
 // `search_path`) does not reach the next, in or out of a transaction.

@@ -18,7 +18,9 @@
 //! `CREATE TRIGGER ... BEGIN ... END`) and MariaDB/MySQL (backslash
 //! escapes, `#` comments, compound statements in routines, triggers and
 //! events, whose `END IF`, `END LOOP`, `END WHILE` and `END REPEAT` close
-//! no `BEGIN`).
+//! no `BEGIN`, and executable comments: the server runs the text of
+//! `/*! ... */`, `/*!50001 ... */` and MariaDB's `/*M! ... */` as SQL, and
+//! `mysqldump` writes views, triggers and settings inside them).
 
 use std::ops::Range;
 
@@ -92,11 +94,7 @@ pub struct LexError {
 /// Splits `sql` into statements. Pieces holding only whitespace and comments
 /// are dropped.
 pub fn split(sql: &str, dialect: Dialect) -> Result<Vec<Statement>, LexError> {
-    let mut lexer = Lexer {
-        src: sql.as_bytes(),
-        pos: 0,
-        dialect,
-    };
+    let mut lexer = Lexer::new(sql, dialect);
     let mut out = Vec::new();
     let mut current = StatementState::default();
     while let Some(token) = lexer.next_token()? {
@@ -131,6 +129,9 @@ pub fn split(sql: &str, dialect: Dialect) -> Result<Vec<Statement>, LexError> {
                 current.start.get_or_insert(at);
                 current.words_seen += 1;
             }
+            Token::Edge(at) => {
+                current.start.get_or_insert(at);
+            }
         }
     }
     if let Some(start) = current.start {
@@ -149,11 +150,7 @@ pub fn split(sql: &str, dialect: Dialect) -> Result<Vec<Statement>, LexError> {
 /// Checks that `sql` does not end inside a string, quoted identifier, comment
 /// or dollar quote.
 pub fn check_terminated(sql: &str, dialect: Dialect) -> Result<(), LexError> {
-    let mut lexer = Lexer {
-        src: sql.as_bytes(),
-        pos: 0,
-        dialect,
-    };
+    let mut lexer = Lexer::new(sql, dialect);
     while lexer.next_token()?.is_some() {}
     Ok(())
 }
@@ -167,18 +164,16 @@ pub fn has_code(sql: &str) -> bool {
 /// The byte offset of the first token that is neither a comment nor an empty
 /// statement. Lexing errors count as code: the database will report them.
 pub fn first_code_offset(sql: &str) -> Option<usize> {
-    let mut lexer = Lexer {
-        src: sql.as_bytes(),
-        pos: 0,
-        dialect: Dialect::Postgres,
-    };
+    let mut lexer = Lexer::new(sql, Dialect::Postgres);
     loop {
         let before = lexer.pos;
         match lexer.next_token() {
             Ok(Some(Token::Comment | Token::Semicolon(_))) => continue,
             Ok(None) => return None,
             Ok(Some(Token::Word(r))) => return Some(r.start),
-            Ok(Some(Token::Open(at) | Token::Close(at) | Token::Other(at))) => return Some(at),
+            Ok(Some(Token::Open(at) | Token::Close(at) | Token::Other(at) | Token::Edge(at))) => {
+                return Some(at)
+            }
             Err(e) => return Some(e.offset.max(before)),
         }
     }
@@ -314,12 +309,56 @@ enum Token {
     Close(usize),
     /// Anything else that is code: literals, operators, numbers.
     Other(usize),
+    /// The opening or closing of an executable comment (MariaDB/MySQL):
+    /// part of the statement's text, not one of its words.
+    Edge(usize),
 }
 
 struct Lexer<'a> {
     src: &'a [u8],
     pos: usize,
     dialect: Dialect,
+    /// Where the executable comment the lexer is inside opened.
+    executable: Option<usize>,
+}
+
+impl<'a> Lexer<'a> {
+    fn new(sql: &'a str, dialect: Dialect) -> Self {
+        Lexer {
+            src: sql.as_bytes(),
+            pos: 0,
+            dialect,
+            executable: None,
+        }
+    }
+
+    /// Steps over the opening of an executable comment (`/*!`, `/*M!`,
+    /// and the server version that may follow), or its closing `*/`, if
+    /// one is here.
+    fn executable_edge(&mut self) -> bool {
+        let rest = &self.src[self.pos..];
+        if self.executable.is_some() {
+            if !rest.starts_with(b"*/") {
+                return false;
+            }
+            self.pos += 2;
+            self.executable = None;
+        } else {
+            let opener = if rest.starts_with(b"/*!") {
+                3
+            } else if rest.starts_with(b"/*M!") {
+                4
+            } else {
+                return false;
+            };
+            self.executable = Some(self.pos);
+            self.pos += opener;
+            while self.peek(0).is_some_and(|b| b.is_ascii_digit()) {
+                self.pos += 1;
+            }
+        }
+        true
+    }
 }
 
 /// SQL whitespace: ASCII space, tab, line feed, vertical tab, form feed,
@@ -353,8 +392,17 @@ impl Lexer<'_> {
         }
         let start = self.pos;
         let Some(b) = self.peek(0) else {
-            return Ok(None);
+            return match self.executable {
+                Some(offset) => Err(LexError {
+                    offset,
+                    what: "executable comment",
+                }),
+                None => Ok(None),
+            };
         };
+        if self.dialect == Dialect::Mysql && self.executable_edge() {
+            return Ok(Some(Token::Edge(start)));
+        }
         let token = match b {
             // `--` starts a comment on MariaDB/MySQL only before whitespace
             // (`1--1` is arithmetic); `#` always does there.
@@ -569,6 +617,39 @@ mod tests {
     fn mysql_comments() {
         let sql = "# a comment; still\nSELECT 1--1;\n-- real comment;\nSELECT 2; /* c; */";
         assert_eq!(texts(sql, Dialect::Mysql), ["SELECT 1--1;", "SELECT 2;"]);
+    }
+
+    #[test]
+    fn mysql_executable_comments_are_sql() {
+        // As mysqldump writes them: settings, and a view in three.
+        let view = "/*!50001 CREATE ALGORITHM=UNDEFINED */\n/*!50013 DEFINER=`app`@`%` SQL SECURITY DEFINER */\n/*!50001 VIEW `v` AS select 1 AS `one` */;";
+        let sql = format!("/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE */;\n{view}\n/*M!100100 SET x = 1 */;\n/* plain; */ SELECT 1;");
+        let statements = split(&sql, Dialect::Mysql).unwrap();
+        let texts: Vec<&str> = statements.iter().map(|s| &sql[s.range.clone()]).collect();
+        assert_eq!(
+            texts,
+            [
+                "/*!40101 SET @OLD_SQL_MODE=@@SQL_MODE */;",
+                view,
+                "/*M!100100 SET x = 1 */;",
+                "SELECT 1;"
+            ]
+        );
+        // Their words are the statement's: the view is DDL.
+        assert_eq!(statements[1].keywords, ["CREATE", "ALGORITHM"]);
+        assert!(statements[1].commits_implicitly(Dialect::Mysql));
+        assert_eq!(
+            split("/*!50001 CREATE VIEW v AS SELECT 1", Dialect::Mysql)
+                .unwrap_err()
+                .what,
+            "executable comment"
+        );
+        // Elsewhere they are comments.
+        assert!(
+            split("/*!50001 CREATE VIEW v AS SELECT 1 */;", Dialect::Postgres)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
