@@ -134,6 +134,11 @@ pub(crate) trait Driver: LockStore<Error = Error> + HistoryStore<Error = Error> 
     /// Runs one statement outside any transaction.
     fn run_statement(&mut self, sql: &str) -> Result<(), DbMessage>;
 
+    /// How long the lease of the fence's token has left by the database's
+    /// clock (zero once it ran out), read without writing or locking
+    /// anything; `None` when the token is no longer this run's.
+    fn lease_left(&mut self, fence: &Fence) -> Result<Option<Duration>, Error>;
+
     /// Before each migration: the session forgets what the migrations
     /// before it changed (settings, SQLite's pragmas), so that each starts
     /// as if it ran alone, as each file does in its own `psql` or `sqlite3`

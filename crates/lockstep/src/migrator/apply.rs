@@ -406,8 +406,8 @@ impl Migrator {
                 // written here or with the migration before's last change;
                 // an unrecorded migration has none, and proves it before
                 // its first too), and before each try again, the lease
-                // must still be this run's, and is extended. After a lost
-                // lease at most the statement in flight runs.
+                // must still be this run's. After a lost lease at most the
+                // statement in flight runs.
                 if let Some(held) = held.filter(|_| i > 0 || tries.made > 1 || !versioned) {
                     if self.lease_gone(held) {
                         let detail = format!(
@@ -638,15 +638,24 @@ impl Migrator {
     }
 
     /// Whether the lock stopped being this run's: the heartbeat saw it, or
-    /// a fenced write (of no history change: it checks the token and
-    /// extends the lease) finds another token. A write that fails otherwise
-    /// leaves the decision to the next fenced write.
+    /// the lock row no longer has this run's token. A read finds the token
+    /// with at least half the lease left: nothing written, no commit to
+    /// flush before each statement (the heartbeat keeps the lease).
+    /// Otherwise a fenced write (of no history change: it checks the token
+    /// and extends the lease) decides; one that fails otherwise leaves the
+    /// decision to the next fenced write.
     fn lease_gone(&mut self, held: &Held) -> bool {
-        held.lost()
-            || matches!(
-                self.driver.change_history(&[], Some(&held.fence)),
-                Err(Error::LockLost(_))
-            )
+        if held.lost() {
+            return true;
+        }
+        let half = held.fence.ttl / 2;
+        if matches!(self.driver.lease_left(&held.fence), Ok(Some(left)) if left >= half) {
+            return false;
+        }
+        matches!(
+            self.driver.change_history(&[], Some(&held.fence)),
+            Err(Error::LockLost(_))
+        )
     }
 
     /// Writes history changes in a fenced transaction of their own; a lost

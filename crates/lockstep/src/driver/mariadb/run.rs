@@ -14,7 +14,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mysql::prelude::Queryable;
 
@@ -118,6 +118,23 @@ impl Driver for MysqlDriver {
         self.execute(sql).map_err(|e| message(&e))
     }
 
+    fn lease_left(&mut self, fence: &Fence) -> Result<Option<Duration>, Error> {
+        let sql = format!(
+            "SELECT TIMESTAMPDIFF(MICROSECOND, UTC_TIMESTAMP(6), expires_at) FROM {}
+              WHERE scope = ? AND owner = ? AND token = ?",
+            self.tables.lock
+        );
+        let left: Result<Option<Option<i64>>, mysql::Error> = self.unshadow().and_then(|()| {
+            self.conn
+                .exec_first(sql, (&fence.scope, &fence.owner, fence.token))
+        });
+        match left {
+            Ok(left) => Ok(left.map(|us| micros_left(us.unwrap_or(0)))),
+            Err(e) if super::server_code(&e) == Some(super::code::NO_SUCH_TABLE) => Ok(None),
+            Err(e) => Err(db_error("reading the migration lock's lease", &e)),
+        }
+    }
+
     /// Resets the session only when a migration may have changed it (the
     /// server reports what it changed, see `execute`) or its bounds differ:
     /// two round trips fewer per migration.
@@ -159,6 +176,11 @@ impl Driver for MysqlDriver {
             }
         })
     }
+}
+
+/// A lease's microseconds left as a duration, none once it ran out.
+fn micros_left(us: i64) -> Duration {
+    Duration::from_micros(u64::try_from(us).unwrap_or(0))
 }
 
 impl MysqlDriver {

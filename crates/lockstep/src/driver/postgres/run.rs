@@ -112,6 +112,27 @@ impl Driver for PgDriver {
             .map_err(|e| message_in(&e, Some((sql, 0, sql.len()))))
     }
 
+    fn lease_left(&mut self, fence: &Fence) -> Result<Option<Duration>, Error> {
+        let sql = format!(
+            "SELECT greatest(0, floor(extract(epoch FROM expires_at - clock_timestamp()) * 1000))::bigint
+               FROM {} WHERE scope = {} AND owner = {} AND token = {}",
+            self.tables.lock,
+            literal(&fence.scope),
+            literal(&fence.owner),
+            fence.token
+        );
+        let rows = self.text_rows(&sql, "reading the migration lock's lease")?;
+        Ok(rows
+            .and_then(|rows| rows.into_iter().next())
+            .map(|row| {
+                row.into_iter()
+                    .next()
+                    .flatten()
+                    .and_then(|ms| ms.parse().ok())
+            })
+            .map(|ms| Duration::from_millis(ms.unwrap_or(0))))
+    }
+
     fn fresh_session(&mut self, limits: Limits) -> Result<(), Error> {
         self.reset_pending = true;
         self.limits = limits;

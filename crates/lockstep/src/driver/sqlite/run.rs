@@ -6,16 +6,17 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rusqlite::Connection;
+use rusqlite::{params, Connection, OptionalExtension};
 
 use crate::driver::{Canceller, Done, Driver, StatementAt, StepFailure, Transaction};
 use crate::error::{DbMessage, Error};
+use crate::lock::Fence;
 use crate::sql::Dialect;
 use crate::waits::Limits;
 
 use super::release::YIELD_LIMIT;
 use super::script;
-use super::{db_error, is_missing_table, message, rollback, SqliteDriver};
+use super::{db_error, is_missing_table, message, now_ms, rollback, SqliteDriver};
 
 impl Driver for SqliteDriver {
     fn dialect(&self) -> Dialect {
@@ -120,6 +121,23 @@ impl Driver for SqliteDriver {
         // Never stopped half-way: a statement outside a transaction is
         // left to finish.
         script::run(conn, sql, &AtomicBool::new(false)).map_err(|failed| *failed.db)
+    }
+
+    fn lease_left(&mut self, fence: &Fence) -> Result<Option<Duration>, Error> {
+        let sql = format!(
+            "SELECT max(0, expires_at - ?4) FROM {} WHERE scope = ?1 AND owner = ?2 AND token = ?3",
+            self.tables.lock
+        );
+        let left = self.conn()?.query_row(
+            &sql,
+            params![fence.scope, fence.owner, fence.token, now_ms()],
+            |row| row.get::<_, i64>(0),
+        );
+        match left.optional() {
+            Ok(left) => Ok(left.map(|ms| Duration::from_millis(u64::try_from(ms).unwrap_or(0)))),
+            Err(e) if is_missing_table(&e) => Ok(None),
+            Err(e) => Err(db_error("reading the migration lock's lease", &e)),
+        }
     }
 
     fn read_table(&mut self, sql: &str) -> Result<Option<Vec<Vec<Option<String>>>>, Error> {

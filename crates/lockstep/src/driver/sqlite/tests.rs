@@ -252,3 +252,51 @@ fn a_release_of_the_lock_wakes_a_listening_driver() {
     assert!(!elsewhere.can_notify(), "not tried again at every poll");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn the_lease_left_is_read_for_the_fence_s_token_only() {
+    use crate::lock::{Fence, Probe, Take};
+    let (_dir, _db, _table, mut driver) = with_tables();
+    let session = driver.session().unwrap();
+    let ttl = Duration::from_secs(30);
+    let who = Actor {
+        owner: "holder",
+        host: "here",
+        pid: i64::from(std::process::id()),
+        command: "upgrade",
+    };
+    let Probe::Row(seen) = driver.probe_lock("scope").unwrap() else {
+        panic!("the lock is free");
+    };
+    let token = driver
+        .take_lock(&Take {
+            scope: "scope",
+            seen: seen.token,
+            actor: &who,
+            session: &session,
+            ttl,
+            event: LogEvent::Acquired,
+        })
+        .unwrap();
+    let fence = Fence {
+        scope: "scope".into(),
+        owner: "holder".into(),
+        token,
+        ttl,
+    };
+    let left = driver
+        .lease_left(&fence)
+        .unwrap()
+        .expect("the token is current");
+    assert!(
+        left <= ttl && left > ttl - Duration::from_secs(5),
+        "{left:?}"
+    );
+    let other = Fence {
+        token: token + 1,
+        ..fence.clone()
+    };
+    assert_eq!(driver.lease_left(&other).unwrap(), None);
+    assert!(driver.release_lock(&fence, &who).unwrap());
+    assert_eq!(driver.lease_left(&fence).unwrap(), None);
+}
