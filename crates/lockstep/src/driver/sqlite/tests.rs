@@ -33,6 +33,35 @@ fn with_tables() -> (PathBuf, PathBuf, TableName, SqliteDriver) {
     (dir, db, table, driver)
 }
 
+/// The process the tests' lock holders stand for.
+fn holder_actor() -> Actor<'static> {
+    Actor {
+        owner: "holder",
+        host: "here",
+        pid: i64::from(std::process::id()),
+        command: "upgrade",
+    }
+}
+
+/// Takes the free lock of the scope `scope` for [`holder_actor`]: its token.
+fn take(driver: &mut SqliteDriver, ttl: Duration) -> i64 {
+    use crate::lock::{Probe, Take};
+    let session = driver.session().unwrap();
+    let Probe::Row(seen) = driver.probe_lock("scope").unwrap() else {
+        panic!("the lock is free");
+    };
+    driver
+        .take_lock(&Take {
+            scope: "scope",
+            seen: seen.token,
+            actor: &holder_actor(),
+            session: &session,
+            ttl,
+            event: LogEvent::Acquired,
+        })
+        .unwrap()
+}
+
 /// Plain SQL: a history of `rows` rows, each some 250 bytes.
 fn fill_history(db: &Path, rows: u32) {
     let conn = Connection::open(db).unwrap();
@@ -165,7 +194,7 @@ fn a_release_wakes_a_watching_waiter_and_nothing_else_does() {
 #[cfg(target_os = "linux")]
 #[test]
 fn a_release_of_the_lock_wakes_a_listening_driver() {
-    use crate::lock::{Fence, Probe, Take};
+    use crate::lock::Fence;
     let dir = temp_dir();
     let db = dir.join("app.db");
     let table = TableName::parse(crate::history::DEFAULT_HISTORY_TABLE).unwrap();
@@ -177,30 +206,9 @@ fn a_release_of_the_lock_wakes_a_listening_driver() {
     assert!(waiter.listen("scope").unwrap());
     assert!(!waiter.wait_for_notification(Duration::ZERO).unwrap());
 
-    let session = holder.session().unwrap();
     let ttl = Duration::from_secs(30);
-    let who = Actor {
-        owner: "holder",
-        host: "here",
-        pid: i64::from(std::process::id()),
-        command: "upgrade",
-    };
-    let take = |driver: &mut SqliteDriver| {
-        let Probe::Row(seen) = driver.probe_lock("scope").unwrap() else {
-            panic!("the lock is free");
-        };
-        driver
-            .take_lock(&Take {
-                scope: "scope",
-                seen: seen.token,
-                actor: &who,
-                session: &session,
-                ttl,
-                event: LogEvent::Acquired,
-            })
-            .unwrap()
-    };
-    let token = take(&mut holder);
+    let who = holder_actor();
+    let token = take(&mut holder, ttl);
     // Taking the lock wakes nobody; releasing it does.
     assert!(!waiter.wait_for_notification(Duration::ZERO).unwrap());
     let fence = Fence {
@@ -218,7 +226,7 @@ fn a_release_of_the_lock_wakes_a_listening_driver() {
     assert!(!waiter.wait_for_notification(Duration::ZERO).unwrap());
 
     // A forced release, by another process, wakes the waiters too.
-    take(&mut holder);
+    take(&mut holder, ttl);
     assert!(!waiter.wait_for_notification(Duration::ZERO).unwrap());
     let mut releaser = SqliteDriver::open(&db, &table, true).unwrap();
     let held = releaser.read_lock("scope").unwrap().expect("the lock row");
@@ -255,29 +263,10 @@ fn a_release_of_the_lock_wakes_a_listening_driver() {
 
 #[test]
 fn the_lease_left_is_read_for_the_fence_s_token_only() {
-    use crate::lock::{Fence, Probe, Take};
+    use crate::lock::Fence;
     let (_dir, _db, _table, mut driver) = with_tables();
-    let session = driver.session().unwrap();
     let ttl = Duration::from_secs(30);
-    let who = Actor {
-        owner: "holder",
-        host: "here",
-        pid: i64::from(std::process::id()),
-        command: "upgrade",
-    };
-    let Probe::Row(seen) = driver.probe_lock("scope").unwrap() else {
-        panic!("the lock is free");
-    };
-    let token = driver
-        .take_lock(&Take {
-            scope: "scope",
-            seen: seen.token,
-            actor: &who,
-            session: &session,
-            ttl,
-            event: LogEvent::Acquired,
-        })
-        .unwrap();
+    let token = take(&mut driver, ttl);
     let fence = Fence {
         scope: "scope".into(),
         owner: "holder".into(),
@@ -297,6 +286,6 @@ fn the_lease_left_is_read_for_the_fence_s_token_only() {
         ..fence.clone()
     };
     assert_eq!(driver.lease_left(&other).unwrap(), None);
-    assert!(driver.release_lock(&fence, &who).unwrap());
+    assert!(driver.release_lock(&fence, &holder_actor()).unwrap());
     assert_eq!(driver.lease_left(&fence).unwrap(), None);
 }
