@@ -214,19 +214,20 @@ impl MysqlDriver {
     fn execute(&mut self, sql: &str) -> Result<(), mysql::Error> {
         let before = (self.may_shadow, self.session_changed);
         (self.may_shadow, self.session_changed) = (true, true);
-        let returned_rows = drain(self.conn.query_iter(sql)?)?;
+        let result_set = drain(self.conn.query_iter(sql)?)?;
         let reported = self
             .conn
             .session_state_changes()
             .map_or(true, |changes| !changes.is_empty());
-        if self.tracks_session && !reported && !returned_rows && !untracked_change(sql) {
+        if self.tracks_session && !reported && !result_set && !untracked_change(sql) {
             (self.may_shadow, self.session_changed) = before;
         }
         Ok(())
     }
 }
 
-/// Reads every row of every result set; whether there were any columns.
+/// Reads every row of every result set; whether there was one (a
+/// statement that returns rows, even none).
 fn drain(mut result: mysql::QueryResult<'_, '_, '_, mysql::Text>) -> Result<bool, mysql::Error> {
     let mut columns = false;
     while let Some(rows) = result.iter() {
@@ -259,7 +260,11 @@ fn untracked_change(sql: &str) -> bool {
             | "DELETE"
             | "REPLACE"
     );
-    !plain || sql.contains('@') || sql.to_ascii_uppercase().contains("GET_LOCK")
+    let named_lock = sql
+        .as_bytes()
+        .windows(b"GET_LOCK".len())
+        .any(|w| w.eq_ignore_ascii_case(b"GET_LOCK"));
+    !plain || sql.contains('@') || named_lock
 }
 
 /// Values bound to a statement, as the `mysql` crate binds them.
