@@ -181,6 +181,44 @@ fn mariadb_each_migration_starts_from_a_fresh_session() {
     assert!(p.db.table_exists("e"));
 }
 
+// The writes that close a migration's transaction go to the server in one
+// query, their values written into its text: they must read the same
+// whatever the migration left the session's `sql_mode` and character set,
+// into tables of another character set. Migration 1 leaves its session
+// so, and its closing writes check the fence and record migration 2
+// `started`.
+#[test]
+fn mariadb_history_values_survive_the_migration_s_session() {
+    let Some(p) = Project::new(Backend::Mariadb) else {
+        return;
+    };
+    p.db.exec("ALTER DATABASE CHARACTER SET latin1");
+    p.migration(
+        "1_first.sql",
+        "-- upgrade\nCREATE TABLE t (id integer);\nINSERT INTO t VALUES (1);\n\
+         SET NAMES latin1;\nSET SESSION sql_mode = 'NO_BACKSLASH_ESCAPES,ANSI_QUOTES';\n",
+    );
+    p.migration("2_second.sql", "-- upgrade\nINSERT INTO t VALUES (2);\n");
+    // The owner is compared by the fence, and recorded with each row.
+    let owner = "d\u{e9}j\u{e0} vu's \\n";
+    p.run(&["--owner", owner, "upgrade"]).ok();
+    assert_eq!(
+        p.db.query(
+            "SELECT version, name, state, applied_by FROM lockstep_history ORDER BY version"
+        ),
+        [
+            ["1", "first", "applied", owner],
+            ["2", "second", "applied", owner]
+        ]
+    );
+    // The history's table is latin1, and holds the names as text in it.
+    assert_eq!(
+        p.db.value("SELECT CHARACTER_SET_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = 'lockstep_history' AND COLUMN_NAME = 'name'"),
+        "latin1"
+    );
+    p.run(&["validate"]).ok();
+}
+
 // A `mysqldump` file runs as the `mariadb` client runs it: the server
 // takes the text of executable comments (`/*!50001 ... */`) as SQL, and
 // `mysqldump` writes views and settings inside them. They were dropped as

@@ -155,6 +155,21 @@ pub fn check_terminated(sql: &str, dialect: Dialect) -> Result<(), LexError> {
     Ok(())
 }
 
+/// Where the placeholders (`?`) of a MariaDB/MySQL statement are: outside
+/// literals, quoted names and comments. An unterminated one ends the search.
+pub(crate) fn placeholders(sql: &str) -> Vec<usize> {
+    let mut lexer = Lexer::new(sql, Dialect::Mysql);
+    let mut found = Vec::new();
+    while let Ok(Some(token)) = lexer.next_token() {
+        if let Token::Other(at) = token {
+            if sql.as_bytes()[at] == b'?' {
+                found.push(at);
+            }
+        }
+    }
+    found
+}
+
 /// Whether `sql` holds anything but whitespace, comments and empty
 /// statements.
 pub fn has_code(sql: &str) -> bool {
@@ -611,6 +626,17 @@ mod tests {
         // The same text on PostgreSQL ends inside a string.
         assert!(split("SELECT 'a\\';", Dialect::Postgres).is_ok());
         assert!(split("SELECT 'a\\';", Dialect::Mysql).is_err());
+    }
+
+    #[test]
+    fn placeholders_are_question_marks_outside_quotes_and_comments() {
+        let sql =
+            "UPDATE `a?b` SET v = ?, w = 'x?' /* ? */ WHERE k = ? AND j = \"?\" -- ?\n AND n = ?";
+        let before: Vec<&str> = placeholders(sql)
+            .into_iter()
+            .map(|i| &sql[i - 4..i])
+            .collect();
+        assert_eq!(before, ["v = ", "k = ", "n = "]);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::source::Checksum;
 use crate::sql::{self, Dialect};
 use crate::version::Version;
 
+use super::batch::Write;
 use super::{code, db_error, int, quote_ident, rfc3339, server_code, text, MysqlDriver};
 
 /// What one attempt at reading the history saw.
@@ -186,16 +187,11 @@ impl MysqlDriver {
         fence: Option<&Fence>,
     ) -> Result<(), Error> {
         let context = format!("writing history to {}", self.table);
+        let changes: Vec<(&Change<'_>, i64)> = changes.iter().map(|c| (c, 0)).collect();
         let result = (|| -> Result<Result<(), Error>, mysql::Error> {
-            self.unshadow()?;
-            self.conn.query_drop("BEGIN")?;
-            if let Some(fence) = fence {
-                if !self.fence_holds(fence)? {
-                    return Ok(Err(fence.lost()));
-                }
-            }
-            for change in changes {
-                self.apply_change(change, 0)?;
+            let held = self.fenced_changes(true, fence, &changes)?;
+            if let Some(fence) = fence.filter(|_| !held) {
+                return Ok(Err(fence.lost()));
             }
             self.conn.query_drop("COMMIT")?;
             Ok(Ok(()))
@@ -208,7 +204,15 @@ impl MysqlDriver {
             }
             Err(e) => {
                 self.rollback();
-                Err(db_error(context, &e))
+                // The changes went before the fence's answer was read: one
+                // that the new holder's rows refused (its `started` row
+                // for the same version, say) fails a lost lock.
+                match fence {
+                    Some(fence) if matches!(self.fence_current(fence), Ok(false)) => {
+                        Err(fence.lost())
+                    }
+                    _ => Err(db_error(context, &e)),
+                }
             }
         }
     }
@@ -388,21 +392,60 @@ impl MysqlDriver {
     /// between (on Galera, the later of the two commits fails
     /// certification instead).
     pub(super) fn fence_holds(&mut self, fence: &Fence) -> Result<bool, mysql::Error> {
-        let result = self.conn.exec_drop(
+        match self.run_write(self.fence_write(fence)) {
+            Ok(changed) => Ok(changed == 1),
+            // The lock's table dropped by hand: the lock is gone.
+            Err(e) if server_code(&e) == Some(code::NO_SUCH_TABLE) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The fence's write (see `fence_holds`): it changes one row when the
+    /// token is current.
+    fn fence_write(&self, fence: &Fence) -> Write {
+        Write::new(
             format!(
                 "UPDATE {} SET heartbeat_at = UTC_TIMESTAMP(6),
                         expires_at = UTC_TIMESTAMP(6) + INTERVAL ? MICROSECOND
                   WHERE scope = ? AND owner = ? AND token = ?",
                 self.tables.lock
             ),
-            (micros(fence.ttl), &fence.scope, &fence.owner, fence.token),
-        );
-        match result {
-            Ok(()) => Ok(self.conn.affected_rows() == 1),
-            // The lock's table dropped by hand: the lock is gone.
-            Err(e) if server_code(&e) == Some(code::NO_SUCH_TABLE) => Ok(false),
-            Err(e) => Err(e),
+            vec![
+                micros(fence.ttl).into(),
+                fence.scope.as_str().into(),
+                fence.owner.as_str().into(),
+                fence.token.into(),
+            ],
+        )
+    }
+
+    /// In the open transaction (begun here when `begin`), in one round
+    /// trip: the fence's write when there is one, then history changes,
+    /// each with how long the statements run in the transaction took (see
+    /// `change_write`). Whether the fence held: when it did not, the
+    /// changes were made all the same, and the caller rolls back.
+    pub(super) fn fenced_changes(
+        &mut self,
+        begin: bool,
+        fence: Option<&Fence>,
+        changes: &[(&Change<'_>, i64)],
+    ) -> Result<bool, mysql::Error> {
+        self.unshadow()?;
+        let mut writes = Vec::with_capacity(changes.len() + 2);
+        if begin {
+            writes.push(Write::plain("BEGIN"));
         }
+        let fence_at = fence.map(|fence| {
+            writes.push(self.fence_write(fence));
+            writes.len() - 1
+        });
+        writes.extend(
+            changes
+                .iter()
+                .map(|(change, ran_ms)| self.change_write(change, *ran_ms)),
+        );
+        let changed = self.run_batch(&writes)?;
+        Ok(fence_at.is_none_or(|at| changed[at] == 1))
     }
 
     /// In the open transaction, without locking anything: whether the
@@ -422,51 +465,48 @@ impl MysqlDriver {
         }
     }
 
-    /// One history change; `ran_ms`: how long the statements run in its
-    /// transaction took, the duration of a row inserted, added to that of a
-    /// row recorded as applied after statements outside the transaction.
-    pub(super) fn apply_change(
-        &mut self,
-        change: &Change<'_>,
-        ran_ms: i64,
-    ) -> Result<(), mysql::Error> {
+    /// One history change's write; `ran_ms`: how long the statements run
+    /// in its transaction took, the duration of a row inserted, added to
+    /// that of a row recorded as applied after statements outside the
+    /// transaction.
+    fn change_write(&self, change: &Change<'_>, ran_ms: i64) -> Write {
         let history = &self.tables.history;
         let version = |v: &Version| match v.as_whole() {
             Some(whole) if !self.text_versions => mysql::Value::from(whole),
             _ => mysql::Value::from(v.to_string()),
         };
         match change {
-            Change::Insert(row) => {
-                let sql = tables::history_insert(history, "UTC_TIMESTAMP(6)", |_| "?".into());
-                let values = tables::history_values(row, ran_ms);
-                self.conn.exec_drop(sql, super::params(values))
-            }
+            Change::Insert(row) => Write::new(
+                tables::history_insert(history, "UTC_TIMESTAMP(6)", |_| "?".into()),
+                super::values(tables::history_values(row, ran_ms)),
+            ),
             Change::SetState {
                 version: v,
                 state,
                 duration_ms: Some(before),
-            } => self.conn.exec_drop(
+            } => Write::new(
                 format!("UPDATE {history} SET state = ?, applied_at = UTC_TIMESTAMP(6), duration_ms = ? WHERE version = ?"),
-                (state.as_str(), before.saturating_add(ran_ms), version(v)),
+                vec![state.as_str().into(), before.saturating_add(ran_ms).into(), version(v)],
             ),
             Change::SetState {
                 version: v,
                 state,
                 duration_ms: None,
-            } => self.conn.exec_drop(
+            } => Write::new(
                 format!("UPDATE {history} SET state = ? WHERE version = ?"),
-                (state.as_str(), version(v)),
+                vec![state.as_str().into(), version(v)],
             ),
-            Change::Delete { version: v } => self
-                .conn
-                .exec_drop(format!("DELETE FROM {history} WHERE version = ?"), (version(v),)),
+            Change::Delete { version: v } => Write::new(
+                format!("DELETE FROM {history} WHERE version = ?"),
+                vec![version(v)],
+            ),
             Change::SetChecksum {
                 version: v,
                 name,
                 checksum,
-            } => self.conn.exec_drop(
+            } => Write::new(
                 format!("UPDATE {history} SET checksum = ?, name = ? WHERE version = ?"),
-                (checksum.to_string(), name, version(v)),
+                vec![checksum.to_string().into(), name.as_str().into(), version(v)],
             ),
             Change::Repeated {
                 name,
@@ -490,7 +530,7 @@ impl MysqlDriver {
                     "ON DUPLICATE KEY UPDATE",
                     |column| format!("VALUES({column})"),
                 );
-                self.conn.exec_drop(sql, super::params(values))
+                Write::new(sql, super::values(values))
             }
         }
     }

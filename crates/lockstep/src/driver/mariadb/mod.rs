@@ -5,15 +5,18 @@
 //! - `connect`: connecting (TLS by rustls), and saying why it failed;
 //! - `history`: lockstep's tables and the history's rows;
 //! - `run`: running migrations, fenced, one statement at a time;
+//! - `batch`: lockstep's own writes, one by one or several in one round trip;
 //! - `lock`: the lock's row and log (the protocol is `crate::lock`'s);
 //! - `blocked`: who blocks a session.
 //!
 //! Every DDL statement commits on these servers, so a migration that holds
 //! one runs outside a transaction, recorded `started` first (see
-//! `run.rs`). Values always travel as statement parameters: the server's
-//! `sql_mode` decides how a quoted literal escapes, and a migration may
-//! change it.
+//! `run.rs`). Values travel as statement parameters, or, in a batch of
+//! several statements, as literals that read the same in every session
+//! (see `batch.rs`): the server's `sql_mode` decides how a quoted literal
+//! escapes, and a migration may change it.
 
+mod batch;
 mod blocked;
 mod connect;
 mod history;
@@ -269,15 +272,19 @@ fn untracked_change(sql: &str) -> bool {
 
 /// Values bound to a statement, as the `mysql` crate binds them.
 fn params(values: impl IntoIterator<Item = tables::Value>) -> mysql::Params {
-    let values: Vec<mysql::Value> = values
+    mysql::Params::Positional(self::values(values))
+}
+
+/// lockstep's values as the `mysql` crate's.
+fn values(values: impl IntoIterator<Item = tables::Value>) -> Vec<mysql::Value> {
+    values
         .into_iter()
         .map(|value| match value {
             tables::Value::Text(Some(s)) => mysql::Value::from(s),
             tables::Value::Int(Some(i)) => mysql::Value::Int(i),
             tables::Value::Text(None) | tables::Value::Int(None) => mysql::Value::NULL,
         })
-        .collect();
-    mysql::Params::Positional(values)
+        .collect()
 }
 
 fn text(row: &Row, i: usize) -> Option<String> {

@@ -1,13 +1,16 @@
 //! Running migrations on MariaDB/MySQL. A section without DDL runs in one
 //! transaction with its history row and the fence, statement by statement
-//! (so that a failure names its statement). The fence is checked when the
-//! transaction begins, by a read that locks nothing, and written when it
-//! ends: the lock row stays free while the migration runs, so that the
-//! heartbeat keeps renewing the lease (on Galera, nodes that cannot see
-//! this node's row locks know the holder lives by its lease alone), and a
-//! takeover or forced release in the meantime makes the fence's write find
-//! another token (or, from another node, fail certification at commit),
-//! and the migration roll back. A section with DDL cannot:
+//! (so that a failure names its statement). The fence is written when the
+//! transaction ends, in one round trip with the history's changes: the
+//! lock row stays free while the migration runs, so that the heartbeat
+//! keeps renewing the lease (on Galera, nodes that cannot see this node's
+//! row locks know the holder lives by its lease alone), and a takeover or
+//! forced release in the meantime makes the fence's write find another
+//! token (or, from another node, fail certification at commit), and the
+//! migration roll back. Nothing is checked when the transaction begins:
+//! its statements commit only behind the fence, and the lock was proven
+//! by the write that ended the migration before (or by the heartbeat
+//! since). A section with DDL cannot:
 //! every DDL statement commits. It runs outside a transaction, as a
 //! `-- lockstep:no-transaction` section does everywhere: recorded
 //! `started` first, then each statement, then `applied`.
@@ -20,6 +23,7 @@ use mysql::prelude::Queryable;
 
 use crate::driver::{Canceller, Done, Driver, StatementAt, StepFailure, Transaction};
 use crate::error::{DbMessage, Error};
+use crate::history::Change;
 use crate::lock::Fence;
 use crate::sql::{self, Dialect};
 use crate::waits::{Finder, Limits};
@@ -50,14 +54,8 @@ impl Driver for MysqlDriver {
     fn run_steps(&mut self, tx: Transaction<'_>, done: &mut Done) -> Result<(), StepFailure> {
         let Transaction { steps, fence } = tx;
         let last = steps.len().saturating_sub(1);
-        let began = self.conn.query_drop("BEGIN").and_then(|()| match fence {
-            Some(fence) => self.fence_current(fence),
-            None => Ok(true),
-        });
-        match began {
-            Ok(true) => {}
-            Ok(false) => return Err(self.failed(fence, StepFailure::lost(0))),
-            Err(e) => return Err(self.failed(fence, StepFailure::at(0, message(&e)))),
+        if let Err(e) = self.conn.query_drop("BEGIN") {
+            return Err(self.failed(fence, StepFailure::at(0, message(&e))));
         }
         for (i, step) in steps.iter().enumerate() {
             let started = Instant::now();
@@ -86,25 +84,21 @@ impl Driver for MysqlDriver {
             let ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
             // The fence before the history: once it holds, the lock row is
             // this transaction's until it commits.
-            let finished = match (i == last, fence) {
-                (true, Some(fence)) => self.fence_holds(fence),
-                _ => Ok(true),
-            };
-            let finished = finished.and_then(|held| {
-                if held {
-                    self.unshadow()?;
-                    if let Some(change) = &step.change {
-                        self.apply_change(change, ms)?;
-                    }
-                    if let Some(ahead) = &step.ahead {
-                        self.apply_change(ahead, 0)?;
-                    }
-                    if i == last {
+            let changes: Vec<(&Change<'_>, i64)> = step
+                .change
+                .iter()
+                .map(|c| (c, ms))
+                .chain(step.ahead.iter().map(|c| (c, 0)))
+                .collect();
+            let fence_now = fence.filter(|_| i == last);
+            let finished = self
+                .fenced_changes(false, fence_now, &changes)
+                .and_then(|held| {
+                    if held && i == last {
                         self.conn.query_drop("COMMIT")?;
                     }
-                }
-                Ok(held)
-            });
+                    Ok(held)
+                });
             match finished {
                 Ok(true) => done(i, crate::driver::as_recorded(took)),
                 Ok(false) => return Err(self.failed(fence, StepFailure::lost(i))),
