@@ -331,3 +331,35 @@ servers!(
         assert!(p.db.history().is_empty());
     }
 );
+
+// MariaDB cannot say which session holds a table's metadata lock: any
+// session with a transaction open may. One in another database, open
+// longer, is named after the one in the migration's database (a test run
+// beside others, or a server shared by applications, has such sessions).
+#[test]
+fn mariadb_names_the_blocker_in_the_migration_s_database_first() {
+    let Some(p) = project(Backend::Mariadb) else {
+        return;
+    };
+    let other = crate::util::mariadb_database().expect("the same server");
+    other.exec("CREATE TABLE elsewhere (id int); INSERT INTO elsewhere VALUES (1)");
+    let mut older = Session::open(&other);
+    let older_pid = older.pid();
+    older.hold("elsewhere");
+    std::thread::sleep(Duration::from_millis(1100));
+    let mut blocker = Session::open(&p.db);
+    let blocker_pid = blocker.pid();
+    blocker.hold("users");
+    p.file("lockstep.toml", "[statements]\nlock_retries = 0\n");
+    let run = p.run(&["upgrade", "--json", "--statement-lock-timeout", "1s"]);
+    run.code(1);
+    let doc = run.json();
+    let blockers = &doc["error"]["blocked"]["blockers"];
+    assert_eq!(blockers[0]["pid"], blocker_pid, "{doc:#}");
+    let pids: Vec<i64> = (blockers.as_array().unwrap().iter())
+        .map(|b| b["pid"].as_i64().unwrap())
+        .collect();
+    assert!(pids.contains(&older_pid), "{doc:#}");
+    blocker.exec("COMMIT");
+    older.exec("COMMIT");
+}

@@ -2,7 +2,9 @@
 //! blocker exactly (`INNODB_LOCK_WAITS`). A wait for a table's metadata
 //! lock does not, without a plugin the server rarely has: its blockers are
 //! the other sessions with a transaction open, any of which may hold the
-//! table (the one that has been open longest, most likely).
+//! table: those whose current database is the waiting session's first (a
+//! transaction of another application's database is less likely to hold
+//! this one's table), the one open longest first among them.
 
 use mysql::prelude::Queryable;
 use mysql::Row;
@@ -22,20 +24,20 @@ impl MysqlDriver {
     /// `None` when it waits for no lock.
     pub(super) fn blocked(&mut self, id: i64) -> Result<Option<Blocked>, Error> {
         let context = "looking up what blocks the migration";
-        let waiting: Option<(Option<String>, i64)> = self
+        let waiting: Option<(Option<String>, i64, Option<String>)> = self
             .conn
             .exec_first(
-                "SELECT STATE, CAST(TIME_MS AS SIGNED) FROM information_schema.PROCESSLIST WHERE ID = ?",
+                "SELECT STATE, CAST(TIME_MS AS SIGNED), DB FROM information_schema.PROCESSLIST WHERE ID = ?",
                 (id,),
             )
             .map_err(|e| db_error(context, &e))?;
-        let Some((state, waited_ms)) = waiting else {
+        let Some((state, waited_ms, database)) = waiting else {
             return Ok(None);
         };
         let metadata = state
             .as_deref()
             .is_some_and(|s| s.contains("metadata lock"));
-        let (waiting_for, sql) = if metadata {
+        let (waiting_for, sql, params) = if metadata {
             (
                 "a table's metadata lock (held by a session with a transaction open)".to_string(),
                 format!(
@@ -43,8 +45,9 @@ impl MysqlDriver {
                        FROM information_schema.INNODB_TRX t
                        JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id
                       WHERE t.trx_mysql_thread_id NOT IN (?, CONNECTION_ID())
-                      ORDER BY t.trx_started, p.ID"
+                      ORDER BY p.DB <=> ? DESC, t.trx_started, p.ID"
                 ),
+                mysql::Params::from((id, database)),
             )
         } else {
             (
@@ -58,11 +61,12 @@ impl MysqlDriver {
                       WHERE r.trx_mysql_thread_id = ?
                       ORDER BY p.ID"
                 ),
+                mysql::Params::from((id,)),
             )
         };
         let rows: Vec<Row> = self
             .conn
-            .exec(sql, (id,))
+            .exec(sql, params)
             .map_err(|e| db_error(context, &e))?;
         if rows.is_empty() && !metadata {
             return Ok(None);
