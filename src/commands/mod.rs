@@ -200,9 +200,10 @@ fn connect(
 /// Reads the migrations directory and connects. Every file is parsed
 /// before anything can change, yet connecting changes nothing (an SQLite
 /// file that does not exist is created only when lockstep first writes).
-/// On PostgreSQL the files are read on a second thread while the
-/// connection is set up and the history read (each command's first read,
-/// without the lock): both wait on the server. On SQLite, one after the
+/// On a server (PostgreSQL, MariaDB/MySQL) the files are read on a second
+/// thread while the connection is set up and the history read (each
+/// command's first read, without the lock): both wait on the server. On
+/// SQLite, one after the
 /// other, history first: reading it is CPU work that on two cores only
 /// competes with the file readers, and the memory SQLite let go by the
 /// end of the read is there for the files' records (docs/performance.md).
@@ -239,7 +240,7 @@ fn load_with(
     connect: impl FnOnce() -> Result<Migrator, CliError>,
 ) -> Result<(MigrationSet, Migrator), CliError> {
     let dir = settings.migrations.as_path();
-    if settings.database()?.engine() != "postgres" {
+    if settings.database()?.engine() == "sqlite" {
         let migrator = connect().map(|mut migrator| {
             migrator.prefetch_history();
             migrator
