@@ -18,8 +18,8 @@ use super::MysqlDriver;
 /// One of lockstep's statements and its values, in order of its
 /// placeholders (`?`).
 pub(super) struct Write {
-    pub sql: String,
-    pub values: Vec<mysql::Value>,
+    sql: String,
+    values: Vec<mysql::Value>,
 }
 
 impl Write {

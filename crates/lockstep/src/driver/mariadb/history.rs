@@ -204,9 +204,9 @@ impl MysqlDriver {
             }
             Err(e) => {
                 self.rollback();
-                // The changes went before the fence's answer was read: one
-                // that the new holder's rows refused (its `started` row
-                // for the same version, say) fails a lost lock.
+                // The changes went before the fence's answer was read: a
+                // change that the new holder's rows refused (its `started`
+                // row for the same version, say) means the lock was lost.
                 match fence {
                     Some(fence) if matches!(self.fence_current(fence), Ok(false)) => {
                         Err(fence.lost())
@@ -445,7 +445,7 @@ impl MysqlDriver {
                 .map(|(change, ran_ms)| self.change_write(change, *ran_ms)),
         );
         let changed = self.run_batch(&writes)?;
-        Ok(fence_at.is_none_or(|at| changed[at] == 1))
+        Ok(fence_at.is_none_or(|at| changed.get(at) == Some(&1)))
     }
 
     /// In the open transaction, without locking anything: whether the
