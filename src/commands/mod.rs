@@ -203,10 +203,10 @@ fn connect(
 /// On a server (PostgreSQL, MariaDB/MySQL) the files are read on a second
 /// thread while the connection is set up and the history read (each
 /// command's first read, without the lock): both wait on the server. On
-/// SQLite, one after the
-/// other, history first: reading it is CPU work that on two cores only
-/// competes with the file readers, and the memory SQLite let go by the
-/// end of the read is there for the files' records (docs/performance.md).
+/// SQLite, one after the other, history first: reading it is CPU work
+/// that on two cores only competes with the file readers, and the memory
+/// SQLite let go by the end of the read is there for the files' records
+/// (docs/performance.md).
 /// A bad file wins over a failed connection or read, as it would serially.
 fn load_and_connect(
     settings: &Settings,

@@ -346,6 +346,8 @@ fn mariadb_names_the_blocker_in_the_migration_s_database_first() {
     let mut older = Session::open(&other);
     let older_pid = older.pid();
     older.hold("elsewhere");
+    // `trx_started` counts whole seconds: the other database's transaction
+    // must be the older by the server's count, or the order proves nothing.
     std::thread::sleep(Duration::from_millis(1100));
     let mut blocker = Session::open(&p.db);
     let blocker_pid = blocker.pid();
@@ -356,7 +358,10 @@ fn mariadb_names_the_blocker_in_the_migration_s_database_first() {
     let doc = run.json();
     let blockers = &doc["error"]["blocked"]["blockers"];
     assert_eq!(blockers[0]["pid"], blocker_pid, "{doc:#}");
-    let pids: Vec<i64> = (blockers.as_array().unwrap().iter())
+    let pids: Vec<i64> = blockers
+        .as_array()
+        .unwrap()
+        .iter()
         .map(|b| b["pid"].as_i64().unwrap())
         .collect();
     assert!(pids.contains(&older_pid), "{doc:#}");
