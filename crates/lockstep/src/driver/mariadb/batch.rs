@@ -72,26 +72,31 @@ impl MysqlDriver {
         Ok(self.conn.affected_rows())
     }
 
-    /// Runs writes in one round trip: how many rows each changed. The
-    /// server stops at the first that fails, and that failure is the
-    /// error; the writes before it are done, in whatever transaction the
-    /// caller opened.
-    pub(super) fn run_batch(&mut self, writes: &[Write]) -> Result<Vec<u64>, mysql::Error> {
+    /// Runs writes in one round trip. The server stops at the first that
+    /// fails, and that failure is the error, with its place; the writes
+    /// before it are done, in whatever transaction the caller opened.
+    pub(super) fn run_batch(&mut self, writes: &[Write]) -> Result<(), Failed> {
         if writes.is_empty() {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let text: Vec<String> = writes.iter().map(Write::inline).collect();
-        let mut result = self.conn.query_iter(text.join(";\n"))?;
-        let mut changed = Vec::with_capacity(writes.len());
+        let failed = |at| move |error| Failed { at, error };
+        let mut result = self.conn.query_iter(text.join(";\n")).map_err(failed(0))?;
+        let mut at = 0;
         while let Some(mut set) = result.iter() {
-            let rows = set.affected_rows();
             for row in set.by_ref() {
-                row?;
+                row.map_err(failed(at))?;
             }
-            changed.push(rows);
+            at += 1;
         }
-        Ok(changed)
+        Ok(())
     }
+}
+
+/// The write of a batch that failed: its place, and the server's error.
+pub(super) struct Failed {
+    pub at: usize,
+    pub error: mysql::Error,
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use crate::source::Checksum;
 use crate::sql::{self, Dialect};
 use crate::version::Version;
 
-use super::batch::Write;
+use super::batch::{Failed, Write};
 use super::{code, db_error, int, quote_ident, rfc3339, server_code, text, MysqlDriver};
 
 /// What one attempt at reading the history saw.
@@ -27,6 +27,23 @@ enum Read {
     /// History and meta tables, but no lock table (dropped by hand).
     NoLockTable,
 }
+
+/// Where a batch of history changes stands in its transaction: whether
+/// it begins it (no statement of the transaction ran before it), whether
+/// it commits it (behind the fence).
+#[derive(Clone, Copy)]
+pub(super) struct Span {
+    pub begins: bool,
+    pub commits: bool,
+}
+
+/// The statement after the fence's write: it fails (a subquery of two
+/// rows, error 1242) unless that write found its row. The server runs
+/// nothing of a query after a statement that failed, so the changes and
+/// the commit sent in the same query run only behind a held fence.
+/// (`DO` would not do: it turns errors into warnings.)
+const FENCE_CHECK: &str =
+    "SELECT (SELECT 'held' UNION ALL SELECT 'lost' FROM DUAL WHERE ROW_COUNT() <> 1)";
 
 impl HistoryStore for MysqlDriver {
     type Error = Error;
@@ -189,11 +206,14 @@ impl MysqlDriver {
         let context = format!("writing history to {}", self.table);
         let changes: Vec<(&Change<'_>, i64)> = changes.iter().map(|c| (c, 0)).collect();
         let result = (|| -> Result<Result<(), Error>, mysql::Error> {
-            let held = self.fenced_changes(true, fence, &changes)?;
+            let whole = Span {
+                begins: true,
+                commits: true,
+            };
+            let held = self.fenced_changes(whole, fence, &changes)?;
             if let Some(fence) = fence.filter(|_| !held) {
                 return Ok(Err(fence.lost()));
             }
-            self.conn.query_drop("COMMIT")?;
             Ok(Ok(()))
         })();
         match result {
@@ -419,24 +439,26 @@ impl MysqlDriver {
         )
     }
 
-    /// In the open transaction (begun here when `begin`), in one round
-    /// trip: the fence's write when there is one, then history changes,
-    /// each with how long the statements run in the transaction took (see
-    /// `change_write`). Whether the fence held: when it did not, the
-    /// changes were made all the same, and the caller rolls back.
+    /// In one round trip: the fence's write when there is one, then
+    /// history changes, each with how long the statements run in the
+    /// transaction took (see `change_write`), in the transaction where
+    /// `span` says. Whether the fence held: when it did not, the server
+    /// stopped at the fence's check, before the changes and the commit,
+    /// and the caller rolls back.
     pub(super) fn fenced_changes(
         &mut self,
-        begin: bool,
+        span: Span,
         fence: Option<&Fence>,
         changes: &[(&Change<'_>, i64)],
     ) -> Result<bool, mysql::Error> {
         self.unshadow()?;
-        let mut writes = Vec::with_capacity(changes.len() + 2);
-        if begin {
+        let mut writes = Vec::with_capacity(changes.len() + 4);
+        if span.begins {
             writes.push(Write::plain("BEGIN"));
         }
-        let fence_at = fence.map(|fence| {
+        let check_at = fence.map(|fence| {
             writes.push(self.fence_write(fence));
+            writes.push(Write::plain(FENCE_CHECK));
             writes.len() - 1
         });
         writes.extend(
@@ -444,8 +466,18 @@ impl MysqlDriver {
                 .iter()
                 .map(|(change, ran_ms)| self.change_write(change, *ran_ms)),
         );
-        let changed = self.run_batch(&writes)?;
-        Ok(fence_at.is_none_or(|at| changed.get(at) == Some(&1)))
+        if span.commits {
+            writes.push(Write::plain("COMMIT"));
+        }
+        match self.run_batch(&writes) {
+            Ok(()) => Ok(true),
+            Err(Failed { at, error })
+                if Some(at) == check_at && server_code(&error) == Some(code::SUBQUERY_ROWS) =>
+            {
+                Ok(false)
+            }
+            Err(Failed { error, .. }) => Err(error),
+        }
     }
 
     /// In the open transaction, without locking anything: whether the

@@ -23,6 +23,7 @@ mod history;
 mod lock;
 mod run;
 
+use std::borrow::Cow;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
@@ -110,6 +111,8 @@ mod code {
     /// MySQL 8's `NOWAIT` answer.
     pub const LOCK_NOWAIT: u16 = 3572;
     pub const NO_SUCH_TABLE: u16 = 1146;
+    /// A subquery that should give one row gave more.
+    pub const SUBQUERY_ROWS: u16 = 1242;
     /// An unknown column.
     pub const BAD_FIELD: u16 = 1054;
     pub const ACCESS_DENIED: u16 = 1045;
@@ -214,10 +217,19 @@ impl MysqlDriver {
     /// characteristics, whatever a statement returning rows did) is
     /// assumed of every statement but plain DDL and DML without `@` or
     /// `GET_LOCK`. A failed statement may have changed anything.
-    fn execute(&mut self, sql: &str) -> Result<(), mysql::Error> {
+    ///
+    /// When `begins`, a transaction begins in the same round trip, before
+    /// the statement (on its line: the server's line numbers stay the
+    /// statement's).
+    fn execute(&mut self, sql: &str, begins: bool) -> Result<(), mysql::Error> {
         let before = (self.may_shadow, self.session_changed);
         (self.may_shadow, self.session_changed) = (true, true);
-        let result_set = drain(self.conn.query_iter(sql)?)?;
+        let query = if begins {
+            Cow::Owned(format!("BEGIN; {sql}"))
+        } else {
+            Cow::Borrowed(sql)
+        };
+        let result_set = drain(self.conn.query_iter(query)?)?;
         let reported = self
             .conn
             .session_state_changes()

@@ -1,14 +1,16 @@
 //! Running migrations on MariaDB/MySQL. A section without DDL runs in one
 //! transaction with its history row and the fence, statement by statement
 //! (so that a failure names its statement). The fence is written when the
-//! transaction ends, in one round trip with the history's changes: the
+//! transaction ends, in one round trip with the history's changes and the
+//! commit (which the server reaches only when the fence held): the
 //! lock row stays free while the migration runs, so that the heartbeat
 //! keeps renewing the lease (on Galera, nodes that cannot see this node's
 //! row locks know the holder lives by its lease alone), and a takeover or
 //! forced release in the meantime makes the fence's write find another
 //! token (or, from another node, fail certification at commit), and the
-//! migration roll back. Nothing is checked when the transaction begins:
-//! its statements commit only behind the fence, and the lock was proven
+//! migration roll back. Nothing is checked when the transaction begins
+//! (in the round trip of its first statement): its statements commit
+//! only behind the fence, and the lock was proven
 //! by the write that ended the migration before (or by the heartbeat
 //! since). A section with DDL cannot:
 //! every DDL statement commits. It runs outside a transaction, as a
@@ -28,6 +30,7 @@ use crate::lock::Fence;
 use crate::sql::{self, Dialect};
 use crate::waits::{Finder, Limits};
 
+use super::history::Span;
 use super::{db_error, message, MysqlDriver};
 
 impl MysqlDriver {
@@ -54,15 +57,16 @@ impl Driver for MysqlDriver {
     fn run_steps(&mut self, tx: Transaction<'_>, done: &mut Done) -> Result<(), StepFailure> {
         let Transaction { steps, fence } = tx;
         let last = steps.len().saturating_sub(1);
-        if let Err(e) = self.conn.query_drop("BEGIN") {
-            return Err(self.failed(fence, StepFailure::at(0, message(&e))));
-        }
+        // The transaction begins in the round trip of its first statement,
+        // or of its first history change when no statement comes before.
+        let mut begun = false;
         for (i, step) in steps.iter().enumerate() {
             let started = Instant::now();
             let sql = &step.section.sql;
             let statements = sql::split(sql, Dialect::Mysql).unwrap_or_default();
             for (index, statement) in statements.iter().enumerate() {
-                let ran = match self.execute(&sql[statement.range.clone()]) {
+                let begins = !std::mem::replace(&mut begun, true);
+                let ran = match self.execute(&sql[statement.range.clone()], begins) {
                     Ok(()) if self.cancelled.load(Ordering::SeqCst) => {
                         Err(DbMessage::plain("cancelled"))
                     }
@@ -90,16 +94,12 @@ impl Driver for MysqlDriver {
                 .map(|c| (c, ms))
                 .chain(step.ahead.iter().map(|c| (c, 0)))
                 .collect();
-            let fence_now = fence.filter(|_| i == last);
-            let finished = self
-                .fenced_changes(false, fence_now, &changes)
-                .and_then(|held| {
-                    if held && i == last {
-                        self.conn.query_drop("COMMIT")?;
-                    }
-                    Ok(held)
-                });
-            match finished {
+            let span = Span {
+                begins: !std::mem::replace(&mut begun, true),
+                commits: i == last,
+            };
+            let fence_now = fence.filter(|_| span.commits);
+            match self.fenced_changes(span, fence_now, &changes) {
                 Ok(true) => done(i, crate::driver::as_recorded(took)),
                 Ok(false) => return Err(self.failed(fence, StepFailure::lost(i))),
                 Err(e) => return Err(self.failed(fence, StepFailure::at(i, message(&e)))),
@@ -109,7 +109,7 @@ impl Driver for MysqlDriver {
     }
 
     fn run_statement(&mut self, sql: &str) -> Result<(), DbMessage> {
-        self.execute(sql).map_err(|e| message(&e))
+        self.execute(sql, false).map_err(|e| message(&e))
     }
 
     fn lease_left(&mut self, fence: &Fence) -> Result<Option<Duration>, Error> {
