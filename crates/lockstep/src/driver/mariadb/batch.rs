@@ -80,12 +80,14 @@ impl MysqlDriver {
             return Ok(());
         }
         let text: Vec<String> = writes.iter().map(Write::inline).collect();
-        let failed = |at| move |error| Failed { at, error };
-        let mut result = self.conn.query_iter(text.join(";\n")).map_err(failed(0))?;
+        let mut result = self
+            .conn
+            .query_iter(text.join(";\n"))
+            .map_err(|error| Failed { at: 0, error })?;
         let mut at = 0;
         while let Some(mut set) = result.iter() {
             for row in set.by_ref() {
-                row.map_err(failed(at))?;
+                row.map_err(|error| Failed { at, error })?;
             }
             at += 1;
         }

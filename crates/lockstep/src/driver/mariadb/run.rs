@@ -65,7 +65,8 @@ impl Driver for MysqlDriver {
             let sql = &step.section.sql;
             let statements = sql::split(sql, Dialect::Mysql).unwrap_or_default();
             for (index, statement) in statements.iter().enumerate() {
-                let begins = !std::mem::replace(&mut begun, true);
+                let begins = !begun;
+                begun = true;
                 let ran = match self.execute(&sql[statement.range.clone()], begins) {
                     Ok(()) if self.cancelled.load(Ordering::SeqCst) => {
                         Err(DbMessage::plain("cancelled"))
@@ -95,9 +96,10 @@ impl Driver for MysqlDriver {
                 .chain(step.ahead.iter().map(|c| (c, 0)))
                 .collect();
             let span = Span {
-                begins: !std::mem::replace(&mut begun, true),
+                begins: !begun,
                 commits: i == last,
             };
+            begun = true;
             let fence_now = fence.filter(|_| span.commits);
             match self.fenced_changes(span, fence_now, &changes) {
                 Ok(true) => done(i, crate::driver::as_recorded(took)),
