@@ -31,7 +31,6 @@ enum Read {
 /// Where a batch of history changes stands in its transaction: whether
 /// it begins it (no statement of the transaction ran before it), whether
 /// it commits it (behind the fence).
-#[derive(Clone, Copy)]
 pub(super) struct Span {
     pub begins: bool,
     pub commits: bool,
@@ -224,9 +223,9 @@ impl MysqlDriver {
             }
             Err(e) => {
                 self.rollback();
-                // The changes went before the fence's answer was read: a
-                // change that the new holder's rows refused (its `started`
-                // row for the same version, say) means the lock was lost.
+                // A failure past the fence's check may still be the lost
+                // lock: on Galera, a commit that lost certification to a
+                // takeover on another node.
                 match fence {
                     Some(fence) if matches!(self.fence_current(fence), Ok(false)) => {
                         Err(fence.lost())

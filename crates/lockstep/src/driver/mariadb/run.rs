@@ -36,8 +36,8 @@ use super::{db_error, message, MysqlDriver};
 impl MysqlDriver {
     /// Rolls a failed transaction back. When it was fenced and the lock is
     /// gone meanwhile (a takeover while this run was frozen: the failure
-    /// may be a history row that the new holder wrote first), the failure
-    /// is the lost lock.
+    /// may be a row that the new holder wrote first, or on Galera a commit
+    /// that lost certification to it), the failure is the lost lock.
     fn failed(&mut self, fence: Option<&Fence>, failure: StepFailure) -> StepFailure {
         self.rollback();
         match fence {
