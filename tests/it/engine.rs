@@ -219,6 +219,59 @@ fn mariadb_history_values_survive_the_migration_s_session() {
     p.run(&["validate"]).ok();
 }
 
+// The last DDL statement before the statements of a migration's
+// transaction goes in the round trip of its first: when it fails, the
+// server runs nothing after it. After DDL that ran, the migration is
+// dirty at the failing statement; when the failing statement is the
+// first, nothing ran and nothing is recorded.
+#[test]
+fn mariadb_nothing_runs_after_a_failed_ddl_statement() {
+    let Some(p) = Project::new(Backend::Mariadb) else {
+        return;
+    };
+    p.migration(
+        "1_side.sql",
+        "-- upgrade\nCREATE TABLE side (id integer);\n",
+    );
+    p.migration(
+        "2_first.sql",
+        "-- upgrade\nALTER TABLE nosuch ADD COLUMN c integer;\nINSERT INTO side VALUES (2);\n",
+    );
+    let run = p.run(&["upgrade"]);
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("migration 2 first failed (migrations/2_first.sql:2, statement 1 of 2"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("dirty"), "{}", run.stderr);
+    assert_eq!(p.db.history(), ["1 side applied"]);
+    assert_eq!(p.db.value("SELECT count(*) FROM side"), "0");
+
+    p.migration(
+        "2_first.sql",
+        "-- upgrade\nCREATE TABLE made (id integer);\nALTER TABLE nosuch ADD COLUMN c integer;\n\
+         INSERT INTO side VALUES (2);\n",
+    );
+    let run = p.run(&["upgrade"]);
+    run.code(1);
+    assert!(
+        run.stderr
+            .contains("migration 2 first failed (migrations/2_first.sql:3, statement 2 of 3"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("1 of 3 statements ran"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(p.db.history(), ["1 side applied", "2 first started"]);
+    assert!(p.db.table_exists("made"));
+    assert_eq!(p.db.value("SELECT count(*) FROM side"), "0");
+}
+
 // A `mysqldump` file runs as the `mariadb` client runs it: the server
 // takes the text of executable comments (`/*!50001 ... */`) as SQL, and
 // `mysqldump` writes views and settings inside them. They were dropped as

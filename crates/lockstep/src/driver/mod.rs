@@ -34,6 +34,12 @@ pub(crate) struct TxStep<'a> {
 /// What runs in one transaction: its steps, fenced when a fence is given.
 #[derive(Clone, Copy)]
 pub(crate) struct Transaction<'a> {
+    /// A statement that commits by itself, run before the transaction
+    /// begins: on MariaDB/MySQL, the last DDL statement of a migration
+    /// whose statements after it run in this transaction. It goes in the
+    /// round trip of the transaction's first statement where the engine
+    /// can send both at once.
+    pub lead: Option<&'a str>,
     pub steps: &'a [TxStep<'a>],
     pub fence: Option<&'a Fence>,
 }
@@ -78,6 +84,8 @@ pub(crate) struct StepFailure {
     /// The fence failed: the lock's token is no longer this run's. Nothing
     /// of the transaction was committed.
     pub lost: bool,
+    /// The transaction's lead statement failed: nothing after it ran.
+    pub lead: bool,
 }
 
 impl StepFailure {
@@ -89,6 +97,15 @@ impl StepFailure {
             db: Box::new(db),
             statement: None,
             lost: false,
+            lead: false,
+        }
+    }
+
+    /// The transaction's lead statement failed; nothing after it ran.
+    pub fn lead(db: DbMessage) -> Self {
+        StepFailure {
+            lead: true,
+            ..StepFailure::at(0, db)
         }
     }
 
@@ -124,11 +141,13 @@ pub(crate) trait Driver: LockStore<Error = Error> + HistoryStore<Error = Error> 
     /// statement parses anew. Nothing on PostgreSQL, whose server holds it.
     fn rest(&mut self) {}
 
-    /// Runs the steps in one transaction, each step's SQL followed by its
-    /// history change, calling `done` after each step with its duration.
-    /// With a fence, the transaction first checks (and row-locks) the lock
-    /// row with the fence's token, and renews the lease before it commits.
-    /// On failure the whole transaction is rolled back.
+    /// Runs the transaction's lead, then the steps in one transaction, each
+    /// step's SQL followed by its history change, calling `done` after each
+    /// step with its duration (the first's including the lead's). With a
+    /// fence, the transaction first checks (and row-locks) the lock row
+    /// with the fence's token, and renews the lease before it commits. On
+    /// failure the whole transaction is rolled back (the lead, which
+    /// committed by itself, stays).
     fn run_steps(&mut self, tx: Transaction<'_>, done: &mut Done) -> Result<(), StepFailure>;
 
     /// Runs one statement outside any transaction.

@@ -211,7 +211,7 @@ impl Migrator {
             held,
             interruptible: true,
         };
-        match self.run_retried(run, &steps, &mut |_, d| took = d, observer) {
+        match self.run_retried(run, None, &steps, &mut |_, d| took = d, observer) {
             Ok(()) => Ok(Ran { took, began_next }),
             Err((StepFailure { lost: true, .. }, _)) => {
                 let held = held.expect("only fenced transactions lose the lock");
@@ -252,6 +252,7 @@ impl Migrator {
     fn run_retried(
         &mut self,
         run: Retried<'_>,
+        lead: Option<&str>,
         steps: &[TxStep<'_>],
         done: &mut Done,
         observer: &mut dyn Observer,
@@ -259,15 +260,23 @@ impl Migrator {
         let fence = run.held.map(|h| &h.fence);
         let mut deadlocks = 0;
         let mut tries = Tries::new();
+        // The lead goes with the first try only: it commits by itself, and
+        // a failure after it leaves it done. Its own failure is the
+        // caller's to handle, not retried here.
+        let mut lead = lead;
         loop {
             self.cancel.interruptible(run.interruptible);
-            let (result, blocked) =
-                self.watched(|driver| driver.run_steps(Transaction { steps, fence }, done));
+            let tx = Transaction {
+                lead: lead.take(),
+                steps,
+                fence,
+            };
+            let (result, blocked) = self.watched(|driver| driver.run_steps(tx, done));
             self.cancel.interruptible(false);
             let Err(failure) = result else {
                 return Ok(());
             };
-            if !failure.lost && !self.cancel.is_cancelled() {
+            if !failure.lost && !failure.lead && !self.cancel.is_cancelled() {
                 if failure.db.is_retryable() && deadlocks < RETRIES {
                     deadlocks += 1;
                     continue;
@@ -395,8 +404,31 @@ impl Migrator {
         let own_transactions = statements
             .iter()
             .any(sql::Statement::is_transaction_control);
+        // The section's last history change once it ran for `took`, and the
+        // next migration's `started` row, which goes with this one's last
+        // write when there is one.
+        let finish_after = |took: Duration| {
+            let took_ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
+            let change = match (direction, versioned) {
+                (Direction::Up, true) => Some(Change::SetState {
+                    version: m.version,
+                    state: RowState::Applied,
+                    duration_ms: Some(took_ms),
+                }),
+                (Direction::Down, true) => Some(Change::Delete { version: m.version }),
+                (_, false) => recorded_with(m, direction, &executor, token, Some(took_ms)),
+            };
+            let ahead = at
+                .next
+                .filter(|_| change.is_some())
+                .map(|next| begin_changes(next, direction, &executor, token).0);
+            Finish { change, ahead }
+        };
+        // The section's run, once its tail ran with the statement before.
+        let mut ran_with_tail = None;
         for (i, statement) in statements[..tail].iter().enumerate() {
             let text = &section.sql[statement.range.clone()];
+            let leads_tail = i + 1 == tail && tail < statements.len();
             let mut tries = Tries::new();
             // What the last try left, undone before the next.
             let mut undo: Vec<String> = Vec::new();
@@ -417,17 +449,40 @@ impl Migrator {
                         return Err(self.lost(held, Some(m), true, report, &detail));
                     }
                 }
-                // `true` with a failure of the undoing, not the statement.
-                let (result, blocked) = self.watched(|driver| {
-                    for sql in &undo {
-                        driver
-                            .run_statement(sql)
-                            .map_err(|db| (Box::new(db), true))?;
+                // The last statement before a tail leads the tail's
+                // transaction: one round trip fewer (see
+                // `Transaction::lead`), and nothing of the tail runs unless
+                // it succeeds. (After a try that left something to undo,
+                // which only PostgreSQL's statements leave, it runs alone,
+                // and the tail after it.)
+                let (result, blocked) = if leads_tail && undo.is_empty() {
+                    let took = crate::driver::as_recorded(started.elapsed());
+                    let finish = finish_after(took);
+                    let began_next = finish.ahead.is_some();
+                    let lead = Some(text);
+                    match self.run_tail(m, direction, report, held, tail, finish, lead, observer)? {
+                        Ok(tail_took) => {
+                            ran_with_tail = Some(Ran {
+                                took: took + tail_took,
+                                began_next,
+                            });
+                            break None;
+                        }
+                        Err(LeadFailed { db, blocked }) => (Err((db, false)), blocked),
                     }
-                    driver
-                        .run_statement(text)
-                        .map_err(|db| (Box::new(db), false))
-                });
+                } else {
+                    // `true` with a failure of the undoing, not the statement.
+                    self.watched(|driver| {
+                        for sql in &undo {
+                            driver
+                                .run_statement(sql)
+                                .map_err(|db| (Box::new(db), true))?;
+                        }
+                        driver
+                            .run_statement(text)
+                            .map_err(|db| (Box::new(db), false))
+                    })
+                };
                 let Err((db, undoing)) = result else {
                     break None;
                 };
@@ -491,39 +546,30 @@ impl Migrator {
             }
             return Err(failure(m, section, direction, db, report, dialect, context));
         }
+        if let Some(ran) = ran_with_tail {
+            return Ok(ran);
+        }
         // What the row records, and so what the run prints.
         let took = crate::driver::as_recorded(started.elapsed());
-        let took_ms = i64::try_from(took.as_millis()).unwrap_or(i64::MAX);
-        let finish = match (direction, versioned) {
-            (Direction::Up, true) => Some(Change::SetState {
-                version: m.version,
-                state: RowState::Applied,
-                duration_ms: Some(took_ms),
-            }),
-            (Direction::Down, true) => Some(Change::Delete { version: m.version }),
-            (_, false) => recorded_with(m, direction, &executor, token, Some(took_ms)),
-        };
-        // The next migration's `started` row goes with this one's last
-        // write, when there is one.
-        let ahead = at
-            .next
-            .filter(|_| finish.is_some())
-            .map(|next| begin_changes(next, direction, &executor, token).0);
+        let Finish { change, ahead } = finish_after(took);
         let began_next = ahead.is_some();
         if tail < statements.len() {
-            // The tail's transaction adds its own time to the row's.
-            let finish = Finish {
-                change: finish,
-                ahead,
+            // The statement before the tail ran alone (its try before left
+            // something to undo). The tail's transaction adds its own time
+            // to the row's.
+            let finish = Finish { change, ahead };
+            let Ok(tail_took) =
+                self.run_tail(m, direction, report, held, tail, finish, None, observer)?
+            else {
+                unreachable!("a tail without a lead has no lead to fail");
             };
-            let tail_took = self.run_tail(m, direction, report, held, tail, finish, observer)?;
             return Ok(Ran {
                 took: took + tail_took,
                 began_next,
             });
         }
-        if let Some(finish) = finish {
-            let changes: Vec<Change<'_>> = std::iter::once(finish).chain(ahead).collect();
+        if let Some(change) = change {
+            let changes: Vec<Change<'_>> = std::iter::once(change).chain(ahead).collect();
             self.record(&changes, m, held, true, report)?;
         }
         Ok(Ran { took, began_next })
@@ -564,8 +610,10 @@ impl Migrator {
     /// Runs the statements of a section from its `tail`-th on in one fenced
     /// transaction with the section's final history change (again when
     /// that transaction was rolled back by a deadlock, or gave up waiting
-    /// for a lock). Their failure leaves the migration dirty with the
-    /// statements before `tail` done.
+    /// for a lock), after the `lead`, the statement before them, when
+    /// given. Their failure leaves the migration dirty with the statements
+    /// before `tail` done; the lead's comes back for the caller, which runs
+    /// the statements before the tail, to handle as theirs.
     #[allow(clippy::too_many_arguments)]
     fn run_tail(
         &mut self,
@@ -575,8 +623,9 @@ impl Migrator {
         held: Option<&Held>,
         tail: usize,
         finish: Finish<'_>,
+        lead: Option<&str>,
         observer: &mut dyn Observer,
-    ) -> Result<Duration, Error> {
+    ) -> Result<Result<Duration, LeadFailed>, Error> {
         let section = section(m, direction);
         let statements =
             sql::split(&section.sql, self.driver.dialect()).expect("checked by preflight");
@@ -604,8 +653,12 @@ impl Migrator {
             interruptible: false,
         };
         let mut took = Duration::ZERO;
-        match self.run_retried(run, &steps, &mut |_, d| took = d, observer) {
-            Ok(()) => Ok(took),
+        match self.run_retried(run, lead, &steps, &mut |_, d| took = d, observer) {
+            Ok(()) => Ok(Ok(took)),
+            Err((StepFailure { lead: true, db, .. }, waited)) => Ok(Err(LeadFailed {
+                db,
+                blocked: waited.blocked,
+            })),
             Err((StepFailure { lost: true, .. }, _)) => {
                 let held = held.expect("only fenced transactions lose the lock");
                 Err(self.lost(
@@ -723,6 +776,7 @@ impl Migrator {
             });
             self.cancel.interruptible(true);
             let tx = Transaction {
+                lead: None,
                 steps: &steps,
                 fence,
             };
@@ -804,6 +858,7 @@ impl Migrator {
             db,
             lost,
             statement,
+            ..
         } = failed;
         if lost {
             let held = held.expect("only fenced transactions lose the lock");
@@ -857,6 +912,14 @@ struct Retried<'a> {
     held: Option<&'a Held>,
     /// A stop cancels its running statement.
     interruptible: bool,
+}
+
+/// The statement that leads a tail's transaction failed: nothing of the
+/// transaction ran.
+struct LeadFailed {
+    db: Box<DbMessage>,
+    /// What blocked it, when the watch saw it waiting.
+    blocked: Option<Blocked>,
 }
 
 /// How a migration's tries went with the locks it waited for.

@@ -31,11 +31,13 @@ use mysql::prelude::Queryable;
 use mysql::Row;
 
 use crate::driver::tables::{self, Names};
+
 use crate::error::{DbClass, DbMessage, Error};
 use crate::history::TableName;
 use crate::lock::Session;
 use crate::url::{DatabaseUrl, MysqlTarget};
 use crate::waits::Limits;
+use batch::Failed;
 
 pub(crate) struct MysqlDriver {
     conn: mysql::Conn,
@@ -218,23 +220,40 @@ impl MysqlDriver {
     /// assumed of every statement but plain DDL and DML without `@` or
     /// `GET_LOCK`. A failed statement may have changed anything.
     ///
-    /// When `begins`, a transaction begins in the same round trip, before
-    /// the statement (on its line: the server's line numbers stay the
-    /// statement's).
-    fn execute(&mut self, sql: &str, begins: bool) -> Result<(), mysql::Error> {
+    /// In the same round trip, before the statement: the `lead`, a
+    /// statement that commits by itself, and then, when `begins`, the
+    /// beginning of a transaction (on the statement's line: the server
+    /// counts a statement's lines from its first, and its own line
+    /// numbers stay the statement's). A failure says which of the query's
+    /// statements failed (the lead, when there is one, is the first).
+    fn execute(&mut self, sql: &str, lead: Option<&str>, begins: bool) -> Result<(), Failed> {
         let before = (self.may_shadow, self.session_changed);
         (self.may_shadow, self.session_changed) = (true, true);
-        let query = if begins {
-            Cow::Owned(format!("BEGIN; {sql}"))
-        } else {
+        let mut query = String::new();
+        if let Some(lead) = lead {
+            query.push_str(lead.trim_end_matches(';'));
+            query.push_str(";\n");
+        }
+        if begins {
+            query.push_str("BEGIN; ");
+        }
+        let query = if query.is_empty() {
             Cow::Borrowed(sql)
+        } else {
+            query.push_str(sql);
+            Cow::Owned(query)
         };
-        let result_set = drain(self.conn.query_iter(query)?)?;
+        let result = self
+            .conn
+            .query_iter(query)
+            .map_err(|error| Failed { at: 0, error })?;
+        let result_set = drain(result)?;
         let reported = self
             .conn
             .session_state_changes()
             .map_or(true, |changes| !changes.is_empty());
-        if self.tracks_session && !reported && !result_set && !untracked_change(sql) {
+        let untracked = untracked_change(sql) || lead.is_some_and(untracked_change);
+        if self.tracks_session && !reported && !result_set && !untracked {
             (self.may_shadow, self.session_changed) = before;
         }
         Ok(())
@@ -242,14 +261,17 @@ impl MysqlDriver {
 }
 
 /// Reads every row of every result set; whether there was one (a
-/// statement that returns rows, even none).
-fn drain(mut result: mysql::QueryResult<'_, '_, '_, mysql::Text>) -> Result<bool, mysql::Error> {
+/// statement that returns rows, even none). A failure says which
+/// statement of the query failed.
+fn drain(mut result: mysql::QueryResult<'_, '_, '_, mysql::Text>) -> Result<bool, Failed> {
     let mut columns = false;
+    let mut at = 0;
     while let Some(rows) = result.iter() {
         columns |= !rows.columns().as_ref().is_empty();
         for row in rows {
-            row?;
+            row.map_err(|error| Failed { at, error })?;
         }
+        at += 1;
     }
     Ok(columns)
 }

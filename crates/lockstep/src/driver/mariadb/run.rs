@@ -15,7 +15,9 @@
 //! since). A section with DDL cannot:
 //! every DDL statement commits. It runs outside a transaction, as a
 //! `-- lockstep:no-transaction` section does everywhere: recorded
-//! `started` first, then each statement, then `applied`.
+//! `started` first, then each statement, then `applied`. The statements
+//! after its last DDL run in a transaction again, with that DDL statement
+//! as its lead, in the round trip of its first statement.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -30,6 +32,7 @@ use crate::lock::Fence;
 use crate::sql::{self, Dialect};
 use crate::waits::{Finder, Limits};
 
+use super::batch::Failed;
 use super::history::Span;
 use super::{db_error, message, MysqlDriver};
 
@@ -55,11 +58,13 @@ impl Driver for MysqlDriver {
     }
 
     fn run_steps(&mut self, tx: Transaction<'_>, done: &mut Done) -> Result<(), StepFailure> {
-        let Transaction { steps, fence } = tx;
+        let Transaction { lead, steps, fence } = tx;
         let last = steps.len().saturating_sub(1);
         // The transaction begins in the round trip of its first statement,
-        // or of its first history change when no statement comes before.
+        // after the lead, or of its first history change when no statement
+        // comes before.
         let mut begun = false;
+        let mut lead = lead;
         for (i, step) in steps.iter().enumerate() {
             let started = Instant::now();
             let sql = &step.section.sql;
@@ -67,12 +72,17 @@ impl Driver for MysqlDriver {
             for (index, statement) in statements.iter().enumerate() {
                 let begins = !begun;
                 begun = true;
-                let ran = match self.execute(&sql[statement.range.clone()], begins) {
+                let ahead = lead.take();
+                let ran = match self.execute(&sql[statement.range.clone()], ahead, begins) {
                     Ok(()) if self.cancelled.load(Ordering::SeqCst) => {
                         Err(DbMessage::plain("cancelled"))
                     }
                     Ok(()) => Ok(()),
-                    Err(e) => Err(message(&e)),
+                    // Nothing began: the server stops at a failed statement.
+                    Err(Failed { at: 0, error }) if ahead.is_some() => {
+                        return Err(StepFailure::lead(message(&error)));
+                    }
+                    Err(Failed { error, .. }) => Err(message(&error)),
                 };
                 if let Err(db) = ran {
                     let failure = StepFailure {
@@ -100,6 +110,10 @@ impl Driver for MysqlDriver {
                 commits: i == last,
             };
             begun = true;
+            if let Some(lead) = lead.take() {
+                // No statement to send it with.
+                self.run_statement(lead).map_err(StepFailure::lead)?;
+            }
             let fence_now = fence.filter(|_| span.commits);
             match self.fenced_changes(span, fence_now, &changes) {
                 Ok(true) => done(i, crate::driver::as_recorded(took)),
@@ -111,7 +125,8 @@ impl Driver for MysqlDriver {
     }
 
     fn run_statement(&mut self, sql: &str) -> Result<(), DbMessage> {
-        self.execute(sql, false).map_err(|e| message(&e))
+        self.execute(sql, None, false)
+            .map_err(|Failed { error, .. }| message(&error))
     }
 
     fn lease_left(&mut self, fence: &Fence) -> Result<Option<Duration>, Error> {

@@ -27,7 +27,12 @@ impl Driver for PgDriver {
     }
 
     fn run_steps(&mut self, tx: Transaction<'_>, done: &mut Done) -> Result<(), StepFailure> {
-        let Transaction { steps, fence } = tx;
+        let Transaction { lead, steps, fence } = tx;
+        // Only MariaDB/MySQL migrations have a lead (their DDL commits by
+        // itself); run alone, first, it means the same here.
+        if let Some(lead) = lead {
+            self.run_statement(lead).map_err(StepFailure::lead)?;
+        }
         let last = steps.len().saturating_sub(1);
         for (i, step) in steps.iter().enumerate() {
             // The fence, the migration, its history row and the transaction

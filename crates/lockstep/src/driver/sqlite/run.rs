@@ -33,7 +33,12 @@ impl Driver for SqliteDriver {
     }
 
     fn run_steps(&mut self, tx: Transaction<'_>, done: &mut Done) -> Result<(), StepFailure> {
-        let Transaction { steps, fence } = tx;
+        let Transaction { lead, steps, fence } = tx;
+        // Only MariaDB/MySQL migrations have a lead (their DDL commits by
+        // itself); run alone, first, it means the same here.
+        if let Some(lead) = lead {
+            self.run_statement(lead).map_err(StepFailure::lead)?;
+        }
         let conn = self
             .conn
             .as_ref()
