@@ -30,13 +30,17 @@ pub fn status(
         migrator.repeatables()?
     };
     // The files' upgrade sections that run outside a transaction here
-    // (MariaDB runs DDL so), by version.
-    let outside: std::collections::HashSet<lockstep::Version> = set
-        .migrations()
-        .iter()
-        .filter(|m| migrator.runs_outside_transaction(&m.up))
-        .map(|m| m.version)
-        .collect();
+    // (MariaDB runs DDL so), by version: for `--json` only, as finding
+    // them reads each file's SQL.
+    let outside: std::collections::HashSet<lockstep::Version> = if printer.is_json() {
+        set.migrations()
+            .iter()
+            .filter(|m| migrator.runs_outside_transaction(&m.up))
+            .map(|m| m.version)
+            .collect()
+    } else {
+        Default::default()
+    };
     // Done with the database: closed before the table is made, so that
     // SQLite's schema and page cache are not held beside it.
     drop(migrator);
