@@ -143,11 +143,12 @@ pub(crate) trait Driver: LockStore<Error = Error> + HistoryStore<Error = Error> 
 
     /// Runs the transaction's lead, then the steps in one transaction, each
     /// step's SQL followed by its history change, calling `done` after each
-    /// step with its duration (the first's including the lead's). With a
-    /// fence, the transaction first checks (and row-locks) the lock row
-    /// with the fence's token, and renews the lease before it commits. On
-    /// failure the whole transaction is rolled back (the lead, which
-    /// committed by itself, stays).
+    /// step with its duration (on MariaDB/MySQL, the only engine with
+    /// leads, the first's includes the lead's). With a fence, the
+    /// transaction checks the fence's token (row-locking the lock row) and
+    /// renews the lease before it commits; PostgreSQL and SQLite check it
+    /// when it begins too. On failure the whole transaction is rolled back
+    /// (the lead, which committed by itself, stays).
     fn run_steps(&mut self, tx: Transaction<'_>, done: &mut Done) -> Result<(), StepFailure>;
 
     /// Runs one statement outside any transaction.
