@@ -252,7 +252,7 @@ impl Migrator {
     fn run_retried(
         &mut self,
         run: Retried<'_>,
-        lead: Option<&str>,
+        mut lead: Option<&str>,
         steps: &[TxStep<'_>],
         done: &mut Done,
         observer: &mut dyn Observer,
@@ -263,7 +263,6 @@ impl Migrator {
         // The lead goes with the first try only: it commits by itself, and
         // a failure after it leaves it done. Its own failure is the
         // caller's to handle, not retried here.
-        let mut lead = lead;
         loop {
             self.cancel.interruptible(run.interruptible);
             let tx = Transaction {
@@ -424,8 +423,6 @@ impl Migrator {
                 .map(|next| begin_changes(next, direction, &executor, token).0);
             Finish { change, ahead }
         };
-        // The section's run, once its tail ran with the statement before.
-        let mut ran_with_tail = None;
         for (i, statement) in statements[..tail].iter().enumerate() {
             let text = &section.sql[statement.range.clone()];
             let leads_tail = i + 1 == tail && tail < statements.len();
@@ -452,21 +449,21 @@ impl Migrator {
                 // The last statement before a tail leads the tail's
                 // transaction: one round trip fewer (see
                 // `Transaction::lead`), and nothing of the tail runs unless
-                // it succeeds. (After a try that left something to undo,
-                // which only PostgreSQL's statements leave, it runs alone,
-                // and the tail after it.)
-                let (result, blocked) = if leads_tail && undo.is_empty() {
+                // it succeeds.
+                let (result, blocked) = if leads_tail {
+                    debug_assert!(
+                        undo.is_empty(),
+                        "only PostgreSQL leaves something to undo, and only MariaDB/MySQL has tails"
+                    );
                     let took = crate::driver::as_recorded(started.elapsed());
                     let finish = finish_after(took);
                     let began_next = finish.ahead.is_some();
-                    let lead = Some(text);
-                    match self.run_tail(m, direction, report, held, tail, finish, lead, observer)? {
+                    match self.run_tail(m, direction, report, held, tail, finish, text, observer)? {
                         Ok(tail_took) => {
-                            ran_with_tail = Some(Ran {
+                            return Ok(Ran {
                                 took: took + tail_took,
                                 began_next,
                             });
-                            break None;
                         }
                         Err(LeadFailed { db, blocked }) => (Err((db, false)), blocked),
                     }
@@ -546,28 +543,10 @@ impl Migrator {
             }
             return Err(failure(m, section, direction, db, report, dialect, context));
         }
-        if let Some(ran) = ran_with_tail {
-            return Ok(ran);
-        }
-        // What the row records, and so what the run prints.
+        // No tail: what the row records, and so what the run prints.
         let took = crate::driver::as_recorded(started.elapsed());
         let Finish { change, ahead } = finish_after(took);
         let began_next = ahead.is_some();
-        if tail < statements.len() {
-            // The statement before the tail ran alone (its try before left
-            // something to undo). The tail's transaction adds its own time
-            // to the row's.
-            let finish = Finish { change, ahead };
-            let Ok(tail_took) =
-                self.run_tail(m, direction, report, held, tail, finish, None, observer)?
-            else {
-                unreachable!("a tail without a lead has no lead to fail");
-            };
-            return Ok(Ran {
-                took: took + tail_took,
-                began_next,
-            });
-        }
         if let Some(change) = change {
             let changes: Vec<Change<'_>> = std::iter::once(change).chain(ahead).collect();
             self.record(&changes, m, held, true, report)?;
@@ -610,10 +589,10 @@ impl Migrator {
     /// Runs the statements of a section from its `tail`-th on in one fenced
     /// transaction with the section's final history change (again when
     /// that transaction was rolled back by a deadlock, or gave up waiting
-    /// for a lock), after the `lead`, the statement before them, when
-    /// given. Their failure leaves the migration dirty with the statements
-    /// before `tail` done; the lead's comes back for the caller, which runs
-    /// the statements before the tail, to handle as theirs.
+    /// for a lock), after the `lead`, the statement before them. Their
+    /// failure leaves the migration dirty with the statements before
+    /// `tail` done; the lead's comes back for the caller, which runs the
+    /// statements before the tail, to handle as theirs.
     #[allow(clippy::too_many_arguments)]
     fn run_tail(
         &mut self,
@@ -623,7 +602,7 @@ impl Migrator {
         held: Option<&Held>,
         tail: usize,
         finish: Finish<'_>,
-        lead: Option<&str>,
+        lead: &str,
         observer: &mut dyn Observer,
     ) -> Result<Result<Duration, LeadFailed>, Error> {
         let section = section(m, direction);
@@ -653,7 +632,7 @@ impl Migrator {
             interruptible: false,
         };
         let mut took = Duration::ZERO;
-        match self.run_retried(run, lead, &steps, &mut |_, d| took = d, observer) {
+        match self.run_retried(run, Some(lead), &steps, &mut |_, d| took = d, observer) {
             Ok(()) => Ok(Ok(took)),
             Err((StepFailure { lead: true, db, .. }, waited)) => Ok(Err(LeadFailed {
                 db,

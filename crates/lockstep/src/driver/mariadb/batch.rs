@@ -80,18 +80,11 @@ impl MysqlDriver {
             return Ok(());
         }
         let text: Vec<String> = writes.iter().map(Write::inline).collect();
-        let mut result = self
+        let result = self
             .conn
             .query_iter(text.join(";\n"))
             .map_err(|error| Failed { at: 0, error })?;
-        let mut at = 0;
-        while let Some(mut set) = result.iter() {
-            for row in set.by_ref() {
-                row.map_err(|error| Failed { at, error })?;
-            }
-            at += 1;
-        }
-        Ok(())
+        super::drain(result).map(drop)
     }
 }
 

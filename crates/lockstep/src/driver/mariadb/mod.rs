@@ -31,12 +31,12 @@ use mysql::prelude::Queryable;
 use mysql::Row;
 
 use crate::driver::tables::{self, Names};
-
 use crate::error::{DbClass, DbMessage, Error};
 use crate::history::TableName;
 use crate::lock::Session;
 use crate::url::{DatabaseUrl, MysqlTarget};
 use crate::waits::Limits;
+
 use batch::Failed;
 
 pub(crate) struct MysqlDriver {

@@ -58,13 +58,16 @@ impl Driver for MysqlDriver {
     }
 
     fn run_steps(&mut self, tx: Transaction<'_>, done: &mut Done) -> Result<(), StepFailure> {
-        let Transaction { lead, steps, fence } = tx;
+        let Transaction {
+            mut lead,
+            steps,
+            fence,
+        } = tx;
         let last = steps.len().saturating_sub(1);
         // The transaction begins in the round trip of its first statement,
         // after the lead, or of its first history change when no statement
         // comes before.
         let mut begun = false;
-        let mut lead = lead;
         for (i, step) in steps.iter().enumerate() {
             let started = Instant::now();
             let sql = &step.section.sql;
